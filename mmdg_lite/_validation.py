@@ -1,0 +1,126 @@
+"""Input checks shared by every public function.
+
+Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value)
+with a message that names the argument, the value received and what would be valid.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape}, dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def as_float_tensor(value: Any, name: str) -> Tensor:
+    """Convert numpy arrays to tensors and reject non-floating dtypes (int, bool, complex)."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {_describe(value)}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; pass a floating-point tensor "
+            f"(float32 or float64), e.g. {name}.float()"
+        )
+    return value
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); all entries must be finite")
+
+
+def check_points(value: Any, name: str, *, min_count: int = 1, flatten: bool = True) -> Tensor:
+    """A set of points of shape (n, *S), n >= min_count; returned flattened to (n, D)."""
+    x = as_float_tensor(value, name)
+    if x.ndim < 1 or (x.ndim == 1 and flatten):
+        raise ValueError(
+            f"{name} must have shape (n, D) (or (n, *S) for images/latents); got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] < min_count:
+        raise ValueError(
+            f"{name} holds {x.shape[0]} point(s) (shape {tuple(x.shape)}); at least {min_count} required"
+        )
+    if x[0].numel() == 0:
+        raise ValueError(f"{name} has zero features per point (shape {tuple(x.shape)})")
+    check_finite(x, name)
+    return x.reshape(x.shape[0], -1) if flatten else x
+
+
+def check_pair(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
+    """Same device and feature dimension; dtypes are promoted to the wider float type."""
+    if x.device != y.device:
+        raise ValueError(
+            f"{x_name} is on device {x.device} but {y_name} is on device {y.device}; "
+            f"move both to one device, e.g. {y_name}.to({x_name}.device)"
+        )
+    if x.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"dimension mismatch: {x_name} has {x.shape[1:].numel()} features per point "
+            f"(shape {tuple(x.shape)}) but {y_name} has {y.shape[1:].numel()} (shape {tuple(y.shape)}); "
+            "both sets must live in the same space"
+        )
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dtype), y.to(dtype)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite number > 0 (bandwidths, scales, constants)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a positive number; got {_describe(value)}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return v
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a non-negative number; got {_describe(value)}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_weights(value: Any, name: str, n: int, like: Tensor) -> Tensor | None:
+    """Optional sample weights of shape (n,), non-negative, positive sum; returned normalised to 1."""
+    if value is None:
+        return None
+    w = as_float_tensor(value, name)
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per point; got shape {tuple(w.shape)}")
+    if w.device != like.device:
+        raise ValueError(f"{name} is on device {w.device} but the points are on {like.device}")
+    check_finite(w, name)
+    if bool((w < 0).any()):
+        raise ValueError(f"{name} must be non-negative; got minimum {float(w.min()):.4g}")
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError(f"{name} must have a positive sum; got sum {total:.4g}")
+    return (w / total).to(like.dtype)
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {_describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+    return int(value)

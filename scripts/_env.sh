@@ -1,0 +1,23 @@
+# Sourced by scripts/run.sh and scripts/test.sh: create .venv on first use and (re)install the
+# package with every extra when pyproject.toml or the constraints change. Idempotent.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${MMDG_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+if [ ! -x "$PY" ]; then
+  echo "[setup] creating $VENV"
+  python3 -m venv "$VENV"
+fi
+STAMP="$VENV/.mmdg-stamp"
+WANT="$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import mmdg_lite" 2>/dev/null; then
+  echo "[setup] installing mmdg_lite[notebooks,book,dev] (torch held by .ci/constraints.txt)"
+  "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -m pip install -q -c .ci/constraints.txt -e ".[notebooks,book,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import mmdg_lite, torch; print('[setup] torch', torch.__version__)"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export MPLBACKEND=Agg PYTHONHASHSEED=0
