@@ -8,7 +8,7 @@ O(n * chunk_size) for any m.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -41,8 +41,9 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     if not isinstance(kernel, (Kernel, ProductKernel)):
         raise TypeError(f"kernel must be a mmdg_lite Kernel or ProductKernel; got {kernel!r}")
     need = 2 if estimator == "unbiased" else 1
-    xs = check_points(x, "x", min_count=need)
-    ys = check_points(y, "y", min_count=need)
+    why = "the unbiased estimator leaves out the i = i' pairs" if need == 2 else ""
+    xs = check_points(x, "x", min_count=need, why=why)
+    ys = check_points(y, "y", min_count=need, why=why)
     shape = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape
     xs, ys = check_pair(xs, ys, "x", "y")
     wx = check_weights(x_weights, "x_weights", len(xs), xs)
@@ -61,6 +62,10 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
             raise ValueError(f"y_prompts has {len(py)} rows but y has {len(ys)} points; one prompt per point")
         px, py = check_pair(px, py, "x_prompts", "y_prompts")
         px, py = px.to(xs), py.to(xs)
+        # Fix a data-dependent prompt bandwidth once from all prompts, so every term and every
+        # chunk uses the same prompt kernel (otherwise each (px, py[chunk]) pair got its own).
+        kernel = replace(kernel, prompt_kernel=kernel.prompt_kernel.resolve(kernel._prep(px),
+                                                                            kernel._prep(py)))
     elif x_prompts is not None or y_prompts is not None:
         raise ValueError("x_prompts / y_prompts are only used with a ProductKernel; "
                          f"got kernel {type(kernel).__name__}")
@@ -190,9 +195,9 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     (its false-positive rate is at most the level) for any sample size.
     """
     check_int(n_permutations, "n_permutations", 1)
-    p = _prepare(x, y, kernel, estimator, None, None, None, None)
     if isinstance(kernel, ProductKernel):
         raise TypeError("permutation_test takes a sample Kernel, not a ProductKernel")
+    p = _prepare(x, y, kernel, estimator, None, None, None, None)
     z = torch.cat([p.x, p.y])  # (n + m, D)
     K = p.kernel.gram(z, z)  # (N, N)
     n, N = len(p.x), len(z)

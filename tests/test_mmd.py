@@ -1,0 +1,263 @@
+"""MMD^2, its closed-form gradient (Eq. 6 / Eq. 11), witness and permutation test, each checked
+against an oracle that does not share the code under test: autograd, finite differences, closed
+forms for Gaussians, brute-force loops and binomial confidence bands."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import binom
+
+from conftest import KERNEL_NAMES, build_kernel, central_fd, rel_err
+from mmdg_lite.kernels import GaussianKernel, PolynomialKernel, ProductKernel
+from mmdg_lite.mmd import mmd2, mmd2_grad, mmd2_grad_autograd, permutation_test, witness
+
+ESTIMATORS = ("biased", "unbiased")
+# (seed, n, m, point shape): several shapes, image-shaped points included
+CASES = [(0, 4, 6, (3,)), (1, 5, 3, (2, 2)), (2, 2, 7, (1,))]
+
+
+def _data(seed, n, m, shape, weighted, p_dim=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    y = 0.7 + torch.randn(m, *shape, generator=g, dtype=torch.float64)
+    kw = {}
+    if weighted:
+        kw["x_weights"] = 0.2 + torch.rand(n, generator=g, dtype=torch.float64)
+        kw["y_weights"] = 0.2 + torch.rand(m, generator=g, dtype=torch.float64)
+    px = torch.randn(n, p_dim, generator=g, dtype=torch.float64)
+    py = torch.randn(m, p_dim, generator=g, dtype=torch.float64)
+    return x, y, kw, px, py
+
+
+def _setup(name, x, y, px, py, kw):
+    kernel = build_kernel(name)
+    if isinstance(kernel, ProductKernel):
+        kw = {**kw, "x_prompts": px, "y_prompts": py}
+    return kernel, kw
+
+
+# --- gradient: closed form vs autograd vs finite differences -------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c[0]}-n{c[1]}-m{c[2]}-S{'x'.join(map(str, c[3]))}")
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_mmd2_grad_matches_autograd_and_finite_differences(name, estimator, weighted, case):
+    seed, n, m, shape = case
+    x, y, kw, px, py = _data(seed, n, m, shape, weighted)
+    kernel, kw = _setup(name, x, y, px, py, kw)
+    closed = mmd2_grad(x, y, kernel, estimator=estimator, **kw)
+    auto = mmd2_grad_autograd(x, y, kernel, estimator=estimator, **kw)
+    # The median bandwidth is a constant of the gradient: fix it from (x, y) before differencing.
+    fixed = kernel.resolve(x.reshape(n, -1), y.reshape(m, -1))
+    fd = central_fd(lambda xx: mmd2(xx, y, fixed, estimator=estimator, **kw), x)
+    assert closed.shape == x.shape and closed.dtype == torch.float64
+    assert rel_err(closed, auto) <= 1e-9
+    assert rel_err(closed, fd) <= 1e-6
+
+
+def test_mmd2_grad_float32_close_to_float64():
+    x, y, _, _, _ = _data(3, 16, 40, (8,), False)
+    k = GaussianKernel(bandwidth=2.0)
+    g64 = mmd2_grad(x, y, k)
+    g32 = mmd2_grad(x.float(), y.float(), k)
+    assert g32.dtype == torch.float32
+    assert rel_err(g32.double(), g64) <= 1e-4
+
+
+def test_gaussian_gradient_is_eq6_written_out():
+    # Eq. 6 with the paper's weights 1/B and 1/N_r, by explicit loops.
+    x, y, _, _, _ = _data(4, 3, 4, (2,), False)
+    s = 0.8
+    B, N = len(x), len(y)
+
+    def g1(u, v):
+        return math.exp(-float(((u - v) ** 2).sum()) / (2 * s * s)) * (v - u) / s**2
+
+    ref = torch.stack([2 / B**2 * sum(g1(x[i], x[j]) for j in range(B))
+                       - 2 / (B * N) * sum(g1(x[i], y[j]) for j in range(N)) for i in range(B)])
+    assert torch.allclose(mmd2_grad(x, y, GaussianKernel(s)), ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_gradient_finite_when_points_coincide(name, estimator):
+    x, y, _, px, py = _data(5, 4, 5, (3,), False)
+    x[1] = x[0]  # zero distance between two generated points
+    y[2] = x[0]  # and between a generated point and a reference
+    kernel, kw = _setup(name, x, y, px, py, {})
+    g = mmd2_grad(x, y, kernel, estimator=estimator, **kw)
+    assert bool(torch.isfinite(g).all())
+    assert rel_err(g, mmd2_grad_autograd(x, y, kernel, estimator=estimator, **kw)) <= 1e-8
+
+
+# --- values ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_biased_mmd_zero_on_identical_sets_and_never_negative(name):
+    kernel = build_kernel(name)
+    for seed in range(15):
+        g = torch.Generator().manual_seed(100 + seed)
+        n, m, d = 2 + seed % 5, 3 + (seed * 7) % 6, 1 + seed % 4
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        y = torch.randn(m, d, generator=g, dtype=torch.float64) * (0.5 + seed / 10) + seed % 3
+        px, py = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(m, 2, generator=g, dtype=torch.float64)
+        wx = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+        kw_xy = {"x_prompts": px, "y_prompts": py} if isinstance(kernel, ProductKernel) else {}
+        kw_xx = {"x_prompts": px, "y_prompts": px} if isinstance(kernel, ProductKernel) else {}
+        assert float(mmd2(x, y, kernel, **kw_xy)) >= -1e-12
+        assert float(mmd2(x, y, kernel, x_weights=wx, **kw_xy)) >= -1e-12
+        assert abs(float(mmd2(x, x, kernel, **kw_xx))) <= 1e-12
+        assert abs(float(mmd2(x, x, kernel, x_weights=wx, y_weights=wx, **kw_xx))) <= 1e-12
+
+
+def _gaussian_population_mmd2(sigma: float, d: int, shift: float) -> tuple[float, float]:
+    """Closed form for P = N(0, I_d), Q = N(mu, I_d), |mu| = shift, Gaussian kernel:
+    E k(z, z') over z - z' ~ N(m, 2 I) is (s^2 / (s^2 + 2))^(d/2) exp(-|m|^2 / (2 (s^2 + 2)))."""
+    c = (sigma**2 / (sigma**2 + 2)) ** (d / 2)
+    e_same, e_cross = c, c * math.exp(-shift**2 / (2 * (sigma**2 + 2)))
+    return 2 * e_same - 2 * e_cross, e_same
+
+
+def test_population_formula_agrees_with_a_huge_sample():
+    pop, _ = _gaussian_population_mmd2(1.0, 2, 1.0)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(3000, 2, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    est = float(mmd2(x, y, GaussianKernel(1.0), estimator="unbiased", chunk_size=1000))
+    assert est == pytest.approx(pop, abs=0.01)
+
+
+def test_unbiased_estimator_is_unbiased_and_biased_one_is_not():
+    sigma, d, shift, n, m, draws = 1.0, 2, 1.0, 5, 5, 3000
+    pop, e_same = _gaussian_population_mmd2(sigma, d, shift)
+    k = GaussianKernel(sigma)
+    g = torch.Generator().manual_seed(12)
+    mu = torch.tensor([shift, 0.0], dtype=torch.float64)
+    wx = torch.tensor([1.0, 2.0, 3.0, 1.0, 0.5], dtype=torch.float64)  # fixed design weights
+    est = {"unbiased": [], "biased": [], "unbiased_weighted": []}
+    for _ in range(draws):
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        y = torch.randn(m, d, generator=g, dtype=torch.float64) + mu
+        est["unbiased"].append(float(mmd2(x, y, k, estimator="unbiased")))
+        est["biased"].append(float(mmd2(x, y, k, estimator="biased")))
+        est["unbiased_weighted"].append(float(mmd2(x, y, k, estimator="unbiased", x_weights=wx)))
+    for key in ("unbiased", "unbiased_weighted"):
+        v = torch.tensor(est[key])
+        se = float(v.std() / math.sqrt(draws))
+        assert abs(float(v.mean()) - pop) <= 4 * se, (key, float(v.mean()), pop, se)
+    vb = torch.tensor(est["biased"])
+    se_b = float(vb.std() / math.sqrt(draws))
+    bias = float(vb.mean()) - pop
+    expected_bias = (1 - e_same) / n + (1 - e_same) / m  # the diagonal k(z, z) = 1 terms
+    assert bias > 10 * se_b  # a visible bias
+    assert abs(bias - expected_bias) <= 4 * se_b
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("name", ["gaussian_median", "polynomial", "callable", "product"])
+def test_chunked_equals_unchunked(name, estimator, weighted):
+    x, y, kw, px, py = _data(6, 6, 11, (3,), weighted)
+    kernel, kw = _setup(name, x, y, px, py, kw)
+    v0 = mmd2(x, y, kernel, estimator=estimator, **kw)
+    g0 = mmd2_grad(x, y, kernel, estimator=estimator, **kw)
+    for cs in (1, 7, len(y)):
+        v = mmd2(x, y, kernel, estimator=estimator, chunk_size=cs, **kw)
+        g = mmd2_grad(x, y, kernel, estimator=estimator, chunk_size=cs, **kw)
+        assert float(v) == pytest.approx(float(v0), rel=1e-12, abs=1e-14)
+        assert rel_err(g, g0) <= 1e-12
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("sample", ["gaussian_fixed", "gaussian_median", "polynomial"])
+def test_product_kernel_with_identical_prompts_equals_sample_kernel(sample, estimator):
+    x, y, kw, _, _ = _data(7, 5, 8, (4,), True)
+    kz = build_kernel(sample)
+    prompt = torch.tensor([0.3, -1.2, 0.5], dtype=torch.float64)
+    px, py = prompt.expand(5, 3).clone(), prompt.expand(8, 3).clone()
+    for kp in (GaussianKernel(), GaussianKernel(0.3)):
+        prod = ProductKernel(kp, kz)
+        pkw = {**kw, "x_prompts": px, "y_prompts": py}
+        assert float(mmd2(x, y, prod, estimator=estimator, **pkw)) == pytest.approx(
+            float(mmd2(x, y, kz, estimator=estimator, **kw)), rel=1e-12)
+        assert rel_err(mmd2_grad(x, y, prod, estimator=estimator, **pkw),
+                       mmd2_grad(x, y, kz, estimator=estimator, **kw)) <= 1e-12
+
+
+def test_prompt_kernel_weights_references_by_prompt_similarity():
+    # Eq. 11: a reference with an orthogonal prompt (k_p ~ 0) exerts (almost) no pull.
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    px = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    py = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    g = mmd2_grad(x, y, ProductKernel(GaussianKernel(0.1), GaussianKernel(1.0)), x_prompts=px, y_prompts=py)
+    assert g[0, 0] < 0 and abs(float(g[0, 1])) < 1e-12 * abs(float(g[0, 0]))  # pulled only toward y[0]
+
+
+# --- witness -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_witness_equals_brute_force_loop(weighted):
+    x, y, kw, _, _ = _data(8, 6, 9, (3,), weighted)
+    t = torch.randn(7, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    s = 1.1
+    wx = kw.get("x_weights", torch.ones(6, dtype=torch.float64))
+    wy = kw.get("y_weights", torch.ones(9, dtype=torch.float64))
+    wx, wy = (wx / wx.sum()).tolist(), (wy / wy.sum()).tolist()
+
+    def k(a, b):
+        return math.exp(-sum((float(ai) - float(bi)) ** 2 for ai, bi in zip(a, b)) / (2 * s * s))
+
+    ref = [sum(wx[i] * k(tt, x[i]) for i in range(6)) - sum(wy[j] * k(tt, y[j]) for j in range(9)) for tt in t]
+    got = witness(t, x, y, GaussianKernel(s), **kw)
+    assert got.shape == (7,)
+    assert torch.allclose(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+
+
+def test_witness_matches_polynomial_kernel_loop():
+    x, y, _, _, _ = _data(10, 4, 5, (2,), False)
+    t = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def k(a, b):
+        return (float(a @ b) / 2 + 1) ** 3
+
+    ref = [sum(k(tt, xi) for xi in x) / 4 - sum(k(tt, yj) for yj in y) / 5 for tt in t]
+    assert torch.allclose(witness(t, x, y, PolynomialKernel()), torch.tensor(ref, dtype=torch.float64), rtol=1e-12)
+
+
+# --- permutation test --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_permutation_test_keeps_nominal_false_positive_rate(estimator):
+    reps, level, n_perm = 200, 0.05, 99
+    rejections = 0
+    for r in range(reps):
+        g = torch.Generator().manual_seed(1000 + r)
+        x = torch.randn(12, 2, generator=g, dtype=torch.float64)
+        y = torch.randn(12, 2, generator=g, dtype=torch.float64)  # same distribution: H0 holds
+        res = permutation_test(x, y, GaussianKernel(), n_permutations=n_perm, estimator=estimator, seed=r)
+        assert 0 < res.p_value <= 1 and res.null.shape == (n_perm,)
+        rejections += res.p_value <= level
+    # With 99 permutations, P(p <= 0.05) = 5/100 exactly under H0; 99.9 % binomial band.
+    lo, hi = binom.interval(0.999, reps, 0.05)
+    assert lo <= rejections <= hi, (rejections, lo, hi)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_permutation_test_detects_mean_shift(estimator):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    res = permutation_test(x, y, GaussianKernel(), n_permutations=500, estimator=estimator, seed=0)
+    assert res.p_value < 0.01
+    assert res.statistic == pytest.approx(float(mmd2(x, y, GaussianKernel(), estimator=estimator)), rel=1e-10)
+
+
+def test_permutation_test_is_reproducible():
+    x, y, _, _, _ = _data(12, 10, 10, (2,), False)
+    a = permutation_test(x, y, GaussianKernel(1.0), n_permutations=50, seed=5)
+    b = permutation_test(x, y, GaussianKernel(1.0), n_permutations=50, seed=5)
+    assert a.p_value == b.p_value and torch.equal(a.null, b.null)
