@@ -1,7 +1,7 @@
 """mmdg_lite: MMD Guidance for diffusion models, small and readable.
 
-Kernels and MMD live in ``kernels`` and ``mmd``; later modules add the diffusion engine,
-guidance, prompts and metrics.
+Kernels and MMD (``kernels``, ``mmd``), the diffusion engine (``denoisers``, ``sampling``,
+``training``, ``data``), ``guidance``, ``metrics`` and ``rff``.
 """
 from .kernels import (CallableKernel, GaussianKernel, InverseMultiquadricKernel, Kernel,
                       MultiGaussianKernel, PolynomialKernel, ProductKernel, median_bandwidth,
@@ -11,3 +11,14 @@ from .mmd import (PermutationTestResult, mmd2, mmd2_grad, mmd2_grad_autograd,
 from .seeding import make_generator, seed_everything
 
 __version__ = "0.1.0"
+from .data import (GaussianMixture, assign_modes, circle_mixture, dirichlet_mixture,
+                   draw_references, proportions_of_modes, random_mixture, subset_mixture)
+from .denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,
+                        MLPDenoiser, load_denoiser, save_denoiser)
+from .guidance import MMDGuidance, schedule_weight
+from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_proportions,
+                      off_mode_fraction, rke, rrke, total_variation, vendi_score)
+from .notebook import setup_notebook
+from .rff import RFFReferenceEmbedding, mmd2_grad_rff
+from .sampling import SampleResult, StepState, make_scheduler, sample
+from .training import load_or_train_toy_2d, train_denoiser

@@ -1,0 +1,273 @@
+"""Denoisers: anything callable as eps_hat = model(x_t, t, cond).
+
+x_t is (B, *S) float, t a (B,) long tensor of diffusers timesteps, cond an optional (B, C)
+tensor (None = unconditional). Here: a small MLP (trainable, safetensors save/load), the exact
+optimal denoiser of a finite data set, the exact denoiser of an isotropic Gaussian mixture, and
+a classifier-free-guidance wrapper.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import as_float_tensor, check_int, check_points, check_positive
+
+__all__ = ["Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
+           "save_denoiser", "load_denoiser", "timestep_embedding"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """eps_hat (B, *S) = model(x_t (B, *S), t (B,) long, cond (B, C) or None)."""
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...
+
+
+def _batch_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
+    """Broadcast an int / 0-d / (B,) timestep to a (B,) long tensor."""
+    t = torch.as_tensor(t, device=device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"t must hold integer diffusers timesteps; got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must have shape ({batch},) (one timestep per sample); got {tuple(t.shape)}")
+    return t.long()
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding (B, dim) of timesteps t (B,), as in DDPM / Transformers."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (half,)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
+    return nn.functional.pad(emb, (0, dim - 2 * half))  # (B, dim)
+
+
+class MLPDenoiser(nn.Module):
+    """Residual MLP eps-predictor for flat data of ``dim`` features (inputs (B, *S) are flattened).
+
+    With ``cond_dim > 0`` a condition (B, cond_dim) is projected and added to the time embedding;
+    ``cond=None`` (or rows marked in ``drop_cond``) use a learned null embedding, so a model trained
+    with condition dropout supports classifier-free guidance.
+    """
+
+    def __init__(self, dim: int, hidden: int = 256, layers: int = 4, time_embed_dim: int = 64,
+                 cond_dim: int = 0) -> None:
+        super().__init__()
+        self.config = {"dim": check_int(dim, "dim", 1), "hidden": check_int(hidden, "hidden", 1),
+                       "layers": check_int(layers, "layers", 1),
+                       "time_embed_dim": check_int(time_embed_dim, "time_embed_dim", 2),
+                       "cond_dim": check_int(cond_dim, "cond_dim", 0)}
+        self.dim, self.cond_dim, self.time_embed_dim = dim, cond_dim, time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        if cond_dim > 0:
+            self.cond_proj = nn.Linear(cond_dim, hidden)
+            self.null_cond = nn.Parameter(torch.zeros(hidden))
+        self.in_proj = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.emb_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.out_proj = nn.Linear(hidden, dim)
+
+    def _cond_embedding(self, cond: Tensor | None, drop_cond: Tensor | None, b: int, like: Tensor) -> Tensor:
+        if self.cond_dim == 0:
+            if cond is not None:
+                raise ValueError("cond was given but this MLPDenoiser has cond_dim=0 (unconditional)")
+            return torch.zeros_like(like)
+        null = self.null_cond.expand(b, -1)  # (B, H)
+        if cond is None:
+            return null
+        if cond.shape != (b, self.cond_dim):
+            raise ValueError(f"cond must have shape ({b}, {self.cond_dim}); got {tuple(cond.shape)}")
+        emb = self.cond_proj(cond.to(like.dtype))  # (B, H)
+        if drop_cond is not None:
+            emb = torch.where(drop_cond.reshape(b, 1).bool(), null, emb)
+        return emb
+
+    def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None, *,
+                drop_cond: Tensor | None = None) -> Tensor:
+        b = x_t.shape[0]
+        x = x_t.reshape(b, -1)  # (B, D)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); "
+                             f"this model expects dim={self.dim}")
+        t = _batch_timesteps(t, b, x.device)
+        emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim).to(x.dtype))  # (B, H)
+        emb = emb + self._cond_embedding(cond, drop_cond, b, emb)  # (B, H)
+        h = self.in_proj(x)  # (B, H)
+        for lin, proj in zip(self.blocks, self.emb_proj):
+            h = h + lin(nn.functional.silu(h + proj(emb)))  # (B, H)
+        return self.out_proj(nn.functional.silu(h)).reshape(x_t.shape)  # (B, *S)
+
+
+def save_denoiser(model: MLPDenoiser, folder: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, MLPDenoiser):
+        raise TypeError(f"model must be an MLPDenoiser; got {type(model).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps({"class": "MLPDenoiser", **model.config}, indent=2) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME))
+    (folder / WEIGHTS_NAME).chmod(0o644)  # safetensors writes 0600; the file is meant to be shared
+    return folder
+
+
+def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> MLPDenoiser:
+    """Load a model written by ``save_denoiser``; returned in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"folder={str(folder)!r} must contain {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                "(written by save_denoiser)")
+    config: dict[str, Any] = json.loads((folder / CONFIG_NAME).read_text())
+    cls = config.pop("class", "MLPDenoiser")
+    if cls != "MLPDenoiser":
+        raise ValueError(f"{folder / CONFIG_NAME} names class {cls!r}; only 'MLPDenoiser' can be loaded")
+    model = MLPDenoiser(**config)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    return model.to(device).eval()
+
+
+def _alphas_cumprod(value: Any) -> Tensor:
+    """Accept a scheduler (anything with ``.alphas_cumprod``) or a (T,) tensor; float64 copy."""
+    ac = getattr(value, "alphas_cumprod", value)
+    ac = as_float_tensor(ac, "alphas_cumprod").detach().double()
+    if ac.ndim != 1 or ac.numel() < 1 or bool((ac <= 0).any()) or bool((ac >= 1).any()):
+        raise ValueError("alphas_cumprod must be a (T,) tensor with values in (0, 1) "
+                         f"(e.g. a diffusers scheduler's .alphas_cumprod); got shape {tuple(ac.shape)}")
+    return ac
+
+
+class _ClosedFormDenoiser(nn.Module):
+    """Shared parts: float64 math, timestep lookup, (B, *S) <-> (B, D) reshaping."""
+
+    alphas_cumprod: Tensor
+
+    def _prepare(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        if cond is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional; pass cond=None")
+        b = x_t.shape[0]
+        x = x_t.reshape(b, -1).to(torch.float64)  # (B, D)
+        t = _batch_timesteps(t, b, x.device)
+        return x, self.alphas_cumprod[t]  # (B, D), (B,)
+
+    def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
+        x, abar = self._prepare(x_t, t, cond)
+        eps = self._eps(x, abar)  # (B, D) float64
+        return eps.reshape(x_t.shape).to(x_t.dtype)
+
+    def _eps(self, x: Tensor, abar: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class ExactDenoiser(_ClosedFormDenoiser):
+    """The optimal denoiser of a finite (optionally weighted) data set y_1..y_N.
+
+    E[y | x_t] is the posterior-weighted mean with logits -||x_t - sqrt(abar) y_k||^2 / (2 (1-abar));
+    eps = (x_t - sqrt(abar) E[y | x_t]) / sqrt(1 - abar). Sampling with it reproduces the data points.
+    """
+
+    def __init__(self, data: Tensor, alphas_cumprod: Any, weights: Tensor | None = None,
+                 chunk_elems: int = 2**22) -> None:
+        super().__init__()
+        y = check_points(data, "data").double()  # (N, D)
+        self.register_buffer("data", y)
+        self.register_buffer("alphas_cumprod", _alphas_cumprod(alphas_cumprod))
+        w = (torch.ones(y.shape[0], dtype=torch.float64) if weights is None
+             else as_float_tensor(weights, "weights").double())
+        if w.shape != (y.shape[0],) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"weights must be ({y.shape[0]},) non-negative with a positive sum; "
+                             f"got shape {tuple(w.shape)}")
+        self.register_buffer("log_weights", torch.log(w / w.sum()))  # (N,)
+        self.chunk_rows = max(1, chunk_elems // y.shape[0])
+
+    def posterior(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """p(y = y_k | x_t) as a (B, N) float64 matrix."""
+        x, abar = self._prepare(x_t, t, None)
+        return torch.softmax(self._logits(x, abar), dim=1)
+
+    def _logits(self, x: Tensor, abar: Tensor) -> Tensor:
+        a = abar.sqrt()[:, None]  # (B, 1)
+        # -||x - a y||^2 / (2(1-abar)) up to a per-row constant: (a x.y - a^2 ||y||^2 / 2) / (1-abar)
+        xy = x @ self.data.T  # (B, N)
+        yy = (self.data**2).sum(1)[None]  # (1, N)
+        return (a * xy - a**2 * yy / 2) / (1 - abar)[:, None] + self.log_weights[None]  # (B, N)
+
+    def _eps(self, x: Tensor, abar: Tensor) -> Tensor:
+        out = []
+        for i in range(0, x.shape[0], self.chunk_rows):
+            xc, ac = x[i:i + self.chunk_rows], abar[i:i + self.chunk_rows]  # (b, D), (b,)
+            post = torch.softmax(self._logits(xc, ac), dim=1)  # (b, N)
+            mean_y = post @ self.data  # (b, D)
+            out.append((xc - ac.sqrt()[:, None] * mean_y) / (1 - ac).sqrt()[:, None])
+        return torch.cat(out)  # (B, D)
+
+
+class GaussianMixtureDenoiser(_ClosedFormDenoiser):
+    """Exact denoiser of sum_k w_k N(mu_k, s^2 I): x_t | k ~ N(sqrt(abar) mu_k, (abar s^2 + 1 - abar) I).
+
+    eps = sqrt(1-abar) * sum_k r_k(x_t) (x_t - sqrt(abar) mu_k) / v_t, r_k the component posterior,
+    v_t = abar s^2 + 1 - abar (equivalently Tweedie with the per-component conditional means).
+    """
+
+    def __init__(self, means: Tensor, weights: Tensor, std: float, alphas_cumprod: Any) -> None:
+        super().__init__()
+        mu = check_points(means, "means").double()  # (K, D)
+        w = as_float_tensor(weights, "weights").double()
+        if w.shape != (mu.shape[0],) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"weights must be ({mu.shape[0]},) non-negative with a positive sum; "
+                             f"got shape {tuple(w.shape)}")
+        self.register_buffer("means", mu)
+        self.register_buffer("log_weights", torch.log(w / w.sum()))  # (K,), -inf for empty components
+        self.register_buffer("alphas_cumprod", _alphas_cumprod(alphas_cumprod))
+        self.std = check_positive(std, "std")
+
+    @classmethod
+    def from_mixture(cls, mixture: Any, alphas_cumprod: Any) -> "GaussianMixtureDenoiser":
+        """Build from a ``data.GaussianMixture``."""
+        return cls(mixture.means, mixture.weights, mixture.std, alphas_cumprod)
+
+    def _parts(self, x: Tensor, abar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a = abar.sqrt()[:, None, None]  # (B, 1, 1)
+        v = (abar * self.std**2 + 1 - abar)[:, None]  # (B, 1)
+        diff = x[:, None, :] - a * self.means[None]  # (B, K, D)
+        logits = -(diff**2).sum(-1) / (2 * v) + self.log_weights[None]  # (B, K)
+        return torch.softmax(logits, dim=1), diff, v
+
+    def posterior(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """Component responsibilities p(k | x_t) as a (B, K) float64 matrix."""
+        x, abar = self._prepare(x_t, t, None)
+        return self._parts(x, abar)[0]
+
+    def _eps(self, x: Tensor, abar: Tensor) -> Tensor:
+        r, diff, v = self._parts(x, abar)  # (B, K), (B, K, D), (B, 1)
+        score_neg = (r[:, :, None] * diff).sum(1) / v  # (B, D) = -grad log p_t(x)
+        return (1 - abar).sqrt()[:, None] * score_neg  # (B, D)
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance: eps_u + scale * (eps_c - eps_u), eps_u from ``model(x, t, None)``."""
+
+    def __init__(self, model: nn.Module, guidance_scale: float = 3.0) -> None:
+        super().__init__()
+        self.model = model
+        self.guidance_scale = float(guidance_scale)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        eps_u = self.model(x_t, t, None)  # (B, *S)
+        if cond is None:
+            return eps_u
+        eps_c = self.model(x_t, t, cond)  # (B, *S)
+        return eps_u + self.guidance_scale * (eps_c - eps_u)

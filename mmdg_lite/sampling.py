@@ -1,0 +1,229 @@
+"""One reverse-process loop for every denoiser, over diffusers schedulers, with a guidance hook.
+
+Per timestep: eps = denoiser(x_t, t, cond); x_prev = scheduler.step(eps, t, x_t).prev_sample;
+if a guidance hook is given, x_prev = guidance(StepState(...)) (paper Eq. 5 / Algorithm 1 and the
+reference code's after-the-step variant both fit this shape); x_t = x_prev.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from ._validation import check_choice, check_int, check_nonnegative
+from .seeding import make_generator
+
+__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler",
+           "SCHEDULERS", "BETA_SCHEDULES"]
+
+SCHEDULERS = ("ddpm", "ddim")
+BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
+
+
+@dataclass
+class StepState:
+    """What a guidance hook sees at one reverse step."""
+
+    x_t: Tensor            # (B, *S) current noisy sample
+    x_prev: Tensor         # (B, *S) the scheduler's proposal for x_{t-1} (prev_sample)
+    eps: Tensor            # (B, *S) noise prediction at x_t (detached)
+    t: int                 # diffusers timestep value
+    step_index: int        # 0 .. num_steps-1
+    num_steps: int
+    alpha_bar_t: float     # scheduler.alphas_cumprod[t]
+    alpha_bar_prev: float  # alphas_cumprod of the next (smaller) timestep, or final value at the end
+    denoiser: Callable     # the model (for guidance that backpropagates through it)
+    cond: Tensor | None    # (B, C) conditioning or None
+    sample_index: Tensor   # (B,) long: global indices of these samples within the requested n
+
+
+class GuidanceHook(Protocol):
+    """Returns the corrected x_prev (same shape). Optional: ``sequential: bool``, ``reset()``,
+    ``remember(x0)`` (the reference code's one-sample-at-a-time memory mode)."""
+
+    def __call__(self, state: StepState) -> Tensor: ...
+
+
+@dataclass
+class SampleResult:
+    samples: Tensor                  # (n, *shape) final x_0
+    trajectory: list[Tensor] | None  # [x_T, x_{t_1}, ..., x_0], each (n, *shape), when asked
+    timesteps: Tensor                # (num_steps,) long, the diffusers timesteps visited
+
+
+def make_scheduler(name: str = "ddpm", train_timesteps: int = 1000, beta_schedule: str = "linear"):
+    """A fresh diffusers DDPMScheduler (fixed_small variance) or DDIMScheduler, no clipping."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    check_choice(name, "scheduler", SCHEDULERS)
+    check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
+    train_timesteps = check_int(train_timesteps, "train_timesteps", 2)
+    if name == "ddpm":
+        return DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
+                             variance_type="fixed_small", clip_sample=False)
+    # set_alpha_to_one: the last step lands on the clean sample (alpha_bar = 1)
+    return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
+                         clip_sample=False, set_alpha_to_one=True)
+
+
+def _resolve_scheduler(scheduler: Any, train_timesteps: int, beta_schedule: str):
+    if isinstance(scheduler, str):
+        return make_scheduler(scheduler, train_timesteps, beta_schedule)
+    if not (hasattr(scheduler, "step") and hasattr(scheduler, "set_timesteps")
+            and hasattr(scheduler, "alphas_cumprod")):
+        raise TypeError(f"scheduler must be one of {SCHEDULERS} or a diffusers scheduler instance "
+                        f"(with step, set_timesteps, alphas_cumprod); got {type(scheduler).__name__}")
+    return copy.deepcopy(scheduler)  # the caller's scheduler keeps its state
+
+
+def _model_device(denoiser: Any) -> torch.device:
+    for getter in ("parameters", "buffers"):
+        try:
+            return next(iter(getattr(denoiser, getter)())).device
+        except (AttributeError, StopIteration, TypeError):
+            continue
+    return torch.device("cpu")
+
+
+def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, scheduler: Any = "ddpm",
+           num_steps: int = 100, guidance: GuidanceHook | None = None, cond: Tensor | None = None,
+           seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
+           return_trajectory: bool = False, progress: bool = False,
+           device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+           train_timesteps: int = 1000, beta_schedule: str = "linear", eta: float = 0.0) -> SampleResult:
+    """Draw n samples of ``shape`` by the reverse process of ``scheduler`` with optional guidance.
+
+    ``scheduler``: "ddpm", "ddim" (built from ``train_timesteps``/``beta_schedule``) or a diffusers
+    scheduler instance (deep-copied). The initial noise for all n samples is drawn first from the
+    seeded generator (``generator`` overrides ``seed``), then chunks of ``batch_size`` run in turn.
+    A hook with ``sequential=True`` gets ``reset()`` once, runs in chunks of ``batch_size``
+    (default 1) and gets ``remember(x0_chunk)`` after each chunk. The hook is called outside
+    ``no_grad``, so it may backpropagate through ``state.denoiser``.
+    """
+    n = check_int(n, "n", 1)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be a tuple of positive ints (one sample's shape), e.g. (2,); "
+                         f"got {shape!r}")
+    num_steps = check_int(num_steps, "num_steps", 1)
+    eta = check_nonnegative(eta, "eta")
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(x_t, t, cond); got {type(denoiser).__name__}")
+    if guidance is not None and not callable(guidance):
+        raise TypeError("guidance must be callable as guidance(state) -> x_prev; "
+                        f"got {type(guidance).__name__}")
+    sequential = bool(getattr(guidance, "sequential", False)) if guidance is not None else False
+    if batch_size is None:
+        batch_size = 1 if sequential else n
+    batch_size = check_int(batch_size, "batch_size", 1)
+    device = torch.device(device) if device is not None else _model_device(denoiser)
+    if cond is not None:
+        if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
+            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(f"cond must be a tensor with one row per sample, shape ({n}, C); got {got} "
+                             "(for one condition for all samples use cond.expand(n, -1))")
+        cond = cond.to(device)
+
+    sched = _resolve_scheduler(scheduler, train_timesteps, beta_schedule)
+    n_train = int(getattr(getattr(sched, "config", None), "num_train_timesteps", num_steps))
+    if num_steps > n_train:
+        raise ValueError(f"num_steps must be <= the scheduler's num_train_timesteps={n_train}; "
+                         f"got {num_steps}")
+    sched.set_timesteps(num_steps)
+    timesteps = sched.timesteps.clone()
+    step_params = inspect.signature(sched.step).parameters
+    gen = generator if generator is not None else make_generator(seed, device)
+    x_T = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype)  # (n, *S)
+    x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
+
+    if sequential and hasattr(guidance, "reset"):
+        guidance.reset()
+    chunks = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(chunks) * len(timesteps), desc="sampling")
+    finals, trajs = [], []
+    try:
+        for lo, hi in chunks:
+            idx = torch.arange(lo, hi, device=device)  # (b,)
+            cond_chunk = cond[lo:hi] if cond is not None else None  # (b, C)
+            x0, traj = _run_chunk(denoiser, sched, timesteps, x_T[lo:hi], cond_chunk, idx, gen, eta,
+                                  step_params, guidance, return_trajectory, bar)
+            if sequential and hasattr(guidance, "remember"):
+                guidance.remember(x0)
+            finals.append(x0)
+            trajs.append(traj)
+    finally:
+        if bar is not None:
+            bar.close()
+    samples = torch.cat(finals)
+    trajectory = None
+    if return_trajectory:  # per step, the chunks joined back into (n, *S)
+        trajectory = [torch.cat([tr[k] for tr in trajs]) for k in range(len(trajs[0]))]
+    return SampleResult(samples=samples, trajectory=trajectory, timesteps=timesteps)
+
+
+def _alpha_bar_prev(sched: Any, timesteps: Tensor, i: int) -> float:
+    if i + 1 < len(timesteps):
+        return float(sched.alphas_cumprod[int(timesteps[i + 1])])
+    return float(getattr(sched, "final_alpha_cumprod", 1.0))
+
+
+def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, guidance,
+               keep_traj, bar) -> tuple[Tensor, list[Tensor]]:
+    """The loop proper for one chunk of samples x (b, *S)."""
+    traj = [x.clone()] if keep_traj else []
+    kwargs: dict[str, Any] = {}
+    if "generator" in step_params:
+        kwargs["generator"] = gen
+    if "eta" in step_params:
+        kwargs["eta"] = eta
+    num_steps = len(timesteps)
+    for i, t in enumerate(timesteps):
+        with torch.no_grad():
+            t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)  # (b,)
+            model_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            eps = denoiser(model_in, t_batch, cond).detach()  # (b, *S)
+            if eps.shape != x.shape:
+                raise ValueError(f"the denoiser returned shape {tuple(eps.shape)} at step {i} (t={int(t)}); "
+                                 f"expected {tuple(x.shape)}, the shape of x_t")
+            x_prev = sched.step(eps, t, x, **kwargs).prev_sample  # (b, *S)
+        proposal = x_prev
+        if guidance is not None:
+            state = StepState(x_t=x, x_prev=x_prev, eps=eps, t=int(t), step_index=i, num_steps=num_steps,
+                              alpha_bar_t=float(sched.alphas_cumprod[int(t)]),
+                              alpha_bar_prev=_alpha_bar_prev(sched, timesteps, i),
+                              denoiser=denoiser, cond=cond, sample_index=idx)
+            x_prev = guidance(state)
+            if not isinstance(x_prev, Tensor) or x_prev.shape != x.shape:
+                got = tuple(x_prev.shape) if isinstance(x_prev, Tensor) else type(x_prev).__name__
+                raise ValueError(f"the guidance hook returned {got} at step {i} (t={int(t)}); "
+                                 f"it must return the corrected x_prev of shape {tuple(x.shape)}")
+            x_prev = x_prev.detach()
+        if not bool(torch.isfinite(x_prev).all()):
+            _raise_non_finite(i, int(t), eps, proposal, x_prev, idx)
+        x = x_prev
+        if keep_traj:
+            traj.append(x.clone())
+        if bar is not None:
+            bar.update(1)
+    return x, traj
+
+
+def _raise_non_finite(i: int, t: int, eps: Tensor, proposal: Tensor, x_prev: Tensor, idx: Tensor) -> None:
+    if not bool(torch.isfinite(eps).all()):
+        where = "the denoiser's noise prediction"
+    elif not bool(torch.isfinite(proposal).all()):
+        where = "the scheduler step"
+    else:
+        where = "the guidance hook (lower its strength or normalise its step)"
+    bad = (~torch.isfinite(x_prev)).reshape(x_prev.shape[0], -1).any(1)  # (b,)
+    raise FloatingPointError(
+        f"sampling produced NaN/Inf at step {i} (t={t}) in {where}; "
+        f"{int(bad.sum())} sample(s) affected, e.g. sample index {int(idx[bad][0])}"
+    )

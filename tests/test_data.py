@@ -1,0 +1,81 @@
+"""Toy mixtures, reference-set helpers and the minimal mode metrics."""
+import math
+
+import pytest
+import torch
+
+from mmdg_lite.data import (GaussianMixture, assign_modes, circle_mixture, dirichlet_mixture,
+                            draw_references, off_mode_fraction, proportions_of_modes,
+                            random_mixture, subset_mixture)
+from mmdg_lite.seeding import make_generator
+
+
+@pytest.fixture(autouse=True)
+def _float32_default():
+    """Run under torch's float32 default even if another module changed it at import."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_circle_mixture_geometry_and_sampling():
+    mix = circle_mixture(8, radius=2.0, std=0.1)
+    assert mix.means.shape == (8, 2) and mix.dim == 2 and mix.n_modes == 8
+    assert torch.allclose(mix.means.norm(dim=1), torch.full((8,), 2.0))
+    x, labels = mix.sample(4000, make_generator(0))
+    assert x.shape == (4000, 2) and labels.shape == (4000,) and labels.dtype == torch.long
+    assert torch.allclose((x - mix.means[labels]).std(), torch.tensor(0.1), atol=0.01)
+    assert torch.equal(assign_modes(x, mix.means), labels)
+    x2, _ = mix.sample(4000, 0)  # an int seed works too and gives the same draw
+    assert torch.equal(x, x2)
+    assert not torch.equal(x, mix.sample(4000, 1)[0])
+
+
+def test_random_mixture_separated_and_deterministic():
+    a, b = random_mixture(8, 100, seed=3), random_mixture(8, 100, seed=3)
+    assert torch.equal(a.means, b.means) and a.means.shape == (8, 100)
+    d = torch.cdist(a.means, a.means) + torch.eye(8) * 1e9
+    assert float(d.min()) >= 10 * a.std
+    assert not torch.equal(a.means, random_mixture(8, 100, seed=4).means)
+    with pytest.raises(ValueError, match="min_separation"):
+        random_mixture(8, 2, mean_scale=0.1, std=0.5, min_separation=100.0)
+
+
+def test_subset_and_dirichlet_mixtures():
+    mix = circle_mixture()
+    sub = subset_mixture(mix, [0, 2, 4, 6])
+    assert torch.allclose(sub.weights, torch.tensor([0.25, 0, 0.25, 0, 0.25, 0, 0.25, 0]))
+    assert torch.equal(sub.means, mix.means)
+    dm = dirichlet_mixture(mix, n_active=2, alpha=(1, 10), seed=5)
+    assert int((dm.weights > 0).sum()) == 2 and math.isclose(float(dm.weights.sum()), 1, rel_tol=1e-6)
+    assert torch.equal(dm.weights, dirichlet_mixture(mix, 2, (1, 10), seed=5).weights)
+    refs = draw_references(sub, n=200, seed=0)
+    assert refs.shape == (200, 2)
+    assert set(assign_modes(refs, mix.means).tolist()) <= {0, 2, 4, 6}
+    with pytest.raises(ValueError, match="modes must be distinct"):
+        subset_mixture(mix, [0, 8])
+    with pytest.raises(ValueError, match="alpha"):
+        dirichlet_mixture(mix, n_active=2, alpha=(1, 2, 3))
+
+
+def test_mode_metrics():
+    means = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    x = torch.tensor([[0.1, 0.0], [9.9, 0.0], [10.0, 0.2], [5.0, 0.0]])
+    assert assign_modes(x, means, max_dist=1.0).tolist() == [0, 1, 1, -1]
+    assert torch.allclose(proportions_of_modes(x, means, 1.0), torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))
+    assert off_mode_fraction(x, means, 1.0) == 0.25
+    mix = circle_mixture()
+    assert mix.mode_radius(0.999) == pytest.approx(0.1 * math.sqrt(-2 * math.log(0.001)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(means=torch.zeros(3), weights=torch.ones(3), std=1.0), "means"),
+    (dict(means=torch.zeros(3, 2), weights=torch.ones(2), std=1.0), "weights must have shape"),
+    (dict(means=torch.zeros(3, 2), weights=-torch.ones(3), std=1.0), "weights must be >= 0"),
+    (dict(means=torch.zeros(3, 2), weights=torch.ones(3), std=0.0), "std"),
+])
+
+def test_mixture_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**kwargs)

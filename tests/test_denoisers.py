@@ -1,0 +1,184 @@
+"""Denoisers (MLP, exact finite-set, exact Gaussian mixture), save/load and training."""
+import math
+
+import pytest
+import torch
+
+from mmdg_lite.data import circle_mixture
+from mmdg_lite.denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,
+                                 MLPDenoiser, load_denoiser, save_denoiser)
+from mmdg_lite.sampling import make_scheduler
+from mmdg_lite.training import TOY_2D_DIR, load_or_train_toy_2d, train_denoiser
+
+
+@pytest.fixture(autouse=True)
+def _float32_default():
+    """Run under torch's float32 default even if another module changed it at import."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+AC = make_scheduler("ddpm").alphas_cumprod
+
+
+@pytest.mark.parametrize("shape", [(2,), (100,), (1, 4, 4)])
+def test_mlp_shapes_any_dim(shape):
+    torch.manual_seed(0)
+    dim = math.prod(shape)
+    model = MLPDenoiser(dim, hidden=32, layers=2)
+    x = torch.randn(5, *shape)
+    out = model(x, torch.arange(5) * 100)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert isinstance(model, Denoiser)
+    assert torch.equal(model(x, 300), model(x, torch.full((5,), 300)))  # scalar t broadcasts
+    with pytest.raises(ValueError, match="dim=%d" % dim):
+        model(torch.randn(5, dim + 1), torch.zeros(5, dtype=torch.long))
+
+
+def test_mlp_condition_and_null_embedding():
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=32, layers=2, cond_dim=3)
+    with torch.no_grad():
+        model.null_cond.normal_()
+    x, t = torch.randn(4, 2), torch.full((4,), 500)
+    c = torch.randn(4, 3)
+    uncond, cond = model(x, t, None), model(x, t, c)
+    assert not torch.allclose(uncond, cond)
+    dropped = model(x, t, c, drop_cond=torch.tensor([True, False, True, False]))
+    assert torch.allclose(dropped[0::2], uncond[0::2]) and torch.allclose(dropped[1::2], cond[1::2])
+    cfg = CFGDenoiser(model, guidance_scale=2.0)
+    assert torch.allclose(cfg(x, t, c), uncond + 2.0 * (cond - uncond), atol=1e-6)
+    with pytest.raises(ValueError, match=r"cond must have shape \(4, 3\)"):
+        model(x, t, torch.randn(4, 2))
+    with pytest.raises(ValueError, match="cond_dim=0"):
+        MLPDenoiser(2, hidden=8, layers=1)(x, t, c)
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = MLPDenoiser(3, hidden=16, layers=2, time_embed_dim=8, cond_dim=2)
+    save_denoiser(model, tmp_path / "m")
+    loaded = load_denoiser(tmp_path / "m")
+    assert loaded.config == model.config
+    x, t, c = torch.randn(6, 3), torch.randint(0, 1000, (6,)), torch.randn(6, 2)
+    assert torch.equal(loaded(x, t, c), model(x, t, c))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_denoiser(tmp_path / "missing")
+
+
+def _brute_force_exact(x, t, data, ac):
+    """Independent float64 loop over data points: eps = (x - sqrt(abar) E[y|x]) / sqrt(1-abar)."""
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        abar = float(ac[int(t[b])])
+        logs = [-float(((x[b].double() - math.sqrt(abar) * y.double()) ** 2).sum()) / (2 * (1 - abar)) for y in data]
+        m = max(logs)
+        w = [math.exp(v - m) for v in logs]
+        mean = sum(wk * y.double() for wk, y in zip(w, data)) / sum(w)
+        out[b] = (x[b].double() - math.sqrt(abar) * mean) / math.sqrt(1 - abar)
+    return out
+
+
+def test_exact_denoiser_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(7, 3, generator=g)
+    x = torch.randn(6, 3, generator=g) * 2
+    t = torch.tensor([0, 5, 100, 400, 800, 999])
+    den = ExactDenoiser(data, make_scheduler("ddpm"))
+    got = den(x, t)
+    assert got.dtype == torch.float32
+    assert torch.allclose(den(x.double(), t), _brute_force_exact(x, t, data, AC), atol=1e-10, rtol=1e-9)
+    post = den.posterior(x, t)
+    assert post.shape == (6, 7) and torch.allclose(post.sum(1), torch.ones(6, dtype=torch.float64))
+    far = den(torch.full((2, 3), 1e4), torch.tensor([0, 999]))  # log-sum-exp keeps this finite
+    assert torch.isfinite(far).all()
+
+
+def _tweedie_oracle(x, t, means, weights, std, ac):
+    """eps = -sqrt(1-abar) grad log p_t(x), with p_t built by torch.distributions and autograd."""
+    out = []
+    for b in range(x.shape[0]):
+        abar = ac[int(t[b])].double()
+        comp = torch.distributions.Independent(torch.distributions.Normal(
+            abar.sqrt() * means.double(), (abar * std**2 + 1 - abar).sqrt().expand(means.shape)), 1)
+        mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(probs=weights.double()), comp)
+        xb = x[b].double().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(mix.log_prob(xb), xb)
+        out.append(-(1 - abar).sqrt() * grad)
+    return torch.stack(out)
+
+
+def test_gaussian_mixture_denoiser_matches_autograd_oracle():
+    g = torch.Generator().manual_seed(1)
+    means, weights, std = torch.randn(4, 5, generator=g) * 3, torch.tensor([0.1, 0.2, 0.3, 0.4]), 0.3
+    x = torch.randn(8, 5, generator=g) * 2
+    t = torch.tensor([0, 1, 10, 100, 300, 600, 900, 999])
+    den = GaussianMixtureDenoiser(means, weights, std, AC)
+    expected = _tweedie_oracle(x, t, means, weights, std, AC)
+    assert torch.allclose(den(x.double(), t), expected, atol=1e-9, rtol=1e-7)
+    assert den(x, t).dtype == torch.float32
+    # zero-weight components are allowed (a user's subset target)
+    den0 = GaussianMixtureDenoiser(means, torch.tensor([0.0, 0.0, 0.5, 0.5]), std, AC)
+    assert torch.isfinite(den0(x, t)).all()
+
+
+def test_gaussian_mixture_denoiser_tends_to_exact_denoiser():
+    mix = circle_mixture()
+    x, t = torch.randn(16, 2) * 2, torch.randint(50, 1000, (16,))
+    gmm = GaussianMixtureDenoiser(mix.means, mix.weights, 1e-6, AC)
+    exact = ExactDenoiser(mix.means, AC, weights=mix.weights)
+    assert torch.allclose(gmm(x.double(), t), exact(x.double(), t), atol=1e-6)
+    assert torch.allclose(GaussianMixtureDenoiser.from_mixture(mix, AC).posterior(x, t).sum(1),
+                          torch.ones(16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ExactDenoiser(torch.randn(5), AC), "data"),
+    (lambda: ExactDenoiser(torch.randn(5, 2), torch.ones(10)), "alphas_cumprod"),
+    (lambda: ExactDenoiser(torch.randn(5, 2), AC, weights=torch.ones(4)), "weights"),
+    (lambda: GaussianMixtureDenoiser(torch.randn(3, 2), torch.ones(2), 0.1, AC), "weights"),
+    (lambda: GaussianMixtureDenoiser(torch.randn(3, 2), torch.ones(3), -1.0, AC), "std"),
+    (lambda: ExactDenoiser(torch.randn(5, 2), AC)(torch.randn(2, 2), torch.zeros(2, dtype=torch.long),
+                                                  torch.ones(2, 1)), "unconditional"),
+    (lambda: ExactDenoiser(torch.randn(5, 2), AC)(torch.randn(2, 2), torch.zeros(3, dtype=torch.long)), r"shape \(2,\)"),
+])
+def test_closed_form_bad_arguments(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_train_denoiser_deterministic_and_learning():
+    data = circle_mixture().sample(2000, 0)[0]
+
+    def run():
+        torch.manual_seed(0)
+        model = MLPDenoiser(2, hidden=32, layers=2)
+        return model, train_denoiser(model, data, make_scheduler("ddpm"), steps=150, batch_size=64,
+                                     lr=3e-3, seed=0, progress=False)
+
+
+    (m1, l1), (m2, l2) = run(), run()
+    assert l1 == l2 and len(l1) == 150
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert sum(l1[-30:]) / 30 < sum(l1[:30]) / 30
+    with pytest.raises(ValueError, match="cond_dropout"):
+        train_denoiser(m1, data, steps=1, cond_dropout=1.5, progress=False)
+
+
+def test_train_conditional_with_dropout():
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=16, layers=1, cond_dim=2)
+    data, cond = torch.randn(100, 2), torch.randn(100, 2)
+    losses = train_denoiser(model, data, steps=5, batch_size=8, cond=cond, cond_dropout=0.5, progress=False)
+    assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+    assert model.null_cond.abs().sum() > 0  # the null embedding is trained
+    with pytest.raises(ValueError, match="one row per data point"):
+        train_denoiser(model, data, steps=1, cond=cond[:5], progress=False)
+
+
+@pytest.mark.skipif(not (TOY_2D_DIR / "model.safetensors").is_file(), reason="shipped toy model missing")
+def test_shipped_toy_model_loads():
+    model, mix = load_or_train_toy_2d()
+    assert isinstance(model, MLPDenoiser) and model.dim == 2 and mix.n_modes == 8

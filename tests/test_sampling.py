@@ -1,0 +1,178 @@
+"""The sampling loop: agreement with diffusers step by step, seeding, hooks, errors."""
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from mmdg_lite.data import assign_modes, circle_mixture, dirichlet_mixture, off_mode_fraction, proportions_of_modes
+from mmdg_lite.denoisers import ExactDenoiser, GaussianMixtureDenoiser, MLPDenoiser
+from mmdg_lite.sampling import StepState, make_scheduler, sample
+from mmdg_lite.seeding import make_generator
+
+
+@pytest.fixture(autouse=True)
+def _float32_default():
+    """Run under torch's float32 default even if another module changed it at import."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MLPDenoiser(2, hidden=32, layers=2).float().eval()
+
+
+def _hand_loop(model, scheduler, n, num_steps, seed, **step_kwargs):
+    """A plain diffusers loop written independently of mmdg_lite.sampling."""
+    scheduler.set_timesteps(num_steps)
+    gen = make_generator(seed)
+    x = torch.randn((n, 2), generator=gen)
+    traj = [x]
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = model(x, torch.full((n,), int(t), dtype=torch.long))
+            x = scheduler.step(eps, t, x, generator=gen, **step_kwargs).prev_sample
+            traj.append(x)
+    return traj
+
+
+@pytest.mark.parametrize("name, beta, eta", [("ddpm", "linear", 0.0), ("ddpm", "squaredcos_cap_v2", 0.0),
+                                             ("ddim", "linear", 0.0), ("ddim", "linear", 0.7)])
+def test_matches_diffusers_step_by_step(model, name, beta, eta):
+    if name == "ddpm":
+        ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta, variance_type="fixed_small", clip_sample=False)
+        expected = _hand_loop(model, ref, 16, 25, seed=3)
+    else:
+        ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule=beta, clip_sample=False, set_alpha_to_one=True)
+        expected = _hand_loop(model, ref, 16, 25, seed=3, eta=eta)
+    res = sample(model, 16, (2,), scheduler=name, num_steps=25, seed=3, beta_schedule=beta, eta=eta,
+                 return_trajectory=True)
+    assert len(res.trajectory) == 26 and torch.equal(res.timesteps, ref.timesteps)
+    for k, (a, b) in enumerate(zip(res.trajectory, expected)):
+        assert torch.equal(a, b), f"step {k} differs"
+    assert torch.equal(res.samples, res.trajectory[-1])
+
+
+def test_scheduler_instance_is_copied(model):
+    ref = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+    res = sample(model, 4, (2,), scheduler=ref, num_steps=10)
+    assert ref.num_inference_steps is None  # caller's scheduler untouched
+    assert torch.equal(res.samples, sample(model, 4, (2,), scheduler="ddim", num_steps=10).samples)
+
+
+def test_seeding(model):
+    a = sample(model, 8, (2,), num_steps=20, seed=1).samples
+    b = sample(model, 8, (2,), num_steps=20, seed=1).samples
+    c = sample(model, 8, (2,), num_steps=20, seed=2).samples
+    d = sample(model, 8, (2,), num_steps=20, generator=make_generator(1)).samples
+    assert torch.equal(a, b) and torch.equal(a, d) and not torch.equal(a, c)
+
+
+class Recorder:
+    """Identity hook that records what it sees."""
+
+    def __init__(self, sequential=False):
+        self.sequential, self.states, self.remembered, self.resets = sequential, [], [], 0
+
+    def reset(self):
+        self.resets += 1
+
+    def remember(self, x0):
+        self.remembered.append(x0.clone())
+
+    def __call__(self, state: StepState):
+        self.states.append(state)
+        return state.x_prev
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_identity_hook_is_bit_exact(model, name):
+    plain = sample(model, 12, (2,), scheduler=name, num_steps=15, seed=4, eta=0.3)
+    hook = Recorder()
+    hooked = sample(model, 12, (2,), scheduler=name, num_steps=15, seed=4, eta=0.3, guidance=hook)
+    assert torch.equal(plain.samples, hooked.samples)
+    assert hook.resets == 0 and hook.remembered == []
+    sched = make_scheduler(name)
+    sched.set_timesteps(15)
+    for i, s in enumerate(hook.states):
+        assert s.step_index == i and s.num_steps == 15 and s.t == int(sched.timesteps[i])
+        assert s.alpha_bar_t == float(sched.alphas_cumprod[s.t])
+        nxt = float(sched.alphas_cumprod[int(sched.timesteps[i + 1])]) if i < 14 else 1.0
+        assert s.alpha_bar_prev == nxt
+        assert s.x_t.shape == s.x_prev.shape == s.eps.shape == (12, 2)
+        assert torch.equal(s.sample_index, torch.arange(12)) and s.denoiser is model and s.cond is None
+
+
+def test_sequential_mode_chunks_and_memory(model):
+    hook = Recorder(sequential=True)
+    res = sample(model, 5, (2,), num_steps=6, seed=0, guidance=hook)
+    assert hook.resets == 1 and len(hook.remembered) == 5
+    assert all(r.shape == (1, 2) for r in hook.remembered)
+    assert torch.equal(torch.cat(hook.remembered), res.samples)
+    assert [int(s.sample_index) for s in hook.states[::6]] == [0, 1, 2, 3, 4]
+    plain = sample(model, 5, (2,), num_steps=6, seed=0, batch_size=1)  # same chunking, no hook
+    assert torch.equal(plain.samples, res.samples)
+    hook2 = Recorder(sequential=True)
+    sample(model, 5, (2,), num_steps=6, seed=0, guidance=hook2, batch_size=2, return_trajectory=True)
+    assert [r.shape[0] for r in hook2.remembered] == [2, 2, 1]
+
+
+def test_chunked_trajectory_and_cond():
+    torch.manual_seed(0)
+    cmodel = MLPDenoiser(2, hidden=16, layers=1, cond_dim=3)
+    cond = torch.randn(7, 3)
+    hook = Recorder()
+    res = sample(cmodel, 7, (2,), num_steps=5, cond=cond, batch_size=3, return_trajectory=True, guidance=hook)
+    assert len(res.trajectory) == 6 and all(x.shape == (7, 2) for x in res.trajectory)
+    assert torch.equal(hook.states[5].cond, cond[3:6])
+    assert torch.equal(hook.states[10].sample_index, torch.tensor([6]))
+
+
+def test_non_finite_is_reported_with_step(model):
+    def bad(state):
+        return state.x_prev * (float("nan") if state.step_index == 3 else 1.0)
+
+    with pytest.raises(FloatingPointError, match=r"step 3 \(t=\d+\) in the guidance hook"):
+        sample(model, 4, (2,), num_steps=10, guidance=bad)
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(scheduler="euler"), ValueError, "scheduler must be one of"),
+    (dict(scheduler=object()), TypeError, "scheduler must be"),
+    (dict(num_steps=0), ValueError, "num_steps must be an integer >= 1"),
+    (dict(num_steps=2000), ValueError, "num_train_timesteps"),
+    (dict(n=0), ValueError, "n must be an integer >= 1"),
+    (dict(shape=(0,)), ValueError, "shape must be"),
+    (dict(cond=torch.zeros(3, 1)), ValueError, r"cond must be .* shape \(4, C\)"),
+    (dict(beta_schedule="cosine"), ValueError, "beta_schedule must be one of"),
+    (dict(eta=-1.0), ValueError, "eta"),
+    (dict(guidance=lambda s: s.x_prev[:1]), ValueError, "guidance hook returned"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+])
+
+def test_bad_arguments(model, kwargs, err, match):
+    args = dict(n=4, shape=(2,), num_steps=5)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        sample(model, args.pop("n"), args.pop("shape"), **args)
+
+
+def test_exact_mixture_denoiser_hits_modes_and_proportions():
+    mix = dirichlet_mixture(circle_mixture(), n_active=3, alpha=(1.0, 1.0, 1.0), seed=2)
+    den = GaussianMixtureDenoiser.from_mixture(mix, make_scheduler("ddpm"))
+    x = sample(den, 3000, (2,), num_steps=100, seed=0).samples
+    radius = mix.mode_radius(0.999)
+    assert off_mode_fraction(x, mix.means, radius) < 0.01
+    tv = 0.5 * float((proportions_of_modes(x, mix.means, radius) - mix.weights.double()).abs().sum())
+    assert tv < 0.04
+
+
+def test_exact_finite_set_denoiser_reproduces_the_data():
+    data = circle_mixture(16, radius=2.0).means  # 16 points 0.78 apart
+    den = ExactDenoiser(data, make_scheduler("ddim"))
+    x = sample(den, 200, (2,), scheduler="ddim", num_steps=50, seed=0).samples
+    nearest = torch.cdist(x, data).min(dim=1).values
+    assert float(nearest.max()) < 1e-3
+    assert len(set(assign_modes(x, data).tolist())) >= 12  # many distinct points, not collapse
