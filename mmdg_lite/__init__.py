@@ -11,12 +11,13 @@ from .mmd import (PermutationTestResult, mmd2, mmd2_grad, mmd2_grad_autograd,
 from .seeding import make_generator, seed_everything
 
 __version__ = "0.1.0"
-from .data import (GaussianMixture, assign_modes, circle_mixture, dirichlet_mixture,
-                   draw_references, proportions_of_modes, random_mixture, subset_mixture)
+from .data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
+                   random_mixture, subset_mixture)
 from .denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,
                         MLPDenoiser, load_denoiser, save_denoiser)
 from .guidance import MMDGuidance, schedule_weight
-from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_proportions,
+from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_assignment,
+                      mode_proportions,
                       off_mode_fraction, rke, rrke, total_variation, vendi_score)
 from .notebook import setup_notebook
 from .rff import RFFReferenceEmbedding, mmd2_grad_rff

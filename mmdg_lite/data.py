@@ -2,8 +2,7 @@
 
 A ``GaussianMixture`` is the "pretrained" distribution P; ``subset_mixture`` and
 ``dirichlet_mixture`` build a user's target Q over the same components; ``draw_references``
-draws the small reference set R from Q. ``assign_modes`` / ``proportions_of_modes`` are minimal
-mode metrics (the metrics module has the full set).
+draws the small reference set R from Q. Mode metrics live in ``mmdg_lite.metrics``.
 """
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ from ._validation import as_float_tensor, check_finite, check_int, check_points,
 from .seeding import make_generator
 
 __all__ = ["GaussianMixture", "circle_mixture", "random_mixture", "subset_mixture",
-           "dirichlet_mixture", "draw_references", "assign_modes", "proportions_of_modes",
-           "off_mode_fraction"]
+           "dirichlet_mixture", "draw_references"]
 
 
 def _generator(generator: torch.Generator | int | None) -> torch.Generator:
@@ -154,27 +152,3 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
 def draw_references(mixture: GaussianMixture, n: int = 200, seed: int = 0) -> Tensor:
     """The user's reference set: n points (n, D) from ``mixture`` (use ``sample`` for labels)."""
     return mixture.sample(n, make_generator(seed))[0]
-
-
-def assign_modes(x: Tensor, means: Tensor, max_dist: float | None = None) -> Tensor:
-    """Index of the nearest mean for each point (n,) long; -1 where farther than ``max_dist``."""
-    x = check_points(x, "x")  # (n, D)
-    means = check_points(means, "means").to(x)  # (K, D)
-    d = torch.cdist(x, means)  # (n, K)
-    dist, labels = d.min(dim=1)  # (n,), (n,)
-    if max_dist is not None:
-        labels = torch.where(dist > check_positive(max_dist, "max_dist"), -1, labels)
-    return labels
-
-
-def proportions_of_modes(x: Tensor, means: Tensor, max_dist: float | None = None) -> Tensor:
-    """Fraction of the on-mode points in each mode (K,), summing to 1 (zeros if none on-mode)."""
-    labels = assign_modes(x, means, max_dist)
-    k = means.shape[0]
-    counts = torch.bincount(labels[labels >= 0], minlength=k).double()  # (K,)
-    return counts / counts.sum().clamp_min(1)
-
-
-def off_mode_fraction(x: Tensor, means: Tensor, max_dist: float) -> float:
-    """Fraction of points farther than ``max_dist`` from every mean."""
-    return float((assign_modes(x, means, max_dist) < 0).double().mean())

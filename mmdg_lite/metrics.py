@@ -197,23 +197,33 @@ def _means(x: Any, means: Any) -> tuple[Tensor, Tensor]:
     return _pair(x, means, "x", "means")
 
 
-def mode_assignment(x: Any, means: Any) -> Tensor:
-    """Index of the nearest mean for each point: (n, D), (K, D) -> (n,) int64."""
+def mode_assignment(x: Any, means: Any, max_dist: float | None = None) -> Tensor:
+    """Index of the nearest mean for each point: (n, D), (K, D) -> (n,) int64.
+
+    With ``max_dist``, points farther than it from every mean get -1 (off-mode).
+    """
     x, mu = _means(x, means)
-    return pairwise_sq_dists(x, mu).argmin(1)
+    d2 = pairwise_sq_dists(x, mu)  # (n, K)
+    dist2, idx = d2.min(1)
+    if max_dist is not None:
+        idx = torch.where(dist2 > check_positive(max_dist, "max_dist") ** 2, -1, idx)
+    return idx
 
 
-def mode_proportions(x: Any, means: Any, n_modes: int | None = None) -> Tensor:
+def mode_proportions(x: Any, means: Any, n_modes: int | None = None,
+                     max_dist: float | None = None) -> Tensor:
     """Fraction of points nearest to each mean, (K,) float64 summing to 1.
 
     ``n_modes`` defaults to len(means); if given it must equal it (a consistency check).
+    With ``max_dist`` only on-mode points count (all zeros if none is on a mode).
     """
     x, mu = _means(x, means)
     if n_modes is not None and check_int(n_modes, "n_modes", 1) != len(mu):
         raise ValueError(f"n_modes={n_modes} but means holds {len(mu)} rows (shape "
                          f"{tuple(mu.shape)}); they must agree")
-    idx = pairwise_sq_dists(x, mu).argmin(1)
-    return torch.bincount(idx, minlength=len(mu)).double() / len(x)
+    idx = mode_assignment(x, mu, max_dist)
+    counts = torch.bincount(idx[idx >= 0], minlength=len(mu)).double()  # (K,)
+    return counts / counts.sum().clamp_min(1)
 
 
 def _prob_vector(p: Any, name: str) -> Tensor:

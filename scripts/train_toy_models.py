@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from mmdg_lite.data import circle_mixture, off_mode_fraction, proportions_of_modes
+from mmdg_lite.data import circle_mixture
+from mmdg_lite.metrics import mode_proportions, off_mode_fraction
 from mmdg_lite.denoisers import load_denoiser, save_denoiser
 from mmdg_lite.sampling import sample
 from mmdg_lite.training import TOY_2D_DIR, TOY_2D_RECIPE, train_toy_2d
@@ -23,14 +24,14 @@ N_EVAL, EVAL_SEED = 2000, 1
 
 
 def evaluate(model, mixture) -> list[dict]:
-    """Off-mode fraction (farther than the 99.9 % radius of every mode) and TV to the mixture weights."""
-    radius = mixture.mode_radius(0.999)
+    """Off-mode fraction (beyond the 3-sigma-equivalent radius of every mode, metrics.off_mode_fraction)
+    and TV between nearest-mode proportions and the mixture weights."""
     rows = []
     for scheduler, steps in EVAL:
         x = sample(model, N_EVAL, (2,), scheduler=scheduler, num_steps=steps, seed=EVAL_SEED).samples
-        p = proportions_of_modes(x, mixture.means, radius)
+        p = mode_proportions(x, mixture.means)
         rows.append({"scheduler": scheduler, "num_steps": steps, "n": N_EVAL, "seed": EVAL_SEED,
-                     "off_mode": round(off_mode_fraction(x, mixture.means, radius), 4),
+                     "off_mode": round(off_mode_fraction(x, mixture.means, mixture.std), 4),
                      "tv_to_uniform": round(0.5 * float((p - mixture.weights.double()).abs().sum()), 4),
                      "proportions": [round(float(v), 4) for v in p]})
         print(rows[-1])

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from mmdg_lite.data import (GaussianMixture, assign_modes, circle_mixture, dirichlet_mixture,
-                            draw_references, off_mode_fraction, proportions_of_modes,
+from mmdg_lite.data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                             random_mixture, subset_mixture)
+from mmdg_lite.metrics import mode_assignment as assign_modes
 from mmdg_lite.seeding import make_generator
 
 
@@ -59,12 +59,13 @@ def test_subset_and_dirichlet_mixtures():
         dirichlet_mixture(mix, n_active=2, alpha=(1, 2, 3))
 
 
-def test_mode_metrics():
+def test_mode_radius_and_on_mode_proportions():
+    from mmdg_lite.metrics import mode_proportions
     means = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
     x = torch.tensor([[0.1, 0.0], [9.9, 0.0], [10.0, 0.2], [5.0, 0.0]])
     assert assign_modes(x, means, max_dist=1.0).tolist() == [0, 1, 1, -1]
-    assert torch.allclose(proportions_of_modes(x, means, 1.0), torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))
-    assert off_mode_fraction(x, means, 1.0) == 0.25
+    assert torch.allclose(mode_proportions(x, means, max_dist=1.0),
+                          torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))
     mix = circle_mixture()
     assert mix.mode_radius(0.999) == pytest.approx(0.1 * math.sqrt(-2 * math.log(0.001)))
 
