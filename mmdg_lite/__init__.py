@@ -20,6 +20,7 @@ from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_
                       mode_proportions,
                       off_mode_fraction, rke, rrke, total_variation, vendi_score)
 from .notebook import setup_notebook
+from .experiments import SyntheticTask, evaluate, make_task
 from .rff import RFFReferenceEmbedding, mmd2_grad_rff
 from .sampling import SampleResult, StepState, make_scheduler, sample
 from .training import load_or_train_toy_2d, train_denoiser
