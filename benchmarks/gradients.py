@@ -19,15 +19,16 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import machine, peak_extra_memory, time_once  # noqa: E402
+from _common import make_inputs as _inputs  # noqa: E402
 from mmdg_lite import GaussianKernel, mmd2_grad, mmd2_grad_autograd  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "gradients.md"
@@ -36,17 +37,6 @@ NR_MEM, D_MEM = 100_000, 1024
 
 
 # --- timing ------------------------------------------------------------------------------------
-
-def _inputs(n: int, m: int, d: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g), torch.randn(m, d, generator=g) + 0.1
-
-
-def time_once(fn, *args, **kw) -> float:
-    t0 = time.perf_counter()
-    fn(*args, **kw)
-    return time.perf_counter() - t0
-
 
 def time_gradients(d: int, repeats: int) -> dict:
     x, y = _inputs(B, NR_TIME, d)
@@ -63,49 +53,13 @@ def time_gradients(d: int, repeats: int) -> dict:
 
 # --- memory (run in a child process) ----------------------------------------------------------
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(chunk_size: int | None, threads: int) -> dict:
     torch.set_num_threads(threads)
     x, y = _inputs(B, NR_MEM, D_MEM)
     k = GaussianKernel(bandwidth=float(D_MEM) ** 0.5)
     mmd2_grad(x, y[:2000], k, chunk_size=chunk_size)  # load kernels and thread pools first
-    base = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the VmHWM peak to the current RSS
-        hwm_reset = True
-    except OSError:
-        hwm_reset = False
-    peak = [base]
-    stop = threading.Event()
-    try:
-        import psutil
-        proc = psutil.Process()
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss // 1024)
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-    except ImportError:
-        sampler = None
-    t0 = time.perf_counter()
-    mmd2_grad(x, y, k, chunk_size=chunk_size)
-    seconds = time.perf_counter() - t0
-    stop.set()
-    if sampler is not None:
-        sampler.join()
-    hwm = _status_kb("VmHWM") if hwm_reset else 0
-    return {"chunk_size": chunk_size, "inputs_mb": (x.numel() + y.numel()) * 4 / 2**20,
-            "extra_mb": (max(peak[0], hwm) - base) / 1024, "seconds": seconds,
-            "method": ("VmHWM" if hwm_reset else "") + (" + psutil sampler" if sampler else "")}
+    r = peak_extra_memory(lambda: mmd2_grad(x, y, k, chunk_size=chunk_size))
+    return {"chunk_size": chunk_size, "inputs_mb": (x.numel() + y.numel()) * 4 / 2**20, **r}
 
 
 def measure_memory(chunk_size: int | None, threads: int) -> dict:
@@ -115,24 +69,6 @@ def measure_memory(chunk_size: int | None, threads: int) -> dict:
 
 
 # --- report ------------------------------------------------------------------------------------
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
