@@ -19,6 +19,7 @@ from ._validation import (check_choice, check_int, check_nonnegative, check_pair
                           check_positive)
 from .kernels import (GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel)
 from .mmd import mmd2_grad
+from .rff import RFFReferenceEmbedding, mmd2_grad_rff
 
 __all__ = ["MMDGuidance", "SCHEDULES", "NORMALIZATIONS", "EVAL_POINTS", "GENERATED_SETS",
            "schedule_weight"]
@@ -96,6 +97,10 @@ class MMDGuidance:
             ``prompt_kernel`` (default Gaussian, sigma 0.3, on L2-normalised features).
             Without ``sample_prompts`` the sampler's ``cond`` is used.
         chunk_size: references per chunk (bounded memory for large reference sets).
+        rff_features: beyond the paper: replace the exact reference term by F random Fourier
+            features of a fixed-bandwidth Gaussian kernel; the reference mean embedding is
+            computed once, so a step costs O(B F D) for any N_r (error ~ 2 sqrt(D / F), see
+            benchmarks/results/rff.md). Batch mode, biased estimator, no prompts.
         track: keep per-step diagnostics in ``self.history``.
     """
 
@@ -106,7 +111,8 @@ class MMDGuidance:
                  eval_point: str = "x_t", generated_set: str = "batch", memory_size: int = 99,
                  estimator: str = "biased", reference_prompts: Tensor | None = None,
                  sample_prompts: Tensor | None = None, prompt_kernel: Kernel | None = None,
-                 chunk_size: int | None = None, track: bool = False) -> None:
+                 chunk_size: int | None = None, rff_features: int | None = None,
+                 rff_seed: int = 0, track: bool = False) -> None:
         self.references = check_points(references, "references", flatten=False)
         self.kernel: Kernel = kernel if kernel is not None else GaussianKernel()
         if not isinstance(self.kernel, Kernel):
@@ -140,6 +146,17 @@ class MMDGuidance:
                            "reference_prompts")
         elif sample_prompts is not None or prompt_kernel is not None:
             raise ValueError("sample_prompts / prompt_kernel need reference_prompts (N_r, P); got None")
+        self.rff: RFFReferenceEmbedding | None = None
+        if rff_features is not None:
+            bw = getattr(self.kernel, "bandwidth", None)
+            if not isinstance(self.kernel, GaussianKernel) or bw is None:
+                raise ValueError("rff_features needs a Gaussian kernel with a fixed bandwidth, "
+                                 f"e.g. GaussianKernel(2.0); got kernel {self.kernel!r}")
+            if (self.generated_set, self.estimator, self.reference_prompts) != ("batch", "biased", None):
+                raise ValueError("rff_features works with generated_set='batch', estimator='biased' "
+                                 f"and no prompts; got generated_set={self.generated_set!r}, "
+                                 f"estimator={self.estimator!r}")
+            self.rff = RFFReferenceEmbedding(self.references, bw, rff_features, seed=rff_seed)
         self.track = track
         self.history: list[dict[str, float]] = []
         self.reset()
@@ -198,6 +215,8 @@ class MMDGuidance:
             if self.generated_set == "memory":  # first sample: unguided, as in the reference code
                 return torch.zeros_like(z), 1.0
             kernel = kernel.resolve(z, refs)
+            if self.rff is not None:
+                return mmd2_grad_rff(z, self.rff), len(z) * _displacement_scale(kernel)
             g = mmd2_grad(z, refs, kernel, x_prompts=prompts, y_prompts=rp, **kw)
             return g, len(z) * _displacement_scale(kernel)
         mem = self.memory.to(z)

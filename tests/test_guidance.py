@@ -217,3 +217,16 @@ def test_non_finite_correction_raises():
                         strength_scale="none")
     with pytest.raises(FloatingPointError, match="NaN/Inf at step 5"):
         guide(st)
+
+
+def test_rff_option_approaches_exact_guidance_and_validates():
+    st, y = make_state(B=6, D=3), refs(N=9, D=3)
+    k = GaussianKernel(2.0)
+    exact = MMDGuidance(y, kernel=k, strength=0.5)(st)
+    approx = MMDGuidance(y, kernel=k, strength=0.5, rff_features=200_000, rff_seed=1)(st)
+    rel = float((approx - exact).norm() / (exact - st.x_prev).norm())
+    assert rel < 0.05
+    with pytest.raises(ValueError, match="fixed bandwidth"):
+        MMDGuidance(y, rff_features=64)
+    with pytest.raises(ValueError, match="generated_set='batch'"):
+        MMDGuidance(y, kernel=k, rff_features=64, generated_set="memory")
