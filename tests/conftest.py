@@ -71,6 +71,10 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Each test starts from the same global RNG state (tests use their own generators anyway)."""
+    """Each test starts from the same global RNG state (tests use their own generators anyway)
+    and under torch's float32 default dtype, restored afterwards whatever the test set."""
     seed_everything(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     yield
+    torch.set_default_dtype(old)

@@ -10,15 +10,6 @@ from mmdg_lite.metrics import mode_assignment as assign_modes
 from mmdg_lite.seeding import make_generator
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """Run under torch's float32 default even if another module changed it at import."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_circle_mixture_geometry_and_sampling():
     mix = circle_mixture(8, radius=2.0, std=0.1)
     assert mix.means.shape == (8, 2) and mix.dim == 2 and mix.n_modes == 8

@@ -10,15 +10,6 @@ from mmdg_lite.denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianM
 from mmdg_lite.sampling import make_scheduler
 from mmdg_lite.training import TOY_2D_DIR, load_or_train_toy_2d, train_denoiser
 
-
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """Run under torch's float32 default even if another module changed it at import."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
 AC = make_scheduler("ddpm").alphas_cumprod
 
 

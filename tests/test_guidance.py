@@ -15,10 +15,7 @@ from mmdg_lite.mmd import mmd2
 
 @pytest.fixture(autouse=True)
 def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    torch.set_default_dtype(torch.float64)  # conftest restores float32 after each test
 
 
 def make_state(B=6, D=3, seed=0, step_index=5, num_steps=10, ab=0.6, denoiser=None, cond=None):

@@ -11,15 +11,6 @@ from mmdg_lite.sampling import StepState, make_scheduler, sample
 from mmdg_lite.seeding import make_generator
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """Run under torch's float32 default even if another module changed it at import."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
