@@ -95,7 +95,11 @@ class MMDGuidance:
         reference_prompts / sample_prompts: (N_r, P) and (n, P) prompt features for
             prompt-aware guidance (Sec. 5): the kernel becomes k_p x k_z (Eq. 10) with
             ``prompt_kernel`` (default Gaussian, sigma 0.3, on L2-normalised features).
-            Without ``sample_prompts`` the sampler's ``cond`` is used.
+            Without ``sample_prompts`` the sampler's ``cond`` is used. Eq. 11 spreads the
+            1/(B N_r) weights over all prompts, so each of C equally represented prompts feels
+            about 1/C of the pull plain guidance gives: multiply ``strength`` by about C.
+            ``mmdg_lite.prompts.CoverageGate`` switches guidance off for prompts that have no
+            references (Eq. 11 would still let such samples repel each other).
         chunk_size: references per chunk (bounded memory for large reference sets).
         rff_features: beyond the paper: replace the exact reference term by F random Fourier
             features of a fixed-bandwidth Gaussian kernel; the reference mean embedding is
@@ -188,6 +192,12 @@ class MMDGuidance:
         if self.reference_prompts is None:
             return None
         if self.sample_prompts is not None:
+            top = int(state.sample_index.max()) + 1
+            if top > len(self.sample_prompts):
+                raise ValueError(
+                    f"sample_prompts has {len(self.sample_prompts)} rows but the sampler is drawing "
+                    f"at least {top} samples; give one prompt per sample (n rows, in the sampler's "
+                    "order), or omit sample_prompts to use the sampler's cond")
             p = self.sample_prompts[state.sample_index.to(self.sample_prompts.device)]
         elif state.cond is not None:
             p = state.cond.reshape(n, -1)

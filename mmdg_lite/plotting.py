@@ -170,3 +170,63 @@ def plot_loglog(x: ArrayLike, y: ArrayLike, *, yerr: ArrayLike | None = None,
                   label=ref_label or f"reference slope {ref_slope:g}")
     ax.legend(fontsize="small")
     return slope
+
+
+def plot_prompt_samples(points: ArrayLike, labels: Sequence[str], *, references: ArrayLike | None = None,
+                        reference_labels: Sequence[str] | None = None, ax: Axes | None = None,
+                        order: Sequence[str] | None = None, s: float = 9.0, alpha: float = 0.6,
+                        legend: bool = True) -> Axes:
+    """2-D samples coloured by their prompt (dots) and references by theirs (black-edged crosses).
+
+    ``order`` fixes the prompt -> colour assignment (default: first appearance), so several
+    panels share one colour key.
+    """
+    ax = _ax(ax)
+    p = _check_2d(to_numpy(points), "points")
+    labels = list(labels)
+    if len(labels) != len(p):
+        raise ValueError(f"labels has {len(labels)} entries but points has {len(p)}; one per point")
+    names = list(order) if order is not None else list(dict.fromkeys(labels))
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    lab = np.asarray(labels)
+    for n in names:
+        m = lab == n
+        if m.any():
+            ax.scatter(p[m, 0], p[m, 1], s=s, alpha=alpha, c=colors[n], label=f"prompt '{n}'")
+    if references is not None:
+        r = _check_2d(to_numpy(references), "references")
+        rl = np.asarray(list(reference_labels) if reference_labels is not None else ["ref"] * len(r))
+        for n in dict.fromkeys(rl.tolist()):
+            m = rl == n
+            ax.scatter(r[m, 0], r[m, 1], s=2.5 * s, marker="X", c=colors.get(n, "k"),
+                       edgecolors="k", linewidths=0.6, label=f"reference '{n}'")
+    ax.set_aspect("equal")
+    if legend:
+        ax.legend(loc="best", fontsize="x-small", framealpha=0.8, ncol=2)
+    return ax
+
+
+def plot_proportion_table(table: ArrayLike, row_labels: Sequence[str], col_labels: Sequence[str], *,
+                          ax: Axes | None = None, title: str | None = None,
+                          highlight: Sequence[tuple[int, int]] = (), fmt: str = ".2f",
+                          cmap: str = "Blues", vmax: float = 1.0) -> Axes:
+    """A (rows, cols) table of proportions as an annotated heatmap (seaborn); cells listed in
+    ``highlight`` as (row, col) get a red frame (e.g. each category's target style)."""
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    ax = _ax(ax)
+    t = np.asarray(to_numpy(table), dtype=float)
+    if t.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"table has shape {t.shape} but got {len(row_labels)} row and "
+                         f"{len(col_labels)} column labels")
+    sns.heatmap(t, annot=True, fmt=fmt, cmap=cmap, vmin=0.0, vmax=vmax, cbar=False, ax=ax,
+                xticklabels=list(col_labels), yticklabels=list(row_labels), linewidths=0.5,
+                annot_kws={"fontsize": "small"})
+    for r, c in highlight:
+        ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="tab:red", lw=2.2))
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.tick_params(axis="y", labelrotation=0)
+    if title:
+        ax.set_title(title)
+    return ax

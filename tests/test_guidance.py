@@ -227,3 +227,10 @@ def test_rff_option_approaches_exact_guidance_and_validates():
         MMDGuidance(y, rff_features=64)
     with pytest.raises(ValueError, match="generated_set='batch'"):
         MMDGuidance(y, kernel=k, rff_features=64, generated_set="memory")
+
+
+def test_too_few_sample_prompts_is_a_clear_error():
+    st, y = make_state(B=6), refs(N=9)
+    guide = MMDGuidance(y, reference_prompts=torch.ones(9, 4), sample_prompts=torch.ones(5, 4))
+    with pytest.raises(ValueError, match="sample_prompts has 5 rows but the sampler is drawing at least 6"):
+        guide(st)

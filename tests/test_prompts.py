@@ -1,0 +1,160 @@
+"""Prompt-aware guidance (paper Sec. 5, Eq. 10-11): encoders, product kernel, toy world, model."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mmdg_lite.guidance import MMDGuidance
+from mmdg_lite.kernels import GaussianKernel, ProductKernel
+from mmdg_lite.mmd import mmd2_grad, mmd2_grad_autograd
+from mmdg_lite.prompts import (CATEGORIES, PAIRED_STYLES, CallableEncoder, CoverageGate,
+                               TableEncoder, load_or_train_cond_2d, prompt_aware_guidance,
+                               prompt_weights, reference_coverage, sample_with_prompts, toy_world)
+from mmdg_lite.sampling import sample
+
+
+class ConstantKernel(GaussianKernel):
+    """k_p = 1 for every pair (an infinitely wide prompt kernel)."""
+
+    def gram(self, x, y):
+        return torch.ones(len(x), len(y), dtype=x.dtype)
+
+
+def _state(B=6, D=2, seed=0, cond=None):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(B, D, generator=g, dtype=torch.float64)
+    return SimpleNamespace(x_t=x_t, x_prev=0.9 * x_t, eps=torch.zeros_like(x_t), t=500, step_index=3,
+                           num_steps=10, alpha_bar_t=0.5, alpha_bar_prev=0.6, denoiser=None,
+                           cond=cond, sample_index=torch.arange(B))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return toy_world()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_or_train_cond_2d()[0]
+
+
+def test_constant_prompt_kernel_reduces_to_plain_guidance(world):
+    enc = world.encoder()
+    refs, rprompts = world.references(PAIRED_STYLES, 5, seed=0)
+    refs = refs.double()
+    st = _state(B=6)
+    sp = ["cat", "dog", "car", "cat", "dog", "car"]
+    plain = MMDGuidance(refs, kernel=GaussianKernel(0.7), strength=0.5)(st)
+    aware = MMDGuidance(refs, kernel=GaussianKernel(0.7), strength=0.5,
+                        reference_prompts=enc.encode(rprompts).double(),
+                        sample_prompts=enc.encode(sp).double(), prompt_kernel=ConstantKernel(1.0))(st)
+    torch.testing.assert_close(aware, plain, rtol=0, atol=1e-12)
+    # a huge prompt bandwidth is plain guidance up to exp(-2 / (2 * 1e4^2)) ~ 1 - 1e-8
+    wide = prompt_aware_guidance(refs, rprompts, enc, sp, prompt_bandwidth=1e4,
+                                 kernel=GaussianKernel(0.7), strength=0.5)(st)
+    torch.testing.assert_close(wide, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_constant_prompt_kernel_reduces_to_plain_through_the_sampler(world, model):
+    enc = world.encoder()
+    refs, rprompts = world.references(PAIRED_STYLES, 10, seed=0)
+    prompts = [c for c in CATEGORIES for _ in range(8)]
+    cond = enc.encode(prompts)
+    kw = dict(kernel=GaussianKernel(0.75), strength=1.0)
+    plain = sample(model, len(prompts), (2,), cond=cond, num_steps=20, seed=3,
+                   guidance=MMDGuidance(refs, **kw)).samples
+    aware = sample(model, len(prompts), (2,), cond=cond, num_steps=20, seed=3,
+                   guidance=MMDGuidance(refs, reference_prompts=enc.encode(rprompts),
+                                        prompt_kernel=ConstantKernel(1.0), **kw)).samples  # cond fallback
+    torch.testing.assert_close(aware, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompt_bw", [0.3, 1.0])
+def test_product_kernel_closed_form_gradient_equals_autograd(prompt_bw):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(7, 2, generator=g, dtype=torch.float64), torch.randn(9, 2, generator=g, dtype=torch.float64)
+    px, py = torch.randn(7, 8, generator=g, dtype=torch.float64), torch.randn(9, 8, generator=g, dtype=torch.float64)
+    k = ProductKernel(GaussianKernel(prompt_bw), GaussianKernel(0.8))
+    for est in ("biased", "unbiased"):
+        closed = mmd2_grad(x, y, k, x_prompts=px, y_prompts=py, estimator=est)
+        auto = mmd2_grad_autograd(x, y, k, x_prompts=px, y_prompts=py, estimator=est)
+        torch.testing.assert_close(closed, auto, rtol=1e-9, atol=1e-12)
+
+
+def test_errors_name_the_argument(world):
+    enc = world.encoder()
+    refs, rprompts = world.references(PAIRED_STYLES, 4, seed=0)
+    with pytest.raises(ValueError, match=r"reference_prompts has 11 prompts but references has 12"):
+        prompt_aware_guidance(refs, rprompts[:-1], enc)
+    with pytest.raises(ValueError, match=r"reference_prompts must hold at least one prompt"):
+        prompt_aware_guidance(refs, [], enc)
+    with pytest.raises(ValueError, match=r"sample_prompts must hold at least one prompt"):
+        prompt_aware_guidance(refs, rprompts, enc, sample_prompts=[])
+    with pytest.raises(TypeError, match=r"sample_prompts must be a list of prompt strings"):
+        prompt_aware_guidance(refs, rprompts, enc, sample_prompts="cat")
+    with pytest.raises(ValueError, match=r"unknown prompt\(s\) \['horse'\].*known prompts: \['cat', 'dog', 'car'\]"):
+        enc.encode(["cat", "horse"])
+    with pytest.raises(ValueError, match=r"prompt_bandwidth must be a finite number > 0; got 0"):
+        prompt_aware_guidance(refs, rprompts, enc, prompt_bandwidth=0)
+    # prompt features of the wrong dimension (sampler cond of another size)
+    g = prompt_aware_guidance(refs, rprompts, enc, kernel=GaussianKernel(0.7))
+    with pytest.raises(ValueError, match=r"sample_prompts has 3 features.*reference_prompts has 8"):
+        g(_state(B=4, cond=torch.randn(4, 3, dtype=torch.float64)))
+    with pytest.raises(ValueError, match=r"sample_prompts"):
+        MMDGuidance(refs, reference_prompts=enc.encode(rprompts), sample_prompts=torch.randn(5, 3))
+    # prompt count vs sample count
+    g = prompt_aware_guidance(refs, rprompts, enc, ["cat"] * 4)
+    with pytest.raises(ValueError, match=r"holds 4 sample_prompts but prompts has 6"):
+        sample_with_prompts(lambda x, t, c: torch.zeros_like(x), ["cat"] * 6, enc, guidance=g)
+    with pytest.raises(ValueError, match=r"every table entry must have the same length"):
+        TableEncoder({"a": [1.0, 0.0], "b": [1.0, 0.0, 0.0]})
+    bad = CallableEncoder(lambda ps: torch.zeros(len(ps), 5), dim=4, name="text")
+    with pytest.raises(ValueError, match=r"text encoder returned shape \(2, 5\) for 2 prompt\(s\); expected \(2, 4\)"):
+        bad.encode(["a", "b"])
+
+
+def test_absent_prompts_get_vanishing_finite_corrections():
+    table = {"cat": [1.0, 0.0, 0.0], "dog": [0.0, 1.0, 0.0], "far": [0.0, 0.0, 1.0]}
+    enc = TableEncoder(table)
+    g = torch.Generator().manual_seed(0)
+    refs = torch.randn(20, 2, generator=g, dtype=torch.float64) + 3.0
+    rprompts = ["cat"] * 10 + ["dog"] * 10
+    w = prompt_weights(["far"], rprompts, enc, prompt_bandwidth=0.3)
+    assert bool(torch.isfinite(w).all()) and float(w.max()) < 1e-4
+    st = _state(B=3)
+    kw = dict(prompt_bandwidth=0.3, kernel=GaussianKernel(2.0), strength=1.0)
+    far = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "far"], **kw)(st)
+    near = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "cat"], **kw)(st)
+    step_far, step_near = (st.x_prev - far)[2].norm(), (st.x_prev - near)[2].norm()
+    assert bool(torch.isfinite(far).all())
+    assert float(step_far) < 1e-4 * float(step_near)  # same point, far prompt: ~no correction
+    # smooth in the bandwidth: the far sample's correction grows continuously from 0, never NaN
+    steps = [float((st.x_prev - prompt_aware_guidance(
+        refs, rprompts, enc, ["cat", "dog", "far"], **{**kw, "prompt_bandwidth": bw})(st))[2].norm())
+        for bw in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)]
+    assert all(map(lambda v: v == v, steps)) and steps[0] < 1e-100
+    assert all(a <= b for a, b in zip(steps, steps[1:]))
+    # a group of absent-prompt samples still repels itself in Eq. 11; the coverage gate stops it
+    st = _state(B=4)
+    g2 = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "far", "far"], kernel=GaussianKernel(1.0))
+    assert float((st.x_prev - g2(st))[2:].norm()) > 1e-3
+    rho = reference_coverage(g2, g2.sample_prompts)
+    torch.testing.assert_close(rho[:2], torch.ones(2, dtype=rho.dtype))
+    assert float(rho[2:].max()) < 1e-4
+    gated = CoverageGate(g2)(st)
+    assert float((st.x_prev - gated)[2:].norm()) < 1e-6
+    torch.testing.assert_close(gated[:2], g2(st)[:2])
+
+
+def test_conditional_model_follows_its_prompt(world, model):
+    prompts = [c for c in CATEGORIES for _ in range(100)]
+    x = sample_with_prompts(model, prompts, world.encoder(), num_steps=50, seed=0)
+    table, cols = world.style_table(x, prompts)
+    assert cols[-1] == "other category"
+    assert float(table[:, -1].max()) <= 0.02  # samples for prompt c land in c's region
+    assert float((table[:, 0] - 0.7).abs().max()) < 0.12  # mostly photo, at the base rate
+    for c in range(3):  # every style is present (guidance can only reach what the model makes)
+        assert float(table[c, 1:4].min()) > 0.02
