@@ -1,7 +1,8 @@
 """mmdg_lite: MMD Guidance for diffusion models, small and readable.
 
 Kernels and MMD (``kernels``, ``mmd``), the diffusion engine (``denoisers``, ``sampling``,
-``training``, ``data``), ``guidance``, ``metrics`` and ``rff``.
+``training``, ``data``), ``guidance``, ``prompts`` (+ the toy ``prompt_world``), ``metrics``,
+``experiments`` and ``rff``.
 """
 from .kernels import (CallableKernel, GaussianKernel, InverseMultiquadricKernel, Kernel,
                       MultiGaussianKernel, PolynomialKernel, ProductKernel, median_bandwidth,
@@ -24,3 +25,6 @@ from .experiments import SyntheticTask, evaluate, make_task
 from .rff import RFFReferenceEmbedding, mmd2_grad_rff
 from .sampling import SampleResult, StepState, make_scheduler, sample
 from .training import load_or_train_toy_2d, train_denoiser
+from .prompt_world import PromptWorld, load_or_train_cond_2d, toy_world
+from .prompts import (CallableEncoder, CoverageGate, PromptEncoder, TableEncoder,
+                      prompt_aware_guidance, sample_with_prompts)

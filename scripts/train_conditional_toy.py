@@ -17,7 +17,7 @@ import time
 import torch
 
 from mmdg_lite.denoisers import load_denoiser, save_denoiser
-from mmdg_lite.prompts import COND_2D_DIR, COND_2D_RECIPE, train_cond_2d, toy_world
+from mmdg_lite.prompt_world import COND_2D_DIR, COND_2D_RECIPE, train_cond_2d, toy_world
 from mmdg_lite.sampling import sample
 
 N_PER_PROMPT, EVAL_SEED = 1000, 1

@@ -1,0 +1,194 @@
+"""The 2-D prompt world of notebook 04 and its shipped conditional model (paper Sec. 5 in 2-D).
+
+x says *what* is drawn (category: the prompt), y says *how* (style). Every category can produce
+every style, mostly "photo"; the user's paired style (the paper's cats -> anime, dogs -> Van Gogh,
+cars -> Pixar) is a minority that guidance must raise without mixing categories.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ._validation import check_int
+from .prompts import TableEncoder, _check_prompt_list
+
+__all__ = ["PromptWorld", "toy_world", "CATEGORIES", "STYLES", "PAIRED_STYLES",
+           "COND_2D_DIR", "COND_2D_RECIPE", "train_cond_2d", "load_or_train_cond_2d"]
+
+CATEGORIES = ("cat", "dog", "car")
+STYLES = ("photo", "anime", "van_gogh", "pixar")
+# The notebook's user: each category paired with one style (the paper's Table 2 pairs).
+PAIRED_STYLES = {"cat": "anime", "dog": "van_gogh", "car": "pixar"}
+
+
+@dataclass(frozen=True)
+class PromptWorld:
+    """A conditional 2-D world: category c, style s -> N(means[c, s], std^2 I) at base_rates[c, s].
+
+    means (C, S, 2); base_rates (C, S), rows sum to 1; embeddings (C, P) unit prompt features.
+    """
+
+    categories: tuple[str, ...]
+    styles: tuple[str, ...]
+    means: Tensor
+    base_rates: Tensor
+    std: float
+    embeddings: Tensor
+
+    def encoder(self) -> TableEncoder:
+        """The prompt encoder of this world: category name -> its embedding."""
+        return TableEncoder(dict(zip(self.categories, self.embeddings)))
+
+    def category_index(self, prompts: Sequence[str]) -> Tensor:
+        """(n,) long index of each category prompt; unknown prompts raise."""
+        prompts = _check_prompt_list(prompts, "prompts")
+        bad = sorted({p for p in prompts if p not in self.categories})
+        if bad:
+            raise ValueError(f"unknown prompt(s) {bad}; categories: {list(self.categories)}")
+        return torch.tensor([self.categories.index(p) for p in prompts], dtype=torch.long)
+
+    def style_index(self, styles: Sequence[str]) -> Tensor:
+        bad = sorted({s for s in styles if s not in self.styles})
+        if bad:
+            raise ValueError(f"unknown style(s) {bad}; styles: {list(self.styles)}")
+        return torch.tensor([self.styles.index(s) for s in styles], dtype=torch.long)
+
+    def sample(self, prompts: Sequence[str], generator: torch.Generator | int = 0,
+               styles: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+        """One point per prompt: (x (n, 2), style index (n,)); styles drawn at the base rates
+        unless ``styles`` fixes them (one per prompt)."""
+        cat = self.category_index(prompts)
+        gen = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
+        if styles is None:
+            sty = torch.multinomial(self.base_rates[cat].double(), 1, generator=gen)[:, 0]
+        else:
+            if len(styles) != len(cat):
+                raise ValueError(f"styles has {len(styles)} entries but prompts has {len(cat)}")
+            sty = self.style_index(styles)
+        x = self.means[cat, sty] + self.std * torch.randn(len(cat), 2, generator=gen)  # (n, 2)
+        return x, sty
+
+    def references(self, pairing: Mapping[str, str], n_per_category: int = 50,
+                   seed: int = 0) -> tuple[Tensor, list[str]]:
+        """A user's reference set: ``n_per_category`` samples of each paired (category, style).
+
+        Returns (x (N_r, 2), prompts) with prompts the bare category names (styles omitted, as in
+        the paper's prompts)."""
+        n = check_int(n_per_category, "n_per_category", 1)
+        prompts = [c for c in pairing for _ in range(n)]
+        styles = [pairing[c] for c in pairing for _ in range(n)]
+        return self.sample(prompts, seed, styles=styles)[0], prompts
+
+    def assign(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest (category, style) mode of each point x (n, 2): two (n,) long tensors."""
+        flat = self.means.reshape(-1, 2).to(x)  # (C*S, 2)
+        k = torch.cdist(x.reshape(-1, 2), flat).argmin(1)  # (n,)
+        return k // len(self.styles), k % len(self.styles)
+
+    def off_mode(self, x: Tensor, n_std: float = 3.0) -> Tensor:
+        """(n,) bool: farther than std * sqrt(chi2_2.isf(p)) from every mode, p the two-sided
+        n_std-sigma tail (0.344 for std 0.1: a true sample is flagged 0.27 % of the time)."""
+        from scipy import stats
+
+        radius = self.std * float(stats.chi2.isf(2 * stats.norm.sf(n_std), df=2)) ** 0.5
+        return torch.cdist(x.reshape(-1, 2), self.means.reshape(-1, 2).to(x)).min(1).values > radius
+
+    def style_table(self, x: Tensor, prompts: Sequence[str]) -> tuple[Tensor, list[str]]:
+        """Per prompt category (rows), the fraction of its samples nearest to each of its own
+        styles and to any mode of another category (columns; rows sum to 1).
+        Returns ((C, S + 1) float64, column names); a category without samples is a NaN row."""
+        cat = self.category_index(prompts)
+        if len(cat) != len(x):
+            raise ValueError(f"prompts has {len(cat)} entries but x has {len(x)} samples; "
+                             "one prompt per sample")
+        got_cat, got_sty = self.assign(x)
+        C, S = len(self.categories), len(self.styles)
+        table = torch.full((C, S + 1), float("nan"), dtype=torch.float64)
+        for c in range(C):
+            m = cat == c
+            if bool(m.any()):
+                own = got_cat[m] == c
+                for s in range(S):
+                    table[c, s] = (own & (got_sty[m] == s)).double().mean()
+                table[c, S] = (~own).double().mean()
+        return table, [*self.styles, "other category"]
+
+    def pairing_scores(self, x: Tensor, prompts: Sequence[str],
+                       pairing: Mapping[str, str]) -> dict[str, dict[str, float]]:
+        """Per category c in ``pairing`` (samples assigned to their nearest mode):
+        'paired' = fraction of c's samples in c's own paired style;
+        'contamination' = fraction landing in another category's region, or in c's region but in
+        a style the user paired with another category (c taking other categories' styles);
+        'off_mode' = fraction between modes (see ``off_mode``)."""
+        table, _ = self.style_table(x, prompts)
+        cat = self.category_index(prompts)
+        out = {}
+        for name, style in pairing.items():
+            c = self.categories.index(name)
+            others = {self.styles.index(s) for k, s in pairing.items() if k != name and s != style}
+            cont = table[c, len(self.styles)] + sum(table[c, s] for s in others)
+            out[name] = {"paired": float(table[c, self.styles.index(style)]),
+                         "contamination": float(cont),
+                         "off_mode": float(self.off_mode(x)[cat == c].double().mean())}
+        return out
+
+
+def toy_world() -> PromptWorld:
+    """3 categories (x = -1.5, 0, 1.5) x 4 styles (y: photo 0, anime 0.8, van_gogh -0.8,
+    pixar 1.6), std 0.1; every category 0.7 photo and 0.1 of each art style. Prompt features:
+    8-D unit vectors, cat and dog similar (cosine 0.5, both animals), car orthogonal to both."""
+    xs, ys = torch.tensor([-1.5, 0.0, 1.5]), torch.tensor([0.0, 0.8, -0.8, 1.6])
+    means = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), dim=-1)  # (3, 4, 2)
+    rates = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 3)
+    basis = torch.eye(8)
+    emb = torch.stack([basis[0] + basis[1], basis[0] + basis[2], basis[3]])
+    emb = torch.nn.functional.normalize(emb, dim=-1)  # (3, 8)
+    return PromptWorld(CATEGORIES, STYLES, means, rates, 0.1, emb)
+
+
+# ---------------------------------------------------------------- the shipped conditional model
+
+COND_2D_DIR = Path(__file__).resolve().parent.parent / "data" / "toy" / "cond_2d"
+COND_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 60_000, "steps": 5000, "batch_size": 256,
+                                  "lr": 3e-3, "hidden": 128, "layers": 3, "cond_dropout": 0.1}
+
+
+def train_cond_2d(progress: bool = False, **overrides: Any):
+    """Train the conditional toy model on ``toy_world()`` (categories uniform, styles at base
+    rates, prompt embedding as condition, condition dropout for CFG).
+    Returns (model, losses, world, seconds)."""
+    from .denoisers import MLPDenoiser
+    from .sampling import make_scheduler
+    from .seeding import seed_everything
+    from .training import train_denoiser
+
+    recipe = {**COND_2D_RECIPE, **overrides}
+    world = toy_world()
+    gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
+    idx = torch.randint(0, len(world.categories), (recipe["n_data"],), generator=gen)
+    prompts = [world.categories[i] for i in idx.tolist()]
+    data, _ = world.sample(prompts, gen)  # (N, 2)
+    cond = world.encoder().encode(prompts)  # (N, 8)
+    model = MLPDenoiser(2, hidden=recipe["hidden"], layers=recipe["layers"], cond_dim=cond.shape[1])
+    start = time.perf_counter()
+    losses = train_denoiser(model, data, make_scheduler("ddpm"), steps=recipe["steps"],
+                            batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
+                            cond=cond, cond_dropout=recipe["cond_dropout"], progress=progress)
+    return model, losses, world, time.perf_counter() - start
+
+
+def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = None,
+                          progress: bool = False):
+    """(model, world): loads ``data/toy/cond_2d`` (or ``folder``) unless ``retrain`` or missing."""
+    from .denoisers import load_denoiser
+
+    folder = Path(folder) if folder is not None else COND_2D_DIR
+    if not retrain and (folder / "model.safetensors").is_file():
+        return load_denoiser(folder), toy_world()
+    model, _, world, _ = train_cond_2d(progress=progress)
+    return model, world
