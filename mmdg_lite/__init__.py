@@ -16,12 +16,12 @@ from .data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_refe
                    random_mixture, subset_mixture)
 from .denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,
                         MLPDenoiser, load_denoiser, save_denoiser)
-from .guidance import MMDGuidance, schedule_weight
+from .guidance import ChainedGuidance, MMDGuidance, schedule_weight
 from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_assignment,
                       mode_proportions,
                       off_mode_fraction, rke, rrke, total_variation, vendi_score)
 from .notebook import setup_notebook
-from .experiments import SyntheticTask, evaluate, make_task
+from .experiments import SyntheticTask, evaluate, make_task, task_guidance
 from .rff import RFFReferenceEmbedding, mmd2_grad_rff
 from .sampling import SampleResult, StepState, make_scheduler, sample
 from .training import load_or_train_toy_2d, train_denoiser

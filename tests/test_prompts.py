@@ -145,7 +145,8 @@ def test_absent_prompts_get_vanishing_finite_corrections():
     torch.testing.assert_close(rho[:2], torch.ones(2, dtype=rho.dtype))
     assert float(rho[2:].max()) < 1e-4
     gated = CoverageGate(g2)(st)
-    assert float((st.x_prev - gated)[2:].norm()) < 1e-6
+    ungated = float((st.x_prev - g2(st))[2:].norm())
+    assert float((st.x_prev - gated)[2:].norm()) < 1e-4 * ungated  # scaled by rho < 1e-4
     torch.testing.assert_close(gated[:2], g2(st)[:2])
 
 
