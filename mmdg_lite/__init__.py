@@ -12,6 +12,8 @@ from .mmd import (PermutationTestResult, mmd2, mmd2_grad, mmd2_grad_autograd,
 from .seeding import make_generator, seed_everything
 
 __version__ = "0.1.0"
+from .baselines import (ClassifierGuidance, NoisyClassifier, ResidualDenoiser, classifier_accuracy,
+                        classifier_free_guidance, finetune_denoiser, train_classifier)
 from .data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                    random_mixture, subset_mixture)
 from .denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Regenerate every table in benchmarks/results/ (about 25-30 minutes on 2 CPU cores).
+#
+#   bash benchmarks/run_all.sh            # every benchmark, in order
+#   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
+#
+# Each script writes its own markdown (and JSON/PNG) under benchmarks/results/ with the exact
+# command in its header. Scripts that do not exist yet are skipped with a note. The run stops at
+# the first failing script; a timing summary is printed at the end.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${MMDG_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+
+# name | arguments (the ones that produced the committed tables)
+BENCHMARKS=(
+  "gradients|--threads 1 2"
+  "performance|"
+  "performance|--rff"
+  "toy_guidance|"
+  "prompt_aware|"
+  "synthetic_tables|"
+)
+
+want() {  # with arguments on the command line, run only the named benchmarks
+  [ "$#" -eq 1 ] && return 0
+  local name="$1"; shift
+  for w in "$@"; do [ "$w" = "$name" ] && return 0; done
+  return 1
+}
+
+SUMMARY=()
+START=$(date +%s)
+for entry in "${BENCHMARKS[@]}"; do
+  name="${entry%%|*}"; args="${entry#*|}"
+  want "$name" "$@" || continue
+  script="benchmarks/$name.py"
+  if [ ! -f "$script" ]; then
+    echo "[run_all] skip $script (not present)"
+    SUMMARY+=("$(printf '%-32s skipped (missing)' "$name $args")")
+    continue
+  fi
+  echo "[run_all] $PY $script $args"
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  "$PY" "$script" $args
+  SUMMARY+=("$(printf '%-32s %5d s' "$name $args" $(( $(date +%s) - t0 )))")
+done
+
+echo
+echo "[run_all] timings"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+echo "  total                            $(( $(date +%s) - START )) s"

@@ -1,0 +1,158 @@
+"""Baselines: classifier guidance (gradient, no-op at scale 0, a classifier that works),
+fine-tuning (moves mode proportions), classifier-free guidance, and argument errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import central_fd, rel_err
+
+from mmdg_lite import (CFGDenoiser, GaussianMixtureDenoiser, MLPDenoiser, circle_mixture, make_scheduler,
+                       mode_proportions, sample, subset_mixture, total_variation)
+from mmdg_lite.baselines import (ClassifierGuidance, NoisyClassifier, ResidualDenoiser, classifier_accuracy,
+                                 classifier_free_guidance, finetune_denoiser, train_classifier)
+from mmdg_lite.sampling import StepState
+from mmdg_lite.training import load_or_train_toy_2d
+
+USER_MODES = [0, 2, 4, 6]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small-tensor training is many times faster on one thread on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _classifier(dim: int = 3, seed: int = 0) -> NoisyClassifier:
+    torch.manual_seed(seed)
+    return NoisyClassifier(dim, hidden=16, layers=2)
+
+
+def _state(x_t: torch.Tensor, t: int, abar_t: float, abar_prev: float) -> StepState:
+    g = torch.Generator().manual_seed(1)
+    return StepState(x_t=x_t, x_prev=0.9 * x_t + 0.1 * torch.randn(x_t.shape, generator=g, dtype=x_t.dtype),
+                     eps=torch.zeros_like(x_t), t=t, step_index=3, num_steps=10, alpha_bar_t=abar_t,
+                     alpha_bar_prev=abar_prev, denoiser=None, cond=None,
+                     sample_index=torch.arange(len(x_t)))
+
+
+def test_hook_gradient_is_autograd_of_log_prob():
+    clf = _classifier().double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    hook = ClassifierGuidance(clf, scale=2.0)
+    g = hook.gradient(x, 400)  # (5, 3)
+    for i in range(len(x)):  # row by row: rows must not interact
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (gi,) = torch.autograd.grad(clf.log_prob(xi, 400).sum(), xi)
+        assert torch.allclose(g[i], gi[0], rtol=1e-10, atol=1e-12)
+    fd = central_fd(lambda z: clf.log_prob(z, 400).sum().detach(), x)  # independent oracle
+    assert rel_err(g, fd) < 1e-6
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_hook_step_is_mean_shift_by_variance(variance):
+    clf = _classifier().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    abar_t, abar_prev = 0.5, 0.6
+    state = _state(x, 500, abar_t, abar_prev)
+    hook = ClassifierGuidance(clf, scale=3.0, variance=variance)
+    beta = 1 - abar_t / abar_prev
+    var = beta if variance == "beta" else (1 - abar_prev) / (1 - abar_t) * beta
+    expected = state.x_prev + 3.0 * var * hook.gradient(x, 500)
+    assert torch.allclose(hook(state), expected, rtol=1e-12, atol=1e-14)
+    assert hook.step_variance(abar_t, abar_prev) == pytest.approx(var)
+
+
+def test_scale_zero_is_bit_for_bit_unguided():
+    mix = circle_mixture()
+    den = GaussianMixtureDenoiser.from_mixture(mix, make_scheduler("ddpm"))
+    plain = sample(den, 64, 2, num_steps=20, seed=3).samples
+    guided = sample(den, 64, 2, num_steps=20, seed=3, guidance=ClassifierGuidance(_classifier(2), 0.0)).samples
+    assert torch.equal(plain, guided)
+    nonzero = sample(den, 64, 2, num_steps=20, seed=3, guidance=ClassifierGuidance(_classifier(2), 5.0)).samples
+    assert not torch.equal(plain, nonzero)
+
+
+def test_trained_classifier_separates_references_from_base_samples():
+    mix = circle_mixture()
+    g = torch.Generator().manual_seed(0)
+    refs = subset_mixture(mix, [0, 3]).sample(200, g)[0]  # (200, 2) the user: 2 of 8 modes
+    base = mix.sample(400, g)[0]  # (400, 2) what the pretrained model draws
+    clf, losses = train_classifier(refs, base, steps=300, hidden=64, seed=0)
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30
+    # optimal balanced accuracy at t = 0 is (1 + 6/8) / 2 = 0.875; chance is 0.5
+    assert classifier_accuracy(clf, refs, base, t=10) > 0.75
+    assert classifier_accuracy(clf, refs, base, t=999) < 0.65  # pure noise: near chance
+    again, _ = train_classifier(refs, base, steps=300, hidden=64, seed=0)  # deterministic
+    assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), again.state_dict().values()))
+
+
+def test_finetuning_moves_mode_proportions_toward_references():
+    model, mix = load_or_train_toy_2d(progress=False)
+    target = subset_mixture(mix, USER_MODES)
+    refs = target.sample(200, torch.Generator().manual_seed(5))[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, losses = finetune_denoiser(model, refs, steps=300, seed=0)
+    assert isinstance(tuned, MLPDenoiser) and tuned is not model and len(losses) == 300
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
+
+    def tv(den) -> float:
+        x = sample(den, 400, 2, num_steps=50, seed=1).samples
+        return total_variation(mode_proportions(x, mix.means), target.weights)
+
+    tv_base, tv_tuned = tv(model), tv(tuned)
+    assert tv_base > 0.4  # the pretrained model covers all 8 modes
+    assert tv_tuned < tv_base - 0.2, (tv_base, tv_tuned)
+
+
+def test_finetuning_a_weightless_model_adds_a_zero_residual():
+    mix = circle_mixture()
+    den = GaussianMixtureDenoiser.from_mixture(mix, make_scheduler("ddpm"))
+    refs = subset_mixture(mix, USER_MODES).sample(50, torch.Generator().manual_seed(0))[0]
+    tuned, _ = finetune_denoiser(den, refs, steps=3, lr=1e-12, hidden=16, layers=1)
+    assert isinstance(tuned, ResidualDenoiser) and tuned.base is den
+    x, t = torch.randn(8, 2), torch.full((8,), 300)
+    assert torch.allclose(tuned(x, t), den(x, t), atol=1e-6)  # starts at the pretrained model
+
+
+def test_classifier_free_guidance_baseline():
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=16, layers=1, cond_dim=3).eval()
+    den, cond = classifier_free_guidance(model, torch.tensor([1.0, 0.0, 0.0]), n=6, guidance_scale=1.0)
+    assert isinstance(den, CFGDenoiser) and cond.shape == (6, 3)
+    x, t = torch.randn(6, 2), torch.full((6,), 100)
+    with torch.no_grad():
+        assert torch.allclose(den(x, t, cond), model(x, t, cond), atol=1e-6)  # scale 1 = conditional
+    assert sample(den, 6, 2, num_steps=5, cond=cond).samples.shape == (6, 2)
+
+
+def test_bad_arguments_raise_clear_errors():
+    clf = _classifier(2)
+    with pytest.raises(ValueError, match="scale"):
+        ClassifierGuidance(clf, scale=-1.0)
+    with pytest.raises(ValueError, match="variance"):
+        ClassifierGuidance(clf, variance="large")
+    with pytest.raises(TypeError, match="log_prob"):
+        ClassifierGuidance(torch.nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="dim=2"):
+        clf(torch.randn(4, 3), 10)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        train_classifier(torch.randn(10, 2), torch.randn(10, 3), steps=1)
+    with pytest.raises(ValueError, match="base_samples"):
+        train_classifier(torch.randn(10, 2), torch.randn(1, 2), steps=1)
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        classifier_accuracy(clf, torch.randn(4, 2), torch.randn(4, 2), t=1000)
+    with pytest.raises(TypeError, match="callable"):
+        finetune_denoiser("model", torch.randn(10, 2))
+    with pytest.raises(ValueError, match="dim=2"):
+        finetune_denoiser(MLPDenoiser(2, hidden=8, layers=1), torch.randn(10, 3), steps=1)
+    with pytest.raises(ValueError, match="steps"):
+        finetune_denoiser(MLPDenoiser(2, hidden=8, layers=1), torch.randn(10, 2), steps=0)
+    with pytest.raises(ValueError, match="unconditional"):
+        classifier_free_guidance(MLPDenoiser(2, hidden=8, layers=1), torch.ones(3), n=4)
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        classifier_free_guidance(MLPDenoiser(2, hidden=8, layers=1, cond_dim=3), torch.ones(5, 3), n=4)
+    with pytest.raises(TypeError, match="float"):
+        classifier_free_guidance(MLPDenoiser(2, hidden=8, layers=1, cond_dim=3), torch.ones(3, dtype=torch.long), n=4)
