@@ -47,3 +47,21 @@ def test_rff_validation():
     emb = RFFReferenceEmbedding(y, 1.0, 8)
     with pytest.raises(ValueError, match="dimension mismatch"):
         mmd2_grad_rff(torch.randn(3, 5, dtype=torch.float64), emb)
+
+
+def test_value_based_reference_term_beats_the_feature_derivative_in_high_dimension():
+    """Only kernel values are approximated: error ~ 1/sqrt(F) at any D, while J_phi^T mu
+    (the derivative of the features) has error ~ sqrt(D / F)."""
+    g = torch.Generator().manual_seed(0)
+    errs = {}
+    for D in (16, 512):
+        x = torch.randn(32, D, generator=g, dtype=torch.float64)
+        y = torch.randn(300, D, generator=g, dtype=torch.float64) + 1.0
+        sigma = float(torch.cdist(x, y).median())
+        exact = GaussianKernel(sigma).grad_weighted(x, y, torch.full((32, 300), 1 / 300, dtype=torch.float64))
+        emb = RFFReferenceEmbedding(y, sigma, 4096, seed=2)
+        rel = lambda c: float((c - exact).norm() / exact.norm())  # noqa: E731
+        errs[D] = (rel(emb.cross_grad(x)), rel(emb.derivative_cross_grad(x)))
+    assert errs[512][0] < 0.05  # value-based: accurate in 512-D with 4096 features
+    assert errs[512][1] > 5 * errs[512][0]  # the derivative estimator is far worse there
+    assert errs[512][0] < 2 * errs[16][0] + 0.01  # and the value-based error does not grow with D
