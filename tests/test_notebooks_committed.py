@@ -30,3 +30,9 @@ def test_committed_executed_in_order_with_figures(path):
     tail = " ".join("".join(c["source"]).lower() for c in cells[-4:])
     assert "objective" in head, f"{path.name}: learning objectives missing at the top"
     assert "exercise" in tail and "summary" in tail, f"{path.name}: summary/exercises missing at the end"
+
+
+def test_every_notebook_is_a_chapter_of_the_book():
+    toc = (Path(__file__).resolve().parent.parent / "book" / "_toc.yml").read_text()
+    missing = [p.stem for p in NOTEBOOKS if f"notebooks/{p.stem}" not in toc]
+    assert not missing, f"add to book/_toc.yml: {missing}"
