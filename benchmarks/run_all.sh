@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 25-30 minutes on 2 CPU cores).
+# Regenerate every table in benchmarks/results/ (about 20 minutes on 2 CPU cores).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -22,6 +22,7 @@ BENCHMARKS=(
   "toy_guidance|"
   "prompt_aware|"
   "synthetic_tables|"
+  "mlp_100d|"
 )
 
 want() {  # with arguments on the command line, run only the named benchmarks

@@ -234,9 +234,9 @@ def main() -> None:
                      f"{fmt(a['fd'], 2)} | {fmt(a['kd'], 2)} | {fmt(a['coverage'], 3)} | {secs} |")
     L += ["", f"- 100-D base model at the sampling floor: unguided FD to **2,000 samples of the full "
           f"8-mode mixture** = {fmt(floor_fd, 2)} (vs {fmt(main_rows[('gmm100d_4modes', 'unguided')]['fd'], 1)} "
-          "to the user's target). The exact `GaussianMixtureDenoiser` achieves this floor; a plain MLP "
-          "denoiser trained for 2.5 minutes in 100-D did not (1 % exploded samples, FD ≈ 7,700, the "
-          "project's calibration in shared/reference/environment.md, not re-run here). The 2-D tasks use the "
+          "to the user's target). The exact `GaussianMixtureDenoiser` achieves this floor; an MLP "
+          "trained for 4,000 steps in 100-D reaches a similar FD but leaves ~16 % of its samples off "
+          "the modes (benchmarks/results/mlp_100d.md, `python benchmarks/mlp_100d.py`). The 2-D tasks use the "
           "shipped MLP (its own floor: ≈ 1 % off-mode with 100 DDPM steps, data/README.md).",
           f"- The two ring tasks share the unguided samples (same denoiser and sampler seed).",
           "", "## Variants (ring2d_4modes; one knob of the preset changed per row)", "",
