@@ -103,16 +103,14 @@ class GaussianKernel(Kernel):
             return self
         return replace(self, bandwidth=self.median_scale * median_bandwidth(x, y))
 
-    def _sigma(self, x: Tensor, y: Tensor) -> float:
-        return float(self.resolve(x, y).bandwidth)  # type: ignore[arg-type]
-
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
-        s = self._sigma(x, y)
+        s = float(self.resolve(x, y).bandwidth)  # type: ignore[arg-type]
         return torch.exp(-pairwise_sq_dists(x, y) / (2 * s * s))  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        s = self._sigma(x, y)
-        a = w * self.gram(x, y) / (s * s)  # (n, m)
+        k = self.resolve(x, y)  # the median bandwidth is computed once, not per call
+        s = float(k.bandwidth)  # type: ignore[arg-type]
+        a = w * k.gram(x, y) / (s * s)  # (n, m)
         return a @ y - a.sum(1, keepdim=True) * x  # (n, D)
 
 

@@ -188,13 +188,9 @@ class CoverageGate:
 
     def __call__(self, state: Any) -> Tensor:
         out = self.guidance(state)
-        g = self.guidance
         n = len(state.x_prev)
-        if g.sample_prompts is not None:
-            p = g.sample_prompts[state.sample_index.to(g.sample_prompts.device)]
-        else:
-            p = state.cond.reshape(n, -1)
-        rho = reference_coverage(g, p).to(out).reshape(n, *([1] * (out.ndim - 1)))
+        p = self.guidance._prompts_for(state, n)  # the prompts the guidance itself used
+        rho = reference_coverage(self.guidance, p).to(out).reshape(n, *([1] * (out.ndim - 1)))
         return state.x_prev - rho * (state.x_prev - out)
 
 
