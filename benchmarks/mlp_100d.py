@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mmdg_lite.data import random_mixture
+from mmdg_lite.toys.mixtures import random_mixture
 from mmdg_lite.denoisers import GaussianMixtureDenoiser, MLPDenoiser
 from mmdg_lite.metrics import frechet_distance, mode_proportions, off_mode_fraction, total_variation
 from mmdg_lite.sampling import make_scheduler, sample

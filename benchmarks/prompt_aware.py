@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/prompt_aware.py     # writes benchmarks/results/prompt_aware.md
 
-World ``mmdg_lite.prompt_world.toy_world()`` (3 categories x 4 styles, every art style at base rate
+World ``mmdg_lite.toys.prompt_world.toy_world()`` (3 categories x 4 styles, every art style at base rate
 0.1), model ``data/toy/cond_2d``; references: 50 per category in its paired style
 (cat -> anime, dog -> van_gogh, car -> pixar); 100 samples per prompt guided as one batch of 300;
 DDPM, 100 steps; sample kernel Gaussian sigma_z = 0.75; prompt kernel Gaussian sigma_p = 0.3 on
@@ -19,7 +19,7 @@ import torch
 
 from mmdg_lite.guidance import MMDGuidance
 from mmdg_lite.kernels import GaussianKernel
-from mmdg_lite.prompt_world import PAIRED_STYLES, load_or_train_cond_2d
+from mmdg_lite.toys import PAIRED_STYLES, load_or_train_cond_2d
 from mmdg_lite.prompts import CoverageGate, prompt_aware_guidance, sample_with_prompts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

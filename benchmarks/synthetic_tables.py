@@ -6,7 +6,7 @@
         benchmarks/results/table3_sampling_time.{md,json}    Table 3 analog: time guided vs not
     python benchmarks/synthetic_tables.py --quick    # smoke run (1 seed, small), to a temp dir
 
-Tasks come from ``mmdg_lite.experiments.make_task`` ("ring2d_4modes": the shipped 2-D MLP on an
+Tasks come from ``mmdg_lite.toys.tasks.make_task`` ("ring2d_4modes": the shipped 2-D MLP on an
 8-mode ring; "gmm100d_4modes": the exact 8-mode 100-D mixture denoiser), each seed a new user
 (4 random modes), new references, held-out set and sampling noise. All methods of one seed
 share the initial noise. Metrics from ``experiments.evaluate`` against 2,000 held-out target
@@ -34,7 +34,7 @@ from mmdg_lite import MLPDenoiser, MMDGuidance, evaluate, make_task, sample, tra
 from mmdg_lite.baselines import ClassifierGuidance, finetune_denoiser, train_classifier  # noqa: E402
 
 try:  # the calibrated per-task settings of benchmarks/toy_guidance.py, when the library has them
-    from mmdg_lite.experiments import GUIDANCE_PRESETS, task_guidance  # noqa: E402
+    from mmdg_lite.toys.tasks import GUIDANCE_PRESETS, task_guidance  # noqa: E402
 except ImportError:  # pragma: no cover - older library
     GUIDANCE_PRESETS, task_guidance = {}, None
 

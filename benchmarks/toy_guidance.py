@@ -3,12 +3,12 @@
     python benchmarks/toy_guidance.py            # writes benchmarks/results/toy_guidance.md
     python benchmarks/toy_guidance.py --quick    # 2 seeds, 500 samples (a smoke run; no file)
 
-Tasks (``mmdg_lite.experiments.make_task``; the seed picks the user's modes, the 200
+Tasks (``mmdg_lite.toys.tasks.make_task``; the seed picks the user's modes, the 200
 references and the held-out target samples, and seeds the sampler):
   ring2d_4modes     8-mode ring, shipped MLP denoiser; user = 4 random modes, uniform.
   ring2d_dirichlet  8-mode ring; user = 2 random modes, weights ~ Dirichlet(1, 10) (Fig. 3).
   gmm100d_4modes    8 random means in 100-D, exact mixture denoiser; user = 4 modes (Fig. 2).
-Guidance: ``mmdg_lite.experiments.task_guidance`` (the calibrated ``GUIDANCE_PRESETS``),
+Guidance: ``mmdg_lite.toys.tasks.task_guidance`` (the calibrated ``GUIDANCE_PRESETS``),
 DDPM with 100 steps, 1,000 samples, the batch guided jointly. Every run asserts that all
 samples are finite (``evaluate`` raises otherwise). Variant rows change one knob of the
 ring2d_4modes configuration. Targets (PASS/FAIL, on the mean over seeds):
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import load_average, machine  # noqa: E402
 from mmdg_lite import MMDGuidance, PolynomialKernel, sample  # noqa: E402
-from mmdg_lite.experiments import GUIDANCE_PRESETS, evaluate, make_task, task_guidance  # noqa: E402
+from mmdg_lite.toys.tasks import GUIDANCE_PRESETS, evaluate, make_task, task_guidance  # noqa: E402
 from mmdg_lite.metrics import frechet_distance  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "toy_guidance.md"
@@ -211,7 +211,7 @@ def main() -> None:
          "`metrics.off_mode_fraction` (beyond the 3σ-equivalent χ² radius of every mode). FD, KD (×10³, "
          "KID subsets of 500), coverage (k = 5): against the held-out target samples. "
          "Every run checks that all samples are finite.", "",
-         "## Configurations (`mmdg_lite.experiments.GUIDANCE_PRESETS`, built by `task_guidance(task)`)", ""]
+         "## Configurations (`mmdg_lite.toys.tasks.GUIDANCE_PRESETS`, built by `task_guidance(task)`)", ""]
     for name, comps in GUIDANCE_PRESETS.items():
         parts = []
         for c in comps:

@@ -6,7 +6,7 @@ on the joint space is k_p(p, p') k_z(z, z') with k_p a Gaussian on L2-normalised
 k_p acts as an attention weight: a sample is pulled only by references whose prompt resembles its
 own, so "cat -> anime, dog -> Van Gogh" does not turn into "every category -> a mix of styles".
 
-The 2-D toy world used to teach it lives in ``prompt_world``.
+The 2-D toy world used to teach it lives in ``mmdg_lite.toys.prompt_world``.
 """
 from __future__ import annotations
 

@@ -1,29 +1,19 @@
-"""Training a denoiser by eps-prediction MSE (DDPM), and the shipped 2-D toy model.
+"""Training a denoiser by eps-prediction MSE (DDPM).
 
 Forward noising is diffusers' ``DDPMScheduler.add_noise``: x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps.
 """
 from __future__ import annotations
 
-import time
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import check_int, check_nonnegative, check_points, check_positive
-from .data import GaussianMixture, circle_mixture
-from .denoisers import MLPDenoiser, load_denoiser, save_denoiser
 from .sampling import make_scheduler
-from .seeding import make_generator, seed_everything
+from .seeding import make_generator
 
-__all__ = ["train_denoiser", "train_toy_2d", "load_or_train_toy_2d", "TOY_2D_DIR", "TOY_2D_RECIPE"]
-
-TOY_2D_DIR = Path(__file__).resolve().parent.parent / "data" / "toy" / "mlp_2d"
-# The recipe of the shipped data/toy/mlp_2d (scripts/train_toy_models.py); retraining repeats it.
-TOY_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 50_000, "steps": 6000, "batch_size": 256,
-                                 "lr": 3e-3, "hidden": 128, "layers": 3}
+__all__ = ["train_denoiser"]
 
 
 def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps: int = 5000,
@@ -83,34 +73,3 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
     model.eval()
     return losses
-
-
-def train_toy_2d(progress: bool = True,
-                 **overrides: Any) -> tuple[MLPDenoiser, list[float], GaussianMixture, float]:
-    """Train the 2-D 8-mode ring model by ``TOY_2D_RECIPE``; returns (model, losses, mixture, seconds)."""
-    recipe = {**TOY_2D_RECIPE, **overrides}
-    mixture = circle_mixture()
-    gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
-    data, _ = mixture.sample(recipe["n_data"], gen)  # (N, 2)
-    model = MLPDenoiser(2, hidden=recipe["hidden"], layers=recipe["layers"])
-    start = time.perf_counter()
-    losses = train_denoiser(model, data, make_scheduler("ddpm", 1000, "linear"), steps=recipe["steps"],
-                            batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
-                            progress=progress)
-    return model, losses, mixture, time.perf_counter() - start
-
-
-def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None,
-                         progress: bool = True) -> tuple[MLPDenoiser, GaussianMixture]:
-    """The 2-D ring model (DDPM, 1000 linear-beta train steps) and its mixture ``circle_mixture()``.
-
-    Loads ``data/toy/mlp_2d`` (or ``folder``); ``retrain=True`` (or a missing folder) retrains by
-    the same recipe in well under a minute on a laptop CPU.
-    """
-    folder = Path(folder) if folder is not None else TOY_2D_DIR
-    if not retrain:
-        if (folder / "model.safetensors").is_file():
-            return load_denoiser(folder), circle_mixture()
-        warnings.warn(f"no trained model in {folder}; training one now (about 30 s)", stacklevel=2)
-    model, _, mixture, _ = train_toy_2d(progress=progress)
-    return model, mixture

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/train_conditional_toy.py            # train, save, evaluate
     .venv/bin/python scripts/train_conditional_toy.py --eval-only  # re-measure the saved model
 
-World: ``mmdg_lite.prompt_world.toy_world()`` (3 categories x 4 styles). Recipe: ``COND_2D_RECIPE``
+World: ``mmdg_lite.toys.prompt_world.toy_world()`` (3 categories x 4 styles). Recipe: ``COND_2D_RECIPE``
 (seed 0, condition dropout 0.1 for classifier-free guidance). One CPU thread, so the weights do
 not depend on the machine's thread count.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from _artifacts import build
 
-from mmdg_lite.prompt_world import COND_2D_DIR, COND_2D_RECIPE, train_cond_2d, toy_world
+from mmdg_lite.toys import COND_2D_DIR, COND_2D_RECIPE, train_cond_2d, toy_world
 from mmdg_lite.sampling import sample
 
 N_PER_PROMPT, EVAL_SEED = 1000, 1
@@ -34,4 +34,4 @@ def evaluate(model, world) -> dict:
 
 if __name__ == "__main__":
     build(__doc__, COND_2D_DIR, lambda: train_cond_2d(progress=False), toy_world, evaluate,
-          {"recipe": COND_2D_RECIPE, "world": "mmdg_lite.prompt_world.toy_world()"})
+          {"recipe": COND_2D_RECIPE, "world": "mmdg_lite.toys.prompt_world.toy_world()"})

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from _artifacts import build
 
-from mmdg_lite.data import circle_mixture
+from mmdg_lite.toys.mixtures import circle_mixture
 from mmdg_lite.metrics import mode_proportions, off_mode_fraction
 from mmdg_lite.sampling import sample
-from mmdg_lite.training import TOY_2D_DIR, TOY_2D_RECIPE, train_toy_2d
+from mmdg_lite.toys.models import TOY_2D_DIR, TOY_2D_RECIPE, train_toy_2d
 
 EVAL = [("ddpm", 1000), ("ddpm", 100), ("ddim", 50)]
 N_EVAL, EVAL_SEED = 2000, 1

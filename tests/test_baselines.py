@@ -11,7 +11,7 @@ from mmdg_lite import (CFGDenoiser, GaussianMixtureDenoiser, MLPDenoiser, circle
 from mmdg_lite.baselines import (ClassifierGuidance, NoisyClassifier, ResidualDenoiser, classifier_accuracy,
                                  classifier_free_guidance, finetune_denoiser, train_classifier)
 from mmdg_lite.sampling import StepState
-from mmdg_lite.training import load_or_train_toy_2d
+from mmdg_lite.toys.models import load_or_train_toy_2d
 
 USER_MODES = [0, 2, 4, 6]
 

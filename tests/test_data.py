@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmdg_lite.data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
+from mmdg_lite.toys.mixtures import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                             random_mixture, subset_mixture)
 from mmdg_lite.metrics import mode_assignment as assign_modes
 from mmdg_lite.seeding import make_generator

@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from mmdg_lite.data import circle_mixture
+from mmdg_lite.toys.mixtures import circle_mixture
 from mmdg_lite.denoisers import (CFGDenoiser, Denoiser, ExactDenoiser, GaussianMixtureDenoiser,
                                  MLPDenoiser, load_denoiser, save_denoiser)
 from mmdg_lite.sampling import make_scheduler
-from mmdg_lite.training import TOY_2D_DIR, load_or_train_toy_2d, train_denoiser
+from mmdg_lite.toys import TOY_2D_DIR, load_or_train_toy_2d
+from mmdg_lite.training import train_denoiser
 
 AC = make_scheduler("ddpm").alphas_cumprod
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdg_lite.denoisers import MLPDenoiser
-from mmdg_lite.experiments import evaluate, make_task, task_guidance
+from mmdg_lite.toys.tasks import evaluate, make_task, task_guidance
 from mmdg_lite.guidance import ChainedGuidance
 from mmdg_lite.guidance import MMDGuidance
 from mmdg_lite.kernels import GaussianKernel

@@ -9,7 +9,7 @@ import torch
 from mmdg_lite.guidance import MMDGuidance
 from mmdg_lite.kernels import GaussianKernel, ProductKernel
 from mmdg_lite.mmd import mmd2_grad, mmd2_grad_autograd
-from mmdg_lite.prompt_world import CATEGORIES, PAIRED_STYLES, load_or_train_cond_2d, toy_world
+from mmdg_lite.toys import CATEGORIES, PAIRED_STYLES, load_or_train_cond_2d, toy_world
 from mmdg_lite.prompts import (CallableEncoder, CoverageGate, TableEncoder, prompt_aware_guidance,
                                prompt_weights, reference_coverage, sample_with_prompts)
 from mmdg_lite.sampling import sample

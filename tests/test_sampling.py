@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from mmdg_lite.data import circle_mixture, dirichlet_mixture
+from mmdg_lite.toys.mixtures import circle_mixture, dirichlet_mixture
 from mmdg_lite.metrics import mode_assignment as assign_modes
 from mmdg_lite.metrics import mode_proportions, off_mode_fraction
 from mmdg_lite.denoisers import ExactDenoiser, GaussianMixtureDenoiser, MLPDenoiser

@@ -6,19 +6,16 @@ cars -> Pixar) is a minority that guidance must raise without mixing categories.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from ._validation import check_int
-from .prompts import TableEncoder, _check_prompt_list
+from .._validation import check_int
+from ..prompts import TableEncoder, _check_prompt_list
 
-__all__ = ["PromptWorld", "toy_world", "CATEGORIES", "STYLES", "PAIRED_STYLES",
-           "COND_2D_DIR", "COND_2D_RECIPE", "train_cond_2d", "load_or_train_cond_2d"]
+__all__ = ["PromptWorld", "toy_world", "CATEGORIES", "STYLES", "PAIRED_STYLES"]
 
 CATEGORIES = ("cat", "dog", "car")
 STYLES = ("photo", "anime", "van_gogh", "pixar")
@@ -149,46 +146,3 @@ def toy_world() -> PromptWorld:
     emb = torch.stack([basis[0] + basis[1], basis[0] + basis[2], basis[3]])
     emb = torch.nn.functional.normalize(emb, dim=-1)  # (3, 8)
     return PromptWorld(CATEGORIES, STYLES, means, rates, 0.1, emb)
-
-
-# ---------------------------------------------------------------- the shipped conditional model
-
-COND_2D_DIR = Path(__file__).resolve().parent.parent / "data" / "toy" / "cond_2d"
-COND_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 60_000, "steps": 5000, "batch_size": 256,
-                                  "lr": 3e-3, "hidden": 128, "layers": 3, "cond_dropout": 0.1}
-
-
-def train_cond_2d(progress: bool = False, **overrides: Any):
-    """Train the conditional toy model on ``toy_world()`` (categories uniform, styles at base
-    rates, prompt embedding as condition, condition dropout for CFG).
-    Returns (model, losses, world, seconds)."""
-    from .denoisers import MLPDenoiser
-    from .sampling import make_scheduler
-    from .seeding import seed_everything
-    from .training import train_denoiser
-
-    recipe = {**COND_2D_RECIPE, **overrides}
-    world = toy_world()
-    gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
-    idx = torch.randint(0, len(world.categories), (recipe["n_data"],), generator=gen)
-    prompts = [world.categories[i] for i in idx.tolist()]
-    data, _ = world.sample(prompts, gen)  # (N, 2)
-    cond = world.encoder().encode(prompts)  # (N, 8)
-    model = MLPDenoiser(2, hidden=recipe["hidden"], layers=recipe["layers"], cond_dim=cond.shape[1])
-    start = time.perf_counter()
-    losses = train_denoiser(model, data, make_scheduler("ddpm"), steps=recipe["steps"],
-                            batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
-                            cond=cond, cond_dropout=recipe["cond_dropout"], progress=progress)
-    return model, losses, world, time.perf_counter() - start
-
-
-def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = None,
-                          progress: bool = False):
-    """(model, world): loads ``data/toy/cond_2d`` (or ``folder``) unless ``retrain`` or missing."""
-    from .denoisers import load_denoiser
-
-    folder = Path(folder) if folder is not None else COND_2D_DIR
-    if not retrain and (folder / "model.safetensors").is_file():
-        return load_denoiser(folder), toy_world()
-    model, _, world, _ = train_cond_2d(progress=progress)
-    return model, world

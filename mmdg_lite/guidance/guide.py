@@ -16,11 +16,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ._validation import (check_choice, check_int, check_nonnegative, check_pair, check_points,
+from .._validation import (check_choice, check_int, check_nonnegative, check_pair, check_points,
                           check_positive)
-from .kernels import (GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel)
-from .mmd import mmd2_grad
-from .rff import RFFReferenceEmbedding, mmd2_grad_rff
+from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel)
+from ..mmd import mmd2_grad
+from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
 
 __all__ = ["MMDGuidance", "ChainedGuidance", "SCHEDULES", "NORMALIZATIONS", "EVAL_POINTS", "GENERATED_SETS",
            "schedule_weight"]
@@ -308,7 +308,7 @@ class MMDGuidance:
     def reference_code(cls, references: Tensor, alpha: float = 0.002, **kwargs: Any) -> "MMDGuidance":
         """The public reference code's variant: cubic KID kernel on x_{t-1}, norm-matched step
         alpha * ||x|| * g / ||g||, one sample at a time against a memory of <= 99 finished ones."""
-        from .kernels import PolynomialKernel
+        from ..kernels import PolynomialKernel
         opts: dict[str, Any] = dict(kernel=PolynomialKernel(), strength=alpha, eval_point="x_prev",
                                     normalization="norm_matched", generated_set="memory")
         opts.update(kwargs)

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_int
-from .data import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
+from .._validation import check_choice, check_int
+from .mixtures import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                    random_mixture, subset_mixture)
-from .denoisers import GaussianMixtureDenoiser
-from .metrics import (density_coverage, frechet_distance, kernel_distance, mode_proportions,
+from ..denoisers import GaussianMixtureDenoiser
+from ..metrics import (density_coverage, frechet_distance, kernel_distance, mode_proportions,
                       off_mode_fraction, total_variation)
-from .sampling import make_scheduler
+from ..sampling import make_scheduler
 
 __all__ = ["SyntheticTask", "make_task", "evaluate", "TASKS", "GUIDANCE_PRESETS", "task_guidance"]
 
@@ -60,7 +60,7 @@ def make_task(name: str = "ring2d_4modes", seed: int = 0, n_references: int = 20
     if name.startswith("ring2d"):
         base = circle_mixture()
         if denoiser is None:
-            from .training import load_or_train_toy_2d
+            from .models import load_or_train_toy_2d
             denoiser, _ = load_or_train_toy_2d(progress=False)
     else:
         base = random_mixture(8, 100, seed=0)
@@ -126,8 +126,8 @@ def task_guidance(task: SyntheticTask | str, references: Tensor | None = None,
     a task name (then ``references`` is required). ``overrides`` (e.g. ``eval_point="x_prev"``,
     ``strength=...``) are applied to every component; ``median_scale`` sets the kernel.
     """
-    from .guidance import ChainedGuidance, MMDGuidance
-    from .kernels import GaussianKernel
+    from ..guidance import ChainedGuidance, MMDGuidance
+    from ..kernels import GaussianKernel
 
     name = task if isinstance(task, str) else task.name
     check_choice(name, "task", TASKS)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import as_float_tensor, check_finite, check_int, check_points, check_positive
-from .seeding import make_generator
+from .._validation import as_float_tensor, check_finite, check_int, check_points, check_positive
+from ..seeding import make_generator
 
 __all__ = ["GaussianMixture", "circle_mixture", "random_mixture", "subset_mixture",
            "dirichlet_mixture", "draw_references"]

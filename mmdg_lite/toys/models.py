@@ -1,0 +1,93 @@
+"""The shipped toy models: the 2-D ring DDPM (notebooks 02-03) and the conditional 2-D model
+of the prompt world (notebook 04). Each loads from data/toy/ (``mmdg_lite._resources``) and can
+be retrained by the recipe that built it (scripts/train_toy_models.py, train_conditional_toy.py).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._resources import data_path
+from ..denoisers import MLPDenoiser, load_denoiser
+from ..sampling import make_scheduler
+from ..seeding import seed_everything
+from ..training import train_denoiser
+from .mixtures import GaussianMixture, circle_mixture
+from .prompt_world import PromptWorld, toy_world
+
+__all__ = ["TOY_2D_DIR", "TOY_2D_RECIPE", "train_toy_2d", "load_or_train_toy_2d",
+           "COND_2D_DIR", "COND_2D_RECIPE", "train_cond_2d", "load_or_train_cond_2d"]
+
+TOY_2D_DIR = data_path("toy", "mlp_2d")
+# The recipe of the shipped data/toy/mlp_2d (scripts/train_toy_models.py); retraining repeats it.
+TOY_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 50_000, "steps": 6000, "batch_size": 256,
+                                 "lr": 3e-3, "hidden": 128, "layers": 3}
+
+
+def train_toy_2d(progress: bool = True,
+                 **overrides: Any) -> tuple[MLPDenoiser, list[float], GaussianMixture, float]:
+    """Train the 2-D 8-mode ring model by ``TOY_2D_RECIPE``; returns (model, losses, mixture, seconds)."""
+    recipe = {**TOY_2D_RECIPE, **overrides}
+    mixture = circle_mixture()
+    gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
+    data, _ = mixture.sample(recipe["n_data"], gen)  # (N, 2)
+    model = MLPDenoiser(2, hidden=recipe["hidden"], layers=recipe["layers"])
+    start = time.perf_counter()
+    losses = train_denoiser(model, data, make_scheduler("ddpm", 1000, "linear"), steps=recipe["steps"],
+                            batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
+                            progress=progress)
+    return model, losses, mixture, time.perf_counter() - start
+
+
+def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None,
+                         progress: bool = True) -> tuple[MLPDenoiser, GaussianMixture]:
+    """The 2-D ring model (DDPM, 1000 linear-beta train steps) and its mixture ``circle_mixture()``.
+
+    Loads ``data/toy/mlp_2d`` (or ``folder``); ``retrain=True`` (or a missing folder) retrains by
+    the same recipe in well under a minute on a laptop CPU.
+    """
+    folder = Path(folder) if folder is not None else TOY_2D_DIR
+    if not retrain:
+        if (folder / "model.safetensors").is_file():
+            return load_denoiser(folder), circle_mixture()
+        warnings.warn(f"no trained model in {folder}; training one now (about 30 s)", stacklevel=2)
+    model, _, mixture, _ = train_toy_2d(progress=progress)
+    return model, mixture
+
+
+COND_2D_DIR = data_path("toy", "cond_2d")
+COND_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 60_000, "steps": 5000, "batch_size": 256,
+                                  "lr": 3e-3, "hidden": 128, "layers": 3, "cond_dropout": 0.1}
+
+
+def train_cond_2d(progress: bool = False, **overrides: Any):
+    """Train the conditional toy model on ``toy_world()`` (categories uniform, styles at base
+    rates, prompt embedding as condition, condition dropout for CFG).
+    Returns (model, losses, world, seconds)."""
+    recipe = {**COND_2D_RECIPE, **overrides}
+    world = toy_world()
+    gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
+    idx = torch.randint(0, len(world.categories), (recipe["n_data"],), generator=gen)
+    prompts = [world.categories[i] for i in idx.tolist()]
+    data, _ = world.sample(prompts, gen)  # (N, 2)
+    cond = world.encoder().encode(prompts)  # (N, 8)
+    model = MLPDenoiser(2, hidden=recipe["hidden"], layers=recipe["layers"], cond_dim=cond.shape[1])
+    start = time.perf_counter()
+    losses = train_denoiser(model, data, make_scheduler("ddpm"), steps=recipe["steps"],
+                            batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
+                            cond=cond, cond_dropout=recipe["cond_dropout"], progress=progress)
+    return model, losses, world, time.perf_counter() - start
+
+
+def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = None,
+                          progress: bool = False):
+    """(model, world): loads ``data/toy/cond_2d`` (or ``folder``) unless ``retrain`` or missing."""
+    folder = Path(folder) if folder is not None else COND_2D_DIR
+    if not retrain and (folder / "model.safetensors").is_file():
+        return load_denoiser(folder), toy_world()
+    model, _, world, _ = train_cond_2d(progress=progress)
+    return model, world
