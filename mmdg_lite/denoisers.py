@@ -7,6 +7,7 @@ a classifier-free-guidance wrapper.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ._io import ArtifactError, load_weights, read_config
 from ._validation import as_float_tensor, check_int, check_points, check_positive
 
 __all__ = ["Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
@@ -124,19 +126,26 @@ def save_denoiser(model: MLPDenoiser, folder: str | Path) -> Path:
 
 
 def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> MLPDenoiser:
-    """Load a model written by ``save_denoiser``; returned in eval mode."""
-    from safetensors.torch import load_file
+    """Load a model written by ``save_denoiser``; returned in eval mode.
 
+    A missing folder or file, invalid JSON, unknown or missing config keys, a truncated or
+    garbage ``model.safetensors``, or weights that do not fit the config raise an error that
+    names the file and the defect (``FileNotFoundError`` or ``mmdg_lite._io.ArtifactError``).
+    """
     folder = Path(folder)
-    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"folder={str(folder)!r} must contain {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                "(written by save_denoiser)")
-    config: dict[str, Any] = json.loads((folder / CONFIG_NAME).read_text())
+    hint = f"folder={str(folder)!r} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_denoiser)"
+    params = inspect.signature(MLPDenoiser.__init__).parameters
+    args = [k for k in params if k != "self"]
+    config = read_config(folder / CONFIG_NAME, allowed_keys={"class", *args}, hint=hint,
+                         required_keys=[k for k in args if params[k].default is inspect.Parameter.empty])
     cls = config.pop("class", "MLPDenoiser")
     if cls != "MLPDenoiser":
-        raise ValueError(f"{folder / CONFIG_NAME} names class {cls!r}; only 'MLPDenoiser' can be loaded")
-    model = MLPDenoiser(**config)
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        raise ArtifactError(f"{folder / CONFIG_NAME} names class {cls!r}; only 'MLPDenoiser' can be loaded")
+    try:
+        model = MLPDenoiser(**config)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{folder / CONFIG_NAME}: invalid MLPDenoiser settings: {err}") from err
+    load_weights(model, folder / WEIGHTS_NAME, config=folder / CONFIG_NAME, hint=hint)
     return model.to(device).eval()
 
 

@@ -1,5 +1,6 @@
 # Sourced by scripts/run.sh and scripts/test.sh: create .venv on first use and (re)install the
-# package with every extra when pyproject.toml or the constraints change. Idempotent.
+# package (editable) with every extra when pyproject.toml, setup.py or the constraints change.
+# Idempotent. (Users install it the same way or from a wheel: tests/test_packaging.py builds one.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,7 +11,7 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 STAMP="$VENV/.mmdg-stamp"
-WANT="$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml setup.py .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import mmdg_lite" 2>/dev/null; then
   echo "[setup] installing mmdg_lite[notebooks,book,dev] (torch held by .ci/constraints.txt)"
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true

@@ -1,16 +1,17 @@
 """The shipped toy models: the 2-D ring DDPM (notebooks 02-03) and the conditional 2-D model
-of the prompt world (notebook 04). Each loads from data/toy/ (``mmdg_lite._resources``) and can
-be retrained by the recipe that built it (scripts/train_toy_models.py, train_conditional_toy.py).
+of the prompt world (notebook 04). Each loads from data/toy/ (``mmdg_lite._resources``; a wheel
+carries it) and can be retrained by the recipe that built it (scripts/train_toy_models.py,
+train_conditional_toy.py). Loading never retrains silently: a missing model raises.
 """
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import ArtifactError
 from .._resources import data_path
 from ..denoisers import MLPDenoiser, load_denoiser
 from ..sampling import make_scheduler
@@ -43,18 +44,30 @@ def train_toy_2d(progress: bool = True,
     return model, losses, mixture, time.perf_counter() - start
 
 
+def _load_shipped(folder: Path, script: str, loader: str) -> MLPDenoiser:
+    """``load_denoiser(folder)``; a missing or damaged model says how to rebuild it, never retrains."""
+    rebuild = (f"rebuild it with `python scripts/{script}` in a source checkout, or pass "
+               f"retrain=True to {loader} to train one now")
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no trained model at {folder / 'model.safetensors'} (the package "
+                                f"data is missing or incomplete); {rebuild}")
+    try:
+        return load_denoiser(folder)
+    except (FileNotFoundError, ArtifactError) as err:
+        raise type(err)(f"{err}; {rebuild}") from err
+
+
 def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None,
                          progress: bool = True) -> tuple[MLPDenoiser, GaussianMixture]:
     """The 2-D ring model (DDPM, 1000 linear-beta train steps) and its mixture ``circle_mixture()``.
 
-    Loads ``data/toy/mlp_2d`` (or ``folder``); ``retrain=True`` (or a missing folder) retrains by
-    the same recipe in well under a minute on a laptop CPU.
+    Loads ``data/toy/mlp_2d`` (or ``folder``); a missing or damaged model raises an error that
+    names the file and how to rebuild it. ``retrain=True`` retrains by the same recipe instead
+    (well under a minute on a laptop CPU).
     """
     folder = Path(folder) if folder is not None else TOY_2D_DIR
     if not retrain:
-        if (folder / "model.safetensors").is_file():
-            return load_denoiser(folder), circle_mixture()
-        warnings.warn(f"no trained model in {folder}; training one now (about 30 s)", stacklevel=2)
+        return _load_shipped(folder, "train_toy_models.py", "load_or_train_toy_2d"), circle_mixture()
     model, _, mixture, _ = train_toy_2d(progress=progress)
     return model, mixture
 
@@ -85,9 +98,10 @@ def train_cond_2d(progress: bool = False, **overrides: Any):
 
 def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = None,
                           progress: bool = False):
-    """(model, world): loads ``data/toy/cond_2d`` (or ``folder``) unless ``retrain`` or missing."""
+    """(model, world): loads ``data/toy/cond_2d`` (or ``folder``); ``retrain=True`` retrains by
+    ``COND_2D_RECIPE`` instead. A missing or damaged model raises (naming the file), never retrains."""
     folder = Path(folder) if folder is not None else COND_2D_DIR
-    if not retrain and (folder / "model.safetensors").is_file():
-        return load_denoiser(folder), toy_world()
+    if not retrain:
+        return _load_shipped(folder, "train_conditional_toy.py", "load_or_train_cond_2d"), toy_world()
     model, _, world, _ = train_cond_2d(progress=progress)
     return model, world

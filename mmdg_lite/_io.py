@@ -1,0 +1,176 @@
+"""Reading saved models: every failure names the file and says what is wrong with it.
+
+One small set of readers for every loader in the package (``denoisers.load_denoiser``, the image
+and diffusers loaders): ``read_config`` (JSON object, allowed and required keys),
+``read_safetensors`` (missing, truncated, garbage or non-finite weights), ``load_weights``
+(tensors that do not match the model the config builds) and ``from_pretrained`` (a diffusers
+folder, checked file by file before diffusers reads it).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ArtifactError", "read_json", "read_config", "read_safetensors", "check_state_dict",
+           "load_weights", "check_folder", "from_pretrained"]
+
+_LFS_POINTER = b"version https://git-lfs"
+
+
+class ArtifactError(ValueError):
+    """A saved file exists but cannot be used; the message names the file and the defect."""
+
+
+def _existing_file(path: str | Path, hint: str = "") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{path} {where}{'; ' + hint if hint else ''}")
+    return path
+
+
+def read_json(path: str | Path, hint: str = "") -> Any:
+    """Parse a JSON file; invalid JSON raises ``ArtifactError`` with the line and column."""
+    path = _existing_file(path, hint)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path}: not a text file ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: "
+                            f"{err.msg}") from err
+
+
+def read_config(path: str | Path, allowed_keys: Iterable[str] | None = None,
+                required_keys: Iterable[str] = (), hint: str = "") -> dict[str, Any]:
+    """A JSON object from ``path`` whose keys are all in ``allowed_keys`` (None: any) and that
+    holds every key of ``required_keys``."""
+    config = read_json(path, hint)
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path}: expected a JSON object of settings, got a JSON "
+                            f"{type(config).__name__}")
+    if allowed_keys is not None:
+        allowed = set(allowed_keys)
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise ArtifactError(f"{path}: unknown config keys {unknown}; valid keys are {sorted(allowed)}")
+    missing = sorted(set(required_keys) - set(config))
+    if missing:
+        raise ArtifactError(f"{path}: missing config keys {missing}")
+    return config
+
+
+def _diagnose_safetensors(path: Path) -> str | None:
+    """What is structurally wrong with a safetensors file, or None if its layout is sound.
+
+    Layout: 8-byte little-endian header length n, n bytes of JSON header, then the tensor data
+    whose end offsets the header lists.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if fh.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            return "a Git LFS pointer, not the weights (fetch them with `git lfs pull`)"
+        if size < 8:
+            return f"truncated: {size} bytes, shorter than the 8-byte header length"
+        fh.seek(0)
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > size - 8:
+            return (f"not a safetensors file (garbage or truncated): its first 8 bytes announce a "
+                    f"{n:,}-byte header but the file has {size:,} bytes")
+        try:
+            header = json.loads(fh.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "not a safetensors file (its header is not a valid safetensors JSON header)"
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"truncated: {size:,} bytes, its header describes {expected:,}"
+    if size > expected:
+        return f"{size - expected:,} unexpected bytes after the tensor data ({size:,} bytes, header describes {expected:,})"
+    return None
+
+
+def read_safetensors(path: str | Path, device: str | torch.device = "cpu", check_finite: bool = True,
+                     hint: str = "") -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file; a missing, truncated, garbage or (with
+    ``check_finite``) NaN/inf-holding file raises an error that names it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _existing_file(path, hint)
+    defect = _diagnose_safetensors(path)
+    if defect is not None:
+        raise ArtifactError(f"{path}: {defect}{'; ' + hint if hint else ''}")
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ArtifactError(f"{path}: cannot be read as safetensors: {err}") from err
+    if check_finite:
+        bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if bad:
+            raise ArtifactError(f"{path}: tensors {bad} hold NaN or inf values")
+    return state
+
+
+def check_state_dict(expected: Mapping[str, Tensor], loaded: Mapping[str, Tensor], weights: str | Path,
+                     config: str | Path | None = None) -> None:
+    """Raise ``ArtifactError`` unless ``loaded`` has exactly the names and shapes of ``expected``
+    (the state of the model built from ``config``)."""
+    source = f" (the model built from {config})" if config is not None else ""
+    problems = []
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    shapes = [f"{k}: {tuple(loaded[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+              for k in sorted(set(expected) & set(loaded)) if loaded[k].shape != expected[k].shape]
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes))
+    if problems:
+        raise ArtifactError(f"{weights} does not match its config{source}: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, weights: str | Path, config: str | Path | None = None,
+                 hint: str = "") -> nn.Module:
+    """Load ``weights`` (safetensors) into ``model`` after checking names and shapes."""
+    state = read_safetensors(weights, hint=hint)
+    check_state_dict(model.state_dict(), state, weights, config)
+    model.load_state_dict(state)
+    return model
+
+
+def check_folder(folder: str | Path, hint: str = "") -> Path:
+    """Check every ``*.json`` and ``*.safetensors`` file under ``folder`` (recursively)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder{'; ' + hint if hint else ''}")
+    for path in sorted(folder.rglob("*.json")):
+        read_json(path)
+    for path in sorted(folder.rglob("*.safetensors")):
+        defect = _diagnose_safetensors(path)
+        if defect is not None:
+            raise ArtifactError(f"{path}: {defect}{'; ' + hint if hint else ''}")
+    return folder
+
+
+def from_pretrained(cls: Any, folder: str | Path, hint: str = "", **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder, local_files_only=True, **kwargs)`` for a local diffusers
+    (or transformers) folder: its files are checked first, and any error diffusers raises is
+    re-raised as ``ArtifactError`` naming the folder and its weight files."""
+    folder = check_folder(folder, hint)
+    kwargs.setdefault("local_files_only", True)
+    try:
+        return cls.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        raise ArtifactError(f"{folder}: {getattr(cls, '__name__', cls)}.from_pretrained failed "
+                            f"(files: {files}): {type(err).__name__}: {err}"
+                            f"{'; ' + hint if hint else ''}") from err
