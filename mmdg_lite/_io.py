@@ -27,6 +27,13 @@ class ArtifactError(ValueError):
     """A saved file exists but cannot be used; the message names the file and the defect."""
 
 
+def _listing(names: Iterable[Any], limit: int = 8) -> str:
+    """``['a', 'b']``, or the first ``limit`` names and how many more."""
+    names = sorted(map(str, names))
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
 def _existing_file(path: str | Path, hint: str = "") -> Path:
     path = Path(path)
     if not path.is_file():
@@ -112,9 +119,9 @@ def read_safetensors(path: str | Path, device: str | torch.device = "cpu", check
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ArtifactError(f"{path}: cannot be read as safetensors: {err}") from err
     if check_finite:
-        bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise ArtifactError(f"{path}: tensors {bad} hold NaN or inf values")
+            raise ArtifactError(f"{path}: tensors {_listing(bad)} hold NaN or inf values")
     return state
 
 
@@ -127,13 +134,14 @@ def check_state_dict(expected: Mapping[str, Tensor], loaded: Mapping[str, Tensor
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     if missing:
-        problems.append(f"missing tensors {missing}")
+        problems.append(f"missing tensors {_listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
+        problems.append(f"unexpected tensors {_listing(unexpected)}")
     shapes = [f"{k}: {tuple(loaded[k].shape)} in the file, {tuple(expected[k].shape)} expected"
               for k in sorted(set(expected) & set(loaded)) if loaded[k].shape != expected[k].shape]
     if shapes:
-        problems.append("shape mismatch " + "; ".join(shapes))
+        more = f" and {len(shapes) - 8} more" if len(shapes) > 8 else ""
+        problems.append("shape mismatch " + "; ".join(shapes[:8]) + more)
     if problems:
         raise ArtifactError(f"{weights} does not match its config{source}: " + "; ".join(problems))
 
@@ -161,16 +169,41 @@ def check_folder(folder: str | Path, hint: str = "") -> Path:
     return folder
 
 
-def from_pretrained(cls: Any, folder: str | Path, hint: str = "", **kwargs: Any) -> Any:
+def _is_diffusers_model(cls: Any) -> bool:
+    try:
+        from diffusers import ModelMixin
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, ModelMixin)
+
+
+def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool = True,
+                    **kwargs: Any) -> Any:
     """``cls.from_pretrained(folder, local_files_only=True, **kwargs)`` for a local diffusers
-    (or transformers) folder: its files are checked first, and any error diffusers raises is
-    re-raised as ``ArtifactError`` naming the folder and its weight files."""
+    (or transformers) folder: its JSON and safetensors files are checked first, and any error
+    ``from_pretrained`` raises is re-raised as ``ArtifactError`` naming the folder and its files.
+
+    For a diffusers model class (``ModelMixin``), ``strict`` also rejects weights that do not
+    match the config: diffusers itself only warns and initialises missing tensors at random.
+    """
     folder = check_folder(folder, hint)
     kwargs.setdefault("local_files_only", True)
+    strict = strict and _is_diffusers_model(cls) and "output_loading_info" not in kwargs
+    name = getattr(cls, "__name__", repr(cls))
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     try:
-        return cls.from_pretrained(str(folder), **kwargs)
+        out = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs) if strict \
+            else cls.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        raise ArtifactError(f"{folder}: {getattr(cls, '__name__', cls)}.from_pretrained failed "
-                            f"(files: {files}): {type(err).__name__}: {err}"
-                            f"{'; ' + hint if hint else ''}") from err
+        raise ArtifactError(f"{folder}: {name}.from_pretrained failed (files: {files}): "
+                            f"{type(err).__name__}: {err}{'; ' + hint if hint else ''}") from err
+    if not strict:
+        return out
+    model, info = out
+    problems = [f"{what.replace('_', ' ')} {_listing(info[what])}"
+                for what in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+                if info.get(what)]
+    if problems:
+        raise ArtifactError(f"{folder}: the weights (files: {files}) do not match its config.json "
+                            f"for {name}: " + "; ".join(problems) + (f"; {hint}" if hint else ""))
+    return model

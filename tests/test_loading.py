@@ -1,0 +1,309 @@
+"""Loading saved models: every broken file gives an error that names it and says what is wrong.
+
+Each case damages one file of a freshly saved model in a known way (truncation, random bytes,
+bad JSON, a config edited away from the weights) and checks that the loader refuses it with the
+file's path and the defect in the message, rather than loading something else or retraining.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import mmdg_lite.toys.models as toy_models
+from mmdg_lite._io import ArtifactError, from_pretrained, read_config, read_safetensors
+from mmdg_lite.denoisers import MLPDenoiser, load_denoiser, save_denoiser
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_denoiser(MLPDenoiser(3, hidden=16, layers=2, time_embed_dim=8, cond_dim=2), tmp_path / "m")
+
+
+def _fails(folder: Path, exc: type[Exception], file: str, *fragments: str) -> str:
+    """load_denoiser(folder) raises ``exc`` whose message names folder/file and each fragment."""
+    with pytest.raises(exc) as info:
+        load_denoiser(folder)
+    msg = str(info.value)
+    assert str(folder / file) in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def test_the_saved_model_loads(saved):
+    model = load_denoiser(saved)
+    assert model.config == {"dim": 3, "hidden": 16, "layers": 2, "time_embed_dim": 8, "cond_dim": 2}
+
+
+# --- model.safetensors -------------------------------------------------------------------------
+
+def test_missing_weights(saved):
+    (saved / "model.safetensors").unlink()
+    _fails(saved, FileNotFoundError, "model.safetensors", "does not exist", "save_denoiser")
+
+
+def test_missing_folder(tmp_path):
+    _fails(tmp_path / "nowhere", FileNotFoundError, "config.json", "does not exist")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_weights(saved, keep):
+    path = saved / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
+    _fails(saved, ArtifactError, "model.safetensors", "truncated", f"header describes {len(raw):,}")
+
+
+@pytest.mark.parametrize("n_bytes", [0, 5])
+def test_weights_shorter_than_the_header_length(saved, n_bytes):
+    (saved / "model.safetensors").write_bytes(b"\x01" * n_bytes)
+    _fails(saved, ArtifactError, "model.safetensors", "truncated", f"{n_bytes} bytes")
+
+
+def test_garbage_weights(saved):
+    gen = torch.Generator().manual_seed(0)
+    (saved / "model.safetensors").write_bytes(bytes(torch.randint(0, 256, (4096,), generator=gen).tolist()))
+    _fails(saved, ArtifactError, "model.safetensors", "not a safetensors file")
+
+
+def test_garbage_header_of_plausible_length(saved):
+    header = b"{not json at all}"
+    (saved / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    _fails(saved, ArtifactError, "model.safetensors", "not a safetensors file", "header")
+
+
+def test_git_lfs_pointer_instead_of_weights(saved):
+    (saved / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 499792\n")
+    _fails(saved, ArtifactError, "model.safetensors", "Git LFS pointer", "git lfs pull")
+
+
+def test_bytes_after_the_tensor_data(saved):
+    with (saved / "model.safetensors").open("ab") as fh:
+        fh.write(b"junk")
+    _fails(saved, ArtifactError, "model.safetensors", "4 unexpected bytes")
+
+
+def test_non_finite_weights(saved):
+    state = load_file(str(saved / "model.safetensors"))
+    state["in_proj.bias"][0] = float("nan")
+    save_file(state, str(saved / "model.safetensors"))
+    _fails(saved, ArtifactError, "model.safetensors", "['in_proj.bias']", "NaN or inf")
+
+
+# --- config.json -------------------------------------------------------------------------------
+
+def test_missing_config(saved):
+    (saved / "config.json").unlink()
+    _fails(saved, FileNotFoundError, "config.json", "does not exist")
+
+
+def test_invalid_json(saved):
+    (saved / "config.json").write_text('{"class": "MLPDenoiser", "dim": 3,\n "hidden": 16,}\n')
+    _fails(saved, ArtifactError, "config.json", "invalid JSON at line 2")
+
+
+def test_config_that_is_not_an_object(saved):
+    (saved / "config.json").write_text("[3, 16, 2]")
+    _fails(saved, ArtifactError, "config.json", "expected a JSON object", "list")
+
+
+def test_unknown_config_key(saved):
+    _edit_config(saved, hiden=32)
+    msg = _fails(saved, ArtifactError, "config.json", "unknown config keys ['hiden']")
+    assert "'hidden'" in msg  # the valid keys are listed
+
+
+def test_missing_required_config_key(saved):
+    config = json.loads((saved / "config.json").read_text())
+    del config["dim"]
+    (saved / "config.json").write_text(json.dumps(config))
+    _fails(saved, ArtifactError, "config.json", "missing config keys ['dim']")
+
+
+def test_invalid_config_value(saved):
+    _edit_config(saved, hidden=-3)
+    _fails(saved, ArtifactError, "config.json", "invalid MLPDenoiser settings", "hidden")
+
+
+def test_unknown_class(saved):
+    _edit_config(saved, **{"class": "UNet2DModel"})
+    _fails(saved, ArtifactError, "config.json", "'UNet2DModel'")
+
+
+# --- config against weights --------------------------------------------------------------------
+
+def test_config_whose_shapes_do_not_match_the_weights(saved):
+    _edit_config(saved, hidden=32)
+    msg = _fails(saved, ArtifactError, "model.safetensors", "does not match its config", "shape mismatch",
+                 "blocks.0.weight: (16, 16) in the file, (32, 32) expected", "and 10 more")
+    assert str(saved / "config.json") in msg
+
+
+def test_config_that_drops_tensors_the_weights_hold(saved):
+    _edit_config(saved, cond_dim=0)  # the file still holds the condition projection
+    _fails(saved, ArtifactError, "model.safetensors",
+           "unexpected tensors ['cond_proj.bias', 'cond_proj.weight', 'null_cond']")
+
+
+def test_weights_that_lack_a_tensor(saved):
+    state = load_file(str(saved / "model.safetensors"))
+    del state["out_proj.weight"]
+    save_file(state, str(saved / "model.safetensors"))
+    _fails(saved, ArtifactError, "model.safetensors", "missing tensors ['out_proj.weight']")
+
+
+def test_extra_layers_in_config(saved):
+    _edit_config(saved, layers=3)
+    _fails(saved, ArtifactError, "model.safetensors", "missing tensors ['blocks.2.bias', 'blocks.2.weight'")
+
+
+# --- the helpers on their own ------------------------------------------------------------------
+
+def test_read_config_without_allowed_keys_accepts_any(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"anything": 1}')
+    assert read_config(path) == {"anything": 1}
+    with pytest.raises(ArtifactError, match="missing config keys \\['dim'\\]"):
+        read_config(path, required_keys=["dim"])
+
+
+def test_read_safetensors_round_trip_and_hint(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(6.0).reshape(2, 3)}, str(path))
+    assert torch.equal(read_safetensors(path)["a"], torch.arange(6.0).reshape(2, 3))
+    with pytest.raises(FileNotFoundError, match="rebuild with X"):
+        read_safetensors(tmp_path / "other.safetensors", hint="rebuild with X")
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_safetensors(tmp_path)
+
+
+# --- the shipped toy models never retrain behind the user's back -------------------------------
+
+@pytest.fixture()
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loader started training")
+
+    monkeypatch.setattr(toy_models, "train_toy_2d", refuse)
+    monkeypatch.setattr(toy_models, "train_cond_2d", refuse)
+
+
+@pytest.mark.parametrize("loader, script", [("load_or_train_toy_2d", "scripts/train_toy_models.py"),
+                                            ("load_or_train_cond_2d", "scripts/train_conditional_toy.py")])
+def test_toy_loader_raises_instead_of_retraining(tmp_path, no_training, loader, script):
+    with pytest.raises(FileNotFoundError) as info:
+        getattr(toy_models, loader)(folder=tmp_path / "gone")
+    msg = str(info.value)
+    assert str(tmp_path / "gone" / "model.safetensors") in msg and script in msg and "retrain=True" in msg
+
+
+def test_toy_loader_names_a_damaged_file_and_the_rebuild(tmp_path, no_training):
+    folder = save_denoiser(MLPDenoiser(2, hidden=8, layers=1), tmp_path / "toy")
+    raw = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(raw[:100])
+    with pytest.raises(ArtifactError, match="truncated.*scripts/train_toy_models.py"):
+        toy_models.load_or_train_toy_2d(folder=folder)
+
+
+def test_toy_loader_retrains_only_when_asked(monkeypatch):
+    calls = []
+
+    def fake_train(progress=True, **kw):
+        calls.append(progress)
+        return "model", [], "mixture", 0.0
+
+    monkeypatch.setattr(toy_models, "train_toy_2d", fake_train)
+    assert toy_models.load_or_train_toy_2d(retrain=True, progress=False) == ("model", "mixture")
+    assert calls == [False]
+
+
+@pytest.mark.skipif(not (toy_models.TOY_2D_DIR / "model.safetensors").is_file(), reason="no shipped model")
+def test_shipped_toy_models_load_without_training(no_training):
+    model, _ = toy_models.load_or_train_toy_2d(progress=False)
+    cond_model, _ = toy_models.load_or_train_cond_2d()
+    assert model.config["dim"] == 2 and cond_model.config["cond_dim"] == 8
+
+
+# --- diffusers folders through the checked from_pretrained ---------------------------------------
+
+@pytest.fixture(scope="module")
+def unet_folder(tmp_path_factory) -> Path:
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    folder = tmp_path_factory.mktemp("unet") / "unet"
+    unet.save_pretrained(folder)
+    return folder
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_from_pretrained_loads_a_sound_folder(unet_folder):
+    from diffusers import UNet2DModel
+
+    unet = from_pretrained(UNet2DModel, unet_folder)
+    assert isinstance(unet, UNet2DModel) and list(unet.config.block_out_channels) == [8, 8]
+
+
+def test_from_pretrained_names_a_truncated_weights_file(unet_folder, tmp_path):
+    from diffusers import UNet2DModel
+
+    folder = _copy(unet_folder, tmp_path / "u")
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="truncated") as info:
+        from_pretrained(UNet2DModel, folder)
+    assert str(weights) in str(info.value)
+
+
+def test_from_pretrained_names_invalid_json(unet_folder, tmp_path):
+    from diffusers import UNet2DModel
+
+    folder = _copy(unet_folder, tmp_path / "u")
+    (folder / "config.json").write_text('{"_class_name": "UNet2DModel",')
+    with pytest.raises(ArtifactError, match="invalid JSON") as info:
+        from_pretrained(UNet2DModel, folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
+@pytest.mark.parametrize("change, fragment", [({"block_out_channels": [16, 16]}, "size mismatch"),
+                                              ({"layers_per_block": 2}, "missing keys")])
+def test_from_pretrained_rejects_weights_that_do_not_match_the_config(unet_folder, tmp_path, change, fragment):
+    from diffusers import UNet2DModel
+
+    folder = _copy(unet_folder, tmp_path / "u")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=fragment) as info:
+        from_pretrained(UNet2DModel, folder)
+    msg = str(info.value)
+    assert str(folder) in msg and "diffusion_pytorch_model.safetensors" in msg
+
+
+def test_from_pretrained_missing_folder(tmp_path):
+    from diffusers import UNet2DModel
+
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        from_pretrained(UNet2DModel, tmp_path / "none")
