@@ -1,10 +1,18 @@
-"""Small matplotlib/seaborn helpers shared by the notebooks.
+"""Small matplotlib/seaborn helpers shared by the notebooks, the widgets and the book.
 
 Every function draws on a given ``Axes`` (or makes one) and returns what it drew, so notebooks
 can compose figures freely. Inputs may be torch tensors or numpy arrays; 2-D points are (n, 2).
+
+Book conventions (one place for all notebooks): ``PALETTE`` gives one colour per role
+(generated / reference / unguided / guided / target); references are drawn *under* the
+generated samples; at most ``MAX_COLS`` panels per row (``panel_grid``) so figures fit the
+book's content column; legends go outside the data (``legend_outside``); colour that encodes
+a value gets a colorbar. The last section reads benchmark tables for figures
+(``read_markdown_table``, ``load_results_json``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -12,15 +20,99 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 from matplotlib.quiver import Quiver
 
-__all__ = ["to_numpy", "grid_2d", "plot_samples", "plot_field", "plot_witness",
-           "plot_gram", "fit_loglog_slope", "plot_loglog"]
+__all__ = ["PALETTE", "MAX_COLS", "BOOK_WIDTH", "role_color", "panel_grid", "legend_outside",
+           "to_numpy", "grid_2d", "plot_samples", "plot_ring_panel", "plot_field", "plot_witness",
+           "plot_gram", "fit_loglog_slope", "plot_loglog", "plot_prompt_samples",
+           "plot_proportion_table", "plain_log_ticks", "read_markdown_table",
+           "find_results_dir", "load_results_json"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
-GENERATED_COLOR = "tab:blue"
-REFERENCE_COLOR = "tab:orange"
+# One palette for the whole course (Okabe-Ito, colour-blind safe). Generated samples of a
+# figure with a single run use "generated"; comparisons use "unguided" vs "guided".
+PALETTE: dict[str, str] = {
+    "generated": "#0072B2",   # blue
+    "reference": "#E69F00",   # orange
+    "unguided": "#7F7F7F",    # grey
+    "guided": "#009E73",      # green
+    "target": "#000000",      # black
+}
+GENERATED_COLOR = PALETTE["generated"]
+REFERENCE_COLOR = PALETTE["reference"]
+MAX_COLS = 3        # panels per row that stay legible in the book's content column
+BOOK_WIDTH = 11.0   # inches: the widest figure panel_grid makes (about 1,000 px at dpi 90)
+
+
+def role_color(role: str) -> str:
+    """The palette colour of a role ("generated", "reference", "unguided", "guided", "target").
+
+    A run label that starts with "unguided" or "guided" (e.g. "guided, c = 3") maps to that role.
+    """
+    key = str(role).lower()
+    if key in PALETTE:
+        return PALETTE[key]
+    for name in ("unguided", "guided", "reference", "target", "generated"):
+        if key.startswith(name):
+            return PALETTE[name]
+    raise ValueError(f"role must be one of {sorted(PALETTE)} (or a label starting with one); "
+                     f"got {role!r}")
+
+
+def panel_grid(n: int, ncols: int = MAX_COLS, *, panel_width: float | None = None,
+               panel_height: float = 3.4, sharex: bool = False, sharey: bool = False,
+               **kwargs):
+    """A figure with ``n`` panels, at most ``ncols`` (<= 3) per row, unused cells removed.
+
+    Returns (fig, axes) with ``axes`` a flat list of the n Axes. The width is at most
+    ``BOOK_WIDTH`` inches unless ``panel_width`` asks for more.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 panel; got {n}")
+    if not 1 <= ncols <= MAX_COLS:
+        raise ValueError(f"ncols must be between 1 and {MAX_COLS} (panels per row in the book); got {ncols}")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    width = panel_width if panel_width is not None else min(BOOK_WIDTH / ncols, 4.2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, panel_height * nrows),
+                             squeeze=False, sharex=sharex, sharey=sharey, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, flat[:n]
+
+
+def legend_outside(where: Axes | Figure, *, loc: str = "right", ncol: int | None = None,
+                   fontsize: str = "small", **kwargs):
+    """A legend outside the data: right of an Axes, or below a Figure (one legend for all panels).
+
+    For a Figure the handles of all its Axes are collected once per label (so a shared colour key
+    is shown once). Returns the Legend, or None when nothing is labelled.
+    """
+    if isinstance(where, Figure):
+        handles, labels = [], []
+        for ax in where.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels and not lab.startswith("_"):
+                    handles.append(h)
+                    labels.append(lab)
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        if not handles:
+            return None
+        return where.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                            ncol=ncol or min(len(labels), 4), fontsize=fontsize, frameon=False,
+                            **kwargs)
+    handles, labels = where.get_legend_handles_labels()
+    if not handles:
+        return None
+    if loc == "below":
+        return where.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=ncol or 2,
+                            fontsize=fontsize, frameon=False, **kwargs)
+    return where.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol or 1,
+                        fontsize=fontsize, frameon=False, borderaxespad=0.0, **kwargs)
 
 
 def to_numpy(a: ArrayLike) -> np.ndarray:
@@ -52,30 +144,52 @@ def grid_2d(xlim: tuple[float, float], ylim: tuple[float, float] | None = None,
 
 
 def plot_samples(generated: ArrayLike | None = None, reference: ArrayLike | None = None, *,
-                 ax: Axes | None = None, labels: tuple[str, str] = ("generated", "reference"),
-                 s: float = 12.0, alpha: float = 0.7, legend: bool = True) -> Axes:
-    """Scatter generated points (blue dots) and reference points (orange crosses), equal axes."""
+                 ax: Axes | None = None, labels: tuple[str, str] | None = None,
+                 role: str = "generated", s: float = 12.0, alpha: float = 0.7,
+                 legend: bool = True) -> Axes:
+    """Scatter generated points (dots in the ``role``'s colour) over reference points (orange
+    crosses, drawn underneath), equal axes; the legend goes outside the data."""
     ax = _ax(ax)
-    if generated is not None:
-        g = _check_2d(to_numpy(generated), "generated")
-        ax.scatter(g[:, 0], g[:, 1], s=s, alpha=alpha, c=GENERATED_COLOR, label=labels[0])
+    labels = labels if labels is not None else (role, "reference")
     if reference is not None:
         r = _check_2d(to_numpy(reference), "reference")
-        ax.scatter(r[:, 0], r[:, 1], s=1.5 * s, alpha=alpha, c=REFERENCE_COLOR, marker="x",
-                   label=labels[1])
+        ax.scatter(r[:, 0], r[:, 1], s=1.5 * s, alpha=alpha, c=PALETTE["reference"], marker="x",
+                   label=labels[1], zorder=1)
+    if generated is not None:
+        g = _check_2d(to_numpy(generated), "generated")
+        ax.scatter(g[:, 0], g[:, 1], s=s, alpha=alpha, c=role_color(role), label=labels[0],
+                   zorder=2)
     ax.set_aspect("equal")
     if legend and (generated is not None or reference is not None):
-        ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+        legend_outside(ax)
+    return ax
+
+
+def plot_ring_panel(ax: Axes, samples: ArrayLike | None, references: ArrayLike | None,
+                    title: str = "", *, role: str = "guided", lim: float = 3.2,
+                    s: float = 3.0) -> Axes:
+    """One panel of the 2-D ring: faint references underneath, samples on top, fixed limits.
+
+    ``samples=None`` (a run whose guidance diverged) writes "diverged" in the panel instead.
+    """
+    if samples is None:
+        ax.text(0.5, 0.5, "diverged", ha="center", va="center", transform=ax.transAxes,
+                fontsize=14)
+    else:
+        plot_samples(None, references, ax=ax, s=s, alpha=0.35, legend=False)
+        plot_samples(samples, ax=ax, s=s, role=role, legend=False)
+    ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     return ax
 
 
 def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
                normalize: bool = False, color: str = "k", scale: float | None = None,
-               width: float = 0.004, **kwargs) -> Quiver:
+               width: float = 0.004, colorbar: bool = False, **kwargs) -> Quiver:
     """Quiver plot of a vector field: arrows ``vectors`` (n, 2) drawn at ``points`` (n, 2).
 
     With ``normalize`` every arrow has unit length (direction only), and the arrow colour
-    shows the magnitude on a log scale instead of ``color``. Returns the Quiver (for a key).
+    shows the magnitude on a log scale instead of ``color`` (``colorbar=True`` adds its key).
+    Returns the Quiver.
     """
     ax = _ax(ax)
     p = _check_2d(to_numpy(points), "points")
@@ -87,6 +201,8 @@ def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
         u = v / np.maximum(norm, 1e-12)
         q = ax.quiver(p[:, 0], p[:, 1], u[:, 0], u[:, 1], np.log10(norm[:, 0] + 1e-12),
                       cmap=kwargs.pop("cmap", "viridis"), scale=scale, width=width, **kwargs)
+        if colorbar:
+            ax.figure.colorbar(q, ax=ax, shrink=0.8, label="log10 |vector|")
     else:
         q = ax.quiver(p[:, 0], p[:, 1], v[:, 0], v[:, 1], color=color, scale=scale,
                       width=width, **kwargs)
@@ -168,7 +284,7 @@ def plot_loglog(x: ArrayLike, y: ArrayLike, *, yerr: ArrayLike | None = None,
     if ref_slope is not None:
         ax.loglog(xa, ya[0] * (xa / xa[0]) ** ref_slope, "--", color="k",
                   label=ref_label or f"reference slope {ref_slope:g}")
-    ax.legend(fontsize="small")
+    legend_outside(ax)
     return slope
 
 
@@ -202,7 +318,7 @@ def plot_prompt_samples(points: ArrayLike, labels: Sequence[str], *, references:
                        edgecolors="k", linewidths=0.6, label=f"reference '{n}'")
     ax.set_aspect("equal")
     if legend:
-        ax.legend(loc="best", fontsize="x-small", framealpha=0.8, ncol=2)
+        legend_outside(ax, fontsize="x-small")
     return ax
 
 
@@ -230,3 +346,67 @@ def plot_proportion_table(table: ArrayLike, row_labels: Sequence[str], col_label
     if title:
         ax.set_title(title)
     return ax
+
+
+def plain_log_ticks(ax: Axes) -> Axes:
+    """Label log-scaled axes with plain numbers (0.1, 1, 10) and no minor-tick labels."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    for axis, scale, lim in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+                             (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+        if scale == "log":
+            if not isinstance(axis.get_major_locator(), FixedLocator):  # keep explicit ticks
+                decades = math.log10(max(lim) / max(min(lim), 1e-300))
+                axis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades < 2.5 else (1,)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+    return ax
+
+
+# -- benchmark tables, read for figures ---------------------------------------------------------
+
+def read_markdown_table(text: str, heading: str):
+    """The first markdown table under the section ``## heading`` of ``text``, as a DataFrame of
+    strings (bold markers removed). Raises KeyError naming the headings that exist."""
+    import pandas as pd
+
+    marker = f"## {heading}\n"
+    if marker not in text:
+        found = [ln[3:].strip() for ln in text.splitlines() if ln.startswith("## ")]
+        raise KeyError(f"heading {heading!r} not found; the sections are {found}")
+    block = text.split(marker, 1)[1].split("\n## ", 1)[0]  # up to the next section
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        raise ValueError(f"section {heading!r} has no markdown table")
+    cells = [[c.strip().replace("**", "") for c in ln.strip().strip("|").split("|")] for ln in lines]
+    return pd.DataFrame(cells[2:], columns=cells[0])
+
+
+def find_results_dir(start: str | Path | None = None) -> Path | None:
+    """benchmarks/results of the repository that holds ``start`` (default: the working
+    directory), searching upward; None when there is none."""
+    here = Path(start) if start is not None else Path.cwd()
+    for root in (here, *here.parents):
+        if (root / "benchmarks" / "results").is_dir():
+            return root / "benchmarks" / "results"
+    return None
+
+
+def load_results_json(stem: str, results: str | Path | None = None):
+    """(rows as a DataFrame, the whole JSON dict) of benchmarks/results/<stem>.json, or
+    (None, {}) with a printed note naming the command that creates it when it is missing."""
+    import json
+
+    import pandas as pd
+
+    folder = Path(results) if results is not None else find_results_dir()
+    path = None if folder is None else folder / f"{stem}.json"
+    if path is None or not path.is_file():
+        print(f"[missing] benchmarks/results/{stem}.json not found: run "
+              "`python benchmarks/synthetic_tables.py` (or benchmarks/run_all.sh) to create it; "
+              "the plots for it are skipped.")
+        return None, {}
+    data = json.loads(path.read_text())
+    return pd.DataFrame(data["rows"]), data

@@ -1,0 +1,92 @@
+"""Write the student versions of the notebooks: solution cells become stubs, outputs cleared.
+
+    python scripts/make_student_notebooks.py --out DIR [notebooks/01_mmd_basics.ipynb ...]
+
+In the committed (instructor) notebooks a coding exercise is three kinds of cell:
+- a solution cell, tags ``solution`` (+ ``hide-cell`` for the book), metadata
+  ``"exercise": "nbNN.name"``: it imports ``mmdg_lite.solutions.nbNN.name`` and shows its source;
+- a check cell, tag ``exercise-check``, same ``exercise`` metadata: asserts against an oracle;
+- optional worked answers to the question exercises, tag ``instructor-answer``.
+The student version replaces each solution cell by ``stub_source(fn)`` (same signature and
+docstring, body raises NotImplementedError), drops the instructor answers, clears every output
+and the saved widget state. Notebooks 05-07 join by tagging their cells the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mmdg_lite.solutions import all_solutions, stub_source  # noqa: E402
+
+SOLUTION, CHECK, ANSWER, STUB = "solution", "exercise-check", "instructor-answer", "exercise-stub"
+
+
+def tags(cell: dict) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def exercise_cells(nb: dict) -> list[tuple[int, str, str]]:
+    """(cell index, kind "solution" | "check", exercise id) for every tagged exercise cell."""
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        kind = SOLUTION if SOLUTION in tags(cell) else "check" if CHECK in tags(cell) else None
+        if kind is None:
+            continue
+        ex = cell.get("metadata", {}).get("exercise")
+        if not ex:
+            raise ValueError(f"cell {i} is tagged {kind!r} but has no 'exercise' metadata "
+                             "(e.g. \"exercise\": \"nb01.unbiased_mmd2\")")
+        out.append((i, kind, ex))
+    return out
+
+
+def student_version(nb: dict) -> dict:
+    """A copy of the notebook dict with stubs for solutions, no instructor answers, no outputs."""
+    solutions = all_solutions()
+    nb = copy.deepcopy(nb)
+    cells = []
+    for cell in nb["cells"]:
+        t = tags(cell)
+        if ANSWER in t:
+            continue
+        if SOLUTION in t:
+            ex = cell["metadata"].get("exercise")
+            if ex not in solutions:
+                raise KeyError(f"solution cell names exercise {ex!r}, which is not in "
+                               f"mmdg_lite.solutions (known: {sorted(solutions)})")
+            cell = {"cell_type": "code", "execution_count": None, "id": cell.get("id", ex.replace(".", "-")),
+                    "metadata": {"tags": [STUB], "exercise": ex}, "outputs": [],
+                    "source": stub_source(solutions[ex]).splitlines(keepends=True)}
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        cells.append(cell)
+    nb["cells"] = cells
+    nb.get("metadata", {}).pop("widgets", None)
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="folder for the student notebooks")
+    ap.add_argument("notebooks", nargs="*", type=Path,
+                    help="notebooks to convert (default: every notebooks/NN_*.ipynb)")
+    args = ap.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        nb = json.loads(path.read_text())
+        student = student_version(nb)
+        n_stubs = sum(STUB in tags(c) for c in student["cells"])
+        (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")
+        print(f"{path.name}: {n_stubs} exercise stub(s) -> {args.out / path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

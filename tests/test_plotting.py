@@ -1,0 +1,113 @@
+"""mmdg_lite.plotting: the course's palette and layout rules, and the table readers."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+
+from mmdg_lite import plotting as P  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def test_palette_has_one_distinct_colour_per_role():
+    roles = ("generated", "reference", "unguided", "guided")
+    colours = [P.role_color(r) for r in roles]
+    assert len(set(colours)) == len(roles)
+    assert P.role_color("guided, c = 3") == P.PALETTE["guided"]
+    assert P.role_color("unguided") == P.PALETTE["unguided"]  # not mistaken for "guided"
+    with pytest.raises(ValueError, match="role"):
+        P.role_color("sampled")
+
+
+@pytest.mark.parametrize("n, rows", [(1, 1), (3, 1), (4, 2), (5, 2), (7, 3)])
+def test_panel_grid_never_puts_more_than_three_panels_in_a_row(n, rows):
+    fig, axes = P.panel_grid(n)
+    assert len(axes) == n and len(fig.axes) == n  # unused cells removed
+    ys = [round(ax.get_position().y0, 3) for ax in axes]
+    assert len(set(ys)) == rows
+    assert max(ys.count(y) for y in set(ys)) <= P.MAX_COLS
+    assert fig.get_figwidth() <= P.BOOK_WIDTH + 1e-9
+    with pytest.raises(ValueError, match="ncols"):
+        P.panel_grid(4, ncols=4)
+
+
+def test_plot_samples_draws_references_under_generated_with_role_colours():
+    g = torch.randn(20, 2)
+    r = torch.randn(10, 2)
+    ax = P.plot_samples(g, r, role="guided")
+    ref_coll, gen_coll = ax.collections
+    assert ref_coll.get_zorder() < gen_coll.get_zorder()
+    assert to_hex(gen_coll.get_facecolor()[0]) == P.PALETTE["guided"].lower()
+    assert to_hex(ref_coll.get_facecolor()[0]) == P.PALETTE["reference"].lower()
+    leg = ax.get_legend()
+    assert leg is not None
+    # outside the data: anchored right of the axes
+    fig = ax.figure
+    fig.canvas.draw()
+    assert leg.get_window_extent().x0 >= ax.get_window_extent().x1
+
+
+def test_figure_legend_collects_each_label_once_below_the_panels():
+    fig, axes = P.panel_grid(2)
+    for ax in axes:
+        P.plot_samples(torch.randn(5, 2), torch.randn(5, 2), ax=ax, role="unguided")
+    leg = P.legend_outside(fig)
+    assert [t.get_text() for t in leg.get_texts()] == ["reference", "unguided"]
+    assert all(ax.get_legend() is None for ax in axes)
+
+
+def test_plot_ring_panel_marks_a_diverged_run():
+    fig, (ax,) = P.panel_grid(1)
+    P.plot_ring_panel(ax, None, torch.randn(5, 2), "x")
+    assert [t.get_text() for t in ax.texts] == ["diverged"]
+
+
+def test_plot_field_colorbar_when_colour_encodes_magnitude():
+    fig, ax = plt.subplots()
+    pts = torch.randn(10, 2)
+    P.plot_field(pts, pts * 2, ax=ax, normalize=True, colorbar=True)
+    assert any(a.get_label() == "<colorbar>" for a in fig.axes)
+
+
+def test_read_markdown_table_finds_the_section():
+    text = ("# T\n\n## Results\n\nintro\n\n| a | b |\n|---|---|\n| **1** | x |\n| 2 | y |\n\n"
+            "## Other\n\n| c |\n|---|\n| 3 |\n")
+    df = P.read_markdown_table(text, "Results")
+    assert list(df.columns) == ["a", "b"] and df["a"].tolist() == ["1", "2"]
+    assert P.read_markdown_table(text, "Other")["c"].tolist() == ["3"]
+    with pytest.raises(KeyError, match="Results"):
+        P.read_markdown_table(text, "Missing")
+
+
+def test_load_results_json_missing_file_says_how_to_make_it(tmp_path, capsys):
+    rows, data = P.load_results_json("nothing_here", results=tmp_path)
+    assert rows is None and data == {}
+    assert "synthetic_tables.py" in capsys.readouterr().out
+    (tmp_path / "t.json").write_text('{"rows": [{"a": 1}, {"a": 2}], "meta": {}}')
+    rows, data = P.load_results_json("t", results=tmp_path)
+    assert rows["a"].tolist() == [1, 2] and "meta" in data
+
+
+def test_plain_log_ticks_labels_log_axes_with_plain_numbers():
+    fig, ax = plt.subplots()
+    ax.loglog([0.1, 1, 10], [1, 10, 100])
+    P.plain_log_ticks(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert "0.1" in labels and "10" in labels and not any("10^" in s or "$" in s for s in labels)
+
+
+def test_fit_loglog_slope_recovers_a_power_law():
+    x = np.array([10, 20, 50, 100, 200.0])
+    slope, _ = P.fit_loglog_slope(x, 3 * x**-0.5)
+    assert slope == pytest.approx(-0.5, abs=1e-9)
