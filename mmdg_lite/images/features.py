@@ -1,0 +1,153 @@
+"""The project's image feature space: a small CNN trained on the real images (digits + shapes).
+
+It stands in for the paper's DINOv2 features (and is NOT Inception): FD, KD, density and
+coverage of generated images are computed on its 64-D penultimate layer. One network serves
+both domains: digits (1x16x16) are resized to 32x32 and repeated to three channels. Heads:
+digit class (10) and thick strokes (2) on digits; shape (3), colour (4), size (2) and fill (2)
+on shapes. Trained by scripts/train_feature_net.py; shipped in data/images/feature_net.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._resources import data_path
+from ..seeding import make_generator, seed_everything
+
+__all__ = ["FeatureNet", "FEATURE_NET_DIR", "FEATURE_NET_RECIPE", "HEADS", "train_feature_net",
+           "load_feature_net", "save_feature_net", "image_features", "predict"]
+
+FEATURE_NET_DIR = data_path("images", "feature_net")
+HEADS: dict[str, int] = {"digit": 10, "thick": 2, "shape": 3, "colour": 4, "size": 2, "fill": 2}
+DIGIT_HEADS, SHAPE_HEADS = ("digit", "thick"), ("shape", "colour", "size", "fill")
+FEATURE_NET_RECIPE: dict[str, Any] = {"seed": 0, "steps": 1500, "batch_size": 32, "lr": 2e-3,
+                                      "n_shapes": 4000, "shapes_seed": 1, "width": 32, "feature_dim": 64}
+
+
+class FeatureNet(nn.Module):
+    """conv 3x3 (32) -> stride-2 convs 32/64/64 -> 4x4 -> linear -> 64-D features -> heads."""
+
+    def __init__(self, width: int = 32, feature_dim: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.config = {"width": width, "feature_dim": feature_dim}
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.SiLU(),           # 16x16
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),       # 8x8
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.SiLU(),   # 4x4
+            nn.Flatten(), nn.Linear(2 * w * 16, feature_dim), nn.SiLU(),
+        )
+        self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, v) for k, v in HEADS.items()})
+
+    @staticmethod
+    def prepare(images: Tensor) -> Tensor:
+        """(N, 1 or 3, H, W) in [-1, 1] -> (N, 3, 32, 32)."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a tensor (N, 1 or 3, H, W) in [-1, 1]; got {got}")
+        x = images.float()
+        if x.shape[-2:] != (32, 32):
+            x = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def features(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, feature_dim), the evaluation feature space."""
+        return self.body(self.prepare(images))
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        f = self.features(images)  # (N, F)
+        return {k: head(f) for k, head in self.heads.items()}
+
+
+def save_feature_net(net: FeatureNet, folder: Path, info: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(net.config, indent=2) + "\n")
+    (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_feature_net(folder: Path | str | None = None) -> FeatureNet:
+    """The shipped feature network (eval mode, no grad)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else FEATURE_NET_DIR
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no feature network at {folder}; build it with scripts/train_feature_net.py")
+    net = FeatureNet(**json.loads((folder / "config.json").read_text()))
+    net.load_state_dict(load_file(folder / "model.safetensors"))
+    return net.eval().requires_grad_(False)
+
+
+def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
+    """(N, C, H, W) in [-1, 1] -> (N, 64) features of the shipped (or given) network."""
+    net = net if net is not None else _cached()
+    with torch.no_grad():
+        return torch.cat([net.features(chunk) for chunk in images.split(batch_size)])
+
+
+def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
+    """(N, K) softmax probabilities of one head ("digit", "thick", "shape", ...)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {list(HEADS)}; got {head!r}")
+    net = net if net is not None else _cached()
+    with torch.no_grad():
+        return torch.cat([net.heads[head](net.features(c)).softmax(-1) for c in images.split(batch_size)])
+
+
+_CACHE: dict[str, FeatureNet] = {}
+
+
+def _cached() -> FeatureNet:
+    if "net" not in _CACHE:
+        _CACHE["net"] = load_feature_net()
+    return _CACHE["net"]
+
+
+def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureNet, list[float], float]:
+    """Multi-task cross-entropy on digits (train split, thick on a random half of each batch)
+    and balanced shapes; Adam, cosine lr. Returns (net, losses, seconds)."""
+    from tqdm.auto import tqdm
+
+    from .digits import load_digit_set, thicken
+    from .shapes import make_shapes
+
+    r = {**FEATURE_NET_RECIPE, **overrides}
+    digits = load_digit_set("train", style_fraction=0.0)
+    shapes = make_shapes(r["n_shapes"], {"size": [0.5, 0.5], "fill": [0.5, 0.5]}, seed=r["shapes_seed"])
+    seed_everything(r["seed"])
+    net = FeatureNet(r["width"], r["feature_dim"])
+    gen = make_generator(r["seed"])
+    opt = torch.optim.Adam(net.parameters(), lr=r["lr"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["steps"], eta_min=r["lr"] * 0.05)
+    ce = nn.functional.cross_entropy
+    losses: list[float] = []
+    start = time.perf_counter()
+    net.train()
+    b = r["batch_size"]
+    bar = tqdm(range(r["steps"]), desc="feature net", disable=not progress)
+    for step in bar:
+        di = torch.randint(0, len(digits), (b,), generator=gen)  # (b,)
+        thick = torch.rand(b, generator=gen) < 0.5  # (b,)
+        xd = digits.images[di].clone()  # (b, 1, 16, 16)
+        xd[thick] = thicken(xd[thick])
+        si = torch.randint(0, len(shapes), (b,), generator=gen)
+        out_d, out_s = net(xd), net(shapes.images[si])
+        loss = ce(out_d["digit"], digits.labels[di]) + ce(out_d["thick"], thick.long())
+        loss = loss + sum(ce(out_s[k], shapes.attributes[k][si]) for k in SHAPE_HEADS)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    return net.eval().requires_grad_(False), losses, time.perf_counter() - start

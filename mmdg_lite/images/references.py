@@ -1,0 +1,146 @@
+"""Reference sets: a folder of images or tensors -> model space; VAE encoding with its scaling.
+
+``load_reference_folder`` reads PNG/JPEG/... of any size and mode with Pillow, converts to the
+model's channels, resizes to ``size`` and returns (N, C, H, W) in [-1, 1]. Files that are not
+readable images make it raise one error that lists them all; an empty folder raises too.
+``encode_references`` maps images to the latent space the latent UNet was trained in:
+z = scaling_factor * E(x) with the VAE's own ``config.scaling_factor`` applied exactly ONCE (the
+public reference code multiplies by it a second time, which shrinks the references toward 0
+relative to the generated latents). ``decode_latents`` is its inverse.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
+           "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def references_from_tensors(images: Any, size: int, channels: int, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Tensors/arrays (N, C, H, W) or (N, H, W) in ``value_range`` -> (N, channels, size, size) in [-1, 1].
+
+    One channel is repeated to three; three become one by ITU-R 601 luma; other sizes are
+    resized bilinearly (antialiased).
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor or numpy array (N, C, H, W); got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    if images.ndim != 4 or images.shape[1] not in (1, 3, 4) or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C, H, W) with N >= 1 and C in 1, 3, 4; "
+                         f"got {tuple(images.shape)}")
+    _check_size_channels(size, channels)
+    lo, hi = value_range
+    if not hi > lo:
+        raise ValueError(f"value_range must be (low, high) with high > low; got {value_range!r}")
+    x = (images.float() - lo) / (hi - lo)  # (N, C, H, W) in [0, 1]
+    if x.shape[1] == 4:  # RGBA tensors: drop alpha
+        x = x[:, :3]
+    if x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] == 3 and channels == 1:
+        x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    return (x.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def _check_size_channels(size: Any, channels: Any) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (the model's image side in px); got {size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
+
+
+def load_reference_folder(path: str | Path, size: int, channels: int, *, recursive: bool = False,
+                          limit: int | None = None) -> Tensor:
+    """Every image file in ``path`` (sorted by name) as (N, channels, size, size) in [-1, 1].
+
+    Any mode (L, LA, P, RGB, RGBA, I;16, ...) is converted (alpha composited on black), any
+    size is resized with Lanczos filtering. Non-image or corrupt files raise one ValueError that
+    lists them all; an empty folder raises a ValueError; hidden files (".name") are skipped.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path must be a folder of images; {str(folder)!r} is not a directory")
+    _check_size_channels(size, channels)
+    files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in files if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"the reference folder {str(folder)!r} is empty: put image files "
+                         f"({', '.join(IMAGE_SUFFIXES)}) in it")
+    if limit is not None:
+        files = files[:limit]
+    arrays, bad = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                arrays.append(_convert(im, size, channels))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            bad.append(f"{f.name} ({type(err).__name__}: {str(err)[:80]})")
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(files)} file(s) in {str(folder)!r} are not readable images; "
+                         "remove or fix them:\n  " + "\n  ".join(bad))
+    x = torch.from_numpy(np.stack(arrays))  # (N, H, W, C) in [0, 1]
+    return (x.permute(0, 3, 1, 2) * 2 - 1).contiguous()
+
+
+def _convert(im: Any, size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale to 8 bits
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        im = Image.fromarray((np.clip(a / top, 0, 1) * 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(black, rgba)
+    im = im.convert("L" if channels == 1 else "RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.LANCZOS)
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    return a[..., None] if channels == 1 else a  # (H, W, C)
+
+
+def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
+                      batch_size: int = 256) -> Tensor:
+    """images (N, 3, H, W) in [-1, 1] -> latents (N, c, h, w) = scaling_factor * E(x), applied ONCE.
+
+    The posterior mean by default (deterministic); ``sample=True`` draws from the posterior.
+    """
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor (N, C, H, W) in [-1, 1]; got {got}")
+    factor = float(getattr(vae.config, "scaling_factor", 1.0))
+    device = next(vae.parameters()).device
+    out = []
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            dist = vae.encode(chunk.to(device)).latent_dist
+            z = dist.mean if not sample else dist.mean + dist.std * torch.randn(
+                dist.mean.shape, generator=generator).to(device)
+            out.append(z * factor)  # the one and only application of the scaling factor
+    return torch.cat(out)
+
+
+def decode_latents(vae: Any, latents: Tensor, *, batch_size: int = 256) -> Tensor:
+    """The inverse of ``encode_references``: D(z / scaling_factor), (N, 3, H, W) clamped to [-1, 1]."""
+    factor = float(getattr(vae.config, "scaling_factor", 1.0))
+    device = next(vae.parameters()).device
+    with torch.no_grad():
+        return torch.cat([vae.decode(z.to(device) / factor).sample.clamp(-1, 1)
+                          for z in latents.split(batch_size)])

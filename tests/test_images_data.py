@@ -1,0 +1,110 @@
+"""Digits and shapes data: exact minority counts, determinism, value ranges, captions; detectors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmdg_lite.images.detectors import detect_shapes, detect_thick, thickness_score
+from mmdg_lite.images.digits import N_TEST_DIGITS, load_digit_set, thicken
+from mmdg_lite.images.evaluation import detector_report
+from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, draw_shape, make_shapes
+
+# Stated accuracy bounds of the detectors on held-out real images (data/README.md quotes the
+# measured values; these are the floors a change must not break).
+DETECTOR_BOUNDS = {"digits_thick": 0.97, "shapes_shape": 0.98, "shapes_colour": 0.99,
+                   "shapes_size": 0.99, "shapes_fill": 0.98, "shapes_valid": 0.97}
+
+
+def test_digit_splits_are_disjoint_real_scans_in_range():
+    from sklearn.datasets import load_digits
+
+    train, test = load_digit_set("train", style_fraction=0.0), load_digit_set("test", style_fraction=0.0)
+    assert len(test) == N_TEST_DIGITS and len(train) + len(test) == len(load_digits().images)
+    assert train.images.shape[1:] == (1, 16, 16) and train.images.dtype == torch.float32
+    assert float(train.images.min()) >= -1 and float(train.images.max()) <= 1
+    flat = lambda d: {tuple(v) for v in d.images.reshape(len(d), -1).numpy().round(4).tolist()}  # noqa: E731
+    assert len(flat(train) & flat(test)) < 5  # only exact duplicate scans could coincide
+    # label counts add up to scikit-learn's
+    counts = torch.bincount(torch.cat([train.labels, test.labels]), minlength=10).numpy()
+    assert (counts == np.bincount(load_digits().target)).all()
+
+
+def test_known_minority_is_exact_and_seeded():
+    a = load_digit_set("train", style_fraction=0.2, seed=0)
+    b = load_digit_set("train", style_fraction=0.2, seed=0)
+    c = load_digit_set("train", style_fraction=0.2, seed=1)
+    assert int(a.styled.sum()) == round(0.2 * len(a))
+    assert torch.equal(a.images, b.images) and torch.equal(a.styled, b.styled)
+    assert not torch.equal(a.styled, c.styled)
+    plain = load_digit_set("train", style_fraction=0.0)
+    assert torch.equal(a.images[~a.styled], plain.images[~a.styled])
+    assert torch.equal(a.images[a.styled], thicken(plain.images[a.styled]))
+    # dilation adds ink: every styled image has at least as much ink as before
+    assert bool(((a.images[a.styled] + 1).sum((1, 2, 3)) > (plain.images[a.styled] + 1).sum((1, 2, 3))).all())
+
+
+@pytest.mark.parametrize("kwargs, match", [({"split": "val"}, "split"), ({"style": "bold"}, "style"),
+                                           ({"style_fraction": 1.5}, "style_fraction")])
+def test_digit_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_digit_set(**kwargs)
+
+
+def test_shapes_exact_proportions_captions_and_determinism():
+    s = make_shapes(200, {"fill": {"outlined": 0.25, "filled": 0.75}, "size": [0.5, 0.5]}, seed=3)
+    assert s.images.shape == (200, 3, 32, 32)
+    assert float(s.images.min()) >= -1 and float(s.images.max()) <= 1
+    assert int(s.mask("fill", "outlined").sum()) == 50 and int(s.mask("size", "large").sum()) == 100
+    for cap, shape, colour in zip(s.captions, s.names("shape"), s.names("colour")):
+        assert cap == f"a {colour} {shape}"
+        assert "outlined" not in cap and "large" not in cap
+    again = make_shapes(200, {"fill": {"outlined": 0.25, "filled": 0.75}, "size": [0.5, 0.5]}, seed=3)
+    assert torch.equal(s.images, again.images) and s.captions == again.captions
+    only = make_shapes(20, {"shape": {"circle": 1}, "fill": {"outlined": 1}}, seed=0)
+    assert set(only.names("shape")) == {"circle"} and set(only.names("fill")) == {"outlined"}
+
+
+def test_drawn_geometry_matches_the_attributes():
+    filled = draw_shape("square", "red", "large", "filled")
+    outlined = draw_shape("square", "red", "large", "outlined")
+    # a filled square of half side 0.85 * 11 px covers ~ (18.7 px)^2 of red
+    assert abs(filled[0].sum() / 0.95 - (2 * 0.85 * 11) ** 2) < 10
+    assert outlined[0].sum() < 0.5 * filled[0].sum()
+    assert outlined[:, 16, 16].max() == 0 and filled[:, 16, 16].max() > 0  # the centre is empty
+    small = draw_shape("circle", "blue", "small", "filled")
+    assert abs(small[2].sum() / 1.0 - np.pi * 36) < 6
+
+
+def test_shapes_bad_arguments():
+    with pytest.raises(ValueError, match="proportions"):
+        make_shapes(10, {"texture": [1.0]})
+    with pytest.raises(ValueError, match="fill"):
+        make_shapes(10, {"fill": [1.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match="colour"):
+        draw_shape("circle", "purple", "small", "filled")
+
+
+def test_detector_accuracy_on_held_out_real_images():
+    report = detector_report(n_shapes=400)
+    for key, bound in DETECTOR_BOUNDS.items():
+        assert report[key] >= bound, (key, report[key], bound)
+
+
+def test_shape_detector_rejects_non_shapes():
+    s = make_shapes(2, seed=0)
+    two = torch.maximum(s.images[0], s.images[1].roll(12, dims=2))[None]  # two shapes in one image
+    blank = -torch.ones(1, 3, 32, 32)
+    noise = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert not detect_shapes(torch.cat([blank, noise])).valid.any()
+    # a big square placed next to a small one: two blobs of ink -> invalid
+    sq = torch.from_numpy(draw_shape("square", "red", "small", "filled", center=(8, 8))).float() * 2 - 1
+    sq2 = torch.from_numpy(draw_shape("circle", "green", "small", "filled", center=(24, 24))).float() * 2 - 1
+    assert not bool(detect_shapes(torch.maximum(sq, sq2)[None]).valid[0])
+
+
+def test_thickness_score_orders_dilations():
+    d = load_digit_set("test", style_fraction=0.0)
+    s0, s1, s2 = (thickness_score(x) for x in (d.images, thicken(d.images), thicken(thicken(d.images))))
+    assert bool((s1 > s0).float().mean() > 0.99) and bool((s2 >= s1).float().mean() > 0.99)
+    assert detect_thick(thicken(d.images)).float().mean() > 0.97

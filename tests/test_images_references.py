@@ -1,0 +1,99 @@
+"""Reference sets: folder loading (modes, sizes, error cases) and the VAE scaling factor applied once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmdg_lite.images.references import (decode_latents, encode_references, load_reference_folder,
+                                         references_from_tensors)
+
+
+def _write_images(folder):
+    Image.new("RGB", (40, 30), (255, 255, 255)).save(folder / "a_white.png")
+    Image.new("L", (8, 8), 0).save(folder / "b_black.png")
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(folder / "c_transparent.png")  # alpha 0 -> black
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(folder / "d_red.jpg", quality=95)
+    Image.new("P", (20, 20), 0).save(folder / "e_palette.png")
+    Image.fromarray(np.full((10, 10), 65535, dtype=np.uint16)).save(folder / "f_16bit.png")
+
+
+def test_folder_any_mode_and_size(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / ".DS_Store").write_bytes(b"\0junk")  # hidden files are skipped
+    rgb = load_reference_folder(tmp_path, 32, 3)
+    assert rgb.shape == (6, 3, 32, 32) and rgb.dtype == torch.float32
+    assert torch.allclose(rgb[0], torch.ones(3, 32, 32))        # white
+    assert torch.allclose(rgb[1], -torch.ones(3, 32, 32))       # black grey
+    assert torch.allclose(rgb[2], -torch.ones(3, 32, 32))       # transparent on black
+    assert rgb[3, 0].mean() > 0.95 and rgb[3, 1:].mean() < -0.9  # red JPEG (lossy)
+    assert torch.allclose(rgb[5], torch.ones(3, 32, 32))        # 16-bit white
+    grey = load_reference_folder(tmp_path, 16, 1)
+    assert grey.shape == (6, 1, 16, 16)
+    assert abs(float(grey[3].mean()) - (0.299 * 2 - 1)) < 0.03  # red -> luma 0.299
+
+
+def test_folder_lists_every_bad_file(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError) as err:
+        load_reference_folder(tmp_path, 16, 1)
+    msg = str(err.value)
+    assert "broken.png" in msg and "notes.txt" in msg and "2 of 8" in msg
+    assert "a_white.png" not in msg
+
+
+def test_folder_empty_and_missing(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        load_reference_folder(tmp_path, 16, 1)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_reference_folder(tmp_path / "nope", 16, 1)
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    with pytest.raises(ValueError, match="channels"):
+        load_reference_folder(tmp_path, 16, 2)
+    with pytest.raises(ValueError, match="size"):
+        load_reference_folder(tmp_path, 0, 1)
+
+
+def test_from_tensors_matches_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = (rng.random((3, 16, 16, 3)) * 255).astype(np.uint8)
+    for i, a in enumerate(arr):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    from_folder = load_reference_folder(tmp_path, 16, 3)
+    from_tensor = references_from_tensors(torch.from_numpy(arr).permute(0, 3, 1, 2).float(), 16, 3,
+                                          value_range=(0, 255))
+    assert torch.allclose(from_folder, from_tensor, atol=1e-6)
+    grey = references_from_tensors(torch.zeros(2, 8, 8), 16, 3, value_range=(0, 1))
+    assert grey.shape == (2, 3, 16, 16) and torch.allclose(grey, -torch.ones_like(grey))
+    with pytest.raises(ValueError, match="value_range"):
+        references_from_tensors(torch.zeros(2, 8, 8), 16, 3, value_range=(1, 0))
+
+
+def _tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=[8, 8],
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=16,
+                         scaling_factor=scaling_factor).eval()
+
+
+def test_scaling_factor_applied_exactly_once():
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    vae = _tiny_vae(0.18215)
+    with torch.no_grad():
+        mean = vae.encode(x).latent_dist.mean  # the oracle: diffusers' own encoder, unscaled
+        z = encode_references(vae, x)
+        assert torch.allclose(z, mean * 0.18215, atol=1e-6)          # once
+        assert not torch.allclose(z, mean * 0.18215 ** 2, atol=1e-3)  # not twice (reference code)
+        # decode_latents inverts exactly that: same image as decoding the unscaled mean
+        assert torch.allclose(decode_latents(vae, z), vae.decode(mean).sample.clamp(-1, 1), atol=1e-5)
+    # changing the factor scales the latents linearly and leaves the round trip unchanged
+    vae2 = _tiny_vae(2.0)
+    z2 = encode_references(vae2, x)
+    assert torch.allclose(z2, z / 0.18215 * 2.0, atol=1e-5)
+    assert torch.allclose(decode_latents(vae2, z2), decode_latents(vae, z), atol=1e-5)
