@@ -1,0 +1,109 @@
+"""The ``mmdg`` command line and the entry points pyproject.toml declares."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmdg_lite import __version__, cli
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _entry_points() -> list[tuple[str, str]]:
+    project = PYPROJECT["project"]
+    groups = {"scripts": project.get("scripts", {}), "gui-scripts": project.get("gui-scripts", {}),
+              **project.get("entry-points", {})}
+    return [(name, target) for group in groups.values() for name, target in group.items()]
+
+
+def test_pyproject_declares_the_mmdg_script():
+    assert PYPROJECT["project"]["scripts"].get("mmdg") == "mmdg_lite.cli:main"
+
+
+@pytest.mark.parametrize("name, target", _entry_points())
+def test_every_entry_point_names_an_importable_callable(name, target):
+    module_name, _, attr = target.partition(":")
+    assert attr, f"entry point {name} = {target!r} names no object (module:object)"
+    module = importlib.import_module(module_name)  # ModuleNotFoundError names the missing module
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    assert callable(obj), f"entry point {name} = {target!r} is not callable"
+
+
+def test_version_agrees_with_pyproject_and_metadata():
+    assert __version__ == PYPROJECT["project"]["version"]
+    assert importlib.metadata.version("mmdg_lite") == __version__
+
+
+def _installed_script() -> Path:
+    script = Path(sys.executable).parent / ("mmdg.exe" if sys.platform == "win32" else "mmdg")
+    assert script.is_file(), (f"no installed mmdg script at {script}: reinstall the package "
+                              "(source scripts/_env.sh, or pip install -e .)")
+    return script
+
+
+def test_installed_script_help():
+    out = subprocess.run([str(_installed_script()), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: mmdg") and "info" in out.stdout
+
+
+def test_installed_script_version():
+    out = subprocess.run([str(_installed_script()), "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"mmdg {__version__}"
+
+
+def test_every_subcommand_has_help_and_a_function():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"info"}
+    for name, p in sub.choices.items():
+        assert p.format_help().strip() and callable(p.get_default("func")), name
+
+
+def test_no_subcommand_prints_help_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "usage: mmdg" in capsys.readouterr().out
+
+
+def test_unknown_subcommand_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2 and "frobnicate" in capsys.readouterr().err
+
+
+def test_info_reports_the_shipped_models(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"mmdg_lite {__version__}" in out and "data dir" in out
+    for name in cli.shipped_models():
+        assert f"model     {name}" in out
+    assert out.count(" loads") == len(cli.shipped_models())
+
+
+def test_info_reports_a_broken_model_and_exits_nonzero(capsys, monkeypatch, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x00" * 3)
+    (folder / "training.json").write_text('{"sha256": "' + "0" * 64 + '"}')
+
+    def load():
+        from mmdg_lite.denoisers import load_denoiser
+        return load_denoiser(folder)
+
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"toy/broken": (folder, load)})
+    assert cli.main(["info"]) == 1
+    out = capsys.readouterr().out
+    assert "toy/broken   FAILS: FileNotFoundError" in out and "sha256 MISMATCH" in out

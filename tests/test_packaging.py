@@ -1,0 +1,176 @@
+"""The package as users install it: a wheel built from a copy of the source, installed (not
+editable) into an empty folder, used from outside the repository.
+
+The wheel must carry every file of data/ byte for byte and every module of mmdg_lite; installed,
+it must find its own data, load the shipped toy models without training (the trainers are
+replaced by functions that fail) and give the same outputs as the checkout's models; its ``mmdg``
+script must run. ``import mmdg_lite`` must work without the plotting and table libraries, which
+are notebook extras.
+"""
+from __future__ import annotations
+
+import email
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info", "build")
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under folder (skipping caches)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part in {"__pycache__", ".ipynb_checkpoints"} for part in rel.parts) \
+                and p.suffix != ".pyc":
+            out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+    assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """Build the wheel from a copy of the sources (no build folder left in the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("mmdg_lite", "data"):
+        shutil.copytree(ROOT / name, src / name, ignore=SKIP)
+    out = tmp_path_factory.mktemp("wheel")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+          "-q", "-w", str(out), str(src)])
+    (whl,) = out.glob("mmdg_lite-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel installed with pip into an empty folder (used through PYTHONPATH)."""
+    target = tmp_path_factory.mktemp("site")
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+          str(target), str(wheel)])
+    return target
+
+
+def _env(target: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def test_wheel_holds_every_data_file_byte_for_byte(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n[len("mmdg_lite/_data/"):]: hashlib.sha256(z.read(n)).hexdigest()
+                   for n in z.namelist() if n.startswith("mmdg_lite/_data/") and not n.endswith("/")}
+    want = _files(ROOT / "data")
+    assert {"toy/mlp_2d/model.safetensors", "toy/mlp_2d/config.json",
+            "toy/cond_2d/model.safetensors", "toy/cond_2d/config.json"} <= set(want)
+    assert sorted(set(want) - set(shipped)) == [], "files of data/ missing from the wheel"
+    assert sorted(set(shipped) - set(want)) == [], "files in the wheel's data that data/ lacks"
+    assert [k for k in want if shipped[k] != want[k]] == [], "data files differ from data/"
+
+
+def test_wheel_holds_every_module_and_its_metadata(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_string(z.read(meta_name).decode())
+        entry_points = z.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
+    modules = {f"mmdg_lite/{k}" for k in _files(ROOT / "mmdg_lite") if k.endswith(".py")}
+    assert sorted(modules - names) == [], "modules missing from the wheel (a package without __init__.py?)"
+    assert meta["License-Expression"] == "MIT"
+    core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
+    assert not [r for r in core if r.split()[0].split(">")[0] in {"matplotlib", "seaborn", "pandas"}], core
+    assert "mmdg = mmdg_lite.cli:main" in entry_points
+
+
+_LOAD = textwrap.dedent("""
+    import json, sys
+    import torch
+    import mmdg_lite
+    import mmdg_lite.toys.models as m
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the installed package started training")
+
+    m.train_toy_2d = m.train_cond_2d = m.train_denoiser = refuse
+    toy, _ = m.load_or_train_toy_2d(progress=False)
+    cond, _ = m.load_or_train_cond_2d()
+    x = torch.linspace(-2, 2, 10).reshape(5, 2)
+    t = torch.tensor([0, 10, 100, 500, 999])
+    c = torch.eye(8)[:5]
+    with torch.no_grad():
+        outs = [toy(x, t).tolist(), cond(x, t, c).tolist()]
+    print(json.dumps({"package": mmdg_lite.__file__, "data": str(mmdg_lite._resources.DATA_DIR),
+                      "toy_dir": str(m.TOY_2D_DIR), "outs": outs}))
+""")
+
+
+def test_installed_wheel_loads_the_shipped_models_without_training(installed, tmp_path):
+    import torch
+
+    from mmdg_lite.denoisers import load_denoiser
+
+    out = _run([sys.executable, "-c", _LOAD], cwd=tmp_path, env=_env(installed))
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(got["package"]).is_relative_to(installed), got["package"]  # not the checkout
+    assert Path(got["data"]) == installed / "mmdg_lite" / "_data"
+    assert Path(got["toy_dir"]).is_relative_to(installed)
+    # Same weights as the checkout's data/: identical outputs on a fixed input.
+    x, t, c = torch.linspace(-2, 2, 10).reshape(5, 2), torch.tensor([0, 10, 100, 500, 999]), torch.eye(8)[:5]
+    with torch.no_grad():
+        want = [load_denoiser(ROOT / "data/toy/mlp_2d")(x, t).tolist(),
+                load_denoiser(ROOT / "data/toy/cond_2d")(x, t, c).tolist()]
+    assert got["outs"] == want
+
+
+def test_installed_mmdg_script_runs(installed, tmp_path):
+    script = installed / "bin" / "mmdg"
+    assert script.is_file(), f"pip installed no mmdg script in {installed / 'bin'}"
+    helped = _run([str(script), "--help"], cwd=tmp_path, env=_env(installed))
+    assert "usage: mmdg" in helped.stdout and "info" in helped.stdout
+    info = _run([str(script), "info"], cwd=tmp_path, env=_env(installed))
+    assert f"data dir  {installed / 'mmdg_lite' / '_data'}" in info.stdout, info.stdout
+    assert info.stdout.count(" loads") == 2, info.stdout
+
+
+_BLOCKED = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"matplotlib", "seaborn", "pandas"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import mmdg_lite, mmdg_lite.toys, mmdg_lite.cli
+    from mmdg_lite import setup_notebook
+    setup_notebook(0)  # seeds and threads apply without the plotting extras
+    mmdg_lite.load_or_train_toy_2d(progress=False)
+    try:
+        import mmdg_lite.plotting
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("the blocker did not block")
+    print("ok")
+""")
+
+
+def test_import_without_plotting_or_table_libraries(tmp_path):
+    out = _run([sys.executable, "-c", _BLOCKED], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip().endswith("ok")
