@@ -166,3 +166,118 @@ def test_check_fails_when_pyproject_gains_an_extra_group(env, pyproject):
     grown = copy.deepcopy(pyproject)
     grown["project"]["optional-dependencies"]["gpu"] = ["xformers>=0.0.20"]
     assert mismatch(env, grown) == (set(), {"xformers"})
+
+
+# --- the declared dependencies match what the code imports -------------------------------------
+
+import ast  # noqa: E402
+import functools  # noqa: E402
+import importlib.metadata  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+# Modules of the package that are notebook extras: they may import the notebooks extra at top level.
+EXTRA_MODULES = {"mmdg_lite/plotting.py": "notebooks", "mmdg_lite/widgets.py": "notebooks"}
+
+
+def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> tuple[bool, bool]:
+    """(inside a function or class body, inside ``try: ... except ImportError``)."""
+    lazy = guarded = False
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            lazy = True
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in {"ImportError", "ModuleNotFoundError"}
+                for h in node.handlers):
+            guarded = True
+    return lazy, guarded
+
+
+def third_party_imports(source: str) -> list[tuple[str, bool]]:
+    """(top-level module name, imported at module level unguarded) for each absolute import."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        lazy, guarded = _guarded(node, parents)
+        for name in names:
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in {"mmdg_lite", "__future__"}:
+                out.append((top, not (lazy or guarded)))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _module_to_dists() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _distribution(module: str) -> str:
+    dists = _module_to_dists().get(module)
+    assert dists, f"no installed distribution provides the module {module!r}"
+    return canonicalize_name(dists[0])
+
+
+def _notebook_sources() -> dict[str, str]:
+    out = {}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = ["\n".join(line for line in "".join(c["source"]).splitlines()
+                          if not line.lstrip().startswith(("%", "!")))
+                for c in cells if c["cell_type"] == "code"]
+        out[nb.name] = "\n".join(code)
+    return out
+
+
+def test_core_dependencies_are_exactly_what_the_package_imports_unconditionally(pyproject):
+    core = set(pyproject_requirements(pyproject, set()))
+    declared = set(pyproject_requirements(pyproject))
+    groups = {g: set(pyproject_requirements({"project": {"optional-dependencies":
+                                                         pyproject["project"]["optional-dependencies"]}}, {g}))
+              for g in pyproject["project"]["optional-dependencies"]}
+    needed_core, undeclared = set(), []
+    for path in sorted((ROOT / "mmdg_lite").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for module, eager in third_party_imports(path.read_text()):
+            dist = _distribution(module)
+            extra = EXTRA_MODULES.get(rel)
+            if eager and extra is None:
+                needed_core.add(dist)
+                if dist not in core:
+                    undeclared.append(f"{rel} imports {module} ({dist}) at module level: not a core dependency")
+            elif dist not in (core | groups[extra] if extra else declared):
+                undeclared.append(f"{rel} imports {module} ({dist}), declared nowhere")
+    lazily = {_distribution(m) for p in (ROOT / "mmdg_lite").rglob("*.py")
+              if p.relative_to(ROOT).as_posix() not in EXTRA_MODULES
+              for m, _ in third_party_imports(p.read_text())}
+    assert not undeclared, "\n".join(undeclared)
+    unused = sorted(core - needed_core - lazily)
+    assert not unused, f"core dependencies that mmdg_lite never imports: {unused}"
+    plotting = {"matplotlib", "seaborn", "pandas"} & core
+    assert not plotting, f"plotting/table libraries in the core dependencies: {sorted(plotting)}"
+
+
+def test_notebook_imports_are_declared_in_core_or_the_notebooks_extra(pyproject):
+    allowed = set(pyproject_requirements(pyproject, {"notebooks"}))
+    missing = sorted({f"{name}: {module} ({_distribution(module)})"
+                      for name, source in _notebook_sources().items()
+                      for module, _ in third_party_imports(source)
+                      if _distribution(module) not in allowed})
+    assert not missing, f"notebooks import packages that core + [notebooks] do not declare: {missing}"
+    assert "pandas" in set(pyproject_requirements(pyproject, {"notebooks"})) - set(
+        pyproject_requirements(pyproject, set()))
+
+
+def test_import_scanner_sees_eager_lazy_and_guarded_imports():
+    source = ("import numpy as np\nfrom scipy import stats\nimport os\nfrom . import x\n"
+              "def f():\n    import sklearn\n"
+              "try:\n    import matplotlib\nexcept ImportError:\n    pass\n")
+    assert sorted(third_party_imports(source)) == [("matplotlib", False), ("numpy", True),
+                                                   ("scipy", True), ("sklearn", False)]
