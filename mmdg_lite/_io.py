@@ -8,6 +8,7 @@ folder, checked file by file before diffusers reads it).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from collections.abc import Iterable, Mapping
@@ -188,6 +189,8 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
     """
     folder = check_folder(folder, hint)
     kwargs.setdefault("local_files_only", True)
+    if _is_diffusers_model(cls):  # without accelerate diffusers falls back, with a long warning
+        kwargs.setdefault("low_cpu_mem_usage", importlib.util.find_spec("accelerate") is not None)
     strict = strict and _is_diffusers_model(cls) and "output_loading_info" not in kwargs
     name = getattr(cls, "__name__", repr(cls))
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -2,7 +2,7 @@
 
     mmdg --help          the subcommands
     mmdg --version
-    mmdg info            version, data folder, shipped models and whether each loads
+    mmdg info            version, data folder, every shipped model and whether it loads
 
 Adding a subcommand: write ``_add_NAME(subparsers)`` that creates its parser and sets
 ``func=_run_NAME``, write ``_run_NAME(args) -> int`` (the exit status), and list ``_add_NAME``
@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "shipped_models"]
 
@@ -28,19 +29,71 @@ def _version() -> str:
 
 # --- mmdg info ---------------------------------------------------------------------------------
 
-def shipped_models() -> dict[str, tuple[Path, Callable[[], object]]]:
-    """name -> (folder, loader) of every model that ships in data/."""
+Loader = Callable[[], object]
+
+
+def _loader_for(folder: Path) -> Loader | None:
+    """How to load the model folder ``folder`` by its config: a ``save_denoiser`` folder through
+    ``load_denoiser``, a diffusers ``save_pretrained`` folder (model or pipeline) through the
+    checked ``from_pretrained``; None for a format without a generic loader."""
+    from . import _io
+
+    def diffusers_class(name: str) -> Any:
+        import diffusers
+
+        return getattr(diffusers, name)
+
+    if (folder / "model_index.json").is_file():
+        return lambda: _io.from_pretrained(diffusers_class("DiffusionPipeline"), folder)
+    try:
+        config = _io.read_json(folder / "config.json")
+    except (OSError, ValueError) as err:  # report it when the model is loaded
+        def broken(err: Exception = err) -> object:
+            raise err
+        return broken
+    if isinstance(config, dict) and isinstance(config.get("_class_name"), str):
+        return lambda: _io.from_pretrained(diffusers_class(config["_class_name"]), folder)
+    if isinstance(config, dict) and config.get("class") == "MLPDenoiser":
+        from .denoisers import load_denoiser
+
+        return lambda: load_denoiser(folder)
+    return None
+
+
+def shipped_models() -> dict[str, tuple[Path, Loader | None]]:
+    """name -> (folder, loader) of every model folder in data/ (a folder with a config.json; a
+    diffusers pipeline counts once). The toy models go through their own loaders, which never
+    retrain; a loader of None marks a format ``mmdg info`` cannot check generically."""
+    from ._resources import DATA_DIR
     from .toys import models
 
-    return {"toy/mlp_2d": (models.TOY_2D_DIR, lambda: models.load_or_train_toy_2d(progress=False)),
-            "toy/cond_2d": (models.COND_2D_DIR, lambda: models.load_or_train_cond_2d())}
+    found: dict[Path, Loader | None] = {
+        models.TOY_2D_DIR: lambda: models.load_or_train_toy_2d(progress=False),
+        models.COND_2D_DIR: lambda: models.load_or_train_cond_2d()}
+    pipelines = [p.parent for p in DATA_DIR.rglob("model_index.json")]
+    for config in sorted(DATA_DIR.rglob("config.json")):
+        folder = config.parent
+        if folder in found or any(root in folder.parents for root in pipelines):
+            continue
+        found[folder] = _loader_for(folder)
+    for folder in pipelines:
+        found.setdefault(folder, _loader_for(folder))
+    return {_name(folder, DATA_DIR): (folder, load) for folder, load in sorted(found.items())}
+
+
+def _name(folder: Path, root: Path) -> str:
+    try:
+        return folder.relative_to(root).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def _check_sha256(folder: Path) -> str:
-    """'sha256 ok' / 'sha256 MISMATCH' against training.json, or '' when it records none."""
+    """The weights' sha256 against the one training.json records, if both exist."""
     info = folder / "training.json"
-    weights = folder / "model.safetensors"
-    if not (info.is_file() and weights.is_file()):
+    weights = next((w for w in (folder / "model.safetensors", folder / "diffusion_pytorch_model.safetensors")
+                    if w.is_file()), None)
+    if not info.is_file() or weights is None:
         return ""
     try:
         want = json.loads(info.read_text()).get("sha256")
@@ -72,15 +125,20 @@ def _run_info(args: argparse.Namespace) -> int:
         print("torch     not installed")
     print(f"data dir  {DATA_DIR}{'' if DATA_DIR.is_dir() else '  (MISSING)'}")
     failures = 0
-    for name, (folder, load) in shipped_models().items():
-        try:
-            load()
-            status = "loads"
-        except Exception as err:  # report every failure, whatever its kind
-            failures += 1
-            status = f"FAILS: {type(err).__name__}: {err}"
+    shipped = shipped_models()
+    width = max(map(len, shipped), default=0)
+    for name, (folder, load) in shipped.items():
+        if load is None:
+            status = "present (no generic loader for its config; not checked)"
+        else:
+            try:
+                load()
+                status = "loads"
+            except Exception as err:  # report every failure, whatever its kind
+                failures += 1
+                status = f"FAILS: {type(err).__name__}: {err}"
         extra = _check_sha256(folder)
-        print(f"model     {name:<12} {status}{'  (' + extra + ')' if extra else ''}")
+        print(f"model     {name:<{width}}  {status}{'  (' + extra + ')' if extra else ''}")
     return 1 if failures else 0
 
 

@@ -88,9 +88,13 @@ def test_info_reports_the_shipped_models(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"mmdg_lite {__version__}" in out and "data dir" in out
-    for name in cli.shipped_models():
-        assert f"model     {name}" in out
-    assert out.count(" loads") == len(cli.shipped_models())
+    shipped = cli.shipped_models()
+    assert {"toy/mlp_2d", "toy/cond_2d"} <= set(shipped)
+    lines = [line for line in out.splitlines() if line.startswith("model ")]
+    assert sorted(line.split()[1] for line in lines) == sorted(shipped)
+    assert "FAILS" not in out
+    checkable = [name for name, (_, load) in shipped.items() if load is not None]
+    assert sum(line.split()[2] == "loads" for line in lines) == len(checkable)
 
 
 def test_info_reports_a_broken_model_and_exits_nonzero(capsys, monkeypatch, tmp_path):
@@ -106,4 +110,19 @@ def test_info_reports_a_broken_model_and_exits_nonzero(capsys, monkeypatch, tmp_
     monkeypatch.setattr(cli, "shipped_models", lambda: {"toy/broken": (folder, load)})
     assert cli.main(["info"]) == 1
     out = capsys.readouterr().out
-    assert "toy/broken   FAILS: FileNotFoundError" in out and "sha256 MISMATCH" in out
+    assert "toy/broken  FAILS: FileNotFoundError" in out and "sha256 MISMATCH" in out
+
+
+def test_info_finds_model_folders_by_their_config(tmp_path, monkeypatch):
+    import mmdg_lite._resources as resources
+    from mmdg_lite.denoisers import MLPDenoiser, save_denoiser
+
+    save_denoiser(MLPDenoiser(2, hidden=4, layers=1), tmp_path / "toy" / "mlp_2d")
+    save_denoiser(MLPDenoiser(2, hidden=4, layers=1), tmp_path / "extra" / "mine")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"width": 3}')
+    monkeypatch.setattr(resources, "DATA_DIR", tmp_path)
+    found = cli.shipped_models()
+    assert {"extra/mine", "other"} <= set(found)
+    assert found["other"][1] is None
+    assert found["extra/mine"][1]().config["hidden"] == 4
