@@ -13,6 +13,7 @@ import email
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -176,3 +177,34 @@ _BLOCKED = textwrap.dedent("""
 def test_import_without_plotting_or_table_libraries(tmp_path):
     out = _run([sys.executable, "-c", _BLOCKED], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.strip().endswith("ok")
+
+
+# --- nothing points outside the repository -----------------------------------------------------
+
+_OUTSIDE = re.compile(r"(?<![\w.-])(?:\.\./)*" + "shared" + r"/|(?<![\w.-])/" + "work" + r"/")
+
+
+def _tracked_text_files() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    paths = [ROOT / p for p in out.stdout.decode().split("\0") if p]
+    return [p for p in paths if p.is_file() and b"\0" not in p.read_bytes()[:8192]]
+
+
+# Known, owned by another change and due to be fixed there; the test fails once the reference is
+# gone so that the entry is removed too.
+_PENDING = {"mmdg_lite/guidance/guide.py"}
+
+
+def test_no_file_refers_to_paths_outside_the_repository():
+    hits = {}
+    for p in _tracked_text_files():
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+            if _OUTSIDE.search(line):
+                hits.setdefault(p.relative_to(ROOT).as_posix(), []).append(f"{i}: {line.strip()[:120]}")
+    bad = [f"{k}:{v}" for k, lines in sorted(hits.items()) if k not in _PENDING for v in lines]
+    assert not bad, "references to paths outside the repository:\n" + "\n".join(bad)
+    fixed = sorted(_PENDING - set(hits))
+    assert not fixed, f"{fixed} no longer refer outside the repository: remove them from _PENDING"
