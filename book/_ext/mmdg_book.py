@@ -38,6 +38,22 @@ def _add_vendor_static(app: Sphinx, config) -> None:
     config.html_static_path = list(config.html_static_path) + [str(vendor.DEST.parent)]
 
 
+def _dedupe_assets(app: Sphinx, pagename, templatename, context, doctree) -> None:
+    """Drop repeated identical <script>/<link> entries. sphinx-thebe registers its inline
+    configuration twice under Jupyter Book (once with filename None, once with ""), and the second ``const THEBE_JS_URL`` throws a
+    SyntaxError on every page (tests/test_book_browser.py fails on script errors)."""
+    for key in ("script_files", "css_files"):
+        seen, kept = set(), []
+        for asset in context.get(key, []):
+            attrs = getattr(asset, "attributes", {})
+            ident = (str(getattr(asset, "filename", asset) or ""), tuple(sorted((k, str(v)) for k, v in attrs.items())))
+            if ident not in seen:
+                seen.add(ident)
+                kept.append(asset)
+        if key in context:
+            context[key] = kept
+
+
 def public_modules(package: str = PACKAGE) -> list[str]:
     """Importable public modules of ``package`` (no component starting with ``_``), sorted."""
     pkg = importlib.import_module(package)
@@ -114,6 +130,7 @@ def api_rst(package: str = PACKAGE) -> list[str]:
 
 
 _LITERAL = re.compile(r"``.+?``")
+_BULLET = re.compile(r"^\s*[*+-] ")
 _EMPHASIS = re.compile(r"(?<![\w*\\])(\*{1,2})(?![\s*])([^*]*?[^\s*\\])\1(?![\w*])")
 
 
@@ -143,7 +160,9 @@ def plain_text_docstring(lines: list[str]) -> list[str]:
     """
     fixed = []
     for line in lines:
-        parts, pos = [], 0
+        bullet = _BULLET.match(line)  # "* item" starts a list: keep its marker
+        head, line = (bullet.group(0), line[bullet.end():]) if bullet else ("", line)
+        parts, pos = [head], 0
         for match in _LITERAL.finditer(line):
             parts.append(_escape_plain(line[pos:match.start()]))
             parts.append(match.group(0))
@@ -178,6 +197,7 @@ class ApiDirective(SphinxDirective):
 
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _add_vendor_static)
+    app.connect("html-page-context", _dedupe_assets, priority=900)
     app.add_directive("mmdg-api", ApiDirective)
     # before napoleon (priority 500) turns "Args:" sections into field lists
     app.connect("autodoc-process-docstring", _process_docstring, priority=400)

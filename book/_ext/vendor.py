@@ -53,6 +53,32 @@ PACKAGES = [
     },
 ]
 
+# Loaded after require.js and before embed-amd.js (our own code, not from npm):
+# - the manager's bundled modules are AMD modules that find their assets (icon fonts) relative
+#   to their RequireJS module URL, which defaults to the page's folder: map their id to the
+#   folder beside this script, which works at any page depth;
+# - ipywidgets' controls typeset labels through the MathJax 2 API (MathJax.Hub.Queue) whenever
+#   window.MathJax exists, and the book runs MathJax 3: bridge that one call, or every widget
+#   with a description throws a TypeError.
+SETUP_JS = """// Written by book/_ext/vendor.py: serve the ipywidgets HTML manager's assets locally,
+// and let its MathJax 2 calls reach the book's MathJax 3.
+(function () {
+  var here = new URL("html-manager/", document.currentScript.src).href;
+  window.__jupyter_widgets_assets_path__ = here;
+  window.require.config({paths: {"@jupyter-widgets/html-manager/dist": here.replace(/\\/$/, "")}});
+  function bridge() {
+    if (window.MathJax && !window.MathJax.Hub) {
+      window.MathJax.Hub = {Queue: function (job) {
+        if (window.MathJax.typesetPromise && job && job[2]) { window.MathJax.typesetPromise([job[2]]); }
+      }};
+    }
+  }
+  bridge();
+  window.addEventListener("load", bridge);
+})();
+"""
+SETUP_NAME = "widgets-setup.js"
+
 
 def _want() -> dict:
     return {p["name"]: p["version"] for p in PACKAGES}
@@ -66,7 +92,7 @@ def is_complete() -> bool:
         stamp = json.loads(STAMP.read_text())
     except ValueError:
         return False
-    return stamp.get("packages") == _want() and all((DEST / f).is_file() for f in stamp.get("files", []))
+    return stamp.get("packages") == _want() and SETUP_NAME in stamp.get("files", []) and all((DEST / f).is_file() for f in stamp.get("files", []))
 
 
 def _check_integrity(data: bytes, integrity: str, name: str) -> None:
@@ -118,6 +144,8 @@ def vendor(force: bool = False) -> Path:
         _check_integrity(data, pkg["integrity"], pkg["name"])
         written += _extract(data, pkg["files"])
         print(f"[vendor] {pkg['name']}@{pkg['version']} -> {DEST}")
+    (DEST / SETUP_NAME).write_text(SETUP_JS)
+    written.append(SETUP_NAME)
     STAMP.write_text(json.dumps({"packages": _want(), "files": written}, indent=1) + "\n")
     return DEST
 
