@@ -81,7 +81,7 @@ def _load(cls_name: str, folder: Path | str | None, default: Path) -> Any:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no diffusers model at {folder} (config.json missing); build it with "
                                 f"scripts/train_{default.name}.py")
-    model = getattr(diffusers, cls_name).from_pretrained(folder, local_files_only=True)
+    model = getattr(diffusers, cls_name).from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,106 @@
+"""Shipped image models: build scripts run end to end (--tiny), load offline and deterministically,
+the feature network separates the styles, and data/ stays within its size budget."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdg_lite._resources import DATA_DIR
+from mmdg_lite.images.adapters import UNetDenoiser
+from mmdg_lite.images.features import FEATURE_NET_DIR, image_features, load_feature_net
+from mmdg_lite.images.models import (DIGITS_UNET_DIR, SHAPES_UNET_DIR, SHAPES_VAE_DIR, load_digits_unet,
+                                     load_shapes_unet, load_shapes_vae)
+from mmdg_lite.images.references import decode_latents, encode_references
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["train_digits_unet.py", "train_shapes_vae.py", "train_shapes_unet.py", "train_feature_net.py"]
+# Floors for the feature network on held-out real images (measured values: data/README.md).
+FEATURE_BOUNDS = {"digit": 0.9, "thick": 0.95, "shape": 0.95, "colour": 0.98, "size": 0.95, "fill": 0.95}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_build_script_runs_end_to_end_tiny(script, tmp_path):
+    out = tmp_path / "model"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "training.json").read_text())
+    weights = next(out.glob("*.safetensors"))
+    assert info["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert info["recipe"]["steps"] == 3
+
+
+@pytest.mark.parametrize("loader, folder, shape", [(load_digits_unet, DIGITS_UNET_DIR, (1, 16, 16)),
+                                                   (load_shapes_unet, SHAPES_UNET_DIR, (4, 8, 8))])
+def test_shipped_unets_load_offline_and_deterministically(loader, folder, shape):
+    info = json.loads((folder / "training.json").read_text())
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == info["sha256"]
+    a, b = loader(), loader()
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    x = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999, 500, 100, 0])
+    with torch.no_grad():
+        assert torch.equal(a(x, t).sample, b(x, t).sample)
+        assert torch.equal(UNetDenoiser(a)(x, t), a(x, t).sample)
+    from mmdg_lite import sample
+
+    s1 = sample(UNetDenoiser(a), 4, shape, scheduler="ddim", num_steps=5, seed=3).samples
+    s2 = sample(UNetDenoiser(b), 4, shape, scheduler="ddim", num_steps=5, seed=3).samples
+    assert torch.equal(s1, s2) and bool(torch.isfinite(s1).all())
+
+
+def test_shipped_vae_loads_and_reconstructs_every_style():
+    from mmdg_lite.images.shapes import make_shapes
+
+    info = json.loads((SHAPES_VAE_DIR / "training.json").read_text())
+    vae, again = load_shapes_vae(), load_shapes_vae()
+    assert hashlib.sha256((SHAPES_VAE_DIR / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest() \
+        == info["sha256"]
+    s = make_shapes(64, {"size": [0.5, 0.5], "fill": [0.5, 0.5]}, seed=55)  # unseen seed
+    z = encode_references(vae, s.images)
+    assert z.shape == (64, 4, 8, 8)
+    assert torch.equal(z, encode_references(again, s.images))
+    assert 0.5 < float(z.std()) < 2.0  # the stored scaling factor makes latents ~unit scale
+    err = (decode_latents(vae, z) - s.images).pow(2).mean((1, 2, 3))  # (64,)
+    for value in ("filled", "outlined"):  # the minority style is representable
+        assert float(err[s.mask("fill", value)].mean()) < 0.03, value
+
+
+def test_loader_error_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_digits_unet(tmp_path)
+    with pytest.raises(FileNotFoundError, match="feature network"):
+        load_feature_net(tmp_path)
+
+
+def test_feature_net_accuracy_and_style_separation():
+    from mmdg_lite.images.evaluation import feature_net_report
+
+    net = load_feature_net()
+    report = feature_net_report(net, n_shapes=400)
+    for head, bound in FEATURE_BOUNDS.items():
+        assert report["accuracy"][head] >= bound, (head, report["accuracy"][head])
+    for key in ("digits_thick_vs_thin", "shapes_outlined_vs_filled"):
+        sep = report[key]
+        assert sep["fd_between_styles"] > 5 * sep["fd_within_style"], (key, sep)
+        assert sep["probe_accuracy"] > 0.95, (key, sep)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    assert torch.equal(image_features(x, net), image_features(x, load_feature_net()))
+    assert image_features(x, net).shape == (3, 64)
+
+
+def test_data_folder_within_budget():
+    total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20, f"data/ holds {total / 2**20:.1f} MB; the budget is 30 MB"
+    for folder in (DIGITS_UNET_DIR, SHAPES_VAE_DIR, SHAPES_UNET_DIR, FEATURE_NET_DIR):
+        assert (folder / "training.json").is_file() and not list(folder.glob("*.bin")) \
+            and not list(folder.glob("*.pt")), folder
