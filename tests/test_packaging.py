@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -45,13 +46,20 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """Build the wheel from a copy of the sources (no build folder left in the checkout)."""
+def source(tmp_path_factory) -> Path:
+    """A copy of what the build reads, so that no build folder is left in the checkout."""
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("mmdg_lite", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=SKIP)
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory) -> Path:
+    """The wheel ``pip install .`` builds."""
+    src = source
     out = tmp_path_factory.mktemp("wheel")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
           "-q", "-w", str(out), str(src)])
@@ -82,6 +90,19 @@ def test_wheel_holds_every_data_file_byte_for_byte(wheel):
     assert sorted(set(want) - set(shipped)) == [], "files of data/ missing from the wheel"
     assert sorted(set(shipped) - set(want)) == [], "files in the wheel's data that data/ lacks"
     assert [k for k in want if shipped[k] != want[k]] == [], "data files differ from data/"
+
+
+def test_sdist_holds_every_data_file(source, tmp_path):
+    """The source distribution (what ``python -m build`` makes first) carries data/ and setup.py."""
+    code = "import sys\nfrom setuptools import build_meta\nprint(build_meta.build_sdist(sys.argv[1]))"
+    src = tmp_path / "src"
+    shutil.copytree(source, src)  # the build writes an egg-info folder beside the sources
+    out = _run([sys.executable, "-c", code, str(tmp_path)], cwd=src)
+    name = out.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        members = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    want = {f"data/{k}" for k in _files(ROOT / "data")} | {"setup.py", "pyproject.toml"}
+    assert sorted(want - members) == []
 
 
 def test_wheel_holds_every_module_and_its_metadata(wheel):
