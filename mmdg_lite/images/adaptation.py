@@ -142,3 +142,31 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     z = sample(denoiser, n, task.shape, scheduler=scheduler, num_steps=num_steps, seed=seed,
                guidance=hook, batch_size=batch_size).samples
     return _measure(task, method, z, time.perf_counter() - t0, setup)
+
+
+def _presets() -> dict[str, dict[str, dict[str, Any]]]:
+    from ..kernels import GaussianKernel
+
+    return {
+        "digits": {
+            "unguided": {"method": "unguided"},
+            "mmd x_t": {"method": "mmd", "guidance": dict(kernel=GaussianKernel(), strength=1.0,
+                                                          normalization="none", eval_point="x_t")},
+            "mmd x0_hat": {"method": "mmd", "guidance": dict(kernel=GaussianKernel(), strength=1.0,
+                                                             normalization="none", eval_point="x0_hat")},
+            "classifier": {"method": "classifier", "classifier_scale": 10.0},
+            "finetune": {"method": "finetune", "finetune_steps": 100},
+        },
+        "shapes": {
+            "unguided": {"method": "unguided"},
+            "mmd x_t": {"method": "mmd", "guidance": dict(kernel=GaussianKernel(), strength=1.0,
+                                                          normalization="none", eval_point="x_t")},
+            "classifier": {"method": "classifier", "classifier_scale": 10.0},
+            "finetune": {"method": "finetune", "finetune_steps": 100},
+        },
+    }
+
+
+# Calibrated settings per domain (notebooks 05/06 and benchmarks/images.py use these); every
+# MMDGuidance argument is explicit so a change of the library defaults does not move them.
+PRESETS = _presets()

@@ -130,7 +130,7 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["steps"], eta_min=r["lr"] * 0.05)
     ce = nn.functional.cross_entropy
     losses: list[float] = []
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: the idle-core wall time on one thread
     net.train()
     b = r["batch_size"]
     bar = tqdm(range(r["steps"]), desc="feature net", disable=not progress)
@@ -150,4 +150,4 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-    return net.eval().requires_grad_(False), losses, time.perf_counter() - start
+    return net.eval().requires_grad_(False), losses, time.process_time() - start

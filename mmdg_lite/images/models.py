@@ -104,14 +104,17 @@ def _train_unet(unet: Any, data: Tensor, recipe: dict[str, Any], progress: bool)
     from ..training import train_denoiser
     from .adapters import UNetDenoiser
 
-    start = time.perf_counter()
+    start = time.process_time()
     losses = train_denoiser(UNetDenoiser(unet), data, steps=recipe["steps"], batch_size=recipe["batch_size"],
                             lr=recipe["lr"], seed=recipe["seed"], progress=progress)
-    return losses, time.perf_counter() - start
+    return losses, time.process_time() - start
 
 
 def train_digits_unet(progress: bool = True, **overrides: Any) -> tuple[Any, list[float], float]:
-    """Train the digits UNet by ``DIGITS_UNET_RECIPE`` (+ overrides); returns (unet, losses, seconds)."""
+    """Train the digits UNet by ``DIGITS_UNET_RECIPE`` (+ overrides); returns (unet, losses, seconds).
+
+    Seconds are CPU seconds of this process (``time.process_time``): on one thread that is the
+    wall time the training takes on an idle core, whatever else shares the machine."""
     from diffusers import UNet2DModel
 
     from .digits import load_digit_set
@@ -149,7 +152,7 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     opt = torch.optim.Adam(vae.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe["steps"], eta_min=recipe["lr"] * 0.05)
     losses: list[float] = []
-    start = time.perf_counter()
+    start = time.process_time()
     vae.train()
     bar = tqdm(range(recipe["steps"]), desc="vae", disable=not progress)
     for step in bar:
@@ -166,7 +169,7 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    secs = time.perf_counter() - start
+    secs = time.process_time() - start
     vae.eval()
     test = make_shapes(min(512, recipe["n_data"]), recipe["proportions"], seed=recipe["data_seed"] + 100).images
     with torch.no_grad():
@@ -191,19 +194,10 @@ def train_shapes_unet(vae: Any, progress: bool = True, **overrides: Any) -> tupl
 
 
 def sample_grid(images: Tensor, path: Path, nrow: int = 8) -> None:
-    """Write images (N, C, H, W) in [-1, 1] as one PNG grid (1 px gaps), via Pillow."""
-    from PIL import Image
+    """Write images (N, C, H, W) in [-1, 1] as one PNG grid (``display.save_grid``)."""
+    from .display import save_grid
 
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
-    n, c, h, w = x.shape
-    rows = (n + nrow - 1) // nrow
-    grid = torch.full((c, rows * (h + 1) + 1, nrow * (w + 1) + 1), 64, dtype=torch.uint8)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = x[i]
-    arr = grid.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
-    img.resize((img.width * 3, img.height * 3), Image.NEAREST).save(path, optimize=True)
+    save_grid(images, path, nrow)
 
 
 def build_cli(doc: str, build: Callable[[Path, bool], dict[str, Any]], default: Path) -> None:

@@ -1,0 +1,136 @@
+"""Image domain adaptation over 5 seeds (notebooks 05 and 06's measures, issue 9 item 7).
+
+    .venv/bin/python benchmarks/images.py            # writes benchmarks/results/images.md (+ .json)
+    .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run)
+
+Pixel space: the shipped digits UNet (20 % thick strokes in pretraining), 50 thick references
+from the held-out split, DDIM. Latent space: the shipped shapes VAE + latent UNet (25 % outlined),
+50 outlined references encoded with the VAE's scaling factor once. Methods: unguided, MMD
+guidance (presets in mmdg_lite.images.adaptation.PRESETS), classifier guidance, fine-tuning.
+FD/KD in the project's feature space (data/images/feature_net; stands in for DINOv2, not
+Inception) to held-out target-style images. Then the per-step wall time of guided vs unguided
+sampling with the pixel UNet (batch 16, 50 references), interleaved in one run, and the latent
+reference-count sweep (10 to 200).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mmdg_lite import MMDGuidance, sample
+from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, machine  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "images.md"
+
+
+def _mean_sd(v: list[float]) -> str:
+    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int) -> dict:
+    res: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        task = task_fn(n_refs=50, seed=seed)
+        for name, cfg in presets.items():
+            kw = dict(cfg)
+            method = kw.pop("method")
+            guidance = MMDGuidance(task.references, **kw["guidance"]) if method == "mmd" else None
+            extra = {k: v for k, v in kw.items() if k != "guidance"}
+            r = run_method(task, method, n=n, seed=seed, num_steps=num_steps, guidance=guidance, **extra)
+            row = res.setdefault(name, {k: [] for k in ("style", "valid", "fd", "kd", "seconds", "setup")})
+            for k, v in zip(row, (r.style_rate, r.valid_rate, r.fd, r.kd, r.seconds, r.setup_seconds)):
+                row[k].append(v)
+            print(task.name, seed, name, {k: round(v[-1], 3) for k, v in row.items()}, flush=True)
+    return res
+
+
+def step_time_ratio(repeats: int = 5, num_steps: int = 20) -> dict:
+    """Guided vs unguided wall time per step, pixel UNet, batch 16, 50 references, interleaved."""
+    task = digits_task(n_refs=50)
+    g = PRESETS["digits"]["mmd x_t"]["guidance"]
+    times = {"unguided": [], "guided": []}
+    for r in range(repeats):
+        for name in ("unguided", "guided"):
+            hook = MMDGuidance(task.references, **g) if name == "guided" else None
+            t0 = time.perf_counter()
+            sample(task.denoiser, 16, task.shape, scheduler="ddim", num_steps=num_steps, seed=r, guidance=hook)
+            times[name].append((time.perf_counter() - t0) / num_steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"per_step_unguided_s": med["unguided"], "per_step_guided_s": med["guided"],
+            "ratio": med["guided"] / med["unguided"], "repeats": repeats, "num_steps": num_steps}
+
+
+def sweep(seeds, n: int, num_steps: int, counts=(10, 25, 50, 100, 200)) -> dict:
+    out: dict[int, dict[str, list[float]]] = {}
+    for m in counts:
+        for seed in seeds:
+            task = shapes_task(n_refs=m, seed=seed)
+            g = MMDGuidance(task.references, **PRESETS["shapes"]["mmd x_t"]["guidance"])
+            r = run_method(task, "mmd", n=n, seed=seed, num_steps=num_steps, guidance=g)
+            row = out.setdefault(m, {"style": [], "valid": [], "fd": []})
+            row["style"].append(r.style_rate)
+            row["valid"].append(r.valid_rate)
+            row["fd"].append(r.fd)
+        print("sweep", m, {k: round(statistics.mean(v), 3) for k, v in out[m].items()}, flush=True)
+    return out
+
+
+def table(res: dict) -> list[str]:
+    lines = ["| method | target-style rate | valid | FD to target | KD ×1e3 | sampling s | training s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        lines.append(f"| {name} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} | "
+                     f"{_mean_sd(r['kd'])} | {statistics.mean(r['seconds']):.1f} | {statistics.mean(r['setup']):.1f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = range(2) if args.quick else range(5)
+    n, steps = (32, 20) if args.quick else (64, 50)
+    t_start, load = time.perf_counter(), load_average()
+    digits = adaptation_rows(digits_task, PRESETS["digits"], seeds, n, steps)
+    shapes = adaptation_rows(shapes_task, PRESETS["shapes"], seeds, n, steps)
+    timing = step_time_ratio()
+    sw = sweep(seeds, n, steps)
+    wins = sum(a < b for a, b in zip(digits["mmd x_t"]["fd"], digits["classifier"]["fd"]))
+    wins_s = sum(a < b for a, b in zip(shapes["mmd x_t"]["fd"], shapes["classifier"]["fd"]))
+    lines = ["# Image domain adaptation: pixel digits and latent shapes", "",
+             f"`.venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}`; {len(seeds)} seeds, "
+             f"{n} samples per method and seed, DDIM {steps} steps, 50 references; one torch thread. "
+             f"Machine: {machine()}; load average at start {load[0]:.1f} (shared CPUs: times are noisy).", "",
+             "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
+             *table(digits), "",
+             f"MMD guidance (x_t) beats classifier guidance on FD in {wins} of {len(seeds)} seeds.", "",
+             "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",
+             *table(shapes), "",
+             f"MMD guidance (x_t) beats classifier guidance on FD in {wins_s} of {len(seeds)} seeds.", "",
+             "## Wall time per step, pixel UNet, batch 16, 50 references (interleaved, median of "
+             f"{timing['repeats']})", "",
+             "| unguided s/step | guided s/step | ratio |", "|---|---|---|",
+             f"| {timing['per_step_unguided_s']:.4f} | {timing['per_step_guided_s']:.4f} | {timing['ratio']:.3f} |", "",
+             "## Latent reference-count sweep (MMD guidance on x_t)", "",
+             "| references | outlined rate | valid | FD to target |", "|---|---|---|---|",
+             *[f"| {m} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} |" for m, r in sw.items()],
+             "", f"Total {time.perf_counter() - t_start:.0f} s.", ""]
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text("\n".join(lines))
+    OUT.with_suffix(".json").write_text(json.dumps({"digits": digits, "shapes": shapes, "timing": timing,
+                                                    "sweep": sw}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
