@@ -4,6 +4,11 @@ environment.yml lets conda provide Python and pip only, and pip-installs ``-e .[
 dependency list then lives in one place (pyproject.toml). These tests expand what
 environment.yml installs and compare it with pyproject.toml, so a dependency added to one file
 but not the other (or a new extra group that the conda file does not request) fails.
+
+The last tests compare pyproject.toml with the code: every third-party import of mmdg_lite maps
+(through the installed distributions) to a declared dependency, core for an import at module
+level, core or an extra for a lazy or ImportError-guarded one; every core dependency is imported;
+the notebooks import only core and ``[notebooks]`` packages.
 """
 from __future__ import annotations
 
