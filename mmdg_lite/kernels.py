@@ -10,6 +10,7 @@ inherits an autograd implementation of ``grad_weighted``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -21,25 +22,53 @@ from ._validation import check_pair, check_points, check_positive
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
     "PolynomialKernel", "CallableKernel", "ProductKernel", "pairwise_sq_dists",
-    "median_bandwidth",
+    "median_bandwidth", "work_dtype", "magnitude_scale",
 ]
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Points whose largest magnitude lies outside [2^-24, 2^24] are divided by a power of two (exact in
+# floating point) before squared distances are formed, so float32 neither overflows (1e20^2) nor
+# underflows (1e-30^2). Gaussian kernels are scale-invariant given a scaled bandwidth.
+_SAFE_LOG2 = 24
+
+
+def work_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype computations run in: float32 for half-precision inputs (float16 squared distances
+    of SDXL-size latents overflow at 65,504), else the widest input dtype."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def magnitude_scale(*tensors: Tensor) -> float:
+    """1.0 for ordinary data, else the power of two nearest the largest |entry| (see _SAFE_LOG2)."""
+    top = max(float(t.detach().amax().abs().max(t.detach().amin().abs())) for t in tensors)
+    if top == 0.0 or not math.isfinite(top) or abs(math.log2(top)) <= _SAFE_LOG2:
+        return 1.0
+    return 2.0 ** round(math.log2(top))
+
+
 def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
-    """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0.
+    """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0, in ``work_dtype``.
 
     No square root is taken, so the gradient 2 (x_i - y_j) stays finite at zero distance.
     """
-    xx = (x * x).sum(-1, keepdim=True)  # (n, 1)
-    yy = (y * y).sum(-1)  # (m,)
+    dt = work_dtype(x, y)
+    x, y = x.to(dt), y.to(dt)
+    xx = torch.einsum("id,id->i", x, x)[:, None]  # (n, 1)
+    yy = torch.einsum("jd,jd->j", y, y)  # (m,)
     return (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)  # (n, m)
 
 
 def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) -> float:
-    """Median heuristic: the median pairwise distance over the pooled points.
+    """Median heuristic: the median positive pairwise distance over the pooled points.
 
     At most ``max_points`` evenly spaced points of each set are used (as good as all of them,
-    and much cheaper; no random numbers, so the same inputs give the same bandwidth).
+    and much cheaper; no random numbers, so the same inputs give the same bandwidth). Computed in
+    float32 or wider and scale-invariant (1e20- and 1e-30-scale data work). Raises on NaN/Inf.
+    If every pooled point coincides, every bandwidth gives the same Gram matrix, and 1.0 is returned.
     """
     def thin(z: Tensor) -> Tensor:
         z = z.detach().reshape(z.shape[0], -1)
@@ -48,11 +77,19 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
         idx = torch.linspace(0, z.shape[0] - 1, max_points, device=z.device).long()
         return z[idx]
 
-    pooled = thin(x) if y is None else torch.cat([thin(x), thin(y)])
+    pooled = thin(x) if y is None else torch.cat([thin(x).to(work_dtype(x, y)), thin(y).to(work_dtype(x, y))])
+    pooled = pooled.to(work_dtype(pooled))
+    if not bool(torch.isfinite(pooled).all()):
+        raise ValueError("median_bandwidth got NaN or Inf among the points; every entry must be finite")
+    scale = magnitude_scale(pooled)
+    pooled = pooled / scale
     d2 = pairwise_sq_dists(pooled, pooled)
     iu = torch.triu_indices(len(pooled), len(pooled), offset=1, device=pooled.device)
-    med = float(d2[iu[0], iu[1]].median().sqrt()) if iu.shape[1] else 0.0
-    return med if med > 0 else 1.0
+    d2 = d2[iu[0], iu[1]]
+    d2 = d2[d2 > 0]
+    if d2.numel() == 0:  # every point coincides: any bandwidth gives the same Gram matrix
+        return 1.0
+    return float(d2.median().sqrt()) * scale
 
 
 class Kernel:
@@ -105,24 +142,37 @@ class GaussianKernel(Kernel):
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         s = float(self.resolve(x, y).bandwidth)  # type: ignore[arg-type]
+        c = magnitude_scale(x, y)  # 1.0 unless the data are at an extreme scale
+        if c != 1.0:
+            x, y, s = x / c, y / c, s / c
         return torch.exp(-pairwise_sq_dists(x, y) / (2 * s * s))  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)  # the median bandwidth is computed once, not per call
         s = float(k.bandwidth)  # type: ignore[arg-type]
-        a = w * k.gram(x, y) / (s * s)  # (n, m)
-        return a @ y - a.sum(1, keepdim=True) * x  # (n, D)
+        c = magnitude_scale(x, y)
+        dt = work_dtype(x, y)
+        x, y = x.to(dt) / c, y.to(dt) / c
+        s = s / c
+        a = w.to(dt) * torch.exp(-pairwise_sq_dists(x, y) / (2 * s * s)) / (s * s)  # (n, m)
+        return (a @ y - a.sum(1, keepdim=True) * x) / c  # (n, D)
 
 
 @dataclass(frozen=True)
 class MultiGaussianKernel(Kernel):
-    """Sum of Gaussian kernels over several bandwidths (robust to a badly chosen single sigma).
+    """k = sum_k omega_k exp(-||u - v||^2 / (2 sigma_k^2)) over several bandwidths.
 
     ``bandwidths`` are absolute; with ``bandwidths=None`` they are ``scales`` x the median.
+    ``weighting="equal"``: omega_k = 1 (a plain sum). ``weighting="displacement"``:
+    omega_k = sigma_k^2 / sum_j sigma_j^2, so that grad_1 k = sum_k k_k (v - u) / sum_j sigma_j^2:
+    every bandwidth contributes its kernel-weighted displacement on an equal footing (a narrow
+    one separates neighbouring modes, a wide one moves mass between far-apart modes; the
+    default kernel of ``MMDGuidance``, see benchmarks/results/defaults.md).
     """
 
     bandwidths: tuple[float, ...] | None = None
     scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    weighting: str = "equal"
     has_closed_form = True
 
     def __post_init__(self) -> None:
@@ -133,6 +183,8 @@ class MultiGaussianKernel(Kernel):
                 raise ValueError(f"{name} must hold at least one value; got {vals!r}")
             for v in vals:
                 check_positive(v, name)
+        if self.weighting not in ("equal", "displacement"):
+            raise ValueError(f"weighting must be 'equal' or 'displacement'; got {self.weighting!r}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if self.bandwidths is not None:
             object.__setattr__(self, "bandwidths", tuple(float(b) for b in self.bandwidths))
@@ -143,14 +195,35 @@ class MultiGaussianKernel(Kernel):
         med = median_bandwidth(x, y)
         return replace(self, bandwidths=tuple(s * med for s in self.scales))
 
-    def _parts(self, x: Tensor, y: Tensor) -> list[GaussianKernel]:
-        return [GaussianKernel(b) for b in self.resolve(x, y).bandwidths]  # type: ignore[union-attr]
+    def weights(self) -> tuple[float, ...]:
+        """omega_k per bandwidth (needs resolved bandwidths)."""
+        bw = self.bandwidths
+        if bw is None:
+            raise ValueError("resolve the kernel first (bandwidths=None means median x scales)")
+        if self.weighting == "equal":
+            return tuple(1.0 for _ in bw)
+        total = sum(b * b for b in bw)
+        return tuple(b * b / total for b in bw)
+
+    def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+        """(x, y, d2) rescaled to a safe magnitude, in the work dtype, and the scale c."""
+        c = magnitude_scale(x, y)
+        dt = work_dtype(x, y)
+        x, y = x.to(dt) / c, y.to(dt) / c
+        return x, y, pairwise_sq_dists(x, y), c
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
-        return sum(k.gram(x, y) for k in self._parts(x, y))  # type: ignore[return-value]
+        k = self.resolve(x, y)
+        x, y, d2, c = self._terms(x, y)
+        return sum(om * torch.exp(-d2 * (c * c / (2 * b * b)))
+                   for om, b in zip(k.weights(), k.bandwidths))  # type: ignore[return-value]
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        return sum(k.grad_weighted(x, y, w) for k in self._parts(x, y))  # type: ignore[return-value]
+        k = self.resolve(x, y)
+        x, y, d2, c = self._terms(x, y)
+        a = sum(om * torch.exp(-d2 * (c * c / (2 * b * b))) * (c * c / (b * b))
+                for om, b in zip(k.weights(), k.bandwidths)) * w.to(d2.dtype)  # (n, m)
+        return (a @ y - a.sum(1, keepdim=True) * x) / c  # (n, D)
 
 
 @dataclass(frozen=True)

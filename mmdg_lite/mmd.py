@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_choice, check_int, check_pair, check_points, check_weights
-from .kernels import Kernel, ProductKernel
+from .kernels import Kernel, ProductKernel, work_dtype
 
 __all__ = ["mmd2", "mmd2_grad", "mmd2_grad_autograd", "witness", "permutation_test",
            "PermutationTestResult", "ESTIMATORS"]
@@ -46,6 +46,7 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     ys = check_points(y, "y", min_count=need, why=why)
     shape = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape
     xs, ys = check_pair(xs, ys, "x", "y")
+    xs, ys = xs.to(work_dtype(xs)), ys.to(work_dtype(ys))  # float16 / bfloat16 run in float32
     wx = check_weights(x_weights, "x_weights", len(xs), xs)
     wy = check_weights(y_weights, "y_weights", len(ys), ys)
     wx = wx if wx is not None else xs.new_full((len(xs),), 1.0 / len(xs))
@@ -115,7 +116,7 @@ def mmd2(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None, 
 
     Unbiased = U-statistic: the within-set sums skip i = i' (with weights, renormalised by
     1 - sum w^2), so its mean over draws equals the population MMD^2; it can be negative.
-    Differentiable with respect to x.
+    Differentiable with respect to x. Half-precision inputs are computed (and returned) in float32.
     """
     p = _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts)
     xx = _self_term(p, p.x, p.wx, p.px, estimator, chunk_size)
@@ -123,7 +124,12 @@ def mmd2(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None, 
     xy = p.x.new_zeros(())
     for s in _chunks(len(p.y), chunk_size):
         xy = xy + p.wx @ _gram(p, p.x, p.y[s], p.px, _sl(p.py, s)) @ p.wy[s]
-    return xx + yy - 2 * xy
+    out = xx + yy - 2 * xy
+    if not bool(torch.isfinite(out)):
+        raise FloatingPointError(
+            f"MMD^2 is not finite (kernel {type(p.kernel).__name__}): the data overflow this kernel; "
+            "rescale them, or use a Gaussian kernel, whose computation is scale-invariant")
+    return out
 
 
 def mmd2_grad(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None,
@@ -135,18 +141,37 @@ def mmd2_grad(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=N
     with w_i = 1/B, v_j = 1/N_r in the paper. The first term repels generated points from each
     other, the second attracts them to the references. With a ProductKernel every weight is
     multiplied by the prompt kernel k_p(p_i, p_j) (Eq. 11). Kernels without a closed form are
-    differentiated by autograd inside ``grad_weighted``.
+    differentiated by autograd inside ``grad_weighted``. Half-precision inputs are computed
+    (and returned) in float32.
     """
     p = _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts)
+    return _grad(p, estimator, chunk_size).reshape(p.shape)
+
+
+def _grad(p: _Prepared, estimator: str, chunk_size: int | None) -> Tensor:
+    """Eq. 6 / Eq. 11 as weighted-gradient calls. The repulsion and the first reference chunk
+    share one call over the stacked set [x; y] with weights [W_xx, -W_xy], so the whole
+    gradient costs two (n, D) x (D, n + m) matrix products."""
     x_, wx = p.x.detach(), p.wx
     Wxx = wx[:, None] * wx[None, :]  # (n, n)
     if estimator == "unbiased":
         Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
-    g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
+    g = None
     for s in _chunks(len(p.y), chunk_size):
-        Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
-        g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
-    return g.reshape(p.shape)
+        pts, W, pp = p.y[s].detach(), -wx[:, None] * p.wy[None, s], _sl(p.py, s)  # (cs, D), (n, cs)
+        if g is None:  # first chunk: stack with the generated points (repulsion)
+            pts, W = torch.cat([x_, pts]), torch.cat([Wxx, W], dim=1)  # (n + cs, D), (n, n + cs)
+            pp = None if p.px is None else torch.cat([p.px, pp])
+            g = 2 * _gradw(p, x_, pts, W, p.px, pp)
+        else:
+            g = g + 2 * _gradw(p, x_, pts, W, p.px, pp)
+    assert g is not None
+    if not bool(torch.isfinite(g.sum())):
+        raise FloatingPointError(
+            f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}); the data "
+            f"(largest |entry| {float(p.x.abs().max()):.3g}) overflow this kernel: rescale them, "
+            "or use a Gaussian kernel, whose computation is scale-invariant")
+    return g
 
 
 def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from ._validation import check_choice, check_int, check_nonnegative
 from .seeding import make_generator
 
-__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler",
+__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level",
            "SCHEDULERS", "BETA_SCHEDULES"]
 
 SCHEDULERS = ("ddpm", "ddim")
@@ -39,11 +40,14 @@ class StepState:
     denoiser: Callable     # the model (for guidance that backpropagates through it)
     cond: Tensor | None    # (B, C) conditioning or None
     sample_index: Tensor   # (B,) long: global indices of these samples within the requested n
+    input_scale: float = 1.0       # c_in: the denoiser sees c_in * x_t (scale_model_input); 1 for
+    input_scale_prev: float = 1.0  # DDPM/DDIM, 1/sqrt(sigma^2 + 1) for sigma-scaled latents (Euler)
 
 
 class GuidanceHook(Protocol):
-    """Returns the corrected x_prev (same shape). Optional: ``sequential: bool``, ``reset()``,
-    ``remember(x0)`` (the reference code's one-sample-at-a-time memory mode)."""
+    """Returns the corrected x_prev (same shape). Optional: ``reset()`` (called before every
+    run), ``sequential: bool`` and ``remember(x0)`` (the reference code's one-sample-at-a-time
+    memory mode)."""
 
     def __call__(self, state: StepState) -> Tensor: ...
 
@@ -140,8 +144,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     x_T = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype)  # (n, *S)
     x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
 
-    if sequential and hasattr(guidance, "reset"):
-        guidance.reset()
+    if guidance is not None and hasattr(guidance, "reset"):
+        guidance.reset()  # a new run: run-level state (bandwidths, memory) starts afresh
     chunks = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     bar = None
     if progress:
@@ -168,10 +172,20 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     return SampleResult(samples=samples, trajectory=trajectory, timesteps=timesteps)
 
 
-def _alpha_bar_prev(sched: Any, timesteps: Tensor, i: int) -> float:
-    if i + 1 < len(timesteps):
-        return float(sched.alphas_cumprod[int(timesteps[i + 1])])
-    return float(getattr(sched, "final_alpha_cumprod", 1.0))
+def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
+    """(alpha_bar, c_in) at step i of ``timesteps`` (i = len means the end of the run).
+
+    DDPM-style schedulers: alpha_bar = alphas_cumprod[t], c_in = 1. Sigma-scaled schedulers
+    (Euler, Karras; they have ``sigmas``): x_t = x_0 + sigma eps, so alpha_bar = 1/(1 + sigma^2)
+    and c_in = 1/sqrt(1 + sigma^2), the factor scale_model_input applies.
+    """
+    sigmas = getattr(sched, "sigmas", None)
+    if sigmas is not None and len(sigmas) == len(timesteps) + 1:
+        sigma = float(sigmas[i])
+        return 1.0 / (1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + sigma * sigma)
+    if i < len(timesteps):
+        return float(sched.alphas_cumprod[int(timesteps[i])]), 1.0
+    return float(getattr(sched, "final_alpha_cumprod", 1.0)), 1.0
 
 
 def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, guidance,
@@ -195,10 +209,10 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
             x_prev = sched.step(eps, t, x, **kwargs).prev_sample  # (b, *S)
         proposal = x_prev
         if guidance is not None:
+            (ab, c_in), (ab_prev, c_prev) = noise_level(sched, timesteps, i), noise_level(sched, timesteps, i + 1)
             state = StepState(x_t=x, x_prev=x_prev, eps=eps, t=int(t), step_index=i, num_steps=num_steps,
-                              alpha_bar_t=float(sched.alphas_cumprod[int(t)]),
-                              alpha_bar_prev=_alpha_bar_prev(sched, timesteps, i),
-                              denoiser=denoiser, cond=cond, sample_index=idx)
+                              alpha_bar_t=ab, alpha_bar_prev=ab_prev, denoiser=denoiser, cond=cond,
+                              sample_index=idx, input_scale=c_in, input_scale_prev=c_prev)
             x_prev = guidance(state)
             if not isinstance(x_prev, Tensor) or x_prev.shape != x.shape:
                 got = tuple(x_prev.shape) if isinstance(x_prev, Tensor) else type(x_prev).__name__

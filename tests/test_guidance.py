@@ -46,22 +46,22 @@ def test_zero_strength_returns_x_prev_unchanged():
 
 def test_paper_step_on_x_t_matches_autograd():
     st, y = make_state(), refs()
-    guide = MMDGuidance(y, kernel=GaussianKernel(1.3), strength=0.7, strength_scale="none")
+    guide = MMDGuidance(y, kernel=GaussianKernel(1.3), normalization="none", strength=0.7, strength_scale="none")
     expected = st.x_prev - 0.7 * autograd_grad(st.x_t, y, GaussianKernel(1.3))
     torch.testing.assert_close(guide(st), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_batch_bandwidth_scale_is_B_sigma_squared():
     st, y = make_state(B=5), refs()
-    raw = MMDGuidance(y, kernel=GaussianKernel(2.0), strength=0.3, strength_scale="none")(st)
-    rel = MMDGuidance(y, kernel=GaussianKernel(2.0), strength=0.3)(st)
+    raw = MMDGuidance(y, kernel=GaussianKernel(2.0), normalization="none", strength=0.3, strength_scale="none")(st)
+    rel = MMDGuidance(y, kernel=GaussianKernel(2.0), normalization="none", strength=0.3)(st)
     torch.testing.assert_close(st.x_prev - rel, (st.x_prev - raw) * 5 * 4.0)
 
 
 def test_eval_point_x_prev_uses_gradient_after_step():
     st, y = make_state(), refs()
     k = GaussianKernel(1.0)
-    out = MMDGuidance(y, kernel=k, strength=0.2, strength_scale="none", eval_point="x_prev")(st)
+    out = MMDGuidance(y, kernel=k, normalization="none", strength=0.2, strength_scale="none", eval_point="x_prev")(st)
     torch.testing.assert_close(out, st.x_prev - 0.2 * autograd_grad(st.x_prev, y, k))
 
 
@@ -71,7 +71,7 @@ def test_x0_hat_detached_equals_chain_rule_with_autograd():
     xt = st.x_t.clone().requires_grad_(True)
     x0 = (xt - math.sqrt(0.7) * st.eps) / math.sqrt(0.3)
     (g,) = torch.autograd.grad(mmd2(x0, y, k), xt)
-    out = MMDGuidance(y, kernel=k, strength=0.1, strength_scale="none", eval_point="x0_hat")(st)
+    out = MMDGuidance(y, kernel=k, normalization="none", strength=0.1, strength_scale="none", eval_point="x0_hat")(st)
     torch.testing.assert_close(out, st.x_prev - 0.1 * g)
 
 
@@ -84,7 +84,7 @@ def test_x0_hat_backprop_goes_through_denoiser():
     xt = st.x_t.clone().requires_grad_(True)
     x0 = (xt - math.sqrt(0.5) * net(xt)) / math.sqrt(0.5)
     (g,) = torch.autograd.grad(mmd2(x0, y, k), xt)
-    out = MMDGuidance(y, kernel=k, strength=0.1, strength_scale="none",
+    out = MMDGuidance(y, kernel=k, normalization="none", strength=0.1, strength_scale="none",
                       eval_point="x0_hat_backprop")(st)
     torch.testing.assert_close(out, st.x_prev - 0.1 * g)
 
@@ -166,9 +166,9 @@ def test_schedule_last_zero_steps_leave_samples_untouched():
 def test_prompt_aware_with_identical_prompts_equals_plain_guidance():
     st, y = make_state(B=6), refs(N=9)
     k = GaussianKernel(1.1)
-    plain = MMDGuidance(y, kernel=k, strength=0.3)(st)
+    plain = MMDGuidance(y, kernel=k, normalization="none", strength=0.3)(st)
     p = torch.ones(9, 4)
-    prompted = MMDGuidance(y, kernel=k, strength=0.3, reference_prompts=p,
+    prompted = MMDGuidance(y, kernel=k, normalization="none", strength=0.3, reference_prompts=p,
                            sample_prompts=torch.ones(6, 4))(st)
     torch.testing.assert_close(prompted, plain, rtol=1e-12, atol=1e-12)
 
@@ -178,7 +178,7 @@ def test_prompt_aware_matches_autograd_of_product_mmd():
     g = torch.Generator().manual_seed(4)
     rp, sp = torch.randn(9, 4, generator=g), torch.randn(6, 4, generator=g)
     k, kp = GaussianKernel(1.1), GaussianKernel(0.5)
-    out = MMDGuidance(y, kernel=k, strength=0.3, strength_scale="none", reference_prompts=rp,
+    out = MMDGuidance(y, kernel=k, normalization="none", strength=0.3, strength_scale="none", reference_prompts=rp,
                       sample_prompts=sp, prompt_kernel=kp)(st)
     from mmdg_lite.kernels import ProductKernel
     pk = ProductKernel(kp, k)
@@ -203,7 +203,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 
 
 def test_reference_dimension_must_match_samples():
-    with pytest.raises(ValueError, match="references have 5 features per sample"):
+    with pytest.raises(ValueError, match=r"per-sample shape \(3,\).*references have \(5,\)"):
         MMDGuidance(refs(D=5), strength=0.1)(make_state(D=3))
 
 
@@ -219,8 +219,8 @@ def test_non_finite_correction_raises():
 def test_rff_option_approaches_exact_guidance_and_validates():
     st, y = make_state(B=6, D=3), refs(N=9, D=3)
     k = GaussianKernel(2.0)
-    exact = MMDGuidance(y, kernel=k, strength=0.5)(st)
-    approx = MMDGuidance(y, kernel=k, strength=0.5, rff_features=200_000, rff_seed=1)(st)
+    exact = MMDGuidance(y, kernel=k, normalization="none", strength=0.5)(st)
+    approx = MMDGuidance(y, kernel=k, normalization="none", strength=0.5, rff_features=200_000, rff_seed=1)(st)
     rel = float((approx - exact).norm() / (exact - st.x_prev).norm())
     assert rel < 0.05
     with pytest.raises(ValueError, match="fixed bandwidth"):

@@ -90,7 +90,8 @@ def test_memory_mode_reproduces_hand_written_sequential_loop(model, refs):
     sample 0 is unguided; step = c (1 + M) sigma^2 grad with sigma fixed here."""
     n, steps, c, sigma, mem_size = 5, 12, 0.4, 0.8, 3
     kernel = GaussianKernel(sigma)
-    guide = MMDGuidance(refs, kernel=kernel, strength=c, generated_set="memory", memory_size=mem_size)
+    guide = MMDGuidance(refs, kernel=kernel, strength=c, generated_set="memory", memory_size=mem_size,
+                        normalization="none", stop=1.0)
     got = sample(model, n, 2, num_steps=steps, seed=7, guidance=guide).samples
 
     sched = make_scheduler("ddpm")
@@ -120,7 +121,7 @@ def test_memory_mode_reproduces_hand_written_sequential_loop(model, refs):
 
 def test_reference_dimension_mismatch_raises_clear_error(model):
     guide = MMDGuidance(torch.randn(10, 3), strength=0.5)
-    with pytest.raises(ValueError, match="references have 3 features.*samples have 2"):
+    with pytest.raises(ValueError, match=r"samples have per-sample shape \(2,\).*references have \(3,\)"):
         sample(model, 4, 2, num_steps=5, guidance=guide)
 
 

@@ -1,0 +1,69 @@
+"""The reference set of MMD guidance: validated, flattened and placed on a device once.
+
+References are clean samples (or latents) in the sampler's space, shape (N_r, *S); samples must
+have the same per-sample shape S (channels-last references against channels-first samples are
+refused, not silently flattened). Copies per (device, dtype) are cached, so a guidance step never
+copies the references from the host again.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import check_points
+from ..kernels import work_dtype
+
+__all__ = ["ReferenceSet"]
+
+
+class ReferenceSet:
+    """(N_r, *S) references, their optional (N_r, P) prompt features, and summary statistics."""
+
+    def __init__(self, references: Tensor, prompts: Tensor | None = None) -> None:
+        refs = check_points(references, "references", flatten=False)
+        if refs.ndim == 1:
+            raise ValueError(f"references must have shape (N_r, *S), one row per reference; got shape "
+                             f"{tuple(refs.shape)} (for scalar samples use references[:, None])")
+        self.sample_shape = tuple(refs.shape[1:])
+        self.flat = refs.reshape(len(refs), -1)  # (N_r, D)
+        self.prompts = None
+        if prompts is not None:
+            self.prompts = check_points(prompts, "reference_prompts")  # (N_r, P)
+            if len(self.prompts) != len(self.flat):
+                raise ValueError(f"reference_prompts has {len(self.prompts)} rows but references has "
+                                 f"{len(self.flat)}; one prompt per reference")
+        work = self.flat.to(work_dtype(self.flat))
+        self.centre = work.mean(0)  # (D,)
+        # the references' radius: the farthest reference from their mean (a data scale)
+        self.radius = float((work - self.centre).norm(dim=1).max())
+        self._cache: dict[tuple, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.flat)
+
+    @property
+    def dim(self) -> int:
+        return self.flat.shape[1]
+
+    def check_samples(self, x: Tensor, name: str = "samples") -> None:
+        """Samples (B, *S) must share the references' per-sample shape S."""
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"{name} have per-sample shape {tuple(x.shape[1:])} (batch shape {tuple(x.shape)}) but "
+                f"references have {self.sample_shape} (shape ({len(self)}, "
+                f"{', '.join(map(str, self.sample_shape))})); both must live in the same space and "
+                "layout: encode references with the sampler's VAE and use the same channel order")
+
+    def on(self, like: Tensor) -> Tensor:
+        """(N_r, D) references on ``like``'s device in the work dtype (cached)."""
+        return self._get("refs", self.flat, like)
+
+    def prompts_on(self, like: Tensor) -> Tensor | None:
+        return None if self.prompts is None else self._get("prompts", self.prompts, like)
+
+    def _get(self, what: str, t: Tensor, like: Tensor) -> Tensor:
+        dtype = work_dtype(like, t)
+        key = (what, like.device, dtype)
+        if key not in self._cache:
+            self._cache[key] = t.to(like.device, dtype)
+        return self._cache[key]

@@ -1,0 +1,134 @@
+"""The step-size policy of MMD guidance: lambda_t = strength * s(t) * scale (paper Eq. 5).
+
+* schedule s(t): "constant" (paper), "linear", "cosine", "alpha_bar", "last", or a callable
+  (step_index, num_steps, alpha_bar_t) -> weight >= 0; guidance runs only for step fractions
+  u = step_index / num_steps in [start, stop).
+* strength scale: "batch_bandwidth" multiplies by B * sum_k sigma_k^2 / a^2, which makes the
+  strength a fraction of the kernel-weighted displacement toward the references in the kernel's
+  own space (independent of B, of the data scale, and of where the kernel is evaluated: a is
+  d(point)/dx, see ``eval_point``); "none" is the paper's literal lambda_t.
+* normalisation: "none" (paper); "norm_matched": alpha * ||x|| * g / (||g|| + 1e-5) per sample
+  (public reference code); "clipped": each sample's step norm capped at ``clip_norm`` in the
+  kernel's space (default 0.2 x the data scale read off the first guided step).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._validation import check_choice, check_nonnegative, check_positive
+
+__all__ = ["StepSize", "SCHEDULES", "NORMALIZATIONS", "STRENGTH_SCALES", "schedule_weight"]
+
+SCHEDULES = ("constant", "linear", "cosine", "alpha_bar", "last")
+NORMALIZATIONS = ("none", "norm_matched", "clipped")
+STRENGTH_SCALES = ("batch_bandwidth", "none")
+Schedule = str | Callable[[int, int, float], float]
+# alpha of the norm-matched step when no strength is given (benchmarks/results/defaults.md)
+DEFAULT_ALPHA = 0.01
+
+
+def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
+                    alpha_bar_t: float, last_fraction: float = 0.3) -> float:
+    """s(t) in lambda_t = strength * s(t); u = step_index / (num_steps - 1) runs 0 (noise) -> 1.
+
+    constant: 1. linear: u (ramps up toward the clean end). cosine: (1 - cos(pi u)) / 2.
+    alpha_bar: abar_t (small while the sample is mostly noise). last: 1 on the last
+    ``last_fraction`` of the steps, else 0 (the reviewers' "only late steps need guidance").
+    A callable's value must be a finite number >= 0 (else ValueError).
+    """
+    if callable(schedule):
+        value = schedule(step_index, num_steps, alpha_bar_t)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"the schedule callable must return a number; got {value!r} at step "
+                            f"{step_index}") from None
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"the schedule callable returned {value!r} at step {step_index} of "
+                             f"{num_steps}; a guidance weight must be a finite number >= 0")
+        return v
+    u = step_index / max(num_steps - 1, 1)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return u
+    if schedule == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * u))
+    if schedule == "alpha_bar":
+        return float(alpha_bar_t)
+    if schedule == "last":
+        return 1.0 if step_index >= num_steps * (1.0 - last_fraction) - 1e-9 else 0.0
+    raise ValueError(f"schedule must be one of {SCHEDULES} or a callable; got {schedule!r}")
+
+
+class StepSize:
+    """Turns the MMD^2 gradient into the step subtracted from x_{t-1}."""
+
+    def __init__(self, strength: float | None = None, schedule: Schedule = "constant", *,
+                 start: float = 0.0, stop: float = 1.0, last_fraction: float = 0.3,
+                 strength_scale: str = "batch_bandwidth", normalization: str = "clipped",
+                 clip_norm: float | None = None, clip_fraction: float = 0.2) -> None:
+        self.normalization = check_choice(normalization, "normalization", NORMALIZATIONS)
+        if strength is None:  # the default is per normalisation: alpha is a fraction of ||x||
+            strength = DEFAULT_ALPHA if self.normalization == "norm_matched" else 1.0
+        self.strength = strength  # validated by the property
+        if not callable(schedule):
+            check_choice(schedule, "schedule", SCHEDULES)
+        self.schedule = schedule
+        self.start = check_nonnegative(start, "start")
+        self.stop = check_nonnegative(stop, "stop")
+        if not self.start < self.stop <= 1.0:
+            raise ValueError(f"start and stop are fractions of the run with 0 <= start < stop <= 1; "
+                             f"got start={start!r}, stop={stop!r}")
+        self.last_fraction = check_positive(last_fraction, "last_fraction")
+        if self.last_fraction > 1:
+            raise ValueError(f"last_fraction must be in (0, 1]; got {last_fraction!r}")
+        self.strength_scale = check_choice(strength_scale, "strength_scale", STRENGTH_SCALES)
+        self.clip_norm = None if clip_norm is None else check_positive(clip_norm, "clip_norm")
+        self.clip_fraction = check_positive(clip_fraction, "clip_fraction")
+
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        v = check_nonnegative(value, "strength")
+        if self.normalization == "norm_matched" and v >= 1:
+            raise ValueError(
+                f"with normalization='norm_matched' the strength is the reference code's alpha, the "
+                f"step's length as a fraction of ||x|| (0.002-0.1 in practice); got strength="
+                f"{value!r}, which moves every sample by at least its own norm per step. "
+                "Lower strength, or use normalization='clipped'")
+        self._strength = v
+
+    def weight(self, step_index: int, num_steps: int, alpha_bar_t: float) -> float:
+        """strength * s(t), or 0 outside [start, stop)."""
+        u = step_index / num_steps
+        if self.strength == 0 or not (self.start <= u < self.stop):
+            return 0.0
+        return self.strength * schedule_weight(self.schedule, step_index, num_steps, alpha_bar_t,
+                                               self.last_fraction)
+
+    def step(self, grad_x: Tensor, base: Tensor, weight: float, displacement: float,
+             point_scale: float, data_scale: float) -> Tensor:
+        """The (B, D) step for the gradient ``grad_x`` w.r.t. x (B, D) at ``base`` = x_{t-1} (B, D).
+
+        displacement: B * sum_k sigma_k^2 (batch_bandwidth scale); point_scale: a = d point / dx;
+        data_scale: the median distance read off the first guided step (for the default cap).
+        """
+        if self.normalization == "norm_matched":
+            gn = grad_x.norm(dim=1, keepdim=True)  # (B, 1)
+            return weight * base.norm(dim=1, keepdim=True) * grad_x / (gn + 1e-5)
+        lam = weight * (displacement / point_scale**2 if self.strength_scale == "batch_bandwidth" else 1.0)
+        step = lam * grad_x  # (B, D)
+        if self.normalization == "clipped":  # cap measured in the kernel's space: ||a * step||
+            cap = (self.clip_norm if self.clip_norm is not None else self.clip_fraction * data_scale)
+            cap = cap / point_scale
+            norm = step.norm(dim=1, keepdim=True)  # (B, 1)
+            step = step * (cap / norm.clamp_min(cap))
+        return step
