@@ -70,8 +70,13 @@ def save_feature_net(net: FeatureNet, folder: Path, info: dict[str, Any]) -> Non
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    import hashlib
+
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(net.config, indent=2) + "\n")
+    weights = (folder / "model.safetensors").read_bytes()
+    info = {**info, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights),
+            "torch": torch.__version__}
     (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
