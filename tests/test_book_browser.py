@@ -119,6 +119,7 @@ _INSPECT = """async () => {
 def test_page_in_browser(server, browser, page_path):
     blocked, failed, errors = [], [], []
     context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(120_000)  # generous: CI machines and shared CPUs can be slow
     page = context.new_page()
 
     def route(r):
@@ -148,23 +149,58 @@ def test_page_in_browser(server, browser, page_path):
     finally:
         context.close()
 
-    assert not blocked, f"{page_path} requested other hosts (the book must work offline): {blocked[:10]}"
-    assert not failed, f"{page_path}: failed requests {failed[:10]}"
-    assert not errors, f"{page_path}: script errors {errors[:5]}"
-    assert info["title"].strip(), f"{page_path}: empty <title>"
-    if page_path not in ("search.html", "genindex.html", "py-modindex.html"):
-        assert info["h1"], f"{page_path}: no heading rendered"
-    if info["mathSource"]:
-        assert info["mathTypeset"] > 0, f"{page_path}: {info['mathSource']} math blocks, none typeset by MathJax"
+    problems = []
+    if blocked:
+        problems.append(f"requested other hosts (the book must work offline): {blocked[:10]}")
+    if failed:
+        problems.append(f"failed requests: {failed[:10]}")
+    if errors:
+        problems.append(f"script errors: {errors[:5]}")
+    if not info["title"].strip():
+        problems.append("empty <title>")
+    if not info["h1"] and page_path not in ("search.html", "genindex.html", "py-modindex.html"):
+        problems.append("no heading rendered")
+    if info["mathSource"] and not info["mathTypeset"]:
+        problems.append(f"{info['mathSource']} math blocks, none typeset by MathJax")
     raw = RAW_TEX.findall(info["text"])
-    assert not raw, f"{page_path}: raw TeX left in the text: {raw[:5]}"
-    if page_path.startswith("notebooks/"):
-        assert info["images"], f"{page_path}: a notebook page without figures"
+    if raw:
+        problems.append(f"raw TeX left in the text: {raw[:5]}")
+    if page_path.startswith("notebooks/") and not info["images"]:
+        problems.append("a notebook page without figures")
     broken = [i["src"] for i in info["images"] if not (i["complete"] and i["natural"] > 0)]
-    assert not broken, f"{page_path}: images that did not load: {broken[:5]}"
+    if broken:
+        problems.append(f"images that did not load: {broken[:5]}")
     small = [f"{i['src']}: {i['shown']:.0f} of {i['natural']} px" for i in info["images"]
              if i["figure"] and i["shown"] < min(i["natural"], MIN_FIGURE_PX) - 2]
-    assert not small, f"{page_path}: figures shrunk at {VIEWPORT['width']} px: {small[:5]}"
+    if small:
+        problems.append(f"figures shrunk at {VIEWPORT['width']} px: {small[:5]}")
     for n, widget in enumerate(info["widgets"]):
-        assert widget["rendered"], f"{page_path}: widget view {n} did not render (vendored html-manager?)"
-        assert widget["images"], f"{page_path}: widget view {n} has no static figure beside it"
+        if not widget["rendered"]:
+            problems.append(f"widget view {n} did not render (vendored html-manager?)")
+        elif not widget["images"]:
+            problems.append(f"widget view {n} has no static figure beside it")
+    SUMMARY.append({"page": page_path, "images": len(info["images"]),
+                    "figures": sum(i["figure"] for i in info["images"]),
+                    "math": info["mathTypeset"], "widgets": len(info["widgets"]), "problems": problems})
+    assert not problems, f"{page_path}:\n" + "\n".join(problems)
+
+
+SUMMARY: list[dict] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_summary():
+    """book/_build/screenshots/summary.md: one row per page opened (for the report)."""
+    yield
+    if not SUMMARY or not SHOTS.is_dir():
+        return
+    rows = ["| page | images | figures checked for width | MathJax elements | widgets | result |",
+            "|---|---|---|---|---|---|"]
+    for r in SUMMARY:
+        result = "pass" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:200]
+        rows.append(f"| {r['page']} | {r['images']} | {r['figures']} | {r['math']} | {r['widgets']} | {result} |")
+    total = {k: sum(r[k] for r in SUMMARY) for k in ("images", "figures", "math", "widgets")}
+    passed = sum(not r["problems"] for r in SUMMARY)
+    rows.append(f"| **{len(SUMMARY)} pages** | {total['images']} | {total['figures']} | {total['math']} "
+                f"| {total['widgets']} | {passed} passed |")
+    (SHOTS / "summary.md").write_text("\n".join(rows) + "\n")

@@ -159,6 +159,9 @@ def test_chapters_are_numbered_in_toc_order(site):
     for number, doc in enumerate(numbered, start=1):
         headings = [t.strip() for t in _parse(site / f"{doc}.html").h1]  # the header repeats it unnumbered
         assert any(t.startswith(f"{number}. ") for t in headings), f"{doc}: {headings} is not chapter {number}"
+        html = (site / f"{doc}.html").read_text(encoding="utf-8")
+        # sections keep the notebook's own numbers ("## 2. ..."), not a second "1.2." prefix
+        assert not re.search(r"<h[2-6][^>]*>\s*<span class=\"section-number\">", html), doc
 
 
 def test_front_and_back_matter(site):

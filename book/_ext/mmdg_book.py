@@ -6,7 +6,11 @@
   module of mmdg_lite (found with pkgutil, so moved or new modules appear without editing the
   page), its docstring, and each class, function and constant it defines, through autodoc.
   Each object is documented once, under the module that defines it, and the top-level names
-  (``from mmdg_lite import X``) are listed in a table that links to them.
+  (``from mmdg_lite import X``) are listed in a table that links to them. The exercise
+  solutions (``mmdg_lite.solutions``) are course material, not API, and are left out.
+- Docstrings are plain text with maths (``(n, *S)``, ``|p - q|``): they are escaped for
+  reStructuredText before napoleon reads them, so they cannot break the -W build.
+- Removes repeated identical script/style entries (sphinx-thebe adds one twice, which throws).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from sphinx.util.nodes import nested_parse_with_titles
 import vendor  # book/_ext/vendor.py (this folder is on sys.path)
 
 PACKAGE = "mmdg_lite"
+EXCLUDED = ("mmdg_lite.solutions",)  # with their submodules
 
 
 def _add_vendor_static(app: Sphinx, config) -> None:
@@ -40,13 +45,14 @@ def _add_vendor_static(app: Sphinx, config) -> None:
 
 def _dedupe_assets(app: Sphinx, pagename, templatename, context, doctree) -> None:
     """Drop repeated identical <script>/<link> entries. sphinx-thebe registers its inline
-    configuration twice under Jupyter Book (once with filename None, once with ""), and the second ``const THEBE_JS_URL`` throws a
-    SyntaxError on every page (tests/test_book_browser.py fails on script errors)."""
+    configuration twice under Jupyter Book (filename None, then ""), and the second
+    ``const THEBE_JS_URL`` throws a SyntaxError on every page (the browser test fails on it)."""
     for key in ("script_files", "css_files"):
         seen, kept = set(), []
         for asset in context.get(key, []):
             attrs = getattr(asset, "attributes", {})
-            ident = (str(getattr(asset, "filename", asset) or ""), tuple(sorted((k, str(v)) for k, v in attrs.items())))
+            ident = (str(getattr(asset, "filename", asset) or ""),
+                     tuple(sorted((k, str(v)) for k, v in attrs.items())))
             if ident not in seen:
                 seen.add(ident)
                 kept.append(asset)
@@ -58,7 +64,8 @@ def public_modules(package: str = PACKAGE) -> list[str]:
     """Importable public modules of ``package`` (no component starting with ``_``), sorted."""
     pkg = importlib.import_module(package)
     names = [package] + [m.name for m in pkgutil.walk_packages(pkg.__path__, package + ".")]
-    return sorted(n for n in names if not any(part.startswith("_") for part in n.split(".")))
+    return sorted(n for n in names if not any(part.startswith("_") for part in n.split("."))
+                  and not any(n == x or n.startswith(x + ".") for x in EXCLUDED))
 
 
 def _defined_here(module, name: str) -> bool:
