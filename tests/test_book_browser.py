@@ -102,6 +102,7 @@ _INSPECT = """async () => {
     mathSource: article.querySelectorAll('.math, .MathJax_Preview').length,
     mathTypeset: article.querySelectorAll('mjx-container').length,
     text: prose.innerText,
+    outputImages: article.querySelectorAll('.cell_output img').length,
     images: imgs.map(img => ({src: img.currentSrc.slice(0, 80), complete: img.complete,
       natural: img.naturalWidth, shown: img.getBoundingClientRect().width,
       figure: !!img.closest('.cell_output') && visible(img) && !img.closest('details, .toggle-hidden, .jupyter-widgets')})),
@@ -165,8 +166,8 @@ def test_page_in_browser(server, browser, page_path):
     raw = RAW_TEX.findall(info["text"])
     if raw:
         problems.append(f"raw TeX left in the text: {raw[:5]}")
-    if page_path.startswith("notebooks/") and not info["images"]:
-        problems.append("a notebook page without figures")
+    if page_path.startswith("notebooks/") and not info["outputImages"]:
+        problems.append("a notebook page without figures in its outputs")
     broken = [i["src"] for i in info["images"] if not (i["complete"] and i["natural"] > 0)]
     if broken:
         problems.append(f"images that did not load: {broken[:5]}")
@@ -179,7 +180,7 @@ def test_page_in_browser(server, browser, page_path):
             problems.append(f"widget view {n} did not render (vendored html-manager?)")
         elif not widget["images"]:
             problems.append(f"widget view {n} has no static figure beside it")
-    SUMMARY.append({"page": page_path, "images": len(info["images"]),
+    SUMMARY.append({"page": page_path, "images": len(info["images"]), "outputs": info["outputImages"],
                     "figures": sum(i["figure"] for i in info["images"]),
                     "math": info["mathTypeset"], "widgets": len(info["widgets"]), "problems": problems})
     assert not problems, f"{page_path}:\n" + "\n".join(problems)
@@ -194,13 +195,14 @@ def _write_summary():
     yield
     if not SUMMARY or not SHOTS.is_dir():
         return
-    rows = ["| page | images | figures checked for width | MathJax elements | widgets | result |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| page | images (all decoded) | in cell outputs | checked for width | MathJax elements | widgets | result |",
+            "|---|---|---|---|---|---|---|"]
     for r in SUMMARY:
         result = "pass" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:200]
-        rows.append(f"| {r['page']} | {r['images']} | {r['figures']} | {r['math']} | {r['widgets']} | {result} |")
-    total = {k: sum(r[k] for r in SUMMARY) for k in ("images", "figures", "math", "widgets")}
+        rows.append(f"| {r['page']} | {r['images']} | {r['outputs']} | {r['figures']} | {r['math']} "
+                    f"| {r['widgets']} | {result} |")
+    total = {k: sum(r[k] for r in SUMMARY) for k in ("images", "outputs", "figures", "math", "widgets")}
     passed = sum(not r["problems"] for r in SUMMARY)
-    rows.append(f"| **{len(SUMMARY)} pages** | {total['images']} | {total['figures']} | {total['math']} "
+    rows.append(f"| **{len(SUMMARY)} pages** | {total['images']} | {total['outputs']} | {total['figures']} | {total['math']} "
                 f"| {total['widgets']} | {passed} passed |")
     (SHOTS / "summary.md").write_text("\n".join(rows) + "\n")
