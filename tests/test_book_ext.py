@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from docutils.core import publish_doctree
+
+pytest.importorskip("sphinx", reason="the book extra is not installed: pip install -e '.[book]'")
+from docutils.core import publish_doctree  # noqa: E402  (docutils comes with sphinx)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "book" / "_ext"))
 import mmdg_book  # noqa: E402
