@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_nonnegative, check_pair, check_points, check_positive
-from .denoisers import CFGDenoiser, MLPDenoiser, _batch_timesteps, timestep_embedding
+from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
 from .seeding import make_generator
-from .training import train_denoiser
+from .training import fit, train_denoiser
 
 __all__ = ["NoisyClassifier", "train_classifier", "classifier_accuracy", "ClassifierGuidance",
            "ResidualDenoiser", "finetune_denoiser", "classifier_free_guidance", "VARIANCES"]
@@ -36,35 +36,20 @@ def _scheduler(scheduler: Any) -> Any:
     return scheduler
 
 
-class NoisyClassifier(nn.Module):
+class NoisyClassifier(ResidualMLP):
     """Binary classifier on noisy samples: forward(x_t, t) -> (B,) logit of p(reference | x_t, t).
 
-    Residual MLP with a sinusoidal time embedding (``denoisers.timestep_embedding``) added to
-    every block, the same design as ``MLPDenoiser``; inputs (B, *S) are flattened.
+    The denoiser's residual MLP trunk (``denoisers.ResidualMLP``: sinusoidal time embedding
+    added to every block) with one output; inputs (B, *S) are flattened.
     """
 
     def __init__(self, dim: int, hidden: int = 128, layers: int = 2, time_embed_dim: int = 32) -> None:
-        super().__init__()
-        self.dim = check_int(dim, "dim", 1)
-        self.time_embed_dim = check_int(time_embed_dim, "time_embed_dim", 2)
-        hidden, layers = check_int(hidden, "hidden", 1), check_int(layers, "layers", 1)
-        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.in_proj = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
-        self.out = nn.Linear(hidden, 1)
+        super().__init__(dim, 1, hidden=hidden, layers=layers, time_embed_dim=time_embed_dim)
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         b = x_t.shape[0]
-        x = x_t.reshape(b, -1)  # (B, D)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); "
-                             f"this classifier expects dim={self.dim}")
-        emb = self.time_mlp(timestep_embedding(_batch_timesteps(t, b, x.device), self.time_embed_dim)
-                            .to(x.dtype))  # (B, H)
-        h = self.in_proj(x)  # (B, H)
-        for lin in self.blocks:
-            h = h + lin(nn.functional.silu(h + emb))  # (B, H)
-        return self.out(nn.functional.silu(h)).squeeze(1)  # (B,)
+        emb = self.time_embedding(t, b, x_t)  # (B, H)
+        return self.trunk(self.flat_input(x_t, "classifier"), emb).squeeze(1)  # (B,)
 
     def log_prob(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """log p(reference | x_t, t), shape (B,)."""
@@ -93,27 +78,17 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
         model = NoisyClassifier(refs.shape[1], hidden=hidden, layers=layers)
     refs, base = refs.float(), base.float()
     gen = make_generator(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     half = batch_size // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)])  # (2h,)
-    from tqdm.auto import tqdm
 
-    losses: list[float] = []
-    model.train()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress):
+    def loss_step() -> Tensor:
         x0 = torch.cat([refs[torch.randint(0, len(refs), (half,), generator=gen)],
                         base[torch.randint(0, len(base), (half,), generator=gen)]])  # (2h, D)
         t = torch.randint(0, n_train, (2 * half,), generator=gen)  # (2h,)
         x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)  # (2h, D)
-        loss = nn.functional.binary_cross_entropy_with_logits(model(x_t, t), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return model, losses
+        return nn.functional.binary_cross_entropy_with_logits(model(x_t, t), labels)
+
+    return model, fit(model, loss_step, steps, lr, progress=progress, desc="classifier")
 
 
 @torch.no_grad()

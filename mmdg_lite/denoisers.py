@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ._io import ArtifactError, load_weights, read_config
 from ._validation import as_float_tensor, check_int, check_points, check_positive
 
-__all__ = ["Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
+__all__ = ["ResidualMLP", "Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
            "save_denoiser", "load_denoiser", "timestep_embedding"]
 
 CONFIG_NAME = "config.json"
@@ -54,7 +54,44 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return nn.functional.pad(emb, (0, dim - 2 * half))  # (B, dim)
 
 
-class MLPDenoiser(nn.Module):
+class ResidualMLP(nn.Module):
+    """The residual MLP trunk shared by ``MLPDenoiser`` and the classifier baseline: a sinusoidal
+    time embedding (plus an optional projected condition, with a learned null embedding for
+    classifier-free guidance) is added to every residual block; (B, in_dim) -> (B, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 4,
+                 time_embed_dim: int = 64, cond_dim: int = 0) -> None:
+        super().__init__()
+        self.dim, self.cond_dim, self.time_embed_dim = in_dim, cond_dim, time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        if cond_dim > 0:
+            self.cond_proj = nn.Linear(cond_dim, hidden)
+            self.null_cond = nn.Parameter(torch.zeros(hidden))
+        self.in_proj = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.emb_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.out_proj = nn.Linear(hidden, out_dim)
+
+    def flat_input(self, x_t: Tensor, what: str) -> Tensor:
+        x = x_t.reshape(x_t.shape[0], -1)  # (B, D)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); "
+                             f"this {what} expects dim={self.dim}")
+        return x
+
+    def time_embedding(self, t: Tensor | int, b: int, like: Tensor) -> Tensor:
+        t = _batch_timesteps(t, b, like.device)
+        return self.time_mlp(timestep_embedding(t, self.time_embed_dim).to(like.dtype))  # (B, H)
+
+    def trunk(self, x: Tensor, emb: Tensor) -> Tensor:
+        """(B, D) inputs and (B, H) embedding -> (B, out_dim)."""
+        h = self.in_proj(x)  # (B, H)
+        for lin, proj in zip(self.blocks, self.emb_proj):
+            h = h + lin(nn.functional.silu(h + proj(emb)))  # (B, H)
+        return self.out_proj(nn.functional.silu(h))
+
+
+class MLPDenoiser(ResidualMLP):
     """Residual MLP eps-predictor for flat data of ``dim`` features (inputs (B, *S) are flattened).
 
     With ``cond_dim > 0`` a condition (B, cond_dim) is projected and added to the time embedding;
@@ -64,20 +101,12 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 256, layers: int = 4, time_embed_dim: int = 64,
                  cond_dim: int = 0) -> None:
-        super().__init__()
-        self.config = {"dim": check_int(dim, "dim", 1), "hidden": check_int(hidden, "hidden", 1),
-                       "layers": check_int(layers, "layers", 1),
-                       "time_embed_dim": check_int(time_embed_dim, "time_embed_dim", 2),
-                       "cond_dim": check_int(cond_dim, "cond_dim", 0)}
-        self.dim, self.cond_dim, self.time_embed_dim = dim, cond_dim, time_embed_dim
-        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        if cond_dim > 0:
-            self.cond_proj = nn.Linear(cond_dim, hidden)
-            self.null_cond = nn.Parameter(torch.zeros(hidden))
-        self.in_proj = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
-        self.emb_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
-        self.out_proj = nn.Linear(hidden, dim)
+        config = {"dim": check_int(dim, "dim", 1), "hidden": check_int(hidden, "hidden", 1),
+                  "layers": check_int(layers, "layers", 1),
+                  "time_embed_dim": check_int(time_embed_dim, "time_embed_dim", 2),
+                  "cond_dim": check_int(cond_dim, "cond_dim", 0)}
+        super().__init__(dim, dim, hidden, layers, time_embed_dim, cond_dim)
+        self.config = config
 
     def _cond_embedding(self, cond: Tensor | None, drop_cond: Tensor | None, b: int, like: Tensor) -> Tensor:
         if self.cond_dim == 0:
@@ -97,17 +126,10 @@ class MLPDenoiser(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None, *,
                 drop_cond: Tensor | None = None) -> Tensor:
         b = x_t.shape[0]
-        x = x_t.reshape(b, -1)  # (B, D)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); "
-                             f"this model expects dim={self.dim}")
-        t = _batch_timesteps(t, b, x.device)
-        emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim).to(x.dtype))  # (B, H)
+        x = self.flat_input(x_t, "model")  # (B, D)
+        emb = self.time_embedding(t, b, x)  # (B, H)
         emb = emb + self._cond_embedding(cond, drop_cond, b, emb)  # (B, H)
-        h = self.in_proj(x)  # (B, H)
-        for lin, proj in zip(self.blocks, self.emb_proj):
-            h = h + lin(nn.functional.silu(h + proj(emb)))  # (B, H)
-        return self.out_proj(nn.functional.silu(h)).reshape(x_t.shape)  # (B, *S)
+        return self.trunk(x, emb).reshape(x_t.shape)  # (B, *S)
 
 
 def save_denoiser(model: MLPDenoiser, folder: str | Path) -> Path:

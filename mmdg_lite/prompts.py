@@ -10,6 +10,7 @@ The 2-D toy world used to teach it lives in ``mmdg_lite.toys.prompt_world``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ._validation import as_float_tensor, check_finite, check_int, check_positive
 from .guidance import MMDGuidance
-from .kernels import GaussianKernel
+from .kernels import GaussianKernel, ProductKernel
 
 __all__ = ["PromptEncoder", "TableEncoder", "CallableEncoder", "prompt_aware_guidance",
            "prompt_weights", "reference_coverage", "CoverageGate", "sample_with_prompts"]
@@ -117,9 +118,10 @@ def _encode(encoder: PromptEncoder, prompts: Any, name: str) -> Tensor:
 def prompt_weights(sample_prompts: Sequence[str], reference_prompts: Sequence[str],
                    encoder: PromptEncoder, prompt_bandwidth: float = 0.3) -> Tensor:
     """k_p(p_i, p_j^r) (n, N_r): the attention weight each reference gets for each sample (Eq. 11)."""
-    sp = torch.nn.functional.normalize(_encode(encoder, sample_prompts, "sample_prompts"), dim=-1)
-    rp = torch.nn.functional.normalize(_encode(encoder, reference_prompts, "reference_prompts"), dim=-1)
-    return GaussianKernel(check_positive(prompt_bandwidth, "prompt_bandwidth")).gram(sp, rp)
+    sp = _encode(encoder, sample_prompts, "sample_prompts")
+    rp = _encode(encoder, reference_prompts, "reference_prompts")
+    kp = GaussianKernel(check_positive(prompt_bandwidth, "prompt_bandwidth"))
+    return ProductKernel(kp, GaussianKernel(1.0)).prompt_gram(sp, rp)  # L2-normalised there
 
 
 def prompt_aware_guidance(references: Tensor, reference_prompts: Sequence[str],
@@ -158,12 +160,12 @@ def reference_coverage(guidance: MMDGuidance, sample_prompts: Tensor) -> Tensor:
     1 for prompts that have references, -> 0 smoothly for prompts far from all of them."""
     if guidance.reference_prompts is None:
         raise ValueError("guidance has no reference_prompts; coverage needs prompt-aware guidance")
-    norm = torch.nn.functional.normalize
-    rp = norm(guidance.reference_prompts, dim=-1)  # (N_r, P)
-    sp = norm(sample_prompts.reshape(len(sample_prompts), -1).to(rp), dim=-1)  # (n, P)
-    kp = guidance.prompt_kernel.resolve(sp, rp)
-    mass = kp.gram(sp, rp).mean(1)  # (n,)
-    ref_mass = kp.gram(rp, rp).mean()  # ()
+    rp = guidance.reference_prompts  # (N_r, P)
+    sp = sample_prompts.reshape(len(sample_prompts), -1).to(rp)  # (n, P)
+    pk = guidance._kernel()  # the guidance's own ProductKernel (it L2-normalises the prompts)
+    pk = replace(pk, prompt_kernel=pk.prompt_kernel.resolve(pk._prep(sp), pk._prep(rp)))
+    mass = pk.prompt_gram(sp, rp).mean(1)  # (n,)
+    ref_mass = pk.prompt_gram(rp, rp).mean()  # ()
     return (mass / ref_mass).clamp(max=1.0)
 
 

@@ -4,7 +4,7 @@ Forward noising is diffusers' ``DDPMScheduler.add_noise``: x_t = sqrt(abar_t) x_
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,7 @@ from ._validation import check_int, check_nonnegative, check_points, check_posit
 from .sampling import make_scheduler
 from .seeding import make_generator
 
-__all__ = ["train_denoiser"]
+__all__ = ["train_denoiser", "fit"]
 
 
 def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps: int = 5000,
@@ -45,14 +45,8 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     data = data.to(device)
     cond = cond.to(device) if cond is not None else None
     gen = make_generator(seed)  # CPU generator: same numbers on any device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
-    from tqdm.auto import tqdm
 
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(steps), desc="training", disable=not progress)
-    for _ in bar:
+    def loss_step() -> Tensor:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)  # (B,)
         t = torch.randint(0, n_train, (batch_size,), generator=gen)  # (B,)
         noise = torch.randn((batch_size, *data.shape[1:]), generator=gen).to(device, data.dtype)  # (B, *S)
@@ -63,7 +57,25 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         else:
             drop = (torch.rand(batch_size, generator=gen) < cond_dropout).to(device)  # (B,)
             pred = model(x_t, t.to(device), cond[idx.to(device)], drop_cond=drop)
-        loss = nn.functional.mse_loss(pred, noise)
+        return nn.functional.mse_loss(pred, noise)
+
+    return fit(model, loss_step, steps, lr, progress=progress, desc="training")
+
+
+def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float, *,
+        progress: bool = False, desc: str = "training") -> list[float]:
+    """The one optimisation loop: Adam, learning rate cosine-decayed to 5 %, ``steps`` calls of
+    ``loss_step()`` (which draws its own minibatch); returns the loss per step. Used by the
+    denoisers, the noisy classifier and the fine-tuning baseline."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        loss = loss_step()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

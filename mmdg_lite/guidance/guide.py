@@ -32,9 +32,11 @@ __all__ = ["MMDGuidance", "ChainedGuidance", "GuidanceDivergenceError", "default
            "BANDWIDTH_UPDATES", "schedule_weight"]
 
 BANDWIDTH_UPDATES = ("run", "step")
-# A guided sample farther than this many data scales (references' radius + sqrt(D), in the
-# DDPM-normalised space) from the references' centre is a blow-up, not a sample.
-DIVERGENCE_FACTOR = 10.0
+# A guided sample farther than this many data scales from the references' centre is a blow-up,
+# not a sample. The data scale at noise level abar (DDPM-normalised space) is
+# sqrt(abar) R + sqrt(1 - abar) (sqrt(D) + 4): R the references' radius, sqrt(D) + 4 a bound on
+# the norm of unit Gaussian noise that a true sample exceeds with probability < 1e-4.
+DIVERGENCE_FACTOR = 3.0
 
 
 class GuidanceDivergenceError(FloatingPointError):
@@ -81,7 +83,7 @@ class MMDGuidance:
             so c is a fraction of the kernel-weighted displacement toward the references,
             independent of B, the data scale and the scheduler. "none": lambda_t = c s(t), the
             paper's literal Eq. 5. With ``normalization="norm_matched"`` it is the reference
-            code's alpha (< 1; default 0.01). Settable after construction (validated).
+            code's alpha (< 1; default 0.1). Settable after construction (validated).
         schedule, start, stop, last_fraction: s(t) ("constant", "linear", "cosine",
             "alpha_bar", "last" or a callable (step, num_steps, abar) -> weight >= 0); guidance
             runs for step fractions in [start, stop). ``stop=0.9`` leaves the last 10 % of the
@@ -106,7 +108,7 @@ class MMDGuidance:
         track: keep per-step diagnostics in ``self.history``.
 
     Raises ``GuidanceDivergenceError`` (a ``FloatingPointError``) when a step would leave a
-    sample more than 10 data scales from the references, or produce NaN/Inf, naming the knob.
+    sample more than 3 data scales from the references, or produce NaN/Inf, naming the knob.
     """
 
     def __init__(self, references: Tensor, *, kernel: Kernel | None = None,
@@ -271,8 +273,9 @@ class MMDGuidance:
                 "lower strength, or use normalization='clipped'")
         rs = self.reference_set
         c_prev = float(getattr(state, "input_scale_prev", 1.0))
-        centre = rs.centre.to(out) * math.sqrt(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0))
-        limit = DIVERGENCE_FACTOR * (rs.radius + math.sqrt(rs.dim))
+        ab = min(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0), 1.0)
+        centre = rs.centre.to(out) * math.sqrt(ab)
+        limit = DIVERGENCE_FACTOR * (math.sqrt(ab) * rs.radius + math.sqrt(1 - ab) * (math.sqrt(rs.dim) + 4))
         far = (c_prev * out - centre).norm(dim=1) > limit  # (B,)
         if bool(far.any()):
             was = (c_prev * base - centre).norm(dim=1) > limit  # the scheduler's own proposal

@@ -28,7 +28,7 @@ NORMALIZATIONS = ("none", "norm_matched", "clipped")
 STRENGTH_SCALES = ("batch_bandwidth", "none")
 Schedule = str | Callable[[int, int, float], float]
 # alpha of the norm-matched step when no strength is given (benchmarks/results/defaults.md)
-DEFAULT_ALPHA = 0.01
+DEFAULT_ALPHA = 0.1
 
 
 def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,

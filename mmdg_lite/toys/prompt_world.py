@@ -90,9 +90,9 @@ class PromptWorld:
     def off_mode(self, x: Tensor, n_std: float = 3.0) -> Tensor:
         """(n,) bool: farther than std * sqrt(chi2_2.isf(p)) from every mode, p the two-sided
         n_std-sigma tail (0.344 for std 0.1: a true sample is flagged 0.27 % of the time)."""
-        from scipy import stats
+        from ..metrics import off_mode_radius
 
-        radius = self.std * float(stats.chi2.isf(2 * stats.norm.sf(n_std), df=2)) ** 0.5
+        radius = off_mode_radius(self.std, 2, n_std)
         return torch.cdist(x.reshape(-1, 2), self.means.reshape(-1, 2).to(x)).min(1).values > radius
 
     def style_table(self, x: Tensor, prompts: Sequence[str]) -> tuple[Tensor, list[str]]:

@@ -1,0 +1,154 @@
+"""Untuned defaults: MMDGuidance(references) on the three synthetic tasks, and the sweep that
+chose the default mechanism ([harden] item 1).
+
+    python benchmarks/defaults.py            # writes benchmarks/results/defaults.md (~15 min)
+    python benchmarks/defaults.py --quick    # 2 seeds, the default row only (a smoke run; no file)
+
+Every row changes one mechanism; seeds as in toy_guidance.py (``make_task(name, seed=s)``: the
+user's modes, 200 references, held-out samples; ``sample(..., seed=s)``), 1,000 samples, DDPM,
+100 steps. Target for the default row: mode TV <= 0.10 and off-mode <= 3 % on every task
+(mean over 5 seeds). A run that raises (GuidanceDivergenceError) is reported as such.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_average, report_header, write_report  # noqa: E402
+from mmdg_lite import GaussianKernel, MMDGuidance, median_bandwidth, sample  # noqa: E402
+from mmdg_lite.toys import evaluate, make_task, task_guidance  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "defaults.md"
+TASKS = ("ring2d_4modes", "ring2d_dirichlet", "gmm100d_4modes")
+
+
+class NoisedReferences:
+    """Candidate mechanism (not adopted): compare x_t with the references noised to the current
+    level, integrated analytically: E_eps k_sigma(x, sqrt(abar) y + s eps) =
+    (sigma^2 / (sigma^2 + s^2))^(D/2) k_{sqrt(sigma^2 + s^2)}(x, sqrt(abar) y), s^2 = 1 - abar;
+    sigma = 0.5 x the references' median distance; step c B sigma^2 grad, c = 1."""
+
+    def __init__(self, refs, scale: float = 0.5, c: float = 1.0) -> None:
+        self.y = refs.reshape(len(refs), -1)
+        self.sigma = scale * median_bandwidth(self.y)
+        self.c = c
+
+    def __call__(self, st):
+        z = st.x_t.reshape(len(st.x_t), -1)  # (B, D)
+        B, D = z.shape
+        s2, sig2 = 1 - st.alpha_bar_t, self.sigma ** 2
+        rep = 2 * GaussianKernel(self.sigma).grad_weighted(z, z, z.new_full((B, B), 1 / B**2))
+        f = math.exp(0.5 * D * math.log(sig2 / (sig2 + s2)))
+        att = 2 * f * GaussianKernel(math.sqrt(sig2 + s2)).grad_weighted(
+            z, math.sqrt(st.alpha_bar_t) * self.y, z.new_full((B, len(self.y)), 1 / (B * len(self.y))))
+        return (st.x_prev.reshape(B, -1) - self.c * B * sig2 * (rep - att)).reshape(st.x_prev.shape)
+
+
+def rows() -> dict[str, Callable[[Any], Any]]:
+    """label -> hook factory on a task. The first row is the library's default."""
+    def g(**kw):
+        return lambda task: MMDGuidance(task.references, **kw)
+
+    single = dict(normalization="none", stop=1.0)
+    return {
+        "**default: `MMDGuidance(refs)`** (two-scale Gaussian 0.5x/2x data scale read once per run, "
+        "clipped 0.2, last 10 % unguided)": g(),
+        "previous default (Gaussian, median re-read every step, c = 1, no clip, all steps)": g(
+            kernel=GaussianKernel(), bandwidth_update="step", **single),
+        "paper's literal Eq. 5: `MMDGuidance.paper(refs)` (lambda = 100)": lambda t: MMDGuidance.paper(t.references),
+        "bandwidth once per run: Gaussian 1x data scale, no clip, all steps": g(kernel=GaussianKernel(), **single),
+        "bandwidth once per run: Gaussian 0.5x data scale, no clip, all steps": g(
+            kernel=GaussianKernel(median_scale=0.5), **single),
+        "references noised to the current level (analytic), 0.5x the references' median": lambda t: NoisedReferences(t.references),
+        "two-scale kernel, no clip, all steps": g(**single),
+        "two-scale kernel, clipped 0.2, all steps (stop = 1)": g(stop=1.0),
+        "default with clip_fraction = 0.1": g(clip_fraction=0.1),
+        "default with normalization = 'norm_matched' (alpha = 0.1 default)": g(normalization="norm_matched"),
+        "default with normalization = 'norm_matched', alpha = 0.03": g(normalization="norm_matched", strength=0.03),
+        "default with eval_point = 'x_prev'": g(eval_point="x_prev"),
+        "default with eval_point = 'x0_hat'": g(eval_point="x0_hat"),
+        "calibrated per-task preset (`task_guidance(task)`)": lambda t: task_guidance(t),
+    }
+
+
+def run(factory, name: str, seed: int, n: int) -> dict[str, float] | None:
+    task = make_task(name, seed=seed)
+    try:
+        x = sample(task.denoiser, n, task.dim, num_steps=100, guidance=factory(task), seed=seed).samples
+        return evaluate(x, task, full=False)
+    except FloatingPointError:
+        return None
+
+
+def cell(results: list[dict | None], key: str, pct: bool = False) -> str:
+    vals = [r[key] for r in results if r is not None]
+    fails = sum(r is None for r in results)
+    if not vals:
+        return "diverged"
+    scale = 100.0 if pct else 1.0
+    m = statistics.mean(vals) * scale
+    s = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
+    out = f"{m:.1f} %" if pct else f"{m:.3f} ± {s:.3f}"
+    return out + (f" ({fails} raised)" if fails else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = range(2 if args.quick else args.seeds)
+    table = rows()
+    if args.quick:
+        table = dict(list(table.items())[:1])
+    load, t0 = load_average(), time.perf_counter()
+    results: dict[str, dict[str, list]] = {}
+    for label, factory in table.items():
+        results[label] = {name: [run(factory, name, s, args.n) for s in seeds] for name in TASKS}
+        print(label[:70], {k: cell(v, "tv") for k, v in results[label].items()}, flush=True)
+    if args.quick:
+        return
+    default = results[next(iter(table))]
+    ok = all(all(r is not None for r in default[k]) and statistics.mean(r["tv"] for r in default[k]) <= 0.10
+             and statistics.mean(r["off_mode"] for r in default[k]) <= 0.03 for k in TASKS)
+    lines = report_header("Untuned defaults on the synthetic tasks, and the mechanism sweep",
+                          "python benchmarks/defaults.py", args.threads, load)
+    lines += [f"- {args.seeds} seeds × {args.n} samples, 200 references, DDPM, 100 steps; mean ± std "
+              "over seeds of the mode TV, mean off-mode fraction. Total run time "
+              f"{time.perf_counter() - t0:.0f} s.",
+              f"- Target for the default row (mean TV <= 0.10 and off-mode <= 3 % on each task): "
+              f"**{'PASS' if ok else 'FAIL'}**.", "",
+              "| configuration | ring 4-of-8 TV | off-mode | ring Dirichlet TV | off-mode | 100-D 4-of-8 TV | off-mode |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, per in results.items():
+        lines.append(f"| {label} | " + " | ".join(f"{cell(per[k], 'tv')} | {cell(per[k], 'off_mode', True)}"
+                                                  for k in TASKS) + " |")
+    lines += ["", "Unguided base rates: TV 0.50 (ring 4-of-8), 0.80 (Dirichlet), 0.50 (100-D); "
+              "see toy_guidance.md.", "",
+              "Why this default: reading the bandwidth once per run stops the step (∝ σ²) from growing "
+              "as the batch spreads, the cause of the old blow-up at strength 3; a narrow Gaussian "
+              "(0.5×) separates neighbouring modes on the ring, a wide one (2×) moves mass between "
+              "far-apart modes (the Dirichlet user), and per-sample clipping keeps a strong pull from "
+              "throwing samples off the modes; leaving the last 10 % of the steps to the denoiser "
+              "puts the remaining stragglers back on the data. Noising the references to the current "
+              "level (the reviewers' objection to comparing noisy samples with clean references) "
+              "weakens the early pull and did not help here."]
+    write_report(OUT, lines)
+
+
+if __name__ == "__main__":
+    main()
