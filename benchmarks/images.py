@@ -46,8 +46,10 @@ def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int) -> di
             guidance = MMDGuidance(task.references, **kw["guidance"]) if method == "mmd" else None
             extra = {k: v for k, v in kw.items() if k != "guidance"}
             r = run_method(task, method, n=n, seed=seed, num_steps=num_steps, guidance=guidance, **extra)
-            row = res.setdefault(name, {k: [] for k in ("style", "valid", "fd", "kd", "seconds", "setup")})
-            for k, v in zip(row, (r.style_rate, r.valid_rate, r.fd, r.kd, r.seconds, r.setup_seconds)):
+            row = res.setdefault(name, {k: [] for k in ("style", "valid", "class_tv", "fd", "kd", "seconds",
+                                                        "setup")})
+            for k, v in zip(row, (r.style_rate, r.valid_rate, r.class_tv, r.fd, r.kd, r.seconds,
+                                  r.setup_seconds)):
                 row[k].append(v)
             print(task.name, seed, name, {k: round(v[-1], 3) for k, v in row.items()}, flush=True)
     return res
@@ -85,10 +87,11 @@ def sweep(seeds, n: int, num_steps: int, counts=(10, 25, 50, 100, 200)) -> dict:
 
 
 def table(res: dict) -> list[str]:
-    lines = ["| method | target-style rate | valid | FD to target | KD ×1e3 | sampling s | training s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | target-style rate | valid | class TV | FD to target | KD ×1e3 | sampling s | training s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
-        lines.append(f"| {name} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} | "
+        lines.append(f"| {name} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['class_tv'])} | "
+                     f"{_mean_sd(r['fd'])} | "
                      f"{_mean_sd(r['kd'])} | {statistics.mean(r['seconds']):.1f} | {statistics.mean(r['setup']):.1f} |")
     return lines
 

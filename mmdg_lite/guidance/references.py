@@ -7,7 +7,6 @@ copies the references from the host again.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._validation import check_points

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_nonnegative, check_positive
