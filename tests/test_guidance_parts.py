@@ -1,0 +1,129 @@
+"""The parts of MMDGuidance, each alone: reference set, step size, evaluation point (DDPM and
+sigma-scaled latents), generated set, and the run-level bandwidth."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mmdg_lite import GaussianKernel, MMDGuidance, mmd2, sample
+from mmdg_lite.guidance import EvalPoint, ReferenceSet, StepSize
+from mmdg_lite.sampling import noise_level
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    torch.set_default_dtype(torch.float64)  # conftest restores float32 after each test
+
+
+def state(B=5, D=3, c_in=1.0, c_prev=1.0, ab=0.4, denoiser=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(B, D, generator=g) * 2
+    eps = torch.randn(B, D, generator=g)
+    return SimpleNamespace(x_t=x_t, x_prev=0.9 * x_t, eps=eps, t=300, step_index=2, num_steps=10,
+                           alpha_bar_t=ab, alpha_bar_prev=ab + 0.05, denoiser=denoiser, cond=None,
+                           sample_index=torch.arange(B), input_scale=c_in, input_scale_prev=c_prev)
+
+
+def test_euler_noise_level_matches_scale_model_input():
+    from diffusers import EulerDiscreteScheduler
+    sched = EulerDiscreteScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(20)
+    for i in (0, 7, 19):
+        ab, c_in = noise_level(sched, sched.timesteps, i)
+        sched._step_index = i
+        scaled = sched.scale_model_input(torch.ones(3), sched.timesteps[i])
+        assert float(scaled[0]) == pytest.approx(c_in, rel=1e-6)
+        sigma = float(sched.sigmas[i])
+        assert ab == pytest.approx(1 / (1 + sigma**2))
+    assert noise_level(sched, sched.timesteps, 20) == (1.0, 1.0)  # final sigma 0: clean
+
+
+def test_x0_hat_for_sigma_scaled_latents_is_x_minus_sigma_eps():
+    sigma = 3.0
+    st = state(c_in=1 / math.sqrt(1 + sigma**2), ab=1 / (1 + sigma**2))
+    loc = EvalPoint("x0_hat").locate(st, torch.float64)
+    torch.testing.assert_close(loc.z, st.x_t - sigma * st.eps)
+    assert loc.scale == pytest.approx(1.0)  # d x0_hat / d x_t = 1 in sigma space
+
+
+def test_x_t_point_gradient_is_chain_rule_through_scale_model_input():
+    c = 0.3
+    st = state(c_in=c)
+    y = torch.randn(7, 3, generator=torch.Generator().manual_seed(3))
+    k = GaussianKernel(1.1)
+    guide = MMDGuidance(y, kernel=k, strength=0.5, strength_scale="none", normalization="none")
+    x = st.x_t.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mmd2(c * x, y, k), x)
+    torch.testing.assert_close(guide(st), st.x_prev - 0.5 * g)
+
+
+def test_backprop_point_feeds_the_denoiser_the_scaled_input():
+    seen = []
+    net = torch.nn.Linear(3, 3)
+
+    def den(x, t, cond):
+        seen.append(x.detach().clone())
+        return net(x)
+    c, ab = 0.5, 0.3
+    st = state(c_in=c, ab=ab, denoiser=den)
+    y = torch.randn(6, 3, generator=torch.Generator().manual_seed(4))
+    k = GaussianKernel(1.0)
+    out = MMDGuidance(y, kernel=k, strength=0.2, strength_scale="none", normalization="none",
+                      eval_point="x0_hat_backprop")(st)
+    torch.testing.assert_close(seen[0], c * st.x_t)
+    x = st.x_t.clone().requires_grad_(True)
+    x0 = (c * x - math.sqrt(1 - ab) * net(c * x)) / math.sqrt(ab)
+    (g,) = torch.autograd.grad(mmd2(x0, y, k), x)
+    torch.testing.assert_close(out, st.x_prev - 0.2 * g)
+
+
+def test_reference_set_caches_device_copies_and_checks_shape():
+    rs = ReferenceSet(torch.randn(4, 2, 3))
+    like = torch.zeros(1, dtype=torch.float32)
+    assert rs.on(like) is rs.on(like)  # one copy per (device, dtype), not one per step
+    assert rs.on(like).shape == (4, 6) and rs.on(like).dtype == torch.float64  # the wider dtype
+    half = ReferenceSet(torch.randn(4, 6).half())
+    assert half.on(torch.zeros(1, dtype=torch.float16)).dtype == torch.float32  # never half
+    rs.check_samples(torch.zeros(5, 2, 3))
+    with pytest.raises(ValueError, match=r"\(3, 2\).*\(2, 3\)"):
+        rs.check_samples(torch.zeros(5, 3, 2))
+
+
+def test_step_size_window_and_clip():
+    ss = StepSize(2.0, start=0.2, stop=0.5)
+    assert [ss.weight(i, 10, 0.5) for i in range(10)] == [0, 0, 2, 2, 2, 0, 0, 0, 0, 0]
+    g = torch.tensor([[30.0, 40.0], [0.3, 0.4]])
+    step = StepSize(1.0, normalization="clipped", clip_norm=1.0).step(g, g, 1.0, 1.0, 1.0, 5.0)
+    torch.testing.assert_close(step.norm(dim=1), torch.tensor([1.0, 0.5]))
+    default_cap = StepSize(1.0).step(g, g, 1.0, 1.0, 1.0, 5.0)  # 0.2 x the data scale 5
+    torch.testing.assert_close(default_cap.norm(dim=1), torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="start and stop"):
+        StepSize(1.0, start=0.6, stop=0.5)
+
+
+def test_bandwidth_is_resolved_once_per_run(monkeypatch):
+    import mmdg_lite.guidance.guide as guide_mod
+    import mmdg_lite.kernels as kernels_mod
+    calls = []
+    real = kernels_mod.median_bandwidth
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(kernels_mod, "median_bandwidth", counting)
+    monkeypatch.setattr(guide_mod, "median_bandwidth", counting)
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    y = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    guide = MMDGuidance(y)
+    sample(den, 16, 2, num_steps=30, guidance=guide, seed=0, dtype=torch.float64)
+    first = len(calls)
+    assert first == 2  # the data scale and the kernel's bandwidths, once each
+    sample(den, 16, 2, num_steps=30, guidance=guide, seed=1, dtype=torch.float64)
+    assert len(calls) == 2 * first  # a new run re-reads them once (reset before the run)
+    calls.clear()
+    sample(den, 16, 2, num_steps=30, guidance=MMDGuidance(y, bandwidth_update="step"), seed=0,
+           dtype=torch.float64)
+    assert len(calls) > 20  # the per-step policy re-reads them at every guided step
