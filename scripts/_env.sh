@@ -13,9 +13,9 @@ fi
 STAMP="$VENV/.mmdg-stamp"
 WANT="$(cat pyproject.toml setup.py .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import mmdg_lite" 2>/dev/null; then
-  echo "[setup] installing mmdg_lite[notebooks,book,dev] (torch held by .ci/constraints.txt)"
+  echo "[setup] installing mmdg_lite[notebooks,book,dev,sd] (torch held by .ci/constraints.txt)"
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -m pip install -q -c .ci/constraints.txt -e ".[notebooks,book,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -m pip install -q -c .ci/constraints.txt -e ".[notebooks,book,dev,sd]" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import mmdg_lite, torch; print('[setup] torch', torch.__version__)"
   echo "$WANT" > "$STAMP"
 fi
