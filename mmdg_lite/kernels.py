@@ -50,6 +50,15 @@ def magnitude_scale(*tensors: Tensor) -> float:
     return 2.0 ** round(math.log2(top))
 
 
+def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
+    """x and y in the work dtype, divided by ``magnitude_scale`` c when the data are at an extreme
+    scale (no copy otherwise); returns (x, y, c)."""
+    c = magnitude_scale(x, y)
+    dt = work_dtype(x, y)
+    x, y = x.to(dt), y.to(dt)
+    return (x, y, c) if c == 1.0 else (x / c, y / c, c)
+
+
 def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0, in ``work_dtype``.
 
@@ -57,8 +66,8 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     """
     dt = work_dtype(x, y)
     x, y = x.to(dt), y.to(dt)
-    xx = torch.einsum("id,id->i", x, x)[:, None]  # (n, 1)
-    yy = torch.einsum("jd,jd->j", y, y)  # (m,)
+    xx = torch.linalg.vector_norm(x, dim=-1).square()[:, None]  # (n, 1), one pass, no (n, D) temporary
+    yy = torch.linalg.vector_norm(y, dim=-1).square()  # (m,)
     return (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)  # (n, m)
 
 
@@ -150,12 +159,11 @@ class GaussianKernel(Kernel):
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)  # the median bandwidth is computed once, not per call
         s = float(k.bandwidth)  # type: ignore[arg-type]
-        c = magnitude_scale(x, y)
-        dt = work_dtype(x, y)
-        x, y = x.to(dt) / c, y.to(dt) / c
+        x, y, c = _rescaled(x, y)
         s = s / c
-        a = w.to(dt) * torch.exp(-pairwise_sq_dists(x, y) / (2 * s * s)) / (s * s)  # (n, m)
-        return (a @ y - a.sum(1, keepdim=True) * x) / c  # (n, D)
+        a = torch.exp(pairwise_sq_dists(x, y) * (-0.5 / (s * s))) * (w.to(x.dtype) / (s * s))  # (n, m)
+        g = a @ y - a.sum(1, keepdim=True) * x  # (n, D)
+        return g if c == 1.0 else g / c
 
 
 @dataclass(frozen=True)
@@ -207,9 +215,7 @@ class MultiGaussianKernel(Kernel):
 
     def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
         """(x, y, d2) rescaled to a safe magnitude, in the work dtype, and the scale c."""
-        c = magnitude_scale(x, y)
-        dt = work_dtype(x, y)
-        x, y = x.to(dt) / c, y.to(dt) / c
+        x, y, c = _rescaled(x, y)
         return x, y, pairwise_sq_dists(x, y), c
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
@@ -223,7 +229,8 @@ class MultiGaussianKernel(Kernel):
         x, y, d2, c = self._terms(x, y)
         a = sum(om * torch.exp(-d2 * (c * c / (2 * b * b))) * (c * c / (b * b))
                 for om, b in zip(k.weights(), k.bandwidths)) * w.to(d2.dtype)  # (n, m)
-        return (a @ y - a.sum(1, keepdim=True) * x) / c  # (n, D)
+        g = a @ y - a.sum(1, keepdim=True) * x  # (n, D)
+        return g if c == 1.0 else g / c
 
 
 @dataclass(frozen=True)
