@@ -96,7 +96,8 @@ class MMDGuidance:
             "x0_hat_backprop" (through the denoiser); see ``eval_point``. Correct for DDPM-style
             and sigma-scaled (Euler/Karras) latents through the state's ``input_scale``.
         generated_set: "batch" (paper: the batch is guided jointly) or "memory" (reference
-            code: one sample at a time against <= ``memory_size`` finished samples).
+            code: one sample at a time against <= ``memory_size`` finished samples), or a
+            ``BatchSet`` instance (e.g. ``mmdg_lite.distributed.DistributedBatchSet``).
         estimator: "biased" V-statistic (paper) or "unbiased".
         reference_prompts / sample_prompts / prompt_kernel: prompt-aware guidance (Sec. 5,
             Eq. 10-11): kernel k_p x k_z with k_p Gaussian (sigma 0.3) on L2-normalised prompt
@@ -116,7 +117,7 @@ class MMDGuidance:
                  start: float = 0.0, stop: float = 0.9, last_fraction: float = 0.3,
                  strength_scale: str = "batch_bandwidth", normalization: str = "clipped",
                  clip_norm: float | None = None, clip_fraction: float = 0.2,
-                 eval_point: str = "x_t", generated_set: str = "batch", memory_size: int = 99,
+                 eval_point: str = "x_t", generated_set: str | BatchSet = "batch", memory_size: int = 99,
                  estimator: str = "biased", bandwidth_update: str = "run",
                  reference_prompts: Tensor | None = None, sample_prompts: Tensor | None = None,
                  prompt_kernel: Kernel | None = None, chunk_size: int | None = None,
@@ -131,8 +132,12 @@ class MMDGuidance:
                                   normalization=normalization, clip_norm=clip_norm,
                                   clip_fraction=clip_fraction)
         self.point = EvalPoint(eval_point)
-        generated_set = check_choice(generated_set, "generated_set", GENERATED_SETS)
-        self.generated = MemorySet(memory_size) if generated_set == "memory" else BatchSet()
+        if isinstance(generated_set, BatchSet):  # an injected strategy (e.g. distributed)
+            self.generated = generated_set
+            generated_set = "memory" if generated_set.sequential else "batch"
+        else:
+            generated_set = check_choice(generated_set, "generated_set", GENERATED_SETS)
+            self.generated = MemorySet(memory_size) if generated_set == "memory" else BatchSet()
         self.estimator = check_choice(estimator, "estimator", ("biased", "unbiased"))
         self.bandwidth_update = check_choice(bandwidth_update, "bandwidth_update", BANDWIDTH_UPDATES)
         self.chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
@@ -208,7 +213,7 @@ class MMDGuidance:
         rp = self.reference_set.prompts_on(loc.z)
         kernel = self._kernel_for(state, loc.z, refs, prompts, rp, dtype)
         if self.rff is not None:
-            g_z = mmd2_grad_rff(loc.z, self.rff)
+            g_z = self.generated.gradient_rff(loc.z, self.rff)
         else:
             g_z = self.generated.gradient(loc.z, refs, kernel, prompts, rp, self.estimator,
                                           self.chunk_size)
@@ -274,7 +279,7 @@ class MMDGuidance:
         rs = self.reference_set
         c_prev = float(getattr(state, "input_scale_prev", 1.0))
         ab = min(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0), 1.0)
-        centre = rs.centre.to(out) * math.sqrt(ab)
+        centre = rs.centre_on(out) * math.sqrt(ab)
         limit = DIVERGENCE_FACTOR * (math.sqrt(ab) * rs.radius + math.sqrt(1 - ab) * (math.sqrt(rs.dim) + 4))
         far = (c_prev * out - centre).norm(dim=1) > limit  # (B,)
         if bool(far.any()):

@@ -57,6 +57,10 @@ class ReferenceSet:
         """(N_r, D) references on ``like``'s device in the work dtype (cached)."""
         return self._get("refs", self.flat, like)
 
+    def centre_on(self, like: Tensor) -> Tensor:
+        """(D,) the references' mean on ``like``'s device (cached)."""
+        return self._get("centre", self.centre, like)
+
     def prompts_on(self, like: Tensor) -> Tensor | None:
         return None if self.prompts is None else self._get("prompts", self.prompts, like)
 
