@@ -227,7 +227,8 @@ def prompt_bandwidth_data(prompt_bandwidth: float = 0.3, strength: float = 3.0,
     bw = check_positive(prompt_bandwidth, "prompt_bandwidth")
     prompts = [c for c in world.categories for _ in range(check_int(n_per_prompt, "n_per_prompt", 1))]
     guide = prompt_aware_guidance(refs, ref_prompts, encoder, prompts, prompt_bandwidth=bw,
-                                  kernel=GaussianKernel(sample_bandwidth), strength=strength)
+                                  kernel=GaussianKernel(sample_bandwidth), strength=strength,
+                                  normalization="none", stop=1.0)  # as notebook 04
     start = time.perf_counter()
     x = sample_with_prompts(model, prompts, encoder, guidance=guide, seed=seed, num_steps=num_steps)
     seconds = time.perf_counter() - start

@@ -1,0 +1,193 @@
+"""The coursework: every coding exercise has a solution (mmdg_lite/solutions), a stub and a check.
+
+- each solution function is shown by exactly one solution cell of its notebook, and each
+  solution cell names a solution that exists (so stubs, which are generated from the
+  solutions, correspond one to one);
+- each check cell passes with the solution, fails with NotImplementedError on the stub, and
+  fails (AssertionError) on a slightly wrong answer: the checks can fail;
+- the student version (scripts/make_student_notebooks.py) has no solutions, no instructor
+  answers and no outputs, and runs on a kernel up to its first stub, which raises.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdg_lite.solutions import all_solutions, exercise_label, solution_modules, stub_source
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = all_solutions()
+# The notebooks in the coursework: those with a solutions module (notebooks 05-07 join by adding
+# mmdg_lite/solutions/nbNN.py and tagging their cells, see scripts/make_student_notebooks.py).
+NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
+                   if f"nb{p.name[:2]}" in solution_modules())
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_student_notebooks",
+                                                  ROOT / "scripts" / "make_student_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MSN = _script()
+
+
+def _nb(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def _notebook_of(exercise: str) -> Path:
+    number = exercise.split(".")[0][2:]
+    matches = [p for p in NOTEBOOKS if p.name.startswith(number + "_")]
+    assert len(matches) == 1, f"{exercise}: no notebook notebooks/{number}_*.ipynb"
+    return matches[0]
+
+
+def _cells_of(exercise: str):
+    nb = _nb(_notebook_of(exercise))
+    found = [(i, kind) for i, kind, ex in MSN.exercise_cells(nb) if ex == exercise]
+    return nb, found
+
+
+def test_the_first_notebooks_are_in_the_coursework():
+    assert {p.name[:2] for p in NOTEBOOKS} >= {"01", "02", "03", "04", "08"}
+
+
+def test_solutions_and_solution_cells_correspond_one_to_one():
+    in_notebooks = {}
+    for path in NOTEBOOKS:
+        for _, kind, ex in MSN.exercise_cells(_nb(path)):
+            if kind == MSN.SOLUTION:
+                assert ex not in in_notebooks, f"{ex} has two solution cells"
+                in_notebooks[ex] = path.name
+                assert ex.split(".")[0][2:] == path.name[:2], f"{ex} is solved in {path.name}"
+    assert set(in_notebooks) == set(SOLUTIONS), (
+        f"solutions without a notebook cell: {sorted(set(SOLUTIONS) - set(in_notebooks))}; "
+        f"cells without a solution: {sorted(set(in_notebooks) - set(SOLUTIONS))}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_has_one_to_three_coding_exercises(path):
+    mod = solution_modules().get(f"nb{path.name[:2]}")
+    assert mod is not None, f"add mmdg_lite/solutions/nb{path.name[:2]}.py for {path.name}"
+    assert 1 <= len(mod.__all__) <= 3
+
+
+@pytest.mark.parametrize("exercise", list(SOLUTIONS))
+def test_solution_cell_comes_before_its_check(exercise):
+    nb, found = _cells_of(exercise)
+    kinds = [k for _, k in found]
+    assert kinds.count(MSN.SOLUTION) == 1 and kinds.count("check") >= 1, found
+    sol = next(i for i, k in found if k == MSN.SOLUTION)
+    assert all(i > sol for i, k in found if k == "check"), "a check cell must follow the solution"
+    cell = nb["cells"][sol]
+    assert "hide-cell" in MSN.tags(cell), "solution cells are collapsed in the book (tag hide-cell)"
+    assert exercise.split(".")[1] in _src(cell), "the solution cell must import and show its function"
+
+
+@pytest.mark.parametrize("exercise", list(SOLUTIONS))
+def test_stub_has_the_solutions_signature_and_raises(exercise):
+    fn = SOLUTIONS[exercise]
+    ns: dict = {}
+    exec(compile(stub_source(fn), f"<stub {exercise}>", "exec"), ns)
+    stub = ns[fn.__name__]
+    assert inspect.signature(stub).parameters.keys() == inspect.signature(fn).parameters.keys()
+    assert stub.__doc__ == fn.__doc__
+    args = [None] * len(inspect.signature(fn).parameters)
+    with pytest.raises(NotImplementedError, match=exercise_label(fn)):
+        stub(*args)
+
+
+def _perturb(fn):
+    """A slightly wrong answer: every numeric output scaled by 1.05 and shifted by 0.01."""
+    def wrong(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if isinstance(out, (torch.Tensor, np.ndarray, float)):
+            return out * 1.05 + 0.01
+        pytest.skip(f"{fn.__name__} returns {type(out).__name__}: no generic perturbation")
+    return wrong
+
+
+def _namespace(exercise: str) -> tuple[dict, str]:
+    """The notebook's import cell executed in a fresh namespace, and the check cells' code."""
+    nb, found = _cells_of(exercise)
+    first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    ns: dict = {"__name__": "__main__"}
+    from IPython.display import display
+    ns["display"] = display
+    exec(compile(_src(first_code), "<imports>", "exec"), ns)
+    checks = "\n".join(_src(nb["cells"][i]) for i, k in found if k == "check")
+    return ns, checks
+
+
+@pytest.mark.parametrize("exercise", list(SOLUTIONS))
+def test_check_passes_with_the_solution_and_fails_otherwise(exercise):
+    fn = SOLUTIONS[exercise]
+    nb, found = _cells_of(exercise)
+    ns, checks = _namespace(exercise)
+    sol = next(i for i, k in found if k == MSN.SOLUTION)
+    exec(compile(_src(nb["cells"][sol]), "<solution>", "exec"), ns)
+    assert ns[fn.__name__] is fn
+    exec(compile(checks, "<check>", "exec"), ns)  # passes
+
+    ns, _ = _namespace(exercise)
+    exec(compile(stub_source(fn), "<stub>", "exec"), ns)
+    with pytest.raises(NotImplementedError, match=exercise_label(fn)):
+        exec(compile(checks, "<check>", "exec"), ns)
+
+    ns, _ = _namespace(exercise)
+    ns[fn.__name__] = _perturb(fn)
+    with pytest.raises(AssertionError):
+        exec(compile(checks, "<check>", "exec"), ns)
+
+
+def test_student_versions_have_stubs_and_no_solutions_or_outputs(tmp_path):
+    assert MSN.main(["--out", str(tmp_path), *map(str, NOTEBOOKS)]) == 0
+    for path in NOTEBOOKS:
+        student = _nb(tmp_path / path.name)
+        cells = student["cells"]
+        assert not [c for c in cells if MSN.SOLUTION in MSN.tags(c) or MSN.ANSWER in MSN.tags(c)]
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in cells if c["cell_type"] == "code"), f"{path.name}: outputs left"
+        stubs = [c["metadata"]["exercise"] for c in cells if MSN.STUB in MSN.tags(c)]
+        expected = [f"nb{path.name[:2]}.{n}" for n in solution_modules()[f"nb{path.name[:2]}"].__all__]
+        assert stubs == expected, f"{path.name}: stubs {stubs}, solutions {expected}"
+        text = json.dumps(cells)
+        for ex in expected:  # no solution body leaks into the student version
+            body = inspect.getsource(SOLUTIONS[ex]).strip().splitlines()[-1].strip()
+            assert body not in text, f"{path.name}: the solution of {ex} leaks ({body!r})"
+        assert "metadata" not in student or "widgets" not in student["metadata"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_student_version_runs_up_to_its_first_stub(path, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    student = MSN.student_version(_nb(path))
+    cells = student["cells"]
+    first_stub = next(i for i, c in enumerate(cells) if MSN.STUB in MSN.tags(c))
+    ex = cells[first_stub]["metadata"]["exercise"]
+    first_check = next(i for i, c in enumerate(cells)
+                       if MSN.CHECK in MSN.tags(c) and c["metadata"].get("exercise") == ex)
+    student["cells"] = cells[:first_check + 1]  # everything after would also need the answer
+    nb = nbformat.reads(json.dumps(student), as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as err:
+        client.execute()
+    assert err.value.ename == "NotImplementedError", err.value
+    assert exercise_label(SOLUTIONS[ex]) in str(err.value)
+    ran = [c for c in nb.cells[:first_check] if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in ran), "a cell before the first check did not run"
