@@ -108,8 +108,8 @@ def legend_outside(where: Axes | Figure, *, loc: str = "right", ncol: int | None
     handles, labels = where.get_legend_handles_labels()
     if not handles:
         return None
-    if loc == "below":
-        return where.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=ncol or 2,
+    if loc == "below":  # below the x-axis label
+        return where.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=ncol or 2,
                             fontsize=fontsize, frameon=False, **kwargs)
     return where.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=ncol or 1,
                         fontsize=fontsize, frameon=False, borderaxespad=0.0, **kwargs)
