@@ -34,6 +34,8 @@ class AdaptationTask:
     has_style: Callable[[Tensor], Tensor]      # images -> (N,) bool target attribute
     is_valid: Callable[[Tensor], Tensor]       # images -> (N,) bool realism check
     style: str
+    classify: Callable[[Tensor], Tensor] | None = None  # images -> (N,) long content class
+    n_classes: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,9 +46,10 @@ class MethodResult:
     style_rate: float         # fraction with the target attribute
     valid_rate: float         # fraction the detector calls valid
     fd: float                 # FD to held-out target-style images (feature net space)
-    kd: float                 # KD (x 1e3) to the same
+    kd: float                 # KD (x 1e3) to the same, features divided by the targets' std
     seconds: float            # sampling wall time
     setup_seconds: float = 0.0  # training cost (classifier, fine-tuning)
+    class_tv: float = float("nan")  # TV between the content-class histogram and uniform
 
 
 def digits_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
@@ -67,7 +70,7 @@ def digits_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
 
     return AdaptationTask("digits", UNetDenoiser(load_digits_unet()), (1, 16, 16), refs, refs, targets,
                           decode=lambda x: x.clamp(-1, 1), has_style=detect_thick, is_valid=valid,
-                          style="thick")
+                          style="thick", classify=lambda x: predict(x, "digit").argmax(1), n_classes=10)
 
 
 def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
@@ -88,6 +91,7 @@ def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
                           decode=lambda z: decode_latents(vae, z),
                           has_style=lambda x: detect_shapes(x).attributes["fill"] == 1,
                           is_valid=lambda x: detect_shapes(x).valid, style="outlined",
+                          classify=lambda x: detect_shapes(x).attributes["shape"], n_classes=3,
                           extra={"vae": vae})
 
 
@@ -97,10 +101,15 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
 
     images = task.decode(z)
     f, g = image_features(images), image_features(task.target_images)
-    kd = kernel_distance(f, g, n_subsets=20).mean * 1e3
+    scale = float(g.std())  # KD's cubic kernel (u.v / D + 1)^3 needs features of unit scale
+    kd = kernel_distance(f / scale, g / scale, n_subsets=20).mean * 1e3
+    tv = float("nan")
+    if task.classify is not None:  # guidance must not collapse the content classes
+        hist = torch.bincount(task.classify(images), minlength=task.n_classes).double() / len(images)
+        tv = 0.5 * float((hist - 1.0 / task.n_classes).abs().sum())
     return MethodResult(method, images, float(task.has_style(images).float().mean()),
                         float(task.is_valid(images).float().mean()), frechet_distance(f, g), kd,
-                        seconds, setup)
+                        seconds, setup, tv)
 
 
 def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0, num_steps: int = 50,
