@@ -1,0 +1,244 @@
+"""MMD guidance inside diffusers pipelines, without forking them: two hooks, one guidance object.
+
+* ``MMDGuidanceCallback``: a ``PipelineCallback`` for ``callback_on_step_end``. The pipeline
+  calls it after ``scheduler.step`` (under ``no_grad``) with latents = x_{t-1}; it returns the
+  corrected latents. "x_prev" evaluation needs nothing else; "x_t" evaluation uses the latents
+  the callback returned at the previous step, and at step 0 the pipeline's initial latents,
+  recorded by ``watch(pipe)`` (a wrapper of ``pipe.prepare_latents``) or given as
+  ``initial_latents``.
+* ``GuidedSchedulerStep``: replaces ``scheduler.step`` by a wrapper with the same signature
+  (pipelines inspect it for ``eta``/``generator``) that sees x_t and the CFG-combined noise
+  prediction before the update, so "x0_hat" (Tweedie) evaluation needs no second UNet call;
+  "x_t" and "x_prev" work there too.
+
+Both build a ``StepState`` in the DDPM-normalised convention of ``mmdg_lite.guidance``: for
+sigma-scaled schedulers (Euler-type, SDXL's default) the input scale is 1/sqrt(sigma^2 + 1)
+and alpha_bar = 1/(1 + sigma^2). Guidance computes half-precision latents in float32 and
+returns them in the pipeline's dtype. First-order schedulers only (DDIM, DDPM, Euler,
+Euler-ancestral, DPM-Solver++ multistep, LMS); Heun/DPM2 call ``step`` twice per timestep.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusers.callbacks import PipelineCallback
+
+from ..sampling import StepState, noise_level
+
+__all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "scheduler_noise_level", "timestep_index",
+           "to_epsilon"]
+
+
+def _sigma_scaled(sched: Any) -> bool:
+    """Euler-type schedulers keep x_t = x_0 + sigma_t eps (init_noise_sigma > 1); DPM-Solver has
+    ``sigmas`` too but DDPM-style latents (init_noise_sigma = 1)."""
+    sigmas = getattr(sched, "sigmas", None)
+    return sigmas is not None and len(sigmas) == len(sched.timesteps) + 1 \
+        and float(getattr(sched, "init_noise_sigma", 1.0)) > 1.0
+
+
+def scheduler_noise_level(sched: Any, index: int) -> tuple[float, float]:
+    """(alpha_bar, c_in) at position ``index`` of ``sched.timesteps`` (len = the end of the run)."""
+    ts = sched.timesteps
+    if ts is None:
+        raise RuntimeError(f"{type(sched).__name__}.set_timesteps has not been called")
+    if _sigma_scaled(sched):
+        return noise_level(sched, ts, index)
+    if index < len(ts):
+        return float(sched.alphas_cumprod[int(ts[index])]), 1.0
+    final = getattr(sched, "final_alpha_cumprod", None)
+    return (1.0 if final is None else float(final)), 1.0
+
+
+def timestep_index(sched: Any, t: Any) -> int:
+    """Position of timestep ``t`` in ``sched.timesteps`` (its first occurrence)."""
+    ts = sched.timesteps
+    hits = (ts == torch.as_tensor(t, dtype=ts.dtype, device=ts.device)).nonzero()
+    if len(hits) == 0:
+        raise ValueError(f"timestep {t!r} is not in {type(sched).__name__}.timesteps "
+                         f"({ts.tolist()[:6]}...); was the scheduler's set_timesteps changed mid-run?")
+    return int(hits[0])
+
+
+def to_epsilon(sched: Any, model_output: Tensor, x_t: Tensor, alpha_bar: float, c_in: float) -> Tensor:
+    """The noise prediction eps (B, *S) from a model output of any ``prediction_type``, in the
+    DDPM-normalised space (c_in x_t = sqrt(abar) x0 + sqrt(1 - abar) eps)."""
+    kind = getattr(sched.config, "prediction_type", "epsilon")
+    if model_output.shape[1] == 2 * x_t.shape[1]:  # learned variance: the first half is the mean
+        model_output = model_output[:, : x_t.shape[1]]
+    if kind == "epsilon":
+        return model_output
+    a, s = math.sqrt(alpha_bar), math.sqrt(max(1.0 - alpha_bar, 0.0))
+    xn = c_in * x_t.float()
+    if kind == "v_prediction":
+        return a * model_output.float() + s * xn
+    if kind == "sample":
+        return (xn - a * model_output.float()) / max(s, 1e-12)
+    raise ValueError(f"unsupported prediction_type {kind!r} of {type(sched).__name__}; "
+                     "expected 'epsilon', 'v_prediction' or 'sample'")
+
+
+def _no_denoiser(*_: Any, **__: Any) -> Tensor:
+    raise ValueError("eval_point='x0_hat_backprop' needs the UNet with the prompt embeddings and "
+                     "CFG; the diffusers hooks do not support it: use eval_point='x0_hat'")
+
+
+def _state(sched: Any, index: int, x_t: Tensor, x_prev: Tensor, eps: Tensor | None, t: Any) -> StepState:
+    (ab, c_in), (ab_prev, c_prev) = scheduler_noise_level(sched, index), scheduler_noise_level(sched, index + 1)
+    n = len(x_prev)
+    return StepState(x_t=x_t, x_prev=x_prev, eps=eps if eps is not None else torch.zeros_like(x_t),
+                     t=int(t), step_index=index, num_steps=len(sched.timesteps), alpha_bar_t=ab,
+                     alpha_bar_prev=ab_prev, denoiser=_no_denoiser, cond=None,
+                     sample_index=torch.arange(n, device=x_prev.device), input_scale=c_in,
+                     input_scale_prev=c_prev)
+
+
+def _check_guidance(guidance: Any) -> None:
+    if not callable(guidance):
+        raise TypeError(f"guidance must be a callable hook such as MMDGuidance; got {type(guidance).__name__}")
+    if getattr(guidance, "sequential", False):
+        raise ValueError("generated_set='memory' guides one sample at a time; a pipeline draws a batch: "
+                         "use generated_set='batch'")
+
+
+class MMDGuidanceCallback(PipelineCallback):
+    """MMD guidance as a diffusers ``callback_on_step_end`` (paper Eq. 5 on the latents).
+
+    ``pipe(prompt, callback_on_step_end=MMDGuidanceCallback(guidance).watch(pipe))``. Works with
+    any StableDiffusionPipeline / StableDiffusionXLPipeline, with or without CFG (the latents are
+    B rows either way). ``guidance.reset()`` is called at step 0 of every run.
+    """
+
+    tensor_inputs = ["latents"]
+
+    def __init__(self, guidance: Any, *, initial_latents: Tensor | None = None) -> None:
+        super().__init__()
+        _check_guidance(guidance)
+        point = getattr(guidance, "eval_point", "x_t")
+        if point not in ("x_t", "x_prev"):
+            raise ValueError(f"the callback sees only the latents after scheduler.step, so it "
+                             f"supports eval_point 'x_t' and 'x_prev'; got {point!r}: use "
+                             "GuidedSchedulerStep(pipe, guidance) for 'x0_hat'")
+        self.guidance = guidance
+        # the latents= given to the pipeline (it multiplies them by init_noise_sigma), or None
+        self.initial_latents = initial_latents
+        self._prepared: Tensor | None = None  # what prepare_latents returned (watch)
+        self._prev: Tensor | None = None
+        self._watched: tuple[Any, Any] | None = None
+
+    def watch(self, pipe: Any) -> "MMDGuidanceCallback":
+        """Record the pipeline's initial latents (the x_t of step 0) by wrapping
+        ``pipe.prepare_latents``; ``unwatch()`` restores it."""
+        self.unwatch()
+        original = pipe.prepare_latents
+
+        @functools.wraps(original)
+        def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self._prepared = out[0] if isinstance(out, tuple) else out
+            return out
+
+        pipe.prepare_latents = prepare_latents
+        self._watched = (pipe, original)
+        return self
+
+    def unwatch(self) -> None:
+        if self._watched is not None:
+            pipe, original = self._watched
+            pipe.prepare_latents = original
+            self._watched = None
+
+    def callback_fn(self, pipeline: Any, step_index: int, timestep: Any,
+                    callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        latents = callback_kwargs["latents"]  # (B, c, h, w) = x_{t-1}
+        sched = pipeline.scheduler
+        if step_index == 0:
+            self.guidance.reset()
+            self._prev = self._prepared
+            if self._prev is None and self.initial_latents is not None:
+                self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
+            self._prepared = None
+        x_t = self._prev
+        if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
+            if getattr(self.guidance, "eval_point", "x_t") == "x_t":
+                raise RuntimeError(
+                    "eval_point='x_t' needs x_t at step 0: call callback.watch(pipe) before the "
+                    "pipeline (it records the initial latents) or pass initial_latents= (the "
+                    f"latents= you give the pipeline); got {None if x_t is None else tuple(x_t.shape)} "
+                    f"for latents of shape {tuple(latents.shape)}")
+            x_t = latents
+        index = timestep_index(sched, timestep)
+        with torch.enable_grad():
+            out = self.guidance(_state(sched, index, x_t, latents, None, timestep))
+        self._prev = out
+        return {"latents": out}
+
+
+class GuidedSchedulerStep:
+    """Wrap ``scheduler.step`` so that every update is followed by the guidance correction.
+
+    ``with GuidedSchedulerStep(pipe, guidance): pipe(prompt)`` (or ``.restore()``). The wrapper
+    keeps ``step``'s signature; it sees x_t (``sample``) and the CFG-combined model output, so
+    eval_point "x0_hat" costs no extra UNet call. A new run (the timestep index not increasing)
+    calls ``guidance.reset()``.
+    """
+
+    def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
+        _check_guidance(guidance)
+        if getattr(guidance, "eval_point", "x_t") == "x0_hat_backprop":
+            _no_denoiser()
+        sched = getattr(pipe_or_scheduler, "scheduler", pipe_or_scheduler)
+        if not callable(getattr(sched, "step", None)):
+            raise TypeError(f"expected a diffusers pipeline or scheduler; got {type(pipe_or_scheduler).__name__}")
+        self.scheduler, self.guidance = sched, guidance
+        self._last: int | None = None
+        original = sched.step
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            result = original(*args, **kwargs)
+            return self._guide(bound.arguments, result)
+
+        step.__signature__ = signature  # type: ignore[attr-defined]
+        self._original = original
+        sched.step = step
+
+    def restore(self) -> None:
+        """Put the scheduler's own ``step`` back."""
+        if self.scheduler.__dict__.get("step") is not None:
+            del self.scheduler.step
+        self._last = None
+
+    def __enter__(self) -> "GuidedSchedulerStep":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+    def _guide(self, args: dict[str, Any], result: Any) -> Any:
+        sched = self.scheduler
+        x_t, t, out = args["sample"], args["timestep"], args["model_output"]
+        tuple_out = isinstance(result, tuple)
+        x_prev = result[0] if tuple_out else result.prev_sample
+        index = timestep_index(sched, t)
+        if self._last is None or index <= self._last:
+            self.guidance.reset()
+        self._last = index
+        ab, c_in = scheduler_noise_level(sched, index)
+        eps = to_epsilon(sched, out, x_t, ab, c_in)
+        with torch.enable_grad():
+            guided = self.guidance(_state(sched, index, x_t, x_prev, eps, t))
+        if guided is x_prev:
+            return result
+        if tuple_out:
+            return (guided, *result[1:])
+        result.prev_sample = guided
+        return result

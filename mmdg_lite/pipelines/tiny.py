@@ -1,0 +1,129 @@
+"""Small Stable-Diffusion-shaped pipelines built from configs, offline (random weights).
+
+``build_tokenizer`` trains a byte-level BPE with the ``tokenizers`` library on a prompt corpus,
+with CLIP's normaliser, pre-tokeniser and ``</w>`` suffix, and hands vocab and merges to
+``CLIPTokenizer`` (no download). ``tiny_sd_pipeline`` / ``tiny_sdxl_pipeline`` assemble a
+``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` from small configs: the components
+the embedded pipeline (scripts/train_sd_pipeline.py) trains and the tests exercise.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["build_tokenizer", "tiny_components", "tiny_sd_pipeline", "tiny_sdxl_pipeline",
+           "DEFAULT_CORPUS", "BOS", "EOS"]
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# Captions of mmdg_lite.images.make_shapes plus a few style words users may type.
+DEFAULT_CORPUS: tuple[str, ...] = tuple(
+    f"a {c} {s}" for s in ("circle", "square", "triangle") for c in ("red", "green", "blue", "yellow")
+) + ("a shape", "an outlined filled small large shape", "a photo of a dog")
+
+
+def build_tokenizer(corpus: Sequence[str] = DEFAULT_CORPUS, vocab_size: int = 400,
+                    model_max_length: int = 16) -> Any:
+    """A ``CLIPTokenizer`` whose BPE is trained offline on ``corpus`` (any text still encodes:
+    the byte alphabet is always in the vocabulary)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    if isinstance(corpus, str) or not corpus:
+        raise ValueError(f"corpus must be a non-empty list of strings; got {corpus!r}")
+    tok = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+                                   r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator(list(corpus), trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return CLIPTokenizer(vocab=dict(model["vocab"]), merges=merges, model_max_length=model_max_length)
+
+
+def _text_config(tokenizer: Any, hidden: int = 32, layers: int = 2, projection_dim: int = 32) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=4,
+                          max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, hidden_act="quick_gelu")
+
+
+def tiny_components(*, image_size: int = 32, vae_blocks: Sequence[int] = (32, 64),
+                    unet_blocks: Sequence[int] = (32, 64), text_hidden: int = 32, text_layers: int = 2,
+                    scaling_factor: float = 0.5, corpus: Sequence[str] = DEFAULT_CORPUS,
+                    seed: int = 0) -> dict[str, Any]:
+    """Text encoder, tokenizer, VAE, text-conditioned UNet and DDIM scheduler of a small SD pipeline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(corpus)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, text_hidden, text_layers)).eval()
+    n = len(vae_blocks)
+    groups = min(32, min(vae_blocks))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=list(vae_blocks),
+                        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                        latent_channels=4, layers_per_block=1, norm_num_groups=groups,
+                        sample_size=image_size, scaling_factor=scaling_factor).eval()
+    latent = image_size // 2 ** (n - 1)
+    m = len(unet_blocks)
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, block_out_channels=list(unet_blocks),
+        layers_per_block=1, down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (m - 1),
+        up_block_types=["CrossAttnUpBlock2D"] * (m - 1) + ["UpBlock2D"], cross_attention_dim=text_hidden,
+        attention_head_dim=8, norm_num_groups=min(32, min(unet_blocks))).eval()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return dict(text_encoder=text_encoder, tokenizer=tokenizer, vae=vae, unet=unet, scheduler=scheduler)
+
+
+def tiny_sd_pipeline(**kwargs: Any) -> Any:
+    """A ``StableDiffusionPipeline`` of ``tiny_components(**kwargs)`` (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_components(**kwargs), safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(*, image_size: int = 32, scaling_factor: float = 0.5, seed: int = 0,
+                       corpus: Sequence[str] = DEFAULT_CORPUS) -> Any:
+    """A ``StableDiffusionXLPipeline`` from small configs: two CLIP text encoders (the second
+    with a projection), a UNet with SDXL's text-time embedding, Euler scheduler."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(corpus)
+    tokenizer_2 = build_tokenizer(corpus)
+    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=32)).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=[32, 64],
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, layers_per_block=1, sample_size=image_size,
+                        scaling_factor=scaling_factor, force_upcast=True).eval()
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2, in_channels=4, out_channels=4, block_out_channels=[32, 64],
+        layers_per_block=1, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=scheduler, force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,302 @@
+"""MMD guidance inside diffusers pipelines: the callback, the scheduler-step wrapper, reference
+and prompt encoding, on tiny SD / SDXL pipelines built from configs (random weights, offline)."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from diffusers import (EulerDiscreteScheduler, StableDiffusionPipeline,  # noqa: E402
+                       StableDiffusionXLPipeline)
+
+from mmdg_lite import MMDGuidance  # noqa: E402
+from mmdg_lite.pipelines import (GuidedSchedulerStep, MMDGuidanceCallback, encode_images,  # noqa: E402
+                                 pipeline_guidance, prompt_features, sample_prompt_features,
+                                 tiny_sd_pipeline, tiny_sdxl_pipeline)
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Tiny SD and SDXL pipelines, built once and saved (diffusers format) for round trips."""
+    root = tmp_path_factory.mktemp("pipes")
+    sd, sdxl = tiny_sd_pipeline(), tiny_sdxl_pipeline()
+    sd.save_pretrained(root / "sd")
+    sdxl.save_pretrained(root / "sdxl")
+    return {"sd": (sd, root / "sd"), "sdxl": (sdxl, root / "sdxl")}
+
+
+def _load(saved, name, **kw):
+    cls = StableDiffusionPipeline if name == "sd" else StableDiffusionXLPipeline
+    pipe = cls.from_pretrained(saved[name][1], local_files_only=True, **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd(saved):
+    return _load(saved, "sd")
+
+
+def red_images(n=8):
+    x = -torch.ones(n, 3, 32, 32)
+    x[:, 0, 8:24, 8:24] = 0.9  # a red square on black
+    return x
+
+
+def run(pipe, cb=None, *, cfg=3.0, n=4, steps=6, seed=0, prompt=PROMPT, **kw):
+    return pipe([prompt] * n if isinstance(prompt, str) else prompt, num_inference_steps=steps,
+                guidance_scale=cfg, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                callback_on_step_end=cb, height=32, width=32, **kw).images
+
+
+def dist_to(z, refs):
+    """Mean distance of the samples to the references' mean (the random-weight UNets leave the
+    samples far from any reference, where a kernel MMD saturates)."""
+    z, refs = z.float().reshape(len(z), -1), refs.float().reshape(len(refs), -1)
+    return float((z - refs.mean(0)).norm(dim=1).mean())
+
+
+class Spy:
+    """A guidance hook that records each state and delegates to an inner hook (or returns x_prev)."""
+
+    def __init__(self, inner=None, eval_point="x_t"):
+        self.inner, self.eval_point, self.states, self.resets = inner, eval_point, [], 0
+        self.sequential = False
+
+    def reset(self):
+        self.resets += 1
+        self.states.clear()
+        if self.inner is not None:
+            self.inner.reset()
+
+    def __call__(self, state):
+        self.states.append(state)
+        return state.x_prev if self.inner is None else self.inner(state)
+
+
+# --- round trip, encoding ---------------------------------------------------------------------
+
+def test_saved_pipelines_round_trip(saved, sd):
+    built = saved["sd"][0]
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(built, name).state_dict(), getattr(sd, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sd.tokenizer(PROMPT).input_ids == built.tokenizer(PROMPT).input_ids
+    assert type(_load(saved, "sdxl").scheduler) is EulerDiscreteScheduler
+
+
+def test_scaling_factor_is_applied_exactly_once(sd):
+    images = red_images(3)
+    z = encode_images(sd, images)
+    with torch.no_grad():  # oracle: the VAE's posterior mean, times the factor once
+        mean = sd.vae.encode(images).latent_dist.mean
+    factor = sd.vae.config.scaling_factor
+    assert factor != 1.0
+    assert torch.allclose(z, mean * factor, atol=1e-6)
+    assert not torch.allclose(z, mean * factor**2, atol=1e-3)
+    # decoding as the pipeline does (latents / factor) gives back the VAE's reconstruction
+    with torch.no_grad():
+        assert torch.allclose(sd.vae.decode(z / factor).sample, sd.vae.decode(mean).sample, atol=1e-5)
+
+
+def test_prompt_features_pooled_and_normalised(sd, saved):
+    f = prompt_features(sd, [PROMPT, "a blue square", PROMPT])
+    assert f.shape == (3, 32) and f.dtype == torch.float32
+    assert torch.allclose(f.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(f[0], f[2]) and not torch.allclose(f[0], f[1], atol=1e-3)
+    with torch.no_grad():  # oracle: the text encoder's pooled output, normalised
+        ids = sd.tokenizer([PROMPT], padding="max_length", max_length=sd.tokenizer.model_max_length,
+                           return_tensors="pt").input_ids
+        pooled = sd.text_encoder(ids).pooler_output
+    assert torch.allclose(f[0], torch.nn.functional.normalize(pooled, dim=-1)[0], atol=1e-5)
+    s = sample_prompt_features(sd, [PROMPT, "a blue square"], num_images_per_prompt=2)
+    assert torch.equal(s, f[[0, 0, 1, 1]])
+    xl = prompt_features(saved["sdxl"][0], [PROMPT, "a blue square"])  # two encoders, 32 + 32
+    assert xl.shape == (2, 64) and torch.allclose(xl.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(xl[:, :32].norm(dim=1), torch.full((2,), 2 ** -0.5), atol=1e-5)
+
+
+# --- the callback -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0], ids=["no_cfg", "cfg"])
+def test_callback_pulls_latents_toward_references(sd, cfg):
+    refs = encode_images(sd, red_images())
+    base = run(sd, cfg=cfg)
+    g = MMDGuidance(refs, strength=1.0, stop=1.0)
+    guided = run(sd, MMDGuidanceCallback(g).watch(sd), cfg=cfg)
+    assert guided.shape == base.shape and torch.isfinite(guided).all()
+    assert dist_to(guided, refs) < 0.9 * dist_to(base, refs)
+
+
+def test_callback_x_t_is_the_previous_latents(sd):
+    """x_t at step 0 is the pipeline's initial latents, then the latents the callback returned."""
+    spy = Spy(MMDGuidance(encode_images(sd, red_images()), strength=0.5))
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    cb = MMDGuidanceCallback(spy).watch(sd)
+    outs = []
+    orig = cb.callback_fn
+
+    def record(*a):
+        out = orig(*a)
+        outs.append(out["latents"])
+        return out
+
+    cb.callback_fn = record
+    run(sd, cb, n=2, steps=4, latents=latents)
+    assert spy.resets == 1 and len(spy.states) == 4
+    assert torch.equal(spy.states[0].x_t, latents * sd.scheduler.init_noise_sigma)
+    for k in range(1, 4):
+        assert torch.equal(spy.states[k].x_t, outs[k - 1])
+    assert [s.step_index for s in spy.states] == [0, 1, 2, 3]
+    # without watch(), the latents= given to the pipeline serve as x_t at step 0
+    spy2 = Spy()
+    run(sd, MMDGuidanceCallback(spy2, initial_latents=latents), n=2, steps=2, latents=latents)
+    assert torch.equal(spy2.states[0].x_t, latents * sd.scheduler.init_noise_sigma)
+
+
+def test_strength_zero_reproduces_unguided_images_exactly(sd):
+    refs = encode_images(sd, red_images())
+    kw = dict(n=2, steps=4)
+    base = sd([PROMPT] * 2, num_inference_steps=4, generator=torch.Generator().manual_seed(1),
+              output_type="np", height=32, width=32).images
+    for point in ("x_t", "x_prev"):
+        cb = MMDGuidanceCallback(MMDGuidance(refs, strength=0.0, eval_point=point)).watch(sd)
+        same = sd([PROMPT] * 2, num_inference_steps=4, generator=torch.Generator().manual_seed(1),
+                  output_type="np", height=32, width=32, callback_on_step_end=cb).images
+        assert (same == base).all()
+    with GuidedSchedulerStep(sd, MMDGuidance(refs, strength=0.0, eval_point="x0_hat")):
+        assert torch.equal(run(sd, seed=1, **kw), run(sd, seed=1, **kw))
+    assert torch.equal(run(sd, seed=1, **kw), run(sd, seed=1, **kw))
+    assert not torch.equal(run(sd, seed=1, **kw), run(sd, seed=2, **kw))  # the check can fail
+
+
+def test_callback_refuses_what_it_cannot_do(sd):
+    refs = encode_images(sd, red_images(2))
+    with pytest.raises(ValueError, match="GuidedSchedulerStep"):
+        MMDGuidanceCallback(MMDGuidance(refs, eval_point="x0_hat"))
+    with pytest.raises(ValueError, match="generated_set='batch'"):
+        MMDGuidanceCallback(MMDGuidance(refs, generated_set="memory"))
+    with pytest.raises(RuntimeError, match="watch"):  # x_t at step 0 unknown
+        run(sd, MMDGuidanceCallback(MMDGuidance(refs)), n=1, steps=2)
+
+
+# --- the scheduler-step wrapper --------------------------------------------------------------
+
+def test_step_wrapper_keeps_signature_and_sees_x_t_and_cfg_noise(sd):
+    sig = inspect.signature(sd.scheduler.step)
+    spy = Spy(eval_point="x0_hat")
+    unet_calls = []  # oracle: the UNet's own inputs and outputs (2B rows under CFG)
+    hook = sd.unet.register_forward_hook(
+        lambda mod, args, out: unet_calls.append((args[0].clone(), out[0].clone())))
+    try:
+        with GuidedSchedulerStep(sd, spy) as wrapper:
+            assert inspect.signature(sd.scheduler.step) == sig
+            assert set(sd.prepare_extra_step_kwargs(None, 0.0)) == {"eta", "generator"}
+            run(sd, n=2, steps=3, cfg=4.0)
+    finally:
+        hook.remove()
+    assert wrapper.scheduler is sd.scheduler and "step" not in sd.scheduler.__dict__
+    assert len(spy.states) == 3 and len(unet_calls) == 3 and spy.resets == 1
+    for s, (model_in, out) in zip(spy.states, unet_calls):
+        uncond, text = out.chunk(2)
+        assert torch.allclose(s.eps, uncond + 4.0 * (text - uncond), atol=1e-6)  # B rows, combined
+        assert torch.equal(s.x_t, model_in[:2])  # DDIM: scale_model_input is the identity
+        # Tweedie from the state equals the scheduler's own x0 prediction (DDIM, eta 0)
+        ab = s.alpha_bar_t
+        x0 = (s.x_t - math.sqrt(1 - ab) * s.eps) / math.sqrt(ab)
+        assert torch.allclose(x0, sd.scheduler.step(s.eps, s.t, s.x_t).pred_original_sample, atol=1e-4)
+
+
+def test_step_wrapper_x0_hat_guides_and_resets_per_run(sd):
+    refs = encode_images(sd, red_images())
+    g = MMDGuidance(refs, strength=1.0, eval_point="x0_hat", stop=1.0)
+    base = run(sd)
+    with GuidedSchedulerStep(sd, Spy(g, "x0_hat")) as w:
+        first = run(sd)
+        second = run(sd)  # a second run resets the guidance (same result)
+        assert w.guidance.resets == 2
+    assert torch.equal(first, second) and not torch.equal(first, base)
+    assert "step" not in sd.scheduler.__dict__
+
+
+# --- Euler-type (sigma-scaled) schedulers ------------------------------------------------------
+
+def test_euler_state_uses_sigma_scaling(saved):
+    pipe = _load(saved, "sd")
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    spy = Spy(eval_point="x0_hat")
+    with GuidedSchedulerStep(pipe, spy):
+        run(pipe, n=2, steps=3)
+    sched = pipe.scheduler
+    for k, s in enumerate(spy.states):
+        sigma = float(sched.sigmas[k])
+        assert math.isclose(s.input_scale, 1 / math.sqrt(sigma**2 + 1), rel_tol=1e-6)
+        assert math.isclose(s.alpha_bar_t, 1 / (1 + sigma**2), rel_tol=1e-6)
+        sched._step_index = k  # oracle: scale_model_input's own factor at this step
+        x = torch.ones(1, 4, 2, 2)
+        assert torch.allclose(sched.scale_model_input(x, s.t), x * s.input_scale)
+        # Tweedie in sigma-scaled space: x0 = x_t - sigma eps equals the guidance's point
+        a = s.input_scale / math.sqrt(s.alpha_bar_t)
+        z = a * s.x_t - math.sqrt((1 - s.alpha_bar_t) / s.alpha_bar_t) * s.eps
+        assert torch.allclose(z, s.x_t - sigma * s.eps, atol=1e-4)
+    refs = encode_images(pipe, red_images())
+    base = run(pipe)
+    guided = run(pipe, MMDGuidanceCallback(MMDGuidance(refs, strength=1.0, stop=1.0)).watch(pipe))
+    assert dist_to(guided, refs) < 0.9 * dist_to(base, refs)
+
+
+# --- SDXL, prompt-aware --------------------------------------------------------------------------
+
+def test_sdxl_prompt_aware_callback(saved):
+    pipe = saved["sdxl"][0]
+    prompts = [PROMPT, "a blue square"]
+    blue = -torch.ones(4, 3, 32, 32)
+    blue[:, 2, 8:24, 8:24] = 0.9
+    images = torch.cat([red_images(4), blue])
+    g = pipeline_guidance(pipe, images, reference_prompts=[PROMPT] * 4 + ["a blue square"] * 4,
+                          prompts=prompts, num_images_per_prompt=2, strength=1.0, stop=1.0)
+    base = pipe(prompts, num_images_per_prompt=2, num_inference_steps=6, guidance_scale=5.0,
+                generator=torch.Generator().manual_seed(0), output_type="latent").images
+    guided = pipe(prompts, num_images_per_prompt=2, num_inference_steps=6, guidance_scale=5.0,
+                  generator=torch.Generator().manual_seed(0), output_type="latent",
+                  callback_on_step_end=MMDGuidanceCallback(g).watch(pipe)).images
+    assert guided.shape == (4, 4, 16, 16) and torch.isfinite(guided).all()
+    refs = g.references
+    for rows, ref_rows in (([0, 1], slice(0, 4)), ([2, 3], slice(4, 8))):  # each prompt its own refs
+        assert dist_to(guided[rows], refs[ref_rows]) < dist_to(base[rows], refs[ref_rows])
+
+
+# --- half precision --------------------------------------------------------------------------------
+
+def test_float16_pipeline_guides_in_float32_without_nan(saved):
+    pipe = _load(saved, "sd", torch_dtype=torch.float16)
+    # trailing spacing starts at t = 999: sigma_max = 14.6, the largest sigma-scaled latents
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    images = red_images(4)
+    refs = encode_images(pipe, images)  # float16 VAE
+    assert refs.dtype == torch.float32 and torch.isfinite(refs).all()
+    assert torch.allclose(refs, encode_images(_load(saved, "sd"), images), atol=0.05)
+    # the hazard is real: squared distances of sigma-scaled latents overflow in float16
+    x_T = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    pipe.scheduler.set_timesteps(3)
+    x_T = (x_T * pipe.scheduler.init_noise_sigma).half()
+    assert not torch.isfinite(((x_T[:, None] - x_T[None]) ** 2).sum(dim=(2, 3, 4))).all()
+    g = MMDGuidance(refs, strength=1.0, stop=1.0, track=True)
+    out = run(pipe, MMDGuidanceCallback(g).watch(pipe), n=2, steps=3, cfg=1.0)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert len(g.history) == 3 and all(math.isfinite(h["grad_norm"]) for h in g.history)
+    assert not torch.equal(out, run(pipe, n=2, steps=3, cfg=1.0))
