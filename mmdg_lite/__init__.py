@@ -29,3 +29,4 @@ from .prompts import (CallableEncoder, CoverageGate, PromptEncoder, TableEncoder
 from .toys import (GaussianMixture, PromptWorld, SyntheticTask, circle_mixture, dirichlet_mixture,
                    draw_references, evaluate, load_or_train_cond_2d, load_or_train_toy_2d, make_task,
                    random_mixture, subset_mixture, task_guidance, toy_world)
+from .distributed import distributed_guidance, init_distributed, sample_distributed

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,7 +20,7 @@ from ._validation import check_choice, check_int, check_nonnegative
 from .seeding import make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level",
-           "SCHEDULERS", "BETA_SCHEDULES"]
+           "sample_generators", "SCHEDULERS", "BETA_SCHEDULES"]
 
 SCHEDULERS = ("ddpm", "ddim")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -84,6 +85,20 @@ def _resolve_scheduler(scheduler: Any, train_timesteps: int, beta_schedule: str)
     return copy.deepcopy(scheduler)  # the caller's scheduler keeps its state
 
 
+def sample_generators(seed: int, indices: range | list[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, global sample index) through numpy's
+    SeedSequence (well-mixed: no two (seed, index) pairs share a stream). A sample's x_T and its
+    per-step noise come from its own generator, so it does not depend on how the n samples are
+    split into chunks or across processes (``mmdg_lite.distributed.sample_distributed``)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    gens = []
+    for i in indices:
+        state = np.random.SeedSequence(int(seed), spawn_key=(int(i),)).generate_state(1, np.uint64)
+        gens.append(torch.Generator().manual_seed(int(state[0])))
+    return gens
+
+
 def _model_device(denoiser: Any) -> torch.device:
     for getter in ("parameters", "buffers"):
         try:
@@ -98,7 +113,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
            seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
            return_trajectory: bool = False, progress: bool = False,
            device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-           train_timesteps: int = 1000, beta_schedule: str = "linear", eta: float = 0.0) -> SampleResult:
+           train_timesteps: int = 1000, beta_schedule: str = "linear", eta: float = 0.0,
+           per_sample_seed: bool = False, first_index: int = 0) -> SampleResult:
     """Draw n samples of ``shape`` by the reverse process of ``scheduler`` with optional guidance.
 
     ``scheduler``: "ddpm", "ddim" (built from ``train_timesteps``/``beta_schedule``) or a diffusers
@@ -107,6 +123,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     A hook with ``sequential=True`` gets ``reset()`` once, runs in chunks of ``batch_size``
     (default 1) and gets ``remember(x0_chunk)`` after each chunk. The hook is called outside
     ``no_grad``, so it may backpropagate through ``state.denoiser``.
+
+    ``per_sample_seed=True``: sample i (global index ``first_index + i``) draws its x_T and every
+    step's noise from its own CPU generator seeded by (seed, global index) (``sample_generators``),
+    so the samples do not depend on the chunking, the device or the number of processes.
+    ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
     """
     n = check_int(n, "n", 1)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -115,6 +136,12 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
                          f"got {shape!r}")
     num_steps = check_int(num_steps, "num_steps", 1)
     eta = check_nonnegative(eta, "eta")
+    first_index = check_int(first_index, "first_index", 0)
+    if not isinstance(per_sample_seed, bool):
+        raise TypeError(f"per_sample_seed must be True or False; got {per_sample_seed!r}")
+    if per_sample_seed and generator is not None:
+        raise ValueError("per_sample_seed=True draws from generators seeded by (seed, sample index); "
+                         "pass seed=, not generator=")
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(x_t, t, cond); got {type(denoiser).__name__}")
     if guidance is not None and not callable(guidance):
@@ -140,8 +167,12 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     sched.set_timesteps(num_steps)
     timesteps = sched.timesteps.clone()
     step_params = inspect.signature(sched.step).parameters
-    gen = generator if generator is not None else make_generator(seed, device)
-    x_T = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype)  # (n, *S)
+    if per_sample_seed:  # one stream per sample: x_T, then the steps' noise (a list for diffusers)
+        gen: Any = sample_generators(seed, range(first_index, first_index + n))
+        x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)
+    else:
+        gen = generator if generator is not None else make_generator(seed, device)
+        x_T = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype)  # (n, *S)
     x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
 
     if guidance is not None and hasattr(guidance, "reset"):
@@ -154,9 +185,10 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     finals, trajs = [], []
     try:
         for lo, hi in chunks:
-            idx = torch.arange(lo, hi, device=device)  # (b,)
+            idx = torch.arange(lo, hi, device=device) + first_index  # (b,) global indices
             cond_chunk = cond[lo:hi] if cond is not None else None  # (b, C)
-            x0, traj = _run_chunk(denoiser, sched, timesteps, x_T[lo:hi], cond_chunk, idx, gen, eta,
+            gen_chunk = gen[lo:hi] if per_sample_seed else gen
+            x0, traj = _run_chunk(denoiser, sched, timesteps, x_T[lo:hi], cond_chunk, idx, gen_chunk, eta,
                                   step_params, guidance, return_trajectory, bar)
             if sequential and hasattr(guidance, "remember"):
                 guidance.remember(x0)

@@ -4,6 +4,9 @@
 * ``MemorySet``: one sample at a time against a memory of at most ``memory_size`` finished
   samples; the first sample is unguided (public reference code). It owns reset/remember, and
   the sampler drives it sequentially (``sequential = True``).
+
+A ``BatchSet`` subclass instance may be passed to ``MMDGuidance(generated_set=...)``; e.g.
+``mmdg_lite.distributed.DistributedBatchSet`` all-gathers the batch across processes.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from torch import Tensor
 
 from .._validation import check_int
 from ..mmd import _grad, _Prepared
+from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
 
 __all__ = ["BatchSet", "MemorySet", "GENERATED_SETS"]
 
@@ -44,6 +48,10 @@ class BatchSet:
         p = _Prepared(z, refs, _uniform(len(z), z), _uniform(len(refs), refs), prompts, ref_prompts,
                       kernel, z.shape)
         return _grad(p, estimator, chunk_size)
+
+    def gradient_rff(self, z: Tensor, embedding: RFFReferenceEmbedding) -> Tensor:
+        """The same with the RFF reference term (``rff_features``): (B, D)."""
+        return mmd2_grad_rff(z, embedding)
 
 
 class MemorySet(BatchSet):

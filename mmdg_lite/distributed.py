@@ -1,0 +1,322 @@
+"""Batch-joint MMD guidance across processes and GPUs on torch.distributed (beyond the paper).
+
+MMD guidance couples the batch: sample i's gradient (Eq. 6)
+
+    grad_i = (2/B^2) sum_{j<=B} grad_1 k(z_i, z_j) - (2/(B N_r)) sum_{j<=N_r} grad_1 k(z_i, y_j)
+
+sums over every other generated sample, so splitting the prompts across processes (accelerate's
+``split_between_processes``) guides each shard toward the references on its own and changes the
+result. Here each process holds a contiguous shard of the global batch and, at every guided
+step, the processes all-gather the generated points (B x D numbers; an all-gather of the sizes
+first lets shards differ by one). Each process then computes the gradient of its own rows
+against the global batch and the (replicated) references, so every shard's gradient equals the
+single-process gradient over the global batch, and the work of the O(B (B + N_r) D) gradient
+divides by P. The data scale and the median bandwidths are read from the global batch too.
+
+Launch with ``torchrun --nproc_per_node P script.py`` or ``accelerate launch script.py`` (they set
+RANK, WORLD_SIZE, MASTER_ADDR, LOCAL_RANK); ``init_distributed`` joins that group (gloo on CPU,
+nccl on GPU, with a timeout so a failed peer ends the run with an error instead of a hang), or
+reuses one that accelerate or the caller already set up. Then::
+
+    guidance = distributed_guidance(references, strength=1.0)      # any MMDGuidance argument
+    out = sample_distributed(denoiser, 10_000, (4, 128, 128), guidance=guidance, seed=0)
+
+``sample_distributed`` gives every sample its own generator seeded by (seed, global index)
+(``sample(per_sample_seed=True)``), so P processes return the samples a single process would.
+
+Not distributed: the reference code's memory mode (``generated_set="memory"``) guides one sample
+at a time against the samples finished before it, which is inherently sequential; it is refused.
+References are replicated on every process (each holds all N_r); sharding them is not done.
+With ``rff_features`` the RFF reference summaries are built identically on every process and the
+repulsion among the generated points stays exact (the points are still all-gathered).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ._validation import check_int, check_positive
+from .guidance.generated import BatchSet, _uniform
+from .guidance.guide import ChainedGuidance, MMDGuidance
+from .kernels import GaussianKernel, ProductKernel
+from .mmd import _chunks, _gradw, _Prepared
+from .rff import RFFReferenceEmbedding
+from .sampling import SampleResult, sample
+
+__all__ = ["DistributedBatchSet", "DistributedGuidanceError", "distributed_guidance",
+           "sample_distributed", "init_distributed", "all_gather_rows", "shard_bounds"]
+
+
+class DistributedGuidanceError(RuntimeError):
+    """A collective did not complete: another process failed, stalled, or disagrees on the run."""
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Join the process group torchrun / accelerate launch describe in the environment; (rank, world).
+
+    backend: "nccl" when CUDA is available, else "gloo". ``timeout_s`` bounds every collective:
+    a process whose peer died or hangs raises after that many seconds (gloo raises in the
+    process; nccl's watchdog aborts it). An existing group (e.g. from ``accelerate.Accelerator()``)
+    is reused as it is. Run without a launcher, it forms a 1-process group on this machine.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    timeout_s = check_positive(timeout_s, "timeout_s")
+    backend = backend if backend is not None else ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' (CPU) or 'nccl' (GPU); got {backend!r}")
+    if "WORLD_SIZE" not in os.environ:  # plain `python script.py`: a group of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of the global indices 0..n-1 that process ``rank`` of ``world`` holds: contiguous
+    shards in rank order whose sizes differ by at most one."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def _collective(fn: Callable[[], Any], what: str) -> None:
+    try:
+        fn()
+    except RuntimeError as e:  # gloo: DistBackendError "Timed out waiting ... ms", "Connection closed"
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        raise DistributedGuidanceError(
+            f"process {rank}: the all-gather of {what} did not complete ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Another process failed, stalled or "
+            "runs a different number of guided steps; the process group's timeout "
+            "(init_distributed(timeout_s=...)) bounds this wait") from e
+
+
+def all_gather_rows(x: Tensor, group: Any = None, what: str = "a tensor",
+                    traffic: dict[str, int] | None = None) -> tuple[Tensor, int]:
+    """Every process's rows (n_r, *S) concatenated in rank order, (sum_r n_r, *S), and the row
+    offset of this process's rows. Shards may differ in size (padded to the largest for the
+    all-gather). ``traffic`` (optional) accumulates the bytes this process sends and receives."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
+    sizes_t = [torch.zeros_like(n) for _ in range(world)]
+    _collective(lambda: dist.all_gather(sizes_t, n, group=group), f"the row counts of {what}")
+    sizes = [int(s) for s in sizes_t]
+    top = max(sizes)
+    x = x.contiguous()
+    pad = x if len(x) == top else torch.cat([x, x.new_zeros((top - len(x), *x.shape[1:]))])
+    bufs = [torch.empty_like(pad) for _ in range(world)]
+    _collective(lambda: dist.all_gather(bufs, pad, group=group), what)
+    if traffic is not None:
+        payload = pad.numel() * pad.element_size() + n.element_size()
+        traffic["bytes_sent"] = traffic.get("bytes_sent", 0) + payload
+        traffic["bytes_received"] = traffic.get("bytes_received", 0) + (world - 1) * payload
+        traffic["gathers"] = traffic.get("gathers", 0) + 1
+    return torch.cat([b[:s] for b, s in zip(bufs, sizes)]), sum(sizes[:rank])
+
+
+class DistributedBatchSet(BatchSet):
+    """The batch guided jointly across processes: the generated set is the all-gathered global
+    batch; each process gets the gradient (Eq. 6 / Eq. 11) of its own rows.
+
+    pool(z) -> the global (B, D) batch (data scale, median bandwidths); size(b) -> the global B
+    (the strength scale); gradient(z_local, ...) -> (b, D) for the local rows. ``traffic`` counts
+    this process's bytes sent / received and all-gathers in the current run.
+    """
+
+    sequential = False
+
+    def __init__(self, group: Any = None) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("DistributedBatchSet needs an initialised torch.distributed process "
+                               "group: call mmdg_lite.distributed.init_distributed() (under torchrun "
+                               "or accelerate launch) or torch.distributed.init_process_group first")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.reset()
+
+    def reset(self) -> None:
+        self.traffic: dict[str, int] = {"bytes_sent": 0, "bytes_received": 0, "gathers": 0}
+        self._sizes: tuple[int, int] | None = None  # (local rows, global rows) of the last gather
+
+    def _gather(self, z: Tensor, what: str) -> tuple[Tensor, int]:
+        g, offset = all_gather_rows(z, self.group, what, self.traffic)
+        self._sizes = (len(z), len(g))
+        return g, offset
+
+    def pool(self, z: Tensor) -> Tensor:
+        return self._gather(z, "the generated points (data scale)")[0]
+
+    def size(self, batch: int) -> int:
+        """The global B: known from this step's gather (else one all-gather of the row counts)."""
+        if self._sizes is None or self._sizes[0] != batch:
+            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(self.group) == "nccl" \
+                else torch.device("cpu")
+            self._gather(torch.zeros(batch, 1, device=dev), "the batch sizes")
+        assert self._sizes is not None
+        return self._sizes[1]
+
+    def gradient(self, z: Tensor, refs: Tensor, kernel, prompts: Tensor | None,
+                 ref_prompts: Tensor | None, estimator: str, chunk_size: int | None) -> Tensor:
+        """Eq. 6 / Eq. 11 for the local rows z (b, D) against the global batch and the references,
+        with the same weights and the same fused calls as ``mmd._grad``."""
+        zg, off = self._gather(z, "the generated points")  # (B, D)
+        pg = None if prompts is None else self._gather(prompts, "the sample prompts")[0]  # (B, P)
+        B, b = len(zg), len(z)
+        wx = _uniform(B, zg)  # (B,)
+        wy = _uniform(len(refs), refs)  # (N_r,)
+        mine = slice(off, off + b)
+        Wxx = wx[mine, None] * wx[None, :]  # (b, B)
+        if estimator == "unbiased":
+            rows = torch.arange(b, device=z.device)
+            Wxx[rows, rows + off] = 0.0
+            Wxx = Wxx / (1.0 - (wx**2).sum())
+        p = _Prepared(z, refs, wx[mine], wy, prompts, ref_prompts, kernel, z.shape)
+        x_ = z.detach()
+        g = None
+        for s in _chunks(len(refs), chunk_size):
+            pts, W = refs[s].detach(), -wx[mine, None] * wy[None, s]  # (cs, D), (b, cs)
+            pp = None if ref_prompts is None else ref_prompts[s]
+            if g is None:  # first chunk: stacked with the global batch (repulsion)
+                pts, W = torch.cat([zg.detach(), pts]), torch.cat([Wxx, W], dim=1)  # (B + cs, D)
+                pp = None if pg is None else torch.cat([pg, pp])
+                g = 2 * _gradw(p, x_, pts, W, prompts, pp)
+            else:
+                g = g + 2 * _gradw(p, x_, pts, W, prompts, pp)
+        assert g is not None
+        if not bool(torch.isfinite(g.sum())):
+            raise FloatingPointError(
+                f"the MMD^2 gradient is not finite on process {self.rank} (kernel "
+                f"{type(kernel).__name__}); the data overflow this kernel: rescale them, or use a "
+                "Gaussian kernel, whose computation is scale-invariant")
+        return g  # (b, D)
+
+    def gradient_rff(self, z: Tensor, embedding: RFFReferenceEmbedding) -> Tensor:
+        """``mmd2_grad_rff`` for the local rows: exact repulsion against the global batch, RFF
+        reference term (the embedding is identical on every process: same seed, same refs)."""
+        zg, _ = self._gather(z, "the generated points")  # (B, D)
+        B = len(zg)
+        W = z.new_full((len(z), B), 1.0 / B**2)  # (b, B)
+        kernel = GaussianKernel(embedding.bandwidth)
+        return 2 * kernel.grad_weighted(z, zg, W) - (2.0 / B) * embedding.cross_grad(z)
+
+
+def _data_dependent(kernel: Any) -> bool:
+    return (getattr(kernel, "bandwidth", 0.0) is None) or (getattr(kernel, "bandwidths", 0.0) is None)
+
+
+def distributed_guidance(references: Tensor, *, group: Any = None, **kwargs: Any) -> MMDGuidance:
+    """``MMDGuidance(references, generated_set=DistributedBatchSet(group), **kwargs)``: batch-joint
+    guidance over the global batch of all processes in ``group`` (default: the whole world).
+
+    Every process must build it with the same arguments and the same references. Refused:
+    ``generated_set="memory"`` (sequential by nature) and a prompt kernel with a data-dependent
+    bandwidth (it would be read from each process's own prompts; give it a fixed bandwidth).
+    """
+    gs = kwargs.pop("generated_set", "batch")
+    if isinstance(gs, str) and gs == "memory" or getattr(gs, "sequential", False):
+        raise ValueError("generated_set='memory' does not distribute: the reference code's memory "
+                         "mode guides one sample at a time against the samples finished before it, "
+                         "an inherently sequential loop. Use generated_set='batch' (the paper's "
+                         "batch-joint guidance), which distributed_guidance all-gathers")
+    if gs not in ("batch",) and not isinstance(gs, DistributedBatchSet):
+        raise ValueError(f"distributed_guidance builds its own generated set; got generated_set={gs!r}")
+    pk = kwargs.get("prompt_kernel")
+    if kwargs.get("reference_prompts") is not None and pk is not None and _data_dependent(pk):
+        raise ValueError(f"distributed guidance needs a prompt kernel with a fixed bandwidth (a median "
+                         f"bandwidth would be read from each process's prompts); got {pk!r}, e.g. "
+                         "use GaussianKernel(0.3)")
+    generated = gs if isinstance(gs, DistributedBatchSet) else DistributedBatchSet(group)
+    return MMDGuidance(references, generated_set=generated, **kwargs)
+
+
+def _distributed_hooks(guidance: Any) -> list[MMDGuidance]:
+    hooks = list(guidance.hooks) if isinstance(guidance, ChainedGuidance) else [guidance]
+    bad = [h for h in hooks if not (isinstance(h, MMDGuidance) and isinstance(h.generated, DistributedBatchSet))]
+    if bad:
+        raise ValueError("sample_distributed needs guidance built by distributed_guidance(...) (or a "
+                         "ChainedGuidance of such hooks), so the batch is all-gathered; got "
+                         f"{type(bad[0]).__name__}"
+                         + (" with a local generated set" if isinstance(bad[0], MMDGuidance) else ""))
+    return hooks
+
+
+def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *,
+                       guidance: Any = None, cond: Tensor | None = None, seed: int = 0,
+                       group: Any = None, gather: bool = True, progress: bool = False,
+                       **kwargs: Any) -> SampleResult:
+    """Sample the global batch of n across the processes of ``group``; each process runs the
+    contiguous shard ``shard_bounds(n, rank, world)`` of the global indices.
+
+    Every sample has its own generator seeded by (seed, global index), so the result equals
+    ``sample(denoiser, n, shape, guidance=<the same MMDGuidance built locally>, seed=seed,
+    per_sample_seed=True)`` on one process. ``cond``: (n, C) for the global batch (each process
+    passes all rows, or the same tensor) or None. ``gather=True`` returns all n samples (and the
+    trajectory) on every process; else this process's shard. Other keyword arguments go to
+    ``sample`` (scheduler, num_steps, device, dtype, eta, ...); ``batch_size``, ``generator``,
+    ``per_sample_seed`` and ``first_index`` are set here. Every process must call it with the
+    same arguments (checked once at the start).
+    """
+    n = check_int(n, "n", 1)
+    for k in ("batch_size", "generator", "per_sample_seed", "first_index"):
+        if k in kwargs:
+            raise TypeError(f"sample_distributed sets {k} itself (each process runs its whole shard as "
+                            "one batch with per-sample seeds); remove it")
+    if not dist.is_initialized():
+        raise RuntimeError("sample_distributed needs an initialised process group: call "
+                           "mmdg_lite.distributed.init_distributed() first (under torchrun or "
+                           "accelerate launch)")
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if n < world:
+        raise ValueError(f"n={n} is smaller than the number of processes ({world}); every process "
+                         "needs at least one sample")
+    if guidance is not None:
+        _distributed_hooks(guidance)
+    # one cheap check that every process agrees on the run (a mismatch would hang or diverge)
+    shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
+    fingerprint = torch.tensor([n, seed, int(kwargs.get("num_steps", 100)), *shape_t, len(shape_t)],
+                               dtype=torch.long)
+    device = kwargs.get("device")
+    dev = torch.device(device) if device is not None else _probe_device(denoiser)
+    fps, _ = all_gather_rows(fingerprint[None].to(dev), group, "the run's settings")
+    if not bool((fps == fps[:1]).all()):
+        raise DistributedGuidanceError(
+            f"process {rank}: the processes disagree on (n, seed, num_steps, shape): "
+            f"{fps.tolist()}; call sample_distributed with the same arguments everywhere")
+    lo, hi = shard_bounds(n, rank, world)
+    if cond is not None:
+        if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
+            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(f"cond must have one row per sample of the global batch, shape ({n}, C); "
+                             f"got {got}")
+        cond = cond[lo:hi]
+    res = sample(denoiser, hi - lo, shape, guidance=guidance, cond=cond, seed=seed,
+                 per_sample_seed=True, first_index=lo, progress=progress and rank == 0, **kwargs)
+    if not gather:
+        return res
+    samples, _ = all_gather_rows(res.samples, group, "the final samples")
+    traj = None
+    if res.trajectory is not None:
+        traj = [all_gather_rows(x, group, "the trajectory")[0] for x in res.trajectory]
+    return SampleResult(samples=samples, trajectory=traj, timesteps=res.timesteps)
+
+
+def _probe_device(denoiser: Any) -> torch.device:
+    from .sampling import _model_device
+    dev = _model_device(denoiser)
+    if dist.get_backend() == "nccl" and dev.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev

@@ -1,0 +1,200 @@
+"""Distributed batch-joint guidance: 2 gloo processes (torch.multiprocessing spawn) return the
+samples of 1 process to 1e-6; a stalled peer ends the run with a clear error, not a hang."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from mmdg_lite import GaussianKernel, MMDGuidance, sample
+from mmdg_lite.denoisers import GaussianMixtureDenoiser
+from mmdg_lite.sampling import make_scheduler, sample_generators
+from mmdg_lite.toys.mixtures import circle_mixture, draw_references
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+N = 11  # odd: shards of 6 and 5 rows (padded all-gather)
+STEPS = 12
+
+
+def _setup():
+    """Denoiser, references and the run configurations, the same in every process."""
+    mix = circle_mixture(8, radius=2.0, std=0.1)
+    den = GaussianMixtureDenoiser.from_mixture(mix, make_scheduler("ddpm").alphas_cumprod)
+    refs = draw_references(circle_mixture(2, radius=2.0, std=0.1), 40, seed=1)  # 2 of the modes
+    ref_prompts = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).float()  # (40, 2)
+    prompts = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).float()  # (N, 2)
+    configs = {
+        # the default: two-scale median kernel fixed once per run from the global batch, clipped
+        "default_ddpm": (dict(), dict(scheduler="ddpm")),
+        # data-dependent bandwidth re-read every step, unbiased estimator, stochastic DDIM
+        "step_unbiased_ddim": (dict(kernel=GaussianKernel(), bandwidth_update="step", estimator="unbiased",
+                                    strength=2.0, chunk_size=16), dict(scheduler="ddim", eta=0.5)),
+        # prompt-aware product kernel (one prompt per global sample index), x0_hat evaluation
+        "prompts_x0hat": (dict(reference_prompts=ref_prompts, sample_prompts=prompts, eval_point="x0_hat"),
+                          dict(scheduler="ddpm")),
+        # RFF reference term, exact repulsion over the global batch
+        "rff": (dict(kernel=GaussianKernel(0.8), rff_features=64, strength=0.5), dict(scheduler="ddpm")),
+    }
+    return den, refs, configs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, world: int, port: int, timeout_s: float):
+    from mmdg_lite.distributed import init_distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
+    return init_distributed("gloo", timeout_s=timeout_s)
+
+
+class _StallingDenoiser(torch.nn.Module):
+    """A denoiser that hangs at its ``stall_at``-th call (a stuck GPU, a dead data loader)."""
+
+    def __init__(self, inner: torch.nn.Module, stall_at: int | None) -> None:
+        super().__init__()
+        self.inner, self.stall_at, self.calls = inner, stall_at, 0
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        if self.stall_at is not None and self.calls == self.stall_at:
+            time.sleep(60)
+        return self.inner(x, t, cond)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    """Both tests' processes: the equality runs, then a run in which process 1 stalls at step 4."""
+    from mmdg_lite.distributed import DistributedGuidanceError, distributed_guidance, sample_distributed
+
+    _join(rank, world, port, 30.0)
+    den, refs, configs = _setup()
+    results = {}
+    for name, (gkw, skw) in configs.items():
+        g = distributed_guidance(refs, **gkw)
+        res = sample_distributed(den, N, (2,), guidance=g, num_steps=STEPS, seed=5, **skw)
+        results[name] = res.samples.contiguous()
+        results[name + "/bytes_received"] = torch.tensor([g.generated.traffic["bytes_received"]])
+    save_file(results, str(Path(out) / f"rank{rank}.safetensors"))
+    # a group whose collectives time out after 3 s; process 1's denoiser hangs at step 4
+    short = dist.new_group(timeout=timedelta(seconds=3))
+    stalling = _StallingDenoiser(den, stall_at=4 if rank == 1 else None)
+    t0 = time.monotonic()
+    try:
+        sample_distributed(stalling, N, (2,), guidance=distributed_guidance(refs, group=short),
+                           group=short, num_steps=STEPS, seed=5)
+    except DistributedGuidanceError as e:
+        (Path(out) / "error.txt").write_text(f"{time.monotonic() - t0:.2f}\n{e}")
+        raise  # ends this process; spawn then ends the stalled one
+    (Path(out) / f"no_error{rank}.txt").write_text("finished")
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """One 2-process gloo run (spawn) for the equality and the failure tests; (folder, error, s)."""
+    out = tmp_path_factory.mktemp("distributed")
+    t0 = time.monotonic()
+    try:
+        mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+        err = None
+    except Exception as e:  # noqa: BLE001 - the failure test inspects it
+        err = e
+    return out, err, time.monotonic() - t0
+
+
+def test_two_processes_match_one_process(spawned):
+    """The 2-process run (shards 6 + 5) equals the 1-process run to 1e-6 for every configuration."""
+    out, err, _ = spawned
+    if not (out / "rank1.safetensors").exists():
+        raise AssertionError(f"the 2-process run failed before saving its samples: {err}")
+    den, refs, configs = _setup()
+    ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
+    worst = 0.0
+    for name, (gkw, skw) in configs.items():
+        single = sample(den, N, (2,), guidance=MMDGuidance(refs, **gkw), num_steps=STEPS, seed=5,
+                        per_sample_seed=True, **skw).samples
+        unguided = sample(den, N, (2,), num_steps=STEPS, seed=5, per_sample_seed=True, **skw).samples
+        assert (single - unguided).abs().max() > 1e-2, f"{name}: guidance did nothing; a vacuous test"
+        for r in range(2):
+            diff = float((ranks[r][name] - single).abs().max())
+            worst = max(worst, diff)
+            assert diff <= 1e-6, f"{name}: process {r} differs from the 1-process run by {diff:.3g}"
+            assert int(ranks[r][name + "/bytes_received"]) > 0  # the batch was really all-gathered
+    print(f"max |2-process - 1-process| over {len(configs)} configurations: {worst:.3g}")
+
+
+def test_stalled_peer_ends_the_run_with_a_clear_error(spawned):
+    """Process 1 hangs mid-run; process 0 raises DistributedGuidanceError after the group's 3 s
+    timeout (naming the all-gather), and the whole run ends instead of hanging."""
+    out, err, elapsed = spawned
+    assert err is not None and "DistributedGuidanceError" in str(err)
+    assert not (out / "no_error0.txt").exists()
+    waited, message = (out / "error.txt").read_text().split("\n", 1)
+    assert "process 0" in message and "generated points" in message and "timeout" in message
+    assert 2.5 <= float(waited) < 30.0, f"waited {waited} s for a 3 s timeout"
+    assert elapsed < 120, f"the run took {elapsed:.0f} s to end: the stalled process was not ended"
+    print(f"process 0 raised after {waited} s (run ended after {elapsed:.1f} s): {message}")
+
+
+def test_local_guidance_per_shard_differs_from_the_joint_batch():
+    """The oracle the equality test guards against: guiding each shard alone (accelerate's
+    split_between_processes) is not the batch-joint result."""
+    den, refs, configs = _setup()
+    gkw, skw = configs["default_ddpm"]
+    joint = sample(den, N, (2,), guidance=MMDGuidance(refs, **gkw), num_steps=STEPS, seed=5,
+                   per_sample_seed=True, **skw).samples
+    shards = [sample(den, hi - lo, (2,), guidance=MMDGuidance(refs, **gkw), num_steps=STEPS, seed=5,
+                     per_sample_seed=True, first_index=lo, **skw).samples for lo, hi in ((0, 6), (6, N))]
+    assert float((torch.cat(shards) - joint).abs().max()) > 1e-3
+
+
+def test_per_sample_seeds_do_not_depend_on_the_split():
+    """Sample i's x_T and noise come from its own generator: a shard run equals the rows of the
+    full run, unguided, for DDPM and stochastic DDIM; the default path is unchanged."""
+    den, _, _ = _setup()
+    for skw in (dict(scheduler="ddpm"), dict(scheduler="ddim", eta=0.7)):
+        full = sample(den, 7, (2,), num_steps=8, seed=3, per_sample_seed=True, **skw).samples
+        part = sample(den, 4, (2,), num_steps=8, seed=3, per_sample_seed=True, first_index=3, **skw).samples
+        chunked = sample(den, 7, (2,), num_steps=8, seed=3, per_sample_seed=True, batch_size=3, **skw).samples
+        assert torch.allclose(full[3:], part, atol=1e-6, rtol=0) and torch.allclose(full, chunked, atol=1e-6, rtol=0)
+    g = sample_generators(3, [0, 1])
+    assert not torch.equal(torch.randn(4, generator=g[0]), torch.randn(4, generator=g[1]))
+    with pytest.raises(ValueError, match="per_sample_seed"):
+        sample(den, 2, (2,), per_sample_seed=True, generator=torch.Generator())
+
+
+def test_memory_mode_and_data_dependent_prompt_kernel_are_refused(tmp_path):
+    from mmdg_lite.distributed import distributed_guidance
+
+    refs = torch.randn(10, 2)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="memory.*sequential"):
+            distributed_guidance(refs, generated_set="memory")
+        with pytest.raises(ValueError, match="fixed bandwidth"):
+            distributed_guidance(refs, reference_prompts=torch.randn(10, 3), prompt_kernel=GaussianKernel())
+        # a world of one is the plain single-process guidance
+        den, refs2, configs = _setup()
+        from mmdg_lite.distributed import sample_distributed
+        one = sample_distributed(den, N, (2,), guidance=distributed_guidance(refs2), num_steps=STEPS, seed=5)
+        plain = sample(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS, seed=5, per_sample_seed=True)
+        assert float((one.samples - plain.samples).abs().max()) <= 1e-6
+        with pytest.raises(ValueError, match="distributed_guidance"):
+            sample_distributed(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS)
+    finally:
+        dist.destroy_process_group()
