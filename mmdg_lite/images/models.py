@@ -49,7 +49,7 @@ SHAPES_VAE_RECIPE: dict[str, Any] = {
                 latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32),
 }
 SHAPES_UNET_RECIPE: dict[str, Any] = {
-    "seed": 0, "n_data": 6000, "data_seed": 2, "proportions": None, "steps": 4000,
+    "seed": 0, "n_data": 6000, "data_seed": 2, "proportions": None, "steps": 3000,
     "batch_size": 32, "lr": 2e-3,
     "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
                  layers_per_block=1, down_block_types=["DownBlock2D"] * 2,
