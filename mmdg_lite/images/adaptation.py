@@ -154,7 +154,11 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
 
 
 def _presets() -> dict[str, dict[str, dict[str, Any]]]:
-    from ..kernels import GaussianKernel
+    """Calibrated on seed 0 (64 samples, DDIM 50): for each method the setting with the lowest FD
+    among those tried (digits: MMD strength 1 / 3 on x_t, 0.5 / 1 / 2 on x0_hat; classifier scale
+    1 / 2 / 3 / 5 / 10; shapes: Gaussian c = 1 / 3 / 10 and norm-matched alpha 0.05 / 0.1 with the
+    Gaussian or cubic kernel; classifier scale 2 / 5)."""
+    from ..kernels import GaussianKernel, PolynomialKernel
 
     return {
         "digits": {
@@ -163,14 +167,15 @@ def _presets() -> dict[str, dict[str, dict[str, Any]]]:
                                                           normalization="none", eval_point="x_t")},
             "mmd x0_hat": {"method": "mmd", "guidance": dict(kernel=GaussianKernel(), strength=1.0,
                                                              normalization="none", eval_point="x0_hat")},
-            "classifier": {"method": "classifier", "classifier_scale": 10.0},
+            "classifier": {"method": "classifier", "classifier_scale": 2.0},
             "finetune": {"method": "finetune", "finetune_steps": 100},
         },
         "shapes": {
             "unguided": {"method": "unguided"},
-            "mmd x_t": {"method": "mmd", "guidance": dict(kernel=GaussianKernel(), strength=1.0,
-                                                          normalization="none", eval_point="x_t")},
-            "classifier": {"method": "classifier", "classifier_scale": 10.0},
+            # the reference code's cubic kernel with its norm-matched step: best FD in latent space
+            "mmd x_t": {"method": "mmd", "guidance": dict(kernel=PolynomialKernel(), strength=0.1,
+                                                          normalization="norm_matched", eval_point="x_t")},
+            "classifier": {"method": "classifier", "classifier_scale": 5.0},
             "finetune": {"method": "finetune", "finetune_steps": 100},
         },
     }
