@@ -3,6 +3,7 @@
     mmdg --help          the subcommands
     mmdg --version
     mmdg info            version, data folder, every shipped model and whether it loads
+    mmdg adapt           images from an SD/SDXL pipeline, MMD-guided toward a reference folder
 
 Adding a subcommand: write ``_add_NAME(subparsers)`` that creates its parser and sets
 ``func=_run_NAME``, write ``_run_NAME(args) -> int`` (the exit status), and list ``_add_NAME``
@@ -142,9 +143,209 @@ def _run_info(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# --- mmdg adapt --------------------------------------------------------------------------------
+
+class _BadInput(ValueError):
+    """Bad command-line input: printed as ``mmdg adapt: error: ...``, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def _strength(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}")
+    return value
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to options that have a real default (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "adapt", help="generate images steered toward a folder of reference images (MMD guidance)",
+        description="Sample a Stable Diffusion (1.x/2.x) or SDXL pipeline with MMD guidance toward "
+                    "a folder of reference images, optionally prompt-aware (one prompt per "
+                    "reference). Writes the images, a grid and metrics.json into --out; nothing is "
+                    "written when an input is bad.",
+        formatter_class=_DefaultsFormatter)
+    p.add_argument("--model", default=None, metavar="PATH_OR_ID",
+                   help="a diffusers pipeline folder or a hub id (downloads need network; set "
+                        "HF_HUB_OFFLINE=1 to forbid them). Default: the embedded pipeline "
+                        "data/sd/shapes_pipeline once it is built (scripts/train_sd_pipeline.py)")
+    p.add_argument("--references", required=True, metavar="DIR",
+                   help="folder of reference images (any size/mode; resized to the model's resolution)")
+    p.add_argument("--reference-prompts", default=None, metavar="FILE",
+                   help="text file, one prompt per reference image in file-name order: turns on "
+                        "prompt-aware guidance (product kernel, paper Eq. 10-11)")
+    p.add_argument("--prompt", required=True, action="append", metavar="TEXT",
+                   help="the text prompt (repeat the flag for several prompts)")
+    p.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
+                   help="images per prompt (guided jointly as one batch)")
+    p.add_argument("--strength", type=_strength, default=1.0, metavar="S",
+                   help="guidance strength c >= 0: the fraction of the kernel-weighted displacement "
+                        "toward the references per step, each step capped (MMDGuidance's default); "
+                        "0 = the unguided pipeline")
+    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (same seed, same images)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (must not exist or be empty; its parent must exist)")
+    p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--eval-point", default="x_t", choices=("x_t", "x_prev", "x0_hat"),
+                   help="where the kernel sees the sample (x0_hat runs through the scheduler-step wrapper)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also sample unguided with the same seed and report both in metrics.json")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_adapt)
+
+
+def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] | None, Path]:
+    """Validate everything that can be checked before loading a model; nothing is written."""
+    from .pipelines.adapt import EMBEDDED_PIPELINE, looks_like_path
+
+    if args.model is None:
+        if not (EMBEDDED_PIPELINE / "model_index.json").is_file():
+            raise _BadInput(f"--model is required: the embedded pipeline {EMBEDDED_PIPELINE} is not built "
+                            "yet (scripts/train_sd_pipeline.py builds it); give a diffusers pipeline "
+                            "folder or a hub id")
+        model = str(EMBEDDED_PIPELINE)
+    else:
+        model = args.model
+        if looks_like_path(model):
+            folder = Path(model).expanduser()
+            if not folder.is_dir():
+                raise _BadInput(f"--model: {model!r} is not a folder (expected a diffusers pipeline "
+                                "folder with model_index.json, or a hub id such as owner/name)")
+            if not (folder / "model_index.json").is_file():
+                raise _BadInput(f"--model: {model!r} has no model_index.json; it is not a diffusers "
+                                "pipeline folder (save one with pipe.save_pretrained)")
+    refs = Path(args.references).expanduser()
+    if not refs.is_dir():
+        raise _BadInput(f"--references: {args.references!r} is not a folder of images")
+    if not any(p.is_file() and not p.name.startswith(".") for p in refs.iterdir()):
+        raise _BadInput(f"--references: the folder {args.references!r} is empty; put reference images in it")
+    prompts = None
+    if args.reference_prompts is not None:
+        try:
+            text = Path(args.reference_prompts).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise _BadInput(f"--reference-prompts: cannot read {args.reference_prompts!r} "
+                            f"({type(err).__name__}: {err})") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has no prompts (one per line)")
+    if any(not p.strip() for p in args.prompt):
+        raise _BadInput(f"--prompt: prompts must be non-empty text; got {args.prompt!r}")
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _BadInput(f"--out: {args.out!r} already exists and is not an empty folder; choose a new folder")
+    if not out.parent.is_dir():
+        raise _BadInput(f"--out: the parent folder {str(out.parent)!r} does not exist")
+    return model, refs, prompts, out
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    try:
+        model, refs_dir, ref_prompts, out = _check_adapt_inputs(args)
+        from .images import load_reference_folder
+        from .images.display import save_grid
+        from .pipelines import encode_images, pipeline_guidance, pipeline_image_size
+        from .pipelines.adapt import generate, latent_mmd2, load_pipeline
+
+        try:
+            pipe = load_pipeline(model, device=args.device)
+        except Exception as err:  # any loading failure: say which model and why
+            raise _BadInput(f"--model: cannot load {model!r} as a diffusers pipeline "
+                            f"({type(err).__name__}: {str(err)[:300]})") from None
+        size = pipeline_image_size(pipe)
+        try:
+            images = load_reference_folder(refs_dir, size, 3)
+        except (OSError, ValueError) as err:
+            raise _BadInput(f"--references: {err}") from None
+        if ref_prompts is not None and len(ref_prompts) != len(images):
+            raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has {len(ref_prompts)} "
+                            f"prompts but {args.references!r} has {len(images)} images; give one "
+                            "prompt per reference image, in file-name order")
+    except _BadInput as err:
+        print(f"mmdg adapt: error: {err}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        latents = encode_images(pipe, images)
+        guidance = pipeline_guidance(pipe, latents, reference_prompts=ref_prompts,
+                                     prompts=args.prompt if ref_prompts is not None else None,
+                                     num_images_per_prompt=args.num_images, strength=args.strength,
+                                     eval_point=args.eval_point)
+        common = dict(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                      progress=not args.quiet, size=size)
+        guided, seconds = generate(pipe, args.prompt, args.num_images, guidance=guidance, **common)
+        metrics: dict[str, Any] = {
+            "model": model, "prompts": args.prompt, "num_images_per_prompt": args.num_images,
+            "strength": args.strength, "seed": args.seed, "steps": args.steps,
+            "guidance_scale": args.guidance_scale, "eval_point": args.eval_point,
+            "scheduler": type(pipe.scheduler).__name__, "num_references": len(images),
+            "prompt_aware": ref_prompts is not None, "image_size": size,
+            "guided": {"seconds": round(seconds, 3), "latent_mmd2": latent_mmd2(pipe, guided, latents)}}
+        _save_images(guided, tmp / "images", save_grid, args.num_images)
+        if args.baseline:
+            plain, base_s = generate(pipe, args.prompt, args.num_images, guidance=None, **common)
+            metrics["unguided"] = {"seconds": round(base_s, 3), "latent_mmd2": latent_mmd2(pipe, plain, latents)}
+            metrics["time_ratio"] = round(seconds / base_s, 4)
+            _save_images(plain, tmp / "unguided", save_grid, args.num_images)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # checked empty above
+        tmp.rename(out)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception):
+            print(f"mmdg adapt: error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        raise
+    print(f"wrote {len(guided)} images, grid.png and metrics.json to {out}")
+    return 0
+
+
+def _save_images(images: Any, folder: Path, save_grid: Callable[..., None], nrow: int) -> None:
+    """One PNG per image (N, 3, H, W) in [-1, 1] and the grid, one row per prompt."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    arrays = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    for k, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{k:04d}.png")
+    save_grid(images, folder.parent / ("grid.png" if folder.name == "images" else f"grid_{folder.name}.png"),
+              nrow=nrow)
+
+
 # --- the parser --------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_adapt]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,92 @@
+"""Domain adaptation of a diffusers SD/SDXL pipeline toward reference images: load, generate
+(unguided or MMD-guided through the callback or the step wrapper), measure. Used by
+``mmdg adapt`` and notebook 07.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .._resources import data_path
+from .encoding import encode_images
+from .hooks import GuidedSchedulerStep, MMDGuidanceCallback
+
+__all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
+
+# The embedded text-to-image pipeline (scripts/train_sd_pipeline.py builds it).
+EMBEDDED_PIPELINE = data_path("sd", "shapes_pipeline")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def looks_like_path(model: str) -> bool:
+    """A local folder (existing, or spelled like a path) rather than a hub id "owner/name"."""
+    return os.path.exists(os.path.expanduser(model)) or model.startswith((".", "/", "~")) \
+        or not _HUB_ID.match(model)
+
+
+def load_pipeline(model: str | Path, *, device: str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """A ``DiffusionPipeline`` (SD or SDXL) from a local folder or a hub id; float16 on CUDA."""
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    local = Path(str(model)).expanduser()
+    if local.is_dir():
+        kwargs["local_files_only"] = True
+        index = local / "model_index.json"
+        if index.is_file() and "safety_checker" in json.loads(index.read_text()):
+            kwargs["safety_checker"] = None  # the embedded and tiny pipelines have none
+    pipe = DiffusionPipeline.from_pretrained(str(local if local.is_dir() else model), **kwargs)
+    return pipe.to(device)
+
+
+def generate(pipe: Any, prompts: Sequence[str], num_images_per_prompt: int, *, guidance: Any = None,
+             steps: int = 30, guidance_scale: float = 5.0, seed: int = 0, progress: bool = True,
+             size: int | None = None) -> tuple[Tensor, float]:
+    """Images (N, 3, H, W) in [-1, 1] and the wall time. ``guidance`` (an MMDGuidance) runs
+    through the callback for eval points x_t / x_prev and the step wrapper for x0_hat."""
+    pipe.set_progress_bar_config(disable=not progress)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
+                                  num_images_per_prompt=num_images_per_prompt, generator=generator,
+                                  output_type="pt")
+    if size is not None:
+        kwargs.update(height=size, width=size)
+    wrapper = callback = None
+    if guidance is not None:
+        if getattr(guidance, "eval_point", "x_t") in ("x_t", "x_prev"):
+            callback = MMDGuidanceCallback(guidance).watch(pipe)
+            kwargs["callback_on_step_end"] = callback
+        else:
+            wrapper = GuidedSchedulerStep(pipe, guidance)
+    start = time.perf_counter()
+    try:
+        images = pipe(list(prompts), **kwargs).images
+    finally:
+        if callback is not None:
+            callback.unwatch()
+        if wrapper is not None:
+            wrapper.restore()
+    seconds = time.perf_counter() - start
+    return (images.float().cpu() * 2 - 1).clamp(-1, 1), seconds  # (N, 3, H, W)
+
+
+def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
+    """MMD^2 (biased, Gaussian kernel at the median distance) between the images re-encoded
+    with the pipeline's VAE and the reference latents: 0 when the two sets match."""
+    from ..kernels import GaussianKernel, median_bandwidth
+    from ..mmd import mmd2
+
+    z = encode_images(pipe, images).reshape(len(images), -1)  # (N, D)
+    r = reference_latents.float().reshape(len(reference_latents), -1)  # (N_r, D)
+    return float(mmd2(z, r, GaussianKernel(bandwidth=median_bandwidth(z, r))))

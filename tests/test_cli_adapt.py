@@ -1,0 +1,167 @@
+"""``mmdg adapt`` on a tiny SD pipeline saved to tmp_path: outputs, determinism, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("transformers")
+
+from mmdg_lite import cli  # noqa: E402
+from mmdg_lite.pipelines import tiny_sd_pipeline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny_sd"
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refs")
+    for k, colour in enumerate([(230, 30, 30), (30, 30, 230), (230, 30, 30), (30, 30, 230)]):
+        im = Image.new("RGB", (48, 48), (0, 0, 0))
+        im.paste(colour, (12, 12, 36, 36))
+        im.save(folder / f"ref_{k}.png")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def adapt(model, refs, out, *extra):
+    return cli.main(["adapt", "--model", str(model), "--references", str(refs), "--prompt", "a red square",
+                     "--num-images", "2", "--steps", "3", "--seed", "1", "--out", str(out), "--quiet", *extra])
+
+
+def leftovers(parent):
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_adapt_writes_images_grid_and_metrics(model, refs, tmp_path):
+    out = tmp_path / "run"
+    assert adapt(model, refs, out, "--baseline", "--strength", "1.0") == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png"]
+    assert (out / "grid.png").is_file() and (out / "grid_unguided.png").is_file()
+    with Image.open(out / "images" / "0000.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_references"] == 4 and m["prompt_aware"] is False and m["image_size"] == 32
+    assert m["guided"]["latent_mmd2"] >= 0 and m["unguided"]["latent_mmd2"] >= 0
+    assert m["time_ratio"] > 0 and m["strength"] == 1.0
+    assert leftovers(tmp_path) == ["run"]  # the temporary folder was moved, not left behind
+
+
+def test_adapt_same_seed_same_images_and_strength_zero_is_unguided(model, refs, tmp_path):
+    adapt(model, refs, tmp_path / "a", "--strength", "0")
+    adapt(model, refs, tmp_path / "b", "--strength", "0", "--baseline")
+    a = (tmp_path / "a" / "images" / "0001.png").read_bytes()
+    assert a == (tmp_path / "b" / "images" / "0001.png").read_bytes()
+    assert a == (tmp_path / "b" / "unguided" / "0001.png").read_bytes()
+
+
+def test_adapt_prompt_aware(model, refs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square\na blue square\n\na red square\na blue square\n")  # blank lines skipped
+    out = tmp_path / "run"
+    assert adapt(model, refs, out, "--reference-prompts", str(prompts), "--prompt", "a blue square") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["prompt_aware"] is True and m["prompts"] == ["a red square", "a blue square"]
+    assert len(list((out / "images").iterdir())) == 4  # 2 prompts x 2 images
+
+
+def test_adapt_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["adapt", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--references", "--reference-prompts", "--prompt", "--num-images",
+                 "--strength", "--seed", "--out", "--steps", "--guidance-scale", "--baseline"):
+        assert flag in text
+    assert "(default: 4)" in text and "(default: 30)" in text
+
+
+def _bad_cases(model, refs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    (broken / "notes.txt").write_text("hello")
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    return {
+        "missing model": (["--model", str(tmp_path / "nope")], "--model"),
+        "model not a pipeline": (["--model", str(refs)], "model_index.json"),
+        "empty references": (["--references", str(empty)], "empty"),
+        "missing references": (["--references", str(tmp_path / "nope")], "--references"),
+        "unreadable references": (["--references", str(broken)], "not readable images"),
+        "prompt count": (["--reference-prompts", str(three)], "has 3 prompts but"),
+        "missing prompts file": (["--reference-prompts", str(tmp_path / "nope.txt")], "cannot read"),
+        "zero images": (["--num-images", "0"], "--num-images"),
+        "negative images": (["--num-images", "-2"], "--num-images"),
+        "negative strength": (["--strength", "-0.5"], "--strength"),
+        "strength not a number": (["--strength", "strong"], "--strength"),
+        "strength nan": (["--strength", "nan"], "--strength"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model", "model not a pipeline", "empty references",
+                                  "missing references", "unreadable references", "prompt count",
+                                  "missing prompts file", "zero images", "negative images",
+                                  "negative strength", "strength not a number", "strength nan"])
+def test_adapt_bad_input_exits_nonzero_and_writes_nothing(model, refs, tmp_path, capsys, case):
+    work = tmp_path / "work"
+    work.mkdir()
+    args, message = _bad_cases(model, refs, tmp_path)[case]
+    opts = {"--model": str(model), "--references": str(refs), "--prompt": "a red square", "--steps": "2",
+            "--out": str(work / "out")}
+    opts.update(zip(args[::2], args[1::2]))
+    argv = ["adapt", "--quiet"] + [a for kv in opts.items() for a in kv]
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        status = exit_info.code
+    assert status != 0
+    err = capsys.readouterr().err
+    assert message in err
+    assert leftovers(work) == []  # no output folder, no temporary folder
+
+
+def test_adapt_without_model_before_the_embedded_pipeline_exists(refs, tmp_path, capsys, monkeypatch):
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    monkeypatch.setattr(adapt_module, "EMBEDDED_PIPELINE", tmp_path / "not_built")
+    status = cli.main(["adapt", "--references", str(refs), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert status == 2 and "--model is required" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_adapt_failure_midway_leaves_nothing(model, refs, tmp_path, capsys, monkeypatch):
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    def fail(*args, **kwargs):
+        raise FloatingPointError("boom")
+
+    monkeypatch.setattr(adapt_module, "generate", fail)
+    (tmp_path / "out").mkdir()  # an existing empty folder is allowed, and left as it was
+    assert adapt(model, refs, tmp_path / "out") == 1
+    assert "boom" in capsys.readouterr().err
+    assert leftovers(tmp_path) == ["out"] and leftovers(tmp_path / "out") == []
+
+
+def test_adapt_refuses_a_non_empty_out(model, refs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert adapt(model, refs, out) == 2
+    assert "--out" in capsys.readouterr().err and leftovers(out) == ["keep.txt"]
