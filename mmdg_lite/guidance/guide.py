@@ -34,8 +34,10 @@ __all__ = ["MMDGuidance", "ChainedGuidance", "GuidanceDivergenceError", "default
 BANDWIDTH_UPDATES = ("run", "step")
 # A guided sample farther than this many data scales from the references' centre is a blow-up,
 # not a sample. The data scale at noise level abar (DDPM-normalised space) is
-# sqrt(abar) R + sqrt(1 - abar) (sqrt(D) + 4): R the references' radius, sqrt(D) + 4 a bound on
-# the norm of unit Gaussian noise that a true sample exceeds with probability < 1e-4.
+# sqrt(abar) R + sqrt(1 - abar) (sqrt(D) + 4): R the larger of the references' radius and the
+# median distance read at the first guided step (references from one mode have a small radius
+# while the model's samples spread wider), sqrt(D) + 4 a bound on the norm of unit Gaussian noise
+# that a true sample exceeds with probability < 1e-4.
 DIVERGENCE_FACTOR = 3.0
 
 
@@ -280,7 +282,8 @@ class MMDGuidance:
         c_prev = float(getattr(state, "input_scale_prev", 1.0))
         ab = min(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0), 1.0)
         centre = rs.centre_on(out) * math.sqrt(ab)
-        limit = DIVERGENCE_FACTOR * (math.sqrt(ab) * rs.radius + math.sqrt(1 - ab) * (math.sqrt(rs.dim) + 4))
+        spread = max(rs.radius, self.data_scale or 0.0)  # concentrated references: the batch's scale
+        limit = DIVERGENCE_FACTOR * (math.sqrt(ab) * spread + math.sqrt(1 - ab) * (math.sqrt(rs.dim) + 4))
         far = (c_prev * out - centre).norm(dim=1) > limit  # (B,)
         if bool(far.any()):
             was = (c_prev * base - centre).norm(dim=1) > limit  # the scheduler's own proposal
