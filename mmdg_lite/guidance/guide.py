@@ -107,7 +107,7 @@ class MMDGuidance:
         chunk_size: references per chunk (bounded memory for large reference sets).
         rff_features: replace the exact reference term by F random Fourier features of a
             fixed-bandwidth Gaussian kernel (a step then costs O(B F D) for any N_r; relative
-            gradient error ~ 1/sqrt(F), benchmarks/results/rff.md).
+            gradient error ~ 1.6/sqrt(F), benchmarks/results/rff.md).
         track: keep per-step diagnostics in ``self.history``.
 
     Raises ``GuidanceDivergenceError`` (a ``FloatingPointError``) when a step would leave a
