@@ -50,7 +50,7 @@ from .rff import RFFReferenceEmbedding
 from .sampling import SampleResult, sample
 
 __all__ = ["DistributedBatchSet", "DistributedGuidanceError", "distributed_guidance",
-           "sample_distributed", "init_distributed", "all_gather_rows", "shard_bounds"]
+           "sample_distributed", "init_distributed", "all_gather_rows", "shard_bounds", "MicroBatched"]
 
 
 class DistributedGuidanceError(RuntimeError):
@@ -110,6 +110,8 @@ def all_gather_rows(x: Tensor, group: Any = None, what: str = "a tensor",
     all-gather). ``traffic`` (optional) accumulates the bytes this process sends and receives."""
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
+    if world == 1:  # nothing to exchange
+        return x, 0
     n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
     sizes_t = [torch.zeros_like(n) for _ in range(world)]
     _collective(lambda: dist.all_gather(sizes_t, n, group=group), f"the row counts of {what}")
@@ -312,6 +314,27 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     if res.trajectory is not None:
         traj = [all_gather_rows(x, group, "the trajectory")[0] for x in res.trajectory]
     return SampleResult(samples=samples, trajectory=traj, timesteps=res.timesteps)
+
+
+class MicroBatched(torch.nn.Module):
+    """Run ``denoiser`` on at most ``batch_size`` rows at a time and join the outputs.
+
+    A process's shard (e.g. 1,250 SDXL latents) must be guided jointly at every step, but a UNet
+    fits a few dozen at once: wrap it, and the guidance still sees the whole shard while the
+    UNet sees micro-batches (``sample(batch_size=...)`` would split the guidance too).
+    """
+
+    def __init__(self, denoiser: Callable, batch_size: int) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        outs = []
+        for s in range(0, len(x), self.batch_size):
+            sl = slice(s, s + self.batch_size)
+            outs.append(self.denoiser(x[sl], t[sl], None if cond is None else cond[sl]))
+        return torch.cat(outs)  # (b, *S)
 
 
 def _probe_device(denoiser: Any) -> torch.device:
