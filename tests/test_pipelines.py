@@ -300,3 +300,29 @@ def test_float16_pipeline_guides_in_float32_without_nan(saved):
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert len(g.history) == 3 and all(math.isfinite(h["grad_norm"]) for h in g.history)
     assert not torch.equal(out, run(pipe, n=2, steps=3, cfg=1.0))
+
+
+# --- the embedded pipeline's build script and the pairing experiment ---------------------------
+
+def test_train_script_tiny_builds_a_loadable_pipeline(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_sd_pipeline.py"
+    spec = importlib.util.spec_from_file_location("train_sd_pipeline", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    info = script.build(tmp_path / "pipe", tiny=True)
+    assert json.loads((tmp_path / "pipe" / "training.json").read_text())["recipe"]["steps"] == info["recipe"]["steps"]
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.sample_size == 8 and pipe.vae.config.scaling_factor != 1.0
+
+    from mmdg_lite.pipelines.pairing import METHODS, pairing_task, run_pairing
+
+    task = pairing_task(pipe, n_refs=4)
+    assert task.reference_latents.shape == (8, 4, 8, 8) and len(task.reference_captions) == 8
+    for method in METHODS:
+        r = run_pairing(pipe, task, method, per_prompt=1, steps=2)
+        assert r["images"].shape == (4, 3, 32, 32) and 0 <= r["circle->outlined"] <= 1
