@@ -80,19 +80,19 @@ def _worker(rank: int, world: int, port: int, out: str, sizes: list[int], repeat
                 dist.barrier()
                 comm[0] = 0.0
                 dist.all_gather = timed_gather
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = sample_distributed(den, n, SHAPE, guidance=g, scheduler="ddim", num_steps=STEPS,
                                          seed=0, gather=False)
-                wall = time.perf_counter() - t0
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 dist.all_gather = gather
                 walls = [None] * world
-                dist.all_gather_object(walls, (wall, comm[0]))
-                slowest = max(walls)
+                dist.all_gather_object(walls, (wall, comm[0], cpu))
+                slowest = (max(w[0] for w in walls), max(w[1] for w in walls), max(w[2] for w in walls))
                 if rep > 0 and (best is None or slowest[0] < best[0]):
                     best = slowest
             guided = sum(1 for i in range(STEPS) if g.step_size.weight(i, STEPS, 0.5) > 0)
             tr = g.generated.traffic
-            rows.append(dict(n=n, mode=mode, world=world, wall_s=best[0], comm_s=best[1],
+            rows.append(dict(n=n, mode=mode, world=world, wall_s=best[0], comm_s=best[1], cpu_s=best[2],
                              guided_steps=guided, gathers=tr["gathers"],
                              sent_per_step=tr["bytes_sent"] / guided,
                              received_per_step=tr["bytes_received"] / guided))
@@ -197,11 +197,13 @@ def main() -> None:
               "one torch thread per process (P processes use P cores; these cores are shared, so read "
               "the speed-ups with the load average above). Wall: the slowest process, best of "
               f"{args.repeats}. Comm: time inside the all-gathers (includes waiting for the slower "
-              "process). Bytes per guided step, for one process. Max diff: largest |sample - the "
+              "process). CPU s: the largest process CPU time (time.process_time; one thread each), which "
+              "the load of other users does not inflate: it shows the work each process does. Bytes "
+              "per guided step, for one process. Max diff: largest |sample - the "
               f"P = {args.worlds[0]} sample| over the global batch.", "",
-              "| n | reference term | P | wall s | samples/s | speed-up | comm s | all-gathers | "
-              "sent / step | received / step | max diff |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| n | reference term | P | wall s | samples/s | speed-up | CPU s / process | comm s | "
+              "all-gathers | sent / step | received / step | max diff |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in args.worlds:
         for row in runs[w]["rows"]:
             b0 = next(r for r in base["rows"] if r["n"] == row["n"] and r["mode"] == row["mode"])
@@ -209,7 +211,7 @@ def main() -> None:
             diff = float((torch.tensor(runs[w]["samples"][key]) - torch.tensor(base["samples"][key])).abs().max())
             lines.append(
                 f"| {row['n']} | {row['mode']} | {w} | {row['wall_s']:.2f} | {row['n'] / row['wall_s']:.0f} | "
-                f"{b0['wall_s'] / row['wall_s']:.2f} | {row['comm_s']:.3f} | {row['gathers']} | "
+                f"{b0['wall_s'] / row['wall_s']:.2f} | {row['cpu_s']:.2f} | {row['comm_s']:.3f} | {row['gathers']} | "
                 f"{row['sent_per_step'] / 1e3:.1f} kB | {row['received_per_step'] / 1e3:.1f} kB | {diff:.1e} |")
     lines += ["", "Per guided step each process sends its shard (b x D x 4 bytes, padded to the largest "
               "shard) and receives the others' ((P - 1) b D x 4 bytes); P = 1 moves nothing. The "
