@@ -71,6 +71,8 @@ def _join(rank: int, world: int, port: int, timeout_s: float):
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
+    if Path("/sys/class/net/lo").exists():  # gloo on loopback, whatever the hostname resolves to
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return init_distributed("gloo", timeout_s=timeout_s)
 
 
@@ -119,10 +121,15 @@ def spawned(tmp_path_factory):
     """One 2-process gloo run (spawn) for the equality and the failure tests; (folder, error, s)."""
     out = tmp_path_factory.mktemp("distributed")
     t0 = time.monotonic()
+    ctx = mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False)
+    err = None
     try:
-        mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-        err = None
-    except Exception as e:  # noqa: BLE001 - the failure test inspects it
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() - t0 > 300:  # a bug that hangs must not hang CI
+                for proc in ctx.processes:
+                    proc.kill()
+                raise AssertionError("the 2-process run hung for 300 s")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:  # the failure test inspects it
         err = e
     return out, err, time.monotonic() - t0
 
