@@ -23,6 +23,10 @@ BENCHMARKS=(
   "prompt_aware|"
   "synthetic_tables|"
   "mlp_100d|"
+  "defaults|"
+  "robustness|"
+  "overhead|"
+  "distributed|--repeats 3"
 )
 
 want() {  # with arguments on the command line, run only the named benchmarks
