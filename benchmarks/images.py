@@ -96,10 +96,51 @@ def table(res: dict) -> list[str]:
     return lines
 
 
+def _wins(res: dict, a: str, b: str) -> int:
+    return sum(x < y for x, y in zip(res[a]["fd"], res[b]["fd"]))
+
+
+def render(data: dict) -> str:
+    """The markdown table of a results dict (as written to images.json)."""
+    meta, digits, shapes, timing, sw = (data[k] for k in ("meta", "digits", "shapes", "timing", "sweep"))
+    seeds = meta["seeds"]
+    wins = [f"MMD guidance on {name[4:]} beats classifier guidance on FD in {_wins(digits, name, 'classifier')} "
+            f"of {seeds} seeds." for name in digits if name.startswith("mmd")]
+    return "\n".join([
+        "# Image domain adaptation: pixel digits and latent shapes", "",
+        f"`{meta['command']}`; {seeds} seeds, {meta['n']} samples per method and seed, DDIM "
+        f"{meta['num_steps']} steps, 50 references; one torch thread. Machine: {meta['machine']}; load "
+        f"average at start {meta['load']:.1f} (shared CPUs: times are noisy). Settings: "
+        "`mmdg_lite.images.adaptation.PRESETS`. valid: digits recognised by the feature net's digit head "
+        "(p >= 0.5), shapes passing the deterministic shape detector. class TV: total variation between "
+        "the content-class histogram (digit class / shape) and uniform, the second realism check "
+        "(guidance must not collapse the classes; a perfect uniform sampler of 64 shows 0.150 for 10 classes, 0.071 for 3 "
+        "(multinomial mean)). FD/KD in the project's feature space (stands in for DINOv2, not Inception) to "
+        "held-out target-style images.", "",
+        "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
+        *table(digits), "", *wins, "",
+        "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",
+        *table(shapes), "",
+        f"MMD guidance on x_t beats classifier guidance on FD in {_wins(shapes, 'mmd x_t', 'classifier')} "
+        f"of {seeds} seeds.", "",
+        "## Wall time per step, pixel UNet, batch 16, 50 references (interleaved, median of "
+        f"{timing['repeats']})", "",
+        "| unguided s/step | guided s/step | ratio |", "|---|---|---|",
+        f"| {timing['per_step_unguided_s']:.4f} | {timing['per_step_guided_s']:.4f} | {timing['ratio']:.3f} |", "",
+        "## Latent reference-count sweep (MMD guidance on x_t)", "",
+        "| references | outlined rate | valid | FD to target |", "|---|---|---|---|",
+        *[f"| {m} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} |" for m, r in sw.items()],
+        "", f"Total {meta['seconds']:.0f} s.", ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--render", action="store_true", help="re-render images.md from images.json")
     args = parser.parse_args()
+    if args.render:
+        OUT.write_text(render(json.loads(OUT.with_suffix(".json").read_text())))
+        return
     torch.set_num_threads(1)
     seeds = range(2) if args.quick else range(5)
     n, steps = (32, 20) if args.quick else (64, 50)
@@ -108,31 +149,14 @@ def main() -> None:
     shapes = adaptation_rows(shapes_task, PRESETS["shapes"], seeds, n, steps)
     timing = step_time_ratio()
     sw = sweep(seeds, n, steps)
-    wins = sum(a < b for a, b in zip(digits["mmd x_t"]["fd"], digits["classifier"]["fd"]))
-    wins_s = sum(a < b for a, b in zip(shapes["mmd x_t"]["fd"], shapes["classifier"]["fd"]))
-    lines = ["# Image domain adaptation: pixel digits and latent shapes", "",
-             f"`.venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}`; {len(seeds)} seeds, "
-             f"{n} samples per method and seed, DDIM {steps} steps, 50 references; one torch thread. "
-             f"Machine: {machine()}; load average at start {load[0]:.1f} (shared CPUs: times are noisy).", "",
-             "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
-             *table(digits), "",
-             f"MMD guidance (x_t) beats classifier guidance on FD in {wins} of {len(seeds)} seeds.", "",
-             "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",
-             *table(shapes), "",
-             f"MMD guidance (x_t) beats classifier guidance on FD in {wins_s} of {len(seeds)} seeds.", "",
-             "## Wall time per step, pixel UNet, batch 16, 50 references (interleaved, median of "
-             f"{timing['repeats']})", "",
-             "| unguided s/step | guided s/step | ratio |", "|---|---|---|",
-             f"| {timing['per_step_unguided_s']:.4f} | {timing['per_step_guided_s']:.4f} | {timing['ratio']:.3f} |", "",
-             "## Latent reference-count sweep (MMD guidance on x_t)", "",
-             "| references | outlined rate | valid | FD to target |", "|---|---|---|---|",
-             *[f"| {m} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} |" for m, r in sw.items()],
-             "", f"Total {time.perf_counter() - t_start:.0f} s.", ""]
+    meta = {"command": f".venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}",
+            "seeds": len(seeds), "n": n, "num_steps": steps, "machine": machine(), "load": load[0],
+            "seconds": time.perf_counter() - t_start}
+    data = {"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw}
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(lines))
-    OUT.with_suffix(".json").write_text(json.dumps({"digits": digits, "shapes": shapes, "timing": timing,
-                                                    "sweep": sw}, indent=1) + "\n")
-    print("\n".join(lines))
+    OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    OUT.write_text(render(data))
+    print(OUT.read_text())
 
 
 if __name__ == "__main__":
