@@ -1,0 +1,48 @@
+"""The image adaptation experiment (notebooks 05/06, benchmarks/images.py) on a tiny budget."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmdg_lite import MMDGuidance
+from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method
+
+
+@pytest.fixture(scope="module")
+def task():
+    return digits_task(n_refs=20, seed=0)
+
+
+def test_references_and_targets_are_disjoint_held_out_thick_digits(task):
+    assert task.references.shape == (20, 1, 16, 16)
+    assert len(task.target_images) == 480  # the other held-out digits
+    flat = lambda x: {tuple(v) for v in x.reshape(len(x), -1).numpy().round(4).tolist()}  # noqa: E731
+    assert len(flat(task.references) & flat(task.target_images)) <= 2  # only duplicate scans
+    assert task.has_style(task.references).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("method", ["unguided", "mmd", "classifier", "finetune"])
+def test_every_method_runs_and_is_measured(task, method):
+    before = {k: v.clone() for k, v in task.denoiser.unet.state_dict().items()}
+    guidance = MMDGuidance(task.references, **PRESETS["digits"]["mmd x_t"]["guidance"]) if method == "mmd" else None
+    r = run_method(task, method, n=6, num_steps=3, seed=0, guidance=guidance, classifier_steps=5,
+                   finetune_steps=2)
+    assert r.images.shape == (6, 1, 16, 16)
+    assert 0 <= r.style_rate <= 1 and 0 <= r.valid_rate <= 1 and 0 <= r.class_tv <= 1
+    assert math.isfinite(r.fd) and r.fd >= 0 and math.isfinite(r.kd)
+    assert (r.setup_seconds > 0) == (method in ("classifier", "finetune"))
+    after = task.denoiser.unet.state_dict()  # fine-tuning trains a copy: the shipped UNet is untouched
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in task.denoiser.unet.parameters())
+
+
+def test_same_seed_same_samples_and_bad_method(task):
+    a = run_method(task, "unguided", n=4, num_steps=3, seed=2)
+    b = run_method(task, "unguided", n=4, num_steps=3, seed=2)
+    assert torch.equal(a.images, b.images)
+    with pytest.raises(ValueError, match="method"):
+        run_method(task, "dreambooth", n=4)
+    with pytest.raises(ValueError, match="guidance"):
+        run_method(task, "mmd", n=4)
