@@ -23,6 +23,7 @@ BENCHMARKS=(
   "prompt_aware|"
   "synthetic_tables|"
   "mlp_100d|"
+  "sd|"
   "defaults|"
   "robustness|"
   "overhead|"

@@ -9,6 +9,9 @@ encoders need the ``sd`` extra (transformers).
   (pooled, L2-normalised; SDXL's two encoders), ``pipeline_guidance`` (an MMDGuidance, prompt-aware
   with reference prompts), ``load_references``
 - ``tiny``: ``build_tokenizer`` (offline BPE), ``tiny_sd_pipeline``, ``tiny_sdxl_pipeline``
+- ``adapt``: ``EMBEDDED_PIPELINE`` (data/sd/shapes_pipeline), ``load_pipeline``, ``generate``,
+  ``latent_mmd2`` (``mmdg adapt`` and notebook 07)
+- ``pairing``: the category -> style pairing experiment (notebook 07, benchmarks/sd.py)
 """
 from .encoding import (encode_images, load_references, pipeline_guidance, pipeline_image_size,
                        prompt_features, sample_prompt_features)
