@@ -67,6 +67,10 @@ def test_adapt_same_seed_same_images_and_strength_zero_is_unguided(model, refs, 
     a = (tmp_path / "a" / "images" / "0001.png").read_bytes()
     assert a == (tmp_path / "b" / "images" / "0001.png").read_bytes()
     assert a == (tmp_path / "b" / "unguided" / "0001.png").read_bytes()
+    adapt(model, refs, tmp_path / "c", "--strength", "0", "--eval-point", "x0_hat")  # the step wrapper
+    assert a == (tmp_path / "c" / "images" / "0001.png").read_bytes()
+    adapt(model, refs, tmp_path / "d", "--strength", "1", "--eval-point", "x0_hat")
+    assert a != (tmp_path / "d" / "images" / "0001.png").read_bytes()
 
 
 def test_adapt_prompt_aware(model, refs, tmp_path):
