@@ -50,13 +50,25 @@ def magnitude_scale(*tensors: Tensor) -> float:
     return 2.0 ** round(math.log2(top))
 
 
-def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
-    """x and y in the work dtype, divided by ``magnitude_scale`` c when the data are at an extreme
-    scale (no copy otherwise); returns (x, y, c)."""
-    c = magnitude_scale(x, y)
+def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    """(x, y, ||x_i - y_j||^2, c): the points in the work dtype, divided by a power of two c when
+    they are at an extreme scale (no copy otherwise), and their squared distances (n, m).
+
+    The scale test reads the row norms the distances need anyway: only when the largest norm is
+    0, not finite, or outside [2^-24, 2^24] are the entries themselves inspected."""
     dt = work_dtype(x, y)
     x, y = x.to(dt), y.to(dt)
-    return (x, y, c) if c == 1.0 else (x / c, y / c, c)
+    nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)  # (n,), (m,)
+    top = max(float(nx.max()), float(ny.max()))
+    c = 1.0
+    if top == 0.0 or not math.isfinite(top) or abs(math.log2(top)) > _SAFE_LOG2:
+        c = magnitude_scale(x, y)
+        if c != 1.0:
+            x, y = x / c, y / c
+            nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)
+    # ||x||^2 + ||y||^2 - 2 x y^T in one fused product, clamped in place (rounding can go below 0)
+    d2 = torch.addmm(nx.square()[:, None] + ny.square(), x, y.T, alpha=-2.0).clamp_min_(0.0)  # (n, m)
+    return x, y, d2, c
 
 
 def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
@@ -151,18 +163,17 @@ class GaussianKernel(Kernel):
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         s = float(self.resolve(x, y).bandwidth)  # type: ignore[arg-type]
-        c = magnitude_scale(x, y)  # 1.0 unless the data are at an extreme scale
-        if c != 1.0:
-            x, y, s = x / c, y / c, s / c
-        return torch.exp(-pairwise_sq_dists(x, y) / (2 * s * s))  # (n, m)
+        _, _, d2, c = _rescaled(x, y)  # c = 1 unless the data are at an extreme scale
+        s = s / c
+        return torch.exp(d2 * (-0.5 / (s * s)))  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)  # the median bandwidth is computed once, not per call
         s = float(k.bandwidth)  # type: ignore[arg-type]
-        x, y, c = _rescaled(x, y)
+        x, y, d2, c = _rescaled(x, y)
         s = s / c
-        a = torch.exp(pairwise_sq_dists(x, y) * (-0.5 / (s * s))) * (w.to(x.dtype) / (s * s))  # (n, m)
-        g = a @ y - a.sum(1, keepdim=True) * x  # (n, D)
+        a = d2.mul_(-0.5 / (s * s)).exp_().mul_(w.to(x.dtype)).div_(s * s)  # (n, m), in place
+        g = torch.addmm(x * -a.sum(1, keepdim=True), a, y)  # sum_j a_ij (y_j - x_i): (n, D)
         return g if c == 1.0 else g / c
 
 
@@ -213,20 +224,15 @@ class MultiGaussianKernel(Kernel):
         total = sum(b * b for b in bw)
         return tuple(b * b / total for b in bw)
 
-    def _terms(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
-        """(x, y, d2) rescaled to a safe magnitude, in the work dtype, and the scale c."""
-        x, y, c = _rescaled(x, y)
-        return x, y, pairwise_sq_dists(x, y), c
-
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         k = self.resolve(x, y)
-        x, y, d2, c = self._terms(x, y)
+        x, y, d2, c = _rescaled(x, y)
         return sum(om * torch.exp(-d2 * (c * c / (2 * b * b)))
                    for om, b in zip(k.weights(), k.bandwidths))  # type: ignore[return-value]
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)
-        x, y, d2, c = self._terms(x, y)
+        x, y, d2, c = _rescaled(x, y)
         a = sum(om * torch.exp(-d2 * (c * c / (2 * b * b))) * (c * c / (b * b))
                 for om, b in zip(k.weights(), k.bandwidths)) * w.to(d2.dtype)  # (n, m)
         g = a @ y - a.sum(1, keepdim=True) * x  # (n, D)

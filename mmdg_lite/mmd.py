@@ -149,23 +149,16 @@ def mmd2_grad(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=N
 
 
 def _grad(p: _Prepared, estimator: str, chunk_size: int | None) -> Tensor:
-    """Eq. 6 / Eq. 11 as weighted-gradient calls. The repulsion and the first reference chunk
-    share one call over the stacked set [x; y] with weights [W_xx, -W_xy], so the whole
-    gradient costs two (n, D) x (D, n + m) matrix products."""
+    """Eq. 6 / Eq. 11 as weighted-gradient calls: the repulsion among the n generated points,
+    then the attraction to each chunk of references (two matrix products per chunk)."""
     x_, wx = p.x.detach(), p.wx
     Wxx = wx[:, None] * wx[None, :]  # (n, n)
     if estimator == "unbiased":
         Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
-    g = None
+    g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
     for s in _chunks(len(p.y), chunk_size):
-        pts, W, pp = p.y[s].detach(), -wx[:, None] * p.wy[None, s], _sl(p.py, s)  # (cs, D), (n, cs)
-        if g is None:  # first chunk: stack with the generated points (repulsion)
-            pts, W = torch.cat([x_, pts]), torch.cat([Wxx, W], dim=1)  # (n + cs, D), (n, n + cs)
-            pp = None if p.px is None else torch.cat([p.px, pp])
-            g = 2 * _gradw(p, x_, pts, W, p.px, pp)
-        else:
-            g = g + 2 * _gradw(p, x_, pts, W, p.px, pp)
-    assert g is not None
+        Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
+        g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
     if not bool(torch.isfinite(g.sum())):
         raise FloatingPointError(
             f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}); the data "
