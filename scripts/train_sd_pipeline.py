@@ -30,7 +30,7 @@ from mmdg_lite.seeding import seed_everything
 OUT = data_path("sd", "shapes_pipeline")
 CAPTIONS = [caption(s, c) for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"]]
 RECIPE = {
-    "seed": 0, "n_data": 6000, "data_seed": 3, "steps": 700, "batch_size": 32, "lr": 2e-3,
+    "seed": 0, "n_data": 6000, "data_seed": 3, "steps": 1500, "batch_size": 32, "lr": 2e-3,
     "caption_dropout": 0.1, "betas": [0.00085, 0.012], "beta_schedule": "scaled_linear",
     "text": {"hidden": 32, "layers": 2},
     "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
