@@ -59,7 +59,7 @@ def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
     dt = work_dtype(x, y)
     x, y = x.to(dt), y.to(dt)
     nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)  # (n,), (m,)
-    top = max(float(nx.max()), float(ny.max()))
+    top = max(float(nx.detach().max()), float(ny.detach().max()))
     c = 1.0
     if top == 0.0 or not math.isfinite(top) or abs(math.log2(top)) > _SAFE_LOG2:
         c = magnitude_scale(x, y)

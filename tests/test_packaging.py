@@ -156,7 +156,10 @@ def test_installed_wheel_loads_the_shipped_models_without_training(installed, tm
     with torch.no_grad():
         want = [load_denoiser(ROOT / "data/toy/mlp_2d")(x, t).tolist(),
                 load_denoiser(ROOT / "data/toy/cond_2d")(x, t, c).tolist()]
-    assert got["outs"] == want
+    # float32 sums may be ordered differently with another thread count: not bit-equal, but the
+    # same weights give outputs equal to rounding (other weights would differ at the 1e-1 level)
+    for g, w in zip(got["outs"], want):
+        torch.testing.assert_close(torch.tensor(g), torch.tensor(w), rtol=1e-5, atol=1e-6)
 
 
 def test_installed_wheel_without_its_weights_raises_instead_of_training(installed, tmp_path):
