@@ -153,6 +153,17 @@ def test_check_passes_with_the_solution_and_fails_otherwise(exercise):
         exec(compile(checks, "<check>", "exec"), ns)
 
 
+@pytest.mark.parametrize("exercise", list(SOLUTIONS))
+def test_the_solution_can_be_written_with_the_notebooks_imports(exercise):
+    """A student who types the solution's body into the stub cell has every name it uses."""
+    fn = SOLUTIONS[exercise]
+    ns, checks = _namespace(exercise)
+    from mmdg_lite.solutions import solution_source
+    stub_head = stub_source(fn).split("# Exercise")[0]  # the import line the stub carries, if any
+    exec(compile(stub_head + solution_source(fn), "<typed solution>", "exec"), ns)
+    exec(compile(checks, "<check>", "exec"), ns)
+
+
 def test_student_versions_have_stubs_and_no_solutions_or_outputs(tmp_path):
     assert MSN.main(["--out", str(tmp_path), *map(str, NOTEBOOKS)]) == 0
     for path in NOTEBOOKS:
