@@ -34,6 +34,7 @@ def _one_thread():
 
 
 N = 11  # odd: shards of 6 and 5 rows (padded all-gather)
+F64 = torch.float64
 STEPS = 12
 
 
@@ -41,20 +42,22 @@ def _setup():
     """Denoiser, references and the run configurations, the same in every process."""
     mix = circle_mixture(8, radius=2.0, std=0.1)
     den = GaussianMixtureDenoiser.from_mixture(mix, make_scheduler("ddpm").alphas_cumprod)
-    refs = draw_references(circle_mixture(2, radius=2.0, std=0.1), 40, seed=1)  # 2 of the modes
-    ref_prompts = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).float()  # (40, 2)
-    prompts = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).float()  # (N, 2)
+    # float64 throughout: the shards' gradients sum in another order than the single process's,
+    # and float32 rounding (a few ulps per step) would hide what the 1e-6 equality checks
+    refs = draw_references(circle_mixture(2, radius=2.0, std=0.1), 40, seed=1).double()  # 2 of the modes
+    ref_prompts = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).double()  # (40, 2)
+    prompts = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).double()  # (N, 2)
     configs = {
         # the default: two-scale median kernel fixed once per run from the global batch, clipped
-        "default_ddpm": (dict(), dict(scheduler="ddpm")),
+        "default_ddpm": (dict(), dict(scheduler="ddpm", dtype=F64)),
         # data-dependent bandwidth re-read every step, unbiased estimator, stochastic DDIM
         "step_unbiased_ddim": (dict(kernel=GaussianKernel(), bandwidth_update="step", estimator="unbiased",
-                                    strength=2.0, chunk_size=16), dict(scheduler="ddim", eta=0.5)),
+                                    strength=2.0, chunk_size=16), dict(scheduler="ddim", eta=0.5, dtype=F64)),
         # prompt-aware product kernel (one prompt per global sample index), x0_hat evaluation
         "prompts_x0hat": (dict(reference_prompts=ref_prompts, sample_prompts=prompts, eval_point="x0_hat"),
-                          dict(scheduler="ddpm")),
+                          dict(scheduler="ddpm", dtype=F64)),
         # RFF reference term, exact repulsion over the global batch
-        "rff": (dict(kernel=GaussianKernel(0.8), rff_features=64, strength=0.5), dict(scheduler="ddpm")),
+        "rff": (dict(kernel=GaussianKernel(0.8), rff_features=64, strength=0.5), dict(scheduler="ddpm", dtype=F64)),
     }
     return den, refs, configs
 
@@ -215,8 +218,10 @@ def test_memory_mode_and_data_dependent_prompt_kernel_are_refused(tmp_path):
         # a world of one is the plain single-process guidance
         den, refs2, configs = _setup()
         from mmdg_lite.distributed import sample_distributed
-        one = sample_distributed(den, N, (2,), guidance=distributed_guidance(refs2), num_steps=STEPS, seed=5)
-        plain = sample(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS, seed=5, per_sample_seed=True)
+        one = sample_distributed(den, N, (2,), guidance=distributed_guidance(refs2), num_steps=STEPS, seed=5,
+                                 dtype=F64)
+        plain = sample(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS, seed=5, per_sample_seed=True,
+                       dtype=F64)
         assert float((one.samples - plain.samples).abs().max()) <= 1e-6
         with pytest.raises(ValueError, match="distributed_guidance"):
             sample_distributed(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS)
