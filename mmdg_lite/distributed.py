@@ -45,7 +45,7 @@ from ._validation import check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
 from .guidance.guide import ChainedGuidance, MMDGuidance
 from .kernels import GaussianKernel, ProductKernel
-from .mmd import _chunks, _gradw, _Prepared
+from .mmd import _chunks, _gradw, _prompt_masses, _Prepared
 from .rff import RFFReferenceEmbedding
 from .sampling import SampleResult, sample
 
@@ -172,7 +172,8 @@ class DistributedBatchSet(BatchSet):
         return self._sizes[1]
 
     def gradient(self, z: Tensor, refs: Tensor, kernel, prompts: Tensor | None,
-                 ref_prompts: Tensor | None, estimator: str, chunk_size: int | None) -> Tensor:
+                 ref_prompts: Tensor | None, estimator: str, chunk_size: int | None,
+                 prompt_weighting: str = "joint") -> Tensor:
         """Eq. 6 / Eq. 11 for the local rows z (b, D) against the global batch and the references,
         with the same weights and the same fused calls as ``mmd._grad``."""
         zg, off = self._gather(z, "the generated points")  # (B, D)
@@ -187,10 +188,16 @@ class DistributedBatchSet(BatchSet):
             Wxx[rows, rows + off] = 0.0
             Wxx = Wxx / (1.0 - (wx**2).sum())
         p = _Prepared(z, refs, wx[mine], wy, prompts, ref_prompts, kernel, z.shape)
+        att = None
+        if prompt_weighting == "conditional" and isinstance(kernel, ProductKernel):
+            rep, att = _prompt_masses(kernel, prompts, pg, Wxx, ref_prompts, wy, chunk_size)  # (b,)
+            Wxx = Wxx * rep[:, None]
         x_ = z.detach()
         g = None
         for s in _chunks(len(refs), chunk_size):
             pts, W = refs[s].detach(), -wx[mine, None] * wy[None, s]  # (cs, D), (b, cs)
+            if att is not None:
+                W = W * att[:, None]
             pp = None if ref_prompts is None else ref_prompts[s]
             if g is None:  # first chunk: stacked with the global batch (repulsion)
                 pts, W = torch.cat([zg.detach(), pts]), torch.cat([Wxx, W], dim=1)  # (B + cs, D)

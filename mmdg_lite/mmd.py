@@ -18,7 +18,7 @@ from ._validation import check_choice, check_int, check_pair, check_points, chec
 from .kernels import Kernel, ProductKernel, work_dtype
 
 __all__ = ["mmd2", "mmd2_grad", "mmd2_grad_autograd", "witness", "permutation_test",
-           "PermutationTestResult", "ESTIMATORS"]
+           "PermutationTestResult", "ESTIMATORS", "PROMPT_WEIGHTINGS"]
 
 ESTIMATORS = ("biased", "unbiased")
 AnyKernel = Kernel | ProductKernel
@@ -148,16 +148,57 @@ def mmd2_grad(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=N
     return _grad(p, estimator, chunk_size).reshape(p.shape)
 
 
-def _grad(p: _Prepared, estimator: str, chunk_size: int | None) -> Tensor:
+PROMPT_WEIGHTINGS = ("joint", "conditional")
+
+
+def _prompt_masses(kernel: ProductKernel, px: Tensor, pg: Tensor, Wxx: Tensor, py: Tensor,
+                   wy: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    """Row factors of the conditional prompt weighting for rows with prompts px (n, P), against
+    the batch's prompts pg (B, P) with weights Wxx (n, B) and the references' prompts py (m, P)
+    with weights wy (m,). Returns (rho_i / rep_i, rho_i / att_i), (n,) each, where
+
+    rep_i = sum_k W_ik k_p(p_i, p_k) / sum_k W_ik   (the batch's mass near i's prompt),
+    att_i = sum_j v_j k_p(p_i, p_j^r)               (the references' mass near it, v = wy / sum wy),
+    rho_i = max_j k_p(p_i, p_j^r)                   (1 when a reference has i's prompt, -> 0 for
+                                                     prompts far from every reference prompt).
+    """
+    tiny = torch.finfo(px.dtype).tiny
+    rep = (Wxx * kernel.prompt_gram(px, pg)).sum(1) / Wxx.sum(1)  # (n,)
+    v = wy / wy.sum()  # (m,)
+    att, rho = px.new_zeros(len(px)), px.new_zeros(len(px))
+    for s in _chunks(len(py), chunk_size):
+        Kp = kernel.prompt_gram(px, py[s])  # (n, cs)
+        att = att + Kp @ v[s]
+        rho = torch.maximum(rho, Kp.max(1).values)
+    return rho / rep.clamp_min(tiny), rho / att.clamp_min(tiny)  # unbiased: rep of a lone sample -> 0
+
+
+def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
+          prompt_weighting: str = "joint") -> Tensor:
     """Eq. 6 / Eq. 11 as weighted-gradient calls: the repulsion among the n generated points,
-    then the attraction to each chunk of references (two matrix products per chunk)."""
+    then the attraction to each chunk of references (two matrix products per chunk).
+
+    ``prompt_weighting="conditional"`` (ProductKernel only) rescales each sample's prompt
+    weights (``_prompt_masses``) so that it feels the repulsion and attraction of an unweighted
+    MMD, spread over the samples and references whose prompts resemble its own, times rho_i,
+    the prompt kernel to the nearest reference prompt (so nothing where none resembles it). For a prompt kernel that is 1 within prompt groups
+    and 0 across, grad_i is |G|/n times the plain MMD gradient of i's group G against G's
+    references (a conditional MMD), and 0 for groups without references; Eq. 11's joint weights
+    give that only when every group's share of the batch equals its share of the references.
+    """
     x_, wx = p.x.detach(), p.wx
     Wxx = wx[:, None] * wx[None, :]  # (n, n)
     if estimator == "unbiased":
         Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
+    att = None
+    if prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel):
+        rep, att = _prompt_masses(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size)
+        Wxx = Wxx * rep[:, None]
     g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
     for s in _chunks(len(p.y), chunk_size):
         Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
+        if att is not None:
+            Wxy = Wxy * att[:, None]
         g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
     if not bool(torch.isfinite(g.sum())):
         raise FloatingPointError(

@@ -174,12 +174,14 @@ def test_prompt_aware_with_identical_prompts_equals_plain_guidance():
 
 
 def test_prompt_aware_matches_autograd_of_product_mmd():
+    """prompt_weighting='joint' is Eq. 11: the gradient of the product-kernel MMD^2 (the default
+    'conditional' weighting is checked against per-group MMD in test_prompt_weighting.py)."""
     st, y = make_state(B=6), refs(N=9)
     g = torch.Generator().manual_seed(4)
     rp, sp = torch.randn(9, 4, generator=g), torch.randn(6, 4, generator=g)
     k, kp = GaussianKernel(1.1), GaussianKernel(0.5)
     out = MMDGuidance(y, kernel=k, normalization="none", strength=0.3, strength_scale="none", reference_prompts=rp,
-                      sample_prompts=sp, prompt_kernel=kp)(st)
+                      sample_prompts=sp, prompt_kernel=kp, prompt_weighting="joint")(st)
     from mmdg_lite.kernels import ProductKernel
     pk = ProductKernel(kp, k)
     z = st.x_t.clone().requires_grad_(True)

@@ -125,7 +125,7 @@ def test_absent_prompts_get_vanishing_finite_corrections():
     w = prompt_weights(["far"], rprompts, enc, prompt_bandwidth=0.3)
     assert bool(torch.isfinite(w).all()) and float(w.max()) < 1e-4
     st = _state(B=3)
-    kw = dict(prompt_bandwidth=0.3, kernel=GaussianKernel(2.0), strength=1.0)
+    kw = dict(prompt_bandwidth=0.3, kernel=GaussianKernel(2.0), strength=1.0, prompt_weighting="joint")
     far = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "far"], **kw)(st)
     near = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "cat"], **kw)(st)
     step_far, step_near = (st.x_prev - far)[2].norm(), (st.x_prev - near)[2].norm()
@@ -139,7 +139,8 @@ def test_absent_prompts_get_vanishing_finite_corrections():
     assert all(a <= b for a, b in zip(steps, steps[1:]))
     # a group of absent-prompt samples still repels itself in Eq. 11; the coverage gate stops it
     st = _state(B=4)
-    g2 = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "far", "far"], kernel=GaussianKernel(1.0))
+    g2 = prompt_aware_guidance(refs, rprompts, enc, ["cat", "dog", "far", "far"], kernel=GaussianKernel(1.0),
+                               prompt_weighting="joint")
     assert float((st.x_prev - g2(st))[2:].norm()) > 1e-3
     rho = reference_coverage(g2, g2.sample_prompts)
     torch.testing.assert_close(rho[:2], torch.ones(2, dtype=rho.dtype))

@@ -43,11 +43,13 @@ class BatchSet:
         return batch
 
     def gradient(self, z: Tensor, refs: Tensor, kernel, prompts: Tensor | None,
-                 ref_prompts: Tensor | None, estimator: str, chunk_size: int | None) -> Tensor | None:
-        """grad of MMD^2(batch, references) w.r.t. each row of z (B, D) (Eq. 6 / Eq. 11)."""
+                 ref_prompts: Tensor | None, estimator: str, chunk_size: int | None,
+                 prompt_weighting: str = "joint") -> Tensor | None:
+        """grad of MMD^2(batch, references) w.r.t. each row of z (B, D) (Eq. 6 / Eq. 11; see
+        ``mmd._grad`` for ``prompt_weighting``)."""
         p = _Prepared(z, refs, _uniform(len(z), z), _uniform(len(refs), refs), prompts, ref_prompts,
                       kernel, z.shape)
-        return _grad(p, estimator, chunk_size)
+        return _grad(p, estimator, chunk_size, prompt_weighting)
 
     def gradient_rff(self, z: Tensor, embedding: RFFReferenceEmbedding) -> Tensor:
         """The same with the RFF reference term (``rff_features``): (B, D)."""
@@ -80,7 +82,8 @@ class MemorySet(BatchSet):
     def size(self, batch: int) -> int:
         return 1 + (0 if self.memory is None else len(self.memory))
 
-    def gradient(self, z, refs, kernel, prompts, ref_prompts, estimator, chunk_size):
+    def gradient(self, z, refs, kernel, prompts, ref_prompts, estimator, chunk_size,
+                 prompt_weighting="joint"):
         """Each row with the memory is its own generated set; None while the memory is empty."""
         if self.memory is None:
             return None  # the first sample is unguided, as in the reference code
@@ -90,5 +93,6 @@ class MemorySet(BatchSet):
         for i in range(len(z)):
             gen = torch.cat([z[i:i + 1], mem])  # (1 + M, D)
             gp = None if prompts is None else torch.cat([prompts[i:i + 1], mp])
-            rows.append(super().gradient(gen, refs, kernel, gp, ref_prompts, estimator, chunk_size)[0])
+            rows.append(super().gradient(gen, refs, kernel, gp, ref_prompts, estimator, chunk_size,
+                                        prompt_weighting)[0])
         return torch.stack(rows)  # (B, D)

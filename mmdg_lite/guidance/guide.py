@@ -21,6 +21,7 @@ from torch import Tensor
 from .._validation import check_choice, check_int, check_pair, check_points
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
                        median_bandwidth, work_dtype)
+from ..mmd import PROMPT_WEIGHTINGS
 from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
 from .eval_point import EVAL_POINTS, EvalPoint
 from .generated import GENERATED_SETS, BatchSet, MemorySet
@@ -104,6 +105,14 @@ class MMDGuidance:
         reference_prompts / sample_prompts / prompt_kernel: prompt-aware guidance (Sec. 5,
             Eq. 10-11): kernel k_p x k_z with k_p Gaussian (sigma 0.3) on L2-normalised prompt
             features by default. Without ``sample_prompts`` the sampler's ``cond`` is used.
+        prompt_weighting: "conditional" (default): each sample's prompt weights are divided by
+            their sum, so every sample is pulled toward (and pushed from) the references (and
+            samples) whose prompts resemble its own with the full force of an unweighted MMD,
+            whatever share of the batch and of the references its prompt has; "joint": Eq. 11's
+            weights as they are (the product-kernel MMD of the joint distribution), whose pull
+            shrinks with the share of references with the sample's prompt while its push
+            shrinks with its share of the batch; where the two shares differ the batch is
+            pushed apart (benchmarks/results/sd.md, notebook 04).
         chunk_size: references per chunk (bounded memory for large reference sets).
         rff_features: replace the exact reference term by F random Fourier features of a
             fixed-bandwidth Gaussian kernel (a step then costs O(B F D) for any N_r; relative
@@ -122,7 +131,8 @@ class MMDGuidance:
                  eval_point: str = "x_t", generated_set: str | BatchSet = "batch", memory_size: int = 99,
                  estimator: str = "biased", bandwidth_update: str = "run",
                  reference_prompts: Tensor | None = None, sample_prompts: Tensor | None = None,
-                 prompt_kernel: Kernel | None = None, chunk_size: int | None = None,
+                 prompt_kernel: Kernel | None = None, prompt_weighting: str = "conditional",
+                 chunk_size: int | None = None,
                  rff_features: int | None = None, rff_seed: int = 0, track: bool = False) -> None:
         self.reference_set = ReferenceSet(references, reference_prompts)
         self.kernel: Kernel = kernel if kernel is not None else default_kernel()
@@ -145,6 +155,7 @@ class MMDGuidance:
         self.chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
         self.sample_prompts = None
         self.prompt_kernel = None
+        self.prompt_weighting = check_choice(prompt_weighting, "prompt_weighting", PROMPT_WEIGHTINGS)
         if reference_prompts is not None:
             self.prompt_kernel = prompt_kernel if prompt_kernel is not None else GaussianKernel(0.3)
             if sample_prompts is not None:
@@ -218,7 +229,7 @@ class MMDGuidance:
             g_z = self.generated.gradient_rff(loc.z, self.rff)
         else:
             g_z = self.generated.gradient(loc.z, refs, kernel, prompts, rp, self.estimator,
-                                          self.chunk_size)
+                                          self.chunk_size, self.prompt_weighting)
         if g_z is None:  # memory mode's first sample
             return state.x_prev
         grad_x = loc.pull_back(g_z)  # (B, D)
@@ -243,7 +254,7 @@ class MMDGuidance:
         kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts,
                                self.reference_set.prompts_on(z))
         g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, self.reference_set.prompts_on(z),
-                                    self.estimator, self.chunk_size)
+                                    self.estimator, self.chunk_size, self.prompt_weighting)
         return torch.zeros_like(z) if g is None else g
 
     def _kernel(self) -> Kernel | ProductKernel:
@@ -319,10 +330,11 @@ class MMDGuidance:
     def paper(cls, references: Tensor, strength: float = 100.0, **kwargs: Any) -> "MMDGuidance":
         """The paper's literal Eq. 5: z_{t-1} = sampler(z_t) - lambda grad_{z_t} MMD^2 with a
         constant lambda = ``strength``, a Gaussian kernel with the median bandwidth of the
-        current points, no normalisation, the whole run guided. lambda must grow like
+        current points, no normalisation, the whole run guided, Eq. 11's joint prompt weights. lambda must grow like
         B sigma^2 to matter (the default strength scale exists for that reason)."""
         opts: dict[str, Any] = dict(kernel=GaussianKernel(), strength=strength, strength_scale="none",
-                                    normalization="none", stop=1.0, bandwidth_update="step")
+                                    normalization="none", stop=1.0, bandwidth_update="step",
+                                    prompt_weighting="joint")
         opts.update(kwargs)
         return cls(references, **opts)
 
