@@ -3,7 +3,9 @@
 The user's references pair each category with a minority style the captions never name, e.g.
 circles -> outlined and squares -> large. Sampling with prompts that omit the style, plain MMD
 pools all references (a circle is pulled toward large squares too); the prompt-aware product
-kernel (paper Eq. 10-11) weighs each reference by how close its prompt is to the sample's.
+kernel (paper Eq. 10-11) weighs each reference by how close its prompt is to the sample's, and
+``MMDGuidance``'s conditional prompt weighting gives each prompt the full pull of its own
+references whatever their share (here a caption such as "a red circle" holds 1/8 of them).
 """
 from __future__ import annotations
 
@@ -49,26 +51,26 @@ def pairing_task(pipe: Any, pairing: Mapping[str, tuple[str, str]] = PAIRING, n_
     return PairingTask(dict(pairing), prompts, ref_images, encode_images(pipe, ref_images), captions, cats)
 
 
-def _guidance(pipe: Any, task: PairingTask, method: str, per_prompt: int, strength: float) -> Any:
+def _guidance(pipe: Any, task: PairingTask, method: str, per_prompt: int, options: Mapping[str, Any]) -> Any:
     from ..guidance import MMDGuidance
-    from ..kernels import PolynomialKernel
 
-    opts = dict(kernel=PolynomialKernel(), strength=strength, normalization="norm_matched", eval_point="x_t")
     if method == "mmd":
-        return MMDGuidance(task.reference_latents, **opts)
+        return MMDGuidance(task.reference_latents, **options)
     return MMDGuidance(task.reference_latents, reference_prompts=prompt_features(pipe, task.reference_captions),
-                       sample_prompts=sample_prompt_features(pipe, task.prompts, per_prompt), **opts)
+                       sample_prompts=sample_prompt_features(pipe, task.prompts, per_prompt), **options)
 
 
 def run_pairing(pipe: Any, task: PairingTask, method: str, *, per_prompt: int = 4, seed: int = 0,
-                steps: int = 30, guidance_scale: float = 3.0, strength: float = 0.1) -> dict[str, Any]:
+                steps: int = 30, guidance_scale: float = 3.0, **guidance_options: Any) -> dict[str, Any]:
     """Sample ``per_prompt`` images per prompt with ``method`` (unguided / mmd / prompt-aware)
-    through the callback; per-category paired-style rates, validity and wall time."""
+    through the callback; per-category paired-style rates, validity and wall time.
+    ``guidance_options`` go to ``MMDGuidance`` (none: its untuned defaults; prompt-aware then
+    uses the conditional prompt weighting)."""
     from ..images import detect_shapes
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
-    guidance = None if method == "unguided" else _guidance(pipe, task, method, per_prompt, strength)
+    guidance = None if method == "unguided" else _guidance(pipe, task, method, per_prompt, guidance_options)
     images, seconds = generate(pipe, task.prompts, per_prompt, guidance=guidance, steps=steps,
                                guidance_scale=guidance_scale, seed=seed, progress=False)
     det = detect_shapes(images)
