@@ -14,11 +14,16 @@ Explorers: (i) ``gradient_field_*``: reference set, kernel and bandwidth -> the 
 (ii) ``guidance_*``: strength, schedule, normalisation, evaluation point, batch vs memory on the
 2-D ring model, re-sampled in about a second with fewer samples and steps (notebook 03);
 (iii) ``prompt_bandwidth_*``: the prompt bandwidth of the product kernel (Eq. 10-11) on the toy
-prompt world (notebook 04).
+prompt world (notebook 04); (iv) ``grid_*``: guidance strength x reference count on image grids
+precomputed by ``scripts/precompute_explorer_grids.py`` into data/explorer/ (notebooks 05-07:
+pixel digits, latent shapes, the embedded Stable Diffusion pipeline), so moving a slider only
+looks an image grid up; ``load_explorer_grids`` checks the files and says how to rebuild them.
 """
 from __future__ import annotations
 
 import functools
+import io
+import math
 import time
 from typing import Any, Callable
 
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ._validation import check_choice, check_int, check_positive
+from ._validation import check_choice, check_int, check_nonnegative, check_positive
 from .guidance import EVAL_POINTS, GENERATED_SETS, NORMALIZATIONS, SCHEDULES, MMDGuidance
 from .kernels import GaussianKernel, InverseMultiquadricKernel, Kernel, PolynomialKernel
 from .metrics import mode_proportions, off_mode_fraction, total_variation
@@ -37,7 +42,9 @@ from .plotting import (PALETTE, grid_2d, legend_outside, plot_field, plot_propor
 __all__ = ["REFERENCE_SETS", "FIELD_KERNELS", "make_field_kernel", "gradient_field_data",
            "gradient_field_figure", "gradient_field_explorer", "guidance_data", "guidance_figure",
            "guidance_explorer", "prompt_bandwidth_data", "prompt_bandwidth_figure",
-           "prompt_bandwidth_explorer"]
+           "prompt_bandwidth_explorer", "GRID_DOMAINS", "GRID_SCRIPT",
+           "explorer_grid_sweep", "save_explorer_grids", "load_explorer_grids", "grid_data",
+           "grid_figure", "grid_explorer", "grid_model_hashes", "figure_png"]
 
 # (i) -------------------------------------------------------------------------------------------
 REFERENCE_SETS: dict[str, tuple[int, ...]] = {
@@ -133,6 +140,27 @@ def _unguided(task_seed: int, n: int, num_steps: int, seed: int) -> torch.Tensor
     return sample(task.denoiser, n, task.dim, num_steps=num_steps, seed=seed).samples
 
 
+@functools.lru_cache(maxsize=64)
+def _guided(strength: float, schedule: str, normalization: str, eval_point: str, generated_set: str,
+            bandwidth_scale: float, count: int, num_steps: int, seed: int,
+            task_seed: int) -> tuple[torch.Tensor | None, float]:
+    """One guided run of the ring model (None when it diverged) and its seconds; cached, so
+    returning to a setting the explorer has shown costs nothing."""
+    from .sampling import sample
+
+    task = _ring_task(task_seed)
+    guide = MMDGuidance(task.references, kernel=GaussianKernel(median_scale=bandwidth_scale),
+                        strength=strength, schedule=schedule, normalization=normalization,
+                        clip_norm=0.2, eval_point=eval_point, generated_set=generated_set)
+    start = time.perf_counter()
+    try:
+        x = sample(task.denoiser, count, task.dim, num_steps=num_steps, guidance=guide,
+                   seed=seed).samples
+    except FloatingPointError:
+        x = None
+    return x, time.perf_counter() - start
+
+
 def guidance_data(strength: float = 3.0, schedule: str = "constant",
                   normalization: str = "clipped", eval_point: str = "x_t",
                   generated_set: str = "batch", bandwidth_scale: float = 0.5, n: int = 300,
@@ -146,25 +174,18 @@ def guidance_data(strength: float = 3.0, schedule: str = "constant",
     run diverged), the unguided samples of the same seed, the mode proportions of target /
     references / unguided / guided, TV and off-mode fraction of both, and the seconds taken.
     With normalization="norm_matched" the strength is the reference code's alpha (try 0.003).
+    Guided runs are cached by their settings: a setting shown before comes back at once.
     """
-    from .sampling import sample
-
     check_choice(schedule, "schedule", SCHEDULES)
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_choice(eval_point, "eval_point", EVAL_POINTS)
     check_choice(generated_set, "generated_set", GENERATED_SETS)
     task = _ring_task(task_seed)
     count = check_int(memory_n if generated_set == "memory" else n, "n", 2)
-    guide = MMDGuidance(task.references, kernel=GaussianKernel(median_scale=bandwidth_scale),
-                        strength=strength, schedule=schedule, normalization=normalization,
-                        clip_norm=0.2, eval_point=eval_point, generated_set=generated_set)
-    start = time.perf_counter()
-    try:
-        x = sample(task.denoiser, count, task.dim, num_steps=num_steps, guidance=guide,
-                   seed=seed).samples
-    except FloatingPointError:
-        x = None
-    seconds = time.perf_counter() - start
+    strength = check_nonnegative(strength, "strength")
+    x, seconds = _guided(strength, schedule, normalization, eval_point, generated_set,
+                         check_positive(bandwidth_scale, "bandwidth_scale"), count, check_int(num_steps, "num_steps", 1), seed, task_seed)
+    x = None if x is None else x.clone()  # the cached tensor stays untouched
     plain = _unguided(task_seed, count, num_steps, seed)
     means, w = task.base.means, task.target.weights
 
@@ -228,7 +249,8 @@ def prompt_bandwidth_data(prompt_bandwidth: float = 0.3, strength: float = 3.0,
     prompts = [c for c in world.categories for _ in range(check_int(n_per_prompt, "n_per_prompt", 1))]
     guide = prompt_aware_guidance(refs, ref_prompts, encoder, prompts, prompt_bandwidth=bw,
                                   kernel=GaussianKernel(sample_bandwidth), strength=strength,
-                                  normalization="none", stop=1.0)  # as notebook 04
+                                  normalization="none", stop=1.0,
+                                  prompt_weighting="joint")  # Eq. 11, as notebook 04 Sec. 2-4
     start = time.perf_counter()
     x = sample_with_prompts(model, prompts, encoder, guidance=guide, seed=seed, num_steps=num_steps)
     seconds = time.perf_counter() - start
@@ -268,7 +290,383 @@ def prompt_bandwidth_figure(**settings: Any) -> Figure:
     return fig
 
 
+# (iv) ------------------------------------------------------------------------------------------
+GRID_DOMAINS = ("digits", "shapes", "sd")
+#: The command that rebuilds data/explorer/<domain>.npz / .json (named by every loading error).
+GRID_SCRIPT = "scripts/precompute_explorer_grids.py"
+GRID_FACTORS = (0.0, 0.3, 1.0, 3.0)       # strengths as multiples of the calibrated strength
+GRID_REFERENCE_COUNTS = (10, 50, 200)
+_GRID_KEYS = ("domain", "title", "style", "strengths", "factors", "reference_counts", "n_shown",
+              "n_measured", "seed", "sampler", "guidance", "style_rate", "valid_rate", "diverged",
+              "models")
+# where each domain's models live (relative to data/): their sha256 is recorded with the grids
+_GRID_MODELS = {"digits": ("images/digits_unet", "images/feature_net"),
+                "shapes": ("images/shapes_unet", "images/shapes_vae"),
+                "sd": ("sd/shapes_pipeline",)}
+_SD_PROMPT, _SD_STYLE = "a red circle", ("fill", "outlined")
+
+
+def _rebuild_hint(domain: str) -> str:
+    return f"rebuild it with `.venv/bin/python {GRID_SCRIPT} --domain {domain}`"
+
+
+def grid_model_hashes(domain: str) -> dict[str, str]:
+    """sha256 of every file of ``domain``'s shipped models (weights and configs; sample images
+    and training logs excluded), keyed by the path under data/."""
+    import hashlib
+
+    from ._resources import DATA_DIR
+
+    check_choice(domain, "domain", GRID_DOMAINS)
+    out = {}
+    for folder in _GRID_MODELS[domain]:
+        root = DATA_DIR / folder
+        if not root.is_dir():
+            raise FileNotFoundError(f"model folder {root} missing (domain {domain!r})")
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and f.suffix != ".png" and f.name != "training.json" and not f.name.startswith("."):
+                out[f.relative_to(DATA_DIR).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, C, H, W)."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def _grid_settings(domain: str) -> dict[str, Any]:
+    """The guidance and sampler settings a domain's grids use, read from the library's defaults
+    (PRESETS for digits/shapes; for the SD pipeline run_pairing's sampler defaults and the
+    MMDGuidance defaults it guides with)."""
+    import inspect
+
+    if domain in ("digits", "shapes"):
+        from .images.adaptation import PRESETS, run_method
+
+        preset = "mmd x0_hat" if domain == "digits" else "mmd x_t"
+        g = PRESETS[domain][preset]["guidance"]
+        steps = inspect.signature(run_method).parameters
+        return {"preset": f"PRESETS[{domain!r}][{preset!r}]", "kernel": repr(g["kernel"]),
+                "strength": float(g["strength"]), "normalization": g["normalization"],
+                "eval_point": g["eval_point"],
+                "sampler": {"scheduler": steps["scheduler"].default, "num_steps": steps["num_steps"].default}}
+    from .pipelines.pairing import run_pairing
+
+    p = inspect.signature(run_pairing).parameters
+    g = MMDGuidance(torch.zeros(2, 1))  # run_pairing(method="mmd") passes MMDGuidance no tuning
+    return {"preset": "run_pairing(method='mmd'): MMDGuidance defaults", "kernel": repr(g.kernel),
+            "strength": float(g.strength), "normalization": g.normalization, "eval_point": g.eval_point,
+            "prompt": _SD_PROMPT,
+            "sampler": {"scheduler": "pipeline (DDIM)", "num_steps": p["steps"].default,
+                        "guidance_scale": p["guidance_scale"].default}}
+
+
+def explorer_grid_sweep(domain: str, *, factors: tuple[float, ...] = GRID_FACTORS,
+                        reference_counts: tuple[int, ...] = GRID_REFERENCE_COUNTS, n_shown: int = 8,
+                        n_measured: int = 32, num_steps: int | None = None, seed: int = 0,
+                        log: Callable[[str], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Sample ``domain``'s grid of (strength x reference count) with the library's own runs and
+    measure each cell: ``n_measured`` images per cell from the same ``seed`` (so a cell differs
+    from its neighbours only by the guidance), the first ``n_shown`` kept as uint8.
+
+    digits: the pixel UNet (``digits_task``, ``PRESETS["digits"]["mmd x0_hat"]``), style thick;
+    shapes: the latent UNet + VAE (``shapes_task``, ``PRESETS["shapes"]["mmd x_t"]``), style
+    outlined; sd: the embedded pipeline (``pairing_task``/``run_pairing``, plain MMD with
+    MMDGuidance's defaults) with the fixed prompt "a red circle" and outlined circles as
+    references. Strengths are ``factors`` x the domain's default strength (0 = unguided, sampled
+    once). A run that diverges is recorded as
+    such (images zero, rates None). Returns (arrays, metadata) for ``save_explorer_grids``.
+    """
+    check_choice(domain, "domain", GRID_DOMAINS)
+    if not factors or any(not isinstance(f, (int, float)) or f < 0 for f in factors) \
+            or list(factors) != sorted(set(factors)) or factors[0] != 0:
+        raise ValueError(f"factors must be increasing numbers >= 0 starting at 0; got {factors!r}")
+    if not reference_counts or list(reference_counts) != sorted(set(reference_counts)) \
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 2 for r in reference_counts):
+        raise ValueError(f"reference_counts must be increasing integers >= 2; got {reference_counts!r}")
+    n_shown = check_int(n_shown, "n_shown", 1)
+    n_measured = check_int(n_measured, "n_measured", n_shown)
+    settings = _grid_settings(domain)
+    steps = settings["sampler"]["num_steps"] if num_steps is None else check_int(num_steps, "num_steps", 1)
+    settings["sampler"]["num_steps"] = steps
+    base = settings["strength"]
+    log = log or (lambda msg: None)
+    start = time.perf_counter()
+
+    if domain == "sd":
+        from .pipelines.adapt import EMBEDDED_PIPELINE, load_pipeline
+        from .pipelines.pairing import pairing_task, run_pairing
+
+        pipe = load_pipeline(EMBEDDED_PIPELINE, device="cpu", dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        key = f"circle->{_SD_STYLE[1]}"
+
+        def make_task(n_refs):
+            return pairing_task(pipe, {"circle": _SD_STYLE}, n_refs=n_refs, colours=("red",), seed=seed)
+
+        def run(task, strength):
+            if strength == 0:
+                r = run_pairing(pipe, task, "unguided", per_prompt=n_measured, seed=seed, steps=steps)
+            else:
+                r = run_pairing(pipe, task, "mmd", per_prompt=n_measured, seed=seed, steps=steps, strength=strength)
+            return r["images"], r[key], r["valid"]
+
+        def ref_images(task):
+            return task.reference_images
+        title, style = "Stable Diffusion (embedded pipeline), prompt 'a red circle'", "outlined"
+    else:
+        from .guidance import MMDGuidance
+        from .images.adaptation import PRESETS, digits_task, run_method, shapes_task
+
+        preset = PRESETS[domain]["mmd x0_hat" if domain == "digits" else "mmd x_t"]["guidance"]
+        make_task = functools.partial(digits_task if domain == "digits" else shapes_task, seed=seed)
+
+        def run(task, strength):
+            if strength == 0:
+                r = run_method(task, "unguided", n=n_measured, seed=seed, num_steps=steps)
+            else:
+                g = MMDGuidance(task.references, **{**preset, "strength": strength})
+                r = run_method(task, "mmd", n=n_measured, seed=seed, num_steps=steps, guidance=g)
+            return r.images, r.style_rate, r.valid_rate
+
+        def ref_images(task):
+            return task.reference_images
+        title = "pixel digits UNet" if domain == "digits" else "latent shapes UNet + VAE"
+        style = "thick" if domain == "digits" else "outlined"
+
+    S, R = len(factors), len(reference_counts)
+    images = refs = None
+    style_rate = [[None] * R for _ in range(S)]
+    valid_rate = [[None] * R for _ in range(S)]
+    diverged = [[False] * R for _ in range(S)]
+    unguided = None
+    for j, n_refs in enumerate(reference_counts):
+        task = make_task(n_refs=n_refs)
+        r8 = _to_uint8(ref_images(task)[:n_shown])
+        if refs is None:
+            refs = np.zeros((R, n_shown, *r8.shape[1:]), np.uint8)
+        refs[j, :len(r8)] = r8
+        for i, f in enumerate(factors):
+            strength = round(float(f) * base, 12)
+            if f == 0 and unguided is not None:  # the unguided run does not see the references
+                out = unguided
+            else:
+                t0 = time.perf_counter()
+                try:
+                    x, rate, valid = run(task, strength)
+                    out = (_to_uint8(x[:n_shown]), float(rate), float(valid))
+                except FloatingPointError as err:  # GuidanceDivergenceError
+                    out = (None, None, None)
+                    log(f"  diverged: {err}")
+                log(f"{domain}: strength {strength:g}, {n_refs} references: style "
+                    f"{out[1] if out[1] is None else round(out[1], 3)}, {time.perf_counter() - t0:.1f} s")
+                if f == 0:
+                    unguided = out
+            if out[0] is not None:
+                if images is None:
+                    images = np.zeros((S, R, *out[0].shape), np.uint8)
+                images[i, j] = out[0]
+            style_rate[i][j], valid_rate[i][j], diverged[i][j] = out[1], out[2], out[0] is None
+    if images is None:
+        raise FloatingPointError(f"every run of domain {domain!r} diverged")
+    settings_out = {k: v for k, v in settings.items() if k != "sampler"}
+    meta = {"domain": domain, "title": title, "style": style,
+            "strengths": [round(float(f) * base, 12) for f in factors], "factors": [float(f) for f in factors],
+            "reference_counts": list(reference_counts), "n_shown": n_shown, "n_measured": n_measured,
+            "seed": seed, "sampler": settings["sampler"], "guidance": settings_out,
+            "style_rate": style_rate, "valid_rate": valid_rate, "diverged": diverged,
+            "models": grid_model_hashes(domain), "seconds": round(time.perf_counter() - start, 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"images": images, "references": refs}, meta
+
+
+def save_explorer_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], folder: Any = None) -> tuple[Any, Any]:
+    """Write ``<folder>/<domain>.npz`` (uint8 arrays, compressed) and ``<domain>.json``
+    (everything else); ``folder`` defaults to data/explorer. Returns the two paths."""
+    import json
+    from pathlib import Path
+
+    from ._resources import data_path
+
+    folder = Path(folder) if folder is not None else data_path("explorer")
+    folder.mkdir(parents=True, exist_ok=True)
+    check_choice(meta.get("domain"), "meta['domain']", GRID_DOMAINS)
+    npz, js = folder / f"{meta['domain']}.npz", folder / f"{meta['domain']}.json"
+    np.savez_compressed(npz, images=arrays["images"], references=arrays["references"])
+    js.write_text(json.dumps(meta, indent=1) + "\n")
+    _validate_grids({k: np.asarray(v) for k, v in arrays.items()}, meta, str(js), meta["domain"])
+    return npz, js
+
+
+def _validate_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: str, domain: str) -> None:
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{where}: {msg}; {_rebuild_hint(domain)}")
+
+    missing = [k for k in _GRID_KEYS if k not in meta]
+    if missing:
+        raise bad(f"settings lack {missing}")
+    if meta["domain"] != domain:
+        raise bad(f"holds domain {meta['domain']!r}, expected {domain!r}")
+    st, rc = meta["strengths"], meta["reference_counts"]
+    if not st or st[0] != 0 or st != sorted(st) or len(set(st)) != len(st):
+        raise bad(f"strengths must increase from 0; got {st}")
+    if not rc or rc != sorted(rc) or len(set(rc)) != len(rc):
+        raise bad(f"reference_counts must increase; got {rc}")
+    S, R, K = len(st), len(rc), meta["n_shown"]
+    for name in ("images", "references"):
+        if name not in arrays:
+            raise bad(f"array {name!r} missing")
+        if arrays[name].dtype != np.uint8:
+            raise bad(f"{name} must be uint8; got {arrays[name].dtype}")
+    img, ref = arrays["images"], arrays["references"]
+    if img.ndim != 6 or img.shape[:3] != (S, R, K) or img.shape[3] not in (1, 3):
+        raise bad(f"images must be (strengths {S}, reference counts {R}, n_shown {K}, C in 1/3, H, W); "
+                  f"got {img.shape}")
+    if ref.shape != (R, *img.shape[2:]):
+        raise bad(f"references must be {(R, *img.shape[2:])}; got {ref.shape}")
+    for name in ("style_rate", "valid_rate", "diverged"):
+        table = meta[name]
+        if len(table) != S or any(len(row) != R for row in table):
+            raise bad(f"{name} must be {S} rows of {R}; got {table}")
+    for i in range(S):
+        for j in range(R):
+            div = meta["diverged"][i][j]
+            for name in ("style_rate", "valid_rate"):
+                v = meta[name][i][j]
+                if div != (v is None) or (v is not None and not 0.0 <= v <= 1.0):
+                    raise bad(f"{name}[{i}][{j}] = {v} (diverged {div}): a rate in [0, 1] unless diverged")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_grids(npz: str, js: str, domain: str, stamp: tuple) -> dict[str, Any]:
+    import json
+
+    try:
+        meta = json.loads(open(js).read())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{js} is not valid JSON ({err}); {_rebuild_hint(domain)}") from None
+    try:
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # noqa: BLE001 - a damaged archive, whatever numpy raises
+        raise ValueError(f"{npz} cannot be read ({type(err).__name__}: {err}); {_rebuild_hint(domain)}") from None
+    _validate_grids(arrays, meta, js, domain)
+    return {**meta, **arrays}
+
+
+def load_explorer_grids(domain: str = "digits", folder: Any = None) -> dict[str, Any]:
+    """The precomputed grids of ``domain`` ("digits", "shapes", "sd") from data/explorer (or
+    ``folder``): the settings and measured rates of the JSON plus ``images`` (S, R, K, C, H, W)
+    and ``references`` (R, K, C, H, W) uint8. Missing or inconsistent files raise an error
+    naming the file and the command that rebuilds it."""
+    from pathlib import Path
+
+    from ._resources import data_path
+
+    check_choice(domain, "domain", GRID_DOMAINS)
+    folder = Path(folder) if folder is not None else data_path("explorer")
+    npz, js = folder / f"{domain}.npz", folder / f"{domain}.json"
+    for f in (npz, js):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} missing: the {domain!r} explorer grids are precomputed; "
+                                    f"{_rebuild_hint(domain)}")
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in (npz, js))
+    return _read_grids(str(npz), str(js), domain, stamp)
+
+
+def _grid_index(values: list, value: Any, name: str, domain: str) -> int:
+    for i, v in enumerate(values):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isclose(v, value, rel_tol=1e-6, abs_tol=1e-12):
+            return i
+    raise ValueError(f"{name} must be one of the precomputed values {[float(v) if name == 'strength' else v for v in values]} "
+                     f"for domain {domain!r}; got {value!r}")
+
+
+def grid_data(domain: str = "digits", strength: float | None = None,
+              reference_count: int | None = None) -> dict[str, Any]:
+    """One cell of ``domain``'s precomputed grid: its images and the first references (uint8),
+    the measured style / valid rates of its ``n_measured`` samples, the unguided rate, and the
+    whole style-rate table (strengths x reference counts). Defaults: the calibrated strength
+    (factor 1) and the middle reference count."""
+    g = load_explorer_grids(domain)
+    st, rc = g["strengths"], g["reference_counts"]
+    if strength is None:
+        strength = st[g["factors"].index(1.0)] if 1.0 in g["factors"] else st[-1]
+    if reference_count is None:
+        reference_count = rc[len(rc) // 2]
+    i, j = _grid_index(st, strength, "strength", domain), _grid_index(rc, reference_count, "reference_count", domain)
+    table = np.array([[np.nan if v is None else v for v in row] for row in g["style_rate"]], dtype=float)
+    return {"images": g["images"][i, j], "references": g["references"][j], "strength": st[i],
+            "reference_count": rc[j], "style_rate": g["style_rate"][i][j], "valid_rate": g["valid_rate"][i][j],
+            "diverged": g["diverged"][i][j], "unguided_rate": g["style_rate"][0][j],
+            "table": table, "strengths": st, "reference_counts": rc, "index": (i, j),
+            "style": g["style"], "title": g["title"], "n_measured": g["n_measured"]}
+
+
+def _u8_grid(images: np.ndarray, nrow: int) -> np.ndarray:
+    from .images.display import grid_array
+
+    return grid_array(torch.from_numpy(images).float() / 127.5 - 1, nrow=nrow)
+
+
+def grid_figure(domain: str = "digits", strength: float | None = None,
+                reference_count: int | None = None) -> Figure:
+    """The cell's generated images over its references (first 8), and the measured style rate
+    against strength for every reference count, the cell ringed, unguided dashed."""
+    d = grid_data(domain, strength, reference_count)
+    fig = Figure(figsize=(10.5, 4.3), layout="constrained")
+    gs = fig.add_gridspec(2, 2, width_ratios=[1.35, 1], height_ratios=[2, 1])
+    ax_g, ax_r, ax_c = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[:, 1])
+    gray = {"cmap": "gray"} if d["images"].shape[1] == 1 else {}
+    if d["diverged"]:
+        ax_g.text(0.5, 0.5, "diverged", ha="center", va="center", transform=ax_g.transAxes, color="#b00")
+        ax_g.text(0.5, 0.3, "MMDGuidance stopped the run: samples were thrown\nfar outside the data "
+                  "(GuidanceDivergenceError)", ha="center", va="center", transform=ax_g.transAxes,
+                  fontsize=9, color="#b00")
+        ax_g.set_axis_off()
+        head = f"strength {d['strength']:g}, {d['reference_count']} refs: diverged"
+    else:
+        ax_g.imshow(_u8_grid(d["images"], nrow=max(1, len(d["images"]) // 2)), vmin=0, vmax=255,
+                    interpolation="nearest", **gray)
+        head = (f"strength {d['strength']:g}, {d['reference_count']} refs: {d['style']} "
+                f"{d['style_rate']:.2f}, valid {d['valid_rate']:.2f}")
+    ax_g.set_title(f"generated — {head}", fontsize=10, color=PALETTE["guided" if d["strength"] else "unguided"])
+    ax_r.imshow(_u8_grid(d["references"], nrow=len(d["references"])), vmin=0, vmax=255,
+                interpolation="nearest", **gray)
+    ax_r.set_title(f"references (first {len(d['references'])} of {d['reference_count']})", fontsize=10,
+                   color=PALETTE["reference"])
+    for ax in (ax_g, ax_r):
+        ax.set_axis_off()
+    x = np.arange(len(d["strengths"]))
+    for j, n_refs in enumerate(d["reference_counts"]):
+        ax_c.plot(x, d["table"][:, j], marker="o", color=PALETTE["guided"], alpha=0.35 + 0.65 * (j + 1) / len(d["reference_counts"]),
+                  ls=("--", "-", ":")[j % 3], label=f"{n_refs} refs")
+    div = np.argwhere(np.isnan(d["table"]))  # (k, 2) cells whose run diverged
+    if len(div):
+        ax_c.plot(x[div[:, 0]], np.zeros(len(div)), "x", color="#b00", ms=8, mew=2, label="diverged")
+    ax_c.axhline(d["unguided_rate"] if d["unguided_rate"] is not None else np.nan, color=PALETTE["unguided"],
+                 ls="--", lw=1, label="unguided")
+    i, j = d["index"]
+    ax_c.plot([x[i]], [d["table"][i, j]], "o", ms=13, mfc="none", mec=PALETTE["target"], mew=1.5, label="shown")
+    ax_c.set(xticks=x, xticklabels=[f"{s:g}" for s in d["strengths"]], ylim=(-0.02, 1.02),
+             xlabel="guidance strength", ylabel=f"{d['style']} rate (of {d['n_measured']})",
+             title="measured style rate")
+    legend_outside(ax_c)
+    fig.suptitle(d["title"], fontsize=11)
+    return fig
+
+
 # explorers -------------------------------------------------------------------------------------
+def figure_png(fig: Figure):
+    """The figure as an IPython PNG image, drawn once at its own dpi (IPython's display of a
+    Figure draws it twice, to find its tight bounding box; the constrained layout already fits)."""
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return Image(data=buf.getvalue(), format="png")
+
+
 def _explorer(title: str, figure_fn: Callable[..., Figure], controls: dict[str, Any]):
     """Show the controls, then the figure at their current values as a plain PNG output that is
     re-drawn in place (same display id) when a control changes. Returns the controls' VBox."""
@@ -279,12 +677,12 @@ def _explorer(title: str, figure_fn: Callable[..., Figure], controls: dict[str, 
     box = w.VBox([w.HTML(f"<b>{title}</b>"), w.HBox(list(controls.values()),
                                                    layout=w.Layout(flex_flow="row wrap")), status])
     display(box)
-    handle = display(figure_fn(**{k: c.value for k, c in controls.items()}), display_id=True)
+    handle = display(figure_png(figure_fn(**{k: c.value for k, c in controls.items()})), display_id=True)
 
     def redraw(_change: Any = None) -> None:
         status.value = "<i>computing…</i>"
         try:
-            handle.update(figure_fn(**{k: c.value for k, c in controls.items()}))
+            handle.update(figure_png(figure_fn(**{k: c.value for k, c in controls.items()})))
             status.value = ""
         except Exception as err:  # keep the explorer alive and say what went wrong
             status.value = f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
@@ -330,4 +728,21 @@ def prompt_bandwidth_explorer():
                                              description="σ_p", continuous_update=False),
         "strength": w.FloatLogSlider(value=3.0, base=10, min=-1, max=1, step=0.1,
                                      description="strength c", continuous_update=False),
+    })
+
+
+def grid_explorer(domain: str = "digits"):
+    """Explorer (iv): guidance strength x reference count over ``domain``'s precomputed image
+    grids ("digits": notebook 05, "shapes": 06, "sd": 07). No sampling happens: each setting is
+    looked up in data/explorer (``scripts/precompute_explorer_grids.py`` rebuilds it)."""
+    import ipywidgets as w
+
+    g = load_explorer_grids(domain)
+    d = grid_data(domain)
+    return _explorer(f"{g['title']}: strength × reference count (precomputed, seed {g['seed']}, "
+                     f"{g['n_measured']} samples measured per cell)", functools.partial(grid_figure, domain), {
+        "strength": w.SelectionSlider(options=[(f"{s:g}", s) for s in g["strengths"]], value=d["strength"],
+                                      description="strength", continuous_update=False),
+        "reference_count": w.SelectionSlider(options=list(g["reference_counts"]), value=d["reference_count"],
+                                             description="references", continuous_update=False),
     })

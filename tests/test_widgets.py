@@ -115,9 +115,8 @@ def test_prompt_bandwidth_figure_has_three_panels():
     assert _panels_per_row(fig) <= MAX_COLS and fig.get_figwidth() <= 11.5
 
 
-@pytest.mark.parametrize("explorer", [W.gradient_field_explorer])
-def test_explorer_shows_a_static_figure_and_redraws_on_change(explorer, monkeypatch):
-    pytest.importorskip("ipywidgets")
+def _fake_display(monkeypatch):
+    """Record what an explorer displays (IPython.display.display) instead of showing it."""
     shown = []
 
     class Handle:
@@ -130,10 +129,156 @@ def test_explorer_shows_a_static_figure_and_redraws_on_change(explorer, monkeypa
 
     import IPython.display
     monkeypatch.setattr(IPython.display, "display", fake_display)
+    return shown
+
+
+def _is_png(obj) -> bool:
+    from IPython.display import Image
+
+    return isinstance(obj, Image) and obj.format == "png" and obj.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("explorer, control, value", [
+    (W.gradient_field_explorer, 2, 2.0),             # the bandwidth slider
+    (lambda: W.grid_explorer("digits"), 0, 0.0),     # the strength slider: back to unguided
+])
+def test_explorer_shows_a_static_figure_and_redraws_on_change(explorer, control, value, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    shown = _fake_display(monkeypatch)
     box = explorer()
-    figures = [o for kind, o in shown if isinstance(o, Figure)]
-    assert len(figures) == 1, "the static figure at the default setting"
-    slider = box.children[1].children[2]  # the bandwidth slider
-    slider.value = 2.0
-    assert shown[-1][0] == "update" and isinstance(shown[-1][1], Figure)
+    figures = [o for kind, o in shown if _is_png(o)]
+    assert len(figures) == 1, "the static figure at the default setting, as a PNG output"
+    slider = box.children[1].children[control]
+    slider.value = value
     assert box.children[2].value == "", box.children[2].value  # no error reported
+    assert shown[-1][0] == "update" and _is_png(shown[-1][1])
+    assert shown[-1][1].data != figures[0].data  # a new figure for the new setting
+
+
+def test_figure_png_is_one_draw_at_the_figures_size():
+    from PIL import Image as PILImage
+    import io
+
+    fig = Figure(figsize=(4, 2), dpi=90, layout="constrained")
+    fig.subplots().plot([0, 1], [1, 0])
+    img = PILImage.open(io.BytesIO(W.figure_png(fig).data))
+    assert img.size == (360, 180)  # figsize x dpi, no bounding-box trim
+
+
+def test_guidance_data_caches_runs_without_sharing_tensors():
+    a = W.guidance_data(n=40, num_steps=10, strength=2.0)
+    a["samples"].add_(100.0)  # a caller scribbling on the result
+    b = W.guidance_data(n=40, num_steps=10, strength=2.0)
+    assert float(b["samples"].abs().max()) < 10, "the cached run was modified through a result"
+    assert b["seconds"] == a["seconds"]  # the same (cached) run
+    with pytest.raises((ValueError, TypeError), match="strength"):
+        W.guidance_data(strength=-1.0)
+
+
+# (iv) precomputed image grids ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_grids(tmp_path_factory):
+    """A 2 x 2 digits sweep on a tiny budget, written and read back through the real functions."""
+    folder = tmp_path_factory.mktemp("explorer")
+    arrays, meta = W.explorer_grid_sweep("digits", factors=(0.0, 1.0), reference_counts=(10, 20),
+                                         n_shown=3, n_measured=4, num_steps=3)
+    W.save_explorer_grids(arrays, meta, folder)
+    return folder
+
+
+def test_grid_sweep_stores_the_librarys_own_samples(tiny_grids):
+    from mmdg_lite.images.adaptation import digits_task, run_method
+
+    g = W.load_explorer_grids("digits", folder=tiny_grids)
+    assert g["images"].shape == (2, 2, 3, 1, 16, 16) and g["images"].dtype == np.uint8
+    assert g["references"].shape == (2, 3, 1, 16, 16)
+    assert np.array_equal(g["images"][0, 0], g["images"][0, 1])  # unguided: the references play no part
+    task = digits_task(n_refs=10)
+    direct = run_method(task, "unguided", n=4, num_steps=3)
+    want = ((direct.images[:3].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert np.array_equal(g["images"][0, 0], want)
+    assert g["style_rate"][0][0] == pytest.approx(direct.style_rate)
+    assert np.array_equal(g["references"][0], ((task.reference_images[:3] + 1) * 127.5).round().to(torch.uint8).numpy())
+    assert not np.array_equal(g["images"][1, 0], g["images"][0, 0])  # guidance moved the images
+    assert g["models"] == W.grid_model_hashes("digits")
+
+
+def test_load_explorer_grids_says_how_to_rebuild(tiny_grids, tmp_path):
+    import json
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match=r"precompute_explorer_grids\.py --domain shapes"):
+        W.load_explorer_grids("shapes", folder=tiny_grids)
+    with pytest.raises(ValueError, match="domain"):
+        W.load_explorer_grids("faces")
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "digits.json").read_text())
+    meta["style_rate"] = meta["style_rate"][:1]  # one strength row short
+    (tmp_path / "digits.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"style_rate must be 2 rows of 2.*--domain digits"):
+        W.load_explorer_grids("digits", folder=tmp_path)
+    (tmp_path / "digits.npz").write_bytes(b"not a zip")
+    (tmp_path / "digits.json").write_text((tiny_grids / "digits.json").read_text())
+    with pytest.raises(ValueError, match=r"digits\.npz cannot be read.*--domain digits"):
+        W.load_explorer_grids("digits", folder=tmp_path)
+
+
+def test_grid_figure_shows_the_cell_and_rejects_values_not_precomputed(tiny_grids, monkeypatch):
+    real = W.load_explorer_grids
+    monkeypatch.setattr(W, "load_explorer_grids", lambda domain="digits": real(domain, folder=tiny_grids))
+    d = W.grid_data("digits")  # default: the calibrated strength (factor 1), the middle count
+    assert d["strength"] == d["strengths"][1] and d["reference_count"] == 20
+    fig = W.grid_figure("digits", strength=0.0, reference_count=10)
+    assert np.array_equal(fig.axes[0].images[0].get_array(), W._u8_grid(real("digits", tiny_grids)["images"][0, 0], 1))
+    assert _panels_per_row(fig) <= MAX_COLS and fig.get_figwidth() <= 11.5
+    ringed = [l for l in fig.axes[2].lines if l.get_label() == "shown"][0]
+    assert ringed.get_xdata()[0] == 0 and ringed.get_ydata()[0] == pytest.approx(d["table"][0, 0])
+    with pytest.raises(ValueError, match=r"strength must be one of the precomputed values"):
+        W.grid_data("digits", strength=0.5)
+    with pytest.raises(ValueError, match=r"reference_count must be one of the precomputed values \[10, 20\]"):
+        W.grid_data("digits", reference_count=50)
+
+
+def test_grid_figure_marks_a_diverged_cell(tiny_grids, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "digits.json").read_text())
+    meta["diverged"][1][0], meta["style_rate"][1][0], meta["valid_rate"][1][0] = True, None, None
+    (tmp_path / "digits.json").write_text(json.dumps(meta))
+    real = W.load_explorer_grids
+    monkeypatch.setattr(W, "load_explorer_grids", lambda domain="digits": real(domain, folder=tmp_path))
+    fig = W.grid_figure("digits", strength=meta["strengths"][1], reference_count=10)
+    assert any(t.get_text() == "diverged" for t in fig.axes[0].texts)
+
+
+@pytest.mark.parametrize("domain", W.GRID_DOMAINS)
+def test_shipped_grids_match_the_shipped_models_and_settings(domain):
+    """Stale grids fail here: a retrained model or a recalibrated default needs a rerun of
+    scripts/precompute_explorer_grids.py --domain DOMAIN."""
+    g = W.load_explorer_grids(domain)
+    rerun = f"stale: rerun `.venv/bin/python scripts/precompute_explorer_grids.py --domain {domain}`"
+    assert g["models"] == W.grid_model_hashes(domain), rerun
+    want = W._grid_settings(domain)
+    assert g["guidance"] == {k: v for k, v in want.items() if k != "sampler"}, rerun
+    assert g["sampler"] == want["sampler"], rerun
+    assert g["strengths"] == pytest.approx([f * want["strength"] for f in g["factors"]])
+
+
+@pytest.mark.parametrize("domain", W.GRID_DOMAINS)
+def test_shipped_grids_are_small_and_show_guidance_working(domain):
+    from mmdg_lite._resources import data_path
+
+    g = W.load_explorer_grids(domain)
+    size = sum(data_path("explorer", f"{domain}.{ext}").stat().st_size for ext in ("npz", "json"))
+    assert size < 250_000, f"{domain}: {size} bytes"
+    assert g["strengths"][0] == 0 and g["reference_counts"] == [10, 50, 200] and g["n_shown"] == 8
+    for j in range(3):  # the unguided row is one run
+        assert np.array_equal(g["images"][0, j], g["images"][0, 0])
+    i = g["factors"].index(1.0)
+    rates = np.array([[np.nan if v is None else v for v in row] for row in g["style_rate"]])
+    assert rates[0, 0] < 0.45, "unguided: the style is a pretraining minority"
+    assert np.nanmin(rates[i]) > rates[0, 0] + 0.2, "the calibrated strength raises the style rate"
