@@ -137,9 +137,12 @@ def prompt_aware_guidance(references: Tensor, reference_prompts: Sequence[str],
     reference prompt get weights exp(-d^2 / 2 sigma^2) -> 0: no pull, never NaN. Other keyword
     arguments go to ``MMDGuidance`` (kernel, strength, schedule, ...).
 
-    Note: Eq. 11's weights are 1/(B N_r) over all pairs, so a prompt holding 1/C of the batch and
-    1/C of the references feels about 1/C of the pull that plain guidance with the same strength
-    would give it alone: raise ``strength`` by about the number of distinct prompts.
+    With ``MMDGuidance``'s default ``prompt_weighting="conditional"`` each sample's prompt
+    weights are normalised, so the plain strength applies per prompt and prompts without
+    references are left alone. With ``prompt_weighting="joint"`` (Eq. 11 as written: weights
+    1/(B N_r) over all pairs) a prompt holding 1/C of the batch and 1/C of the references feels
+    about 1/C of the pull plain guidance would give it alone: raise ``strength`` by about the
+    number of distinct prompts, and wrap it in ``CoverageGate`` when some prompts lack references.
     """
     if "prompt_kernel" in guidance_kwargs:
         raise TypeError("give prompt_bandwidth=, not prompt_kernel= (the kernel is built here)")
@@ -172,6 +175,8 @@ def reference_coverage(guidance: MMDGuidance, sample_prompts: Tensor) -> Tensor:
 class CoverageGate:
     """Guidance hook wrapper: scales sample i's correction by ``reference_coverage`` rho_i.
 
+    For ``prompt_weighting="joint"`` (Eq. 11 as written); the default conditional weighting
+    already scales each sample by the kernel to its nearest reference prompt.
     Why: in Eq. 11 the repulsion among generated samples is weighted by k_p between *their*
     prompts, not by any reference. Samples whose prompt has no references feel no attraction
     but still repel each other at full strength, so a group of them is scattered off the data.
