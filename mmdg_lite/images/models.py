@@ -49,10 +49,10 @@ SHAPES_VAE_RECIPE: dict[str, Any] = {
                 latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32),
 }
 SHAPES_UNET_RECIPE: dict[str, Any] = {
-    "seed": 0, "n_data": 6000, "data_seed": 2, "proportions": None, "steps": 3000,
+    "seed": 0, "n_data": 10000, "data_seed": 2, "proportions": None, "steps": 6500,
     "batch_size": 32, "lr": 2e-3,
     "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
-                 layers_per_block=1, down_block_types=["DownBlock2D"] * 2,
+                 layers_per_block=2, down_block_types=["DownBlock2D"] * 2,
                  up_block_types=["UpBlock2D"] * 2, norm_num_groups=8),
 }
 # A few steps on a few images: the build scripts' --tiny mode (tests run it end to end).
