@@ -551,6 +551,8 @@ def _read_grids(npz: str, js: str, domain: str, stamp: tuple) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a damaged archive, whatever numpy raises
         raise ValueError(f"{npz} cannot be read ({type(err).__name__}: {err}); {_rebuild_hint(domain)}") from None
     _validate_grids(arrays, meta, js, domain)
+    for a in arrays.values():  # shared by every caller of the cache
+        a.setflags(write=False)
     return {**meta, **arrays}
 
 

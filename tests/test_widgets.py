@@ -282,3 +282,20 @@ def test_shipped_grids_are_small_and_show_guidance_working(domain):
     rates = np.array([[np.nan if v is None else v for v in row] for row in g["style_rate"]])
     assert rates[0, 0] < 0.45, "unguided: the style is a pretraining minority"
     assert np.nanmin(rates[i]) > rates[0, 0] + 0.2, "the calibrated strength raises the style rate"
+
+
+def test_precompute_script_writes_loadable_grids(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "precompute_explorer_grids.py"
+    spec = importlib.util.spec_from_file_location("precompute_explorer_grids", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--domain", "digits", "--tiny", "--out", str(tmp_path)]) == 0
+    g = W.load_explorer_grids("digits", folder=tmp_path)
+    assert g["command"].endswith("--domain digits --tiny") and g["images"].shape[:3] == (2, 2, 4)
+    with pytest.raises(ValueError, match="read-only"):
+        g["images"][0, 0, 0] = 0  # the cached arrays cannot be changed through a result
+    with pytest.raises(SystemExit):
+        script.main(["--domain", "faces"])
