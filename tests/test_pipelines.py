@@ -280,6 +280,43 @@ def test_sdxl_prompt_aware_callback(saved):
         assert dist_to(guided[rows], refs[ref_rows]) < dist_to(base[rows], refs[ref_rows])
 
 
+def test_sdxl_step_wrapper_x0_hat_sees_the_cfg_noise_and_guides(saved):
+    """SDXL (Euler, sigma-scaled latents, two text encoders, added time ids): the scheduler-step
+    wrapper keeps the step signature, sees B rows of CFG-combined noise (oracle: the UNet's own
+    outputs) and x0_hat guidance moves each prompt toward its references."""
+    pipe = _load(saved, "sdxl")
+    prompts = [PROMPT, "a blue square"]
+    blue = -torch.ones(4, 3, 32, 32)
+    blue[:, 2, 8:24, 8:24] = 0.9
+    images = torch.cat([red_images(4), blue])
+    kw = dict(num_images_per_prompt=2, num_inference_steps=6, guidance_scale=5.0, output_type="latent")
+    sig = inspect.signature(pipe.scheduler.step)
+    spy = Spy(eval_point="x0_hat")
+    unet_out = []
+    hook = pipe.unet.register_forward_hook(lambda mod, args, out: unet_out.append(out[0].clone()))
+    try:
+        with GuidedSchedulerStep(pipe, spy):
+            assert inspect.signature(pipe.scheduler.step) == sig
+            pipe(prompts, generator=torch.Generator().manual_seed(0), **kw)
+    finally:
+        hook.remove()
+    assert len(spy.states) == 6 == len(unet_out)
+    for s, out in zip(spy.states, unet_out):
+        uncond, text = out.chunk(2)
+        assert torch.allclose(s.eps, uncond + 5.0 * (text - uncond), atol=1e-5)
+        assert s.input_scale < 1.0  # sigma-scaled: 1 / sqrt(sigma^2 + 1)
+    g = pipeline_guidance(pipe, images, reference_prompts=[PROMPT] * 4 + ["a blue square"] * 4,
+                          prompts=prompts, num_images_per_prompt=2, strength=1.0, stop=1.0,
+                          eval_point="x0_hat")
+    base = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    with GuidedSchedulerStep(pipe, g):
+        guided = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images
+    assert "step" not in pipe.scheduler.__dict__ and torch.isfinite(guided).all()
+    refs = g.references
+    for rows, ref_rows in (([0, 1], slice(0, 4)), ([2, 3], slice(4, 8))):
+        assert dist_to(guided[rows], refs[ref_rows]) < dist_to(base[rows], refs[ref_rows])
+
+
 # --- half precision --------------------------------------------------------------------------------
 
 def test_float16_pipeline_guides_in_float32_without_nan(saved):
