@@ -608,7 +608,7 @@ def grid_data(domain: str = "digits", strength: float | None = None,
 def _u8_grid(images: np.ndarray, nrow: int) -> np.ndarray:
     from .images.display import grid_array
 
-    return grid_array(torch.from_numpy(images).float() / 127.5 - 1, nrow=nrow)
+    return grid_array(torch.tensor(images, dtype=torch.float32) / 127.5 - 1, nrow=nrow)  # a copy: the cached arrays are read-only
 
 
 def grid_figure(domain: str = "digits", strength: float | None = None,
