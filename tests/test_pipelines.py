@@ -142,6 +142,32 @@ def test_callback_pulls_latents_toward_references(sd, cfg):
     assert dist_to(guided, refs) < 0.9 * dist_to(base, refs)
 
 
+@pytest.fixture(scope="module")
+def embedded():
+    from mmdg_lite.pipelines.adapt import EMBEDDED_PIPELINE
+
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_PIPELINE, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0], ids=["no_cfg", "cfg"])
+def test_embedded_pipeline_callback_moves_the_style(embedded, cfg):
+    """The shipped text-to-image pipeline, guided through the callback with its untuned defaults
+    toward outlined red circles: the detector finds more outlined images than unguided."""
+    from mmdg_lite.images import detect_shapes, make_shapes
+    from mmdg_lite.pipelines.adapt import generate
+
+    refs = make_shapes(40, {"shape": {"circle": 1.0}, "fill": {"outlined": 1.0}, "colour": {"red": 1.0}},
+                       seed=11).images
+    g = MMDGuidance(encode_images(embedded, refs))
+    kw = dict(steps=20, guidance_scale=cfg, seed=0, progress=False)
+    base, _ = generate(embedded, ["a red circle"], 12, **kw)
+    guided, _ = generate(embedded, ["a red circle"], 12, guidance=g, **kw)
+    rate = lambda im: float((detect_shapes(im).attributes["fill"] == 1).float().mean())  # noqa: E731
+    assert torch.isfinite(guided).all() and rate(guided) >= rate(base) + 0.25, (rate(base), rate(guided))
+
+
 def test_callback_x_t_is_the_previous_latents(sd):
     """x_t at step 0 is the pipeline's initial latents, then the latents the callback returned."""
     spy = Spy(MMDGuidance(encode_images(sd, red_images()), strength=0.5))
