@@ -540,9 +540,10 @@ def _validate_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: 
 @functools.lru_cache(maxsize=8)
 def _read_grids(npz: str, js: str, domain: str, stamp: tuple) -> dict[str, Any]:
     import json
+    from pathlib import Path
 
     try:
-        meta = json.loads(open(js).read())
+        meta = json.loads(Path(js).read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{js} is not valid JSON ({err}); {_rebuild_hint(domain)}") from None
     try:
