@@ -100,29 +100,54 @@ def _wins(res: dict, a: str, b: str) -> int:
     return sum(x < y for x, y in zip(res[a]["fd"], res[b]["fd"]))
 
 
+def _shape_wins(shapes: dict, seeds: int) -> list[str]:
+    if "classifier best FD" not in shapes:  # older results: one row per method
+        return [f"MMD guidance on x_t beats classifier guidance on FD in {_wins(shapes, 'mmd x_t', 'classifier')} "
+                f"of {seeds} seeds."]
+    return [f"Within the realism bound (settings with seed-0 valid >= 0.93): MMD guidance on x_t beats classifier "
+            f"guidance on FD in {_wins(shapes, 'mmd x_t', 'classifier')} of {seeds} seeds.",
+            f"Each at its best seed-0 FD (no realism bound): MMD guidance on x0_hat beats classifier guidance "
+            f"(best FD) in {_wins(shapes, 'mmd x0_hat', 'classifier best FD')} of {seeds} seeds."]
+
+
+def _tv_floor(k: int, n: int, draws: int = 20000) -> float:
+    """Mean TV between the class histogram of n uniform draws over k classes and uniform (simulated)."""
+    import numpy as np
+
+    counts = np.random.default_rng(0).multinomial(n, [1 / k] * k, size=draws) / n
+    return float(0.5 * np.abs(counts - 1 / k).sum(1).mean())
+
+
+def _n_text(meta: dict) -> str:
+    if "n_adapt" not in meta:  # older results: one sample count for everything
+        return f"{meta['n']} samples"
+    return (f"{meta['n_adapt']} samples in the method tables (the features are 64-D: 64 samples cannot estimate their covariance for FD), "
+            f"{meta['n_sweep']} in the reference-count sweep")
+
+
 def render(data: dict) -> str:
     """The markdown table of a results dict (as written to images.json)."""
     meta, digits, shapes, timing, sw = (data[k] for k in ("meta", "digits", "shapes", "timing", "sweep"))
     seeds = meta["seeds"]
+    n_tab = meta.get("n_adapt", meta.get("n"))
     wins = [f"MMD guidance on {name[4:]} beats classifier guidance on FD in {_wins(digits, name, 'classifier')} "
             f"of {seeds} seeds." for name in digits if name.startswith("mmd")]
     return "\n".join([
         "# Image domain adaptation: pixel digits and latent shapes", "",
-        f"`{meta['command']}`; {seeds} seeds, {meta['n']} samples per method and seed, DDIM "
+        f"`{meta['command']}`; {seeds} seeds, {_n_text(meta)} per method and seed, DDIM "
         f"{meta['num_steps']} steps, 50 references; one torch thread. Machine: {meta['machine']}; load "
         f"average at start {meta['load']:.1f} (shared CPUs: times are noisy). Settings: "
         "`mmdg_lite.images.adaptation.PRESETS`. valid: digits recognised by the feature net's digit head "
         "(p >= 0.5), shapes passing the deterministic shape detector. class TV: total variation between "
         "the content-class histogram (digit class / shape) and uniform, the second realism check "
-        "(guidance must not collapse the classes; a perfect uniform sampler of 64 shows 0.150 for 10 classes, 0.071 for 3 "
-        "(multinomial mean)). FD/KD in the project's feature space (stands in for DINOv2, not Inception) to "
+        f"(guidance must not collapse the classes; a perfect uniform sampler of {n_tab} shows {_tv_floor(10, n_tab):.3f} "
+        f"for 10 classes, {_tv_floor(3, n_tab):.3f} for 3 (multinomial mean)). FD/KD in the project's feature space (stands in for DINOv2, not Inception) to "
         "held-out target-style images.", "",
         "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
         *table(digits), "", *wins, "",
         "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",
         *table(shapes), "",
-        f"MMD guidance on x_t beats classifier guidance on FD in {_wins(shapes, 'mmd x_t', 'classifier')} "
-        f"of {seeds} seeds.", "",
+        *_shape_wins(shapes, seeds), "",
         "## Wall time per step, pixel UNet, batch 16, 50 references (interleaved, median of "
         f"{timing['repeats']})", "",
         "| unguided s/step | guided s/step | ratio |", "|---|---|---|",
@@ -143,14 +168,14 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     seeds = range(2) if args.quick else range(5)
-    n, steps = (32, 20) if args.quick else (64, 50)
+    n, n_sweep, steps = (32, 32, 20) if args.quick else (128, 64, 50)
     t_start, load = time.perf_counter(), load_average()
     digits = adaptation_rows(digits_task, PRESETS["digits"], seeds, n, steps)
     shapes = adaptation_rows(shapes_task, PRESETS["shapes"], seeds, n, steps)
     timing = step_time_ratio()
-    sw = sweep(seeds, n, steps)
+    sw = sweep(seeds, n_sweep, steps)
     meta = {"command": f".venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}",
-            "seeds": len(seeds), "n": n, "num_steps": steps, "machine": machine(), "load": load[0],
+            "seeds": len(seeds), "n_adapt": n, "n_sweep": n_sweep, "num_steps": steps, "machine": machine(), "load": load[0],
             "seconds": time.perf_counter() - t_start}
     data = {"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw}
     OUT.parent.mkdir(exist_ok=True)
