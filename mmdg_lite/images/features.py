@@ -119,8 +119,8 @@ def _cached() -> FeatureNet:
 
 def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureNet, list[float], float]:
     """Multi-task cross-entropy on digits (train split, thick on a random half of each batch)
-    and balanced shapes; Adam, cosine lr. Returns (net, losses, seconds)."""
-    from tqdm.auto import tqdm
+    and balanced shapes; ``training.fit`` (Adam, cosine lr). Returns (net, losses, seconds)."""
+    from ..training import fit
 
     from .digits import load_digit_set, thicken
     from .shapes import make_shapes
@@ -131,15 +131,10 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
     seed_everything(r["seed"])
     net = FeatureNet(r["width"], r["feature_dim"])
     gen = make_generator(r["seed"])
-    opt = torch.optim.Adam(net.parameters(), lr=r["lr"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["steps"], eta_min=r["lr"] * 0.05)
     ce = nn.functional.cross_entropy
-    losses: list[float] = []
-    start = time.process_time()  # CPU seconds: the idle-core wall time on one thread
-    net.train()
     b = r["batch_size"]
-    bar = tqdm(range(r["steps"]), desc="feature net", disable=not progress)
-    for step in bar:
+
+    def loss_step() -> Tensor:
         di = torch.randint(0, len(digits), (b,), generator=gen)  # (b,)
         thick = torch.rand(b, generator=gen) < 0.5  # (b,)
         xd = digits.images[di].clone()  # (b, 1, 16, 16)
@@ -147,12 +142,8 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
         si = torch.randint(0, len(shapes), (b,), generator=gen)
         out_d, out_s = net(xd), net(shapes.images[si])
         loss = ce(out_d["digit"], digits.labels[di]) + ce(out_d["thick"], thick.long())
-        loss = loss + sum(ce(out_s[k], shapes.attributes[k][si]) for k in SHAPE_HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        return loss + sum(ce(out_s[k], shapes.attributes[k][si]) for k in SHAPE_HEADS)
+
+    start = time.process_time()  # CPU seconds: the idle-core wall time on one thread
+    losses = fit(net, loss_step, r["steps"], r["lr"], progress=progress, desc="feature net")
     return net.eval().requires_grad_(False), losses, time.process_time() - start

@@ -140,8 +140,8 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     """Train the shapes VAE (MSE + kl_weight * KL, Adam, cosine lr); returns
     (vae, losses, seconds, held-out reconstruction MSE). Sets ``config.scaling_factor``."""
     from diffusers import AutoencoderKL
-    from tqdm.auto import tqdm
 
+    from ..training import fit
     from .shapes import make_shapes
 
     recipe = {**SHAPES_VAE_RECIPE, **overrides}
@@ -149,26 +149,17 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     seed_everything(recipe["seed"])
     vae = AutoencoderKL(**recipe["vae"])
     gen = make_generator(recipe["seed"])
-    opt = torch.optim.Adam(vae.parameters(), lr=recipe["lr"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe["steps"], eta_min=recipe["lr"] * 0.05)
-    losses: list[float] = []
-    start = time.process_time()
-    vae.train()
-    bar = tqdm(range(recipe["steps"]), desc="vae", disable=not progress)
-    for step in bar:
+
+    def loss_step() -> Tensor:
         x = data[torch.randint(0, data.shape[0], (recipe["batch_size"],), generator=gen)]  # (B, 3, 32, 32)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 4, 8, 8)
         rec = vae.decode(z).sample
         kl = 0.5 * (post.mean.pow(2) + post.var - 1 - post.logvar).mean()
-        loss = torch.nn.functional.mse_loss(rec, x) + recipe["kl_weight"] * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        return torch.nn.functional.mse_loss(rec, x) + recipe["kl_weight"] * kl
+
+    start = time.process_time()
+    losses = fit(vae, loss_step, recipe["steps"], recipe["lr"], progress=progress, desc="vae")
     secs = time.process_time() - start
     vae.eval()
     test = make_shapes(min(512, recipe["n_data"]), recipe["proportions"], seed=recipe["data_seed"] + 100).images
