@@ -9,7 +9,7 @@
 Tasks come from ``mmdg_lite.toys.tasks.make_task`` ("ring2d_4modes": the shipped 2-D MLP on an
 8-mode ring; "gmm100d_4modes": the exact 8-mode 100-D mixture denoiser), each seed a new user
 (4 random modes), new references, held-out set and sampling noise. All methods of one seed
-share the initial noise. Metrics from ``experiments.evaluate`` against 2,000 held-out target
+share the initial noise. Metrics from ``mmdg_lite.toys.evaluate`` against 2,000 held-out target
 samples. The JSON files hold every per-seed number (notebook 08 plots them).
 """
 from __future__ import annotations
@@ -239,15 +239,16 @@ def write_table1(res: dict, cfg: argparse.Namespace) -> str:
         f"- **user-trained MLP** (100-D only): an `MLPDenoiser` trained from scratch on the 200 references "
         f"alone ({cfg.scratch_steps} steps, lr 3e-3); the paper's \"user-trained model\" baseline.",
         "- **MMD guidance**: `MMDGuidance(references, " + ", ".join(f"{k}={v!r}" for k, v in MMD_KW.items())
-        + ")`: Gaussian kernel, median-heuristic bandwidth, gradient at x_t, the batch of "
-        f"{cfg.n} guided jointly, λ_t = c·B·σ², constant schedule; not tuned on these tasks. "
+        + ")`: the library's untuned defaults (Gaussians at 0.5 and 2 x the data scale read once per "
+        f"run, gradient at x_t, the batch of {cfg.n} guided jointly, λ_t = c·B·Σσ², steps clipped at "
+        "0.2 x the data scale, the last 10 % of the steps unguided); not tuned on these tasks. "
         "The PASS/FAIL check below uses this row.",
-        "- **MMD guidance, calibrated**: `experiments.task_guidance(task)`, the per-task preset "
+        "- **MMD guidance, calibrated**: `mmdg_lite.toys.task_guidance(task)`, the per-task preset "
         "`GUIDANCE_PRESETS` calibrated by `benchmarks/toy_guidance.py` ("
         + "; ".join(f"{k}: {v}" for k, v in GUIDANCE_PRESETS.items() if k in cfg.tasks)
         + "). `toy_guidance.py` reports it on task seeds 0-4, the same users as here, so unlike the "
         "classifier-guidance scale (chosen on a separate user) this row may be tuned on the evaluation users.",
-        "- Metrics (`experiments.evaluate`) against held-out target samples: FD; KD = 10³ × KID (cubic "
+        "- Metrics (`mmdg_lite.toys.evaluate`) against held-out target samples: FD; KD = 10³ × KID (cubic "
         "kernel, unbiased, 20 subsets of 500; can be negative); density and coverage (k = 5; density > 1 "
         "means samples crowd the dense parts of the target); TV = total variation between nearest-mode "
         "proportions and the user's weights; off-mode = fraction of samples outside every mode's "
