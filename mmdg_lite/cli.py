@@ -197,7 +197,8 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of reference images (any size/mode; resized to the model's resolution)")
     p.add_argument("--reference-prompts", default=None, metavar="FILE",
                    help="text file, one prompt per reference image in file-name order: turns on "
-                        "prompt-aware guidance (product kernel, paper Eq. 10-11)")
+                        "prompt-aware guidance (product kernel, paper Eq. 10-11, with each prompt's "
+                        "weights normalised so every prompt is pulled toward its own references)")
     p.add_argument("--prompt", required=True, action="append", metavar="TEXT",
                    help="the text prompt (repeat the flag for several prompts)")
     p.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
@@ -206,7 +207,7 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                    help="guidance strength c >= 0: the fraction of the kernel-weighted displacement "
                         "toward the references per step, each step capped (MMDGuidance's default); "
                         "0 = the unguided pipeline")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (same seed, same images)")
+    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (same seed, same images) (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (must not exist or be empty; its parent must exist)")
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps")
