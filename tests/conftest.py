@@ -18,6 +18,18 @@ from mmdg_lite.kernels import (CallableKernel, GaussianKernel,  # noqa: E402
                                ProductKernel)
 from mmdg_lite.seeding import seed_everything  # noqa: E402
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): small-tensor work (training, pipelines, gloo processes) is many times
+    faster on one thread than on two busy shared cores. The previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Every kernel the library ships, by name (used with pytest.mark.parametrize).
 KERNEL_NAMES = ("gaussian_fixed", "gaussian_median", "multi_gaussian", "inverse_multiquadric",
                 "polynomial", "callable", "product")

@@ -16,13 +16,7 @@ from mmdg_lite.toys.models import load_or_train_toy_2d
 USER_MODES = [0, 2, 4, 6]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small-tensor training is many times faster on one thread on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _classifier(dim: int = 3, seed: int = 0) -> NoisyClassifier:

@@ -19,18 +19,9 @@ from mmdg_lite.denoisers import GaussianMixtureDenoiser
 from mmdg_lite.sampling import make_scheduler, sample_generators
 from mmdg_lite.toys.mixtures import circle_mixture, draw_references
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is 20x faster than two on busy shared cores (spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available"),
+              pytest.mark.usefixtures("one_thread")]  # conftest.py
 
 
 N = 11  # odd: shards of 6 and 5 rows (padded all-gather)

@@ -21,12 +21,7 @@ from mmdg_lite.pipelines import (GuidedSchedulerStep, MMDGuidanceCallback, encod
 PROMPT = "a red circle"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
