@@ -45,7 +45,7 @@ from ._validation import check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
 from .guidance.guide import ChainedGuidance, MMDGuidance
 from .kernels import GaussianKernel, ProductKernel
-from .mmd import _chunks, _gradw, _prompt_masses, _Prepared
+from .mmd import _chunks, _gradw, _prompt_factors, _Prepared
 from .rff import RFFReferenceEmbedding
 from .sampling import SampleResult, sample
 
@@ -188,16 +188,16 @@ class DistributedBatchSet(BatchSet):
             Wxx[rows, rows + off] = 0.0
             Wxx = Wxx / (1.0 - (wx**2).sum())
         p = _Prepared(z, refs, wx[mine], wy, prompts, ref_prompts, kernel, z.shape)
-        att = None
+        pull = None  # conditional weighting: per-row factors of the push and the pull, (b,) each
         if prompt_weighting == "conditional" and isinstance(kernel, ProductKernel):
-            rep, att = _prompt_masses(kernel, prompts, pg, Wxx, ref_prompts, wy, chunk_size)  # (b,)
-            Wxx = Wxx * rep[:, None]
+            push, pull = _prompt_factors(kernel, prompts, pg, Wxx, ref_prompts, wy, chunk_size)
+            Wxx = Wxx * push[:, None]
         x_ = z.detach()
         g = None
         for s in _chunks(len(refs), chunk_size):
             pts, W = refs[s].detach(), -wx[mine, None] * wy[None, s]  # (cs, D), (b, cs)
-            if att is not None:
-                W = W * att[:, None]
+            if pull is not None:
+                W = W * pull[:, None]
             pp = None if ref_prompts is None else ref_prompts[s]
             if g is None:  # first chunk: stacked with the global batch (repulsion)
                 pts, W = torch.cat([zg.detach(), pts]), torch.cat([Wxx, W], dim=1)  # (B + cs, D)

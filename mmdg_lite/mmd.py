@@ -151,8 +151,8 @@ def mmd2_grad(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=N
 PROMPT_WEIGHTINGS = ("joint", "conditional")
 
 
-def _prompt_masses(kernel: ProductKernel, px: Tensor, pg: Tensor, Wxx: Tensor, py: Tensor,
-                   wy: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+def _prompt_factors(kernel: ProductKernel, px: Tensor, pg: Tensor, Wxx: Tensor, py: Tensor,
+                    wy: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
     """Row factors of the conditional prompt weighting for rows with prompts px (n, P), against
     the batch's prompts pg (B, P) with weights Wxx (n, B) and the references' prompts py (m, P)
     with weights wy (m,). Returns (rho_i / rep_i, rho_i / att_i), (n,) each, where
@@ -179,26 +179,27 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
     then the attraction to each chunk of references (two matrix products per chunk).
 
     ``prompt_weighting="conditional"`` (ProductKernel only) rescales each sample's prompt
-    weights (``_prompt_masses``) so that it feels the repulsion and attraction of an unweighted
+    weights (``_prompt_factors``) so that it feels the repulsion and attraction of an unweighted
     MMD, spread over the samples and references whose prompts resemble its own, times rho_i,
-    the prompt kernel to the nearest reference prompt (so nothing where none resembles it). For a prompt kernel that is 1 within prompt groups
-    and 0 across, grad_i is |G|/n times the plain MMD gradient of i's group G against G's
-    references (a conditional MMD), and 0 for groups without references; Eq. 11's joint weights
-    give that only when every group's share of the batch equals its share of the references.
+    the prompt kernel to the nearest reference prompt (so nothing where none resembles it). For
+    a prompt kernel that is 1 within prompt groups and 0 across, grad_i is |G|/n times the plain
+    MMD gradient of i's group G against G's references (a conditional MMD), and 0 for groups
+    without references; Eq. 11's joint weights give that only when every group's share of the
+    batch equals its share of the references.
     """
     x_, wx = p.x.detach(), p.wx
     Wxx = wx[:, None] * wx[None, :]  # (n, n)
     if estimator == "unbiased":
         Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
-    att = None
+    pull = None  # conditional weighting: per-row factors of the push and the pull, (n,) each
     if prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel):
-        rep, att = _prompt_masses(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size)
-        Wxx = Wxx * rep[:, None]
+        push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size)
+        Wxx = Wxx * push[:, None]
     g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
     for s in _chunks(len(p.y), chunk_size):
         Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
-        if att is not None:
-            Wxy = Wxy * att[:, None]
+        if pull is not None:
+            Wxy = Wxy * pull[:, None]
         g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
     if not bool(torch.isfinite(g.sum())):
         raise FloatingPointError(

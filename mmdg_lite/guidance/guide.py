@@ -106,8 +106,9 @@ class MMDGuidance:
             Eq. 10-11): kernel k_p x k_z with k_p Gaussian (sigma 0.3) on L2-normalised prompt
             features by default. Without ``sample_prompts`` the sampler's ``cond`` is used.
         prompt_weighting: "conditional" (default): each sample's prompt weights are divided by
-            their sum, so every sample is pulled toward (and pushed from) the references (and
-            samples) whose prompts resemble its own with the full force of an unweighted MMD,
+            their sum and scaled by the prompt kernel to its nearest reference prompt, so every
+            sample is pulled toward (and pushed from) the references (and samples) whose
+            prompts resemble its own with the full force of an unweighted MMD,
             whatever share of the batch and of the references its prompt has; "joint": Eq. 11's
             weights as they are (the product-kernel MMD of the joint distribution), whose pull
             shrinks with the share of references with the sample's prompt while its push
@@ -330,8 +331,9 @@ class MMDGuidance:
     def paper(cls, references: Tensor, strength: float = 100.0, **kwargs: Any) -> "MMDGuidance":
         """The paper's literal Eq. 5: z_{t-1} = sampler(z_t) - lambda grad_{z_t} MMD^2 with a
         constant lambda = ``strength``, a Gaussian kernel with the median bandwidth of the
-        current points, no normalisation, the whole run guided, Eq. 11's joint prompt weights. lambda must grow like
-        B sigma^2 to matter (the default strength scale exists for that reason)."""
+        current points, no normalisation, the whole run guided, Eq. 11's joint prompt weights.
+        lambda must grow like B sigma^2 to matter (the default strength scale exists for that
+        reason)."""
         opts: dict[str, Any] = dict(kernel=GaussianKernel(), strength=strength, strength_scale="none",
                                     normalization="none", stop=1.0, bandwidth_update="step",
                                     prompt_weighting="joint")
