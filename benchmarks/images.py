@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run)
 
 Pixel space: the shipped digits UNet (20 % thick strokes in pretraining), 50 thick references
-from the held-out split, DDIM. Latent space: the shipped shapes VAE + latent UNet (25 % outlined),
+from the held-out split, 5 of each class (``digits_task(stratified=True)``, the default), DDIM. Latent space: the shipped shapes VAE + latent UNet (25 % outlined),
 50 outlined references encoded with the VAE's scaling factor once. Methods: unguided, MMD
 guidance (presets in mmdg_lite.images.adaptation.PRESETS), classifier guidance, fine-tuning.
 FD/KD in the project's feature space (data/images/feature_net; stands in for DINOv2, not
@@ -15,6 +15,7 @@ reference-count sweep (10 to 200).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -36,7 +37,7 @@ def _mean_sd(v: list[float]) -> str:
     return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int) -> dict:
+def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int, batch_size: int | None = None) -> dict:
     res: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
         task = task_fn(n_refs=50, seed=seed)
@@ -45,7 +46,8 @@ def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int) -> di
             method = kw.pop("method")
             guidance = MMDGuidance(task.references, **kw["guidance"]) if method == "mmd" else None
             extra = {k: v for k, v in kw.items() if k != "guidance"}
-            r = run_method(task, method, n=n, seed=seed, num_steps=num_steps, guidance=guidance, **extra)
+            r = run_method(task, method, n=n, seed=seed, num_steps=num_steps, guidance=guidance,
+                           batch_size=batch_size, **extra)
             row = res.setdefault(name, {k: [] for k in ("style", "valid", "class_tv", "fd", "kd", "seconds",
                                                         "setup")})
             for k, v in zip(row, (r.style_rate, r.valid_rate, r.class_tv, r.fd, r.kd, r.seconds,
@@ -121,8 +123,17 @@ def _tv_floor(k: int, n: int, draws: int = 20000) -> float:
 def _n_text(meta: dict) -> str:
     if "n_adapt" not in meta:  # older results: one sample count for everything
         return f"{meta['n']} samples"
-    return (f"{meta['n_adapt']} samples in the method tables (the features are 64-D: 64 samples cannot estimate their covariance for FD), "
-            f"{meta['n_sweep']} in the reference-count sweep")
+    batches = f" in batches of {meta['batch']}, the batch the presets were calibrated at" if meta.get("batch") else ""
+    return (f"{meta['n_adapt']} samples in the method tables{batches} (the features are 64-D: FD needs far more "
+            f"samples than 64 to estimate their covariance; at 128 one seed's FD still moves by about 100 between "
+            f"sampling seeds), {meta['n_sweep']} in the reference-count sweep")
+
+
+def _refs_text(meta: dict) -> str:
+    if meta.get("digit_references") != "stratified":  # older results: a random draw of 50 digits
+        return ""
+    return (" (digits: 5 of each class, as the held-out targets are balanced; shapes: exact attribute "
+            "proportions)")
 
 
 def render(data: dict) -> str:
@@ -135,7 +146,7 @@ def render(data: dict) -> str:
     return "\n".join([
         "# Image domain adaptation: pixel digits and latent shapes", "",
         f"`{meta['command']}`; {seeds} seeds, {_n_text(meta)} per method and seed, DDIM "
-        f"{meta['num_steps']} steps, 50 references; one torch thread. Machine: {meta['machine']}; load "
+        f"{meta['num_steps']} steps, 50 references{_refs_text(meta)}; one torch thread. Machine: {meta['machine']}; load "
         f"average at start {meta['load']:.1f} (shared CPUs: times are noisy). Settings: "
         "`mmdg_lite.images.adaptation.PRESETS`. valid: digits recognised by the feature net's digit head "
         "(p >= 0.5), shapes passing the deterministic shape detector. class TV: total variation between "
@@ -168,14 +179,15 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     seeds = range(2) if args.quick else range(5)
-    n, n_sweep, steps = (32, 32, 20) if args.quick else (128, 64, 50)
+    n, n_sweep, steps, batch = (32, 32, 20, None) if args.quick else (256, 64, 50, 128)
     t_start, load = time.perf_counter(), load_average()
-    digits = adaptation_rows(digits_task, PRESETS["digits"], seeds, n, steps)
-    shapes = adaptation_rows(shapes_task, PRESETS["shapes"], seeds, n, steps)
+    digits = adaptation_rows(digits_task, PRESETS["digits"], seeds, n, steps, batch)
+    shapes = adaptation_rows(shapes_task, PRESETS["shapes"], seeds, n, steps, batch)
     timing = step_time_ratio()
     sw = sweep(seeds, n_sweep, steps)
     meta = {"command": f".venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}",
-            "seeds": len(seeds), "n_adapt": n, "n_sweep": n_sweep, "num_steps": steps, "machine": machine(), "load": load[0],
+            "seeds": len(seeds), "n_adapt": n, "batch": batch, "n_sweep": n_sweep,
+            "digit_references": "stratified" if inspect.signature(digits_task).parameters["stratified"].default else "random", "num_steps": steps, "machine": machine(), "load": load[0],
             "seconds": time.perf_counter() - t_start}
     data = {"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw}
     OUT.parent.mkdir(exist_ok=True)

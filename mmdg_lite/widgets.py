@@ -339,17 +339,19 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def _grid_settings(domain: str) -> dict[str, Any]:
     """The guidance and sampler settings a domain's grids use, read from the library's defaults
-    (PRESETS for digits/shapes; for the SD pipeline run_pairing's sampler defaults and the
-    MMDGuidance defaults it guides with)."""
+    (PRESETS and how the task draws its references for digits/shapes; for the SD pipeline
+    run_pairing's sampler defaults and the MMDGuidance defaults it guides with)."""
     import inspect
 
     if domain in ("digits", "shapes"):
-        from .images.adaptation import PRESETS, run_method
+        from .images.adaptation import PRESETS, digits_task, run_method
 
         preset = "mmd x0_hat" if domain == "digits" else "mmd x_t"
         g = PRESETS[domain][preset]["guidance"]
         steps = inspect.signature(run_method).parameters
-        return {"preset": f"PRESETS[{domain!r}][{preset!r}]", "kernel": repr(g["kernel"]),
+        task = "shapes_task()" if domain == "shapes" else \
+            f"digits_task(stratified={inspect.signature(digits_task).parameters['stratified'].default})"
+        return {"preset": f"PRESETS[{domain!r}][{preset!r}]", "task": task, "kernel": repr(g["kernel"]),
                 "strength": float(g["strength"]), "normalization": g["normalization"],
                 "eval_point": g["eval_point"],
                 "sampler": {"scheduler": steps["scheduler"].default, "num_steps": steps["num_steps"].default}}

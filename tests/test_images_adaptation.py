@@ -23,6 +23,30 @@ def test_references_and_targets_are_disjoint_held_out_thick_digits(task):
     assert task.has_style(task.references).float().mean() > 0.95
 
 
+@pytest.mark.parametrize("n_refs,seed", [(50, 0), (23, 3)])
+def test_stratified_references_cover_the_classes_evenly(n_refs, seed):
+    """Read each reference's class from the held-out split itself (exact pixel match), not from a
+    model: stratified draws have class counts that differ by at most one; a plain draw does not."""
+    from mmdg_lite.images.digits import load_digit_set
+
+    test = load_digit_set("test", style_fraction=1.0)
+    label_of = {tuple(v): int(c) for v, c in zip(test.images.reshape(len(test), -1).numpy().round(4).tolist(),
+                                                 test.labels)}
+
+    def counts(t):
+        flat = t.references.reshape(len(t.references), -1).numpy().round(4).tolist()
+        return torch.bincount(torch.tensor([label_of[tuple(v)] for v in flat]), minlength=10)
+
+    strat = digits_task(n_refs=n_refs, seed=seed)
+    c = counts(strat)
+    assert int(c.sum()) == n_refs and int(c.max() - c.min()) <= 1, c.tolist()
+    plain = digits_task(n_refs=50, seed=0, stratified=False)
+    assert int(counts(plain).max() - counts(plain).min()) > 5  # seed 0's random 50 are lopsided
+    assert len(strat.references) + len(strat.target_images) == len(plain.references) + len(plain.target_images)
+    assert not torch.equal(digits_task(n_refs=n_refs, seed=seed + 1).references, strat.references)
+    assert torch.equal(digits_task(n_refs=n_refs, seed=seed).references, strat.references)
+
+
 @pytest.mark.parametrize("method", ["unguided", "mmd", "classifier", "finetune"])
 def test_every_method_runs_and_is_measured(task, method):
     before = {k: v.clone() for k, v in task.denoiser.unet.state_dict().items()}
