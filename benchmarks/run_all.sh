@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 20 minutes on 2 CPU cores).
+# Regenerate every table in benchmarks/results/ (about 45 minutes on 2 CPU cores; images.py alone takes 22).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -24,6 +24,8 @@ BENCHMARKS=(
   "synthetic_tables|"
   "mlp_100d|"
   "sd|"
+  "images|"
+  "shapes_validity|"
   "defaults|"
   "robustness|"
   "overhead|"
