@@ -11,11 +11,14 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 STAMP="$VENV/.mmdg-stamp"
-WANT="$(cat pyproject.toml setup.py .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml setup.py .ci/constraints.txt scripts/_env.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import mmdg_lite" 2>/dev/null; then
   echo "[setup] installing mmdg_lite[notebooks,book,dev,sd] (torch held by .ci/constraints.txt)"
   "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -m pip install -q -c .ci/constraints.txt -e ".[notebooks,book,dev,sd]" 2>&1 | grep -v "^WARNING: Location" || true
+  # the optional third image set (mmdg_lite.images.load_animals); the wheel declares tensorflow,
+  # which its data does not need, so without dependencies
+  "$PY" -m pip install -q --no-deps "animal-mnist>=0.4,<1" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import mmdg_lite, torch; print('[setup] torch', torch.__version__)"
   echo "$WANT" > "$STAMP"
 fi

@@ -1,0 +1,82 @@
+"""A third real image set: the ``animal-mnist`` wheel's 10,000 28x28 animal silhouettes (MIT).
+
+The wheel stores its arrays as gzipped pickles, and ``pickle.load`` runs whatever a pickle names.
+``load_animals`` therefore reads them with ``SafeArrayUnpickler``, which resolves only numpy's
+array globals and raises on anything else. The wheel declares tensorflow, which its data does
+not need, so install it without dependencies::
+
+    pip install --no-deps animal-mnist
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["AnimalSet", "load_animals", "SafeArrayUnpickler", "safe_load_array", "ANIMAL_CLASSES"]
+
+# labels 0..9 in the order the wheel's description lists the classes (checked by eye on a grid per label)
+ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar")}
+_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
+
+
+class SafeArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: any other global (a function, a class) raises."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: only numpy arrays "
+                                         f"({sorted(f'{m}.{n}' for m, n in _ALLOWED)}) are allowed")
+        return super().find_class(module, name)
+
+
+def safe_load_array(data: bytes) -> np.ndarray:
+    """The numpy array pickled in ``data`` (gzip-compressed or not), through ``SafeArrayUnpickler``."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    out = SafeArrayUnpickler(io.BytesIO(data)).load()
+    if not isinstance(out, np.ndarray):
+        raise pickle.UnpicklingError(f"expected a numpy array; the pickle holds {type(out).__name__}")
+    return out
+
+
+@dataclass
+class AnimalSet:
+    """The silhouettes and their class labels."""
+
+    images: Tensor  # (N, 1, 28, 28) float32 in [-1, 1], silhouette +1 on background -1
+    labels: Tensor  # (N,) long, index into ANIMAL_CLASSES
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _package_folder() -> Path:
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("load_animals needs the animal-mnist wheel: pip install --no-deps animal-mnist "
+                                  "(or pass folder= with its two .gz files)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal_MNIST"
+
+
+def load_animals(folder: Path | str | None = None) -> AnimalSet:
+    """The 10,000 silhouettes and labels, from ``folder`` (default: the installed wheel's data)."""
+    folder = Path(folder) if folder is not None else _package_folder()
+    missing = [f for f in _FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"folder {folder} lacks {missing}; expected the animal-mnist files {list(_FILES)}")
+    x, y = (safe_load_array((folder / f).read_bytes()) for f in _FILES)
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or len(y) != len(x):
+        raise ValueError(f"unexpected animal-mnist arrays: images {x.shape}, labels {y.shape}")
+    images = torch.from_numpy(x.astype(np.float32) / 255.0 * 2 - 1)[:, None]  # (N, 1, 28, 28)
+    return AnimalSet(images=images, labels=torch.from_numpy(y.astype(np.int64)))

@@ -1,0 +1,71 @@
+"""The animal-mnist loader: a restricted unpickler (numpy arrays only) and the real data."""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from mmdg_lite.images import animals
+from mmdg_lite.images.animals import ANIMAL_CLASSES, SafeArrayUnpickler, load_animals, safe_load_array
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # what a hostile pickle does: call an arbitrary function on load
+        return (os.mkdir, (self.path,))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_safe_unpickler_round_trips_numpy_arrays(compress):
+    for a in (np.arange(12, dtype=np.uint8).reshape(3, 4), np.linspace(0, 1, 5), np.array([3, 1], dtype="i8")):
+        blob = pickle.dumps(a, protocol=4)
+        out = safe_load_array(gzip.compress(blob) if compress else blob)
+        assert out.dtype == a.dtype and np.array_equal(out, a)
+
+
+def test_safe_unpickler_refuses_other_globals_without_running_them(tmp_path):
+    target = tmp_path / "created_by_pickle"
+    blob = pickle.dumps(_Evil(str(target)))
+    assert pickle.loads(blob) is None and target.is_dir()  # plain pickle runs it ...
+    target.rmdir()
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load global (posix|nt|os).mkdir"):
+        safe_load_array(blob)
+    assert not target.exists()  # ... the safe one does not
+    with pytest.raises(pickle.UnpicklingError, match="expected a numpy array; the pickle holds dict"):
+        safe_load_array(pickle.dumps({"a": 1}))
+    assert issubclass(SafeArrayUnpickler, pickle.Unpickler)
+
+
+def test_load_animals_names_missing_files_and_the_install_command(tmp_path, monkeypatch):
+    (tmp_path / "animal_data_version_3.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="animal_label_version_3.gz"):
+        load_animals(tmp_path)
+    monkeypatch.setattr(animals.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps animal-mnist"):
+        load_animals()
+
+
+def test_load_animals_from_a_folder_of_pickled_arrays(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    for name, arr in (("animal_data_version_3.gz", x), ("animal_label_version_3.gz", np.arange(6) % 10)):
+        (tmp_path / name).write_bytes(gzip.compress(pickle.dumps(arr)))
+    s = load_animals(tmp_path)
+    assert s.images.shape == (6, 1, 28, 28) and s.images.dtype == torch.float32
+    torch.testing.assert_close(s.images[:, 0], torch.from_numpy(x).float() / 255 * 2 - 1)
+    assert s.labels.tolist() == list(range(6))
+
+
+def test_the_installed_wheel_holds_10000_silhouettes_in_10_balanced_classes():
+    pytest.importorskip("animal_mnist", exc_type=ImportError)
+    s = load_animals()
+    assert len(s) == 10_000 and s.images.shape[1:] == (1, 28, 28)
+    assert torch.bincount(s.labels, minlength=len(ANIMAL_CLASSES)).tolist() == [1000] * 10
+    assert float(s.images.min()) == -1.0 and float(s.images.max()) == 1.0
+    ink = (s.images > 0).float().mean((1, 2, 3))  # silhouettes: some but not most pixels are ink
+    assert 0.05 < float(ink.median()) < 0.6
