@@ -1,8 +1,8 @@
 """A third real image set: the ``animal-mnist`` wheel's 10,000 28x28 animal silhouettes (MIT).
 
 The wheel stores its arrays as gzipped pickles, and ``pickle.load`` runs whatever a pickle names.
-``load_animals`` therefore reads them with ``SafeArrayUnpickler``, which resolves only numpy's
-array globals and raises on anything else. The wheel declares tensorflow, which its data does
+``load_animals`` therefore reads them with ``safe_load_array``, whose unpickler resolves only
+numpy's array globals and raises on anything else. The wheel declares tensorflow, which its data does
 not need, so install it without dependencies::
 
     pip install --no-deps animal-mnist
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AnimalSet", "load_animals", "SafeArrayUnpickler", "safe_load_array", "ANIMAL_CLASSES"]
+__all__ = ["AnimalSet", "load_animals", "safe_load_array", "ANIMAL_CLASSES"]
 
 # labels 0..9 in the order the wheel's description lists the classes (checked by eye on a grid per label)
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -30,7 +30,7 @@ _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray"
 _FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 
 
-class SafeArrayUnpickler(pickle.Unpickler):
+class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: any other global (a function, a class) raises."""
 
     def find_class(self, module: str, name: str):  # noqa: D102
@@ -41,10 +41,10 @@ class SafeArrayUnpickler(pickle.Unpickler):
 
 
 def safe_load_array(data: bytes) -> np.ndarray:
-    """The numpy array pickled in ``data`` (gzip-compressed or not), through ``SafeArrayUnpickler``."""
+    """The numpy array pickled in ``data`` (gzip-compressed or not), through ``_ArrayUnpickler``."""
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    out = SafeArrayUnpickler(io.BytesIO(data)).load()
+    out = _ArrayUnpickler(io.BytesIO(data)).load()
     if not isinstance(out, np.ndarray):
         raise pickle.UnpicklingError(f"expected a numpy array; the pickle holds {type(out).__name__}")
     return out
