@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run)
 
 Pixel space: the shipped digits UNet (20 % thick strokes in pretraining), 50 thick references
-from the held-out split, 5 of each class (``digits_task(stratified=True)``, the default), DDIM. Latent space: the shipped shapes VAE + latent UNet (25 % outlined),
-50 outlined references encoded with the VAE's scaling factor once. Methods: unguided, MMD
-guidance (presets in mmdg_lite.images.adaptation.PRESETS), classifier guidance, fine-tuning.
+from the held-out split, 5 of each class (``digits_task(stratified=True)``, the default), DDIM.
+Latent space: the shipped shapes VAE + latent UNet (25 % outlined), 50 outlined references
+encoded with the VAE's scaling factor once. Methods: unguided, MMD guidance (presets in
+mmdg_lite.images.adaptation.PRESETS), classifier guidance, fine-tuning.
 FD/KD in the project's feature space (data/images/feature_net; stands in for DINOv2, not
 Inception) to held-out target-style images. Then the per-step wall time of guided vs unguided
 sampling with the pixel UNet (batch 16, 50 references), interleaved in one run, and the latent
@@ -129,6 +130,11 @@ def _n_text(meta: dict) -> str:
             f"sampling seeds), {meta['n_sweep']} in the reference-count sweep")
 
 
+def _digits_stratified() -> bool:
+    """Whether ``digits_task`` (called here without the argument) draws its references per class."""
+    return bool(inspect.signature(digits_task).parameters["stratified"].default)
+
+
 def _refs_text(meta: dict) -> str:
     if meta.get("digit_references") != "stratified":  # older results: a random draw of 50 digits
         return ""
@@ -186,8 +192,9 @@ def main() -> None:
     timing = step_time_ratio()
     sw = sweep(seeds, n_sweep, steps)
     meta = {"command": f".venv/bin/python benchmarks/images.py{' --quick' if args.quick else ''}",
-            "seeds": len(seeds), "n_adapt": n, "batch": batch, "n_sweep": n_sweep,
-            "digit_references": "stratified" if inspect.signature(digits_task).parameters["stratified"].default else "random", "num_steps": steps, "machine": machine(), "load": load[0],
+            "seeds": len(seeds), "n_adapt": n, "batch": batch, "n_sweep": n_sweep, "num_steps": steps,
+            "digit_references": "stratified" if _digits_stratified() else "random",
+            "machine": machine(), "load": load[0],
             "seconds": time.perf_counter() - t_start}
     data = {"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw}
     OUT.parent.mkdir(exist_ok=True)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from mmdg_lite import MMDGuidance
 from mmdg_lite.images import decode_latents, detect_shapes, encode_references, load_shapes_vae, make_shapes
-from mmdg_lite.images.adaptation import PRESETS, run_method, shapes_task
+from mmdg_lite.images.adaptation import PRESETS, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine  # noqa: E402
+from images import adaptation_rows  # noqa: E402  (benchmarks/images.py)
 
 OUT = Path(__file__).resolve().parent / "results" / "shapes_validity.md"
 SEEDS = (100, 101, 102, 103)
@@ -36,16 +36,8 @@ def main() -> None:
     recon = decode_latents(vae, encode_references(vae, real))
     ceiling = {"real shapes": float(detect_shapes(real).valid.float().mean()),
                "VAE reconstructions": float(detect_shapes(recon).valid.float().mean())}
-    rows: dict[str, dict[str, list[float]]] = {"unguided": {"valid": [], "style": []},
-                                                "mmd x_t": {"valid": [], "style": []}}
-    for seed in SEEDS:
-        task = shapes_task(n_refs=50, seed=seed)
-        for name in rows:
-            g = MMDGuidance(task.references, **PRESETS["shapes"][name]["guidance"]) if name != "unguided" else None
-            r = run_method(task, "mmd" if g is not None else "unguided", n=128, seed=seed, guidance=g)
-            rows[name]["valid"].append(r.valid_rate)
-            rows[name]["style"].append(r.style_rate)
-            print(seed, name, round(r.valid_rate, 3), round(r.style_rate, 3), flush=True)
+    presets = {name: PRESETS["shapes"][name] for name in ("unguided", "mmd x_t")}
+    rows = adaptation_rows(shapes_task, presets, SEEDS, n=128, num_steps=50)  # the images benchmark's loop
     lines = ["# Latent shapes: where validity is lost", "",
              f"`.venv/bin/python benchmarks/shapes_validity.py`; machine: {machine()}; load average at start "
              f"{load[0]:.1f}; {time.perf_counter() - t0:.0f} s. Valid = the deterministic shape detector "
