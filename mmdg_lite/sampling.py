@@ -19,10 +19,10 @@ from torch import Tensor
 from ._validation import check_choice, check_int, check_nonnegative
 from .seeding import make_generator
 
-__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level",
+__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
            "sample_generators", "SCHEDULERS", "BETA_SCHEDULES"]
 
-SCHEDULERS = ("ddpm", "ddim")
+SCHEDULERS = ("ddpm", "ddim", "dpm")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 
 
@@ -61,8 +61,10 @@ class SampleResult:
 
 
 def make_scheduler(name: str = "ddpm", train_timesteps: int = 1000, beta_schedule: str = "linear"):
-    """A fresh diffusers DDPMScheduler (fixed_small variance) or DDIMScheduler, no clipping."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    """A fresh diffusers scheduler, no clipping: "ddpm" (DDPMScheduler, fixed_small variance),
+    "ddim" (DDIMScheduler, eta from ``sample``) or "dpm" (DPMSolverMultistepScheduler, the
+    deterministic second-order DPM-Solver++ 2M; it reaches DDIM-50 quality in about 25 steps)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     check_choice(name, "scheduler", SCHEDULERS)
     check_choice(beta_schedule, "beta_schedule", BETA_SCHEDULES)
@@ -70,6 +72,10 @@ def make_scheduler(name: str = "ddpm", train_timesteps: int = 1000, beta_schedul
     if name == "ddpm":
         return DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                              variance_type="fixed_small", clip_sample=False)
+    if name == "dpm":  # final sigma 0: the last step lands on the clean sample
+        return DPMSolverMultistepScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
+                                           algorithm_type="dpmsolver++", solver_order=2,
+                                           final_sigmas_type="zero")
     # set_alpha_to_one: the last step lands on the clean sample (alpha_bar = 1)
     return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule,
                          clip_sample=False, set_alpha_to_one=True)
@@ -204,20 +210,30 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     return SampleResult(samples=samples, trajectory=trajectory, timesteps=timesteps)
 
 
+def sigma_scaled(sched: Any) -> bool:
+    """Whether ``sched`` keeps sigma-scaled latents x_t = x_0 + sigma eps (Euler, Karras, EDM: one
+    sigma per step plus the final one, and initial noise of std > 1) rather than DDPM-normalised
+    ones. DPM-Solver has ``sigmas`` too, but DDPM-normalised latents (init_noise_sigma = 1)."""
+    sigmas, timesteps = getattr(sched, "sigmas", None), getattr(sched, "timesteps", None)
+    return sigmas is not None and timesteps is not None and len(sigmas) == len(timesteps) + 1 \
+        and float(getattr(sched, "init_noise_sigma", 1.0)) > 1.0
+
+
 def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
     """(alpha_bar, c_in) at step i of ``timesteps`` (i = len means the end of the run).
 
-    DDPM-style schedulers: alpha_bar = alphas_cumprod[t], c_in = 1. Sigma-scaled schedulers
-    (Euler, Karras; they have ``sigmas``): x_t = x_0 + sigma eps, so alpha_bar = 1/(1 + sigma^2)
-    and c_in = 1/sqrt(1 + sigma^2), the factor scale_model_input applies.
+    Sigma-scaled schedulers (``sigma_scaled``: Euler, Karras; x_t = x_0 + sigma eps): alpha_bar =
+    1/(1 + sigma^2) and c_in = 1/sqrt(1 + sigma^2), the factor scale_model_input applies. The
+    others (DDPM, DDIM, DPM-Solver): alpha_bar = alphas_cumprod[t] (the scheduler's final value,
+    or 1, at the end) and c_in = 1.
     """
-    sigmas = getattr(sched, "sigmas", None)
-    if sigmas is not None and len(sigmas) == len(timesteps) + 1:
-        sigma = float(sigmas[i])
+    if sigma_scaled(sched):
+        sigma = float(sched.sigmas[i])
         return 1.0 / (1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + sigma * sigma)
     if i < len(timesteps):
         return float(sched.alphas_cumprod[int(timesteps[i])]), 1.0
-    return float(getattr(sched, "final_alpha_cumprod", 1.0)), 1.0
+    final = getattr(sched, "final_alpha_cumprod", None)
+    return (1.0 if final is None else float(final)), 1.0
 
 
 def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, guidance,

@@ -41,6 +41,18 @@ def test_euler_noise_level_matches_scale_model_input():
     assert noise_level(sched, sched.timesteps, 20) == (1.0, 1.0)  # final sigma 0: clean
 
 
+def test_dpm_solver_latents_are_ddpm_normalised():
+    """DPM-Solver lists sigmas like Euler, but its denoiser sees x_t unscaled: c_in = 1."""
+    from diffusers import DPMSolverMultistepScheduler
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(20)
+    for i in (0, 7, 19):
+        ab, c_in = noise_level(sched, sched.timesteps, i)
+        assert torch.equal(sched.scale_model_input(torch.ones(3), sched.timesteps[i]), torch.ones(3))
+        assert c_in == 1.0 and ab == float(sched.alphas_cumprod[int(sched.timesteps[i])])
+    assert noise_level(sched, sched.timesteps, 20) == (1.0, 1.0)
+
+
 def test_x0_hat_for_sigma_scaled_latents_is_x_minus_sigma_eps():
     sigma = 3.0
     st = state(c_in=1 / math.sqrt(1 + sigma**2), ab=1 / (1 + sigma**2))

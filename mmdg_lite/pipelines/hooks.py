@@ -35,25 +35,11 @@ __all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "scheduler_noise_level"
            "to_epsilon"]
 
 
-def _sigma_scaled(sched: Any) -> bool:
-    """Euler-type schedulers keep x_t = x_0 + sigma_t eps (init_noise_sigma > 1); DPM-Solver has
-    ``sigmas`` too but DDPM-style latents (init_noise_sigma = 1)."""
-    sigmas = getattr(sched, "sigmas", None)
-    return sigmas is not None and len(sigmas) == len(sched.timesteps) + 1 \
-        and float(getattr(sched, "init_noise_sigma", 1.0)) > 1.0
-
-
 def scheduler_noise_level(sched: Any, index: int) -> tuple[float, float]:
     """(alpha_bar, c_in) at position ``index`` of ``sched.timesteps`` (len = the end of the run)."""
-    ts = sched.timesteps
-    if ts is None:
+    if sched.timesteps is None:
         raise RuntimeError(f"{type(sched).__name__}.set_timesteps has not been called")
-    if _sigma_scaled(sched):
-        return noise_level(sched, ts, index)
-    if index < len(ts):
-        return float(sched.alphas_cumprod[int(ts[index])]), 1.0
-    final = getattr(sched, "final_alpha_cumprod", None)
-    return (1.0 if final is None else float(final)), 1.0
+    return noise_level(sched, sched.timesteps, index)
 
 
 def timestep_index(sched: Any, t: Any) -> int:
