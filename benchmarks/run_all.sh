@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 45 minutes on 2 CPU cores; images.py alone takes 22).
+# Regenerate every table in benchmarks/results/ (about 55 minutes on 2 CPU cores; the image calibration
+# and benchmark take about 30 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -24,7 +25,9 @@ BENCHMARKS=(
   "synthetic_tables|"
   "mlp_100d|"
   "sd|"
-  "images|"
+  "calibration|--domain digits"
+  "calibration|--domain shapes"
+  "images|--jobs 2"
   "shapes_validity|"
   "defaults|"
   "robustness|"
