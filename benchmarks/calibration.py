@@ -13,7 +13,7 @@ method gets a small sweep and one rule per domain picks its preset (``pick``):
   >= 0.93 (where none reaches it, the highest valid), "mmd x0_hat" and "classifier best FD" the
   lowest mean FD of all.
 
-The classifier's scale is swept like MMD's strength, so both baselines get the same search.
+The classifier's scale is swept like MMD's strength: the method and its baseline get the same search.
 """
 from __future__ import annotations
 
