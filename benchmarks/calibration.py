@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from mmdg_lite import MMDGuidance
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
 from mmdg_lite.kernels import GaussianKernel, PolynomialKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine  # noqa: E402
+from images import adaptation_rows  # noqa: E402  (benchmarks/images.py: the seed x setting loop)
 
 SEEDS = (100, 101, 102, 103)
 VALID_BOUND = 0.93
@@ -66,20 +66,6 @@ def candidates(domain: str) -> dict[str, dict[str, dict[str, Any]]]:
                                                                  strength=a) for a in (0.05, 0.1)}},
         "classifier": {f"scale {c}": {"method": "classifier", "classifier_scale": c} for c in (2.0, 3.0, 5.0, 7.0)},
     }
-
-
-def measure(domain: str, cfg: dict[str, Any], n: int) -> dict[str, list[float]]:
-    task_fn = digits_task if domain == "digits" else shapes_task
-    row: dict[str, list[float]] = {"style": [], "valid": [], "fd": []}
-    for seed in SEEDS:
-        task = task_fn(n_refs=50, seed=seed)
-        kw = dict(cfg)
-        method = kw.pop("method")
-        guidance = MMDGuidance(task.references, **kw.pop("guidance")) if method == "mmd" else None
-        r = run_method(task, method, n=n, seed=seed, num_steps=50, guidance=guidance, batch_size=n, **kw)
-        for k, v in zip(row, (r.style_rate, r.valid_rate, r.fd)):
-            row[k].append(v)
-    return row
 
 
 # preset -> (the method whose sweep it picks from, rule): "fd" the lowest mean FD, "bound" the
@@ -128,11 +114,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), load_average()
+    task_fn = digits_task if args.domain == "digits" else shapes_task
     rows: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for method, settings in candidates(args.domain).items():
-        for label, cfg in settings.items():
-            rows.setdefault(method, {})[label] = r = measure(args.domain, cfg, args.n)
-            print(args.domain, method, label, {k: round(statistics.mean(v), 3) for k, v in r.items()}, flush=True)
+    for method, settings in candidates(args.domain).items():  # one method's sweep, each seed's task built once
+        swept = adaptation_rows(task_fn, settings, SEEDS, args.n, num_steps=50, batch_size=args.n)
+        rows[method] = {label: {k: r[k] for k in ("style", "valid", "fd")} for label, r in swept.items()}
     data = {"meta": {"command": f".venv/bin/python benchmarks/calibration.py --domain {args.domain}"
                                 + (f" --n {args.n}" if args.n != 128 else ""),
                      "domain": args.domain, "n": args.n, "num_steps": 50,

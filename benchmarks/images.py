@@ -186,6 +186,14 @@ def render(data: dict) -> str:
         "", f"Total {meta['seconds']:.0f} s.", ""])
 
 
+def _write(data: dict) -> None:
+    """images.json and its rendered images.md."""
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    OUT.write_text(render(data))
+    print(OUT.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -199,9 +207,7 @@ def main() -> None:
         torch.set_num_threads(1)
         data = json.loads(OUT.with_suffix(".json").read_text())
         data["timing"] = step_time_ratio()
-        OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-        OUT.write_text(render(data))
-        print(data["timing"])
+        _write(data)
         return
     if args.render:
         OUT.write_text(render(json.loads(OUT.with_suffix(".json").read_text())))
@@ -222,11 +228,7 @@ def main() -> None:
             "digit_references": "stratified" if _digits_stratified() else "random",
             "machine": machine(), "load": load[0],
             "seconds": time.perf_counter() - t_start}
-    data = {"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    OUT.write_text(render(data))
-    print(OUT.read_text())
+    _write({"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw})
 
 
 if __name__ == "__main__":
