@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 55 minutes on 2 CPU cores; the image calibration
-# and benchmark take about 30 of them).
+# Regenerate every table in benchmarks/results/ (about 65 minutes on 2 CPU cores; the image calibration,
+# benchmark and ceiling take about 40 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -28,6 +28,7 @@ BENCHMARKS=(
   "calibration|--domain digits"
   "calibration|--domain shapes"
   "images|--jobs 2"
+  "style_ceiling|--jobs 2"
   "shapes_validity|"
   "defaults|"
   "robustness|"
