@@ -100,7 +100,7 @@ def render(data: dict) -> str:
         for name, r in rows.items():
             fd = " / ".join(f"{v:.0f}" for v in r["fd"])
             valid = " / ".join(f"{v:.3f}" for v in r["valid"])
-            draws = f"{statistics.mean(r['draws']):.0f}" if "draws" in r else "256"
+            draws = f"{statistics.mean(r['draws']):.0f}" if "draws" in r else str(meta["images_n"])
             lines.append(f"| {name} | {statistics.mean(r['fd']):.0f} ({fd}) | "
                          f"{statistics.mean(r['valid']):.3f} ({valid}) | {draws} |")
         lines.append("")
@@ -121,7 +121,8 @@ def main() -> None:
     images = json.loads((RESULTS / "images.json").read_text())
     data = {"meta": {"command": ".venv/bin/python benchmarks/style_ceiling.py"
                                 + (" --jobs 2" if args.jobs == 2 else ""),
-                     "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
+                     "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0,
+                     "images_n": images["meta"]["n_adapt"]},  # samples per seed of the images.json rows
             **measured, "images": {d: {m: images[d][m] for m in COMPARED[d]} for d in domains}}
     out = RESULTS / "style_ceiling.md"
     out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
