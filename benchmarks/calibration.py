@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
-from mmdg_lite.kernels import GaussianKernel, PolynomialKernel
+from mmdg_lite.kernels import GaussianKernel, MultiGaussianKernel, PolynomialKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine  # noqa: E402
@@ -49,9 +49,14 @@ def candidates(domain: str) -> dict[str, dict[str, dict[str, Any]]]:
     if domain == "digits":
         x0 = PRESETS["digits"]["mmd x0_hat"]["guidance"]
         return {
-            "mmd x0_hat": {f"gauss {m} x median, strength {s}": _mmd(x0, kernel=GaussianKernel(median_scale=m),
-                                                                      strength=s)
-                           for m, s in ((0.5, 1.0), (0.5, 1.5), (0.5, 2.0), (0.35, 1.5), (0.35, 2.0), (0.7, 1.5))},
+            "mmd x0_hat": {
+                **{f"gauss {m} x median, strength {s}": _mmd(x0, kernel=GaussianKernel(median_scale=m), strength=s)
+                   for m, s in ((0.5, 1.0), (0.5, 1.5), (0.5, 2.0), (0.35, 1.5), (0.35, 2.0), (0.7, 1.5))},
+                # the library's default kernel family (displacement-weighted Gaussians): its strength is
+                # a fraction of the summed displacement of all bandwidths, so it diverges above about 0.5
+                **{f"multi-gauss {'/'.join(map(str, sc))} x median, strength {s}":
+                   _mmd(x0, kernel=MultiGaussianKernel(scales=sc, weighting="displacement"), strength=s)
+                   for sc, s in (((0.5, 1.0, 2.0), 0.3), ((0.25, 0.5, 1.0), 0.5))}},
             "classifier": {f"scale {c}": {"method": "classifier", "classifier_scale": c}
                            for c in (1.5, 2.0, 2.5, 3.0)},
         }

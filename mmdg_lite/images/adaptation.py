@@ -172,7 +172,9 @@ def _presets() -> dict[str, dict[str, dict[str, Any]]]:
 
     Digits (every setting keeps >= 99 % valid, so the rule is the lowest mean FD). MMD on x0_hat,
     Gaussian 0.5 x median, strength 1.5 (FD 291; 1 / 2: 315 / 297; 0.35 x median 311 / 317;
-    0.7 x median 315). Classifier scale 2.5 (FD 490; 1.5 / 2 / 3: 610 / 515 / 521). MMD on x_t:
+    0.7 x median 315; the library's default kernel family, displacement-weighted Gaussians at
+    0.25/0.5/1 x median strength 0.5: 295, at 0.5/1/2 x median strength 0.3: 440). Classifier
+    scale 2.5 (FD 490; 1.5 / 2 / 3: 610 / 515 / 521). MMD on x_t:
     strength 1 with the median bandwidth, not recalibrated (an earlier seed-0 sweep; no measure
     rests on it).
 
