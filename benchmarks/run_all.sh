@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 65 minutes on 2 CPU cores; the image calibration,
-# benchmark and ceiling take about 40 of them).
+# Regenerate every table in benchmarks/results/ (about 78 minutes on 2 CPU cores; the image calibration,
+# benchmark, ceiling and FD sample-count check take about 53 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -29,6 +29,7 @@ BENCHMARKS=(
   "calibration|--domain shapes"
   "images|--jobs 2"
   "style_ceiling|--jobs 2"
+  "fd_samples|"
   "shapes_validity|"
   "defaults|"
   "robustness|"
