@@ -5,6 +5,7 @@ first on ``sys.path`` when it is run as ``python benchmarks/<script>.py``).
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import threading
@@ -119,3 +120,11 @@ def write_report(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {path}")
+
+
+def write_results(out: Path, data: dict, text: str) -> None:
+    """Write ``data`` to ``out`` with suffix .json and the rendered ``text`` to ``out`` (.md), then print it."""
+    out.parent.mkdir(exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    out.write_text(text)
+    print(text)

@@ -18,7 +18,6 @@ The classifier's scale is swept like MMD's strength: the method and its baseline
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes
 from mmdg_lite.kernels import GaussianKernel, MultiGaussianKernel, PolynomialKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine  # noqa: E402
+from _common import load_average, machine, write_results  # noqa: E402
 from images import adaptation_rows  # noqa: E402  (benchmarks/images.py: the seed x setting loop)
 
 SEEDS = (100, 101, 102, 103)
@@ -129,10 +128,7 @@ def main() -> None:
                      "domain": args.domain, "n": args.n, "num_steps": 50,
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "rows": rows, "kept": {p: pick(rows[m], rule) for p, (m, rule) in KEEP[args.domain].items()}}
-    out = RESULTS / f"calibration_{args.domain}.md"
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    out.write_text(render(data) + "\n")
-    print(out.read_text())
+    write_results(RESULTS / f"calibration_{args.domain}.md", data, render(data) + "\n")
 
 
 if __name__ == "__main__":

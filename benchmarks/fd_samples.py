@@ -16,7 +16,6 @@ seeds MMD guidance wins at each sample count.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine  # noqa: E402
+from _common import load_average, machine, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("mmd x0_hat", "classifier")
@@ -40,7 +39,6 @@ QUARTER = 256  # the benchmark's samples per method and seed
 
 def measure(method: str, seed: int, n: int) -> dict:
     """FD of ``n`` samples of one method on one seed's task, and of each 256-sample block."""
-    torch.set_num_threads(1)
     task = digits_task(n_refs=50, seed=seed)
     settings = dict(PRESETS["digits"][method])
     kind = settings.pop("method")
@@ -95,17 +93,14 @@ def main() -> None:
         raise SystemExit(f"--n must be a positive multiple of {QUARTER}; got {args.n}")
     t0, load = time.perf_counter(), load_average()
     pairs = [(m, s) for s in range(args.seeds) for m in METHODS]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         rows = list(pool.map(measure, *zip(*pairs), [args.n] * len(pairs)))
     flags = "".join(f" --{k} {v}" for k, v, d in (("n", args.n, 1024), ("seeds", args.seeds, 5),
                                                   ("jobs", args.jobs, 1)) if v != d)
     data = {"meta": {"command": f".venv/bin/python benchmarks/fd_samples.py{flags}", "n": args.n,
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "rows": rows}
-    out = RESULTS / "fd_samples.md"
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    out.write_text(render(data) + "\n")
-    print(out.read_text())
+    write_results(RESULTS / "fd_samples.md", data, render(data) + "\n")
 
 
 if __name__ == "__main__":

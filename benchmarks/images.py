@@ -31,7 +31,7 @@ from mmdg_lite import MMDGuidance, sample
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine  # noqa: E402
+from _common import load_average, machine, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "images.md"
 
@@ -188,10 +188,7 @@ def render(data: dict) -> str:
 
 def _write(data: dict) -> None:
     """images.json and its rendered images.md."""
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    OUT.write_text(render(data))
-    print(OUT.read_text())
+    write_results(OUT, data, render(data))
 
 
 def main() -> None:

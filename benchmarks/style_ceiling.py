@@ -37,7 +37,7 @@ from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine  # noqa: E402
+from _common import load_average, machine, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)
@@ -124,10 +124,7 @@ def main() -> None:
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0,
                      "images_n": images["meta"]["n_adapt"]},  # samples per seed of the images.json rows
             **measured, "images": {d: {m: images[d][m] for m in COMPARED[d]} for d in domains}}
-    out = RESULTS / "style_ceiling.md"
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
-    out.write_text(render(data) + "\n")
-    print(out.read_text())
+    write_results(RESULTS / "style_ceiling.md", data, render(data) + "\n")
 
 
 if __name__ == "__main__":
