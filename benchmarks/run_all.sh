@@ -30,6 +30,7 @@ BENCHMARKS=(
   "images|--jobs 2"
   "style_ceiling|--jobs 2"
   "fd_samples|"
+  "vae_decoder|--jobs 2"
   "shapes_validity|"
   "defaults|"
   "robustness|"

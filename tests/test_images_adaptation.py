@@ -70,3 +70,15 @@ def test_same_seed_same_samples_and_bad_method(task):
         run_method(task, "dreambooth", n=4)
     with pytest.raises(ValueError, match="guidance"):
         run_method(task, "mmd", n=4)
+
+
+def test_result_keeps_the_model_space_samples_its_images_decode_from():
+    """Shapes: the latents come back beside the decoded images; decoding them again with the
+    task's VAE gives exactly those images (so a study can re-decode them with another decoder)."""
+    from mmdg_lite.images.adaptation import shapes_task
+    from mmdg_lite.images.references import decode_latents
+
+    shapes = shapes_task(n_refs=8, seed=0)
+    r = run_method(shapes, "unguided", n=4, num_steps=3, seed=1)
+    assert r.samples is not None and r.samples.shape == (4, 4, 8, 8)
+    assert torch.equal(decode_latents(shapes.extra["vae"], r.samples), r.images)

@@ -50,6 +50,7 @@ class MethodResult:
     seconds: float            # sampling wall time
     setup_seconds: float = 0.0  # training cost (classifier, fine-tuning)
     class_tv: float = float("nan")  # TV between the content-class histogram and uniform
+    samples: Tensor | None = None   # (n, *task.shape) the model-space samples (latents for shapes)
 
 
 def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> AdaptationTask:
@@ -120,7 +121,7 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
         tv = 0.5 * float((hist - 1.0 / task.n_classes).abs().sum())
     return MethodResult(method, images, float(task.has_style(images).float().mean()),
                         float(task.is_valid(images).float().mean()), frechet_distance(f, g), kd,
-                        seconds, setup, tv)
+                        seconds, setup, tv, z)
 
 
 def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0, num_steps: int = 50,
