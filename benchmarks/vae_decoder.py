@@ -31,7 +31,7 @@ import torch
 from mmdg_lite import MMDGuidance
 from mmdg_lite.images import detect_shapes, load_shapes_vae, make_shapes
 from mmdg_lite.images.adaptation import PRESETS, run_method, shapes_task
-from mmdg_lite.images.models import SHAPES_VAE_RECIPE
+from mmdg_lite.images.models import SHAPES_VAE_RECIPE, _shapes_data
 from mmdg_lite.images.references import decode_latents, encode_references
 from mmdg_lite.seeding import make_generator, seed_everything
 from mmdg_lite.training import fit
@@ -49,12 +49,9 @@ STEPS, LR, BATCH = 1500, 1e-3, 32
 
 def finetune_decoder(loss: str, noise: float, steps: int = STEPS):
     """The shipped VAE with its decoder trained ``steps`` more; the encoder is frozen."""
-    from mmdg_lite.images.shapes import make_shapes as draw
-
     torch.set_num_threads(1)
     vae = load_shapes_vae()
-    data = draw(SHAPES_VAE_RECIPE["n_data"], SHAPES_VAE_RECIPE["proportions"],
-                seed=SHAPES_VAE_RECIPE["data_seed"]).images  # (N, 3, 32, 32) the VAE's training set
+    data = _shapes_data(SHAPES_VAE_RECIPE)  # (N, 3, 32, 32) the VAE's training set
     with torch.no_grad():
         post = vae.encode(data).latent_dist
         mu, sd = post.mean, post.std  # (N, 4, 8, 8) each
@@ -94,8 +91,12 @@ def sampled_latents() -> dict[str, list[torch.Tensor]]:
     return out
 
 
-def measure(vae, latents: dict[str, list[torch.Tensor]]) -> dict:
-    real = {fill: make_shapes(1000, {"fill": {fill: 1.0}}, seed=7).images for fill in ("outlined", "filled")}
+def real_shapes() -> dict[str, torch.Tensor]:
+    """fill -> 1,000 real shapes of that fill (seed 7), (1000, 3, 32, 32)."""
+    return {fill: make_shapes(1000, {"fill": {fill: 1.0}}, seed=7).images for fill in ("outlined", "filled")}
+
+
+def measure(vae, latents: dict[str, list[torch.Tensor]], real: dict[str, torch.Tensor]) -> dict:
     row: dict = {}
     with torch.no_grad():
         for fill, images in real.items():
@@ -155,12 +156,12 @@ def main() -> None:
     else:
         results = {j: _job(j) for j in jobs}
     torch.set_num_threads(1)
-    latents = results.pop("latents")
-    decoders = {"shipped": measure(load_shapes_vae(), latents)}
+    latents, real = results.pop("latents"), real_shapes()
+    decoders = {"shipped": measure(load_shapes_vae(), latents, real)}
     for name, (state, info) in results.items():
         vae = load_shapes_vae()
         vae.load_state_dict(state)
-        decoders[f"fine-tuned, {name}"] = {**info, **measure(vae.eval(), latents)}
+        decoders[f"fine-tuned, {name}"] = {**info, **measure(vae.eval(), latents, real)}
     data = {"meta": {"command": ".venv/bin/python benchmarks/vae_decoder.py" + (" --jobs 2" if args.jobs == 2 else ""),
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "decoders": decoders}
