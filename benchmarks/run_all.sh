@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 78 minutes on 2 CPU cores; the image calibration,
-# benchmark, ceiling and FD sample-count check take about 53 of them).
+# Regenerate every table in benchmarks/results/ (about 81 minutes on 2 CPU cores; the image calibration,
+# benchmark, ceiling, FD sample-count and feature-kernel checks take about 56 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -30,6 +30,7 @@ BENCHMARKS=(
   "images|--jobs 2"
   "style_ceiling|--jobs 2"
   "fd_samples|"
+  "feature_kernels|--jobs 2"
   "vae_decoder|--jobs 2"
   "shapes_validity|"
   "defaults|"

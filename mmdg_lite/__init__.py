@@ -4,8 +4,8 @@ Kernels and MMD (``kernels``, ``mmd``), the diffusion engine (``denoisers``, ``s
 ``training``), ``guidance``, ``prompts``, ``metrics``, ``rff``, and ``toys`` (mixtures, the
 paper's synthetic tasks, the prompt world and the shipped toy models).
 """
-from .kernels import (CallableKernel, GaussianKernel, InverseMultiquadricKernel, Kernel,
-                      MultiGaussianKernel, PolynomialKernel, ProductKernel, median_bandwidth,
+from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, InverseMultiquadricKernel,
+                      Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel, median_bandwidth,
                       pairwise_sq_dists)
 from .mmd import (PermutationTestResult, mmd2, mmd2_grad, mmd2_grad_autograd,
                   permutation_test, witness)

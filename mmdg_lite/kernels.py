@@ -21,7 +21,7 @@ from ._validation import check_pair, check_points, check_positive
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
-    "PolynomialKernel", "CallableKernel", "ProductKernel", "pairwise_sq_dists",
+    "PolynomialKernel", "CallableKernel", "FeatureKernel", "ProductKernel", "pairwise_sq_dists",
     "median_bandwidth", "work_dtype", "magnitude_scale",
 ]
 
@@ -309,6 +309,57 @@ class CallableKernel(Kernel):
 
     def __repr__(self) -> str:
         return f"CallableKernel({self.name})"
+
+
+@dataclass(frozen=True)
+class FeatureKernel(Kernel):
+    """k(u, v) = base(phi(u), phi(v)): a kernel on the embeddings of a feature map.
+
+    ``feature_map`` takes a batch (n, *shape), e.g. images for a CNN, and returns (n, F); the
+    flattened points the guidance works with are reshaped to ``shape`` first. Data-dependent
+    settings of ``base`` (the median bandwidth) are fixed in feature space. Gradients come from
+    autograd through ``feature_map``, which must be differentiable; an ``nn.Module`` is run in
+    its parameters' dtype, anything else in the points' dtype.
+
+    A kernel on a learned network's features is not automatically better than one on pixels:
+    a pixel step along such a network's gradient can move its features without moving the
+    image toward the references (benchmarks/results/feature_kernels.md).
+    """
+
+    feature_map: Callable[[Tensor], Tensor]
+    shape: tuple[int, ...]
+    base: Kernel = GaussianKernel()
+
+    def __post_init__(self) -> None:
+        if not callable(self.feature_map):
+            raise TypeError(f"feature_map must be callable as feature_map(x (n, *shape)) -> (n, F); "
+                            f"got {self.feature_map!r}")
+        if not (isinstance(self.shape, tuple) and self.shape and all(isinstance(d, int) and d > 0
+                                                                    for d in self.shape)):
+            raise ValueError(f"shape must be a tuple of positive ints (one sample's shape); got {self.shape!r}")
+        if not isinstance(self.base, Kernel) or isinstance(self.base, FeatureKernel):
+            raise TypeError(f"base must be a mmdg_lite Kernel on the features; got {self.base!r}")
+
+    def features(self, x: Tensor) -> Tensor:
+        """(n, D) flattened points -> (n, F) embeddings, in x's dtype."""
+        d = math.prod(self.shape)
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"points must be (n, {d}) for shape={self.shape}; got {tuple(x.shape)}")
+        m = self.feature_map
+        p = next(m.parameters(), None) if isinstance(m, torch.nn.Module) else None
+        f = m(x.reshape(len(x), *self.shape).to(p.dtype if p is not None else x.dtype))
+        if not isinstance(f, Tensor) or f.ndim < 1 or len(f) != len(x):
+            raise ValueError(f"feature_map must return one row per point ({len(x)}); got "
+                             f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}")
+        return f.reshape(len(x), -1).to(x.dtype)  # (n, F)
+
+    def resolve(self, x: Tensor, y: Tensor | None = None) -> "FeatureKernel":
+        with torch.no_grad():
+            fy = None if y is None else self.features(y)
+            return replace(self, base=self.base.resolve(self.features(x), fy))
+
+    def gram(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.base.gram(self.features(x), self.features(y))  # (n, m)
 
 
 @dataclass(frozen=True)
