@@ -7,8 +7,8 @@ FD is measured in a learned feature space, while the digits preset compares raw 
 natural idea is MMD guidance with ``FeatureKernel``: a Gaussian kernel on the embeddings of a
 network, differentiated through it. Three feature maps, all on MMD guidance at x0_hat:
 
-* random CNN: the feature net's convolutional body (3x3 conv 32, stride-2 convs 32/64), random
-  weights (seed 0), never trained;
+* random CNN: a small CNN (3x3 conv 32, then stride-2 convs 32 and 64), random weights (seed 0),
+  never trained;
 * digits UNet encoder: the shipped pixel UNet's down blocks and mid block at t = 0 (the
   pretrained model's own features);
 * evaluation feature net: the network FD itself uses. This leaks the evaluation space into the
@@ -55,28 +55,23 @@ def _random_cnn() -> nn.Module:
                          nn.Flatten()).eval().requires_grad_(False)
 
 
-def _unet_encoder(unet) -> nn.Module:
+def _unet_encoder(unet):
     """(N, 1, 16, 16) -> the down blocks' and the mid block's activations at t = 0, flattened."""
 
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.unet = unet
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        emb = unet.time_embedding(unet.time_proj(torch.zeros(len(x), dtype=torch.long)).to(x.dtype))
+        h, feats = unet.conv_in(x), []
+        for block in unet.down_blocks:
+            h, _ = block(hidden_states=h, temb=emb)
+            feats.append(h.flatten(1))
+        feats.append(unet.mid_block(h, emb).flatten(1))
+        return torch.cat(feats, 1)  # (N, 16*8*8 + 32*4*4 + 64*2*2 + 64*2*2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            u = self.unet
-            emb = u.time_embedding(u.time_proj(torch.zeros(len(x), dtype=torch.long)).to(x.dtype))
-            h, feats = u.conv_in(x), []
-            for block in u.down_blocks:
-                h, _ = block(hidden_states=h, temb=emb)
-                feats.append(h.flatten(1))
-            feats.append(u.mid_block(h, emb).flatten(1))
-            return torch.cat(feats, 1)  # (N, 16*8*8 + 32*4*4 + 64*2*2 + 64*2*2)
-
-    return Encoder().eval()
+    return encode
 
 
-def _feature_map(kind: str, task) -> nn.Module:
+def _feature_map(kind: str, task):
     if kind == "random":
         return _random_cnn()
     if kind == "unet":
@@ -84,16 +79,7 @@ def _feature_map(kind: str, task) -> nn.Module:
     from mmdg_lite.images.features import load_feature_net
 
     net = load_feature_net()
-
-    class Features(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.features(x)
-
-    return Features().eval()
+    return lambda x: net.features(x.float())
 
 
 def settings() -> list[tuple[str, float | None]]:

@@ -361,6 +361,18 @@ class FeatureKernel(Kernel):
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         return self.base.gram(self.features(x), self.features(y))  # (n, m)
 
+    def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """Chain rule: J_phi(x_i)^T sum_j w_ij grad_1 base(phi(x_i), phi(y_j)), one pass of the
+        feature map through x (reused as phi(y) for the repulsion, where y is x)."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            fx = self.features(xg)  # (n, F)
+            with torch.no_grad():
+                fy = fx.detach() if y is x else self.features(y)  # (m, F)
+            g_f = self.base.grad_weighted(fx.detach(), fy, w)  # (n, F)
+            (g,) = torch.autograd.grad(fx, xg, grad_outputs=g_f)
+        return g  # (n, D)
+
 
 @dataclass(frozen=True)
 class ProductKernel:
