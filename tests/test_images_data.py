@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from mmdg_lite.images.detectors import detect_shapes, detect_thick, thickness_score
 from mmdg_lite.images.digits import N_TEST_DIGITS, load_digit_set, thicken
@@ -101,6 +102,44 @@ def test_shape_detector_rejects_non_shapes():
     sq = torch.from_numpy(draw_shape("square", "red", "small", "filled", center=(8, 8))).float() * 2 - 1
     sq2 = torch.from_numpy(draw_shape("circle", "green", "small", "filled", center=(24, 24))).float() * 2 - 1
     assert not bool(detect_shapes(torch.maximum(sq, sq2)[None]).valid[0])
+
+
+def _rounded_square(radius: float, dim: float) -> Tensor:
+    """A small filled red square whose corners outside a rounded rectangle of ``radius`` px are
+    dimmed to ``dim`` of their colour (what the VAE decoder does to squares), in [-1, 1]."""
+    img = torch.from_numpy(draw_shape("square", "red", "small", "filled")).float()  # (3, 32, 32)
+    ys, xs = torch.nonzero(img.max(0).values > 0.5, as_tuple=True)
+    y0, y1, x0, x1 = ys.min() + 0.5, ys.max() + 0.5, xs.min() + 0.5, xs.max() + 0.5  # pixel centres
+    gy, gx = torch.meshgrid(torch.arange(32.0) + 0.5, torch.arange(32.0) + 0.5, indexing="ij")
+    cy = gy.clamp(y0 - 0.5 + radius, y1 + 0.5 - radius)  # nearest point of the inner rectangle
+    cx = gx.clamp(x0 - 0.5 + radius, x1 + 0.5 - radius)
+    outside = ((gy - cy) ** 2 + (gx - cx) ** 2).sqrt() > radius  # (32, 32)
+    return torch.where(outside, img * dim, img) * 2 - 1
+
+
+def test_shape_detector_reads_softened_corners_and_rejects_blends():
+    """A square whose corners are dimmed below the 0.5 ink threshold (what the VAE decoder does)
+    is still a valid square, not a circle; blurred shapes keep their shape; a shape in a blend of
+    two palette colours (orange) is invalid. (On the 0.5 mask alone the dimmed square's area
+    ratio falls between the circle and square bands.)"""
+    from scipy import ndimage
+
+    sq = _rounded_square(radius=3.5, dim=0.42)
+    det = detect_shapes(sq[None])
+    assert float(det.area_ratio[0]) < 0.95  # the 0.5 mask: the corners are gone
+    assert SHAPE_ATTRIBUTES["shape"][int(det.attributes["shape"][0])] == "square"
+    assert bool(det.valid[0])
+    # fully removed corners of that radius are a rounded square: no longer a clean square
+    gone = detect_shapes(_rounded_square(radius=3.5, dim=0.0)[None])
+    assert not (bool(gone.valid[0]) and SHAPE_ATTRIBUTES["shape"][int(gone.attributes["shape"][0])] == "square")
+    s = make_shapes(300, {"size": [0.5, 0.5], "fill": [0.5, 0.5]}, seed=21)
+    x = ((s.images + 1) / 2).numpy()
+    blurred = torch.from_numpy(np.stack([ndimage.gaussian_filter(im, (0, 0.5, 0.5)) for im in x]))
+    det = detect_shapes(blurred.float() * 2 - 1)
+    assert bool((det.attributes["shape"] == s.attributes["shape"]).all()) and bool(det.valid.all())
+    orange = torch.from_numpy(draw_shape("square", "red", "large", "filled")).float()  # (3, 32, 32)
+    orange[1] = orange[0] * 0.55  # red (0.95, 0.15, 0.15) -> (0.95, 0.52, 0.15): half-way to yellow
+    assert not bool(detect_shapes(orange[None] * 2 - 1).valid[0])
 
 
 def test_thickness_score_orders_dilations():

@@ -106,10 +106,11 @@ def test_data_folder_within_budget():
             and not list(folder.glob("*.pt")), folder
 
 
-def test_vae_reconstructions_are_mostly_valid_shapes():
-    """The validity ceiling of the latent model: the detector accepts every real shape and most
-    VAE reconstructions of unseen ones (measured 95.8 % of 1,000; squares that lose a corner pixel
-    or two fall between the square and circle bands, data/README.md)."""
+def test_vae_reconstructions_are_read_as_the_shapes_they_were():
+    """The detector reads the decoder's output, not only drawn shapes: VAE reconstructions of
+    unseen real shapes keep their shape, fill and validity (measured on 1,000: valid 0.996-0.998,
+    shape 0.999-1.000; before the soft-mask square reading 0.96 / 0.92, data/README.md), the
+    originals' attributes being the oracle."""
     from mmdg_lite.images.detectors import detect_shapes
     from mmdg_lite.images.shapes import make_shapes
 
@@ -117,5 +118,6 @@ def test_vae_reconstructions_are_mostly_valid_shapes():
     assert bool(detect_shapes(s.images).valid.all())
     vae = load_shapes_vae()
     rec = detect_shapes(decode_latents(vae, encode_references(vae, s.images)))
-    assert float(rec.valid.float().mean()) >= 0.9
-    assert float((rec.attributes["fill"] == s.attributes["fill"]).float().mean()) >= 0.98
+    assert float(rec.valid.float().mean()) >= 0.98
+    for attribute in ("shape", "fill", "colour"):
+        assert float((rec.attributes[attribute] == s.attributes[attribute]).float().mean()) >= 0.98, attribute
