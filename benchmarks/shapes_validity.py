@@ -22,7 +22,7 @@ import torch
 from mmdg_lite import sample
 from mmdg_lite.images import (UNetDenoiser, decode_latents, detect_shapes, encode_references, load_shapes_unet,
                               load_shapes_vae, make_shapes)
-from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES
+from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, caption
 from mmdg_lite.images.adaptation import PRESETS, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,10 +36,10 @@ SEEDS = (100, 101, 102, 103)
 def main() -> None:
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), load_average()
-    real = make_shapes(1000, seed=2000).images
+    shapes = make_shapes(1000, seed=2000)
+    real, truth = shapes.images, shapes.attributes
     vae = load_shapes_vae()
     recon = decode_latents(vae, encode_references(vae, real))
-    truth = make_shapes(1000, seed=2000).attributes
     ceiling = {}
     for name, images in (("real shapes", real), ("VAE reconstructions", recon)):
         det = detect_shapes(images)
@@ -84,7 +84,7 @@ def build_checks(vae) -> dict[str, list[float | None]]:
                                                      det.rate("size", "large"), None, None]}
     pipe = load_pipeline(EMBEDDED_PIPELINE)
     pipe.set_progress_bar_config(disable=True)
-    captions = [f"a {c} {s}" for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"]]
+    captions = [caption(s, c) for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"]]
     with torch.no_grad():
         images = pipe(captions, num_images_per_prompt=16, num_inference_steps=30, guidance_scale=3.0,
                       generator=torch.Generator().manual_seed(1), output_type="pt").images * 2 - 1

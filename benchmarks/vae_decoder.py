@@ -6,9 +6,9 @@
 Asked when the detector read shape on the 0.5 ink mask alone, which called the shipped VAE's
 reconstructions of real shapes 96 % valid (the decoder dims square corners below 0.5); with the
 soft-mask reading of circles against squares they are 99.8 % valid, so this now measures what a
-further-trained decoder changes on the UNet's own latents. This trains the decoder further with the encoder frozen,
-so the latents, the scaling factor, the latent UNet and the encoded references stay exactly the
-ones shipped, and decodes the same sampled latents with each decoder:
+further-trained decoder changes on the UNet's own latents. This trains the decoder further with
+the encoder frozen, so the latents, the scaling factor, the latent UNet and the encoded
+references stay exactly the ones shipped, and decodes the same sampled latents with each decoder:
 
 * decoders: the shipped one, and two fine-tunes of its ``post_quant_conv`` + ``decoder`` from the
   shipped weights (1,500 steps of batch 32 on the VAE's own training set, Adam lr 1e-3 cosine,
