@@ -23,6 +23,7 @@ from mmdg_lite import sample
 from mmdg_lite.images import (UNetDenoiser, decode_latents, detect_shapes, encode_references, load_shapes_unet,
                               load_shapes_vae, make_shapes)
 from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, caption
+from mmdg_lite.images.models import sample_shape
 from mmdg_lite.images.adaptation import PRESETS, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,7 +78,8 @@ def build_checks(vae) -> dict[str, list[float | None]]:
     scripts/train_sd_pipeline.py (16 per caption, DDIM 30, CFG 3, seed 1), detected again."""
     from mmdg_lite.pipelines.adapt import EMBEDDED_PIPELINE, load_pipeline
 
-    z = sample(UNetDenoiser(load_shapes_unet()), 256, (4, 8, 8), scheduler="ddim", num_steps=50, seed=1).samples
+    unet = load_shapes_unet()
+    z = sample(UNetDenoiser(unet), 256, sample_shape(unet), scheduler="ddim", num_steps=50, seed=1).samples
     det = detect_shapes(decode_latents(vae, z))
     out: dict[str, list[float | None]] = {
         "shapes_unet, 256 unconditional, DDIM 50": [float(det.valid.float().mean()), det.rate("fill", "outlined"),

@@ -56,7 +56,7 @@ def finetune_decoder(loss: str, noise: float, steps: int = STEPS):
     data = _shapes_data(SHAPES_VAE_RECIPE)  # (N, 3, 32, 32) the VAE's training set
     with torch.no_grad():
         post = vae.encode(data).latent_dist
-        mu, sd = post.mean, post.std  # (N, 4, 8, 8) each
+        mu, sd = post.mean, post.std  # (N, 8, 8, 8) each
     spread = float(mu.std())
     vae.requires_grad_(False)
     decoder = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder]).requires_grad_(True)
@@ -65,7 +65,7 @@ def finetune_decoder(loss: str, noise: float, steps: int = STEPS):
 
     def loss_step() -> torch.Tensor:
         i = torch.randint(0, len(data), (BATCH,), generator=gen)
-        z = mu[i] + sd[i] * torch.randn(mu[i].shape, generator=gen)  # (B, 4, 8, 8)
+        z = mu[i] + sd[i] * torch.randn(mu[i].shape, generator=gen)  # (B, 8, 8, 8)
         if noise > 0:
             z = z + noise * spread * torch.randn(z.shape, generator=gen)
         d = vae.decode(z).sample - data[i]  # (B, 3, 32, 32)
@@ -78,7 +78,7 @@ def finetune_decoder(loss: str, noise: float, steps: int = STEPS):
 
 
 def sampled_latents() -> dict[str, list[torch.Tensor]]:
-    """method -> the latents of each calibration seed, (N, 4, 8, 8) each."""
+    """method -> the latents of each calibration seed, (N, 8, 8, 8) each."""
     torch.set_num_threads(1)
     out: dict[str, list[torch.Tensor]] = {m: [] for m in METHODS}
     for seed in SEEDS:

@@ -15,7 +15,7 @@ from pathlib import Path
 from mmdg_lite import sample
 from mmdg_lite.images.adapters import UNetDenoiser
 from mmdg_lite.images.detectors import detect_shapes
-from mmdg_lite.images.models import (SHAPES_UNET_DIR, SHAPES_UNET_RECIPE, SHAPES_VAE_DIR, TINY, build_cli,
+from mmdg_lite.images.models import (SHAPES_UNET_DIR, SHAPES_UNET_RECIPE, SHAPES_VAE_DIR, TINY, build_cli, sample_shape,
                                      load_shapes_vae, sample_grid, save_model, train_shapes_unet)
 from mmdg_lite.images.references import decode_latents
 
@@ -31,7 +31,7 @@ def build(out: Path, tiny: bool) -> dict:
     vae = load_shapes_vae()
     unet, losses, secs = train_shapes_unet(vae, progress=not tiny, **overrides)
     n, steps = (8, 2) if tiny else (256, 50)
-    z = sample(UNetDenoiser(unet), n, (4, 8, 8), scheduler="ddim", num_steps=steps, seed=1).samples
+    z = sample(UNetDenoiser(unet), n, sample_shape(unet), scheduler="ddim", num_steps=steps, seed=1).samples
     x = decode_latents(vae, z)
     det = detect_shapes(x)
     last = losses[-min(500, len(losses)):]

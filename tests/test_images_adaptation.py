@@ -80,5 +80,5 @@ def test_result_keeps_the_model_space_samples_its_images_decode_from():
 
     shapes = shapes_task(n_refs=8, seed=0)
     r = run_method(shapes, "unguided", n=4, num_steps=3, seed=1)
-    assert r.samples is not None and r.samples.shape == (4, 4, 8, 8)
+    assert r.samples is not None and r.samples.shape == (4, 8, 8, 8)
     assert torch.equal(decode_latents(shapes.extra["vae"], r.samples), r.images)

@@ -3,7 +3,7 @@
 - ``digits_unet``: pixel-space ``UNet2DModel`` on 16x16 digits whose pretraining set has 20 %
   thick strokes (``load_digit_set("train")``).
 - ``shapes_vae``: ``AutoencoderKL`` on 32x32 shapes with ALL styles balanced (so the minority
-  style is representable), 4x8x8 latents; ``config.scaling_factor`` = 1 / std of the latents.
+  style is representable), 8x8x8 latents; ``config.scaling_factor`` = 1 / std of the latents.
 - ``shapes_unet``: latent ``UNet2DModel`` on those latents of a pretraining set with 25 %
   outlined and 25 % large shapes (``make_shapes`` defaults).
 
@@ -28,7 +28,7 @@ from ..seeding import make_generator, seed_everything
 __all__ = ["DIGITS_UNET_DIR", "SHAPES_VAE_DIR", "SHAPES_UNET_DIR", "DIGITS_UNET_RECIPE",
            "SHAPES_VAE_RECIPE", "SHAPES_UNET_RECIPE", "train_digits_unet", "train_shapes_vae",
            "train_shapes_unet", "load_digits_unet", "load_shapes_vae", "load_shapes_unet",
-           "save_model", "TINY"]
+           "save_model", "sample_shape", "TINY"]
 
 DIGITS_UNET_DIR = data_path("images", "digits_unet")
 SHAPES_VAE_DIR = data_path("images", "shapes_vae")
@@ -46,12 +46,12 @@ SHAPES_VAE_RECIPE: dict[str, Any] = {
     "steps": 1500, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-4,
     "vae": dict(in_channels=3, out_channels=3, block_out_channels=[16, 32, 32],
                 down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=32),
+                latent_channels=8, layers_per_block=1, norm_num_groups=8, sample_size=32),
 }
 SHAPES_UNET_RECIPE: dict[str, Any] = {
     "seed": 0, "n_data": 10000, "data_seed": 2, "proportions": None, "steps": 6500,
     "batch_size": 32, "lr": 2e-3,
-    "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
+    "unet": dict(sample_size=8, in_channels=8, out_channels=8, block_out_channels=[32, 64],
                  layers_per_block=2, down_block_types=["DownBlock2D"] * 2,
                  up_block_types=["UpBlock2D"] * 2, norm_num_groups=8),
 }
@@ -96,8 +96,15 @@ def load_shapes_vae(folder: Path | str | None = None) -> Any:
 
 
 def load_shapes_unet(folder: Path | str | None = None) -> Any:
-    """The shipped latent ``UNet2DModel`` (4x8x8 shapes latents), loaded offline."""
+    """The shipped latent ``UNet2DModel`` (8x8x8 shapes latents), loaded offline."""
     return _load("UNet2DModel", folder, SHAPES_UNET_DIR)
+
+
+def sample_shape(unet: Any) -> tuple[int, int, int]:
+    """(C, H, W) of one sample of a ``UNet2DModel``, read from its config (e.g. (8, 8, 8))."""
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(unet.config.in_channels), int(h), int(w)
 
 
 def _train_unet(unet: Any, data: Tensor, recipe: dict[str, Any], progress: bool) -> tuple[list[float], float]:
@@ -153,7 +160,7 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     def loss_step() -> Tensor:
         x = data[torch.randint(0, data.shape[0], (recipe["batch_size"],), generator=gen)]  # (B, 3, 32, 32)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 4, 8, 8)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 8, 8, 8)
         rec = vae.decode(z).sample
         kl = 0.5 * (post.mean.pow(2) + post.var - 1 - post.logvar).mean()
         return torch.nn.functional.mse_loss(rec, x) + recipe["kl_weight"] * kl
@@ -177,7 +184,7 @@ def train_shapes_unet(vae: Any, progress: bool = True, **overrides: Any) -> tupl
     from .references import encode_references
 
     recipe = {**SHAPES_UNET_RECIPE, **overrides}
-    latents = encode_references(vae, _shapes_data(recipe))  # (N, 4, 8, 8)
+    latents = encode_references(vae, _shapes_data(recipe))  # (N, 8, 8, 8)
     seed_everything(recipe["seed"])
     unet = UNet2DModel(**recipe["unet"])
     losses, secs = _train_unet(unet, latents, recipe, progress)

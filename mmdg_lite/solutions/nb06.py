@@ -10,7 +10,7 @@ __all__ = ["encode_once", "hole_fraction"]
 def encode_once(vae: "AutoencoderKL", images: Tensor) -> Tensor:
     """Latents of images (N, 3, 32, 32) in [-1, 1] for the latent UNet: the VAE posterior's mean
     (``vae.encode(x).latent_dist.mean``) multiplied by ``vae.config.scaling_factor`` exactly
-    once, under ``torch.no_grad()``; shape (N, 4, 8, 8)."""
+    once, under ``torch.no_grad()``; shape (N, 8, 8, 8)."""
     with torch.no_grad():
         return vae.encode(images).latent_dist.mean * vae.config.scaling_factor
 
