@@ -22,7 +22,7 @@ import torch
 from mmdg_lite import sample
 from mmdg_lite.images import (UNetDenoiser, decode_latents, detect_shapes, encode_references, load_shapes_unet,
                               load_shapes_vae, make_shapes)
-from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, caption
+from mmdg_lite.images.shapes import CAPTIONS, caption_labels
 from mmdg_lite.images.models import sample_shape
 from mmdg_lite.images.adaptation import PRESETS, shapes_task
 
@@ -86,13 +86,11 @@ def build_checks(vae) -> dict[str, list[float | None]]:
                                                      det.rate("size", "large"), None, None]}
     pipe = load_pipeline(EMBEDDED_PIPELINE)
     pipe.set_progress_bar_config(disable=True)
-    captions = [caption(s, c) for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"]]
     with torch.no_grad():
-        images = pipe(captions, num_images_per_prompt=16, num_inference_steps=30, guidance_scale=3.0,
+        images = pipe(list(CAPTIONS), num_images_per_prompt=16, num_inference_steps=30, guidance_scale=3.0,
                       generator=torch.Generator().manual_seed(1), output_type="pt").images * 2 - 1
     det = detect_shapes(images)
-    want = {a: torch.tensor([SHAPE_ATTRIBUTES[a].index(c.split()[i]) for c in captions]).repeat_interleave(16)
-            for a, i in (("shape", -1), ("colour", 1))}
+    want = {a: v.repeat_interleave(16) for a, v in caption_labels(CAPTIONS).items()}
     out["sd/shapes_pipeline, 16 per caption, DDIM 30, CFG 3"] = [
         float(det.valid.float().mean()), det.rate("fill", "outlined"), det.rate("size", "large"),
         float((det.attributes["shape"] == want["shape"]).float().mean()),

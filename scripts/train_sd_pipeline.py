@@ -24,12 +24,11 @@ from mmdg_lite._resources import data_path
 from mmdg_lite.images import detect_shapes, make_shapes
 from mmdg_lite.images.models import SHAPES_VAE_RECIPE, TINY as TINY_MODELS, build_cli, sample_grid, train_shapes_vae
 from mmdg_lite.images.references import encode_references
-from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, caption
+from mmdg_lite.images.shapes import CAPTIONS, caption_labels
 from mmdg_lite.pipelines.tiny import _text_config, build_tokenizer
 from mmdg_lite.seeding import seed_everything
 
 OUT = data_path("sd", "shapes_pipeline")
-CAPTIONS = [caption(s, c) for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"]]
 RECIPE = {
     "seed": 0, "n_data": 6000, "data_seed": 3, "steps": 1500, "batch_size": 32, "lr": 2e-3,
     "caption_dropout": 0.1, "betas": [0.00085, 0.012], "beta_schedule": "scaled_linear",
@@ -51,11 +50,11 @@ def build(out: Path, tiny: bool) -> dict:
 
     recipe = {**RECIPE, **(TINY if tiny else {})}
     vae, _, vae_secs, vae_mse = train_shapes_vae(progress=False, **VAE_OVERRIDES, **(TINY_MODELS if tiny else {}))
-    vae.eval().requires_grad_(False)
+    vae.requires_grad_(False)  # train_shapes_vae returns it in eval mode
     seed_everything(recipe["seed"])
     data = make_shapes(recipe["n_data"], seed=recipe["data_seed"])
     latents = encode_references(vae, data.images)  # (N, 4, 8, 8), scaling factor once
-    prompts = [""] + CAPTIONS
+    prompts = ["", *CAPTIONS]
     index = torch.tensor([prompts.index(c) for c in data.captions])  # (N,)
     tokenizer = build_tokenizer(prompts[1:] + ["a shape"])
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
@@ -99,11 +98,10 @@ def build(out: Path, tiny: bool) -> dict:
     # samples: each caption, DDIM 30 steps, CFG 3
     n_per, steps = (2, 2) if tiny else (16, 30)
     with torch.no_grad():
-        images = pipe(CAPTIONS, num_images_per_prompt=n_per, num_inference_steps=steps, guidance_scale=3.0,
+        images = pipe(list(CAPTIONS), num_images_per_prompt=n_per, num_inference_steps=steps, guidance_scale=3.0,
                       generator=torch.Generator().manual_seed(1), output_type="pt").images * 2 - 1
     det = detect_shapes(images)
-    want_shape = torch.tensor([SHAPE_ATTRIBUTES["shape"].index(c.split()[-1]) for c in CAPTIONS]).repeat_interleave(n_per)
-    want_colour = torch.tensor([SHAPE_ATTRIBUTES["colour"].index(c.split()[1]) for c in CAPTIONS]).repeat_interleave(n_per)
+    want = {a: v.repeat_interleave(n_per) for a, v in caption_labels(CAPTIONS).items()}
     last = losses[-min(250, len(losses)):]
     info = {"recipe": recipe, "vae": {"recipe": "SHAPES_VAE_RECIPE with latent_channels 4",
                                       "train_cpu_seconds": round(vae_secs, 1), "test_mse": round(vae_mse, 5)},
@@ -112,8 +110,8 @@ def build(out: Path, tiny: bool) -> dict:
             "torch": torch.__version__,
             "samples": {"per_caption": n_per, "scheduler": "ddim", "num_steps": steps, "guidance_scale": 3.0,
                         "seed": 1, "valid": round(float(det.valid.float().mean()), 4),
-                        "shape_follows_caption": round(float((det.attributes["shape"] == want_shape).float().mean()), 4),
-                        "colour_follows_caption": round(float((det.attributes["colour"] == want_colour).float().mean()), 4),
+                        "shape_follows_caption": round(float((det.attributes["shape"] == want["shape"]).float().mean()), 4),
+                        "colour_follows_caption": round(float((det.attributes["colour"] == want["colour"]).float().mean()), 4),
                         "outlined_rate": round(det.rate("fill", "outlined"), 4),
                         "large_rate": round(det.rate("size", "large"), 4)}}
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -19,7 +19,7 @@ from torch import Tensor
 from .._validation import check_int
 
 __all__ = ["ShapeSet", "make_shapes", "draw_shape", "SHAPE_ATTRIBUTES", "PALETTE",
-           "DEFAULT_PROPORTIONS", "RADIUS", "OUTLINE_WIDTH", "caption"]
+           "DEFAULT_PROPORTIONS", "RADIUS", "OUTLINE_WIDTH", "caption", "CAPTIONS", "caption_labels"]
 
 SHAPE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle"),
@@ -44,6 +44,18 @@ _SUPERSAMPLE = 4
 def caption(shape: str, colour: str) -> str:
     """The text prompt of an image: names shape and colour only, e.g. "a red circle"."""
     return f"a {colour} {shape}"
+
+
+# Every caption, shape-major: "a red circle", "a green circle", ..., "a yellow triangle".
+CAPTIONS: tuple[str, ...] = tuple(caption(s, c) for s in SHAPE_ATTRIBUTES["shape"] for c in SHAPE_ATTRIBUTES["colour"])
+
+
+def caption_labels(captions: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
+    """The inverse of ``caption``: {"shape", "colour"} -> (N,) long class indices into
+    SHAPE_ATTRIBUTES of what each caption names."""
+    words = [c.split() for c in captions]  # ["a", colour, shape]
+    return {"shape": torch.tensor([SHAPE_ATTRIBUTES["shape"].index(w[-1]) for w in words]),
+            "colour": torch.tensor([SHAPE_ATTRIBUTES["colour"].index(w[1]) for w in words])}
 
 
 @dataclass
