@@ -72,6 +72,16 @@ def test_same_seed_same_samples_and_bad_method(task):
         run_method(task, "mmd", n=4)
 
 
+def test_eta_reaches_the_sampler(task):
+    """run_method(eta=...) samples with DDIM's eta: the same samples as sample(eta=...) itself."""
+    from mmdg_lite import sample
+
+    r = run_method(task, "unguided", n=4, num_steps=3, seed=2, eta=1.0)
+    direct = sample(task.denoiser, 4, task.shape, scheduler="ddim", num_steps=3, seed=2, eta=1.0).samples
+    assert torch.equal(r.samples, direct)
+    assert not torch.equal(r.samples, run_method(task, "unguided", n=4, num_steps=3, seed=2).samples)
+
+
 def test_result_keeps_the_model_space_samples_its_images_decode_from():
     """Shapes: the latents come back beside the decoded images; decoding them again with the
     task's VAE gives exactly those images (so a study can re-decode them with another decoder)."""

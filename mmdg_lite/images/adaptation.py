@@ -127,10 +127,11 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
 def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0, num_steps: int = 50,
                scheduler: str = "ddim", guidance: Any = None, classifier_scale: float = 10.0,
                classifier_steps: int = 400, finetune_steps: int = 100, finetune_lr: float = 5e-4,
-               batch_size: int | None = None) -> MethodResult:
+               batch_size: int | None = None, eta: float = 0.0) -> MethodResult:
     """Sample ``n`` with ``method`` ("unguided", "mmd" with the given ``guidance`` hook,
     "classifier": a noisy classifier of references vs unguided samples, "finetune": the UNet
-    trained further on the references) and measure it."""
+    trained further on the references) and measure it. ``eta``: DDIM's noise (0, the default, is
+    deterministic), also used for the classifier's base samples."""
     from ..baselines import ClassifierGuidance, finetune_denoiser, train_classifier
     from ..sampling import sample
 
@@ -144,7 +145,7 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     elif method == "classifier":
         t0 = time.perf_counter()
         base = sample(denoiser, max(len(task.references), 64), task.shape, scheduler=scheduler,
-                      num_steps=num_steps, seed=10_000 + seed).samples
+                      num_steps=num_steps, seed=10_000 + seed, eta=eta).samples
         clf, _ = train_classifier(task.references, base, steps=classifier_steps, batch_size=128, seed=seed)
         hook = ClassifierGuidance(clf, scale=classifier_scale, variance="beta")
         setup = time.perf_counter() - t0
@@ -161,7 +162,7 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
         setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     z = sample(denoiser, n, task.shape, scheduler=scheduler, num_steps=num_steps, seed=seed,
-               guidance=hook, batch_size=batch_size).samples
+               guidance=hook, batch_size=batch_size, eta=eta).samples
     return _measure(task, method, z, time.perf_counter() - t0, setup)
 
 
