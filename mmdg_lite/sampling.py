@@ -196,8 +196,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
             gen_chunk = gen[lo:hi] if per_sample_seed else gen
             # a fresh copy per chunk: multistep solvers (DPM-Solver) keep a step index and past
             # model outputs, which must not carry over from the previous chunk
-            x0, traj = _run_chunk(denoiser, copy.deepcopy(sched), timesteps, x_T[lo:hi], cond_chunk, idx, gen_chunk, eta,
-                                  step_params, guidance, return_trajectory, bar)
+            x0, traj = _run_chunk(denoiser, copy.deepcopy(sched), timesteps, x_T[lo:hi], cond_chunk, idx,
+                                  gen_chunk, eta, step_params, guidance, return_trajectory, bar)
             if sequential and hasattr(guidance, "remember"):
                 guidance.remember(x0)
             finals.append(x0)
