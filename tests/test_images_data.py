@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mmdg_lite.images.detectors import detect_shapes, detect_thick, thickness_score
+from mmdg_lite.images.detectors import detect_shapes, detect_speckle, detect_thick, speckle_score, thickness_score
 from mmdg_lite.images.digits import N_TEST_DIGITS, load_digit_set, thicken
 from mmdg_lite.images.evaluation import detector_report
 from mmdg_lite.images.shapes import SHAPE_ATTRIBUTES, draw_shape, make_shapes
@@ -147,3 +147,18 @@ def test_thickness_score_orders_dilations():
     s0, s1, s2 = (thickness_score(x) for x in (d.images, thicken(d.images), thicken(thicken(d.images))))
     assert bool((s1 > s0).float().mean() > 0.99) and bool((s2 >= s1).float().mean() > 0.99)
     assert detect_thick(thicken(d.images)).float().mean() > 0.97
+
+
+def test_speckle_score_is_the_laplacian_and_spares_every_real_digit():
+    from scipy import ndimage
+
+    d = load_digit_set("all", style_fraction=0.5)  # all 1,797 real digits, half thickened
+    x = d.images[:20, 0].numpy().astype(np.float64)  # (20, 16, 16)
+    lap = np.stack([ndimage.laplace(im) for im in x])[:, 1:-1, 1:-1]  # interior: no boundary mode
+    assert np.allclose(speckle_score(d.images[:20]).numpy(), np.abs(lap).mean((1, 2)), atol=1e-5)
+    assert not bool(detect_speckle(d.images).any())
+    gen = torch.Generator().manual_seed(0)
+    noisy = (d.images[:50] + 0.6 * torch.randn(d.images[:50].shape, generator=gen)).clamp(-1, 1)
+    assert bool(detect_speckle(noisy).all())
+    with pytest.raises(ValueError, match="images"):
+        speckle_score(torch.zeros(2, 16, 16))

@@ -22,12 +22,15 @@ from torch import Tensor
 
 from .shapes import PALETTE, SHAPE_ATTRIBUTES
 
-__all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "ShapeDetection", "detect_shapes",
-           "SHAPE_AREA_RATIO", "SOFT_INK"]
+__all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "speckle_score", "detect_speckle",
+           "SPECKLE_THRESHOLD", "ShapeDetection", "detect_shapes", "SHAPE_AREA_RATIO", "SOFT_INK"]
 
 # Midpoint region between the classes on the TRAIN split at 16 px (best single threshold 0.614,
 # midpoint of the class means 0.573); accuracy is measured on the held-out test split.
 THICK_THRESHOLD = 0.6
+# Above every one of the 1,797 real digits at 16 px, thin or thickened (at most 0.40, mean 0.28-0.30);
+# the digits UNet's speckled DDIM samples score 0.5-0.65 (data/README.md, images/digits_unet).
+SPECKLE_THRESHOLD = 0.5
 SHAPE_AREA_RATIO = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
 # Filled-area / bounding-box ratio bands, measured on 2,000 drawn shapes (seed 2001) and the VAE's
 # reconstructions of them; a ratio between bands is an invalid shape. Triangles against the rest
@@ -62,6 +65,23 @@ def thickness_score(images: Tensor) -> Tensor:
 def detect_thick(images: Tensor, threshold: float = THICK_THRESHOLD) -> Tensor:
     """(N,) bool: thick strokes (the digits' minority style)."""
     return thickness_score(images) > threshold
+
+
+def speckle_score(images: Tensor) -> Tensor:
+    """(N,) mean |5-point Laplacian| over the interior pixels of images (N, C, H, W) in [-1, 1]:
+    salt-and-pepper noise left in a sample scores high, smooth strokes low."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or min(images.shape[2:]) < 3:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor (N, C, H, W) with H, W >= 3; got {got}")
+    x = images.detach().float().cpu()
+    lap = (4 * x[:, :, 1:-1, 1:-1] - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1]
+           - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:])  # (N, C, H-2, W-2)
+    return lap.abs().mean((1, 2, 3))
+
+
+def detect_speckle(images: Tensor, threshold: float = SPECKLE_THRESHOLD) -> Tensor:
+    """(N,) bool: a speckled sample (noise no real digit shows)."""
+    return speckle_score(images) > threshold
 
 
 @dataclass
