@@ -70,13 +70,12 @@ def detect_thick(images: Tensor, threshold: float = THICK_THRESHOLD) -> Tensor:
 def speckle_score(images: Tensor) -> Tensor:
     """(N,) mean |5-point Laplacian| over the interior pixels of images (N, C, H, W) in [-1, 1]:
     salt-and-pepper noise left in a sample scores high, smooth strokes low."""
-    if not isinstance(images, Tensor) or images.ndim != 4 or min(images.shape[2:]) < 3:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor (N, C, H, W) with H, W >= 3; got {got}")
-    x = images.detach().float().cpu()
+    x = _to_unit(images, "images")  # (N, C, H, W) in [0, 1]
+    if min(x.shape[2:]) < 3:
+        raise ValueError(f"images must be at least 3x3 pixels for a Laplacian; got {tuple(images.shape)}")
     lap = (4 * x[:, :, 1:-1, 1:-1] - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1]
            - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:])  # (N, C, H-2, W-2)
-    return lap.abs().mean((1, 2, 3))
+    return 2 * lap.abs().mean((1, 2, 3))  # in [-1, 1] units
 
 
 def detect_speckle(images: Tensor, threshold: float = SPECKLE_THRESHOLD) -> Tensor:
