@@ -22,7 +22,8 @@ reuses one that accelerate or the caller already set up. Then::
     out = sample_distributed(denoiser, 10_000, (4, 128, 128), guidance=guidance, seed=0)
 
 ``sample_distributed`` gives every sample its own generator seeded by (seed, global index)
-(``sample(per_sample_seed=True)``), so P processes return the samples a single process would.
+(``sample(per_sample_seed=True)``), so P processes return the samples a single process would
+(up to the float rounding of batched arithmetic, about 1e-6 in float32).
 
 Not distributed: the reference code's memory mode (``generated_set="memory"``) guides one sample
 at a time against the samples finished before it, which is inherently sequential; it is refused.

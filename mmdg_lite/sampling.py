@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_choice, check_int, check_nonnegative
-from .seeding import make_generator
+from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
            "sample_generators", "SCHEDULERS", "BETA_SCHEDULES"]
@@ -96,13 +96,49 @@ def sample_generators(seed: int, indices: range | list[int]) -> list[torch.Gener
     SeedSequence (well-mixed: no two (seed, index) pairs share a stream). A sample's x_T and its
     per-step noise come from its own generator, so it does not depend on how the n samples are
     split into chunks or across processes (``mmdg_lite.distributed.sample_distributed``)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_seed(seed)
     gens = []
     for i in indices:
         state = np.random.SeedSequence(int(seed), spawn_key=(int(i),)).generate_state(1, np.uint64)
         gens.append(torch.Generator().manual_seed(int(state[0])))
     return gens
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """One sample's shape as a tuple of positive ints (an int n means (n,))."""
+    dims = [shape] if isinstance(shape, (int, np.integer)) else shape
+    try:
+        ok = len(dims) > 0 and all(not isinstance(d, bool) and isinstance(d, (int, np.integer)) and d >= 1
+                                   for d in dims)
+    except TypeError:  # not a sequence
+        ok = False
+    if isinstance(shape, bool) or not ok:
+        raise ValueError(f"shape must be a positive int or a tuple of positive ints (one sample's shape), "
+                         f"e.g. 2 or (1, 16, 16); got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _check_device(device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be a torch device or its name, e.g. 'cpu' or 'cuda:0'; "
+                         f"got {device!r}") from e
+
+
+def _check_dtype(dtype: Any, denoiser: Any) -> None:
+    """A floating torch dtype, and the one the denoiser's parameters are in (if it has any)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, e.g. torch.float32; got {dtype!r}")
+    params = getattr(denoiser, "parameters", None)
+    if callable(params):
+        try:
+            kinds = {p.dtype for p in params() if p.dtype.is_floating_point}
+        except TypeError:
+            return
+        if len(kinds) == 1 and dtype not in kinds:
+            raise ValueError(f"dtype={dtype} but the denoiser's parameters are {kinds.pop()}: pass "
+                             "that dtype, or cast the model (model.to(dtype))")
 
 
 def _model_device(denoiser: Any) -> torch.device:
@@ -126,25 +162,32 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     ``scheduler``: "ddpm", "ddim" (built from ``train_timesteps``/``beta_schedule``) or a diffusers
     scheduler instance (deep-copied). The initial noise for all n samples is drawn first from the
     seeded generator (``generator`` overrides ``seed``), then chunks of ``batch_size`` run in turn.
+    A stochastic scheduler (DDPM, DDIM with eta > 0) draws each step's noise from that one
+    generator chunk by chunk, so its samples depend on ``batch_size``; deterministic ones (DDIM
+    with eta 0, DPM-Solver) do not. For samples independent of the chunking use ``per_sample_seed``.
     A hook with ``sequential=True`` gets ``reset()`` once, runs in chunks of ``batch_size``
     (default 1) and gets ``remember(x0_chunk)`` after each chunk. The hook is called outside
     ``no_grad``, so it may backpropagate through ``state.denoiser``.
 
     ``per_sample_seed=True``: sample i (global index ``first_index + i``) draws its x_T and every
     step's noise from its own CPU generator seeded by (seed, global index) (``sample_generators``),
-    so the samples do not depend on the chunking, the device or the number of processes.
+    so the samples do not depend on the chunking, the device or the number of processes (up to
+    the float rounding of batched arithmetic, about 1e-6 in float32).
     ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
     """
     n = check_int(n, "n", 1)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if not shape or not all(isinstance(s, int) and s >= 1 for s in shape):
-        raise ValueError(f"shape must be a tuple of positive ints (one sample's shape), e.g. (2,); "
-                         f"got {shape!r}")
+    shape = _check_shape(shape)
     num_steps = check_int(num_steps, "num_steps", 1)
     eta = check_nonnegative(eta, "eta")
     first_index = check_int(first_index, "first_index", 0)
     if not isinstance(per_sample_seed, bool):
         raise TypeError(f"per_sample_seed must be True or False; got {per_sample_seed!r}")
+    for flag, name in ((return_trajectory, "return_trajectory"), (progress, "progress")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False; got {flag!r}")
+    check_seed(seed)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (or None to use seed=); got {generator!r}")
     if per_sample_seed and generator is not None:
         raise ValueError("per_sample_seed=True draws from generators seeded by (seed, sample index); "
                          "pass seed=, not generator=")
@@ -157,7 +200,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     if batch_size is None:
         batch_size = 1 if sequential else n
     batch_size = check_int(batch_size, "batch_size", 1)
-    device = torch.device(device) if device is not None else _model_device(denoiser)
+    device = _check_device(device) if device is not None else _model_device(denoiser)
+    _check_dtype(dtype, denoiser)
     if cond is not None:
         if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
             got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -9,8 +10,7 @@ import torch
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, numpy and torch's global RNGs; return a torch Generator with the same seed."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_seed(seed)
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))
@@ -19,6 +19,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch Generator seeded with ``seed`` (pass it to samplers and data helpers)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    check_seed(seed)
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, 2**63) (what torch generators accept), else ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
+    return int(seed)

@@ -201,3 +201,33 @@ def test_exact_finite_set_denoiser_reproduces_the_data():
     nearest = torch.cdist(x, data).min(dim=1).values
     assert float(nearest.max()) < 1e-3
     assert len(set(assign_modes(x, data).tolist())) >= 12  # many distinct points, not collapse
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch.dtype"),
+    ({"dtype": "float32"}, TypeError, "dtype must be a floating torch.dtype"),
+    ({"dtype": torch.float64}, ValueError, r"dtype=torch.float64 but the denoiser's parameters are torch.float32"),
+    ({"device": "cpux"}, ValueError, "device must be a torch device"),
+    ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
+    ({"seed": 2**70}, ValueError, r"seed must be an integer in \[0, 2\*\*63\)"),
+    ({"seed": -1}, ValueError, "seed must be an integer"),
+    ({"return_trajectory": "yes"}, TypeError, "return_trajectory must be True or False"),
+    ({"progress": 1}, TypeError, "progress must be True or False"),
+])
+def test_bad_sampling_options_name_the_argument(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sample(model, 4, 2, num_steps=3, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [True, (2, False), (), (0,), "2", 2.0])
+def test_bad_shapes_are_refused(model, shape):
+    with pytest.raises(ValueError, match="shape must be a positive int or a tuple of positive ints"):
+        sample(model, 4, shape, num_steps=3)
+
+
+def test_numpy_integer_shapes_and_a_matching_dtype_work(model):
+    import numpy as np
+    a = sample(model, 4, np.int64(2), num_steps=3, seed=0).samples
+    assert torch.equal(a, sample(model, 4, (2,), num_steps=3, seed=0).samples)
+    m64 = MLPDenoiser(2, hidden=8, layers=1).double().eval()
+    assert sample(m64, 4, 2, num_steps=3, dtype=torch.float64).samples.dtype == torch.float64
