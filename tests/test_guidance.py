@@ -236,3 +236,62 @@ def test_too_few_sample_prompts_is_a_clear_error():
     guide = MMDGuidance(y, reference_prompts=torch.ones(9, 4), sample_prompts=torch.ones(5, 4))
     with pytest.raises(ValueError, match="sample_prompts has 5 rows but the sampler is drawing at least 6"):
         guide(st)
+
+
+def test_a_guided_window_that_holds_no_step_is_refused_not_silently_unguided():
+    # "last" starts at 1 - last_fraction = 0.9, where the default stop=0.9 ends guidance
+    with pytest.raises(ValueError, match="schedule='last'.*stop=0.9"):
+        MMDGuidance(refs(), schedule="last", last_fraction=0.1)
+    MMDGuidance(refs(), schedule="last", last_fraction=0.1, stop=1.0)  # the window is [0.9, 1)
+    # start=0.95 holds no step fraction i / 10 of a 10-step run: refused at its first step
+    g = MMDGuidance(refs(), start=0.95, stop=1.0)
+    with pytest.raises(ValueError, match="no step of this 10-step run"):
+        g(make_state(step_index=0, num_steps=10))
+    g.reset()
+    st = make_state(step_index=0, num_steps=40)  # 39/40 = 0.975 lies in [0.95, 1)
+    assert torch.equal(g(st), st.x_prev)  # step 0 is outside the window but the run is fine
+    assert MMDGuidance(refs(), strength=0.0, start=0.95, stop=1.0)(make_state(step_index=0)) is not None
+
+
+def test_the_last_schedule_guides_exactly_the_steps_between_1_minus_last_fraction_and_stop():
+    from mmdg_lite.sampling import sample
+    y = refs(D=2)
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    g = MMDGuidance(y, schedule="last", last_fraction=0.3, track=True)
+    sample(den, 8, 2, num_steps=20, guidance=g, seed=0)
+    assert [h["step"] for h in g.history] == [14, 15, 16, 17]  # fractions 0.7 <= i / 20 < 0.9
+
+
+def test_the_unbiased_estimator_with_a_batch_of_one_names_the_cause():
+    from mmdg_lite.sampling import sample
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    g = MMDGuidance(refs(D=2), estimator="unbiased")
+    with pytest.raises(ValueError, match="estimator='unbiased' needs at least 2 generated samples.*batch of 1"):
+        sample(den, 5, 2, num_steps=5, guidance=g, batch_size=2)  # the last chunk holds one sample
+    sample(den, 4, 2, num_steps=5, guidance=g, batch_size=2)  # chunks of two are fine
+
+
+@pytest.mark.parametrize("normalization,advice", [("none", "use normalization='clipped'"),
+                                                  ("clipped", "clip_fraction")])
+def test_the_divergence_error_suggests_a_knob_not_already_in_use(normalization, advice):
+    from mmdg_lite.guidance import GuidanceDivergenceError
+    from mmdg_lite.sampling import sample
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    y = torch.randn(50, 2, generator=torch.Generator().manual_seed(1)) * 100  # far off the data scale
+    strength = 1.0 if normalization == "clipped" else 50.0
+    with pytest.raises(GuidanceDivergenceError) as info:
+        sample(den, 200, 2, num_steps=50, guidance=MMDGuidance(y, strength=strength, normalization=normalization),
+               seed=0)
+    assert advice in str(info.value)
+    if normalization == "clipped":
+        assert "use normalization='clipped'" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"rff_features": 0}, ValueError, "rff_features must be an integer >= 1"),
+    ({"rff_features": 64, "rff_seed": "a"}, ValueError, "seed must be an integer"),
+    ({"track": "yes"}, TypeError, "track must be True or False"),
+])
+def test_guidance_options_name_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MMDGuidance(refs(), kernel=GaussianKernel(1.0), **kwargs)

@@ -47,6 +47,11 @@ class BatchSet:
                  prompt_weighting: str = "joint") -> Tensor | None:
         """grad of MMD^2(batch, references) w.r.t. each row of z (B, D) (Eq. 6 / Eq. 11; see
         ``mmd._grad`` for ``prompt_weighting``)."""
+        if estimator == "unbiased" and len(z) < 2:
+            raise ValueError(
+                f"estimator='unbiased' needs at least 2 generated samples in each guided batch (it "
+                f"leaves out the i = i' pairs); got a batch of {len(z)}: draw n >= 2 with batch_size "
+                ">= 2, or use estimator='biased'")
         p = _Prepared(z, refs, _uniform(len(z), z), _uniform(len(refs), refs), prompts, ref_prompts,
                       kernel, z.shape)
         return _grad(p, estimator, chunk_size, prompt_weighting)

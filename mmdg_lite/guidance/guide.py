@@ -23,6 +23,7 @@ from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKe
                        median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
 from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
+from ..seeding import check_seed
 from .eval_point import EVAL_POINTS, EvalPoint
 from .generated import GENERATED_SETS, BatchSet, MemorySet
 from .references import ReferenceSet
@@ -90,7 +91,9 @@ class MMDGuidance:
         schedule, start, stop, last_fraction: s(t) ("constant", "linear", "cosine",
             "alpha_bar", "last" or a callable (step, num_steps, abar) -> weight >= 0); guidance
             runs for step fractions in [start, stop). ``stop=0.9`` leaves the last 10 % of the
-            steps to the denoiser, which puts guided samples back on the data manifold.
+            steps to the denoiser, which puts guided samples back on the data manifold; so
+            "last" guides the fractions in [1 - last_fraction, stop) (default: 0.7-0.9). A
+            window that holds no step is refused (ValueError) rather than silently unguided.
         normalization: "clipped" (default): each sample's step is capped at ``clip_norm`` in the
             kernel's space (default ``clip_fraction`` = 0.2 x the data scale), which makes
             any strength safe; "none" (paper); "norm_matched": alpha ||x|| g / (||g|| + 1e-5)
@@ -175,7 +178,10 @@ class MMDGuidance:
                 raise ValueError("rff_features works with generated_set='batch', estimator='biased' "
                                  f"and no prompts; got generated_set={generated_set!r}, "
                                  f"estimator={self.estimator!r}")
-            self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, rff_features, seed=rff_seed)
+            self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, check_int(rff_features, "rff_features", 1),
+                                             seed=check_seed(rff_seed))
+        if not isinstance(track, bool):
+            raise TypeError(f"track must be True or False; got {track!r}")
         self.track = track
         self.reset()
 
@@ -205,6 +211,7 @@ class MMDGuidance:
         self._resolved: Kernel | ProductKernel | None = None
         self.data_scale: float | None = None
         self._last_prompts: Tensor | None = None
+        self._window_checked = False
         self.history: list[dict[str, float]] = []
 
     def remember(self, x0: Tensor) -> None:
@@ -215,6 +222,9 @@ class MMDGuidance:
     def __call__(self, state: Any) -> Tensor:
         """The corrected x_{t-1} for the sampler's step ``state`` (a StepState)."""
         self.reference_set.check_samples(state.x_prev, "the sampler's samples")
+        if not self._window_checked:  # once per run: a window with no step would guide nothing
+            self.step_size.check_window(state.num_steps)
+            self._window_checked = True
         weight = self.step_size.weight(state.step_index, state.num_steps, state.alpha_bar_t)
         if weight == 0:
             return state.x_prev
@@ -289,7 +299,7 @@ class MMDGuidance:
         if not bool(torch.isfinite(out.sum())):
             raise GuidanceDivergenceError(
                 f"MMD guidance produced NaN/Inf at step {state.step_index} (t={state.t}; {knobs}); "
-                "lower strength, or use normalization='clipped'")
+                f"{self._remedy()}")
         rs = self.reference_set
         c_prev = float(getattr(state, "input_scale_prev", 1.0))
         ab = min(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0), 1.0)
@@ -304,7 +314,14 @@ class MMDGuidance:
                 raise GuidanceDivergenceError(
                     f"MMD guidance threw {int(blown.sum())} of {len(out)} samples more than "
                     f"{DIVERGENCE_FACTOR:g} data scales from the references at step "
-                    f"{state.step_index} ({knobs}); lower strength, or use normalization='clipped'")
+                    f"{state.step_index} ({knobs}); {self._remedy()}")
+
+    def _remedy(self) -> str:
+        """What to change after a blow-up, given the knobs in use."""
+        if self.normalization != "clipped":
+            return "lower strength, or use normalization='clipped'"
+        return ("lower strength or clip_fraction / clip_norm, and check that the references are on the "
+                "model's data scale (prepared like its training data, e.g. in [-1, 1] or VAE-encoded)")
 
     def _prompts_for(self, state: Any, n: int) -> Tensor | None:
         if self.reference_set.prompts is None:

@@ -86,6 +86,11 @@ class StepSize:
         self.last_fraction = check_positive(last_fraction, "last_fraction")
         if self.last_fraction > 1:
             raise ValueError(f"last_fraction must be in (0, 1]; got {last_fraction!r}")
+        if schedule == "last" and 1.0 - self.last_fraction >= self.stop - 1e-9:
+            raise ValueError(
+                f"schedule='last' guides step fractions from 1 - last_fraction = {1 - self.last_fraction:g} "
+                f"on, but stop={stop!r} ends guidance before that, so no step would be guided; use "
+                f"last_fraction > {1 - self.stop:g}, or stop=1.0")
         self.strength_scale = check_choice(strength_scale, "strength_scale", STRENGTH_SCALES)
         self.clip_norm = None if clip_norm is None else check_positive(clip_norm, "clip_norm")
         self.clip_fraction = check_positive(clip_fraction, "clip_fraction")
@@ -104,6 +109,18 @@ class StepSize:
                 f"{value!r}, which moves every sample by at least its own norm per step. "
                 "Lower strength, or use normalization='clipped'")
         self._strength = v
+
+    def check_window(self, num_steps: int) -> None:
+        """Refuse a run of ``num_steps`` in which the window [start, stop) (and, for "last", the
+        last ``last_fraction``) holds no step: guidance would silently do nothing."""
+        if self.strength == 0 or callable(self.schedule):
+            return
+        lo = max(self.start, 1.0 - self.last_fraction if self.schedule == "last" else 0.0)
+        if not any(lo - 1e-9 <= i / num_steps < self.stop for i in range(num_steps)):
+            raise ValueError(
+                f"no step of this {num_steps}-step run falls in the guided window (start={self.start:g}, "
+                f"stop={self.stop:g}" + (f", last_fraction={self.last_fraction:g}" if self.schedule == "last" else "")
+                + f"; step i sits at the fraction i / {num_steps}): widen the window or use more steps")
 
     def weight(self, step_index: int, num_steps: int, alpha_bar_t: float) -> float:
         """strength * s(t), or 0 outside [start, stop)."""
