@@ -130,12 +130,17 @@ class Kernel:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             k = self.gram(xg, y.detach())  # (n, m)
+            if not k.requires_grad:
+                raise ValueError(f"{self!r}: the Gram matrix does not depend differentiably on x (built "
+                                 "under no_grad, detached, or through numpy), so guidance has no gradient; "
+                                 "compute it with differentiable torch operations")
             (g,) = torch.autograd.grad((k * w.detach()).sum(), xg)
         return g
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """Validated Gram matrix for user code: (n, *S) and (m, *S) -> (n, m)."""
         x, y = check_pair(check_points(x, "x"), check_points(y, "y"), "x", "y")
+        x, y = x.to(work_dtype(x, y)), y.to(work_dtype(x, y))  # half precision runs in float32
         return self.resolve(x, y).gram(x, y)
 
 
@@ -198,6 +203,8 @@ class MultiGaussianKernel(Kernel):
         for name, vals in (("bandwidths", self.bandwidths), ("scales", self.scales)):
             if vals is None:
                 continue
+            if not isinstance(vals, (tuple, list)):
+                raise TypeError(f"{name} must be a tuple of positive numbers, e.g. (0.5, 2.0); got {vals!r}")
             if len(vals) == 0:
                 raise ValueError(f"{name} must hold at least one value; got {vals!r}")
             for v in vals:
@@ -281,8 +288,9 @@ class PolynomialKernel(Kernel):
             raise ValueError(f"degree must be an integer >= 1; got {self.degree!r}")
         if self.gamma is not None:
             check_positive(self.gamma, "gamma")
-        if not isinstance(self.coef0, (int, float)) or self.coef0 < 0:
-            raise ValueError(f"coef0 must be a number >= 0; got {self.coef0!r}")
+        if (isinstance(self.coef0, bool) or not isinstance(self.coef0, (int, float))
+                or not math.isfinite(self.coef0) or self.coef0 < 0):
+            raise ValueError(f"coef0 must be a finite number >= 0; got {self.coef0!r}")
 
     def _g(self, x: Tensor) -> float:
         return float(self.gamma) if self.gamma is not None else 1.0 / x.shape[1]
@@ -305,7 +313,12 @@ class CallableKernel(Kernel):
         self.fn, self.name = fn, name
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.fn(x, y)
+        k = self.fn(x, y)
+        if not isinstance(k, Tensor) or tuple(k.shape) != (len(x), len(y)):
+            got = tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__
+            raise ValueError(f"{self!r}: fn(x, y) must return the ({len(x)}, {len(y)}) Gram matrix for "
+                             f"{len(x)} and {len(y)} points; got {got}")
+        return k
 
     def __repr__(self) -> str:
         return f"CallableKernel({self.name})"

@@ -224,3 +224,33 @@ def test_feature_kernel_bad_arguments_name_what_is_valid():
     bad = FeatureKernel(lambda z: z[:1].flatten(1), (4,))
     with pytest.raises(ValueError, match=r"one row per point \(3\); got \(1, 4\)"):
         bad.gram(torch.randn(3, 4), torch.randn(2, 4))
+
+
+def test_kernels_called_on_half_inputs_compute_in_float32():
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)) * 20  # cubic values up to ~1e7
+    k16 = PolynomialKernel()(x.half(), x.half())
+    assert k16.dtype == torch.float32 and bool(torch.isfinite(k16).all())
+    torch.testing.assert_close(k16, PolynomialKernel()(x.half().float(), x.half().float()))
+
+
+@pytest.mark.parametrize("coef0", [float("nan"), float("inf"), True, -1.0, "1"])
+def test_polynomial_coef0_must_be_a_finite_number(coef0):
+    with pytest.raises(ValueError, match="coef0 must be a finite number >= 0"):
+        PolynomialKernel(coef0=coef0)
+
+
+def test_multi_gaussian_scales_must_be_a_tuple():
+    with pytest.raises(TypeError, match=r"scales must be a tuple of positive numbers.*got 1.0"):
+        MultiGaussianKernel(scales=1.0)
+
+
+def test_callable_kernel_checks_what_fn_returns():
+    from mmdg_lite import mmd2_grad
+    from mmdg_lite.kernels import CallableKernel
+    x, y = torch.randn(3, 2), torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"must return the \(3, 4\) Gram matrix.*got \(3,\)"):
+        CallableKernel(lambda a, b: torch.ones(len(a)))(x, y)
+    flat = CallableKernel(lambda a, b: torch.as_tensor(np.exp(-((a[:, None] - b[None]) ** 2).sum(-1).detach().numpy())),
+                          name="numpy")
+    with pytest.raises(ValueError, match="does not depend differentiably on x"):
+        mmd2_grad(x, y, flat)
