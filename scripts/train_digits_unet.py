@@ -23,7 +23,9 @@ def build(out: Path, tiny: bool) -> dict:
     overrides = TINY if tiny else {}
     unet, losses, secs = train_digits_unet(progress=not tiny, **overrides)
     n, steps = (8, 2) if tiny else (256, 50)
-    x = sample(UNetDenoiser(unet), n, (1, 16, 16), scheduler="ddim", num_steps=steps, seed=1).samples
+    # clamped to the pixel range, as the digits task decodes samples (an undertrained --tiny model
+    # strays far outside it, which the detector refuses as another scale)
+    x = sample(UNetDenoiser(unet), n, (1, 16, 16), scheduler="ddim", num_steps=steps, seed=1).samples.clamp(-1, 1)
     last = losses[-min(500, len(losses)):]
     info = {"recipe": {**DIGITS_UNET_RECIPE, **overrides}, "train_seconds": round(secs, 1),
             "final_loss_mean_last_500": round(sum(last) / len(last), 4), "threads": 1,

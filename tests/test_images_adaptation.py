@@ -92,3 +92,20 @@ def test_result_keeps_the_model_space_samples_its_images_decode_from():
     r = run_method(shapes, "unguided", n=4, num_steps=3, seed=1)
     assert r.samples is not None and r.samples.shape == (4, 8, 8, 8)
     assert torch.equal(decode_latents(shapes.extra["vae"], r.samples), r.images)
+
+
+def test_n_refs_is_validated():
+    """n_refs must leave held-out targets (FD needs two): 1..498 of the 500 test digits."""
+    from mmdg_lite.images.adaptation import shapes_task
+
+    for bad in (-5, 0, 499, 10**6):
+        with pytest.raises(ValueError, match=rf"n_refs must be an integer from 1 to 498.*got {bad}"):
+            digits_task(n_refs=bad)
+    for bad in (True, 2.5, "50"):
+        with pytest.raises(TypeError, match="n_refs must be an integer from 1 to 498"):
+            digits_task(n_refs=bad)
+    t = digits_task(n_refs=498)
+    assert len(t.references) == 498 and len(t.target_images) == 2
+    for bad, err in ((0, ValueError), (-3, ValueError), (True, TypeError)):
+        with pytest.raises(err, match="n_refs"):
+            shapes_task(n_refs=bad)

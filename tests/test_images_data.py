@@ -162,3 +162,38 @@ def test_speckle_score_is_the_laplacian_and_spares_every_real_digit():
     assert bool(detect_speckle(noisy).all())
     with pytest.raises(ValueError, match="images"):
         speckle_score(torch.zeros(2, 16, 16))
+
+
+def test_detectors_refuse_bad_images_and_thresholds():
+    """NaN, another scale (0-255), the wrong channel count and a non-number threshold raise, naming
+    the argument; a little overshoot past [-1, 1] (generated samples) is still accepted."""
+    digits = load_digit_set("test", style_fraction=0.5).images[:8]  # (8, 1, 16, 16)
+    shapes = make_shapes(4, seed=0).images                             # (4, 3, 32, 32)
+    nan = digits.clone()
+    nan[0, 0, 3, 3] = float("nan")
+    for detect in (detect_thick, detect_speckle, thickness_score, speckle_score):
+        with pytest.raises(ValueError, match="images contains 1 NaN"):
+            detect(nan)
+        with pytest.raises(ValueError, match=r"images must be in \[-1, 1\].*\[0, 255\]"):
+            detect((digits + 1) * 127.5)
+    with pytest.raises(ValueError, match=r"images must have 1 channel.*\(8, 3, 16, 16\)"):
+        detect_thick(digits.expand(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match=r"images must have 3 channel.*\(8, 1, 16, 16\)"):
+        detect_shapes(digits)
+    with pytest.raises(ValueError, match="images contains"):
+        detect_shapes(torch.where(shapes > 0, float("inf"), shapes))
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\]"):
+        detect_shapes((shapes + 1) * 127.5)
+    with pytest.raises(TypeError, match="images must be a torch.Tensor"):
+        detect_thick(digits.numpy())
+    for detect in (detect_thick, detect_speckle):
+        with pytest.raises(TypeError, match="threshold must be a real number; got str '0.5'"):
+            detect(digits, threshold="0.5")
+        with pytest.raises(TypeError, match="threshold"):
+            detect(digits, threshold=True)
+        with pytest.raises(ValueError, match="threshold must be a finite"):
+            detect(digits, threshold=float("nan"))
+    # valid calls are unchanged: overshoot is clamped as before, numpy thresholds work
+    assert torch.equal(detect_thick(digits * 1.2), detect_thick((digits * 1.2).clamp(-1, 1)))
+    assert torch.equal(detect_thick(digits, threshold=np.float64(0.6)), detect_thick(digits))
+    assert detect_shapes(shapes * 1.2).valid.shape == (4,)

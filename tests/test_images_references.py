@@ -97,3 +97,86 @@ def test_scaling_factor_applied_exactly_once():
     z2 = encode_references(vae2, x)
     assert torch.allclose(z2, z / 0.18215 * 2.0, atol=1e-5)
     assert torch.allclose(decode_latents(vae2, z2), decode_latents(vae, z), atol=1e-5)
+
+
+def test_folder_limit_and_channels_are_validated(tmp_path):
+    _write_images(tmp_path)
+    assert load_reference_folder(tmp_path, 8, 1, limit=2).shape == (2, 1, 8, 8)
+    assert load_reference_folder(tmp_path, 8, 1, limit=100).shape == (6, 1, 8, 8)
+    for bad in (-1, 0):
+        with pytest.raises(ValueError, match=f"limit must be an integer >= 1; got {bad}"):
+            load_reference_folder(tmp_path, 8, 1, limit=bad)
+    for bad in (True, 2.5):
+        with pytest.raises(TypeError, match="limit"):
+            load_reference_folder(tmp_path, 8, 1, limit=bad)
+    with pytest.raises(TypeError, match=r"channels must be 1 \(grey\) or 3 \(RGB\); got bool True"):
+        load_reference_folder(tmp_path, 8, True)
+    with pytest.raises(TypeError, match="channels"):
+        references_from_tensors(torch.zeros(2, 8, 8), 16, 3.0)
+    with pytest.raises(TypeError, match="size"):
+        load_reference_folder(tmp_path, 16.0, 1)
+
+
+def test_from_tensors_refuses_values_outside_value_range():
+    pixels = torch.full((2, 3, 8, 8), 200, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"images hold values in \[200, 200\], outside value_range.*\(0, 255\)"):
+        references_from_tensors(pixels, 8, 3)  # 0-255 with the default (-1, 1): was all 1.0
+    assert torch.allclose(references_from_tensors(pixels, 8, 3, value_range=(0, 255)),
+                          torch.full((2, 3, 8, 8), 200 / 255 * 2 - 1))
+    with pytest.raises(ValueError, match=r"value_range=\(0, 1\).*value_range=\(-1, 1\)"):
+        references_from_tensors(torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8), 8, 1, value_range=(0, 1))
+    nan = torch.zeros(2, 1, 8, 8)
+    nan[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="images contains 1 NaN"):
+        references_from_tensors(nan, 8, 1)
+    with pytest.raises(TypeError, match="value_range must be a pair"):
+        references_from_tensors(torch.zeros(2, 8, 8), 8, 1, value_range=1)
+    with pytest.raises(TypeError, match="value_range"):
+        references_from_tensors(torch.zeros(2, 8, 8), 8, 1, value_range=(0, 1, 2))
+    with pytest.raises(ValueError, match="value_range must be .* finite"):
+        references_from_tensors(torch.zeros(2, 8, 8), 8, 1, value_range=(0, float("inf")))
+    # a little overshoot (generated samples) is still clamped as before
+    over = torch.linspace(-1.1, 1.1, 64).reshape(1, 1, 8, 8)
+    assert torch.allclose(references_from_tensors(over, 8, 1), over.clamp(-1, 1), atol=1e-6)
+
+
+def test_encode_decode_check_their_inputs():
+    vae = _tiny_vae(0.5)  # 3 -> 4 latent channels, downsamples by 2
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    z = encode_references(vae, x)
+    # other floating dtypes are cast to the VAE's: float64 gives the float32 result exactly
+    assert torch.equal(encode_references(vae, x.double()), z)
+    assert torch.allclose(encode_references(vae, x.half()), z, atol=1e-2)
+    assert torch.equal(decode_latents(vae, z.double()), decode_latents(vae, z))
+    assert torch.allclose(encode_references(vae, x, batch_size=1), z, atol=1e-5)
+    with pytest.raises(ValueError, match=r"images has 1 channel\(s\).*VAE takes 3.*channels=3"):
+        encode_references(vae, x[:, :1])
+    with pytest.raises(ValueError, match=r"images must have shape \(N, C, H, W\) with N >= 1; got shape \(0, 3"):
+        encode_references(vae, x[:0])
+    with pytest.raises(ValueError, match="images must have shape"):
+        encode_references(vae, x[0])
+    with pytest.raises(TypeError, match="images has dtype torch.uint8"):
+        encode_references(vae, ((x + 1) * 127.5).to(torch.uint8))
+    with pytest.raises(ValueError, match="H x W = 16 x 15.*multiples of 2"):
+        encode_references(vae, x[..., :15])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="images contains 1 NaN"):
+        encode_references(vae, bad)
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            encode_references(vae, x, batch_size=size)
+        with pytest.raises(ValueError, match="batch_size"):
+            decode_latents(vae, z, batch_size=size)
+    with pytest.raises(TypeError, match="batch_size"):
+        decode_latents(vae, z, batch_size=2.0)
+    with pytest.raises(TypeError, match="latents must be a torch.Tensor.*torch.from_numpy"):
+        decode_latents(vae, z.numpy())
+    with pytest.raises(ValueError, match=r"latents has 3 channel\(s\).*VAE takes 4"):
+        decode_latents(vae, z[:, :3])
+    with pytest.raises(ValueError, match="latents must have shape"):
+        decode_latents(vae, z[0])
+    with pytest.raises(ValueError, match="latents must have shape"):
+        decode_latents(vae, z[:0])
+    with pytest.raises(ValueError, match="latents contains"):
+        decode_latents(vae, z.clone().fill_(float("inf")))

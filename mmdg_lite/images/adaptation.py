@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .._validation import _describe, check_int
 
 __all__ = ["AdaptationTask", "MethodResult", "digits_task", "shapes_task", "run_method", "METHODS"]
 
@@ -60,12 +63,21 @@ def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> Ada
     ``stratified`` (default): the references cover the ten classes evenly (5 of each for 50), as
     the held-out targets do. A plain random draw of 50 is lopsided (seed 0: eleven 0s, twelve 4s,
     no 1s), and MMD guidance matches the references' class mix faithfully, so FD to the
-    targets would then measure the luck of the draw more than the style."""
+    targets would then measure the luck of the draw more than the style.
+
+    ``n_refs``: 1 to ``N_TEST_DIGITS - 2`` (498), so that at least 2 held-out targets remain for FD."""
     from .adapters import UNetDenoiser
     from .detectors import detect_thick
-    from .digits import load_digit_set
+    from .digits import N_TEST_DIGITS, load_digit_set
     from .features import predict
     from .models import load_digits_unet
+
+    valid = (f"an integer from 1 to {N_TEST_DIGITS - 2} (references and targets split the {N_TEST_DIGITS} "
+             "held-out test digits; FD needs at least 2 targets)")
+    if isinstance(n_refs, bool) or not isinstance(n_refs, (int, np.integer)):
+        raise TypeError(f"n_refs must be {valid}; got {_describe(n_refs)}")
+    if not 1 <= n_refs <= N_TEST_DIGITS - 2:
+        raise ValueError(f"n_refs must be {valid}; got {n_refs}")
 
     test = load_digit_set("test", style_fraction=1.0)
     perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
@@ -94,6 +106,8 @@ def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
     from .models import load_shapes_unet, load_shapes_vae, sample_shape
     from .references import decode_latents, encode_references
     from .shapes import make_shapes
+
+    check_int(n_refs, "n_refs", 1)
 
     vae, unet = load_shapes_vae(), load_shapes_unet()
     ref_imgs = make_shapes(n_refs, {"fill": {"outlined": 1.0}}, seed=1000 + seed).images

@@ -15,11 +15,13 @@ Accuracies on held-out real images are in data/README.md and checked by tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import _describe, check_finite
 from .shapes import PALETTE, SHAPE_ATTRIBUTES
 
 __all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "speckle_score", "detect_speckle",
@@ -46,24 +48,47 @@ _HOLE_THRESHOLD = 0.1      # outlined shapes: hole fraction 0.17 (small triangle
 _SIZE_THRESHOLD = 17.0     # px extent: small ~12-13, large ~22-23
 _COLOUR_TOL = 0.35         # validity: mean ink colour this close (L2 in RGB) to a palette entry
 _BACKGROUND_TOL = 0.2      # validity: mean brightest channel of pixels away from the blob
+# Inputs are clamped to [-1, 1]; generated samples overshoot it a little (up to about 1.2), but
+# values beyond this bound mean another scale (0-255 pixels, [0, 1] images times 255, ...).
+_MAX_ABS = 3.0
 
 
-def _to_unit(images: Tensor, name: str) -> Tensor:
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a tensor (N, C, H, W) in [-1, 1]; got {got}")
-    return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+def _to_unit(images: Tensor, name: str, channels: int | None = None) -> Tensor:
+    """images (N, C, H, W) in [-1, 1] (C == channels if given), finite -> [0, 1] on the CPU."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W) in [-1, 1]; got {_describe(images)}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must be a tensor (N, C, H, W) in [-1, 1]; got shape {tuple(images.shape)}")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channel(s) here, (N, {channels}, H, W); "
+                         f"got shape {tuple(images.shape)}")
+    x = images.detach().float().cpu()
+    check_finite(x, name)
+    if x.numel():
+        lo, hi = (float(v) for v in x.aminmax())
+        if max(-lo, hi) > _MAX_ABS:
+            raise ValueError(f"{name} must be in [-1, 1] (overshoot up to +-{_MAX_ABS:g} is clamped); got values "
+                             f"in [{lo:.4g}, {hi:.4g}]; e.g. map 0-255 pixels with x / 127.5 - 1")
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def _check_threshold(threshold: Any) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"threshold must be a real number; got {_describe(threshold)}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number; got {threshold!r}")
 
 
 def thickness_score(images: Tensor) -> Tensor:
     """(N,) fraction of ink mass that survives a 3x3 grey erosion; images (N, 1, H, W) in [-1, 1]."""
-    x = _to_unit(images, "images")  # (N, 1, H, W) in [0, 1]
+    x = _to_unit(images, "images", channels=1)  # (N, 1, H, W) in [0, 1]
     eroded = -torch.nn.functional.max_pool2d(-x, 3, 1, 1)  # (N, 1, H, W)
     return eroded.sum((1, 2, 3)) / x.sum((1, 2, 3)).clamp_min(1e-6)
 
 
 def detect_thick(images: Tensor, threshold: float = THICK_THRESHOLD) -> Tensor:
-    """(N,) bool: thick strokes (the digits' minority style)."""
+    """(N,) bool: thick strokes (the digits' minority style); images (N, 1, H, W) in [-1, 1]."""
+    _check_threshold(threshold)
     return thickness_score(images) > threshold
 
 
@@ -80,6 +105,7 @@ def speckle_score(images: Tensor) -> Tensor:
 
 def detect_speckle(images: Tensor, threshold: float = SPECKLE_THRESHOLD) -> Tensor:
     """(N,) bool: a speckled sample (noise no real digit shows)."""
+    _check_threshold(threshold)
     return speckle_score(images) > threshold
 
 
@@ -105,9 +131,7 @@ def detect_shapes(images: Tensor) -> ShapeDetection:
     """Measure shape, colour, size, fill and validity of images (N, 3, H, W) in [-1, 1]."""
     from scipy import ndimage
 
-    x = _to_unit(images, "images")
-    if x.shape[1] != 3:
-        raise ValueError(f"images must have 3 channels (RGB shapes); got shape {tuple(x.shape)}")
+    x = _to_unit(images, "images", channels=3)  # RGB shapes
     n, _, h, w = x.shape
     palette = torch.tensor([PALETTE[c] for c in SHAPE_ATTRIBUTES["colour"]])  # (K, 3)
     scale = h / 32.0

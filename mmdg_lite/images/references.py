@@ -10,6 +10,7 @@ relative to the generated latents). ``decode_latents`` is its inverse.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,10 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import _describe, check_finite, check_int
+
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# references_from_tensors: values may leave value_range by this fraction of its span (resampling
+# overshoot, generated samples a little past [-1, 1]) and are clamped; further out is another scale.
+_RANGE_TOLERANCE = 0.1
 
 
 def references_from_tensors(images: Any, size: int, channels: int, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -39,10 +45,15 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
         raise ValueError(f"images must have shape (N, C, H, W) with N >= 1 and C in 1, 3, 4; "
                          f"got {tuple(images.shape)}")
     _check_size_channels(size, channels)
-    lo, hi = value_range
-    if not hi > lo:
-        raise ValueError(f"value_range must be (low, high) with high > low; got {value_range!r}")
-    x = (images.float() - lo) / (hi - lo)  # (N, C, H, W) in [0, 1]
+    lo, hi = _check_value_range(value_range)
+    x = images.float()
+    check_finite(x, "images")
+    seen_lo, seen_hi = (float(v) for v in x.aminmax())
+    slack = _RANGE_TOLERANCE * (hi - lo)
+    if seen_lo < lo - slack or seen_hi > hi + slack:
+        raise ValueError(f"images hold values in [{seen_lo:.4g}, {seen_hi:.4g}], outside value_range={value_range!r} "
+                         f"(beyond a tolerance of {slack:.4g}); {_suggest_range(images, seen_lo, seen_hi)}")
+    x = (x - lo) / (hi - lo)  # (N, C, H, W) in [0, 1]
     if x.shape[1] == 4:  # RGBA tensors: drop alpha
         x = x[:, :3]
     if x.shape[1] == 1 and channels == 3:
@@ -55,9 +66,35 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
     return (x.clamp(0, 1) * 2 - 1).contiguous()
 
 
+def _check_value_range(value_range: Any) -> tuple[Any, Any]:
+    """(low, high): two finite real numbers (not bools) with high > low."""
+    if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
+            not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) for v in value_range)):
+        raise TypeError(f"value_range must be a pair (low, high) of numbers, e.g. (0, 255) for uint8 pixels "
+                        f"or (-1, 1); got {_describe(value_range)}")
+    lo, hi = value_range
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"value_range must be (low, high) of finite numbers with high > low; got {value_range!r}")
+    return lo, hi
+
+
+def _suggest_range(images: Tensor, seen_lo: float, seen_hi: float) -> str:
+    if images.dtype == torch.uint8 or (seen_lo >= 0 and 1.5 < seen_hi <= 255):
+        return "for 0-255 pixels pass value_range=(0, 255)"
+    if seen_lo >= 0 and seen_hi <= 1:
+        return "for images in [0, 1] pass value_range=(0, 1)"
+    if seen_lo >= -1 and seen_hi <= 1:
+        return "for images in [-1, 1] pass value_range=(-1, 1)"
+    return "pass the range the data is in as value_range=(low, high)"
+
+
 def _check_size_channels(size: Any, channels: Any) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be a positive int (the model's image side in px); got {_describe(size)}")
+    if size < 1:
         raise ValueError(f"size must be a positive int (the model's image side in px); got {size!r}")
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)):
+        raise TypeError(f"channels must be 1 (grey) or 3 (RGB); got {_describe(channels)}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
 
@@ -69,6 +106,7 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     Any mode (L, LA, P, RGB, RGBA, I;16, ...) is converted (alpha composited on black), any
     size is resized with Lanczos filtering. Non-image or corrupt files raise one ValueError that
     lists them all; an empty folder raises a ValueError; hidden files (".name") are skipped.
+    ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -76,6 +114,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     if not folder.is_dir():
         raise FileNotFoundError(f"path must be a folder of images; {str(folder)!r} is not a directory")
     _check_size_channels(size, channels)
+    if limit is not None:
+        check_int(limit, "limit", 1)
     files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(p for p in files if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -116,15 +156,40 @@ def _convert(im: Any, size: int, channels: int) -> np.ndarray:
     return a[..., None] if channels == 1 else a  # (H, W, C)
 
 
+def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batch_size: Any) -> Tensor:
+    """x a finite floating tensor (N, channels, H, W), N >= 1, cast to the VAE's parameter dtype."""
+    check_int(batch_size, "batch_size", 1)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W); got {_describe(x)}"
+                        + (f"; convert with torch.from_numpy({name})" if isinstance(x, np.ndarray) else ""))
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, C, H, W) with N >= 1; got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channel(s) (shape {tuple(x.shape)}) but the VAE takes "
+                         f"{channels} ({what})")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} has dtype {x.dtype}; pass a floating-point tensor"
+                        + (" in [-1, 1], e.g. references_from_tensors(images, size, 3, value_range=(0, 255)) "
+                           "for uint8 pixels" if name == "images" else ""))
+    check_finite(x, name)
+    return x.to(next(vae.parameters()).dtype)
+
+
 def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
                       batch_size: int = 256) -> Tensor:
     """images (N, 3, H, W) in [-1, 1] -> latents (N, c, h, w) = scaling_factor * E(x), applied ONCE.
 
     The posterior mean by default (deterministic); ``sample=True`` draws from the posterior.
+    ``images`` must have the VAE's ``config.in_channels`` and H, W divisible by its downsampling
+    factor; floating dtypes are cast to the VAE's.
     """
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor (N, C, H, W) in [-1, 1]; got {got}")
+    images = _check_vae_input(vae, images, "images", int(vae.config.in_channels),
+                              "vae.config.in_channels; grey images: load them with channels=3 "
+                              "or repeat with images.expand(-1, 3, -1, -1)", batch_size)
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    if images.shape[2] % down or images.shape[3] % down:
+        raise ValueError(f"images have H x W = {images.shape[2]} x {images.shape[3]}, but the VAE downsamples by "
+                         f"{down}: both must be multiples of {down} (resize, e.g. with references_from_tensors)")
     factor = float(getattr(vae.config, "scaling_factor", 1.0))
     device = next(vae.parameters()).device
     out = []
@@ -138,7 +203,12 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
 
 
 def decode_latents(vae: Any, latents: Tensor, *, batch_size: int = 256) -> Tensor:
-    """The inverse of ``encode_references``: D(z / scaling_factor), (N, 3, H, W) clamped to [-1, 1]."""
+    """The inverse of ``encode_references``: D(z / scaling_factor), (N, 3, H, W) clamped to [-1, 1].
+
+    ``latents`` (N, c, h, w) must have the VAE's ``config.latent_channels``; floating dtypes are
+    cast to the VAE's."""
+    latents = _check_vae_input(vae, latents, "latents", int(vae.config.latent_channels),
+                               "vae.config.latent_channels", batch_size)
     factor = float(getattr(vae.config, "scaling_factor", 1.0))
     device = next(vae.parameters()).device
     with torch.no_grad():
