@@ -149,13 +149,25 @@ class _BadInput(ValueError):
     """Bad command-line input: printed as ``mmdg adapt: error: ...``, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
+def _int_from(text: str, minimum: int) -> int:
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_from(text, 1)
+
+
+def _seed(text: str) -> int:
+    value = _int_from(text, 0)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63); got {text!r}")
     return value
 
 
@@ -207,11 +219,11 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                    help="guidance strength c >= 0: the fraction of the kernel-weighted displacement "
                         "toward the references per step, each step capped (MMDGuidance's default); "
                         "0 = the unguided pipeline")
-    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (same seed, same images) (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="K", help="random seed (same seed, same images) (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (must not exist or be empty; its parent must exist)")
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps")
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-scale", type=_strength, default=5.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--eval-point", default="x_t", choices=("x_t", "x_prev", "x0_hat"),
                    help="where the kernel sees the sample (x0_hat runs through the scheduler-step wrapper)")
     p.add_argument("--baseline", action="store_true",
@@ -263,6 +275,13 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
         raise _BadInput(f"--out: {args.out!r} already exists and is not an empty folder; choose a new folder")
     if not out.parent.is_dir():
         raise _BadInput(f"--out: the parent folder {str(out.parent)!r} does not exist")
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, TypeError):
+            raise _BadInput(f"--device: {args.device!r} is not a torch device; use e.g. cpu, cuda or cuda:0") from None
     return model, refs, prompts, out
 
 

@@ -110,13 +110,18 @@ def _bad_cases(model, refs, tmp_path):
         "negative strength": (["--strength", "-0.5"], "--strength"),
         "strength not a number": (["--strength", "strong"], "--strength"),
         "strength nan": (["--strength", "nan"], "--strength"),
+        "guidance scale nan": (["--guidance-scale", "nan"], "--guidance-scale"),
+        "guidance scale inf": (["--guidance-scale", "inf"], "--guidance-scale"),
+        "negative seed": (["--seed", "-1"], "--seed"),
+        "bad device": (["--device", "cpux"], "--device"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing model", "model not a pipeline", "empty references",
                                   "missing references", "unreadable references", "prompt count",
                                   "missing prompts file", "zero images", "negative images",
-                                  "negative strength", "strength not a number", "strength nan"])
+                                  "negative strength", "strength not a number", "strength nan",
+                                  "guidance scale nan", "guidance scale inf", "negative seed", "bad device"])
 def test_adapt_bad_input_exits_nonzero_and_writes_nothing(model, refs, tmp_path, capsys, case):
     work = tmp_path / "work"
     work.mkdir()
