@@ -250,6 +250,8 @@ def test_a_guided_window_that_holds_no_step_is_refused_not_silently_unguided():
     g.reset()
     st = make_state(step_index=0, num_steps=40)  # 39/40 = 0.975 lies in [0.95, 1)
     assert torch.equal(g(st), st.x_prev)  # step 0 is outside the window but the run is fine
+    with pytest.raises(ValueError, match="no step of this 10-step run"):  # the same guide, a shorter run
+        g(make_state(step_index=0, num_steps=10))
     assert MMDGuidance(refs(), strength=0.0, start=0.95, stop=1.0)(make_state(step_index=0)) is not None
 
 

@@ -211,7 +211,7 @@ class MMDGuidance:
         self._resolved: Kernel | ProductKernel | None = None
         self.data_scale: float | None = None
         self._last_prompts: Tensor | None = None
-        self._window_checked = False
+        self._window_checked_for: int | None = None  # the num_steps whose guided window was checked
         self.history: list[dict[str, float]] = []
 
     def remember(self, x0: Tensor) -> None:
@@ -222,9 +222,9 @@ class MMDGuidance:
     def __call__(self, state: Any) -> Tensor:
         """The corrected x_{t-1} for the sampler's step ``state`` (a StepState)."""
         self.reference_set.check_samples(state.x_prev, "the sampler's samples")
-        if not self._window_checked:  # once per run: a window with no step would guide nothing
+        if self._window_checked_for != state.num_steps:  # a window with no step would guide nothing
             self.step_size.check_window(state.num_steps)
-            self._window_checked = True
+            self._window_checked_for = state.num_steps
         weight = self.step_size.weight(state.step_index, state.num_steps, state.alpha_bar_t)
         if weight == 0:
             return state.x_prev
