@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._validation import check_pair, check_points, check_positive
+from ._validation import check_int, check_pair, check_points, check_positive
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -91,6 +91,11 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     float32 or wider and scale-invariant (1e20- and 1e-30-scale data work). Raises on NaN/Inf.
     If every pooled point coincides, every bandwidth gives the same Gram matrix, and 1.0 is returned.
     """
+    x = check_points(x, "x", flatten=False)  # (n, *S), finite, n >= 1
+    if y is not None:
+        x, y = check_pair(x, check_points(y, "y", flatten=False), "x", "y")
+    max_points = check_int(max_points, "max_points", 2)
+
     def thin(z: Tensor) -> Tensor:
         z = z.detach().reshape(z.shape[0], -1)
         if z.shape[0] <= max_points:

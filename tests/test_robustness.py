@@ -129,6 +129,19 @@ def test_median_bandwidth_never_turns_nan_into_one():
         median_bandwidth(torch.randn(3, 2), x)
 
 
+def test_median_bandwidth_checks_its_inputs_by_name():
+    with pytest.raises(ValueError, match=r"x holds 0 point\(s\)"):
+        median_bandwidth(torch.randn(0, 2))
+    with pytest.raises(ValueError, match=r"y holds 0 point\(s\)"):
+        median_bandwidth(torch.randn(3, 2), torch.randn(0, 2))
+    with pytest.raises(ValueError, match="dimension mismatch: x has 2 features"):
+        median_bandwidth(torch.randn(3, 2), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="max_points must be an integer >= 2"):
+        median_bandwidth(torch.randn(3, 2), max_points=1)
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # image-shaped points work as before
+    assert median_bandwidth(x) == pytest.approx(median_bandwidth(x.reshape(5, 4)), rel=1e-12)
+
+
 def test_channels_last_references_are_refused():
     refs = torch.randn(5, 8, 8, 4)  # (N, H, W, C)
     guide = MMDGuidance(refs)
