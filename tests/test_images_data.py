@@ -82,6 +82,13 @@ def test_shapes_bad_arguments():
         make_shapes(10, {"texture": [1.0]})
     with pytest.raises(ValueError, match="fill"):
         make_shapes(10, {"fill": [1.0, 0.0, 0.0]})
+    # shares must sum to 1: {"outlined": 0.7} used to be renormalised into 100 % outlined
+    with pytest.raises(ValueError, match=r"proportions\['fill'\] must sum to 1.*summing to 0.7.*'filled': 0.7"):
+        make_shapes(10, {"fill": {"outlined": 0.7}})
+    with pytest.raises(ValueError, match="summing to 2"):
+        make_shapes(10, {"size": [1, 1]})
+    thirds = make_shapes(9, {"shape": [1 / 3] * 3}, seed=0)  # round-off is fine
+    assert sorted(torch.bincount(thirds.attributes["shape"]).tolist()) == [3, 3, 3]
     with pytest.raises(ValueError, match="colour"):
         draw_shape("circle", "purple", "small", "filled")
 

@@ -133,6 +133,10 @@ def _exact_assignment(n: int, probs: Sequence[float], rng: np.random.Generator, 
     if p.ndim != 1 or len(p) != len(SHAPE_ATTRIBUTES[name]) or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"proportions[{name!r}] must be {len(SHAPE_ATTRIBUTES[name])} non-negative "
                          f"numbers (one per value of {SHAPE_ATTRIBUTES[name]}), not all zero; got {probs!r}")
+    if abs(p.sum() - 1.0) > 1e-3:  # {"outlined": 0.7} would otherwise silently mean 100 % outlined
+        a, b = SHAPE_ATTRIBUTES[name][:2]
+        raise ValueError(f"proportions[{name!r}] must sum to 1 (values not named get 0); got shares summing to "
+                         f"{p.sum():.6g}: name every share, e.g. {{{a!r}: 0.7, {b!r}: 0.3}}")
     p = p / p.sum()
     counts = np.floor(p * n).astype(int)
     rest = n - counts.sum()  # largest remainders get the leftover images
@@ -145,8 +149,8 @@ def make_shapes(n: int, proportions: Mapping[str, Sequence[float] | Mapping[str,
                 *, seed: int = 0, image_size: int = 32, jitter: float = 2.0) -> ShapeSet:
     """``n`` shapes with per-attribute ``proportions`` (missing attributes use DEFAULT_PROPORTIONS).
 
-    A proportion is a sequence over SHAPE_ATTRIBUTES[name] or a {value: weight} mapping (values
-    not named get 0), e.g. ``{"fill": {"outlined": 1.0}}`` for outlined shapes only. Centres are
+    A proportion is a sequence over SHAPE_ATTRIBUTES[name] or a {value: share} mapping (values
+    not named get 0); the shares must sum to 1, e.g. ``{"fill": {"outlined": 1.0}}`` for outlined shapes only. Centres are
     jittered uniformly by up to ``jitter`` px. Deterministic in ``seed``.
     """
     n = check_int(n, "n", 1)
