@@ -150,8 +150,8 @@ def make_shapes(n: int, proportions: Mapping[str, Sequence[float] | Mapping[str,
     """``n`` shapes with per-attribute ``proportions`` (missing attributes use DEFAULT_PROPORTIONS).
 
     A proportion is a sequence over SHAPE_ATTRIBUTES[name] or a {value: share} mapping (values
-    not named get 0); the shares must sum to 1, e.g. ``{"fill": {"outlined": 1.0}}`` for outlined shapes only. Centres are
-    jittered uniformly by up to ``jitter`` px. Deterministic in ``seed``.
+    not named get 0); the shares must sum to 1, e.g. ``{"fill": {"outlined": 1.0}}`` for outlined
+    shapes only. Centres are jittered uniformly by up to ``jitter`` px. Deterministic in ``seed``.
     """
     n = check_int(n, "n", 1)
     check_int(seed, "seed", 0)
