@@ -172,7 +172,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     ``per_sample_seed=True``: sample i (global index ``first_index + i``) draws its x_T and every
     step's noise from its own CPU generator seeded by (seed, global index) (``sample_generators``),
     so the samples do not depend on the chunking, the device or the number of processes (up to
-    the float rounding of batched arithmetic, about 1e-6 in float32).
+    the float rounding of batched arithmetic, about 1e-5 at most in float32).
     ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
     """
     n = check_int(n, "n", 1)
