@@ -141,3 +141,10 @@ def check_int(value: Any, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
     return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real bool: 1, "yes" or None would pass an ``if`` silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return value

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_int, check_nonnegative
+from ._validation import check_bool, check_choice, check_int, check_nonnegative
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
@@ -180,11 +180,9 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     num_steps = check_int(num_steps, "num_steps", 1)
     eta = check_nonnegative(eta, "eta")
     first_index = check_int(first_index, "first_index", 0)
-    if not isinstance(per_sample_seed, bool):
-        raise TypeError(f"per_sample_seed must be True or False; got {per_sample_seed!r}")
-    for flag, name in ((return_trajectory, "return_trajectory"), (progress, "progress")):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False; got {flag!r}")
+    for flag, name in ((per_sample_seed, "per_sample_seed"), (return_trajectory, "return_trajectory"),
+                       (progress, "progress")):
+        check_bool(flag, name)
     check_seed(seed)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (or None to use seed=); got {generator!r}")

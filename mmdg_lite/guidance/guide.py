@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_pair, check_points
+from .._validation import check_bool, check_choice, check_int, check_pair, check_points
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
                        median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
@@ -180,9 +180,7 @@ class MMDGuidance:
                                  f"estimator={self.estimator!r}")
             self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, check_int(rff_features, "rff_features", 1),
                                              seed=check_seed(rff_seed))
-        if not isinstance(track, bool):
-            raise TypeError(f"track must be True or False; got {track!r}")
-        self.track = track
+        self.track = check_bool(track, "track")
         self.reset()
 
     # -- the parts' settings, under their historical names -----------------------------------------
