@@ -1,17 +1,19 @@
 """Small Stable-Diffusion-shaped pipelines built from configs, offline (random weights).
 
-``build_tokenizer`` trains a byte-level BPE with the ``tokenizers`` library on a prompt corpus,
-with CLIP's normaliser, pre-tokeniser and ``</w>`` suffix, and hands vocab and merges to
-``CLIPTokenizer`` (no download). ``tiny_sd_pipeline`` / ``tiny_sdxl_pipeline`` assemble a
+``build_tokenizer`` trains a byte-level BPE on a prompt corpus (its own deterministic merge
+loop, on the words of CLIP's normaliser and pre-tokeniser from ``tokenizers``, with CLIP's
+``</w>`` suffix) and hands vocab and merges to ``CLIPTokenizer`` (no download). ``tiny_sd_pipeline`` / ``tiny_sdxl_pipeline`` assemble a
 ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` from small configs: the components
 the embedded pipeline (scripts/train_sd_pipeline.py) trains and the tests exercise.
 """
 from __future__ import annotations
 
-import json
+from collections import Counter
 from typing import Any, Sequence
 
 import torch
+
+from .._validation import check_int
 
 __all__ = ["build_tokenizer", "tiny_components", "tiny_sd_pipeline", "tiny_sdxl_pipeline",
            "DEFAULT_CORPUS", "BOS", "EOS"]
@@ -23,29 +25,67 @@ DEFAULT_CORPUS: tuple[str, ...] = tuple(
 ) + ("a shape", "an outlined filled small large shape", "a photo of a dog")
 
 
-def build_tokenizer(corpus: Sequence[str] = DEFAULT_CORPUS, vocab_size: int = 400,
+def build_tokenizer(corpus: Sequence[str] = DEFAULT_CORPUS, vocab_size: int = 600,
                     model_max_length: int = 16) -> Any:
-    """A ``CLIPTokenizer`` whose BPE is trained offline on ``corpus`` (any text still encodes:
-    the byte alphabet is always in the vocabulary)."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A ``CLIPTokenizer`` whose byte-level BPE is trained offline on ``corpus``. Any text encodes
+    without unknown tokens: as in CLIP, the vocabulary holds all 256 byte symbols, alone and as
+    word ends (``"a</w>"``), before the merges; ``vocab_size`` (>= 514) caps the total.
+
+    The merges are learned by ``_train_bpe``, not by ``tokenizers``' ``BpeTrainer``: that trainer
+    breaks ties between equally frequent pairs, and numbers the word-final symbols, in the order
+    of a Rust hash map seeded afresh in every process, so two processes built different
+    vocabularies from one corpus (and the text encoder's embedding rows meant different tokens).
+    Same corpus, same tokenizer, in any process."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
     from transformers import CLIPTokenizer
 
-    if isinstance(corpus, str) or not corpus:
+    if isinstance(corpus, str) or not corpus or not all(isinstance(c, str) for c in corpus):
         raise ValueError(f"corpus must be a non-empty list of strings; got {corpus!r}")
-    tok = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    vocab_size = check_int(vocab_size, "vocab_size", 2 + 2 * 256)
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                       normalizers.Lowercase()])
+    pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
                                    r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(list(corpus), trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab=dict(model["vocab"]), merges=merges, model_max_length=model_max_length)
+    words: Counter[str] = Counter(w for text in corpus
+                                  for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab, merges = _train_bpe(words, sorted(pre_tokenizers.ByteLevel.alphabet()), vocab_size)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def _train_bpe(words: Counter[str], alphabet: list[str], vocab_size: int) -> tuple[dict[str, int],
+                                                                                   list[tuple[str, str]]]:
+    """Byte-level BPE with CLIP's ``</w>`` word ends: repeatedly merge the most frequent adjacent
+    pair (ties: the lexicographically smallest) until ``vocab_size`` tokens or nothing to merge.
+    Vocabulary order: BOS, EOS, the alphabet, the alphabet as word ends, then the merges."""
+    seqs = {w: [*w[:-1], w[-1] + "</w>"] for w in words}  # word -> its current symbols
+    tokens = [BOS, EOS, *alphabet, *(c + "</w>" for c in alphabet)]
+    known, merges = set(tokens), []
+    while len(tokens) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for w, seq in seqs.items():
+            for pair in zip(seq, seq[1:]):
+                pairs[pair] += words[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        joined = best[0] + best[1]
+        if joined not in known:
+            known.add(joined)
+            tokens.append(joined)
+        for w, seq in seqs.items():
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[w] = out
+    return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
 def _text_config(tokenizer: Any, hidden: int = 32, layers: int = 2, projection_dim: int = 32) -> Any:
