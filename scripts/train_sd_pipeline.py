@@ -30,8 +30,8 @@ from mmdg_lite.seeding import seed_everything
 
 OUT = data_path("sd", "shapes_pipeline")
 RECIPE = {
-    "seed": 0, "n_data": 6000, "data_seed": 3, "steps": 1500, "batch_size": 32, "lr": 2e-3,
-    "caption_dropout": 0.1, "betas": [0.00085, 0.012], "beta_schedule": "scaled_linear",
+    "seed": 0, "n_data": 6000, "data_seed": 3, "steps": 2500, "batch_size": 32, "lr": 2e-3,
+    "caption_dropout": 0.1, "betas": [0.00085, 0.012], "beta_schedule": "scaled_linear", "pooled_loss": 0.1,
     "text": {"hidden": 32, "layers": 2},
     "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64],
                  layers_per_block=1, down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
@@ -60,30 +60,42 @@ def build(out: Path, tiny: bool) -> dict:
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                     return_tensors="pt").input_ids  # (P, L)
     text_encoder = CLIPTextModel(_text_config(tokenizer, recipe["text"]["hidden"], recipe["text"]["layers"]))
+    # CLIP's pooled output is trained (contrastively) to stand for the whole caption; here the UNet
+    # reads only the token states, so without this the pooled output (what prompt features and the
+    # prompt-aware kernel use) may keep one word: linear heads, dropped after training, must read
+    # shape and colour from it.
+    caption_heads = torch.nn.ModuleDict({a: torch.nn.Linear(recipe["text"]["hidden"], len(v.unique()))
+                                         for a, v in caption_labels(CAPTIONS).items()})
+    caption_targets = caption_labels(CAPTIONS)  # {attribute: (P - 1,)}
     unet = UNet2DConditionModel(**recipe["unet"])
     betas = dict(beta_start=recipe["betas"][0], beta_end=recipe["betas"][1], beta_schedule=recipe["beta_schedule"])
     train_sched = DDPMScheduler(num_train_timesteps=1000, **betas)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + list(text_encoder.parameters()) + list(caption_heads.parameters())
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.0)
     lr_at = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=recipe["steps"], pct_start=0.05)
     gen = torch.Generator().manual_seed(recipe["seed"])
-    losses, start = [], time.process_time()
+    losses, caption_losses, start = [], [], time.process_time()
     unet.train(), text_encoder.train()
     for step in range(recipe["steps"]):
         batch = torch.randint(len(latents), (recipe["batch_size"],), generator=gen)
         z0 = latents[batch]
         p = index[batch].clone()
         p[torch.rand(len(p), generator=gen) < recipe["caption_dropout"]] = 0  # "" for CFG
-        emb = text_encoder(ids).last_hidden_state[p]  # (b, L, 32)
+        text = text_encoder(ids)
+        emb = text.last_hidden_state[p]  # (b, L, 32)
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (len(z0),), generator=gen)
         loss = torch.nn.functional.mse_loss(unet(train_sched.add_noise(z0, noise, t), t, emb).sample, noise)
+        pooled = text.pooler_output[1:]  # (P - 1, 32), the captions without ""
+        caption_loss = sum(torch.nn.functional.cross_entropy(head(pooled), caption_targets[a])
+                           for a, head in caption_heads.items())
         opt.zero_grad()
-        loss.backward()
+        (loss + recipe["pooled_loss"] * caption_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_at.step()
-        losses.append(loss.item())
+        losses.append(loss.item())  # the denoising loss alone
+        caption_losses.append(caption_loss.item())
         if not tiny and step % 100 == 0:
             print(f"step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
                   f"cpu {time.process_time() - start:.0f} s", flush=True)
@@ -107,6 +119,7 @@ def build(out: Path, tiny: bool) -> dict:
                                       "train_cpu_seconds": round(vae_secs, 1), "test_mse": round(vae_mse, 5)},
             "train_cpu_seconds": round(secs, 1),
             "threads": torch.get_num_threads(), "final_loss_mean_last_250": round(sum(last) / len(last), 4),
+            "final_pooled_caption_loss": round(caption_losses[-1], 4),
             "torch": torch.__version__,
             "samples": {"per_caption": n_per, "scheduler": "ddim", "num_steps": steps, "guidance_scale": 3.0,
                         "seed": 1, "valid": round(float(det.valid.float().mean()), 4),

@@ -384,3 +384,24 @@ def test_train_script_tiny_builds_a_loadable_pipeline(tmp_path):
     for method in METHODS:
         r = run_pairing(pipe, task, method, per_prompt=1, steps=2)
         assert r["images"].shape == (4, 3, 32, 32) and 0 <= r["circle->outlined"] <= 1
+
+
+def test_embedded_pipeline_pooled_prompts_separate_shape_and_colour():
+    """The prompt-aware kernel of notebook 07 reads the pooled text features; the build's pooled
+    caption loss makes them name both words. Without it a build kept colour and lost shape
+    ("a red circle" 0.17 from "a red square", 1.50 from "a blue circle")."""
+    from mmdg_lite.images.shapes import CAPTIONS, caption_labels
+    from mmdg_lite.pipelines.adapt import EMBEDDED_PIPELINE
+
+    pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_PIPELINE, local_files_only=True)
+    f = prompt_features(pipe, list(CAPTIONS))  # (12, 32), unit rows
+    d = torch.cdist(f, f)
+    labels = caption_labels(CAPTIONS)
+    same_shape = labels["shape"][:, None] == labels["shape"][None]
+    same_colour = labels["colour"][:, None] == labels["colour"][None]
+    assert d[same_shape & ~same_colour].min() > 0.8  # colour alone moves a prompt
+    assert d[same_colour & ~same_shape].min() > 0.8  # shape alone moves a prompt
+    # nearest-centroid read-out of each word from the pooled features alone
+    for attr in ("shape", "colour"):
+        centroids = torch.stack([f[labels[attr] == k].mean(0) for k in labels[attr].unique()])
+        assert torch.equal(torch.cdist(f, centroids).argmin(1), labels[attr])
