@@ -2,9 +2,10 @@
 
 ``build_tokenizer`` trains a byte-level BPE on a prompt corpus (its own deterministic merge
 loop, on the words of CLIP's normaliser and pre-tokeniser from ``tokenizers``, with CLIP's
-``</w>`` suffix) and hands vocab and merges to ``CLIPTokenizer`` (no download). ``tiny_sd_pipeline`` / ``tiny_sdxl_pipeline`` assemble a
-``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` from small configs: the components
-the embedded pipeline (scripts/train_sd_pipeline.py) trains and the tests exercise.
+``</w>`` suffix) and hands vocab and merges to ``CLIPTokenizer`` (no download).
+``tiny_sd_pipeline`` / ``tiny_sdxl_pipeline`` assemble a ``StableDiffusionPipeline`` /
+``StableDiffusionXLPipeline`` from small configs: the components the embedded pipeline
+(scripts/train_sd_pipeline.py) trains and the tests exercise.
 """
 from __future__ import annotations
 
