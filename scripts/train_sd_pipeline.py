@@ -64,9 +64,9 @@ def build(out: Path, tiny: bool) -> dict:
     # reads only the token states, so without this the pooled output (what prompt features and the
     # prompt-aware kernel use) may keep one word: linear heads, dropped after training, must read
     # shape and colour from it.
-    caption_heads = torch.nn.ModuleDict({a: torch.nn.Linear(recipe["text"]["hidden"], len(v.unique()))
-                                         for a, v in caption_labels(CAPTIONS).items()})
     caption_targets = caption_labels(CAPTIONS)  # {attribute: (P - 1,)}
+    caption_heads = torch.nn.ModuleDict({a: torch.nn.Linear(recipe["text"]["hidden"], len(v.unique()))
+                                         for a, v in caption_targets.items()})
     unet = UNet2DConditionModel(**recipe["unet"])
     betas = dict(beta_start=recipe["betas"][0], beta_end=recipe["betas"][1], beta_schedule=recipe["beta_schedule"])
     train_sched = DDPMScheduler(num_train_timesteps=1000, **betas)
@@ -74,7 +74,7 @@ def build(out: Path, tiny: bool) -> dict:
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=0.0)
     lr_at = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=recipe["steps"], pct_start=0.05)
     gen = torch.Generator().manual_seed(recipe["seed"])
-    losses, caption_losses, start = [], [], time.process_time()
+    losses, start = [], time.process_time()
     unet.train(), text_encoder.train()
     for step in range(recipe["steps"]):
         batch = torch.randint(len(latents), (recipe["batch_size"],), generator=gen)
@@ -95,7 +95,6 @@ def build(out: Path, tiny: bool) -> dict:
         opt.step()
         lr_at.step()
         losses.append(loss.item())  # the denoising loss alone
-        caption_losses.append(caption_loss.item())
         if not tiny and step % 100 == 0:
             print(f"step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
                   f"cpu {time.process_time() - start:.0f} s", flush=True)
@@ -119,7 +118,7 @@ def build(out: Path, tiny: bool) -> dict:
                                       "train_cpu_seconds": round(vae_secs, 1), "test_mse": round(vae_mse, 5)},
             "train_cpu_seconds": round(secs, 1),
             "threads": torch.get_num_threads(), "final_loss_mean_last_250": round(sum(last) / len(last), 4),
-            "final_pooled_caption_loss": round(caption_losses[-1], 4),
+            "final_pooled_caption_loss": round(caption_loss.item(), 4),
             "torch": torch.__version__,
             "samples": {"per_caption": n_per, "scheduler": "ddim", "num_steps": steps, "guidance_scale": 3.0,
                         "seed": 1, "valid": round(float(det.valid.float().mean()), 4),
