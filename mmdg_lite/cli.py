@@ -276,12 +276,12 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
     if not out.parent.is_dir():
         raise _BadInput(f"--out: the parent folder {str(out.parent)!r} does not exist")
     if args.device is not None:
-        import torch
+        from .sampling import _check_device
 
         try:
-            torch.device(args.device)
-        except (RuntimeError, TypeError):
-            raise _BadInput(f"--device: {args.device!r} is not a torch device; use e.g. cpu, cuda or cuda:0") from None
+            _check_device(args.device)
+        except ValueError as e:
+            raise _BadInput(f"--device: {e}") from None
     return model, refs, prompts, out
 
 
