@@ -92,9 +92,14 @@ def check_pair(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, 
     return x.to(dtype), y.to(dtype)
 
 
+def is_real_number(value: Any) -> bool:
+    """A Python or numpy int/float, not a bool (finiteness is the caller's check)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+
+
 def check_positive(value: Any, name: str) -> float:
     """A finite number > 0 (bandwidths, scales, constants)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if not is_real_number(value):
         raise TypeError(f"{name} must be a positive number; got {_describe(value)}")
     v = float(value)
     if not math.isfinite(v) or v <= 0:
@@ -103,7 +108,7 @@ def check_positive(value: Any, name: str) -> float:
 
 
 def check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if not is_real_number(value):
         raise TypeError(f"{name} must be a non-negative number; got {_describe(value)}")
     v = float(value)
     if not math.isfinite(v) or v < 0:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_finite
+from .._validation import _describe, check_finite, is_real_number
 from .shapes import PALETTE, SHAPE_ATTRIBUTES
 
 __all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "speckle_score", "detect_speckle",
@@ -73,7 +73,7 @@ def _to_unit(images: Tensor, name: str, channels: int | None = None) -> Tensor:
 
 
 def _check_threshold(threshold: Any) -> None:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+    if not is_real_number(threshold):
         raise TypeError(f"threshold must be a real number; got {_describe(threshold)}")
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number; got {threshold!r}")

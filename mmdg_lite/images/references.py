@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_finite, check_int
+from .._validation import _describe, check_finite, check_int, is_real_number
 
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
            "IMAGE_SUFFIXES"]
@@ -68,8 +68,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
 
 def _check_value_range(value_range: Any) -> tuple[Any, Any]:
     """(low, high): two finite real numbers (not bools) with high > low."""
-    if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
-            not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) for v in value_range)):
+    if not (isinstance(value_range, (tuple, list)) and len(value_range) == 2
+            and all(is_real_number(v) for v in value_range)):
         raise TypeError(f"value_range must be a pair (low, high) of numbers, e.g. (0, 255) for uint8 pixels "
                         f"or (-1, 1); got {_describe(value_range)}")
     lo, hi = value_range
