@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 84 minutes on 2 CPU cores; the image calibration,
+# Regenerate every table in benchmarks/results/ (about 85 minutes on 2 CPU cores; the image calibration,
 # benchmark, ceiling, classifier-negatives, FD sample-count and feature-kernel checks take about 58 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order

@@ -56,6 +56,17 @@ def test_shipped_unets_load_offline_and_deterministically(loader, folder, shape)
     s1 = sample(UNetDenoiser(a), 4, shape, scheduler="ddim", num_steps=5, seed=3).samples
     s2 = sample(UNetDenoiser(b), 4, shape, scheduler="ddim", num_steps=5, seed=3).samples
     assert torch.equal(s1, s2) and bool(torch.isfinite(s1).all())
+    assert UNetDenoiser(a).sample_shape == shape == tuple(s1.shape[1:])
+
+
+def test_unet_denoiser_names_the_shape_its_unet_needs():
+    den = UNetDenoiser(load_shapes_unet())  # 8 latent channels
+    from mmdg_lite import sample
+
+    with pytest.raises(ValueError, match=r"x_t must be \(B, 8, H, W\).*got shape \(2, 4, 8, 8\).*\(8, 8, 8\)"):
+        sample(den, 2, (4, 8, 8), scheduler="ddim", num_steps=2, seed=0)
+    with pytest.raises(ValueError, match=r"got shape \(8, 8, 8\)"):
+        den(torch.zeros(8, 8, 8), 10)
 
 
 def test_shipped_vae_loads_and_reconstructs_every_style():

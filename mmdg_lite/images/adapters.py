@@ -22,12 +22,24 @@ class UNetDenoiser(nn.Module):
             raise TypeError(f"unet must be a diffusers UNet2DModel; got {type(unet).__name__}")
         self.unet = unet
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample, read from the UNet's config: the ``shape`` to pass to ``sample``."""
+        from .models import sample_shape
+
+        return sample_shape(self.unet)
+
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None,
                 drop_cond: Tensor | None = None) -> Tensor:
         """x_t (B, C, H, W), t (B,) or int -> eps (B, C, H, W)."""
         if cond is not None:
             raise ValueError("this UNet2DModel is unconditional; got a cond tensor "
                              f"of shape {tuple(cond.shape)} (pass cond=None)")
+        channels = int(self.unet.config.in_channels)
+        if x_t.ndim != 4 or x_t.shape[1] != channels:
+            raise ValueError(f"x_t must be (B, {channels}, H, W) for this UNet (config.in_channels = {channels}); "
+                             f"got shape {tuple(x_t.shape)}: sample with shape=denoiser.sample_shape "
+                             f"= {self.sample_shape}")
         if not isinstance(t, Tensor):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t).sample
