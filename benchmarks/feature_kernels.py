@@ -119,7 +119,8 @@ def render(data: dict) -> str:
              "at the median bandwidth in feature space, recomputed every step, norm-matched step of "
              "strength alpha; differentiated through the network.",
              "- FD to the held-out thick digits in the project's feature space (lower is better); thick = "
-             "target-style rate; valid = the feature net's digit head is >= 50 % confident.", "",
+             "target-style rate; valid = `detect_valid_digit` (the feature net's digit head >= 50 % "
+             "confident, features typical of real digits).", "",
              "| kernel on | alpha | FD, mean (per seed) | thick | valid | s per run |",
              "|---|---|---|---|---|---|"]
     for name, alpha in settings():

@@ -21,7 +21,8 @@ from .adapters import UNetDenoiser
 from .animals import ANIMAL_CLASSES, AnimalSet, load_animals
 from .detectors import ShapeDetection, detect_shapes, detect_speckle, detect_thick, speckle_score, thickness_score
 from .digits import DIGIT_STYLES, DigitSet, load_digit_set, thicken
-from .features import FeatureNet, image_features, load_feature_net, predict
+from .features import (FeatureNet, detect_valid_digit, digit_atypicality, image_features, load_feature_net,
+                       predict)
 from .models import load_digits_unet, load_shapes_unet, load_shapes_vae
 from .references import decode_latents, encode_references, load_reference_folder, references_from_tensors
 from .shapes import SHAPE_ATTRIBUTES, ShapeSet, caption, draw_shape, make_shapes
@@ -29,6 +30,7 @@ from .shapes import SHAPE_ATTRIBUTES, ShapeSet, caption, draw_shape, make_shapes
 __all__ = ["UNetDenoiser", "ANIMAL_CLASSES", "AnimalSet", "load_animals", "ShapeDetection", "detect_shapes",
            "detect_thick", "thickness_score", "detect_speckle", "speckle_score",
            "DIGIT_STYLES", "DigitSet", "load_digit_set", "thicken", "FeatureNet", "image_features",
+           "detect_valid_digit", "digit_atypicality",
            "load_feature_net", "predict", "load_digits_unet", "load_shapes_unet", "load_shapes_vae",
            "decode_latents", "encode_references", "load_reference_folder", "references_from_tensors",
            "SHAPE_ATTRIBUTES", "ShapeSet", "caption", "draw_shape", "make_shapes"]

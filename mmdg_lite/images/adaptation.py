@@ -69,7 +69,7 @@ def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> Ada
     from .adapters import UNetDenoiser
     from .detectors import detect_thick
     from .digits import N_TEST_DIGITS, load_digit_set
-    from .features import predict
+    from .features import detect_valid_digit, predict
     from .models import load_digits_unet
 
     valid = (f"an integer from 1 to {N_TEST_DIGITS - 2} (references and targets split the {N_TEST_DIGITS} "
@@ -89,11 +89,8 @@ def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> Ada
         perm = perm[rank[perm].argsort()]
     refs, targets = test.images[perm[:n_refs]], test.images[perm[n_refs:]]
 
-    def valid(images: Tensor) -> Tensor:  # the feature net recognises a digit with confidence
-        return predict(images, "digit").max(1).values >= 0.5
-
     return AdaptationTask("digits", UNetDenoiser(load_digits_unet()), (1, 16, 16), refs, refs, targets,
-                          decode=lambda x: x.clamp(-1, 1), has_style=detect_thick, is_valid=valid,
+                          decode=lambda x: x.clamp(-1, 1), has_style=detect_thick, is_valid=detect_valid_digit,
                           style="thick", classify=lambda x: predict(x, "digit").argmax(1), n_classes=10)
 
 

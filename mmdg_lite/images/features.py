@@ -20,11 +20,15 @@ from .._resources import data_path
 from ..seeding import make_generator, seed_everything
 
 __all__ = ["FeatureNet", "FEATURE_NET_DIR", "FEATURE_NET_RECIPE", "HEADS", "train_feature_net",
-           "load_feature_net", "save_feature_net", "image_features", "predict"]
+           "load_feature_net", "save_feature_net", "image_features", "predict", "digit_atypicality",
+           "digit_typicality_threshold", "detect_valid_digit", "DIGIT_TYPICAL_QUANTILE"]
 
 FEATURE_NET_DIR = data_path("images", "feature_net")
 HEADS: dict[str, int] = {"digit": 10, "thick": 2, "shape": 3, "colour": 4, "size": 2, "fill": 2}
 DIGIT_HEADS, SHAPE_HEADS = ("digit", "thick"), ("shape", "colour", "size", "fill")
+# A generated digit is valid when the digit head is confident AND its features lie where real
+# digits' do: within the atypicality of all but this share of the held-out real digits.
+DIGIT_TYPICAL_QUANTILE = 0.995
 FEATURE_NET_RECIPE: dict[str, Any] = {"seed": 0, "steps": 1500, "batch_size": 32, "lr": 2e-3,
                                       "n_shapes": 4000, "shapes_seed": 1, "width": 32, "feature_dim": 64}
 
@@ -108,13 +112,58 @@ def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size
         return torch.cat([net.heads[head](net.features(c)).softmax(-1) for c in images.split(batch_size)])
 
 
-_CACHE: dict[str, FeatureNet] = {}
+_CACHE: dict[str, Any] = {}
 
 
 def _cached() -> FeatureNet:
     if "net" not in _CACHE:
         _CACHE["net"] = load_feature_net()
     return _CACHE["net"]
+
+
+def _mahalanobis(f: Tensor, mu: Tensor, prec: Tensor) -> Tensor:
+    """(N,) sqrt((f - mu)^T prec (f - mu)) for features f (N, F), in float64."""
+    d = f.double() - mu  # (N, F)
+    return ((d @ prec) * d).sum(1).clamp_min(0).sqrt()
+
+
+def _real_digit_stats() -> tuple[Tensor, Tensor, float]:
+    """Mean (64,) and inverse covariance (64, 64) of the shipped net's features of the real
+    digits of the train split, half of them thickened (float64), and the atypicality threshold:
+    the DIGIT_TYPICAL_QUANTILE quantile over the 500 held-out test digits, half thickened."""
+    if "digit_stats" not in _CACHE:
+        from .digits import load_digit_set
+
+        f = image_features(load_digit_set("train", style_fraction=0.5).images).double()  # (1297, 64)
+        mu = f.mean(0)  # (64,)
+        cov = torch.cov((f - mu).T) + 1e-3 * torch.eye(f.shape[1], dtype=torch.float64)  # (64, 64)
+        prec = torch.linalg.inv(cov)
+        held_out = _mahalanobis(image_features(load_digit_set("test", style_fraction=0.5).images), mu, prec)
+        _CACHE["digit_stats"] = (mu, prec, float(held_out.quantile(DIGIT_TYPICAL_QUANTILE)))
+    return _CACHE["digit_stats"]
+
+
+def digit_atypicality(images: Tensor) -> Tensor:
+    """(N,) Mahalanobis distance of the feature net's embedding of digits (N, 1, H, W) in [-1, 1]
+    from the real digits' (train split, half thickened): how far from anything a real digit shows.
+
+    The digit head alone can be confident on images no real digit resembles (the blotches of
+    over-strong guidance in the digits explorer grid); this distance is not."""
+    mu, prec, _ = _real_digit_stats()
+    return _mahalanobis(image_features(images), mu, prec).float()  # (N,)
+
+
+def digit_typicality_threshold() -> float:
+    """The atypicality that all but 0.5 % (DIGIT_TYPICAL_QUANTILE) of the 500 held-out real
+    digits stay within."""
+    return _real_digit_stats()[2]
+
+
+def detect_valid_digit(images: Tensor) -> Tensor:
+    """(N,) bool: a valid digit: the digit head is >= 50 % confident of one class and the image's
+    features are typical of real digits (atypicality <= ``digit_typicality_threshold()``)."""
+    confident = predict(images, "digit").max(1).values >= 0.5  # (N,)
+    return confident & (digit_atypicality(images) <= digit_typicality_threshold())
 
 
 def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureNet, list[float], float]:
