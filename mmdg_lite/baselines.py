@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_choice, check_int, check_nonnegative, check_pair, check_points, check_positive
+from ._validation import (check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
+                          check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
 from .seeding import make_generator
@@ -44,7 +45,9 @@ class NoisyClassifier(ResidualMLP):
     """
 
     def __init__(self, dim: int, hidden: int = 128, layers: int = 2, time_embed_dim: int = 32) -> None:
-        super().__init__(dim, 1, hidden=hidden, layers=layers, time_embed_dim=time_embed_dim)
+        super().__init__(check_int(dim, "dim", 1), 1, hidden=check_int(hidden, "hidden", 1),
+                         layers=check_int(layers, "layers", 1),
+                         time_embed_dim=check_int(time_embed_dim, "time_embed_dim", 2))
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         b = x_t.shape[0]
@@ -225,6 +228,7 @@ def classifier_free_guidance(model: nn.Module, cond: Tensor, n: int,
     if not isinstance(cond, Tensor) or not cond.dtype.is_floating_point:
         got = f"tensor of dtype {cond.dtype}" if isinstance(cond, Tensor) else type(cond).__name__
         raise TypeError(f"cond must be a float tensor of shape (C,), (1, C) or ({n}, C); got {got}")
+    check_finite(cond, "cond")
     c = cond.reshape(1, -1) if cond.ndim == 1 else cond
     if c.ndim != 2 or c.shape[0] not in (1, n) or (cond_dim is not None and c.shape[1] != cond_dim):
         want = f"({cond_dim},)" if cond_dim is not None else "(C,)"

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ._io import ArtifactError, load_weights, read_config
-from ._validation import as_float_tensor, check_int, check_points, check_positive
+from ._validation import (_describe, as_float_tensor, check_finite, check_int, check_points, check_positive,
+                          is_real_number)
 
 __all__ = ["ResidualMLP", "Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
            "save_denoiser", "load_denoiser", "timestep_embedding"]
@@ -186,11 +187,19 @@ class _ClosedFormDenoiser(nn.Module):
 
     alphas_cumprod: Tensor
 
+    def _support(self) -> tuple[str, Tensor]:
+        """The (K, D) points that fix the sample dimension D, and their argument name."""
+        raise NotImplementedError
+
     def _prepare(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         if cond is not None:
             raise ValueError(f"{type(self).__name__} is unconditional; pass cond=None")
         b = x_t.shape[0]
         x = x_t.reshape(b, -1).to(torch.float64)  # (B, D)
+        name, points = self._support()
+        if x.shape[1] != points.shape[1]:
+            raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); this "
+                             f"{type(self).__name__} expects dim={points.shape[1]} (the dimension of its {name})")
         t = _batch_timesteps(t, b, x.device)
         return x, self.alphas_cumprod[t]  # (B, D), (B,)
 
@@ -218,11 +227,15 @@ class ExactDenoiser(_ClosedFormDenoiser):
         self.register_buffer("alphas_cumprod", _alphas_cumprod(alphas_cumprod))
         w = (torch.ones(y.shape[0], dtype=torch.float64) if weights is None
              else as_float_tensor(weights, "weights").double())
+        check_finite(w, "weights")
         if w.shape != (y.shape[0],) or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be ({y.shape[0]},) non-negative with a positive sum; "
                              f"got shape {tuple(w.shape)}")
         self.register_buffer("log_weights", torch.log(w / w.sum()))  # (N,)
         self.chunk_rows = max(1, chunk_elems // y.shape[0])
+
+    def _support(self) -> tuple[str, Tensor]:
+        return "data", self.data
 
     def posterior(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """p(y = y_k | x_t) as a (B, N) float64 matrix."""
@@ -257,6 +270,7 @@ class GaussianMixtureDenoiser(_ClosedFormDenoiser):
         super().__init__()
         mu = check_points(means, "means").double()  # (K, D)
         w = as_float_tensor(weights, "weights").double()
+        check_finite(w, "weights")
         if w.shape != (mu.shape[0],) or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be ({mu.shape[0]},) non-negative with a positive sum; "
                              f"got shape {tuple(w.shape)}")
@@ -269,6 +283,9 @@ class GaussianMixtureDenoiser(_ClosedFormDenoiser):
     def from_mixture(cls, mixture: Any, alphas_cumprod: Any) -> "GaussianMixtureDenoiser":
         """Build from a ``data.GaussianMixture``."""
         return cls(mixture.means, mixture.weights, mixture.std, alphas_cumprod)
+
+    def _support(self) -> tuple[str, Tensor]:
+        return "means", self.means
 
     def _parts(self, x: Tensor, abar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a = abar.sqrt()[:, None, None]  # (B, 1, 1)
@@ -293,6 +310,13 @@ class CFGDenoiser(nn.Module):
 
     def __init__(self, model: nn.Module, guidance_scale: float = 3.0) -> None:
         super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be a conditional denoiser callable as model(x_t, t, cond); "
+                            f"got {_describe(model)}")
+        if not is_real_number(guidance_scale):
+            raise TypeError(f"guidance_scale must be a finite number; got {_describe(guidance_scale)}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
         self.model = model
         self.guidance_scale = float(guidance_scale)
 

@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_int, check_pair, check_points, check_positive
+from ._validation import check_int, check_pair, check_points, check_positive, is_real_number
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -287,13 +288,16 @@ class PolynomialKernel(Kernel):
     has_closed_form = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.degree, int) or isinstance(self.degree, bool) or self.degree < 1:
+        if not isinstance(self.degree, (int, np.integer)) or isinstance(self.degree, bool) or self.degree < 1:
             raise ValueError(f"degree must be an integer >= 1; got {self.degree!r}")
         if self.gamma is not None:
             check_positive(self.gamma, "gamma")
-        if (isinstance(self.coef0, bool) or not isinstance(self.coef0, (int, float))
-                or not math.isfinite(self.coef0) or self.coef0 < 0):
+        if not is_real_number(self.coef0) or not math.isfinite(self.coef0) or self.coef0 < 0:
             raise ValueError(f"coef0 must be a finite number >= 0; got {self.coef0!r}")
+        if isinstance(self.degree, np.integer):  # numpy scalars become Python numbers
+            object.__setattr__(self, "degree", int(self.degree))
+        if isinstance(self.coef0, np.generic):
+            object.__setattr__(self, "coef0", float(self.coef0))
 
     def _g(self, x: Tensor) -> float:
         return float(self.gamma) if self.gamma is not None else 1.0 / x.shape[1]
@@ -350,9 +354,10 @@ class FeatureKernel(Kernel):
         if not callable(self.feature_map):
             raise TypeError(f"feature_map must be callable as feature_map(x (n, *shape)) -> (n, F); "
                             f"got {self.feature_map!r}")
-        if not (isinstance(self.shape, tuple) and self.shape and all(isinstance(d, int) and d > 0
-                                                                    for d in self.shape)):
+        if not (isinstance(self.shape, tuple) and self.shape and all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in self.shape)):
             raise ValueError(f"shape must be a tuple of positive ints (one sample's shape); got {self.shape!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         if not isinstance(self.base, Kernel) or isinstance(self.base, FeatureKernel):
             raise TypeError(f"base must be a mmdg_lite Kernel on the features; got {self.base!r}")
 

@@ -15,8 +15,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from ._validation import (as_float_tensor, check_choice, check_finite, check_int, check_pair, check_points,
-                          check_positive)
+from ._validation import (_describe, as_float_tensor, check_choice, check_finite, check_int, check_pair,
+                          check_points, check_positive, is_real_number)
 from .kernels import GaussianKernel, PolynomialKernel, pairwise_sq_dists
 from .mmd import mmd2
 
@@ -254,11 +254,12 @@ def off_mode_radius(std: float, dim: int, n_std: float = 3.0) -> float:
     """std * sqrt(chi2_D.isf(p)), p = 2 (1 - Phi(n_std)): the distance from an isotropic Gaussian
     mode N(mu, std^2 I_D) that a true sample exceeds with the probability of the 1-D n_std-sigma
     rule (0.27 % for 3; 0.344 for std 0.1 in 2-D)."""
-    return float(std) * math.sqrt(off_mode_quantile(dim, n_std))
+    return check_positive(std, "std") * math.sqrt(off_mode_quantile(dim, n_std))
 
 
 def off_mode_quantile(dim: int, n_std: float = 3.0) -> float:
     """chi2_D.isf(2 (1 - Phi(n_std))): the squared off-mode radius in units of std^2."""
+    dim = check_int(dim, "dim", 1)
     return float(stats.chi2.isf(2 * stats.norm.sf(check_positive(n_std, "n_std")), df=dim))
 
 
@@ -272,10 +273,15 @@ def off_mode_fraction(x: Any, means: Any, std: Any, n_std: float = 3.0) -> float
     """
     x, mu = _means(x, means)
     check_positive(n_std, "n_std")
+    if isinstance(std, (list, tuple)) and all(is_real_number(v) for v in std):
+        std = np.asarray(std, dtype=np.float64)  # one per mode, as a sequence
     if isinstance(std, (np.ndarray, Tensor)):
         s = as_float_tensor(std, "std").detach().to("cpu", torch.float64)
-    else:
+    elif is_real_number(std):
         s = torch.tensor(check_positive(std, "std"), dtype=torch.float64)
+    else:
+        raise TypeError(f"std must be a positive number or {len(mu)} positive numbers (one per mode, "
+                        f"a sequence, array or tensor of shape ({len(mu)},)); got {_describe(std)}")
     if s.ndim > 1 or (s.ndim == 1 and len(s) != len(mu)):
         raise ValueError(f"std must be a number or have shape ({len(mu)},), one per mode; "
                          f"got shape {tuple(s.shape)}")

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ._validation import check_choice, check_int, check_pair, check_points, check_weights
 from .kernels import Kernel, ProductKernel, work_dtype
+from .seeding import check_seed
 
 __all__ = ["mmd2", "mmd2_grad", "mmd2_grad_autograd", "witness", "permutation_test",
            "PermutationTestResult", "ESTIMATORS", "PROMPT_WEIGHTINGS"]
@@ -255,6 +256,7 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     (its false-positive rate is at most the level) for any sample size.
     """
     check_int(n_permutations, "n_permutations", 1)
+    seed = check_seed(seed)
     if isinstance(kernel, ProductKernel):
         raise TypeError("permutation_test takes a sample Kernel, not a ProductKernel")
     p = _prepare(x, y, kernel, estimator, None, None, None, None)

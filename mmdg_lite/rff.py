@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ._validation import check_int, check_pair, check_points, check_positive, check_weights
 from .kernels import GaussianKernel
+from .seeding import check_seed
 
 __all__ = ["RFFReferenceEmbedding", "mmd2_grad_rff"]
 
@@ -37,7 +38,7 @@ class RFFReferenceEmbedding:
         self.n_features = check_int(n_features, "n_features", 1)
         check_int(chunk_size, "chunk_size", 1)
         self.dim = y.shape[1]
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed(seed))
         self.W = (torch.randn(self.n_features, self.dim, generator=gen, dtype=torch.float64)
                   / self.bandwidth).to(y)  # (F, D)
         self.b = (2 * math.pi * torch.rand(self.n_features, generator=gen,
@@ -53,20 +54,28 @@ class RFFReferenceEmbedding:
 
     def features(self, x: Tensor) -> Tensor:
         """phi(x) = sqrt(2/F) cos(W x + b): (n, D) -> (n, F)."""
-        return math.sqrt(2.0 / self.n_features) * torch.cos(x @ self.W.T + self.b)
+        x, W, b = self._promoted(x, self.W, self.b)
+        return math.sqrt(2.0 / self.n_features) * torch.cos(x @ W.T + b)
 
     def cross_grad(self, x: Tensor) -> Tensor:
         """sum_j v_j grad_1 k(x_i, y_j) ~= (phi(x_i)^T M - (phi(x_i).mu) x_i) / sigma^2: (n, D)."""
+        x, refs, mean = self._promoted(x, self.weighted_refs, self.mean)
         phi = self.features(x)  # (n, F)
-        return (phi @ self.weighted_refs - (phi @ self.mean)[:, None] * x) / self.bandwidth**2
+        return (phi @ refs - (phi @ mean)[:, None] * x) / self.bandwidth**2
 
     def derivative_cross_grad(self, x: Tensor) -> Tensor:
         """The textbook alternative J_phi(x_i)^T mu = -sqrt(2/F) W^T (sin(W x_i + b) * mu): (n, D).
 
         Kept for comparison only: its error grows like sqrt(D / F) (see the module docstring).
         """
-        s = torch.sin(x @ self.W.T + self.b)  # (n, F)
-        return -math.sqrt(2.0 / self.n_features) * (s * self.mean) @ self.W  # (n, D)
+        x, W, b, mean = self._promoted(x, self.W, self.b, self.mean)
+        s = torch.sin(x @ W.T + b)  # (n, F)
+        return -math.sqrt(2.0 / self.n_features) * (s * mean) @ W  # (n, D)
+
+    def _promoted(self, x: Tensor, *parts: Tensor) -> list[Tensor]:
+        """x and the stored parts in their promoted dtype (e.g. float64 points, float32 summaries)."""
+        dtype = torch.promote_types(x.dtype, self.W.dtype)
+        return [t.to(dtype) for t in (x, *parts)]
 
 
 def mmd2_grad_rff(x, embedding: RFFReferenceEmbedding) -> Tensor:

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_int, check_nonnegative, check_points, check_positive
+from ._validation import (_describe, as_float_tensor, check_finite, check_int, check_nonnegative, check_points,
+                          check_positive)
 from .sampling import make_scheduler
 from .seeding import make_generator
 
@@ -33,17 +34,27 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     cond_dropout = check_nonnegative(cond_dropout, "cond_dropout")
     if cond_dropout > 1:
         raise ValueError(f"cond_dropout must be in [0, 1]; got {cond_dropout}")
-    if cond is not None and (not isinstance(cond, Tensor) or cond.shape[0] != data.shape[0]):
-        got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
-        raise ValueError(f"cond must have one row per data point, shape ({data.shape[0]}, C); got {got}")
+    if cond is not None:
+        cond = as_float_tensor(cond, "cond")
+        cond_dim = getattr(model, "cond_dim", None)  # MLPDenoiser's; unknown for other models
+        cond_dim = cond_dim if isinstance(cond_dim, int) and cond_dim > 0 else None
+        want = f"({data.shape[0]}, {cond_dim or 'C'})"
+        if cond.ndim != 2 or cond.shape[0] != data.shape[0] or cond.shape[1] != (cond_dim or cond.shape[1]):
+            raise ValueError(f"cond must have one row per data point and the model's cond_dim columns, "
+                             f"shape {want}; got {_describe(cond)}")
+        check_finite(cond, "cond")
     scheduler = make_scheduler("ddpm") if scheduler is None else scheduler
     if not hasattr(scheduler, "add_noise"):
         raise TypeError(f"scheduler must be a diffusers scheduler with add_noise (e.g. DDPMScheduler); "
                         f"got {type(scheduler).__name__}")
     n_train = int(scheduler.config.num_train_timesteps)
-    device = next(model.parameters()).device
-    data = data.to(device)
-    cond = cond.to(device) if cond is not None else None
+    param = next(model.parameters(), None)
+    if param is None:
+        raise TypeError(f"model must be an nn.Module with trainable parameters; got {type(model).__name__} "
+                        "without any")
+    device, dtype = param.device, param.dtype
+    data = data.to(device, dtype)  # e.g. float64 / numpy data for a float32 model
+    cond = cond.to(device, dtype) if cond is not None else None
     gen = make_generator(seed)  # CPU generator: same numbers on any device
 
     def loss_step() -> Tensor:

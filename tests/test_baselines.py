@@ -150,3 +150,16 @@ def test_bad_arguments_raise_clear_errors():
         classifier_free_guidance(MLPDenoiser(2, hidden=8, layers=1, cond_dim=3), torch.ones(5, 3), n=4)
     with pytest.raises(TypeError, match="float"):
         classifier_free_guidance(MLPDenoiser(2, hidden=8, layers=1, cond_dim=3), torch.ones(3, dtype=torch.long), n=4)
+
+
+def test_classifier_sizes_and_cfg_cond_are_validated():
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"hidden must be an integer >= 1; got {bad}"):
+            NoisyClassifier(2, hidden=bad)
+        with pytest.raises(ValueError, match=f"hidden must be an integer >= 1; got {bad}"):
+            train_classifier(torch.randn(10, 2), torch.randn(10, 2), steps=1, hidden=bad)
+    with pytest.raises(ValueError, match="layers must be an integer >= 1; got 0"):
+        NoisyClassifier(2, layers=0)
+    model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3)
+    with pytest.raises(ValueError, match=r"cond contains 3 NaN or Inf"):
+        classifier_free_guidance(model, torch.full((3,), float("nan")), n=4)

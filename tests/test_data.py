@@ -71,3 +71,25 @@ def test_mode_radius_and_on_mode_proportions():
 def test_mixture_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixture(**kwargs)
+
+
+@pytest.mark.parametrize("modes, exc, match", [
+    ([0.7, 3.2], TypeError, r"non-integer entries \[0.7, 3.2\]"),
+    ("03", TypeError, "got str '03'"),
+    ([True, False], TypeError, r"non-integer entries \[True, False\]"),
+    (3, TypeError, "got int 3"),
+    ([0, 8], ValueError, r"distinct indices in \[0, 7\]"),
+])
+def test_subset_mixture_needs_a_sequence_of_int_indices(modes, exc, match):
+    with pytest.raises(exc, match=match):
+        subset_mixture(circle_mixture(), modes)
+
+
+def test_subset_mixture_accepts_integer_arrays_and_dirichlet_checks_its_seed():
+    import numpy as np
+    mix = circle_mixture()
+    assert torch.equal(subset_mixture(mix, np.array([0, 3])).weights, subset_mixture(mix, [0, 3]).weights)
+    assert torch.equal(subset_mixture(mix, torch.tensor([0, 3])).weights, subset_mixture(mix, [0, 3]).weights)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {bad}"):
+            dirichlet_mixture(mix, seed=bad)

@@ -174,3 +174,50 @@ def test_train_conditional_with_dropout():
 def test_shipped_toy_model_loads():
     model, mix = load_or_train_toy_2d()
     assert isinstance(model, MLPDenoiser) and model.dim == 2 and mix.n_modes == 8
+
+
+def test_train_denoiser_checks_cond_and_converts_data_dtype():
+    model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=4)
+    data = torch.randn(32, 2)
+    with pytest.raises(ValueError, match=r"cond contains 128 NaN or Inf"):
+        train_denoiser(model, data, steps=3, cond=torch.full((32, 4), float("nan")), progress=False)
+    with pytest.raises(TypeError, match="cond has dtype torch.int64"):
+        train_denoiser(model, data, steps=1, cond=torch.ones(32, 4, dtype=torch.long), progress=False)
+    with pytest.raises(ValueError, match=r"shape \(32, 4\); got tensor of shape \(32, 3\)"):
+        train_denoiser(model, data, steps=1, cond=torch.ones(32, 3), progress=False)
+    # float64 / numpy data (and cond) are run in the model's dtype; same losses as float32 input
+    torch.manual_seed(0)
+    m32, m64 = MLPDenoiser(2, hidden=8, layers=1, cond_dim=4), MLPDenoiser(2, hidden=8, layers=1, cond_dim=4)
+    m64.load_state_dict(m32.state_dict())
+    cond = torch.randn(32, 4)
+    l32 = train_denoiser(m32, data, steps=2, cond=cond, progress=False)
+    l64 = train_denoiser(m64, data.double().numpy(), steps=2, cond=cond.double().numpy(), progress=False)
+    assert l64 == l32
+
+
+def test_cfg_denoiser_checks_its_arguments():
+    model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"guidance_scale must be a finite number; got (nan|inf)"):
+            CFGDenoiser(model, bad)
+    with pytest.raises(TypeError, match="guidance_scale must be a finite number; got bool True"):
+        CFGDenoiser(model, True)
+    with pytest.raises(TypeError, match="model must be a conditional denoiser callable.*got str 'model'"):
+        CFGDenoiser("model")
+
+
+def test_closed_form_denoisers_name_their_dimension():
+    sch = make_scheduler("ddpm")
+    mix = circle_mixture()
+    refs = mix.sample(16, 0)[0]
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"x_t has 3 features.*ExactDenoiser expects dim=2 \(.*its data\)"):
+        ExactDenoiser(refs, sch)(x, 10)
+    with pytest.raises(ValueError, match=r"x_t has 3 features.*GaussianMixtureDenoiser expects dim=2 \(.*its means\)"):
+        GaussianMixtureDenoiser.from_mixture(mix, sch)(x, 10)
+    nan_w = torch.ones(16)
+    nan_w[0] = float("nan")
+    with pytest.raises(ValueError, match="weights contains 1 NaN"):
+        ExactDenoiser(refs, sch, weights=nan_w)
+    with pytest.raises(ValueError, match="weights contains 1 NaN"):
+        GaussianMixtureDenoiser(mix.means, nan_w[:8], 0.1, sch)

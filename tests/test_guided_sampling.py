@@ -155,3 +155,13 @@ def test_guidance_improves_mode_tv_on_small_100d_task():
     assert before["tv"] > 0.35  # 4 of 8 equal modes: an unguided sampler is ~0.5 TV away
     assert after["tv"] < 0.5 * before["tv"]
     assert after["off_mode"] <= 0.05  # samples stay on the modes
+
+
+def test_evaluate_names_samples():
+    task = make_task("ring2d_4modes", seed=0, n_references=10, n_heldout=10)
+    with pytest.raises(ValueError, match=r"samples must have shape \(n, 2\).*got shape \(20,\)"):
+        evaluate(torch.randn(20), task)
+    with pytest.raises(ValueError, match=r"samples must have shape \(n, 2\).*got shape \(20, 3\)"):
+        evaluate(torch.randn(20, 3), task)
+    with pytest.raises(TypeError, match="samples must be a torch.Tensor or numpy array; got list"):
+        evaluate([[0.0, 1.0]], task)

@@ -254,3 +254,14 @@ def test_callable_kernel_checks_what_fn_returns():
                           name="numpy")
     with pytest.raises(ValueError, match="does not depend differentiably on x"):
         mmd2_grad(x, y, flat)
+
+
+def test_numpy_scalars_are_accepted_as_python_numbers():
+    k = PolynomialKernel(degree=np.int64(3), coef0=np.float32(1))
+    assert k == PolynomialKernel(degree=3, coef0=1.0) and type(k.degree) is int and type(k.coef0) is float
+    x, y = torch.randn(3, 2), torch.randn(4, 2)
+    assert torch.equal(k(x, y), PolynomialKernel()(x, y))
+    fk = FeatureKernel(lambda z: z, shape=(np.int64(2),))
+    assert fk.shape == (2,) and type(fk.shape[0]) is int
+    with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
+        FeatureKernel(lambda z: z, shape=(True, 2))

@@ -13,8 +13,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from mmdg_lite.metrics import (DensityCoverage, KIDResult, attribute_rate, attribute_rates,
                                density_coverage, frechet_distance, kernel_distance,
-                               mode_assignment, mode_proportions, off_mode_fraction, rke, rrke,
-                               total_variation, vendi_score)
+                               mode_assignment, mode_proportions, off_mode_fraction, off_mode_quantile,
+                               off_mode_radius, rke, rrke, total_variation, vendi_score)
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -284,6 +284,13 @@ ERRORS = [
     (lambda: off_mode_fraction(X, np.zeros((2, 3)), std=np.ones(3)), ValueError, r"shape \(2,\)"),
     (lambda: off_mode_fraction(X, np.zeros((2, 3)), std="1"), TypeError, "std"),
     (lambda: off_mode_fraction(X, np.zeros((2, 3)), std=1.0, n_std=0), ValueError, "n_std"),
+    (lambda: off_mode_fraction(X, np.zeros((2, 3)), std={"a": 1}), TypeError,
+     r"std must be a positive number or 2 positive numbers \(one per mode"),
+    (lambda: off_mode_radius(-1.0, 2), ValueError, "std must be a finite number > 0; got -1.0"),
+    (lambda: off_mode_radius("0.1", 2), TypeError, "std must be a positive number; got str"),
+    (lambda: off_mode_radius(0.1, 0), ValueError, "dim must be an integer >= 1; got 0"),
+    (lambda: off_mode_radius(0.1, 2.5), TypeError, "dim must be an integer >= 1; got float 2.5"),
+    (lambda: off_mode_quantile(0), ValueError, "dim must be an integer >= 1; got 0"),
     (lambda: attribute_rate([], 1), ValueError, "non-empty"),
     (lambda: attribute_rate([[1, 0]], 1), ValueError, "1-D"),
     (lambda: attribute_rate([1.0, np.nan], 1.0), ValueError, "NaN"),
@@ -294,3 +301,12 @@ ERRORS = [
 def test_validation_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_off_mode_fraction_takes_one_std_per_mode_as_a_sequence():
+    means = np.array([[0.0, 0.0], [10.0, 0.0]])
+    x = np.array([[0.05, 0.0], [10.5, 0.0], [5.0, 0.0]])
+    # mode 0 narrow (radius 0.34), mode 1 wide (radius 3.4): only the midpoint is off-mode
+    per_mode = off_mode_fraction(x, means, [0.1, 1.0])
+    assert per_mode == off_mode_fraction(x, means, np.array([0.1, 1.0])) == pytest.approx(1 / 3)
+    assert off_mode_fraction(x, means, (0.1, 0.1)) == off_mode_fraction(x, means, 0.1) == pytest.approx(2 / 3)

@@ -160,3 +160,17 @@ def test_conditional_model_follows_its_prompt(world, model):
     assert float((table[:, 0] - 0.7).abs().max()) < 0.12  # mostly photo, at the base rate
     for c in range(3):  # every style is present (guidance can only reach what the model makes)
         assert float(table[c, 1:4].min()) > 0.02
+
+
+def test_world_checks_points_and_pairing(world):
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\).*got shape \(4, 3\)"):
+        world.assign(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
+        world.off_mode(torch.randn(4, 3))
+    x, prompts = torch.randn(3, 2), ["cat", "dog", "car"]
+    with pytest.raises(ValueError, match=r"pairing\['cat'\] must be one of 'photo', 'anime', .*got 'animee'"):
+        world.pairing_scores(x, prompts, {"cat": "animee"})
+    with pytest.raises(ValueError, match=r"pairing key must be one of 'cat', 'dog', 'car'; got 'cta'"):
+        world.pairing_scores(x, prompts, {"cta": "anime"})
+    with pytest.raises(TypeError, match="pairing must be a mapping"):
+        world.pairing_scores(x, prompts, ["cat"])

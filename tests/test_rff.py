@@ -65,3 +65,20 @@ def test_value_based_reference_term_beats_the_feature_derivative_in_high_dimensi
     assert errs[512][0] < 0.05  # value-based: accurate in 512-D with 4096 features
     assert errs[512][1] > 5 * errs[512][0]  # the derivative estimator is far worse there
     assert errs[512][0] < 2 * errs[16][0] + 0.01  # and the value-based error does not grow with D
+
+
+@pytest.mark.parametrize("seed", [1.5, -1])
+def test_rff_seed_must_be_a_valid_seed(seed):
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {seed}"):
+        RFFReferenceEmbedding(torch.randn(8, 2), 1.0, 16, seed=seed)
+
+
+def test_rff_gradient_runs_in_the_promoted_dtype():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 2, generator=g), torch.randn(16, 2, generator=g)
+    emb32 = RFFReferenceEmbedding(y, 1.0, 16)
+    g64 = mmd2_grad_rff(x.double(), emb32)  # float64 points, float32 summaries
+    assert g64.dtype == torch.float64
+    assert torch.allclose(g64.float(), mmd2_grad_rff(x, emb32), atol=1e-5)
+    emb64 = RFFReferenceEmbedding(y.double(), 1.0, 16)
+    assert emb64.cross_grad(x).dtype == emb64.derivative_cross_grad(x).dtype == torch.float64

@@ -277,6 +277,13 @@ def test_non_positive_permutation_count():
         permutation_test(x, y, K, n_permutations=0)
 
 
+@pytest.mark.parametrize("seed", [1.5, -1, True])
+def test_permutation_test_seed_must_be_a_valid_seed(seed):
+    x, y = _xy()
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {seed}"):
+        permutation_test(x, y, K, n_permutations=5, seed=seed)
+
+
 def test_large_finite_values_are_not_mistaken_for_inf():
     # the finiteness check sums first; an overflowing sum of finite entries must not be rejected
     x = torch.full((4, 3), 3e38)

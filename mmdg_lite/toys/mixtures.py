@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import as_float_tensor, check_finite, check_int, check_points, check_positive
-from ..seeding import make_generator
+from .._validation import _describe, as_float_tensor, check_finite, check_int, check_points, check_positive
+from ..seeding import check_seed, make_generator
 
 __all__ = ["GaussianMixture", "circle_mixture", "random_mixture", "subset_mixture",
            "dirichlet_mixture", "draw_references"]
@@ -117,6 +117,14 @@ def random_mixture(n_modes: int = 8, dim: int = 100, seed: int = 0, mean_scale: 
 
 
 def _check_modes(mixture: GaussianMixture, modes: Sequence[int]) -> list[int]:
+    valid = f"a sequence of distinct integer indices in [0, {mixture.n_modes - 1}], e.g. [0, 2]"
+    if isinstance(modes, (np.ndarray, Tensor)) and modes.ndim == 1:
+        modes = modes.tolist()  # integer arrays give ints; float or bool arrays are refused below
+    if not isinstance(modes, Sequence) or isinstance(modes, (str, bytes)):
+        raise TypeError(f"modes must be {valid}; got {_describe(modes)}")
+    bad = [m for m in modes if isinstance(m, bool) or not isinstance(m, (int, np.integer))]
+    if bad:
+        raise TypeError(f"modes must be {valid}; got non-integer entries {bad!r} in {modes!r}")
     modes = [int(m) for m in modes]
     if not modes or len(set(modes)) != len(modes) or not all(0 <= m < mixture.n_modes for m in modes):
         raise ValueError(
@@ -142,7 +150,7 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
     a = np.full(n_active, float(alpha)) if np.isscalar(alpha) else np.asarray(alpha, dtype=float)
     if a.shape != (n_active,) or not np.all(a > 0):
         raise ValueError(f"alpha must be a positive number or {n_active} positive numbers; got {alpha!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     modes = rng.choice(mixture.n_modes, size=n_active, replace=False)
     w = torch.zeros(mixture.n_modes)
     w[torch.as_tensor(modes)] = torch.as_tensor(rng.dirichlet(a), dtype=torch.float32)

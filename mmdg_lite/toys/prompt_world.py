@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .._validation import check_int
+from .._validation import _describe, check_choice, check_int, check_points
 from ..prompts import TableEncoder, _check_prompt_list
 
 __all__ = ["PromptWorld", "toy_world", "CATEGORIES", "STYLES", "PAIRED_STYLES"]
@@ -81,8 +81,15 @@ class PromptWorld:
         styles = [pairing[c] for c in pairing for _ in range(n)]
         return self.sample(prompts, seed, styles=styles)[0], prompts
 
+    def _points(self, x: Tensor) -> Tensor:
+        x = check_points(x, "x", flatten=False)
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"x must have shape (n, 2), points of this 2-D world; got shape {tuple(x.shape)}")
+        return x
+
     def assign(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Nearest (category, style) mode of each point x (n, 2): two (n,) long tensors."""
+        x = self._points(x)
         flat = self.means.reshape(-1, 2).to(x)  # (C*S, 2)
         k = torch.cdist(x.reshape(-1, 2), flat).argmin(1)  # (n,)
         return k // len(self.styles), k % len(self.styles)
@@ -92,6 +99,7 @@ class PromptWorld:
         n_std-sigma tail (0.344 for std 0.1: a true sample is flagged 0.27 % of the time)."""
         from ..metrics import off_mode_radius
 
+        x = self._points(x)
         radius = off_mode_radius(self.std, 2, n_std)
         return torch.cdist(x.reshape(-1, 2), self.means.reshape(-1, 2).to(x)).min(1).values > radius
 
@@ -122,6 +130,12 @@ class PromptWorld:
         'contamination' = fraction landing in another category's region, or in c's region but in
         a style the user paired with another category (c taking other categories' styles);
         'off_mode' = fraction between modes (see ``off_mode``)."""
+        if not isinstance(pairing, Mapping):
+            raise TypeError(f"pairing must be a mapping category -> style, e.g. {PAIRED_STYLES}; "
+                            f"got {_describe(pairing)}")
+        for name, style in pairing.items():
+            check_choice(name, "each pairing key", self.categories)
+            check_choice(style, f"pairing[{name!r}]", self.styles)
         table, _ = self.style_table(x, prompts)
         cat = self.category_index(prompts)
         out = {}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int
+from .._validation import as_float_tensor, check_choice, check_int
 from .mixtures import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                    random_mixture, subset_mixture)
 from ..denoisers import GaussianMixtureDenoiser
@@ -85,6 +85,10 @@ def evaluate(samples: Tensor, task: SyntheticTask, kid_subset: int = 500,
     (x 10^3, unbiased KID), density and coverage against the held-out target samples.
     Raises if any sample is not finite (a diverged run must never be scored).
     """
+    samples = as_float_tensor(samples, "samples")
+    if samples.ndim < 2 or len(samples) == 0 or samples[0].numel() != task.dim:
+        raise ValueError(f"samples must have shape (n, {task.dim}) with n >= 1, points of task "
+                         f"{task.name!r}; got shape {tuple(samples.shape)}")
     x = samples.detach().reshape(len(samples), -1).double().cpu()
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"{int((~torch.isfinite(x)).any(1).sum())} of {len(x)} samples "
