@@ -301,6 +301,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
         except Exception as err:  # any loading failure: say which model and why
             raise _BadInput(f"--model: cannot load {model!r} as a diffusers pipeline "
                             f"({type(err).__name__}: {str(err)[:300]})") from None
+        n_train = getattr(pipe.scheduler.config, "num_train_timesteps", None)
+        if n_train is not None and args.steps > int(n_train):
+            raise _BadInput(f"--steps must be at most the scheduler's num_train_timesteps ({n_train}, "
+                            f"{type(pipe.scheduler).__name__} of {model!r}); got {args.steps}")
         size = pipeline_image_size(pipe)
         try:
             images = load_reference_folder(refs_dir, size, 3)

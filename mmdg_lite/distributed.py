@@ -48,7 +48,8 @@ from .guidance.guide import ChainedGuidance, MMDGuidance
 from .kernels import GaussianKernel, ProductKernel
 from .mmd import _chunks, _gradw, _prompt_factors, _Prepared
 from .rff import RFFReferenceEmbedding
-from .sampling import SampleResult, sample
+from .sampling import SampleResult, _check_device, _check_shape, sample
+from .seeding import check_seed
 
 __all__ = ["DistributedBatchSet", "DistributedGuidanceError", "distributed_guidance",
            "sample_distributed", "init_distributed", "all_gather_rows", "shard_bounds", "MicroBatched"]
@@ -281,6 +282,10 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     same arguments (checked once at the start).
     """
     n = check_int(n, "n", 1)
+    shape_t = _check_shape(shape)
+    seed = check_seed(seed)
+    device = kwargs.get("device")
+    dev = _check_device(device) if device is not None else None
     for k in ("batch_size", "generator", "per_sample_seed", "first_index"):
         if k in kwargs:
             raise TypeError(f"sample_distributed sets {k} itself (each process runs its whole shard as "
@@ -296,11 +301,9 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     if guidance is not None:
         _distributed_hooks(guidance)
     # one cheap check that every process agrees on the run (a mismatch would hang or diverge)
-    shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
     fingerprint = torch.tensor([n, seed, int(kwargs.get("num_steps", 100)), *shape_t, len(shape_t)],
                                dtype=torch.long)
-    device = kwargs.get("device")
-    dev = torch.device(device) if device is not None else _probe_device(denoiser)
+    dev = dev if dev is not None else _probe_device(denoiser)
     fps, _ = all_gather_rows(fingerprint[None].to(dev), group, "the run's settings")
     if not bool((fps == fps[:1]).all()):
         raise DistributedGuidanceError(

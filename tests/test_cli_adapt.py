@@ -114,6 +114,7 @@ def _bad_cases(model, refs, tmp_path):
         "guidance scale inf": (["--guidance-scale", "inf"], "--guidance-scale"),
         "negative seed": (["--seed", "-1"], "--seed"),
         "bad device": (["--device", "cpux"], "--device"),
+        "too many steps": (["--steps", "5000"], "--steps must be at most the scheduler's num_train_timesteps (1000"),
     }
 
 
@@ -121,7 +122,8 @@ def _bad_cases(model, refs, tmp_path):
                                   "missing references", "unreadable references", "prompt count",
                                   "missing prompts file", "zero images", "negative images",
                                   "negative strength", "strength not a number", "strength nan",
-                                  "guidance scale nan", "guidance scale inf", "negative seed", "bad device"])
+                                  "guidance scale nan", "guidance scale inf", "negative seed", "bad device",
+                                  "too many steps"])
 def test_adapt_bad_input_exits_nonzero_and_writes_nothing(model, refs, tmp_path, capsys, case):
     work = tmp_path / "work"
     work.mkdir()

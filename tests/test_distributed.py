@@ -218,3 +218,20 @@ def test_memory_mode_and_data_dependent_prompt_kernel_are_refused(tmp_path):
             sample_distributed(den, N, (2,), guidance=MMDGuidance(refs2), num_steps=STEPS)
     finally:
         dist.destroy_process_group()
+
+
+def test_sample_distributed_checks_its_arguments_first():
+    """device, shape and seed are checked as ``sample`` checks them, before any collective
+    (they were raw torch errors, or an error about the missing process group)."""
+    from mmdg_lite.distributed import sample_distributed
+
+    den, _, _ = _setup()
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError, match="device must be a torch device or its name.*got 'cpuu'"):
+        sample_distributed(den, N, (2,), device="cpuu")
+    with pytest.raises(ValueError, match="shape must be a positive int or a tuple of positive ints.*got 'ab'"):
+        sample_distributed(den, N, "ab")
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\); got '0'"):
+        sample_distributed(den, N, (2,), seed="0")
+    with pytest.raises(RuntimeError, match="initialised process group"):  # valid arguments get this far
+        sample_distributed(den, N, 2, seed=0, device="cpu")

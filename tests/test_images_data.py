@@ -204,3 +204,55 @@ def test_detectors_refuse_bad_images_and_thresholds():
     assert torch.equal(detect_thick(digits * 1.2), detect_thick((digits * 1.2).clamp(-1, 1)))
     assert torch.equal(detect_thick(digits, threshold=np.float64(0.6)), detect_thick(digits))
     assert detect_shapes(shapes * 1.2).valid.shape == (4,)
+
+
+def test_detectors_refuse_images_without_the_dark_background():
+    """[0, 1] images were measured silently (as half-grey); every real image and shipped-model
+    sample reaches -0.97 or below, so a batch whose darkest pixel is above -0.5 is refused."""
+    digits = load_digit_set("test", style_fraction=0.5).images
+    shapes = make_shapes(500, seed=0).images
+    assert float(digits.reshape(len(digits), -1).min(1).values.max()) < -0.9  # per image, not just per batch
+    assert float(shapes.reshape(len(shapes), -1).min(1).values.max()) < -0.9
+    for detect in (detect_thick, detect_speckle, thickness_score, speckle_score):
+        with pytest.raises(ValueError, match=r"images must be in \[-1, 1\] on a dark background near -1.*x \* 2 - 1"):
+            detect((digits + 1) / 2)
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\] on a dark background"):
+        detect_shapes((shapes[:8] + 1) / 2)
+    assert detect_shapes(shapes[:8]).valid.all()  # unchanged for images in [-1, 1]
+
+
+def test_attribute_names_and_values_are_checked():
+    s = make_shapes(8, seed=0)
+    det = detect_shapes(s.images)
+    assert det.rate("colour", "red") == float(s.mask("colour", "red").float().mean())
+    with pytest.raises(ValueError, match=r"attribute must be one of 'shape', 'colour', 'size', 'fill'; got 'color'"):
+        det.rate("color", "red")
+    with pytest.raises(ValueError, match=r"colour value must be one of 'red', 'green', 'blue', 'yellow'; got 'reed'"):
+        det.rate("colour", "reed")
+    with pytest.raises(ValueError, match=r"colour value must be one of .*; got 'grey'"):
+        s.mask("colour", "grey")
+    with pytest.raises(ValueError, match="attribute must be one of"):
+        s.names("color")
+
+
+def test_make_shapes_checks_proportions_jitter_and_caption_arguments():
+    with pytest.raises(ValueError, match=r"proportions\['fill'\] must be 2 finite non-negative numbers.*nan"):
+        make_shapes(8, {"fill": [float("nan"), 1.0]})
+    with pytest.raises(ValueError, match=r"proportions\['fill'\] must be 2 .*got 'outlined'"):
+        make_shapes(4, {"fill": "outlined"})
+    with pytest.raises(ValueError, match=r"proportions\['fill'\].*got \[0.0, 'all'\]"):
+        make_shapes(4, {"fill": {"outlined": "all"}})
+    with pytest.raises(ValueError, match="jitter must be a finite number >= 0; got -5.0"):
+        make_shapes(4, jitter=-5.0)
+    with pytest.raises(ValueError, match=r"jitter must be a number from 0 to 5 .*got 100.0"):
+        make_shapes(4, jitter=100.0)  # every shape was drawn outside the image: blank images
+    with pytest.raises(TypeError, match="jitter"):
+        make_shapes(4, jitter="2")
+    edge = make_shapes(40, {"size": {"large": 1.0}}, jitter=5.0, seed=1)  # the largest jitter keeps every shape
+    assert bool(detect_shapes(edge.images).valid.float().mean() > 0.9)
+    assert torch.equal(make_shapes(4, jitter=0).images[0], make_shapes(4, jitter=0.0).images[0])
+    from mmdg_lite.images.shapes import caption
+
+    assert caption("circle", "red") == "a red circle"
+    with pytest.raises(ValueError, match="shape must be one of 'circle', 'square', 'triangle'; got 'red'"):
+        caption("red", "circle")

@@ -67,6 +67,10 @@ def test_unet_denoiser_names_the_shape_its_unet_needs():
         sample(den, 2, (4, 8, 8), scheduler="ddim", num_steps=2, seed=0)
     with pytest.raises(ValueError, match=r"got shape \(8, 8, 8\)"):
         den(torch.zeros(8, 8, 8), 10)
+    # H, W the UNet cannot halve (two blocks: downsamples by 2) were a raw torch.cat error
+    with pytest.raises(ValueError, match=r"x_t has H x W = 9 x 9 \(shape \(2, 8, 9, 9\)\).*multiples of 2"):
+        sample(den, 2, (8, 9, 9), num_steps=3)
+    assert den(torch.zeros(1, 8, 10, 6), 10).shape == (1, 8, 10, 6)  # any even size runs
 
 
 def test_shipped_vae_loads_and_reconstructs_every_style():

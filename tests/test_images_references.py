@@ -180,3 +180,28 @@ def test_encode_decode_check_their_inputs():
         decode_latents(vae, z[:0])
     with pytest.raises(ValueError, match="latents contains"):
         decode_latents(vae, z.clone().fill_(float("inf")))
+
+
+def test_encode_references_refuses_another_scale():
+    """Float images in 0-255 were encoded without complaint; overshoot up to +-3 (generated
+    samples) is still encoded as it is."""
+    vae = _tiny_vae(0.5)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\].*got values in \[.*\].*x / 127.5 - 1"):
+        encode_references(vae, (x + 1) * 127.5)
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\]"):
+        encode_references(vae, x - 4)
+    over = x * 1.2
+    with torch.no_grad():
+        assert torch.equal(encode_references(vae, over), vae.encode(over).latent_dist.mean * 0.5)
+    z = encode_references(vae, x)
+    assert decode_latents(vae, z * 10).shape == (2, 3, 16, 16)  # latents are not range-checked
+
+
+def test_from_tensors_takes_unit_range_data_as_given_under_the_default_range():
+    """[0, 1] data lies inside the default (-1, 1): documented, returned as given, not rescaled."""
+    doc = " ".join(references_from_tensors.__doc__.split())
+    assert "Data in [0, 1] lies inside the default (-1, 1)" in doc and "value_range=(0, 1)" in doc
+    unit = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(references_from_tensors(unit, 8, 1), unit)
+    assert torch.allclose(references_from_tensors(unit, 8, 1, value_range=(0, 1)), unit * 2 - 1)

@@ -215,6 +215,37 @@ def test_callback_refuses_what_it_cannot_do(sd):
         run(sd, MMDGuidanceCallback(MMDGuidance(refs)), n=1, steps=2)
 
 
+def test_references_in_another_scale_or_with_the_wrong_channels_are_refused(sd):
+    """0-255 float images were encoded silently; latents with channels the UNet does not take
+    failed only at sampling."""
+    pixels = (red_images(2) + 1) * 127.5
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\].*got values in \[0, 242.2\]"):
+        encode_images(sd, pixels)
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\]"):
+        encode_images(sd, pixels.to(torch.uint8))
+    with pytest.raises(ValueError, match=r"references must be in \[-1, 1\].*got values in \[0, 242.2\]"):
+        pipeline_guidance(sd, pixels)
+    refs = encode_images(sd, red_images(2))  # (2, 4, 16, 16)
+    assert torch.equal(pipeline_guidance(sd, refs).references, refs)
+    assert encode_images(sd, red_images(2) * 1.2).shape == refs.shape  # overshoot is still encoded
+    with pytest.raises(ValueError, match=r"references has 8 channel\(s\) \(shape \(2, 8, 16, 16\)\) but the "
+                                         r"pipeline's latents have 4"):
+        pipeline_guidance(sd, refs.repeat(1, 2, 1, 1))
+
+
+def test_generate_takes_one_prompt_as_a_str_and_checks_the_count(sd):
+    from mmdg_lite.pipelines.adapt import generate
+
+    images, _ = generate(sd, PROMPT, 1, steps=2, progress=False, size=32)
+    assert images.shape == (1, 3, 32, 32)  # was 12 images, one per character
+    listed, _ = generate(sd, [PROMPT], 1, steps=2, progress=False, size=32)
+    assert torch.equal(images, listed)
+    with pytest.raises(ValueError, match="num_images_per_prompt must be an integer >= 1; got 0"):
+        generate(sd, [PROMPT], 0, steps=2, progress=False, size=32)
+    with pytest.raises(ValueError, match="prompts must be a non-empty list of strings"):
+        generate(sd, [], 1, steps=2, progress=False, size=32)
+
+
 # --- the scheduler-step wrapper --------------------------------------------------------------
 
 def test_step_wrapper_keeps_signature_and_sees_x_t_and_cfg_noise(sd):

@@ -40,6 +40,11 @@ class UNetDenoiser(nn.Module):
             raise ValueError(f"x_t must be (B, {channels}, H, W) for this UNet (config.in_channels = {channels}); "
                              f"got shape {tuple(x_t.shape)}: sample with shape=denoiser.sample_shape "
                              f"= {self.sample_shape}")
+        down = 2 ** (len(getattr(self.unet.config, "down_block_types", ())) - 1)  # all blocks but the last halve
+        if down > 1 and (x_t.shape[2] % down or x_t.shape[3] % down):
+            raise ValueError(f"x_t has H x W = {x_t.shape[2]} x {x_t.shape[3]} (shape {tuple(x_t.shape)}), but this "
+                             f"UNet downsamples by {down}: both must be multiples of {down}, e.g. "
+                             f"shape=denoiser.sample_shape = {self.sample_shape}")
         if not isinstance(t, Tensor):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t).sample

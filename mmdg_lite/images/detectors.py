@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validation import _describe, check_finite, is_real_number
-from .shapes import PALETTE, SHAPE_ATTRIBUTES
+from .shapes import PALETTE, SHAPE_ATTRIBUTES, _value_index
 
 __all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "speckle_score", "detect_speckle",
            "SPECKLE_THRESHOLD", "ShapeDetection", "detect_shapes", "SHAPE_AREA_RATIO", "SOFT_INK"]
@@ -51,10 +51,28 @@ _BACKGROUND_TOL = 0.2      # validity: mean brightest channel of pixels away fro
 # Inputs are clamped to [-1, 1]; generated samples overshoot it a little (up to about 1.2), but
 # values beyond this bound mean another scale (0-255 pixels, [0, 1] images times 255, ...).
 _MAX_ABS = 3.0
+# The digits and shapes are drawn on a background at -1: every real image (the 1,797 digits, 1,000
+# shapes) and every sample of the shipped UNets (DDIM 50, unguided and MMD-guided) has a pixel at
+# -0.97 or below. A batch whose darkest pixel is above this has no background: images in [0, 1],
+# which would be read as half-grey and mis-measured.
+_MAX_BACKGROUND = -0.5
+
+
+def _check_scale(x: Tensor, name: str, what: str = "accepted") -> None:
+    """Refuse values beyond +-_MAX_ABS (another scale: 0-255 pixels, ...) in images meant to be
+    in [-1, 1]; ``what`` says what happens to the overshoot below that bound."""
+    if x.numel():
+        lo, hi = (float(v) for v in x.aminmax())
+        if max(-lo, hi) > _MAX_ABS:
+            raise ValueError(f"{name} must be in [-1, 1] (overshoot up to +-{_MAX_ABS:g} is {what}); got values "
+                             f"in [{lo:.4g}, {hi:.4g}]; e.g. map 0-255 pixels with x / 127.5 - 1")
 
 
 def _to_unit(images: Tensor, name: str, channels: int | None = None) -> Tensor:
-    """images (N, C, H, W) in [-1, 1] (C == channels if given), finite -> [0, 1] on the CPU."""
+    """images (N, C, H, W) in [-1, 1] (C == channels if given), finite -> [0, 1] on the CPU.
+
+    The batch must reach the dark background: a darkest pixel above -0.5 (``_MAX_BACKGROUND``)
+    means images in [0, 1] (or blank white ones), which the detectors would misread; it raises."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W) in [-1, 1]; got {_describe(images)}")
     if images.ndim != 4:
@@ -64,11 +82,11 @@ def _to_unit(images: Tensor, name: str, channels: int | None = None) -> Tensor:
                          f"got shape {tuple(images.shape)}")
     x = images.detach().float().cpu()
     check_finite(x, name)
-    if x.numel():
-        lo, hi = (float(v) for v in x.aminmax())
-        if max(-lo, hi) > _MAX_ABS:
-            raise ValueError(f"{name} must be in [-1, 1] (overshoot up to +-{_MAX_ABS:g} is clamped); got values "
-                             f"in [{lo:.4g}, {hi:.4g}]; e.g. map 0-255 pixels with x / 127.5 - 1")
+    _check_scale(x, name, "clamped")
+    if x.numel() and float(x.min()) > _MAX_BACKGROUND:
+        raise ValueError(f"{name} must be in [-1, 1] on a dark background near -1; got values in "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (no pixel below {_MAX_BACKGROUND:g}): "
+                         "images in [0, 1]? map them with x * 2 - 1")
     return ((x + 1) / 2).clamp(0, 1)
 
 
@@ -121,7 +139,8 @@ class ShapeDetection:
 
     def rate(self, attribute: str, value: str, valid_only: bool = False) -> float:
         """Fraction of images detected with ``attribute == value`` (among valid ones if asked)."""
-        hit = self.attributes[attribute] == SHAPE_ATTRIBUTES[attribute].index(value)
+        index = _value_index(attribute, value)  # checks both names first
+        hit = self.attributes[attribute] == index
         if valid_only:
             return float(hit[self.valid].float().mean()) if bool(self.valid.any()) else float("nan")
         return float(hit.float().mean())

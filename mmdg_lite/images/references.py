@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._validation import _describe, check_finite, check_int, is_real_number
+from .detectors import _check_scale
 
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
            "IMAGE_SUFFIXES"]
@@ -33,7 +34,10 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
     """Tensors/arrays (N, C, H, W) or (N, H, W) in ``value_range`` -> (N, channels, size, size) in [-1, 1].
 
     One channel is repeated to three; three become one by ITU-R 601 luma; other sizes are
-    resized bilinearly (antialiased).
+    resized bilinearly (antialiased). Values may leave ``value_range`` by 10 % of its span
+    (clamped); further out they raise, suggesting the range the data looks like. Data in [0, 1]
+    lies inside the default (-1, 1) and cannot be told from bright [-1, 1] images, so it is
+    taken as given (black comes back as mid-grey 0): pass ``value_range=(0, 1)`` for it.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
@@ -156,8 +160,10 @@ def _convert(im: Any, size: int, channels: int) -> np.ndarray:
     return a[..., None] if channels == 1 else a  # (H, W, C)
 
 
-def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batch_size: Any) -> Tensor:
-    """x a finite floating tensor (N, channels, H, W), N >= 1, cast to the VAE's parameter dtype."""
+def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batch_size: Any,
+                     pixels: bool = False) -> Tensor:
+    """x a finite floating tensor (N, channels, H, W), N >= 1, cast to the VAE's parameter dtype.
+    ``pixels``: images in [-1, 1]; values beyond +-3 (another scale, e.g. 0-255) raise."""
     check_int(batch_size, "batch_size", 1)
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W); got {_describe(x)}"
@@ -172,6 +178,8 @@ def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batc
                         + (" in [-1, 1], e.g. references_from_tensors(images, size, 3, value_range=(0, 255)) "
                            "for uint8 pixels" if name == "images" else ""))
     check_finite(x, name)
+    if pixels:
+        _check_scale(x, name)
     return x.to(next(vae.parameters()).dtype)
 
 
@@ -181,11 +189,12 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
 
     The posterior mean by default (deterministic); ``sample=True`` draws from the posterior.
     ``images`` must have the VAE's ``config.in_channels`` and H, W divisible by its downsampling
-    factor; floating dtypes are cast to the VAE's.
+    factor; floating dtypes are cast to the VAE's. Values beyond +-3 (0-255 pixels, ...) raise;
+    generated samples' small overshoot of [-1, 1] is encoded as it is.
     """
     images = _check_vae_input(vae, images, "images", int(vae.config.in_channels),
                               "vae.config.in_channels; grey images: load them with channels=3 "
-                              "or repeat with images.expand(-1, 3, -1, -1)", batch_size)
+                              "or repeat with images.expand(-1, 3, -1, -1)", batch_size, pixels=True)
     down = 2 ** (len(vae.config.block_out_channels) - 1)
     if images.shape[2] % down or images.shape[3] % down:
         raise ValueError(f"images have H x W = {images.shape[2]} x {images.shape[3]}, but the VAE downsamples by "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_int
+from .._validation import check_choice, check_int, check_nonnegative
 
 __all__ = ["ShapeSet", "make_shapes", "draw_shape", "SHAPE_ATTRIBUTES", "PALETTE",
            "DEFAULT_PROPORTIONS", "RADIUS", "OUTLINE_WIDTH", "caption", "CAPTIONS", "caption_labels"]
@@ -39,10 +39,22 @@ DEFAULT_PROPORTIONS: dict[str, tuple[float, ...]] = {
     "size": (0.75, 0.25), "fill": (0.75, 0.25),
 }
 _SUPERSAMPLE = 4
+# make_shapes: centres move by at most this many px (of a 32 px image), so that a large shape
+# (half-extent RADIUS["large"] = 11 px) stays inside the image: 16 - 5 - 11 = 0.
+_MAX_JITTER = 5.0
+
+
+def _value_index(attribute: str, value: str) -> int:
+    """The class index of ``value`` in SHAPE_ATTRIBUTES[attribute]; both are checked by name."""
+    values = SHAPE_ATTRIBUTES[check_choice(attribute, "attribute", tuple(SHAPE_ATTRIBUTES))]
+    return values.index(check_choice(value, f"{attribute} value", values))
 
 
 def caption(shape: str, colour: str) -> str:
-    """The text prompt of an image: names shape and colour only, e.g. "a red circle"."""
+    """The text prompt of an image: names shape and colour only, e.g. ``caption("circle", "red")``
+    is "a red circle"."""
+    check_choice(shape, "shape", SHAPE_ATTRIBUTES["shape"])
+    check_choice(colour, "colour", SHAPE_ATTRIBUTES["colour"])
     return f"a {colour} {shape}"
 
 
@@ -71,12 +83,13 @@ class ShapeSet:
 
     def names(self, attribute: str) -> list[str]:
         """The attribute's value names per image, e.g. ["circle", "square", ...]."""
-        values = SHAPE_ATTRIBUTES[attribute]
+        values = SHAPE_ATTRIBUTES[check_choice(attribute, "attribute", tuple(SHAPE_ATTRIBUTES))]
         return [values[i] for i in self.attributes[attribute].tolist()]
 
     def mask(self, attribute: str, value: str) -> Tensor:
         """(N,) bool: images whose ``attribute`` equals ``value``."""
-        return self.attributes[attribute] == SHAPE_ATTRIBUTES[attribute].index(value)
+        index = _value_index(attribute, value)  # checks both names first
+        return self.attributes[attribute] == index
 
     def subset(self, index: Tensor) -> "ShapeSet":
         idx = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
@@ -129,10 +142,15 @@ def draw_shape(shape: str, colour: str, size: str, fill: str, *, image_size: int
 
 
 def _exact_assignment(n: int, probs: Sequence[float], rng: np.random.Generator, name: str) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 1 or len(p) != len(SHAPE_ATTRIBUTES[name]) or (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"proportions[{name!r}] must be {len(SHAPE_ATTRIBUTES[name])} non-negative "
-                         f"numbers (one per value of {SHAPE_ATTRIBUTES[name]}), not all zero; got {probs!r}")
+    try:  # a str would be read as one number ("0.5") or fail to convert ("outlined")
+        p = None if isinstance(probs, (str, bytes)) else np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError):
+        p = None
+    if p is None or p.ndim != 1 or len(p) != len(SHAPE_ATTRIBUTES[name]) or not np.isfinite(p).all() \
+            or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"proportions[{name!r}] must be {len(SHAPE_ATTRIBUTES[name])} finite non-negative "
+                         f"numbers (one per value of {SHAPE_ATTRIBUTES[name]}), not all zero, or a "
+                         f"{{value: share}} mapping; got {probs!r}")
     if abs(p.sum() - 1.0) > 1e-3:  # {"outlined": 0.7} would otherwise silently mean 100 % outlined
         a, b = SHAPE_ATTRIBUTES[name][:2]
         raise ValueError(f"proportions[{name!r}] must sum to 1 (values not named get 0); got shares summing to "
@@ -151,9 +169,13 @@ def make_shapes(n: int, proportions: Mapping[str, Sequence[float] | Mapping[str,
 
     A proportion is a sequence over SHAPE_ATTRIBUTES[name] or a {value: share} mapping (values
     not named get 0); the shares must sum to 1, e.g. ``{"fill": {"outlined": 1.0}}`` for outlined
-    shapes only. Centres are jittered uniformly by up to ``jitter`` px. Deterministic in ``seed``.
+    shapes only. Centres are jittered uniformly by up to ``jitter`` px of a 32 px image (scaled
+    with ``image_size``), 0 to 5 so that every shape stays inside the image. Deterministic in ``seed``.
     """
     n = check_int(n, "n", 1)
+    if check_nonnegative(jitter, "jitter") > _MAX_JITTER:
+        raise ValueError(f"jitter must be a number from 0 to {_MAX_JITTER:g} (px of a 32 px image; further "
+                         f"shapes leave the image); got {jitter!r}")
     check_int(seed, "seed", 0)
     image_size = check_int(image_size, "image_size", 16)
     proportions = dict(proportions or {})
@@ -169,7 +191,7 @@ def make_shapes(n: int, proportions: Mapping[str, Sequence[float] | Mapping[str,
             bad = set(probs) - set(values)
             if bad:
                 raise ValueError(f"proportions[{name!r}] names unknown value(s) {sorted(bad)}; valid: {values}")
-            probs = [float(probs.get(v, 0.0)) for v in values]
+            probs = [probs.get(v, 0.0) for v in values]  # numbers: checked with the sequences
         attrs[name] = torch.from_numpy(_exact_assignment(n, probs, rng, name))
     centres = image_size / 2 + rng.uniform(-jitter, jitter, size=(n, 2)) * image_size / 32
     imgs = np.empty((n, 3, image_size, image_size), dtype=np.float32)

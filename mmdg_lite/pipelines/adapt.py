@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .._resources import data_path
-from .encoding import encode_images
+from .._validation import check_int
+from .encoding import _check_prompts, encode_images
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback
 
 __all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
@@ -50,11 +51,14 @@ def load_pipeline(model: str | Path, *, device: str | None = None, dtype: torch.
     return pipe.to(device)
 
 
-def generate(pipe: Any, prompts: Sequence[str], num_images_per_prompt: int, *, guidance: Any = None,
+def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int, *, guidance: Any = None,
              steps: int = 30, guidance_scale: float = 5.0, seed: int = 0, progress: bool = True,
              size: int | None = None) -> tuple[Tensor, float]:
-    """Images (N, 3, H, W) in [-1, 1] and the wall time. ``guidance`` (an MMDGuidance) runs
+    """Images (N, 3, H, W) in [-1, 1], N = len(prompts) * num_images_per_prompt, and the wall time.
+    ``prompts``: a list of prompts, or one prompt as a str. ``guidance`` (an MMDGuidance) runs
     through the callback for eval points x_t / x_prev and the step wrapper for x0_hat."""
+    prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
+    check_int(num_images_per_prompt, "num_images_per_prompt", 1)
     pipe.set_progress_bar_config(disable=not progress)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
@@ -71,7 +75,7 @@ def generate(pipe: Any, prompts: Sequence[str], num_images_per_prompt: int, *, g
             wrapper = GuidedSchedulerStep(pipe, guidance)
     start = time.perf_counter()
     try:
-        images = pipe(list(prompts), **kwargs).images
+        images = pipe(prompts, **kwargs).images
     finally:
         if callback is not None:
             callback.unwatch()

@@ -73,12 +73,15 @@ def pipeline_image_size(pipe: Any) -> int:
 def encode_images(pipe: Any, images: Tensor, *, batch_size: int = 16) -> Tensor:
     """images (N, 3, H, W) in [-1, 1] -> (N, c, h, w) float32 latents = scaling_factor * E(x),
     with the pipeline's own VAE (the factor applied once). A float16 VAE whose config asks for
-    ``force_upcast`` (SDXL's) encodes in float32, as the pipelines decode; NaN/Inf latents raise."""
+    ``force_upcast`` (SDXL's) encodes in float32, as the pipelines decode; NaN/Inf latents raise,
+    and so do images beyond +-3 (another scale, e.g. 0-255 pixels)."""
     from ..images import encode_references
+    from ..images.detectors import _check_scale
 
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor (N, 3, H, W) in [-1, 1] with N >= 1; got {got}")
+    _check_scale(images.float(), "images")  # before the cast to the VAE's dtype (255 in uint8, 1e5 in float16)
     vae = pipe.vae
     dtype = vae.dtype
     upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
@@ -112,13 +115,23 @@ def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Seque
     reference) and the sampling ``prompts`` it is prompt-aware (product kernel, paper Eq. 10-11).
     Other keyword arguments go to ``MMDGuidance``."""
     from ..guidance import MMDGuidance
+    from ..images.detectors import _check_scale
 
     if not isinstance(references, Tensor) or references.ndim != 4:
         got = tuple(references.shape) if isinstance(references, Tensor) else type(references).__name__
         raise ValueError(f"references must be images (N, 3, H, W) or latents (N, c, h, w); got {got}")
-    latent_channels = int(pipe.unet.config.in_channels)
-    latents = encode_images(pipe, references) if references.shape[1] == 3 and latent_channels != 3 \
-        else references.float()
+    # the latents the scheduler steps: the VAE's channels (an inpainting UNet takes more, its masks)
+    vae_config = getattr(getattr(pipe, "vae", None), "config", None)
+    latent_channels = int(getattr(vae_config, "latent_channels", pipe.unet.config.in_channels))
+    if references.shape[1] == 3 and latent_channels != 3:
+        _check_scale(references.float(), "references")
+        latents = encode_images(pipe, references)
+    elif references.shape[1] != latent_channels:
+        raise ValueError(f"references has {references.shape[1]} channel(s) (shape {tuple(references.shape)}) but "
+                         f"the pipeline's latents have {latent_channels} (its VAE's latent_channels): pass images "
+                         f"(N, 3, H, W) in [-1, 1] or latents (N, {latent_channels}, h, w) from encode_images")
+    else:
+        latents = references.float()
     if reference_prompts is None:
         if prompts is not None:
             raise ValueError("prompts= (the sampling prompts) needs reference_prompts= too")
