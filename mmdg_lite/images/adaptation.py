@@ -183,7 +183,7 @@ def _presets() -> dict[str, dict[str, dict[str, Any]]]:
     50 references; each method given a small sweep, each preset kept by one rule written down
     before the sweep ran (tables: benchmarks/results/calibration_digits.md, calibration_shapes.md).
 
-    Digits (every setting keeps >= 99 % valid, so the rule is the lowest mean FD). MMD on x0_hat,
+    Digits (every setting keeps >= 97 % valid, so the rule is the lowest mean FD). MMD on x0_hat,
     Gaussian 0.5 x median, strength 1.5 (FD 291; 1 / 2: 315 / 297; 0.35 x median 311 / 317;
     0.7 x median 315; the library's default kernel family, displacement-weighted Gaussians at
     0.25/0.5/1 x median strength 0.5: 295, at 0.5/1/2 x median strength 0.3: 440). Classifier
