@@ -76,7 +76,14 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0, in ``work_dtype``.
 
     No square root is taken, so the gradient 2 (x_i - y_j) stays finite at zero distance.
+    Shapes are checked (cheaply: this runs inside the kernels); values are the caller's.
     """
+    for name, v in (("x", x), ("y", y)):
+        if not isinstance(v, Tensor) or v.ndim != 2:
+            raise ValueError(f"{name} must be a tensor of points (n, D); got "
+                             f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"dimension mismatch: x has {x.shape[1]} features per point, y has {y.shape[1]}")
     dt = work_dtype(x, y)
     x, y = x.to(dt), y.to(dt)
     xx = torch.linalg.vector_norm(x, dim=-1).square()[:, None]  # (n, 1), one pass, no (n, D) temporary

@@ -176,6 +176,9 @@ def vendi_score(x: Any, kernel: str = "cosine", bandwidth: float | None = None) 
     check_choice(kernel, "kernel", VENDI_KERNELS)
     x = _feats(x, "x")
     if kernel == "cosine":
+        if bandwidth is not None:  # a user tuning it would otherwise see no effect
+            raise ValueError(f"kernel='cosine' has no bandwidth; got bandwidth={bandwidth!r} "
+                             "(use kernel='gaussian' for a bandwidth)")
         norms = x.norm(dim=1)
         if bool((norms == 0).any()):
             raise ValueError(f"x has {int((norms == 0).sum())} all-zero row(s); the cosine "

@@ -214,4 +214,10 @@ def sample_with_prompts(denoiser: Any, prompts: Sequence[str], encoder: PromptEn
     if sp is not None and len(sp) != len(cond):
         raise ValueError(f"the guidance holds {len(sp)} sample_prompts but prompts has {len(cond)}; "
                          "build the guidance with the same prompt list you sample with")
+    if sp is not None and sp.shape == cond.shape:  # same encoder: the same prompts give the same rows
+        differ = ~torch.isclose(sp.to(cond), cond, rtol=1e-5, atol=1e-6).all(1)  # (n,)
+        if bool(differ.any()):
+            i = int(differ.nonzero()[0])
+            raise ValueError(f"the guidance's sample_prompts differ from prompts (first at row {i}: prompts[{i}] = "
+                             f"{prompts[i]!r}); build the guidance with the same prompt list you sample with")
     return sample(denoiser, len(cond), shape, cond=cond, guidance=guidance, **sample_kwargs).samples

@@ -157,6 +157,15 @@ def test_schedules(schedule, expected):
     assert got == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("args,match", [((5, 5), r"step_index must be from 0 to num_steps - 1 = 4; got 5"),
+                                        ((-1, 5), r"step_index must be an integer >= 0; got -1"),
+                                        ((1.5, 5), r"step_index must be an integer >= 0; got float 1.5"),
+                                        ((0, 0), r"num_steps must be an integer >= 1; got 0")])
+def test_schedule_weight_refuses_steps_outside_the_run(args, match):
+    with pytest.raises((ValueError, TypeError), match=match):  # "linear" would give u > 1 or < 0
+        schedule_weight("linear", *args, 0.5)
+
+
 def test_schedule_last_zero_steps_leave_samples_untouched():
     st = make_state(step_index=0, num_steps=10)
     out = MMDGuidance(refs(), strength=1.0, schedule="last", last_fraction=0.2)(st)

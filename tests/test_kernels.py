@@ -91,6 +91,15 @@ def test_pairwise_sq_dists_non_negative_and_zero_on_duplicates():
     assert torch.allclose(d2.double(), ref, rtol=1e-4, atol=1e-1)
 
 
+def test_pairwise_sq_dists_names_bad_shapes():
+    with pytest.raises(ValueError, match=r"dimension mismatch: x has 3 features per point, y has 2"):
+        pairwise_sq_dists(torch.randn(4, 3), torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"y must be a tensor of points \(n, D\); got \(5,\)"):
+        pairwise_sq_dists(torch.randn(4, 3), torch.randn(5))
+    with pytest.raises(ValueError, match=r"x must be a tensor of points \(n, D\); got list"):
+        pairwise_sq_dists([[0.0, 1.0]], torch.randn(5, 2))
+
+
 # --- closed-form weighted gradients --------------------------------------------------------------
 
 def _grad_cases(name, seed, n, m, d):

@@ -271,6 +271,7 @@ ERRORS = [
     (lambda: rrke(X, np.zeros((4, 2)), bandwidth=1.0), ValueError, "dimension mismatch"),
     (lambda: vendi_score(X, kernel="rbf"), ValueError, "kernel must be one of"),
     (lambda: vendi_score(X, kernel="gaussian"), ValueError, "needs a bandwidth"),
+    (lambda: vendi_score(X, bandwidth=0.5), ValueError, r"kernel=.cosine. has no bandwidth; got bandwidth=0.5"),
     (lambda: vendi_score(np.zeros((3, 2))), ValueError, "all-zero"),
     (lambda: mode_assignment(X, np.zeros((2, 4))), ValueError, "dimension mismatch"),
     (lambda: mode_proportions(X, np.zeros((2, 3)), n_modes=3), ValueError, "n_modes=3"),

@@ -109,6 +109,13 @@ def test_errors_name_the_argument(world):
     g = prompt_aware_guidance(refs, rprompts, enc, ["cat"] * 4)
     with pytest.raises(ValueError, match=r"holds 4 sample_prompts but prompts has 6"):
         sample_with_prompts(lambda x, t, c: torch.zeros_like(x), ["cat"] * 6, enc, guidance=g)
+    # same count, other prompts: the guidance would weight each sample by the wrong prompt
+    g = prompt_aware_guidance(refs, rprompts, enc, ["cat", "cat", "dog", "cat"])
+    with pytest.raises(ValueError, match=r"sample_prompts differ from prompts \(first at row 2: prompts\[2\] = 'cat'\)"):
+        sample_with_prompts(lambda x, t, c: torch.zeros_like(x), ["cat"] * 4, enc, guidance=g)
+    x = sample_with_prompts(lambda x, t, c: torch.zeros_like(x), ["cat", "cat", "dog", "cat"], enc, guidance=g,
+                            num_steps=3, seed=0)  # the prompts it was built for
+    assert x.shape == (4, 2)
     with pytest.raises(ValueError, match=r"every table entry must have the same length"):
         TableEncoder({"a": [1.0, 0.0], "b": [1.0, 0.0, 0.0]})
     bad = CallableEncoder(lambda ps: torch.zeros(len(ps), 5), dim=4, name="text")

@@ -18,7 +18,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from .._validation import check_choice, check_nonnegative, check_positive
+from .._validation import check_choice, check_int, check_nonnegative, check_positive
 
 __all__ = ["StepSize", "SCHEDULES", "NORMALIZATIONS", "STRENGTH_SCALES", "schedule_weight"]
 
@@ -39,6 +39,9 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
     ``last_fraction`` of the steps, else 0 (the reviewers' "only late steps need guidance").
     A callable's value must be a finite number >= 0 (else ValueError).
     """
+    num_steps = check_int(num_steps, "num_steps", 1)
+    if check_int(step_index, "step_index", 0) >= num_steps:
+        raise ValueError(f"step_index must be from 0 to num_steps - 1 = {num_steps - 1}; got {step_index}")
     if callable(schedule):
         value = schedule(step_index, num_steps, alpha_bar_t)
         try:
