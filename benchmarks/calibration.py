@@ -55,9 +55,15 @@ def candidates(domain: str) -> dict[str, dict[str, dict[str, Any]]]:
                 # a fraction of the summed displacement of all bandwidths, so it diverges above about 0.5
                 **{f"multi-gauss {'/'.join(map(str, sc))} x median, strength {s}":
                    _mmd(x0, kernel=MultiGaussianKernel(scales=sc, weighting="displacement"), strength=s)
-                   for sc, s in (((0.5, 1.0, 2.0), 0.3), ((0.25, 0.5, 1.0), 0.5))}},
-            "classifier": {f"scale {c}": {"method": "classifier", "classifier_scale": c}
-                           for c in (1.5, 2.0, 2.5, 3.0)},
+                   for sc, s in (((0.5, 1.0, 2.0), 0.3), ((0.25, 0.5, 1.0), 0.5))},
+                # DDIM's noise (eta > 0) removes the speckled samples that the deterministic sampler
+                # leaves (data/README.md, digits_unet); each method gets the same two eta values
+                **{f"gauss 0.5 x median, strength 1.5, DDIM eta {e}":
+                   {**_mmd(x0, kernel=GaussianKernel(median_scale=0.5), strength=1.5), "eta": e} for e in (0.25, 0.5)}},
+            "classifier": {**{f"scale {c}": {"method": "classifier", "classifier_scale": c}
+                              for c in (1.5, 2.0, 2.5, 3.0)},
+                           **{f"scale 2.5, DDIM eta {e}": {"method": "classifier", "classifier_scale": 2.5, "eta": e}
+                              for e in (0.25, 0.5)}},
         }
     xt = PRESETS["shapes"]["mmd x_t"]["guidance"]
     x0 = PRESETS["shapes"]["mmd x0_hat"]["guidance"]
@@ -95,7 +101,7 @@ def render(data: dict) -> str:
             "(else the highest valid); `mmd x0_hat` and `classifier best FD`: the lowest mean FD")
     lines = [f"# Calibration of the {meta['domain']} presets", "",
              f"`{meta['command']}`; seeds {SEEDS[0]}-{SEEDS[-1]} (never used by benchmarks/images.py), {meta['n']} "
-             f"samples per seed in one batch, DDIM {meta['num_steps']} steps, 50 "
+             f"samples per seed in one batch, DDIM {meta['num_steps']} steps (eta 0 unless a setting names it), 50 "
              f"references. Rule: {rule}. Machine: {meta['machine']}; load average at start {meta['load']:.1f}; "
              f"{meta['seconds']:.0f} s.", ""]
     for method, rows in data["rows"].items():

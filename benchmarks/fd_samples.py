@@ -5,7 +5,10 @@ the sample count: the benchmark's 256 samples per seed against 1,024.
 
 Per benchmark seed (0-4, each task built as in benchmarks/images.py) and method (the
 ``PRESETS["digits"]`` settings), 1,024 samples are drawn in batches of 128 with the benchmark's
-sampling seed, so the first 256 are exactly the samples of ``images.json``. FD to the held-out
+sampling seed. For a deterministic sampler (DDIM eta 0: the classifier preset) the first 256 are
+exactly the samples of ``images.json``; with DDIM's noise (the MMD preset's eta 0.25) the step
+noise follows all n initial draws from the one generator, so its first 256 are another draw of
+the same distribution (``sample(per_sample_seed=True)`` would make them equal). FD to the held-out
 thick digits is measured on each of the four disjoint 256-sample quarters and on all 1,024.
 
 FD estimated from n samples is biased upward by roughly tr(covariance) / n and its spread
@@ -59,7 +62,8 @@ def render(data: dict) -> str:
     lines = ["# Digits FD at 256 and at 1,024 samples: MMD guidance on x0_hat against classifier guidance", "",
              f"`{meta['command']}`; seeds {seeds[0]}-{seeds[-1]} (benchmarks/images.py's tasks), "
              f"{meta['n']} samples per method and seed in batches of 128, DDIM 50, the `PRESETS['digits']` "
-             f"settings; block 1 is exactly the benchmark's 256 samples. Machine: {meta['machine']}; load "
+             f"settings; block 1 is exactly the benchmark's 256 samples for the classifier (DDIM eta 0), another "
+             f"draw of 256 for MMD on x0_hat (its eta 0.25 noise depends on n). Machine: {meta['machine']}; load "
              f"average at start {meta['load']:.1f}; {meta['seconds']:.0f} s.", "",
              "| seed | method | FD, each block of 256 | FD of all |", "|---|---|---|---|"]
     for s in seeds:

@@ -348,13 +348,15 @@ def _grid_settings(domain: str) -> dict[str, Any]:
 
         preset = "mmd x0_hat" if domain == "digits" else "mmd x_t"
         g = PRESETS[domain][preset]["guidance"]
+        eta = float(PRESETS[domain][preset].get("eta", 0.0))  # DDIM's noise, for every cell of the grid
         steps = inspect.signature(run_method).parameters
         task = "shapes_task()" if domain == "shapes" else \
             f"digits_task(stratified={inspect.signature(digits_task).parameters['stratified'].default})"
         return {"preset": f"PRESETS[{domain!r}][{preset!r}]", "task": task, "kernel": repr(g["kernel"]),
                 "strength": float(g["strength"]), "normalization": g["normalization"],
                 "eval_point": g["eval_point"],
-                "sampler": {"scheduler": steps["scheduler"].default, "num_steps": steps["num_steps"].default}}
+                "sampler": {"scheduler": steps["scheduler"].default, "num_steps": steps["num_steps"].default,
+                            **({"eta": eta} if eta else {})}}  # DDIM's eta where the preset sets one
     from .pipelines.pairing import run_pairing
 
     p = inspect.signature(run_pairing).parameters
@@ -424,14 +426,15 @@ def explorer_grid_sweep(domain: str, *, factors: tuple[float, ...] = GRID_FACTOR
         from .images.adaptation import PRESETS, digits_task, run_method, shapes_task
 
         preset = PRESETS[domain]["mmd x0_hat" if domain == "digits" else "mmd x_t"]["guidance"]
+        eta = settings["sampler"].get("eta", 0.0)
         make_task = functools.partial(digits_task if domain == "digits" else shapes_task, seed=seed)
 
         def run(task, strength):
             if strength == 0:
-                r = run_method(task, "unguided", n=n_measured, seed=seed, num_steps=steps)
+                r = run_method(task, "unguided", n=n_measured, seed=seed, num_steps=steps, eta=eta)
             else:
                 g = MMDGuidance(task.references, **{**preset, "strength": strength})
-                r = run_method(task, "mmd", n=n_measured, seed=seed, num_steps=steps, guidance=g)
+                r = run_method(task, "mmd", n=n_measured, seed=seed, num_steps=steps, guidance=g, eta=eta)
             return r.images, r.style_rate, r.valid_rate
 
         def ref_images(task):

@@ -187,14 +187,15 @@ def tiny_grids(tmp_path_factory):
 
 
 def test_grid_sweep_stores_the_librarys_own_samples(tiny_grids):
-    from mmdg_lite.images.adaptation import digits_task, run_method
+    from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method
 
     g = W.load_explorer_grids("digits", folder=tiny_grids)
     assert g["images"].shape == (2, 2, 3, 1, 16, 16) and g["images"].dtype == np.uint8
     assert g["references"].shape == (2, 3, 1, 16, 16)
     assert np.array_equal(g["images"][0, 0], g["images"][0, 1])  # unguided: the references play no part
     task = digits_task(n_refs=10)
-    direct = run_method(task, "unguided", n=4, num_steps=3)
+    eta = PRESETS["digits"]["mmd x0_hat"].get("eta", 0.0)  # every cell samples with the preset's DDIM eta
+    direct = run_method(task, "unguided", n=4, num_steps=3, eta=eta)
     want = ((direct.images[:3].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     assert np.array_equal(g["images"][0, 0], want)
     assert g["style_rate"][0][0] == pytest.approx(direct.style_rate)

@@ -24,7 +24,7 @@ class UNetDenoiser(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample, read from the UNet's config: the ``shape`` to pass to ``sample``."""
+        """The shape (C, H, W) of one sample, read from the UNet's config; pass it as ``sample``'s shape."""
         from .models import sample_shape
 
         return sample_shape(self.unet)
