@@ -284,6 +284,7 @@ def test_the_unbiased_estimator_with_a_batch_of_one_names_the_cause():
 
 @pytest.mark.parametrize("normalization,advice", [("none", "use normalization='clipped'"),
                                                   ("clipped", "clip_fraction")])
+@pytest.mark.filterwarnings("ignore::mmdg_lite.guidance.ReferenceScaleWarning")  # references x 100, on purpose
 def test_the_divergence_error_suggests_a_knob_not_already_in_use(normalization, advice):
     from mmdg_lite.guidance import GuidanceDivergenceError
     from mmdg_lite.sampling import sample
@@ -306,3 +307,19 @@ def test_the_divergence_error_suggests_a_knob_not_already_in_use(normalization, 
 def test_guidance_options_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         MMDGuidance(refs(), kernel=GaussianKernel(1.0), **kwargs)
+
+
+def test_references_on_another_scale_warn_once_and_the_right_scale_does_not():
+    import warnings
+
+    from mmdg_lite.guidance import ReferenceScaleWarning
+    from mmdg_lite.sampling import sample
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    y = torch.rand(40, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1  # images in [-1, 1]
+    with pytest.warns(ReferenceScaleWarning, match=r"references have RMS 1.*x the sampler's points.*x / 127.5 - 1") as rec:
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance((y + 1) * 127.5), seed=0)  # 0-255 pixels
+    assert len([w for w in rec if issubclass(w.category, ReferenceScaleWarning)]) == 1  # once per run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReferenceScaleWarning)
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(y), seed=0)
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(y * 10), seed=0)  # wide data: still plausible

@@ -12,6 +12,7 @@ each testable alone: the reference set (``references.ReferenceSet``), the step-s
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ from .generated import GENERATED_SETS, BatchSet, MemorySet
 from .references import ReferenceSet
 from .step_size import NORMALIZATIONS, SCHEDULES, STRENGTH_SCALES, StepSize, schedule_weight
 
-__all__ = ["MMDGuidance", "ChainedGuidance", "GuidanceDivergenceError", "default_kernel",
+__all__ = ["MMDGuidance", "ChainedGuidance", "GuidanceDivergenceError", "ReferenceScaleWarning", "default_kernel",
            "SCHEDULES", "NORMALIZATIONS", "EVAL_POINTS", "GENERATED_SETS", "STRENGTH_SCALES",
            "BANDWIDTH_UPDATES", "schedule_weight"]
 
@@ -45,6 +46,26 @@ DIVERGENCE_FACTOR = 3.0
 
 class GuidanceDivergenceError(FloatingPointError):
     """Guidance threw samples far outside the data (or to NaN/Inf); the message names the knob."""
+
+
+class ReferenceScaleWarning(UserWarning):
+    """The references look like another scale than the points the sampler draws."""
+
+
+# References this many times the sampler's first guided points (RMS per coordinate, at least 1)
+# are almost surely on another scale: 0-255 pixels, latents without the VAE's scaling factor.
+OFF_SCALE_RATIO = 20.0
+
+
+def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
+    """Warn (once per run) when the references' RMS dwarfs the noisy points': guidance would pull
+    the samples toward another scale, and few-step runs return such samples without an error."""
+    r, x = float(refs.detach().pow(2).mean().sqrt()), float(noisy.detach().pow(2).mean().sqrt())
+    if r > OFF_SCALE_RATIO * max(x, 1.0):
+        warnings.warn(f"references have RMS {r:.3g} per coordinate, {r / max(x, 1e-12):.0f}x the sampler's points "
+                      f"(RMS {x:.3g}): are they on the model's scale? Images in 0-255 map with x / 127.5 - 1; "
+                      "latents need the VAE's scaling_factor applied once (mmdg_lite.images.encode_references, "
+                      "mmdg_lite.pipelines.encode_images)", ReferenceScaleWarning, stacklevel=2)
 
 
 def default_kernel() -> MultiGaussianKernel:
@@ -286,6 +307,7 @@ class MMDGuidance:
             noisy = self.generated.pool(self.point.noisy_point(state, dtype))
             if self.data_scale is None:
                 self.data_scale = median_bandwidth(noisy, refs)
+                _warn_off_scale(noisy, refs)
             pool = noisy if self.bandwidth_update == "run" else self.generated.pool(z)
             self._resolved = self._resolve(self._kernel(), pool, refs, prompts, rp)
         return self._resolved
