@@ -162,8 +162,12 @@ def digit_typicality_threshold() -> float:
 def detect_valid_digit(images: Tensor) -> Tensor:
     """(N,) bool: a valid digit: the digit head is >= 50 % confident of one class and the image's
     features are typical of real digits (atypicality <= ``digit_typicality_threshold()``)."""
-    confident = predict(images, "digit").max(1).values >= 0.5  # (N,)
-    return confident & (digit_atypicality(images) <= digit_typicality_threshold())
+    net = _cached()
+    f = image_features(images, net)  # (N, 64), once for both conditions
+    with torch.no_grad():
+        confident = net.heads["digit"](f).softmax(-1).max(1).values >= 0.5  # (N,)
+    mu, prec, threshold = _real_digit_stats()
+    return confident & (_mahalanobis(f, mu, prec).float() <= threshold)
 
 
 def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureNet, list[float], float]:

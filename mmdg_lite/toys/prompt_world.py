@@ -91,7 +91,7 @@ class PromptWorld:
         """Nearest (category, style) mode of each point x (n, 2): two (n,) long tensors."""
         x = self._points(x)
         flat = self.means.reshape(-1, 2).to(x)  # (C*S, 2)
-        k = torch.cdist(x.reshape(-1, 2), flat).argmin(1)  # (n,)
+        k = torch.cdist(x, flat).argmin(1)  # (n,)
         return k // len(self.styles), k % len(self.styles)
 
     def off_mode(self, x: Tensor, n_std: float = 3.0) -> Tensor:
@@ -101,7 +101,7 @@ class PromptWorld:
 
         x = self._points(x)
         radius = off_mode_radius(self.std, 2, n_std)
-        return torch.cdist(x.reshape(-1, 2), self.means.reshape(-1, 2).to(x)).min(1).values > radius
+        return torch.cdist(x, self.means.reshape(-1, 2).to(x)).min(1).values > radius
 
     def style_table(self, x: Tensor, prompts: Sequence[str]) -> tuple[Tensor, list[str]]:
         """Per prompt category (rows), the fraction of its samples nearest to each of its own
