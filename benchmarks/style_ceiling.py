@@ -55,6 +55,22 @@ def _real(domain: str, seed: int) -> torch.Tensor:
     return make_shapes(N, {"fill": {"outlined": 1.0}}, seed=3000 + seed).images
 
 
+def own_style_samples(task, seed: int) -> tuple[torch.Tensor, int]:
+    """Rejection sampling: the first N unguided samples (sampling seeds 20000 + 100 seed + batch,
+    DDIM 50) that the task's detector calls target-style, as images, and how many were drawn."""
+    kept, drawn, batch = [], 0, 0
+    while sum(len(k) for k in kept) < N and drawn < MAX_DRAWS:
+        z = sample(task.denoiser, DRAW, task.shape, scheduler="ddim", num_steps=50,
+                   seed=20_000 + 100 * seed + batch, batch_size=DRAW).samples
+        images = task.decode(z)  # (DRAW, C, H, W)
+        kept.append(images[task.has_style(images)])
+        drawn, batch = drawn + DRAW, batch + 1
+    own = torch.cat(kept)[:N]
+    if len(own) < N:
+        raise RuntimeError(f"{task.name} seed {seed}: only {len(own)} target-style samples in {drawn} draws")
+    return own, drawn
+
+
 def domain_rows(domain: str) -> dict:
     torch.set_num_threads(1)
     rows: dict[str, dict[str, list[float]]] = {k: {"fd": [], "valid": [], "draws": []}
@@ -66,16 +82,7 @@ def domain_rows(domain: str) -> dict:
         for k, v in (("fd", frechet_distance(image_features(real), targets)),
                      ("valid", float(task.is_valid(real).float().mean())), ("draws", float(N))):
             rows["real"][k].append(v)
-        kept, drawn, batch = [], 0, 0
-        while sum(len(k) for k in kept) < N and drawn < MAX_DRAWS:
-            z = sample(task.denoiser, DRAW, task.shape, scheduler="ddim", num_steps=50,
-                       seed=20_000 + 100 * seed + batch, batch_size=DRAW).samples
-            images = task.decode(z)  # (DRAW, C, H, W)
-            kept.append(images[task.has_style(images)])
-            drawn, batch = drawn + DRAW, batch + 1
-        own = torch.cat(kept)[:N]
-        if len(own) < N:
-            raise RuntimeError(f"{domain} seed {seed}: only {len(own)} target-style samples in {drawn} draws")
+        own, drawn = own_style_samples(task, seed)
         for k, v in (("fd", frechet_distance(image_features(own), targets)),
                      ("valid", float(task.is_valid(own).float().mean())), ("draws", float(drawn))):
             rows["rejection sampling"][k].append(v)
