@@ -5,13 +5,15 @@ first on ``sys.path`` when it is run as ``python benchmarks/<script>.py``).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Hashable, Iterable
 
 import torch
 
@@ -60,6 +62,23 @@ def status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def parse_jobs() -> int:
+    """The ``--jobs`` option (1 or 2 worker processes) of the scripts that split their work."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1)
+    return parser.parse_args().jobs
+
+
+def map_jobs(fn: Callable[[Any], Any], keys: Iterable[Hashable], jobs: int = 1) -> dict:
+    """{key: fn(key)} for every key, in ``jobs`` worker processes (1: in this process). Each call
+    must seed itself, so the numbers are the same for any ``jobs``."""
+    keys = tuple(keys)
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            return dict(zip(keys, pool.map(fn, keys)))
+    return {k: fn(k) for k in keys}
 
 
 def peak_extra_memory(fn: Callable[[], object]) -> dict:

@@ -25,11 +25,9 @@ seed's sampling seed. Two rows bound the table from below:
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,7 +39,7 @@ from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import load_average, machine, map_jobs, parse_jobs, write_results  # noqa: E402
 from style_ceiling import own_style_samples  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,17 +117,11 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1)
-    args = parser.parse_args()
+    jobs = parse_jobs()
     t0, load = time.perf_counter(), load_average()
-    if args.jobs == 2:
-        with ProcessPoolExecutor(2) as ex:
-            measured = dict(zip(SEEDS, ex.map(seed_rows, SEEDS)))
-    else:
-        measured = {s: seed_rows(s) for s in SEEDS}
+    measured = map_jobs(seed_rows, SEEDS, jobs)
     data = {"meta": {"command": ".venv/bin/python benchmarks/digits_reference_count.py"
-                                + (" --jobs 2" if args.jobs == 2 else ""),
+                                + (" --jobs 2" if jobs == 2 else ""),
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "seeds": {str(s): r for s, r in measured.items()}}
     write_results(RESULTS / "digits_reference_count.md", data, render(data))

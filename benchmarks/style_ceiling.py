@@ -19,12 +19,10 @@ measures that ceiling per benchmark seed (0-4, each seed's task as in benchmarks
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,7 +35,7 @@ from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import load_average, machine, map_jobs, parse_jobs, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)
@@ -115,19 +113,13 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1)
-    args = parser.parse_args()
+    jobs = parse_jobs()
     t0, load = time.perf_counter(), load_average()
     domains = ("digits", "shapes")
-    if args.jobs == 2:
-        with ProcessPoolExecutor(2) as pool:
-            measured = dict(zip(domains, pool.map(domain_rows, domains)))
-    else:
-        measured = {d: domain_rows(d) for d in domains}
+    measured = map_jobs(domain_rows, domains, jobs)
     images = json.loads((RESULTS / "images.json").read_text())
     data = {"meta": {"command": ".venv/bin/python benchmarks/style_ceiling.py"
-                                + (" --jobs 2" if args.jobs == 2 else ""),
+                                + (" --jobs 2" if jobs == 2 else ""),
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0,
                      "images_n": images["meta"]["n_adapt"]},  # samples per seed of the images.json rows
             **measured, "images": {d: {m: images[d][m] for m in COMPARED[d]} for d in domains}}

@@ -21,11 +21,9 @@ references stay exactly the ones shipped, and decodes the same sampled latents w
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,7 +37,7 @@ from mmdg_lite.seeding import make_generator, seed_everything
 from mmdg_lite.training import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import load_average, machine, map_jobs, parse_jobs, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "vae_decoder.md"
 SEEDS = (100, 101, 102, 103)
@@ -147,16 +145,10 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1)
-    args = parser.parse_args()
+    n_jobs = parse_jobs()
     t0, load = time.perf_counter(), load_average()
     jobs = ("latents", *FINETUNES)
-    if args.jobs == 2:
-        with ProcessPoolExecutor(2) as pool:
-            results = dict(zip(jobs, pool.map(_job, jobs)))
-    else:
-        results = {j: _job(j) for j in jobs}
+    results = map_jobs(_job, jobs, n_jobs)
     torch.set_num_threads(1)
     latents, real = results.pop("latents"), real_shapes()
     decoders = {"shipped": measure(load_shapes_vae(), latents, real)}
@@ -164,7 +156,7 @@ def main() -> None:
         vae = load_shapes_vae()
         vae.load_state_dict(state)
         decoders[f"fine-tuned, {name}"] = {**info, **measure(vae.eval(), latents, real)}
-    data = {"meta": {"command": ".venv/bin/python benchmarks/vae_decoder.py" + (" --jobs 2" if args.jobs == 2 else ""),
+    data = {"meta": {"command": ".venv/bin/python benchmarks/vae_decoder.py" + (" --jobs 2" if n_jobs == 2 else ""),
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "decoders": decoders}
     write_results(OUT, data, render(data))
