@@ -34,13 +34,12 @@ import torch
 
 from mmdg_lite import MMDGuidance
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method
-from mmdg_lite.images.digits import load_digit_set
 from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine, map_jobs, parse_jobs, write_results  # noqa: E402
-from style_ceiling import own_style_samples  # noqa: E402
+from style_ceiling import own_style_samples, real_style_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)
@@ -72,8 +71,7 @@ def seed_rows(seed: int) -> dict[str, dict[str, dict[str, float]]]:
             rows[m][str(n)] = _run(task, m, pool[:n], seed)
             print(seed, m, n, {k: round(v, 3) for k, v in rows[m][str(n)].items()}, flush=True)
     rows[ORACLE] = {str(len(targets)): _run(task, "mmd x0_hat", targets, seed)}
-    train = load_digit_set("train", style_fraction=1.0).images
-    real = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:N]]
+    real = real_style_images("digits", seed)  # (N, 1, 16, 16) thickened training digits
     rows["real"] = {"-": {"fd": frechet_distance(image_features(real), image_features(targets)),
                           "style": float("nan"), "valid": float("nan")}}
     own, _ = own_style_samples(task, seed)

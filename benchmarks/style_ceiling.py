@@ -46,7 +46,8 @@ COMPARED = {"digits": ("unguided", "mmd x0_hat", "classifier"),
             "shapes": ("unguided", "mmd x_t", "mmd x0_hat", "classifier")}
 
 
-def _real(domain: str, seed: int) -> torch.Tensor:
+def real_style_images(domain: str, seed: int) -> torch.Tensor:
+    """N real target-style images that are not the task's targets (the "real" row)."""
     if domain == "digits":  # the pretraining split, every digit thickened (the targets: the test split's)
         train = load_digit_set("train", style_fraction=1.0).images
         return train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:N]]
@@ -76,7 +77,7 @@ def domain_rows(domain: str) -> dict:
     for seed in SEEDS:
         task = (digits_task if domain == "digits" else shapes_task)(n_refs=50, seed=seed)
         targets = image_features(task.target_images)  # (M, F)
-        real = _real(domain, seed)
+        real = real_style_images(domain, seed)
         for k, v in (("fd", frechet_distance(image_features(real), targets)),
                      ("valid", float(task.is_valid(real).float().mean())), ("draws", float(N))):
             rows["real"][k].append(v)
