@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 93 minutes on 2 CPU cores; the image calibration,
-# benchmark, ceiling, reference-count, classifier-negatives, FD sample-count and feature-kernel checks take
-# about 66 of them).
+# Regenerate every table in benchmarks/results/ (about 95 minutes on 2 CPU cores; the image calibration,
+# benchmark, untuned-defaults, ceiling, reference-count, classifier-negatives, FD sample-count and feature-kernel checks take
+# about 68 of them).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
@@ -29,6 +29,7 @@ BENCHMARKS=(
   "calibration|--domain digits"
   "calibration|--domain shapes"
   "images|--jobs 2"
+  "images_untuned|--jobs 2"
   "style_ceiling|--jobs 2"
   "digits_reference_count|--jobs 2"
   "classifier_negatives|"
