@@ -206,7 +206,11 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                         "HF_HUB_OFFLINE=1 to forbid them). Default: the embedded pipeline "
                         "data/sd/shapes_pipeline once it is built (scripts/train_sd_pipeline.py)")
     p.add_argument("--references", required=True, metavar="DIR",
-                   help="folder of reference images (any size/mode; resized to the model's resolution)")
+                   help="folder of reference images (any size/mode; photos turned upright by their EXIF "
+                        "tag; resized to the model's resolution)")
+    p.add_argument("--fit", default="squash", choices=("squash", "crop", "pad"),
+                   help="how a non-square reference becomes square: squash it whole (its aspect ratio "
+                        "changes), crop its centred square, or pad it with black bands")
     p.add_argument("--reference-prompts", default=None, metavar="FILE",
                    help="text file, one prompt per reference image in file-name order: turns on "
                         "prompt-aware guidance (product kernel, paper Eq. 10-11, with each prompt's "
@@ -307,7 +311,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
                             f"{type(pipe.scheduler).__name__} of {model!r}); got {args.steps}")
         size = pipeline_image_size(pipe)
         try:
-            images = load_reference_folder(refs_dir, size, 3)
+            images = load_reference_folder(refs_dir, size, 3, fit=args.fit)
         except (OSError, ValueError) as err:
             raise _BadInput(f"--references: {err}") from None
         if ref_prompts is not None and len(ref_prompts) != len(images):
@@ -331,7 +335,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
             "model": model, "prompts": args.prompt, "num_images_per_prompt": args.num_images,
             "strength": args.strength, "seed": args.seed, "steps": args.steps,
             "guidance_scale": args.guidance_scale, "eval_point": args.eval_point,
-            "scheduler": type(pipe.scheduler).__name__, "num_references": len(images),
+            "scheduler": type(pipe.scheduler).__name__, "num_references": len(images), "fit": args.fit,
             "prompt_aware": ref_prompts is not None, "image_size": size,
             "guided": {"seconds": round(seconds, 3), "latent_mmd2": latent_mmd2(pipe, guided, latents)}}
         _save_images(guided, tmp / "images", save_grid, args.num_images)

@@ -43,13 +43,13 @@ def leftovers(parent):
 
 def test_adapt_writes_images_grid_and_metrics(model, refs, tmp_path):
     out = tmp_path / "run"
-    assert adapt(model, refs, out, "--baseline", "--strength", "1.0") == 0
+    assert adapt(model, refs, out, "--baseline", "--strength", "1.0", "--fit", "crop") == 0
     assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png"]
     assert (out / "grid.png").is_file() and (out / "grid_unguided.png").is_file()
     with Image.open(out / "images" / "0000.png") as im:
         assert im.size == (32, 32) and im.mode == "RGB"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["num_references"] == 4 and m["prompt_aware"] is False and m["image_size"] == 32
+    assert m["num_references"] == 4 and m["prompt_aware"] is False and m["image_size"] == 32 and m["fit"] == "crop"
     assert m["guided"]["latent_mmd2"] >= 0 and m["unguided"]["latent_mmd2"] >= 0
     assert m["time_ratio"] > 0 and m["strength"] == 1.0
     assert leftovers(tmp_path) == ["run"]  # the temporary folder was moved, not left behind

@@ -205,3 +205,43 @@ def test_from_tensors_takes_unit_range_data_as_given_under_the_default_range():
     unit = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     assert torch.allclose(references_from_tensors(unit, 8, 1), unit)
     assert torch.allclose(references_from_tensors(unit, 8, 1, value_range=(0, 1)), unit * 2 - 1)
+
+
+def _three_blocks(folder):
+    """A 30 x 10 RGB image: red, green and blue 10 x 10 blocks from left to right."""
+    a = np.zeros((10, 30, 3), dtype=np.uint8)
+    for i in range(3):
+        a[:, 10 * i:10 * (i + 1), i] = 255
+    Image.fromarray(a).save(folder / "blocks.png")
+    return a
+
+
+def test_folder_fit_crop_pad_squash(tmp_path):
+    a = _three_blocks(tmp_path)
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1)
+    crop = load_reference_folder(tmp_path, 10, 3, fit="crop")[0]   # the centred 10 x 10: green only
+    assert torch.allclose(crop, green.expand(3, 10, 10), atol=1e-6)
+    pad = load_reference_folder(tmp_path, 30, 3, fit="pad")[0]     # 30 x 30: black bands above and below
+    assert torch.allclose(pad[:, :10], -torch.ones(3, 10, 30)) and torch.allclose(pad[:, 20:], -torch.ones(3, 10, 30))
+    assert torch.allclose(pad[:, 10:20], torch.from_numpy(a).permute(2, 0, 1).float() / 127.5 - 1, atol=1e-6)
+    squash = load_reference_folder(tmp_path, 30, 3)[0]            # default: stretched to 30 tall, 3 blocks kept
+    assert squash[0, :, 2].mean() > 0.9 and squash[1, :, 15].mean() > 0.9 and squash[2, :, 27].mean() > 0.9
+    # the tensor path makes the same squares (no resampling at these sizes, so exactly)
+    t = torch.from_numpy(a).permute(2, 0, 1)[None].float()
+    assert torch.allclose(references_from_tensors(t, 10, 3, value_range=(0, 255), fit="crop")[0], crop, atol=1e-6)
+    assert torch.allclose(references_from_tensors(t, 30, 3, value_range=(0, 255), fit="pad")[0], pad, atol=1e-6)
+    for fn in (lambda: load_reference_folder(tmp_path, 10, 3, fit="center"),
+               lambda: references_from_tensors(t, 10, 3, value_range=(0, 255), fit="stretch")):
+        with pytest.raises(ValueError, match=r"fit must be one of 'squash', 'crop', 'pad'"):
+            fn()
+
+
+def test_folder_turns_photos_upright_by_exif(tmp_path):
+    stored = np.zeros((10, 20), dtype=np.uint8)
+    stored[:, :10] = 255  # as stored: left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation 6: the viewer turns the stored image 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    x = load_reference_folder(tmp_path, 20, 1, fit="pad")[0, 0]  # upright: 10 wide, 20 tall, bands left/right
+    assert torch.allclose(x[:10, 5:15], torch.ones(10, 10)) and torch.allclose(x[10:, 5:15], -torch.ones(10, 10))
+    assert torch.allclose(x[:, :5], -torch.ones(20, 5)) and torch.allclose(x[:, 15:], -torch.ones(20, 5))

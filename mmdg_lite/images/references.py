@@ -1,8 +1,10 @@
 """Reference sets: a folder of images or tensors -> model space; VAE encoding with its scaling.
 
 ``load_reference_folder`` reads PNG/JPEG/... of any size and mode with Pillow, converts to the
-model's channels, resizes to ``size`` and returns (N, C, H, W) in [-1, 1]. Files that are not
-readable images make it raise one error that lists them all; an empty folder raises too.
+model's channels, turns photos upright by their EXIF orientation, brings any aspect ratio to a
+square (``fit``: "squash", "crop" or "pad"), resizes to ``size`` and returns (N, C, H, W) in
+[-1, 1]. Files that are not readable images make it raise one error that lists them all; an
+empty folder raises too.
 ``encode_references`` maps images to the latent space the latent UNet was trained in:
 z = scaling_factor * E(x) with the VAE's own ``config.scaling_factor`` applied exactly ONCE (the
 public reference code multiplies by it a second time, which shrinks the references toward 0
@@ -18,23 +20,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_finite, check_int, is_real_number
+from .._validation import _describe, check_choice, check_finite, check_int, is_real_number
 from .detectors import _check_scale
 
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "FITS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # references_from_tensors: values may leave value_range by this fraction of its span (resampling
 # overshoot, generated samples a little past [-1, 1]) and are clamped; further out is another scale.
 _RANGE_TOLERANCE = 0.1
+# How a non-square image becomes square: "squash" resizes it whole (the aspect ratio changes, as in
+# the public reference code), "crop" keeps the centred square of the shorter side (what diffusers'
+# training scripts do), "pad" keeps the whole image and fills the two bands with black (-1).
+FITS = ("squash", "crop", "pad")
 
 
-def references_from_tensors(images: Any, size: int, channels: int, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+def references_from_tensors(images: Any, size: int, channels: int, *, value_range: tuple[float, float] = (-1.0, 1.0),
+                            fit: str = "squash") -> Tensor:
     """Tensors/arrays (N, C, H, W) or (N, H, W) in ``value_range`` -> (N, channels, size, size) in [-1, 1].
 
     One channel is repeated to three; three become one by ITU-R 601 luma; other sizes are
-    resized bilinearly (antialiased). Values may leave ``value_range`` by 10 % of its span
+    resized bilinearly (antialiased), a non-square H x W first made square by ``fit`` ("squash":
+    as it is, "crop": the centred square, "pad": black bands; see ``FITS``). Values may leave ``value_range`` by 10 % of its span
     (clamped); further out they raise, suggesting the range the data looks like. Data in [0, 1]
     lies inside the default (-1, 1) and cannot be told from bright [-1, 1] images, so it is
     taken as given (black comes back as mid-grey 0): pass ``value_range=(0, 1)`` for it.
@@ -49,6 +57,7 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
         raise ValueError(f"images must have shape (N, C, H, W) with N >= 1 and C in 1, 3, 4; "
                          f"got {tuple(images.shape)}")
     _check_size_channels(size, channels)
+    fit = check_choice(fit, "fit", FITS)
     lo, hi = _check_value_range(value_range)
     x = images.float()
     check_finite(x, "images")
@@ -64,10 +73,26 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:
         x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = _square(x, fit)  # (N, C, S, S)
     if x.shape[-2:] != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                                             align_corners=False)
     return (x.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def _square(x: Tensor, fit: str) -> Tensor:
+    """(N, C, H, W) in [0, 1] -> (N, C, S, S): unchanged for "squash" or a square image; "crop":
+    the centred min(H, W) square; "pad": max(H, W) with black (0) bands on both sides."""
+    h, w = x.shape[-2:]
+    if fit == "squash" or h == w:
+        return x
+    if fit == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return x[..., top:top + s, left:left + s]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    return torch.nn.functional.pad(x, (left, s - w - left, top, s - h - top), value=0.0)
 
 
 def _check_value_range(value_range: Any) -> tuple[Any, Any]:
@@ -104,11 +129,14 @@ def _check_size_channels(size: Any, channels: Any) -> None:
 
 
 def load_reference_folder(path: str | Path, size: int, channels: int, *, recursive: bool = False,
-                          limit: int | None = None) -> Tensor:
+                          limit: int | None = None, fit: str = "squash") -> Tensor:
     """Every image file in ``path`` (sorted by name) as (N, channels, size, size) in [-1, 1].
 
-    Any mode (L, LA, P, RGB, RGBA, I;16, ...) is converted (alpha composited on black), any
-    size is resized with Lanczos filtering. Non-image or corrupt files raise one ValueError that
+    Any mode (L, LA, P, RGB, RGBA, I;16, ...) is converted (alpha composited on black); a photo
+    whose EXIF orientation tag says it was taken turned is turned upright; any size is resized
+    with Lanczos filtering, a non-square image first made square by ``fit``: "squash" (default:
+    the whole image, its aspect ratio changed), "crop" (the centred square; a 4:3 photo loses a
+    quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt files raise one ValueError that
     lists them all; an empty folder raises a ValueError; hidden files (".name") are skipped.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
@@ -118,6 +146,7 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     if not folder.is_dir():
         raise FileNotFoundError(f"path must be a folder of images; {str(folder)!r} is not a directory")
     _check_size_channels(size, channels)
+    fit = check_choice(fit, "fit", FITS)
     if limit is not None:
         check_int(limit, "limit", 1)
     files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
@@ -132,7 +161,7 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
         try:
             with Image.open(f) as im:
                 im.load()
-                arrays.append(_convert(im, size, channels))
+                arrays.append(_convert(im, size, channels, fit))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             bad.append(f"{f.name} ({type(err).__name__}: {str(err)[:80]})")
     if bad:
@@ -142,9 +171,13 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     return (x.permute(0, 3, 1, 2) * 2 - 1).contiguous()
 
 
-def _convert(im: Any, size: int, channels: int) -> np.ndarray:
-    from PIL import Image
+def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarray:
+    from PIL import Image, ImageOps
 
+    try:  # upright as the camera meant it (a copy; without the tag, unchanged)
+        im = ImageOps.exif_transpose(im)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):  # an unreadable EXIF block: pixels as stored
+        pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
@@ -154,7 +187,11 @@ def _convert(im: Any, size: int, channels: int) -> np.ndarray:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         im = Image.alpha_composite(black, rgba)
     im = im.convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
+    if fit == "crop" and im.width != im.height:
+        im = ImageOps.fit(im, (size, size), method=Image.LANCZOS)
+    elif fit == "pad" and im.width != im.height:
+        im = ImageOps.pad(im, (size, size), method=Image.LANCZOS, color=0)
+    elif im.size != (size, size):
         im = im.resize((size, size), Image.LANCZOS)
     a = np.asarray(im, dtype=np.float32) / 255.0
     return a[..., None] if channels == 1 else a  # (H, W, C)
