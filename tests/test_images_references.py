@@ -245,3 +245,16 @@ def test_folder_turns_photos_upright_by_exif(tmp_path):
     x = load_reference_folder(tmp_path, 20, 1, fit="pad")[0, 0]  # upright: 10 wide, 20 tall, bands left/right
     assert torch.allclose(x[:10, 5:15], torch.ones(10, 10)) and torch.allclose(x[10:, 5:15], -torch.ones(10, 10))
     assert torch.allclose(x[:, :5], -torch.ones(20, 5)) and torch.allclose(x[:, 15:], -torch.ones(20, 5))
+
+
+def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode(tmp_path):
+    # a large photo is decoded at a reduced DCT scale (draft) before the resize; the oracle is
+    # Pillow's full decode followed by the same Lanczos resize
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    a = np.stack([xx * 255 // 1599, yy * 255 // 1199, ((xx // 100 + yy // 100) % 2) * 255], -1).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "photo.jpg", quality=95)
+    x = load_reference_folder(tmp_path, 64, 3)[0]
+    with Image.open(tmp_path / "photo.jpg") as im:
+        full = np.asarray(im.convert("RGB").resize((64, 64), Image.LANCZOS), dtype=np.float32) / 127.5 - 1
+    diff = (x - torch.from_numpy(full).permute(2, 0, 1)).abs()
+    assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.1
