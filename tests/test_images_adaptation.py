@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -70,6 +71,13 @@ def test_same_seed_same_samples_and_bad_method(task):
         run_method(task, "dreambooth", n=4)
     with pytest.raises(ValueError, match="guidance"):
         run_method(task, "mmd", n=4)
+    # the baselines' knobs are named as the caller wrote them, before any sampling or training
+    for kw, msg in ((dict(classifier_scale=-1.0), "classifier_scale must be a finite number >= 0; got -1.0"),
+                    (dict(classifier_steps=0), "classifier_steps must be an integer >= 1; got 0"),
+                    (dict(finetune_steps=0), "finetune_steps must be an integer >= 1; got 0"),
+                    (dict(finetune_lr=0.0), "finetune_lr must be a finite number > 0; got 0.0")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            run_method(task, "classifier" if "classifier" in next(iter(kw)) else "finetune", n=4, **kw)
 
 
 def test_eta_reaches_the_sampler(task):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_int
+from .._validation import _describe, check_int, check_nonnegative, check_positive
 
 __all__ = ["AdaptationTask", "MethodResult", "digits_task", "shapes_task", "run_method", "METHODS"]
 
@@ -148,6 +148,11 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    # the baselines' own knobs, checked under the names given here (the helpers call them scale/steps/lr)
+    check_nonnegative(classifier_scale, "classifier_scale")
+    check_int(classifier_steps, "classifier_steps", 1)
+    check_int(finetune_steps, "finetune_steps", 1)
+    check_positive(finetune_lr, "finetune_lr")
     denoiser, hook, setup = task.denoiser, None, 0.0
     if method == "mmd":
         if guidance is None:
