@@ -113,6 +113,21 @@ def test_feature_net_accuracy_and_style_separation():
     assert image_features(x, net).shape == (3, 64)
 
 
+def test_feature_net_refuses_images_on_another_scale():
+    from mmdg_lite.images.features import predict
+
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    for bad, msg in (((x + 1) * 127.5, r"images must be in \[-1, 1\].*x / 127.5 - 1"),
+                     (x.masked_fill(x > 0.9, float("nan")), "NaN"),
+                     (x[:, 0], r"\(N, 1 or 3, H, W\)")):
+        with pytest.raises(ValueError, match=msg):
+            image_features(bad)
+        with pytest.raises(ValueError, match=msg):
+            predict(bad, "digit")
+    # a kernel on Tweedie estimates goes through FeatureNet.features, which takes any values
+    assert torch.isfinite(load_feature_net().features(x * 10)).all()
+
+
 def test_data_folder_within_budget():
     total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
     assert total <= 30 * 2**20, f"data/ holds {total / 2**20:.1f} MB; the budget is 30 MB"

@@ -50,11 +50,16 @@ class FeatureNet(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, v) for k, v in HEADS.items()})
 
     @staticmethod
-    def prepare(images: Tensor) -> Tensor:
-        """(N, 1 or 3, H, W) in [-1, 1] -> (N, 3, 32, 32)."""
+    def check_shape(images: Any) -> None:
+        """ValueError unless ``images`` is a tensor (N, 1 or 3, H, W)."""
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be a tensor (N, 1 or 3, H, W) in [-1, 1]; got {got}")
+
+    @staticmethod
+    def prepare(images: Tensor) -> Tensor:
+        """(N, 1 or 3, H, W) in [-1, 1] -> (N, 3, 32, 32)."""
+        FeatureNet.check_shape(images)
         x = images.float()
         if x.shape[-2:] != (32, 32):
             x = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
@@ -96,8 +101,21 @@ def load_feature_net(folder: Path | str | None = None) -> FeatureNet:
     return net.eval().requires_grad_(False)
 
 
+def _check_images(images: Any) -> None:
+    """Finite images on the [-1, 1] scale: 0-255 pixels (or NaN) would give features, and an FD,
+    without an error. (Not in ``FeatureNet.prepare``: a kernel on Tweedie estimates may see values
+    far outside [-1, 1] at the noisy steps.)"""
+    from .._validation import check_finite
+    from .detectors import _check_scale
+
+    FeatureNet.check_shape(images)
+    check_finite(images.detach(), "images")
+    _check_scale(images.detach(), "images")
+
+
 def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
     """(N, C, H, W) in [-1, 1] -> (N, 64) features of the shipped (or given) network."""
+    _check_images(images)
     net = net if net is not None else _cached()
     with torch.no_grad():
         return torch.cat([net.features(chunk) for chunk in images.split(batch_size)])
@@ -107,6 +125,7 @@ def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size
     """(N, K) softmax probabilities of one head ("digit", "thick", "shape", ...)."""
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}; got {head!r}")
+    _check_images(images)
     net = net if net is not None else _cached()
     with torch.no_grad():
         return torch.cat([net.heads[head](net.features(c)).softmax(-1) for c in images.split(batch_size)])
