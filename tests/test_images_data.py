@@ -154,6 +154,9 @@ def test_thickness_score_orders_dilations():
     s0, s1, s2 = (thickness_score(x) for x in (d.images, thicken(d.images), thicken(thicken(d.images))))
     assert bool((s1 > s0).float().mean() > 0.99) and bool((s2 >= s1).float().mean() > 0.99)
     assert detect_thick(thicken(d.images)).float().mean() > 0.97
+    for bad in (d.images.numpy(), d.images[:, 0], (d.images > 0).to(torch.uint8)):
+        with pytest.raises(ValueError, match=r"images must be a float tensor \(N, C, H, W\)"):
+            thicken(bad)
 
 
 def test_speckle_score_is_the_laplacian_and_spares_every_real_digit():

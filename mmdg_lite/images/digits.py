@@ -43,6 +43,9 @@ class DigitSet:
 
 def thicken(images: Tensor) -> Tensor:
     """Thick strokes: 3x3 grey dilation (a max filter) of images (N, 1, H, W) in [-1, 1]."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        got = f"shape {tuple(images.shape)}, {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a float tensor (N, C, H, W) in [-1, 1]; got {got}")
     return torch.nn.functional.max_pool2d(images, kernel_size=3, stride=1, padding=1)  # (N, 1, H, W)
 
 
