@@ -22,38 +22,28 @@ from pathlib import Path
 
 import torch
 
-from mmdg_lite import MMDGuidance
-from mmdg_lite.images.adaptation import digits_task, run_method, shapes_task
+from mmdg_lite.images.adaptation import digits_task, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine, map_jobs, parse_jobs, write_results  # noqa: E402
+from images import adaptation_rows  # noqa: E402  (benchmarks/images.py: the seed x setting loop)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)
 N, BATCH = 256, 128  # as benchmarks/images.py
-ROWS = {"untuned `MMDGuidance(refs)`": {}, "untuned, `eval_point=\"x0_hat\"`": {"eval_point": "x0_hat"}}
-PRESET_ROWS = {"digits": ("unguided", "mmd x_t", "mmd x0_hat", "classifier"),
-               "shapes": ("unguided", "mmd x_t", "mmd x0_hat", "classifier")}
+# label -> run settings: MMDGuidance(task.references, **guidance), nothing else given
+ROWS = {"untuned `MMDGuidance(refs)`": {"method": "mmd", "guidance": {}},
+        "untuned, `eval_point=\"x0_hat\"`": {"method": "mmd", "guidance": {"eval_point": "x0_hat"}}}
+PRESET_ROWS = ("unguided", "mmd x_t", "mmd x0_hat", "classifier")  # read from images.json, both domains
 TASKS = {"digits": digits_task, "shapes": shapes_task}
-KEYS = ("style", "valid", "class_tv", "fd")
 
 
 def measure(domain: str) -> dict[str, dict[str, list[float]]]:
     """{row: {measure: [per seed]}} for the untuned rows of one domain; any warning is an error."""
     torch.set_num_threads(1)
-    out: dict[str, dict[str, list[float]]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an untuned run must not need a warning to be right
-        for seed in SEEDS:
-            task = TASKS[domain](n_refs=50, seed=seed)
-            for label, kw in ROWS.items():
-                r = run_method(task, "mmd", n=N, seed=seed, num_steps=50, batch_size=BATCH,
-                               guidance=MMDGuidance(task.references, **kw))
-                row = out.setdefault(label, {k: [] for k in KEYS})
-                for k, v in zip(KEYS, (r.style_rate, r.valid_rate, r.class_tv, r.fd)):
-                    row[k].append(v)
-                print(domain, seed, label, {k: round(v[-1], 3) for k, v in row.items()}, flush=True)
-    return out
+        return adaptation_rows(TASKS[domain], ROWS, SEEDS, N, num_steps=50, batch_size=BATCH)
 
 
 def _cell(v: list[float], digits: int = 3) -> str:
@@ -72,7 +62,7 @@ def render(data: dict) -> str:
              "valid and class TV as in images.md (class TV: the content classes' histogram against uniform; a "
              f"uniform sampler of {N} shows about 0.075 for 10 classes, 0.035 for 3). Mean (min–max over seeds).", ""]
     for domain, style in (("digits", "thick"), ("shapes", "outlined")):
-        rows = {**{k: data["presets"][domain][k] for k in PRESET_ROWS[domain]}, **data[domain]}
+        rows = {**{k: data["presets"][domain][k] for k in PRESET_ROWS}, **data[domain]}
         base = statistics.mean(rows["unguided"]["style"])
         lines += [f"## {domain}", "",
                   f"| method | {style} rate | valid | class TV | FD to target | rate >= 2x unguided and >= 0.7 | "
@@ -92,7 +82,7 @@ def main() -> None:
     t0, load = time.perf_counter(), load_average()
     rows = map_jobs(measure, TASKS, jobs)
     images = json.loads((RESULTS / "images.json").read_text())
-    presets = {d: {k: images[d][k] for k in PRESET_ROWS[d]} for d in TASKS}
+    presets = {d: {k: images[d][k] for k in PRESET_ROWS} for d in TASKS}
     data = {"meta": {"command": ".venv/bin/python benchmarks/images_untuned.py"
                                 + (f" --jobs {jobs}" if jobs > 1 else ""),
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from .._resources import data_path
+from .._validation import check_finite
 from ..seeding import make_generator, seed_everything
+from .detectors import _check_scale
 
 __all__ = ["FeatureNet", "FEATURE_NET_DIR", "FEATURE_NET_RECIPE", "HEADS", "train_feature_net",
            "load_feature_net", "save_feature_net", "image_features", "predict", "digit_atypicality",
@@ -105,9 +107,6 @@ def _check_images(images: Any) -> None:
     """Finite images on the [-1, 1] scale: 0-255 pixels (or NaN) would give features, and an FD,
     without an error. (Not in ``FeatureNet.prepare``: a kernel on Tweedie estimates may see values
     far outside [-1, 1] at the noisy steps.)"""
-    from .._validation import check_finite
-    from .detectors import _check_scale
-
     FeatureNet.check_shape(images)
     check_finite(images.detach(), "images")
     _check_scale(images.detach(), "images")
