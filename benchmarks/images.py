@@ -63,24 +63,46 @@ def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int, batch
 def step_time_ratio(repeats: int = 30, num_steps: int = 50) -> dict:
     """Guided vs unguided wall time per step, pixel UNet, batch 16, 50 references, interleaved.
 
-    The ratio of the medians of 30 pairs of 50-step runs, the order within a pair alternating (so
-    neither side always runs on a warm cache): on these shared CPUs single pairs range over
-    +-20 %, and 15 pairs of 20 steps, always unguided first, gave 1.06-1.09 on an afternoon
-    when the hook itself measured 0.35-0.74 ms of a 20 ms step."""
+    Both digits presets, each against unguided sampling with its own sampler: MMD on x_t (DDIM
+    eta 0) and MMD on x0_hat (the preset that meets the FD measure, DDIM eta 0.25). Each ratio is
+    of the medians of ``repeats`` runs of ``num_steps`` steps per arm, the four arms in a rotating
+    order (so no arm always runs first or on a warm cache): on these shared CPUs single pairs
+    range over +-20 %, and 15 pairs of 20 steps, always unguided first, gave 1.06-1.09 on an
+    afternoon when the hook itself measured 0.35-0.74 ms of a 20 ms step."""
     task = digits_task(n_refs=50)
-    g = PRESETS["digits"]["mmd x_t"]["guidance"]
-    times = {"unguided": [], "guided": []}
+    arms = []  # (preset, guided?, eta)
+    for name in ("mmd x_t", "mmd x0_hat"):
+        eta = PRESETS["digits"][name].get("eta", 0.0)
+        arms += [(name, False, eta), (name, True, eta)]
+    times: dict[tuple, list[float]] = {a: [] for a in arms}
     for r in range(repeats):
-        for name in (("unguided", "guided") if r % 2 == 0 else ("guided", "unguided")):
-            hook = MMDGuidance(task.references, **g) if name == "guided" else None
+        for i in range(len(arms)):
+            name, guided, eta = arms[(i + r) % len(arms)]
+            hook = MMDGuidance(task.references, **PRESETS["digits"][name]["guidance"]) if guided else None
             t0 = time.perf_counter()
-            sample(task.denoiser, 16, task.shape, scheduler="ddim", num_steps=num_steps, seed=r, guidance=hook)
-            times[name].append((time.perf_counter() - t0) / num_steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    pairs = sorted(g / u for g, u in zip(times["guided"], times["unguided"]))  # (repeats,)
-    return {"per_step_unguided_s": med["unguided"], "per_step_guided_s": med["guided"],
-            "ratio": med["guided"] / med["unguided"], "pair_ratio_range": [pairs[0], pairs[-1]],
-            "repeats": repeats, "num_steps": num_steps}
+            sample(task.denoiser, 16, task.shape, scheduler="ddim", num_steps=num_steps, seed=r, guidance=hook,
+                   eta=eta)
+            times[(name, guided, eta)].append((time.perf_counter() - t0) / num_steps)
+    rows = {}
+    for name, _, eta in arms[::2]:
+        u, g = times[(name, False, eta)], times[(name, True, eta)]
+        pairs = sorted(a / b for a, b in zip(g, u))  # (repeats,) same repeat, same seed
+        rows[name] = {"eta": eta, "per_step_unguided_s": statistics.median(u),
+                      "per_step_guided_s": statistics.median(g),
+                      "ratio": statistics.median(g) / statistics.median(u), "pair_ratio_range": [pairs[0], pairs[-1]]}
+    return {"rows": rows, "repeats": repeats, "num_steps": num_steps}
+
+
+def _timing_lines(timing: dict) -> list[str]:
+    """The step-time table; results written before both presets were timed have one row (x_t)."""
+    rows = timing.get("rows", {"mmd x_t": dict(timing, eta=0.0)})
+    lines = ["| guidance (DDIM eta) | unguided s/step | guided s/step | ratio | ratio of single pairs (min-max) |",
+             "|---|---|---|---|---|"]
+    for name, t in rows.items():
+        span = "{:.2f}-{:.2f}".format(*t["pair_ratio_range"]) if "pair_ratio_range" in t else "not recorded"
+        lines.append(f"| {name} ({t['eta']:g}) | {t['per_step_unguided_s']:.4f} | {t['per_step_guided_s']:.4f} | "
+                     f"{t['ratio']:.3f} | {span} |")
+    return lines
 
 
 def sweep(seeds, n: int, num_steps: int, counts=(10, 25, 50, 100, 200)) -> dict:
@@ -179,10 +201,7 @@ def render(data: dict) -> str:
         *_shape_wins(shapes, seeds), "",
         "## Wall time per step, pixel UNet, batch 16, 50 references (interleaved, median of "
         f"{timing['repeats']})", "",
-        "| unguided s/step | guided s/step | ratio | ratio of single pairs (min-max) |", "|---|---|---|---|",
-        f"| {timing['per_step_unguided_s']:.4f} | {timing['per_step_guided_s']:.4f} | {timing['ratio']:.3f} | "
-        + ("{:.2f}-{:.2f}".format(*timing["pair_ratio_range"]) if "pair_ratio_range" in timing else "not recorded")
-        + " |", "",
+        *_timing_lines(timing), "",
         "## Latent reference-count sweep (MMD guidance on x_t)", "",
         "| references | outlined rate | valid | FD to target |", "|---|---|---|---|",
         *[f"| {m} | {_mean_sd(r['style'])} | {_mean_sd(r['valid'])} | {_mean_sd(r['fd'])} |" for m, r in sw.items()],
