@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,11 +67,13 @@ def shipped_models() -> dict[str, tuple[Path, Loader | None]]:
     diffusers pipeline counts once). The toy models go through their own loaders, which never
     retrain; a loader of None marks a format ``mmdg info`` cannot check generically."""
     from ._resources import DATA_DIR
+    from .images.features import FEATURE_NET_DIR, load_feature_net
     from .toys import models
 
     found: dict[Path, Loader | None] = {
         models.TOY_2D_DIR: lambda: models.load_or_train_toy_2d(progress=False),
-        models.COND_2D_DIR: lambda: models.load_or_train_cond_2d()}
+        models.COND_2D_DIR: lambda: models.load_or_train_cond_2d(),
+        FEATURE_NET_DIR: load_feature_net}
     pipelines = [p.parent for p in DATA_DIR.rglob("model_index.json")]
     for config in sorted(DATA_DIR.rglob("config.json")):
         folder = config.parent
@@ -125,6 +128,7 @@ def _run_info(args: argparse.Namespace) -> int:
     except ImportError:
         print("torch     not installed")
     print(f"data dir  {DATA_DIR}{'' if DATA_DIR.is_dir() else '  (MISSING)'}")
+    _silence_libraries()  # the loaders' own bars and notices would bury the report
     failures = 0
     shipped = shipped_models()
     width = max(map(len, shipped), default=0)
@@ -200,7 +204,7 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                     "a folder of reference images, optionally prompt-aware (one prompt per "
                     "reference). Writes the images, a grid and metrics.json into --out; nothing is "
                     "written when an input is bad.",
-        formatter_class=_DefaultsFormatter)
+        formatter_class=_DefaultsFormatter, allow_abbrev=False)
     p.add_argument("--model", default=None, metavar="PATH_OR_ID",
                    help="a diffusers pipeline folder or a hub id (downloads need network; set "
                         "HF_HUB_OFFLINE=1 to forbid them). Default: the embedded pipeline "
@@ -233,7 +237,7 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also sample unguided with the same seed and report both in metrics.json")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or diffusers notices")
     p.set_defaults(func=_run_adapt)
 
 
@@ -275,23 +279,53 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
     if any(not p.strip() for p in args.prompt):
         raise _BadInput(f"--prompt: prompts must be non-empty text; got {args.prompt!r}")
     out = Path(args.out).expanduser()
+    if out.is_symlink() and out.is_dir():  # a link to an empty folder: write into the folder it names
+        out = out.resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _BadInput(f"--out: {args.out!r} already exists and is not an empty folder; choose a new folder")
     if not out.parent.is_dir():
         raise _BadInput(f"--out: the parent folder {str(out.parent)!r} does not exist")
+    _partial_folder(out).rmdir()  # the results are written beside --out first: can they be?
     if args.device is not None:
-        from .sampling import _check_device
-
-        try:
-            _check_device(args.device)
-        except ValueError as e:
-            raise _BadInput(f"--device: {e}") from None
+        _check_cli_device(args.device)
     return model, refs, prompts, out
+
+
+def _partial_folder(out: Path) -> Path:
+    """A new hidden folder beside ``out`` (results are moved into place only when complete)."""
+    import tempfile
+
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise _BadInput(f"--out: cannot write in {str(out.parent)!r} ({type(err).__name__}: "
+                        f"{err.strerror or err}); choose a folder you can write to") from None
+
+
+def _check_cli_device(device: str) -> None:
+    """A device name torch knows, on a backend this machine has."""
+    import torch
+
+    from .sampling import _check_device
+
+    try:
+        dev = _check_device(device)
+    except ValueError as e:
+        raise _BadInput(f"--device: {e}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise _BadInput(f"--device: {device!r} is not available (this torch has no usable CUDA "
+                            f"device{'' if torch.version.cuda else ': it was built without CUDA'}); use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise _BadInput(f"--device: {device!r} does not exist; this machine has {count} CUDA "
+                            f"device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise _BadInput(f"--device: {device!r} is not available on this machine; use cpu")
 
 
 def _run_adapt(args: argparse.Namespace) -> int:
     import shutil
-    import tempfile
 
     try:
         model, refs_dir, ref_prompts, out = _check_adapt_inputs(args)
@@ -300,15 +334,14 @@ def _run_adapt(args: argparse.Namespace) -> int:
         from .pipelines import encode_images, pipeline_guidance, pipeline_image_size
         from .pipelines.adapt import generate, latent_mmd2, load_pipeline
 
+        if args.quiet:  # diffusers' and transformers' own loading bars and notices too
+            _silence_libraries()
         try:
             pipe = load_pipeline(model, device=args.device)
         except Exception as err:  # any loading failure: say which model and why
             raise _BadInput(f"--model: cannot load {model!r} as a diffusers pipeline "
                             f"({type(err).__name__}: {str(err)[:300]})") from None
-        n_train = getattr(pipe.scheduler.config, "num_train_timesteps", None)
-        if n_train is not None and args.steps > int(n_train):
-            raise _BadInput(f"--steps must be at most the scheduler's num_train_timesteps ({n_train}, "
-                            f"{type(pipe.scheduler).__name__} of {model!r}); got {args.steps}")
+        _check_steps(pipe.scheduler, args.steps, model)
         size = pipeline_image_size(pipe)
         try:
             images = load_reference_folder(refs_dir, size, 3, fit=args.fit)
@@ -321,7 +354,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
     except _BadInput as err:
         print(f"mmdg adapt: error: {err}", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp = _partial_folder(out)
+    except _BadInput as err:
+        print(f"mmdg adapt: error: {err}", file=sys.stderr)
+        return 2
     try:
         latents = encode_images(pipe, images)
         guidance = pipeline_guidance(pipe, latents, reference_prompts=ref_prompts,
@@ -345,8 +382,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
             metrics["time_ratio"] = round(seconds / base_s, 4)
             _save_images(plain, tmp / "unguided", save_grid, args.num_images)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        mode = _folder_mode(out)  # mkdtemp made tmp private (0700)
         if out.exists():
             out.rmdir()  # checked empty above
+        tmp.chmod(mode)
         tmp.rename(out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -354,8 +393,56 @@ def _run_adapt(args: argparse.Namespace) -> int:
             print(f"mmdg adapt: error: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         raise
-    print(f"wrote {len(guided)} images, grid.png and metrics.json to {out}")
+    print(f"wrote {len(guided)} image{'s' if len(guided) != 1 else ''}, grid.png and metrics.json to {out}")
     return 0
+
+
+def _silence_libraries() -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # a pipeline without text encoders needs no transformers
+        return
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _check_steps(scheduler: Any, steps: int, model: str) -> None:
+    """--steps must give the scheduler timesteps inside its training range (a steps_offset with
+    "leading" spacing shifts them up by one, so 1,000 of 1,000 steps would index past the end)."""
+    import copy
+
+    n_train = getattr(scheduler.config, "num_train_timesteps", None)
+    if n_train is None or not hasattr(scheduler, "set_timesteps"):
+        return
+
+    def fits(k: int) -> bool:
+        trial = copy.deepcopy(scheduler)
+        try:
+            trial.set_timesteps(k)
+        except (ValueError, IndexError):
+            return False
+        return int(trial.timesteps.max()) < int(n_train)
+
+    if steps <= int(n_train) and fits(steps):
+        return
+    top = next((k for k in range(min(steps, int(n_train)), 0, -1) if fits(k)), None)
+    raise _BadInput(f"--steps must be at most {top} for {type(scheduler).__name__} of {model!r} "
+                    f"(num_train_timesteps {n_train}, steps_offset "
+                    f"{getattr(scheduler.config, 'steps_offset', 0)}); got {steps}")
+
+
+def _folder_mode(out: Path) -> int:
+    """The permissions the results folder gets: an existing (empty) --out keeps its own, a new
+    one follows the umask, as mkdir would."""
+    if out.is_dir():
+        return out.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _save_images(images: Any, folder: Path, save_grid: Callable[..., None], nrow: int) -> None:
@@ -378,7 +465,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _a
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mmdg", description="MMD Guidance toolkit: adapt a diffusion model toward a few "
+        prog="mmdg", allow_abbrev=False, description="MMD Guidance toolkit: adapt a diffusion model toward a few "
                                  "reference samples without training.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(title="subcommands", dest="command", metavar="COMMAND")

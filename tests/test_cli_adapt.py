@@ -114,8 +114,19 @@ def _bad_cases(model, refs, tmp_path):
         "guidance scale inf": (["--guidance-scale", "inf"], "--guidance-scale"),
         "negative seed": (["--seed", "-1"], "--seed"),
         "bad device": (["--device", "cpux"], "--device"),
-        "too many steps": (["--steps", "5000"], "--steps must be at most the scheduler's num_train_timesteps (1000"),
+        "too many steps": (["--steps", "5000"], "--steps must be at most 999 for DDIMScheduler"),
+        # steps_offset 1 with "leading" spacing: 1,000 of 1,000 steps would index timestep 1,000
+        "steps past the offset": (["--steps", "1000"], "--steps must be at most 999 for DDIMScheduler"),
+        "huge reference": (["--references", str(_huge_folder(tmp_path))], "DecompressionBombError"),
     }
+
+
+def _huge_folder(tmp_path):
+    """A 1-bit PNG over Pillow's decompression-bomb limit (about 179 megapixels; 24 kB on disk)."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    Image.new("1", (14_000, 14_000), 1).save(folder / "big.png")
+    return folder
 
 
 @pytest.mark.parametrize("case", ["missing model", "model not a pipeline", "empty references",
@@ -123,7 +134,7 @@ def _bad_cases(model, refs, tmp_path):
                                   "missing prompts file", "zero images", "negative images",
                                   "negative strength", "strength not a number", "strength nan",
                                   "guidance scale nan", "guidance scale inf", "negative seed", "bad device",
-                                  "too many steps"])
+                                  "too many steps", "steps past the offset", "huge reference"])
 def test_adapt_bad_input_exits_nonzero_and_writes_nothing(model, refs, tmp_path, capsys, case):
     work = tmp_path / "work"
     work.mkdir()
@@ -170,3 +181,66 @@ def test_adapt_refuses_a_non_empty_out(model, refs, tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     assert adapt(model, refs, out) == 2
     assert "--out" in capsys.readouterr().err and leftovers(out) == ["keep.txt"]
+
+
+def test_adapt_refuses_an_unavailable_device_naming_device(model, refs, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert adapt(model, refs, tmp_path / "out", "--device", "cuda") == 2
+    err = capsys.readouterr().err
+    assert "--device: 'cuda' is not available" in err and "--model" not in err
+    assert leftovers(tmp_path) == []
+
+
+def test_adapt_unwritable_out_parent_is_an_input_error_before_loading(model, refs, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    def no_write(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load when --out cannot be written")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_write)
+    monkeypatch.setattr(adapt_module, "load_pipeline", no_load)
+    assert adapt(model, refs, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "--out: cannot write in" in err and "Permission denied" in err and "Traceback" not in err
+
+
+def test_adapt_into_a_symlink_to_an_empty_folder(model, refs, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert adapt(model, refs, link) == 0
+    assert link.is_symlink() and (target / "metrics.json").is_file() and (link / "grid.png").is_file()
+    assert sorted(leftovers(tmp_path)) == ["link", "target"]
+
+
+def test_adapt_output_folder_permissions(model, refs, tmp_path, capsys):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert adapt(model, refs, tmp_path / "new") == 0
+        existing = tmp_path / "existing"
+        existing.mkdir()
+        existing.chmod(0o750)
+        assert adapt(model, refs, existing) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755  # the umask, not mkdtemp's 0700
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o750  # an existing empty folder keeps its own
+    assert "wrote 2 images," in capsys.readouterr().out
+
+
+def test_adapt_flags_are_not_abbreviated(model, refs, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        adapt(model, refs, tmp_path / "out", "--stre", "2")
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()

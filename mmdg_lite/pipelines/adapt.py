@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,7 +48,9 @@ def load_pipeline(model: str | Path, *, device: str | None = None, dtype: torch.
         index = local / "model_index.json"
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             kwargs["safety_checker"] = None  # the embedded and tiny pipelines have none
-    pipe = DiffusionPipeline.from_pretrained(str(local if local.is_dir() else model), **kwargs)
+    with warnings.catch_warnings():  # newer diffusers call it dtype; torch_dtype works in every version
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        pipe = DiffusionPipeline.from_pretrained(str(local if local.is_dir() else model), **kwargs)
     return pipe.to(device)
 
 
