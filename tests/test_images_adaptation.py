@@ -117,3 +117,44 @@ def test_n_refs_is_validated():
     for bad, err in ((0, ValueError), (-3, ValueError), (True, TypeError)):
         with pytest.raises(err, match="n_refs"):
             shapes_task(n_refs=bad)
+
+
+def test_run_method_checks_n_seed_and_guidance_before_sampling(task, monkeypatch):
+    import mmdg_lite.sampling as sampling
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the arguments were checked")
+
+    monkeypatch.setattr(sampling, "sample", no_sampling)
+    for kw, error, msg in ((dict(n=1), ValueError, "n must be an integer >= 2 (FD and KD"),
+                           (dict(n=True), TypeError, "n must be an integer >= 2"),
+                           (dict(n=4, seed=-1), ValueError, "seed must be an integer in [0, 2**63); got -1")):
+        with pytest.raises(error, match=re.escape(msg)):
+            run_method(task, "unguided", **kw)
+    with pytest.raises(ValueError, match="guidance is used only by method='mmd'; got method='unguided'"):
+        run_method(task, "unguided", n=4, guidance=MMDGuidance(task.references))
+    one = digits_task(n_refs=1, seed=0)
+    with pytest.raises(ValueError, match="method='classifier' .* needs at least 2; the task has 1"):
+        run_method(one, "classifier", n=4)
+
+
+def test_a_preset_dict_runs_as_its_guidance(task):
+    """run_method(task, **PRESETS[...]) builds MMDGuidance(task.references, **preset['guidance'])."""
+    preset = PRESETS["digits"]["mmd x0_hat"]
+    a = run_method(task, n=4, num_steps=3, seed=1, **preset)
+    b = run_method(task, "mmd", n=4, num_steps=3, seed=1, eta=preset["eta"],
+                   guidance=MMDGuidance(task.references, **preset["guidance"]))
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, run_method(task, "unguided", n=4, num_steps=3, seed=1, eta=preset["eta"]).samples)
+
+
+def test_task_seeds_and_flags_are_checked():
+    from mmdg_lite.images.adaptation import shapes_task
+
+    for bad in (True, -1, 2**70, 1.5):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            digits_task(n_refs=10, seed=bad)
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            shapes_task(n_refs=4, seed=bad)
+    with pytest.raises(TypeError, match="stratified must be True or False; got 'no'"):
+        digits_task(n_refs=10, stratified="no")

@@ -151,3 +151,24 @@ def test_vae_reconstructions_are_read_as_the_shapes_they_were():
     assert float(rec.valid.float().mean()) >= 0.98
     for attribute in ("shape", "fill", "colour"):
         assert float((rec.attributes[attribute] == s.attributes[attribute]).float().mean()) >= 0.98, attribute
+
+
+def test_a_model_folder_of_another_class_raises_instead_of_random_weights():
+    """diffusers alone only warns and initialises the missing tensors at random."""
+    from mmdg_lite._io import ArtifactError
+    from mmdg_lite.images.models import SHAPES_UNET_DIR
+
+    with pytest.raises(ArtifactError, match=r"shapes_unet: the weights .* do not match its config.json for "
+                                            r"AutoencoderKL: missing keys"):
+        load_shapes_vae(SHAPES_UNET_DIR)
+
+
+def test_feature_batch_size_is_checked():
+    from mmdg_lite.images.features import predict
+
+    x = torch.zeros(2, 1, 16, 16)
+    for bad, error in ((0, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(error, match="batch_size must be an integer >= 1"):
+            image_features(x, batch_size=bad)
+        with pytest.raises(error, match="batch_size must be an integer >= 1"):
+            predict(x, "digit", batch_size=bad)

@@ -258,3 +258,59 @@ def test_large_jpeg_decoded_at_reduced_scale_matches_full_decode(tmp_path):
         full = np.asarray(im.convert("RGB").resize((64, 64), Image.LANCZOS), dtype=np.float32) / 127.5 - 1
     diff = (x - torch.from_numpy(full).permute(2, 0, 1)).abs()
     assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.1
+
+
+def test_recursive_folder_skips_hidden_folders_and_names_nested_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "sub" / "b.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / ".ipynb_checkpoints" / "c.png")  # a notebook's copy
+    x = load_reference_folder(tmp_path, 8, 3, recursive=True)
+    assert x.shape == (2, 3, 8, 8) and float(x[:, 2].max()) == -1.0  # no blue image
+    (tmp_path / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ValueError, match=r"sub/broken.png \("):
+        load_reference_folder(tmp_path, 8, 3, recursive=True)
+    with pytest.raises(TypeError, match="recursive must be True or False; got 1"):
+        load_reference_folder(tmp_path, 8, 3, recursive=1)
+
+
+def test_images_over_the_decompression_bomb_limit_are_listed_not_raised_raw(tmp_path):
+    Image.new("1", (14_000, 14_000), 1).save(tmp_path / "big.png")  # 196 megapixels, 24 kB on disk
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    with pytest.raises(ValueError, match=r"(?s)1 of 2 file\(s\).*big.png \(DecompressionBombError"):
+        load_reference_folder(tmp_path, 8, 3)
+
+
+def test_pad_keeps_a_thin_image(tmp_path):
+    """A 1 x 100 white line padded to 8 x 8 keeps a 1-px line in the middle column (it rounded to
+    0 px and vanished), as the tensor path keeps it there."""
+    Image.fromarray(np.full((100, 1, 3), 255, np.uint8)).save(tmp_path / "line.png")
+    x = load_reference_folder(tmp_path, 8, 3, fit="pad")[0]
+    lit = (x > -1).any(0).any(0)  # (W,) columns with any ink
+    assert lit.tolist() == [False] * 3 + [True] + [False] * 4 and float(x.max()) > 0.9
+    t = references_from_tensors(torch.ones(1, 3, 100, 1), 8, 3, value_range=(0, 1), fit="pad")[0]
+    assert int((t > -1).any(0).any(0).float().argmax()) == 3  # the same column
+
+
+def test_grey_16_bit_data_reads_the_same_in_every_container(tmp_path):
+    """1000 / 65535 of white is near black whether Pillow opens it as I;16 (PNG) or I (TIFF);
+    float data in [0, 1] ('F') reads as its value."""
+    a = np.full((8, 8), 1000, np.uint16)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(a.astype(np.int32), mode="I").save(tmp_path / "b.tif")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(tmp_path / "c.tif")
+    x = load_reference_folder(tmp_path, 8, 1)
+    want = 2 * np.floor(1000 / 65535 * 255) / 255 - 1
+    assert abs(float(x[0].mean()) - want) < 1e-6 and abs(float(x[1].mean()) - want) < 1e-6
+    assert abs(float(x[2].mean()) - (2 * np.floor(0.5 * 255) / 255 - 1)) < 1e-6
+
+
+def test_encode_options_are_checked():
+    from mmdg_lite.images import load_shapes_vae
+
+    vae, x = load_shapes_vae(), torch.zeros(2, 3, 32, 32)
+    with pytest.raises(TypeError, match="sample must be True or False; got 'no'"):
+        encode_references(vae, x, sample="no")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator.*got int"):
+        encode_references(vae, x, sample=True, generator=0)

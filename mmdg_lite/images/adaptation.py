@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_int, check_nonnegative, check_positive
+from .._validation import _describe, check_bool, check_int, check_nonnegative, check_positive
+from ..seeding import check_seed
 
 __all__ = ["AdaptationTask", "MethodResult", "digits_task", "shapes_task", "run_method", "METHODS"]
 
@@ -79,6 +80,7 @@ def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> Ada
     if not 1 <= n_refs <= N_TEST_DIGITS - 2:
         raise ValueError(f"n_refs must be {valid}; got {n_refs}")
 
+    seed, stratified = check_seed(seed), check_bool(stratified, "stratified")
     test = load_digit_set("test", style_fraction=1.0)
     perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
     if stratified:  # the first n_refs of the permutation in round-robin class order
@@ -105,6 +107,7 @@ def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
     from .shapes import make_shapes
 
     check_int(n_refs, "n_refs", 1)
+    seed = check_seed(seed)
 
     vae, unet = load_shapes_vae(), load_shapes_unet()
     ref_imgs = make_shapes(n_refs, {"fill": {"outlined": 1.0}}, seed=1000 + seed).images
@@ -139,15 +142,30 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
                scheduler: str = "ddim", guidance: Any = None, classifier_scale: float = 10.0,
                classifier_steps: int = 400, finetune_steps: int = 100, finetune_lr: float = 5e-4,
                batch_size: int | None = None, eta: float = 0.0) -> MethodResult:
-    """Sample ``n`` with ``method`` ("unguided", "mmd" with the given ``guidance`` hook,
+    """Sample ``n`` (>= 2: FD and KD need two samples) with ``method`` ("unguided", "mmd" with
+    the given ``guidance``: a hook such as ``MMDGuidance(task.references, ...)`` or a dict of its
+    keyword arguments, so ``run_method(task, **PRESETS["digits"]["mmd x0_hat"])`` works;
     "classifier": a noisy classifier of references vs unguided samples, "finetune": the UNet
     trained further on the references) and measure it. ``eta``: DDIM's noise (0, the default, is
-    deterministic), also used for the classifier's base samples."""
+    deterministic), also used for the classifier's base samples. Every argument is checked before
+    any sampling or training."""
     from ..baselines import ClassifierGuidance, finetune_denoiser, train_classifier
     from ..sampling import sample
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    valid_n = "an integer >= 2 (FD and KD compare at least 2 samples with the targets)"
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be {valid_n}; got {_describe(n)}")
+    if n < 2:
+        raise ValueError(f"n must be {valid_n}; got {n}")
+    check_seed(seed)
+    if guidance is not None and method != "mmd":
+        raise ValueError(f"guidance is used only by method='mmd'; got method={method!r} with guidance "
+                         f"{type(guidance).__name__} (drop it, or use method='mmd')")
+    if method == "classifier" and len(task.references) < 2:
+        raise ValueError(f"method='classifier' trains a classifier on the references and needs at least 2; "
+                         f"the task has {len(task.references)} (use n_refs >= 2)")
     # the baselines' own knobs, checked under the names given here (the helpers call them scale/steps/lr)
     check_nonnegative(classifier_scale, "classifier_scale")
     check_int(classifier_steps, "classifier_steps", 1)
@@ -156,7 +174,12 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     denoiser, hook, setup = task.denoiser, None, 0.0
     if method == "mmd":
         if guidance is None:
-            raise ValueError("method='mmd' needs guidance=MMDGuidance(task.references, ...)")
+            raise ValueError("method='mmd' needs guidance=MMDGuidance(task.references, ...) or a dict of "
+                             "its keyword arguments (e.g. PRESETS['digits']['mmd x0_hat']['guidance'])")
+        if isinstance(guidance, dict):  # a preset's settings
+            from ..guidance import MMDGuidance
+
+            guidance = MMDGuidance(task.references, **guidance)
         hook = guidance
     elif method == "classifier":
         t0 = time.perf_counter()

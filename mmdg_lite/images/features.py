@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._resources import data_path
-from .._validation import check_finite
+from .._validation import check_finite, check_int
 from ..seeding import make_generator, seed_everything
 from .detectors import _check_scale
 
@@ -115,6 +115,7 @@ def _check_images(images: Any) -> None:
 def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
     """(N, C, H, W) in [-1, 1] -> (N, 64) features of the shipped (or given) network."""
     _check_images(images)
+    check_int(batch_size, "batch_size", 1)
     net = net if net is not None else _cached()
     with torch.no_grad():
         return torch.cat([net.features(chunk) for chunk in images.split(batch_size)])
@@ -125,6 +126,7 @@ def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size
     if head not in HEADS:
         raise ValueError(f"head must be one of {list(HEADS)}; got {head!r}")
     _check_images(images)
+    check_int(batch_size, "batch_size", 1)
     net = net if net is not None else _cached()
     with torch.no_grad():
         return torch.cat([net.heads[head](net.features(c)).softmax(-1) for c in images.split(batch_size)])

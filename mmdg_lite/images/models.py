@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .._io import from_pretrained
 from .._resources import data_path
 from ..seeding import make_generator, seed_everything
 
@@ -81,7 +82,10 @@ def _load(cls_name: str, folder: Path | str | None, default: Path) -> Any:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no diffusers model at {folder} (config.json missing); build it with "
                                 f"scripts/train_{default.name}.py")
-    model = getattr(diffusers, cls_name).from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+    # strict: weights that do not match the config (another model's folder, a truncated file) raise
+    # ArtifactError instead of diffusers' warning and randomly initialised tensors
+    model = from_pretrained(getattr(diffusers, cls_name), folder, hint=f"scripts/train_{default.name}.py rebuilds it",
+                            low_cpu_mem_usage=False)
     return model.eval().requires_grad_(False)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_choice, check_finite, check_int, is_real_number
+from .._validation import _describe, check_bool, check_choice, check_finite, check_int, is_real_number
 from .detectors import _check_scale
 
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
@@ -137,7 +137,9 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     with Lanczos filtering, a non-square image first made square by ``fit``: "squash" (default:
     the whole image, its aspect ratio changed), "crop" (the centred square; a 4:3 photo loses a
     quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt files raise one ValueError that
-    lists them all; an empty folder raises a ValueError; hidden files (".name") are skipped.
+    lists them all (images over Pillow's decompression-bomb limit, about 179 megapixels, among
+    them); an empty folder raises a ValueError; hidden files and, with ``recursive``, files in
+    hidden folders (".git", ".ipynb_checkpoints") are skipped.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
@@ -147,10 +149,12 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
         raise FileNotFoundError(f"path must be a folder of images; {str(folder)!r} is not a directory")
     _check_size_channels(size, channels)
     fit = check_choice(fit, "fit", FITS)
+    recursive = check_bool(recursive, "recursive")
     if limit is not None:
         check_int(limit, "limit", 1)
     files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in files if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in files
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         raise ValueError(f"the reference folder {str(folder)!r} is empty: put image files "
                          f"({', '.join(IMAGE_SUFFIXES)}) in it")
@@ -164,8 +168,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
                     im.draft(None, (size, size))  # (12-megapixel photos at 64 px: about 3x faster to load)
                 im.load()
                 arrays.append(_convert(im, size, channels, fit))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            bad.append(f"{f.name} ({type(err).__name__}: {str(err)[:80]})")
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+            bad.append(f"{f.relative_to(folder)} ({type(err).__name__}: {str(err)[:120]})")
     if bad:
         raise ValueError(f"{len(bad)} of {len(files)} file(s) in {str(folder)!r} are not readable images; "
                          "remove or fix them:\n  " + "\n  ".join(bad))
@@ -182,8 +186,7 @@ def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarr
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        im = Image.fromarray((np.clip(a / top, 0, 1) * 255).astype(np.uint8), mode="L")
+        im = Image.fromarray((np.clip(a / _grey_white(im.mode, a), 0, 1) * 255).astype(np.uint8), mode="L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -191,12 +194,28 @@ def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarr
     im = im.convert("L" if channels == 1 else "RGB")
     if fit == "crop":  # (a square image: the same resize as "squash")
         im = ImageOps.fit(im, (size, size), method=Image.LANCZOS)
-    elif fit == "pad":
-        im = ImageOps.pad(im, (size, size), method=Image.LANCZOS, color=0)
+    elif fit == "pad" and im.width != im.height:  # the long side to size, black bands (as the tensor path)
+        w, h = im.size
+        nw, nh = max(1, round(w * size / max(w, h))), max(1, round(h * size / max(w, h)))  # a thin image keeps 1 px
+        canvas = Image.new(im.mode, (size, size), 0)
+        canvas.paste(im.resize((nw, nh), Image.LANCZOS), ((size - nw) // 2, (size - nh) // 2))
+        im = canvas
     elif im.size != (size, size):
         im = im.resize((size, size), Image.LANCZOS)
     a = np.asarray(im, dtype=np.float32) / 255.0
     return a[..., None] if channels == 1 else a  # (H, W, C)
+
+
+def _grey_white(mode: str, a: np.ndarray) -> float:
+    """The value of white for a 16/32-bit grey image: 65535 for 16-bit data (Pillow opens 16-bit
+    PNGs as "I;16" or "I"), 1 for float data in [0, 1]; otherwise (32-bit data of unknown range)
+    the image's own maximum."""
+    top = float(a.max()) if a.size else 0.0
+    if mode.startswith("I;16") or (mode == "I" and 0 <= float(a.min()) and top <= 65535):
+        return 65535.0
+    if mode == "F" and 0 <= float(a.min()) and top <= 1.0:
+        return 1.0
+    return max(top, 1.0)
 
 
 def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batch_size: Any,
@@ -231,6 +250,10 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
     factor; floating dtypes are cast to the VAE's. Values beyond +-3 (0-255 pixels, ...) raise;
     generated samples' small overshoot of [-1, 1] is encoded as it is.
     """
+    sample = check_bool(sample, "sample")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None; "
+                        f"got {_describe(generator)}")
     images = _check_vae_input(vae, images, "images", int(vae.config.in_channels),
                               "vae.config.in_channels; grey images: load them with channels=3 "
                               "or repeat with images.expand(-1, 3, -1, -1)", batch_size, pixels=True)
