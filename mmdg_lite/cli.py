@@ -369,7 +369,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
                       progress=not args.quiet, size=size)
         guided, seconds = generate(pipe, args.prompt, args.num_images, guidance=guidance, **common)
         metrics: dict[str, Any] = {
-            "model": model, "prompts": args.prompt, "num_images_per_prompt": args.num_images,
+            "model": model, "references": str(refs_dir.resolve()),
+            "reference_prompts": (str(Path(args.reference_prompts).expanduser().resolve())
+                                  if args.reference_prompts is not None else None),
+            "prompts": args.prompt, "num_images_per_prompt": args.num_images,
             "strength": args.strength, "seed": args.seed, "steps": args.steps,
             "guidance_scale": args.guidance_scale, "eval_point": args.eval_point,
             "scheduler": type(pipe.scheduler).__name__, "num_references": len(images), "fit": args.fit,

@@ -50,6 +50,7 @@ def test_adapt_writes_images_grid_and_metrics(model, refs, tmp_path):
         assert im.size == (32, 32) and im.mode == "RGB"
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_references"] == 4 and m["prompt_aware"] is False and m["image_size"] == 32 and m["fit"] == "crop"
+    assert m["references"] == str(refs.resolve()) and m["reference_prompts"] is None  # what the run read
     assert m["guided"]["latent_mmd2"] >= 0 and m["unguided"]["latent_mmd2"] >= 0
     assert m["time_ratio"] > 0 and m["strength"] == 1.0
     assert leftovers(tmp_path) == ["run"]  # the temporary folder was moved, not left behind
@@ -74,6 +75,7 @@ def test_adapt_prompt_aware(model, refs, tmp_path):
     assert adapt(model, refs, out, "--reference-prompts", str(prompts), "--prompt", "a blue square") == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["prompt_aware"] is True and m["prompts"] == ["a red square", "a blue square"]
+    assert m["reference_prompts"] == str(prompts.resolve())
     assert len(list((out / "images").iterdir())) == 4  # 2 prompts x 2 images
 
 

@@ -119,8 +119,10 @@ def test_folder_limit_and_channels_are_validated(tmp_path):
 
 def test_from_tensors_refuses_values_outside_value_range():
     pixels = torch.full((2, 3, 8, 8), 200, dtype=torch.uint8)
-    with pytest.raises(ValueError, match=r"images hold values in \[200, 200\], outside value_range.*\(0, 255\)"):
+    with pytest.raises(ValueError, match=r"images have dtype torch.uint8: name their range, e.g. value_range=\(0, 255\)"):
         references_from_tensors(pixels, 8, 3)  # 0-255 with the default (-1, 1): was all 1.0
+    with pytest.raises(ValueError, match=r"images hold values in \[200, 200\], outside value_range.*\(0, 255\)"):
+        references_from_tensors(pixels.float(), 8, 3)
     assert torch.allclose(references_from_tensors(pixels, 8, 3, value_range=(0, 255)),
                           torch.full((2, 3, 8, 8), 200 / 255 * 2 - 1))
     with pytest.raises(ValueError, match=r"value_range=\(0, 1\).*value_range=\(-1, 1\)"):
@@ -314,3 +316,19 @@ def test_encode_options_are_checked():
         encode_references(vae, x, sample="no")
     with pytest.raises(TypeError, match="generator must be a torch.Generator.*got int"):
         encode_references(vae, x, sample=True, generator=0)
+
+
+def test_from_tensors_integer_masks_complex_and_empty_sides():
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    mask[:, :, 2:6, 2:6] = 1
+    for m in (mask, mask.bool()):  # 0/1 data lie inside (-1, 1): black would silently become mid-grey
+        with pytest.raises(ValueError, match=r"images have dtype torch\.(uint8|bool): name their range"):
+            references_from_tensors(m, 8, 1)
+    x = references_from_tensors(mask, 8, 1, value_range=(0, 1))
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    with pytest.raises(TypeError, match="images must hold real values; got dtype torch.complex64"):
+        references_from_tensors(torch.zeros(2, 1, 8, 8, dtype=torch.complex64), 8, 1)
+    with pytest.raises(ValueError, match=r"N, H, W >= 1 .* got \(2, 1, 0, 8\)"):
+        references_from_tensors(torch.zeros(2, 1, 0, 8), 8, 1)
+    with pytest.raises(ValueError, match=r"channels last\? use images.permute\(0, 3, 1, 2\)"):
+        references_from_tensors(torch.zeros(2, 8, 8, 3), 8, 3)

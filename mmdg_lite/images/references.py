@@ -36,8 +36,8 @@ _RANGE_TOLERANCE = 0.1
 FITS = ("squash", "crop", "pad")
 
 
-def references_from_tensors(images: Any, size: int, channels: int, *, value_range: tuple[float, float] = (-1.0, 1.0),
-                            fit: str = "squash") -> Tensor:
+def references_from_tensors(images: Any, size: int, channels: int, *,
+                            value_range: tuple[float, float] | None = None, fit: str = "squash") -> Tensor:
     """Tensors/arrays (N, C, H, W) or (N, H, W) in ``value_range`` -> (N, channels, size, size) in [-1, 1].
 
     One channel is repeated to three; three become one by ITU-R 601 luma; other sizes are
@@ -46,18 +46,31 @@ def references_from_tensors(images: Any, size: int, channels: int, *, value_rang
     (clamped); further out they raise, suggesting the range the data looks like. Data in [0, 1]
     lies inside the default (-1, 1) and cannot be told from bright [-1, 1] images, so it is
     taken as given (black comes back as mid-grey 0): pass ``value_range=(0, 1)`` for it.
+    ``value_range=None`` (default) means (-1, 1) for floating data; integer and bool data (uint8
+    pixels, 0/1 masks) must name their range, e.g. (0, 255) or (0, 1). (N, H, W) is N grey
+    images; one colour image (C, H, W) is ``images[None]``.
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a tensor or numpy array (N, C, H, W); got {type(images).__name__}")
+    if images.is_complex():
+        raise TypeError(f"images must hold real values; got dtype {images.dtype}")
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    if images.ndim != 4 or images.shape[1] not in (1, 3, 4) or images.shape[0] == 0:
-        raise ValueError(f"images must have shape (N, C, H, W) with N >= 1 and C in 1, 3, 4; "
-                         f"got {tuple(images.shape)}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3, 4) or 0 in images.shape:
+        hint = ""
+        if images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            hint = f" (channels last? use images.permute(0, 3, 1, 2))"
+        raise ValueError(f"images must have shape (N, C, H, W) with N, H, W >= 1 and C in 1, 3, 4; "
+                         f"got {tuple(images.shape)}{hint}")
     _check_size_channels(size, channels)
     fit = check_choice(fit, "fit", FITS)
+    if value_range is None:
+        if not images.dtype.is_floating_point:
+            raise ValueError(f"images have dtype {images.dtype}: name their range, e.g. value_range=(0, 255) "
+                             "for 8-bit pixels or (0, 1) for 0/1 masks (the default (-1, 1) is for floating data)")
+        value_range = (-1.0, 1.0)
     lo, hi = _check_value_range(value_range)
     x = images.float()
     check_finite(x, "images")
@@ -139,7 +152,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt files raise one ValueError that
     lists them all (images over Pillow's decompression-bomb limit, about 179 megapixels, among
     them); an empty folder raises a ValueError; hidden files and, with ``recursive``, files in
-    hidden folders (".git", ".ipynb_checkpoints") are skipped.
+    hidden folders (".git", ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG)
+    gives its first frame.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
