@@ -61,7 +61,7 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     if images.ndim != 4 or images.shape[1] not in (1, 3, 4) or 0 in images.shape:
         hint = ""
         if images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
-            hint = f" (channels last? use images.permute(0, 3, 1, 2))"
+            hint = " (channels last? use images.permute(0, 3, 1, 2))"
         raise ValueError(f"images must have shape (N, C, H, W) with N, H, W >= 1 and C in 1, 3, 4; "
                          f"got {tuple(images.shape)}{hint}")
     _check_size_channels(size, channels)
