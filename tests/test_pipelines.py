@@ -436,3 +436,96 @@ def test_embedded_pipeline_pooled_prompts_separate_shape_and_colour():
     for attr in ("shape", "colour"):
         centroids = torch.stack([f[labels[attr] == k].mean(0) for k in labels[attr].unique()])
         assert torch.equal(torch.cdist(f, centroids).argmin(1), labels[attr])
+
+
+# --- schedulers guidance cannot run through; hooks that undo exactly what they did ------------
+
+@pytest.mark.parametrize("name,point,why", [
+    ("PNDMScheduler", "x_prev", "repeats timesteps"),
+    ("HeunDiscreteScheduler", "x_t", "repeats timesteps"),
+    ("UniPCMultistepScheduler", "x_prev", "corrector rebuilds"),
+    ("LMSDiscreteScheduler", "x_t", "fourth-order history"),
+])
+def test_schedulers_guidance_cannot_run_through_are_refused(saved, name, point, why):
+    """PNDM / Heun reset the guidance mid-run (a repeated timestep looks like a new run), UniPC's
+    corrector undoes the correction, LMS diverges with x_t; each ran without an error."""
+    import diffusers
+
+    pipe = _load(saved, "sd")
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+    refs = encode_images(pipe, red_images(4))
+    g = MMDGuidance(refs, eval_point=point)
+    with pytest.raises(ValueError, match=rf"MMD guidance cannot run through {name}: .*{why}.*DDIMScheduler"):
+        if point == "x_t" and name == "LMSDiscreteScheduler":
+            GuidedSchedulerStep(pipe, g)  # refused when it is built
+        else:
+            with MMDGuidanceCallback(g).watch(pipe) as cb:
+                run(pipe, cb, n=2, steps=4)
+    assert "step" not in pipe.scheduler.__dict__
+
+
+def test_lms_with_x_prev_still_runs(saved):
+    from diffusers import LMSDiscreteScheduler
+
+    pipe = _load(saved, "sd")
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    refs = encode_images(pipe, red_images(4))
+    with MMDGuidanceCallback(MMDGuidance(refs, eval_point="x_prev")).watch(pipe) as cb:
+        out = run(pipe, cb, n=2, steps=4)
+    assert torch.isfinite(out).all() and "prepare_latents" not in pipe.__dict__
+
+
+def test_a_chained_x0_hat_hook_goes_through_the_step_wrapper(sd):
+    """generate() read only the outer hook's eval_point: a ChainedGuidance of x0_hat hooks ran
+    through the callback, where eps is unknown (zeros), so its x0_hat was x_t / sqrt(abar)."""
+    from mmdg_lite.guidance import ChainedGuidance
+    from mmdg_lite.pipelines.adapt import generate
+
+    refs = encode_images(sd, red_images(4))
+    spy = Spy(MMDGuidance(refs, eval_point="x0_hat"), eval_point="x0_hat")
+    generate(sd, PROMPT, 2, steps=3, guidance=ChainedGuidance(spy), progress=False, size=32)
+    assert len(spy.states) == 3 and all(float(s.eps.abs().max()) > 0 for s in spy.states)
+    with pytest.raises(ValueError, match="GuidedSchedulerStep"):
+        MMDGuidanceCallback(ChainedGuidance(MMDGuidance(refs, eval_point="x0_hat")))
+
+
+def test_sample_prompts_must_match_the_pipeline_batch(sd):
+    refs = encode_images(sd, red_images(4))
+    g = pipeline_guidance(sd, refs, reference_prompts=[PROMPT, "a blue square"] * 2,
+                          prompts=[PROMPT, "a blue square"], num_images_per_prompt=2)  # 4 sample prompts
+    before = sd.__dict__.get("prepare_latents")  # (earlier tests' callbacks may still watch sd)
+    with MMDGuidanceCallback(g).watch(sd) as cb:
+        with pytest.raises(ValueError, match="sample_prompts has 4 rows but the pipeline's batch has 2 latents"):
+            run(sd, cb, n=2, steps=2)  # 2 x 1 images
+        run(sd, cb, n=4, steps=2)  # 4 rows: fine
+    assert sd.__dict__.get("prepare_latents") is before
+
+
+def test_hooks_undo_exactly_their_own_patch(sd):
+    refs = encode_images(sd, red_images(2))
+    sched = sd.scheduler
+    outer = GuidedSchedulerStep(sd, Spy(eval_point="x0_hat"))
+    inner_spy = Spy(eval_point="x0_hat")
+    inner = GuidedSchedulerStep(sd, inner_spy)
+    outer.restore()  # out of order: the inner wrapper stays installed and working
+    run(sd, n=2, steps=2)
+    assert len(inner_spy.states) == 2
+    inner.restore()
+    assert "step" not in sched.__dict__
+
+    def mine(*args, **kwargs):
+        return type(sched).step(sched, *args, **kwargs)
+
+    sched.step = mine  # a user's own patch survives a wrapper built and removed on top of it
+    GuidedSchedulerStep(sd, Spy(eval_point="x0_hat")).restore()
+    assert sched.__dict__["step"] is mine
+    del sched.step
+
+    before = sd.__dict__.get("prepare_latents")  # (earlier tests' callbacks may still watch sd)
+    cb1 = MMDGuidanceCallback(MMDGuidance(refs)).watch(sd)
+    cb2 = MMDGuidanceCallback(MMDGuidance(refs)).watch(sd)
+    cb1.unwatch()
+    run(sd, n=2, steps=1)
+    assert cb1._prepared is None and cb2._prepared is not None  # cb1 no longer records
+    cb2.unwatch()  # out of order: nothing of either is left on the pipeline
+    assert sd.__dict__.get("prepare_latents") is before

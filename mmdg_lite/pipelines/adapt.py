@@ -18,7 +18,7 @@ from torch import Tensor
 from .._resources import data_path
 from .._validation import check_int
 from .encoding import _check_prompts, encode_images
-from .hooks import GuidedSchedulerStep, MMDGuidanceCallback
+from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, eval_points
 
 __all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
 
@@ -71,7 +71,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
         kwargs.update(height=size, width=size)
     wrapper = callback = None
     if guidance is not None:
-        if getattr(guidance, "eval_point", "x_t") in ("x_t", "x_prev"):
+        if eval_points(guidance) <= {"x_t", "x_prev"}:  # (a ChainedGuidance: all of its hooks')
             callback = MMDGuidanceCallback(guidance).watch(pipe)
             kwargs["callback_on_step_end"] = callback
         else:

@@ -14,8 +14,12 @@
 Both build a ``StepState`` in the DDPM-normalised convention of ``mmdg_lite.guidance``: for
 sigma-scaled schedulers (Euler-type, SDXL's default) the input scale is 1/sqrt(sigma^2 + 1)
 and alpha_bar = 1/(1 + sigma^2). Guidance computes half-precision latents in float32 and
-returns them in the pipeline's dtype. First-order schedulers only (DDIM, DDPM, Euler,
-Euler-ancestral, DPM-Solver++ multistep, LMS); Heun/DPM2 call ``step`` twice per timestep.
+returns them in the pipeline's dtype. Schedulers checked to move the samples toward the
+references with every eval point: DDIM, DDPM, Euler, Euler-ancestral, DPM-Solver++ multistep;
+LMS with x_prev and x0_hat. Refused (``ValueError`` naming the scheduler): those that repeat a
+timestep (PNDM, Heun, KDPM2: ``step`` runs twice per timestep), UniPC (its corrector rebuilds
+each sample from the one it stored before the guidance step, undoing the correction) and LMS
+with x_t (its fourth-order history turns the lagged correction into divergence).
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from diffusers.callbacks import PipelineCallback
 
 from ..sampling import StepState, noise_level
 
-__all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "scheduler_noise_level", "timestep_index",
-           "to_epsilon"]
+__all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "check_scheduler", "eval_points", "scheduler_noise_level",
+           "timestep_index", "to_epsilon"]
 
 
 def scheduler_noise_level(sched: Any, index: int) -> tuple[float, float]:
@@ -68,6 +72,54 @@ def to_epsilon(sched: Any, model_output: Tensor, x_t: Tensor, alpha_bar: float, 
         return (xn - a * model_output.float()) / max(s, 1e-12)
     raise ValueError(f"unsupported prediction_type {kind!r} of {type(sched).__name__}; "
                      "expected 'epsilon', 'v_prediction' or 'sample'")
+
+
+# scheduler class -> why guidance cannot run through it (any eval point)
+UNSUPPORTED_SCHEDULERS = {
+    "UniPCMultistepScheduler": "its corrector rebuilds each sample from the one it stored before the "
+                               "guidance step, undoing the correction",
+}
+# (scheduler class, eval point) -> why that pair cannot run
+UNSUPPORTED_PAIRS = {
+    ("LMSDiscreteScheduler", "x_t"): "its fourth-order history turns the correction computed at the "
+                                     "previous x_t into divergence (measured); use eval_point 'x_prev' "
+                                     "or 'x0_hat'",
+}
+WORKING_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+                      "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler")
+
+
+def eval_points(guidance: Any) -> set[str]:
+    """Where the hook evaluates its kernel: its ``eval_point``, or its inner hooks' (a
+    ``ChainedGuidance``); "x_t" for a hook that names none."""
+    inner = getattr(guidance, "hooks", None)
+    if inner is not None:
+        return set().union(*(eval_points(h) for h in inner))
+    return {getattr(guidance, "eval_point", "x_t")}
+
+
+def check_scheduler(sched: Any, guidance: Any) -> None:
+    """Refuse a scheduler (or scheduler and eval point) that guidance cannot run through, and
+    timesteps that repeat (``step`` twice per timestep: the index of a step is then ambiguous)."""
+    name = type(sched).__name__
+    why = UNSUPPORTED_SCHEDULERS.get(name) or next(
+        (UNSUPPORTED_PAIRS[(name, p)] for p in sorted(eval_points(guidance)) if (name, p) in UNSUPPORTED_PAIRS), None)
+    ts = getattr(sched, "timesteps", None)
+    if why is None and ts is not None and len(torch.unique(torch.as_tensor(ts))) < len(ts):
+        why = "it repeats timesteps (step runs more than once per timestep)"
+    if why is not None:
+        raise ValueError(f"MMD guidance cannot run through {name}: {why}; schedulers checked to work with "
+                         f"every eval point: {', '.join(WORKING_SCHEDULERS)}")
+
+
+def _check_batch(guidance: Any, n: int) -> None:
+    """The pipeline's batch is the generated set: fixed sample prompts must match it row for row."""
+    prompts = getattr(guidance, "sample_prompts", None)
+    if prompts is not None and len(prompts) != n:
+        raise ValueError(f"the guidance's sample_prompts has {len(prompts)} rows but the pipeline's batch has {n} "
+                         "latents: give one prompt feature per image (prompts x num_images_per_prompt, in the "
+                         "pipeline's order), e.g. pipeline_guidance(..., prompts=, num_images_per_prompt=) with "
+                         "the prompts of this call")
 
 
 def _no_denoiser(*_: Any, **__: Any) -> Tensor:
@@ -106,10 +158,10 @@ class MMDGuidanceCallback(PipelineCallback):
     def __init__(self, guidance: Any, *, initial_latents: Tensor | None = None) -> None:
         super().__init__()
         _check_guidance(guidance)
-        point = getattr(guidance, "eval_point", "x_t")
-        if point not in ("x_t", "x_prev"):
+        other = eval_points(guidance) - {"x_t", "x_prev"}
+        if other:
             raise ValueError(f"the callback sees only the latents after scheduler.step, so it "
-                             f"supports eval_point 'x_t' and 'x_prev'; got {point!r}: use "
+                             f"supports eval_point 'x_t' and 'x_prev'; got {sorted(other)[0]!r}: use "
                              "GuidedSchedulerStep(pipe, guidance) for 'x0_hat'")
         self.guidance = guidance
         # the latents= given to the pipeline (it multiplies them by init_noise_sigma), or None
@@ -120,39 +172,51 @@ class MMDGuidanceCallback(PipelineCallback):
 
     def watch(self, pipe: Any) -> "MMDGuidanceCallback":
         """Record the pipeline's initial latents (the x_t of step 0) by wrapping
-        ``pipe.prepare_latents``; ``unwatch()`` restores it."""
+        ``pipe.prepare_latents``; ``unwatch()`` (or leaving ``with callback.watch(pipe):``)
+        restores it."""
         self.unwatch()
         original = pipe.prepare_latents
 
         @functools.wraps(original)
         def prepare_latents(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            self._prepared = out[0] if isinstance(out, tuple) else out
+            if prepare_latents._mmdg_active:  # type: ignore[attr-defined]
+                self._prepared = out[0] if isinstance(out, tuple) else out
             return out
 
-        pipe.prepare_latents = prepare_latents
-        self._watched = (pipe, original)
+        self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents))
         return self
 
     def unwatch(self) -> None:
-        if self._watched is not None:
-            pipe, original = self._watched
-            pipe.prepare_latents = original
-            self._watched = None
+        """Remove this callback's wrapper: the pipeline's ``prepare_latents`` is again exactly
+        what it was before ``watch`` (a wrapper installed later by another callback stays)."""
+        if self._watched is None:
+            return
+        pipe, wrapper = self._watched
+        self._watched = None
+        _unpatch(pipe, "prepare_latents", wrapper)
+
+    def __enter__(self) -> "MMDGuidanceCallback":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unwatch()
 
     def callback_fn(self, pipeline: Any, step_index: int, timestep: Any,
                     callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         latents = callback_kwargs["latents"]  # (B, c, h, w) = x_{t-1}
         sched = pipeline.scheduler
         if step_index == 0:
+            check_scheduler(sched, self.guidance)
             self.guidance.reset()
             self._prev = self._prepared
             if self._prev is None and self.initial_latents is not None:
                 self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
             self._prepared = None
         x_t = self._prev
+        _check_batch(self.guidance, len(latents))
         if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
-            if getattr(self.guidance, "eval_point", "x_t") == "x_t":
+            if "x_t" in eval_points(self.guidance):
                 raise RuntimeError(
                     "eval_point='x_t' needs x_t at step 0: call callback.watch(pipe) before the "
                     "pipeline (it records the initial latents) or pass initial_latents= (the "
@@ -177,11 +241,12 @@ class GuidedSchedulerStep:
 
     def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
         _check_guidance(guidance)
-        if getattr(guidance, "eval_point", "x_t") == "x0_hat_backprop":
+        if "x0_hat_backprop" in eval_points(guidance):
             _no_denoiser()
         sched = getattr(pipe_or_scheduler, "scheduler", pipe_or_scheduler)
         if not callable(getattr(sched, "step", None)):
             raise TypeError(f"expected a diffusers pipeline or scheduler; got {type(pipe_or_scheduler).__name__}")
+        check_scheduler(sched, guidance)
         self.scheduler, self.guidance = sched, guidance
         self._last: int | None = None
         original = sched.step
@@ -189,18 +254,20 @@ class GuidedSchedulerStep:
 
         @functools.wraps(original)
         def step(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
             result = original(*args, **kwargs)
-            return self._guide(bound.arguments, result)
+            if not step._mmdg_active:  # type: ignore[attr-defined]  # restored while under another wrapper
+                return result
+            return self._guide(signature.bind(*args, **kwargs).arguments, result)
 
         step.__signature__ = signature  # type: ignore[attr-defined]
-        self._original = original
-        sched.step = step
+        self._wrapper: Any = _patch(sched, "step", step)
 
     def restore(self) -> None:
-        """Put the scheduler's own ``step`` back."""
-        if self.scheduler.__dict__.get("step") is not None:
-            del self.scheduler.step
+        """Remove this wrapper: ``scheduler.step`` is again exactly what it was before (a
+        wrapper installed later stays, and keeps working on top of what is left)."""
+        if self._wrapper is not None:
+            _unpatch(self.scheduler, "step", self._wrapper)
+            self._wrapper = None
         self._last = None
 
     def __enter__(self) -> "GuidedSchedulerStep":
@@ -216,7 +283,9 @@ class GuidedSchedulerStep:
         x_prev = result[0] if tuple_out else result.prev_sample
         index = timestep_index(sched, t)
         if self._last is None or index <= self._last:
+            check_scheduler(sched, self.guidance)  # a new run: timesteps are set now
             self.guidance.reset()
+        _check_batch(self.guidance, len(x_t))
         self._last = index
         ab, c_in = scheduler_noise_level(sched, index)
         eps = to_epsilon(sched, out, x_t, ab, c_in)
@@ -228,3 +297,27 @@ class GuidedSchedulerStep:
             return (guided, *result[1:])
         result.prev_sample = guided
         return result
+
+
+def _patch(obj: Any, name: str, wrapper: Any) -> Any:
+    """``obj.name = wrapper``, remembering the instance attribute it replaces (None: the class's)."""
+    wrapper._mmdg_active, wrapper._mmdg_before = True, obj.__dict__.get(name)
+    setattr(obj, name, wrapper)
+    return wrapper
+
+
+def _unpatch(obj: Any, name: str, wrapper: Any) -> None:
+    """Undo ``_patch``. The wrapper stops acting at once; if it is on top, the attribute goes
+    back to what it replaced, skipping wrappers already undone beneath it (or is deleted, so the
+    class's method shows through). Under a later wrapper it stays as a pass-through until that
+    one is undone: hooks may be removed in any order."""
+    wrapper._mmdg_active = False
+    if obj.__dict__.get(name) is not wrapper:
+        return
+    before = wrapper._mmdg_before
+    while before is not None and getattr(before, "_mmdg_active", True) is False:
+        before = before._mmdg_before
+    if before is None:
+        delattr(obj, name)
+    else:
+        setattr(obj, name, before)
