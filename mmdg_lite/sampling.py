@@ -198,6 +198,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     if batch_size is None:
         batch_size = 1 if sequential else n
     batch_size = check_int(batch_size, "batch_size", 1)
+    if (getattr(guidance, "estimator", None) == "unbiased" and not sequential
+            and (min(batch_size, n) == 1 or n % batch_size == 1)):  # checked before any step runs
+        raise ValueError(f"estimator='unbiased' leaves out the i = i' pairs, so every guided batch needs at least 2 "
+                         f"samples; n={n} with batch_size={batch_size} leaves a last batch of 1: choose n and "
+                         "batch_size with n % batch_size != 1, or use estimator='biased'")
     device = _check_device(device) if device is not None else _model_device(denoiser)
     _check_dtype(dtype, denoiser)
     if cond is not None:

@@ -222,7 +222,7 @@ def test_non_finite_correction_raises():
     st = make_state(B=1, D=1)
     st.x_t = torch.zeros(1, 1)
     guide = MMDGuidance(torch.full((1, 1), 0.3), kernel=GaussianKernel(0.3), strength=1e308,
-                        strength_scale="none")
+                        strength_scale="none", normalization="none")  # (clipping caps even this step)
     with pytest.raises(FloatingPointError, match="NaN/Inf at step 5"):
         guide(st)
 
@@ -276,10 +276,17 @@ def test_the_last_schedule_guides_exactly_the_steps_between_1_minus_last_fractio
 def test_the_unbiased_estimator_with_a_batch_of_one_names_the_cause():
     from mmdg_lite.sampling import sample
     den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    calls = []
     g = MMDGuidance(refs(D=2), estimator="unbiased")
-    with pytest.raises(ValueError, match="estimator='unbiased' needs at least 2 generated samples.*batch of 1"):
-        sample(den, 5, 2, num_steps=5, guidance=g, batch_size=2)  # the last chunk holds one sample
+    counted = lambda x, t, c: calls.append(1) or den(x, t, c)  # noqa: E731
+    for n, bs in ((5, 2), (3, 1), (1, None)):  # a last chunk of one sample; chunks of one; one sample
+        with pytest.raises(ValueError, match=rf"every guided batch needs at least 2 samples; n={n} with "
+                                             rf"batch_size={bs or n} leaves a last batch of 1"):
+            sample(counted, n, 2, num_steps=5, guidance=g, batch_size=bs)
+    assert calls == []  # refused before the first step (it used to fail on the last chunk)
     sample(den, 4, 2, num_steps=5, guidance=g, batch_size=2)  # chunks of two are fine
+    with pytest.raises(ValueError, match="estimator='unbiased' needs at least 2 generated samples"):
+        g.gradient(torch.zeros(1, 2))  # the gradient itself still says why
 
 
 @pytest.mark.parametrize("normalization,advice", [("none", "use normalization='clipped'"),
@@ -323,3 +330,46 @@ def test_references_on_another_scale_warn_once_and_the_right_scale_does_not():
         warnings.simplefilter("error", ReferenceScaleWarning)
         sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(y), seed=0)
         sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(y * 10), seed=0)  # wide data: still plausible
+
+
+def test_float64_reference_prompts_guide_a_float32_run_like_float32_ones():
+    """numpy's float64 prompt features made the conditional prompt weights float64 against the
+    float32 batch, and sampling raised a dtype RuntimeError."""
+    from mmdg_lite.sampling import sample
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    f32 = torch.float32  # (this module's default dtype is float64)
+    y, rp = torch.randn(12, 2, generator=g, dtype=f32), torch.randn(12, 4, generator=g, dtype=f32)
+    cond = rp[torch.arange(6) % 12]
+    runs = [sample(den, 6, 2, num_steps=5, cond=cond, seed=0, dtype=f32,
+                   guidance=MMDGuidance(y, reference_prompts=p)).samples for p in (rp, rp.double())]
+    assert runs[0].dtype == f32 and torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], sample(den, 6, 2, num_steps=5, cond=cond, seed=0, dtype=f32).samples)
+
+
+def test_gradient_of_prompt_aware_guidance_checks_its_prompts():
+    G = MMDGuidance(torch.randn(10, 3), reference_prompts=torch.randn(10, 4))
+    z = torch.randn(6, 3)
+    with pytest.raises(ValueError, match=r"prompt-aware .* pass prompts of shape \(6, 4\)"):
+        G.gradient(z)
+    for bad in (torch.randn(6, 3), torch.randn(5, 4)):
+        with pytest.raises(ValueError, match=rf"prompts must have shape \(6, 4\).*got \({len(bad)}, {bad.shape[1]}\)"):
+            G.gradient(z, bad)
+    with pytest.raises(ValueError, match="prompts were given but this guidance has no reference_prompts"):
+        MMDGuidance(torch.randn(10, 3)).gradient(z, torch.randn(6, 4))
+    assert G.gradient(z, torch.randn(6, 4).double()).shape == (6, 3)
+
+
+def test_a_huge_strength_under_clipping_takes_the_capped_step_not_none():
+    """strength * ||g|| overflowed float32 to inf, cap / inf = 0, and the guidance did nothing."""
+    from mmdg_lite import draw_references, load_or_train_toy_2d, subset_mixture
+    from mmdg_lite.sampling import sample
+    f32 = torch.float32  # (this module's default dtype is float64, where 1e20 * ||g|| is finite)
+    model, ring = load_or_train_toy_2d(progress=False)
+    model = model.to(f32)
+    y = draw_references(subset_mixture(ring, [0, 1, 2, 3]), n=50, seed=0).to(f32)
+    run = lambda **kw: sample(model, 32, 2, num_steps=20, seed=0, dtype=f32, **kw).samples  # noqa: E731
+    plain, capped = run(), run(guidance=MMDGuidance(y, strength=1e3))  # every step at the cap already
+    for s in (1e20, 1e35):  # strength * ||g|| beyond float32
+        huge = run(guidance=MMDGuidance(y, strength=s))
+        assert not torch.equal(huge, plain) and torch.allclose(huge, capped, atol=1e-3)

@@ -307,3 +307,14 @@ def test_from_pretrained_missing_folder(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         from_pretrained(UNet2DModel, tmp_path / "none")
+
+
+def test_retrain_and_progress_must_be_bools():
+    """retrain="no" is truthy: it retrained for 6,000 steps, against "loading never retrains silently"."""
+    from mmdg_lite.toys import models as toy_models
+
+    for fn in (toy_models.load_or_train_toy_2d, toy_models.load_or_train_cond_2d):
+        with pytest.raises(TypeError, match="retrain must be True or False; got 'no'"):
+            fn(retrain="no")
+        with pytest.raises(TypeError, match="progress must be True or False; got 1"):
+            fn(progress=1)

@@ -282,9 +282,20 @@ class MMDGuidance:
         z = check_points(z, "z")
         refs = self.reference_set.on(z)
         check_pair(z, refs, "z", "references")
-        kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts,
-                               self.reference_set.prompts_on(z))
-        g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, self.reference_set.prompts_on(z),
+        rp = self.reference_set.prompts_on(z)
+        if rp is not None:  # prompt-aware: one prompt feature row per point
+            if prompts is None:
+                raise ValueError(f"this guidance is prompt-aware (reference_prompts {tuple(rp.shape)}): pass "
+                                 f"prompts of shape ({len(z)}, {rp.shape[1]}), one per row of z")
+            prompts = check_points(prompts, "prompts")
+            if prompts.shape != (len(z), rp.shape[1]):
+                raise ValueError(f"prompts must have shape ({len(z)}, {rp.shape[1]}), one per row of z with the "
+                                 f"reference prompts' features; got {tuple(prompts.shape)}")
+            prompts = prompts.to(rp.dtype)
+        elif prompts is not None:
+            raise ValueError("prompts were given but this guidance has no reference_prompts")
+        kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts, rp)
+        g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, rp,
                                     self.estimator, self.chunk_size, self.prompt_weighting)
         return torch.zeros_like(z) if g is None else g
 

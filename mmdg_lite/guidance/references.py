@@ -7,6 +7,7 @@ copies the references from the host again.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._validation import check_points
@@ -62,10 +63,12 @@ class ReferenceSet:
         return self._get("centre", self.centre, like)
 
     def prompts_on(self, like: Tensor) -> Tensor | None:
-        return None if self.prompts is None else self._get("prompts", self.prompts, like)
+        """(N_r, P) prompt features on ``like``'s device in ``like``'s work dtype (float64
+        features, numpy's default, must not turn a float32 run's weights float64)."""
+        return None if self.prompts is None else self._get("prompts", self.prompts, like, work_dtype(like))
 
-    def _get(self, what: str, t: Tensor, like: Tensor) -> Tensor:
-        dtype = work_dtype(like, t)
+    def _get(self, what: str, t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or work_dtype(like, t)
         key = (what, like.device, dtype)
         if key not in self._cache:
             self._cache[key] = t.to(like.device, dtype)

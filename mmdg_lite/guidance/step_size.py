@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_int, check_nonnegative, check_positive
@@ -149,5 +150,10 @@ class StepSize:
             cap = (self.clip_norm if self.clip_norm is not None else self.clip_fraction * data_scale)
             cap = cap / point_scale
             norm = step.norm(dim=1, keepdim=True)  # (B, 1)
+            if not bool(torch.isfinite(norm).all()):  # lam * ||g|| overflowed (a huge strength): the
+                tiny = torch.finfo(grad_x.dtype).tiny  # capped step along g, without forming lam * g
+                top = grad_x.abs().amax(dim=1, keepdim=True)  # (B, 1); u's norm is in [1, sqrt(D)]
+                u = grad_x / top.clamp_min(tiny)  # (B, D), so ||g|| neither overflows nor underflows
+                return u * torch.minimum(top * lam, cap / u.norm(dim=1, keepdim=True).clamp_min(tiny))
             step = step * (cap / norm.clamp_min(cap))
         return step

@@ -13,6 +13,7 @@ import torch
 
 from .._io import ArtifactError
 from .._resources import data_path
+from .._validation import check_bool
 from ..denoisers import MLPDenoiser, load_denoiser
 from ..sampling import make_scheduler
 from ..seeding import seed_everything
@@ -65,6 +66,7 @@ def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None
     names the file and how to rebuild it. ``retrain=True`` retrains by the same recipe instead
     (well under a minute on a laptop CPU).
     """
+    retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")  # "no" would retrain
     folder = Path(folder) if folder is not None else TOY_2D_DIR
     if not retrain:
         return _load_shipped(folder, "train_toy_models.py", "load_or_train_toy_2d"), circle_mixture()
@@ -100,6 +102,7 @@ def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = Non
                           progress: bool = False):
     """(model, world): loads ``data/toy/cond_2d`` (or ``folder``); ``retrain=True`` retrains by
     ``COND_2D_RECIPE`` instead. A missing or damaged model raises (naming the file), never retrains."""
+    retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")
     folder = Path(folder) if folder is not None else COND_2D_DIR
     if not retrain:
         return _load_shipped(folder, "train_conditional_toy.py", "load_or_train_cond_2d"), toy_world()
