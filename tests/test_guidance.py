@@ -373,3 +373,22 @@ def test_a_huge_strength_under_clipping_takes_the_capped_step_not_none():
     for s in (1e20, 1e35):  # strength * ||g|| beyond float32
         huge = run(guidance=MMDGuidance(y, strength=s))
         assert not torch.equal(huge, plain) and torch.allclose(huge, capped, atol=1e-3)
+
+
+def test_the_divergence_advice_names_a_change_that_works_for_data_far_from_unit_scale():
+    """A ring of radius 20 (the exact mixture denoiser): untuned x_t guidance throws samples off
+    and its error only said "lower strength" (0.3 still raised); evaluating at x0_hat works."""
+    from mmdg_lite import draw_references, mode_proportions, subset_mixture
+    from mmdg_lite.guidance import GuidanceDivergenceError
+    from mmdg_lite.sampling import make_scheduler, sample
+    from mmdg_lite.denoisers import GaussianMixtureDenoiser
+    from mmdg_lite.toys import circle_mixture
+
+    ring = circle_mixture(8, radius=20.0, std=1.0)
+    den = GaussianMixtureDenoiser(ring.means, ring.weights, ring.std, make_scheduler("ddpm").alphas_cumprod)
+    refs_ = draw_references(subset_mixture(ring, [0, 1, 2, 3]), n=200, seed=0)
+    run = lambda g: sample(den, 100, 2, num_steps=50, scheduler="ddim", seed=0, guidance=g).samples  # noqa: E731
+    with pytest.raises(GuidanceDivergenceError, match="eval_point='x0_hat'"):
+        run(MMDGuidance(refs_))
+    share = mode_proportions(run(MMDGuidance(refs_, eval_point="x0_hat")), ring.means)[:4].sum()
+    assert share > 0.9, share

@@ -274,3 +274,26 @@ def test_numpy_scalars_are_accepted_as_python_numbers():
     assert fk.shape == (2,) and type(fk.shape[0]) is int
     with pytest.raises(ValueError, match="shape must be a tuple of positive ints"):
         FeatureKernel(lambda z: z, shape=(True, 2))
+
+
+@pytest.mark.parametrize("offset", [30.0, 1_000.0, 3_000.0])
+def test_float32_points_far_from_the_origin_keep_their_distances(offset):
+    """||x||^2 + ||y||^2 - 2 x.y cancels for points offset by 3,000x their spread: in float32 the
+    median bandwidth was 2.00 against 1.71 and the Gaussian MMD gradient 26-36 % off. The float64
+    computation (sklearn's rbf_kernel for the Gram matrix) is the oracle."""
+    from mmdg_lite import mmd2, mmd2_grad
+    from mmdg_lite.kernels import median_bandwidth
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 8, generator=g, dtype=torch.float64) + offset
+    y = torch.randn(60, 8, generator=g, dtype=torch.float64) + offset + 0.5
+    xf, yf = x.float(), y.float()
+    x, y = xf.double(), yf.double()  # the oracle sees exactly the float32 inputs
+    bw = median_bandwidth(x, y)
+    assert abs(median_bandwidth(xf, yf) - bw) / bw < 1e-3
+    k = GaussianKernel(bandwidth=bw)
+    gram = rbf_kernel(xf.numpy().astype(np.float64), yf.numpy().astype(np.float64), gamma=0.5 / bw**2)
+    assert np.abs(k.gram(xf, yf).double().numpy() - gram).max() < 1e-4
+    assert abs(float(mmd2(xf, yf, k)) - float(mmd2(x, y, k))) < 1e-4
+    want = mmd2_grad(x, y, k)
+    assert rel_err(mmd2_grad(xf, yf, k).double(), want) < 1e-3

@@ -352,8 +352,12 @@ class MMDGuidance:
         """What to change after a blow-up, given the knobs in use."""
         if self.normalization != "clipped":
             return "lower strength, or use normalization='clipped'"
-        return ("lower strength or clip_fraction / clip_norm, and check that the references are on the "
-                "model's data scale (prepared like its training data, e.g. in [-1, 1] or VAE-encoded)")
+        advice = ("lower strength or clip_fraction / clip_norm, and check that the references are on the "
+                  "model's data scale (prepared like its training data, e.g. in [-1, 1] or VAE-encoded)")
+        if self.eval_point in ("x_t", "x_prev"):  # data far from unit scale: the noisy points mislead
+            advice += ("; for data far from unit scale (a model trained on it as it is), evaluate the kernel "
+                       "at the data's own scale with eval_point='x0_hat'")
+        return advice
 
     def _prompts_for(self, state: Any, n: int) -> Tensor | None:
         if self.reference_set.prompts is None:
