@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -529,3 +530,32 @@ def test_hooks_undo_exactly_their_own_patch(sd):
     assert cb1._prepared is None and cb2._prepared is not None  # cb1 no longer records
     cb2.unwatch()  # out of order: nothing of either is left on the pipeline
     assert sd.__dict__.get("prepare_latents") is before
+
+
+def test_generate_checks_steps_seed_and_cfg_scale_by_name(sd):
+    """steps=0 raised ZeroDivisionError, steps=2.5 IndexError, seed='a' int()'s message."""
+    from mmdg_lite.pipelines.adapt import generate
+
+    for kw, error, msg in ((dict(steps=0), ValueError, "steps must be an integer >= 1; got 0"),
+                           (dict(steps=2.5), TypeError, "steps must be an integer >= 1"),
+                           (dict(seed="a"), ValueError, "seed must be an integer in [0, 2**63); got 'a'"),
+                           (dict(guidance_scale=-1.0), ValueError, "guidance_scale must be a finite number >= 0")):
+        with pytest.raises(error, match=re.escape(msg)):
+            generate(sd, PROMPT, 1, progress=False, size=32, **{"steps": 2, **kw})
+    with pytest.raises(TypeError, match="initial_latents must be the latents tensor"):
+        MMDGuidanceCallback(MMDGuidance(encode_images(sd, red_images(2))), initial_latents=[1, 2])
+
+
+def test_load_references_passes_fit_and_recursive(sd, tmp_path):
+    from PIL import Image
+
+    from mmdg_lite.pipelines import load_references
+
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (64, 32), (255, 255, 255)).save(tmp_path / "wide.png")
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(tmp_path / "sub" / "square.png")
+    assert load_references(sd, tmp_path).shape == (1, 3, 32, 32)
+    both = load_references(sd, tmp_path, recursive=True, fit="pad")
+    assert both.shape == (2, 3, 32, 32)
+    padded = both[1]  # "wide.png" sorts after "sub/square.png"
+    assert float(padded[:, :8].max()) == -1.0 and float(padded[:, 8:24].min()) == 1.0  # black bands

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .._resources import data_path
-from .._validation import check_int
+from .._validation import check_int, check_nonnegative
+from ..seeding import check_seed
 from .encoding import _check_prompts, encode_images
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, eval_points
 
@@ -62,8 +63,11 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     through the callback for eval points x_t / x_prev and the step wrapper for x0_hat."""
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1)
+    check_int(steps, "steps", 1)
+    check_nonnegative(guidance_scale, "guidance_scale")
+    seed = check_seed(seed)
     pipe.set_progress_bar_config(disable=not progress)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
                                   num_images_per_prompt=num_images_per_prompt, generator=generator,
                                   output_type="pt")

@@ -100,11 +100,13 @@ def encode_images(pipe: Any, images: Tensor, *, batch_size: int = 16) -> Tensor:
     return z  # (N, c, h, w)
 
 
-def load_references(pipe: Any, folder: str | Path, *, limit: int | None = None) -> Tensor:
-    """Every image in ``folder`` at the pipeline's resolution, (N, 3, S, S) in [-1, 1]."""
+def load_references(pipe: Any, folder: str | Path, *, limit: int | None = None, fit: str = "squash",
+                    recursive: bool = False) -> Tensor:
+    """Every image in ``folder`` at the pipeline's resolution, (N, 3, S, S) in [-1, 1]
+    (``fit``, ``recursive``, ``limit``: as in ``mmdg_lite.images.load_reference_folder``)."""
     from ..images import load_reference_folder
 
-    return load_reference_folder(folder, pipeline_image_size(pipe), 3, limit=limit)
+    return load_reference_folder(folder, pipeline_image_size(pipe), 3, limit=limit, fit=fit, recursive=recursive)
 
 
 def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Sequence[str] | None = None,

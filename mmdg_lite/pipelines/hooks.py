@@ -163,6 +163,9 @@ class MMDGuidanceCallback(PipelineCallback):
             raise ValueError(f"the callback sees only the latents after scheduler.step, so it "
                              f"supports eval_point 'x_t' and 'x_prev'; got {sorted(other)[0]!r}: use "
                              "GuidedSchedulerStep(pipe, guidance) for 'x0_hat'")
+        if initial_latents is not None and not isinstance(initial_latents, Tensor):
+            raise TypeError(f"initial_latents must be the latents tensor given to the pipeline (B, c, h, w) or "
+                            f"None; got {type(initial_latents).__name__}")
         self.guidance = guidance
         # the latents= given to the pipeline (it multiplies them by init_noise_sigma), or None
         self.initial_latents = initial_latents
