@@ -392,3 +392,21 @@ def test_the_divergence_advice_names_a_change_that_works_for_data_far_from_unit_
         run(MMDGuidance(refs_))
     share = mode_proportions(run(MMDGuidance(refs_, eval_point="x0_hat")), ring.means)[:4].sum()
     assert share > 0.9, share
+
+
+def test_references_far_below_unit_scale_warn_once():
+    """Latents with the VAE factor applied twice (SD: RMS ~0.18) or a model's data at scale 0.1
+    passed silently; the defaults, read off the noise, then overshoot such data."""
+    import warnings
+
+    from mmdg_lite.guidance import ReferenceScaleWarning
+    from mmdg_lite.sampling import sample
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    latents = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))  # RMS ~1: factor once
+    with pytest.warns(ReferenceScaleWarning, match=r"RMS 0.1.*applied exactly once.*eval_point='x0_hat'") as rec:
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(latents * 0.18215), seed=0)  # factor twice
+    assert len([w for w in rec if issubclass(w.category, ReferenceScaleWarning)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReferenceScaleWarning)
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(latents), seed=0)
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(latents * 0.3), seed=0)  # narrow data: plausible

@@ -56,13 +56,26 @@ class ReferenceScaleWarning(UserWarning):
 # are almost surely on another scale, e.g. 0-255 pixels. Latents without the VAE's scaling factor
 # are only 1 / factor too large (SD: ~5.5x), within the reach of wide data, and are not caught.
 OFF_SCALE_RATIO = 20.0
+# References below this fraction of the sampler's first guided points (RMS ~1: noise; at most 1) are far
+# below the unit scale diffusion models expect: latents with the scaling factor applied twice (SD:
+# RMS ~0.18, 1/5.5 of the noise), or a model trained on small data, for which the defaults, read
+# off the noise, overshoot (a ring of radius 0.2: 80 % of the mass pushed to the other modes).
+# Every reference set in this project has RMS 0.7-1.4.
+UNDER_SCALE_FRACTION = 0.2
 
 
 def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
-    """Warn (once per run) when the references' RMS dwarfs the noisy points': guidance would pull
-    the samples toward another scale, and few-step runs return such samples without an error."""
+    """Warn (once per run) when the references' RMS dwarfs the noisy points', or is dwarfed by
+    them: guidance would pull the samples toward another scale, or overshoot data far smaller
+    than its noise-read settings, and a run returns such samples without an error."""
     r, x = float(refs.detach().pow(2).mean().sqrt()), float(noisy.detach().pow(2).mean().sqrt())
-    if r > OFF_SCALE_RATIO * max(x, 1.0):
+    if r < UNDER_SCALE_FRACTION * min(x, 1.0):  # (noise has RMS ~1; a broken model's can be far larger)
+        warnings.warn(f"references have RMS {r:.3g} per coordinate, 1/{x / max(r, 1e-300):.0f} of the sampler's "
+                      f"points (RMS {x:.3g}): diffusion models expect data of about unit scale. Latents need the "
+                      "VAE's scaling_factor applied exactly once (applied twice they are 1/factor too small); for "
+                      "a model trained on data this small, evaluate the kernel at the data's scale with "
+                      "eval_point='x0_hat'", ReferenceScaleWarning, stacklevel=2)
+    elif r > OFF_SCALE_RATIO * max(x, 1.0):
         warnings.warn(f"references have RMS {r:.3g} per coordinate, {r / max(x, 1e-12):.0f}x the sampler's points "
                       f"(RMS {x:.3g}): are they on the model's scale? Images in 0-255 map with x / 127.5 - 1; "
                       "latents need the VAE's scaling_factor applied once (mmdg_lite.images.encode_references, "
