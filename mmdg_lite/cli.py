@@ -313,10 +313,7 @@ def _check_cli_device(device: str) -> None:
     except ValueError as e:
         raise _BadInput(f"--device: {e}") from None
     if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise _BadInput(f"--device: {device!r} is not available (this torch has no usable CUDA "
-                            f"device{'' if torch.version.cuda else ': it was built without CUDA'}); use cpu")
+        count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise _BadInput(f"--device: {device!r} does not exist; this machine has {count} CUDA "
                             f"device(s), cuda:0 to cuda:{count - 1}")

@@ -120,10 +120,14 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
 
 def _check_device(device: Any) -> torch.device:
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be a torch device or its name, e.g. 'cpu' or 'cuda:0'; "
                          f"got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: this torch sees no CUDA device"
+                         f"{'' if torch.version.cuda else ' (it was built without CUDA)'}; use 'cpu'")
+    return dev
 
 
 def _check_dtype(dtype: Any, denoiser: Any) -> None:

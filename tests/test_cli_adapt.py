@@ -192,7 +192,7 @@ def test_adapt_refuses_an_unavailable_device_naming_device(model, refs, tmp_path
         pytest.skip("this machine has CUDA")
     assert adapt(model, refs, tmp_path / "out", "--device", "cuda") == 2
     err = capsys.readouterr().err
-    assert "--device: 'cuda' is not available" in err and "--model" not in err
+    assert "--device: device 'cuda' is not available" in err and "--model" not in err
     assert leftovers(tmp_path) == []
 
 

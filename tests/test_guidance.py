@@ -410,3 +410,36 @@ def test_references_far_below_unit_scale_warn_once():
         warnings.simplefilter("error", ReferenceScaleWarning)
         sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(latents), seed=0)
         sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(latents * 0.3), seed=0)  # narrow data: plausible
+
+
+def test_options_are_checked_where_they_are_given_even_if_unused():
+    import numpy as np
+
+    from mmdg_lite import draw_references
+    from mmdg_lite.sampling import sample
+    y = refs()
+    for kw, error, msg in (
+            (dict(memory_size=0), ValueError, "memory_size must be an integer >= 1; got 0"),  # batch mode too
+            (dict(memory_size=True), TypeError, "memory_size must be an integer >= 1"),
+            (dict(rff_seed=True), ValueError, "seed must be an integer"),
+            (dict(schedule=3), ValueError, "schedule must be one of 'constant', .* or a callable"),
+            (dict(reference_prompts=torch.randn(9, 4), prompt_kernel="gauss"), TypeError,
+             "prompt_kernel must be a mmdg_lite Kernel")):
+        with pytest.raises(error, match=msg):
+            MMDGuidance(y, **kw)
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    for schedule, msg in ((lambda i, n, ab: "1", "must return a number; got '1'"),
+                          (lambda i, n: 1.0, r"called as schedule\(step_index, num_steps, alpha_bar_t\)")):
+        with pytest.raises(TypeError, match=msg):
+            sample(den, 4, 3, num_steps=3, guidance=MMDGuidance(y, schedule=schedule))
+    with pytest.raises(TypeError, match="mixture must be a GaussianMixture.*got str"):
+        draw_references("ring")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available"):
+            sample(den, 4, 3, num_steps=3, device="cuda")
+    y_grad = y.clone().requires_grad_(True)  # references that require grad: no torch warning, same numbers
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = sample(den, 4, 3, num_steps=3, seed=0, guidance=MMDGuidance(y_grad)).samples
+    assert np.allclose(a.numpy(), sample(den, 4, 3, num_steps=3, seed=0, guidance=MMDGuidance(y)).samples.numpy())

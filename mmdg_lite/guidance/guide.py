@@ -188,6 +188,7 @@ class MMDGuidance:
             generated_set = "memory" if generated_set.sequential else "batch"
         else:
             generated_set = check_choice(generated_set, "generated_set", GENERATED_SETS)
+            memory_size = check_int(memory_size, "memory_size", 1)  # checked even where unused: a typo shows
             self.generated = MemorySet(memory_size) if generated_set == "memory" else BatchSet()
         self.estimator = check_choice(estimator, "estimator", ("biased", "unbiased"))
         self.bandwidth_update = check_choice(bandwidth_update, "bandwidth_update", BANDWIDTH_UPDATES)
@@ -195,6 +196,10 @@ class MMDGuidance:
         self.sample_prompts = None
         self.prompt_kernel = None
         self.prompt_weighting = check_choice(prompt_weighting, "prompt_weighting", PROMPT_WEIGHTINGS)
+        rff_seed = check_seed(rff_seed)
+        if prompt_kernel is not None and not isinstance(prompt_kernel, Kernel):
+            raise TypeError(f"prompt_kernel must be a mmdg_lite Kernel on prompt features, e.g. GaussianKernel(0.3); "
+                            f"got {prompt_kernel!r}")
         if reference_prompts is not None:
             self.prompt_kernel = prompt_kernel if prompt_kernel is not None else GaussianKernel(0.3)
             if sample_prompts is not None:
@@ -214,7 +219,7 @@ class MMDGuidance:
                                  f"and no prompts; got generated_set={generated_set!r}, "
                                  f"estimator={self.estimator!r}")
             self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, check_int(rff_features, "rff_features", 1),
-                                             seed=check_seed(rff_seed))
+                                             seed=rff_seed)
         self.track = check_bool(track, "track")
         self.reset()
 

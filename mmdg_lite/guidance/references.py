@@ -25,7 +25,7 @@ class ReferenceSet:
             raise ValueError(f"references must have shape (N_r, *S), one row per reference; got shape "
                              f"{tuple(refs.shape)} (for scalar samples use references[:, None])")
         self.sample_shape = tuple(refs.shape[1:])
-        self.flat = refs.reshape(len(refs), -1)  # (N_r, D)
+        self.flat = refs.detach().reshape(len(refs), -1)  # (N_r, D); guidance never differentiates them
         self.prompts = None
         if prompts is not None:
             self.prompts = check_points(prompts, "reference_prompts")  # (N_r, P)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_nonnegative, check_positive
+from .._validation import check_choice, check_int, check_nonnegative, check_positive, is_real_number
 
 __all__ = ["StepSize", "SCHEDULES", "NORMALIZATIONS", "STRENGTH_SCALES", "schedule_weight"]
 
@@ -44,12 +44,15 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
     if check_int(step_index, "step_index", 0) >= num_steps:
         raise ValueError(f"step_index must be from 0 to num_steps - 1 = {num_steps - 1}; got {step_index}")
     if callable(schedule):
-        value = schedule(step_index, num_steps, alpha_bar_t)
         try:
-            v = float(value)
-        except (TypeError, ValueError):
+            value = schedule(step_index, num_steps, alpha_bar_t)
+        except TypeError as err:  # e.g. a callable of the wrong arity
+            raise TypeError(f"the schedule callable is called as schedule(step_index, num_steps, alpha_bar_t) "
+                            f"and raised TypeError: {err}") from err
+        if not is_real_number(value):  # a str such as "1" would pass float()
             raise TypeError(f"the schedule callable must return a number; got {value!r} at step "
-                            f"{step_index}") from None
+                            f"{step_index}")
+        v = float(value)
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"the schedule callable returned {value!r} at step {step_index} of "
                              f"{num_steps}; a guidance weight must be a finite number >= 0")
@@ -79,8 +82,9 @@ class StepSize:
         if strength is None:  # the default is per normalisation: alpha is a fraction of ||x||
             strength = DEFAULT_ALPHA if self.normalization == "norm_matched" else 1.0
         self.strength = strength  # validated by the property
-        if not callable(schedule):
-            check_choice(schedule, "schedule", SCHEDULES)
+        if not callable(schedule) and (not isinstance(schedule, str) or schedule not in SCHEDULES):
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))} or a callable "
+                             f"(step_index, num_steps, alpha_bar_t) -> weight >= 0; got {schedule!r}")
         self.schedule = schedule
         self.start = check_nonnegative(start, "start")
         self.stop = check_nonnegative(stop, "stop")

@@ -159,4 +159,7 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
 
 def draw_references(mixture: GaussianMixture, n: int = 200, seed: int = 0) -> Tensor:
     """The user's reference set: n points (n, D) from ``mixture`` (use ``sample`` for labels)."""
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, e.g. subset_mixture(circle_mixture(), [0, 1]); "
+                        f"got {type(mixture).__name__}")
     return mixture.sample(n, make_generator(seed))[0]
