@@ -93,3 +93,10 @@ def test_subset_mixture_accepts_integer_arrays_and_dirichlet_checks_its_seed():
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {bad}"):
             dirichlet_mixture(mix, seed=bad)
+
+
+def test_dirichlet_alpha_errors_name_alpha():
+    mix = circle_mixture()
+    for bad in ("x", None, [1.0, "a"], True, float("nan"), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match=r"alpha must be a positive number or 2 positive numbers"):
+            dirichlet_mixture(mix, n_active=2, alpha=bad)

@@ -559,3 +559,19 @@ def test_load_references_passes_fit_and_recursive(sd, tmp_path):
     assert both.shape == (2, 3, 32, 32)
     padded = both[1]  # "wide.png" sorts after "sub/square.png"
     assert float(padded[:, :8].max()) == -1.0 and float(padded[:, 8:24].min()) == 1.0  # black bands
+
+
+def test_generate_keeps_the_users_progress_bar_settings_and_features_take_one_str(sd):
+    from mmdg_lite.pipelines import prompt_features
+    from mmdg_lite.pipelines.adapt import generate
+    from mmdg_lite.pipelines.hooks import scheduler_noise_level
+
+    sd.set_progress_bar_config(desc="mine", disable=True)
+    generate(sd, PROMPT, 1, steps=2, progress=False, size=32)
+    assert sd._progress_bar_config == {"desc": "mine", "disable": True}  # was replaced by {"disable": ...}
+    assert torch.equal(prompt_features(sd, PROMPT), prompt_features(sd, [PROMPT]))
+    sd.scheduler.set_timesteps(5)
+    assert scheduler_noise_level(sd.scheduler, 5)[0] > scheduler_noise_level(sd.scheduler, 4)[0]  # the end
+    for bad in (6, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"index must be an integer from 0 to 5 .*got {bad!r}"):
+            scheduler_noise_level(sd.scheduler, bad)

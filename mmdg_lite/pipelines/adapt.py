@@ -66,7 +66,8 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     check_int(steps, "steps", 1)
     check_nonnegative(guidance_scale, "guidance_scale")
     seed = check_seed(seed)
-    pipe.set_progress_bar_config(disable=not progress)
+    bar_config = getattr(pipe, "_progress_bar_config", None)  # the user's settings, restored below
+    pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": not progress})
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
                                   num_images_per_prompt=num_images_per_prompt, generator=generator,
@@ -84,6 +85,10 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     try:
         images = pipe(prompts, **kwargs).images
     finally:
+        if bar_config is None:
+            pipe.__dict__.pop("_progress_bar_config", None)
+        else:
+            pipe._progress_bar_config = bar_config
         if callback is not None:
             callback.unwatch()
         if wrapper is not None:

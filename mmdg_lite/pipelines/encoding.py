@@ -41,8 +41,9 @@ def _pooled(tokenizer: Any, encoder: Any, prompts: list[str]) -> Tensor:
 
 
 def prompt_features(pipe: Any, prompts: Sequence[str]) -> Tensor:
-    """(N, P) float32 L2-normalised pooled text features from the pipeline's text encoder(s)."""
-    prompts = _check_prompts(prompts, "prompts")
+    """(N, P) float32 L2-normalised pooled text features from the pipeline's text encoder(s);
+    one prompt as a str gives (1, P)."""
+    prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     enc2 = getattr(pipe, "text_encoder_2", None)
     enc1 = getattr(pipe, "text_encoder", None)
     if enc2 is not None:  # SDXL: encoder 2's projected text_embeds (what the UNet gets) + encoder 1

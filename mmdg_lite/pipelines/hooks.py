@@ -43,6 +43,9 @@ def scheduler_noise_level(sched: Any, index: int) -> tuple[float, float]:
     """(alpha_bar, c_in) at position ``index`` of ``sched.timesteps`` (len = the end of the run)."""
     if sched.timesteps is None:
         raise RuntimeError(f"{type(sched).__name__}.set_timesteps has not been called")
+    n = len(sched.timesteps)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= n:
+        raise ValueError(f"index must be an integer from 0 to {n} (len(timesteps): the end of the run); got {index!r}")
     return noise_level(sched, sched.timesteps, index)
 
 

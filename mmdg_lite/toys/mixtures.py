@@ -147,9 +147,13 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
     n_active = check_int(n_active, "n_active", 1)
     if n_active > mixture.n_modes:
         raise ValueError(f"n_active must be <= the number of modes {mixture.n_modes}; got {n_active}")
-    a = np.full(n_active, float(alpha)) if np.isscalar(alpha) else np.asarray(alpha, dtype=float)
-    if a.shape != (n_active,) or not np.all(a > 0):
-        raise ValueError(f"alpha must be a positive number or {n_active} positive numbers; got {alpha!r}")
+    valid = f"alpha must be a positive number or {n_active} positive numbers"
+    try:
+        a = np.full(n_active, float(alpha)) if np.isscalar(alpha) else np.asarray(alpha, dtype=float)
+    except (TypeError, ValueError):  # "x", None, a ragged list: numpy's message names no argument
+        raise ValueError(f"{valid}; got {alpha!r}") from None
+    if isinstance(alpha, (str, bool)) or a.shape != (n_active,) or not np.all(np.isfinite(a) & (a > 0)):
+        raise ValueError(f"{valid}; got {alpha!r}")
     rng = np.random.default_rng(check_seed(seed))
     modes = rng.choice(mixture.n_modes, size=n_active, replace=False)
     w = torch.zeros(mixture.n_modes)
