@@ -285,9 +285,13 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
         raise _BadInput(f"--out: {args.out!r} already exists and is not an empty folder; choose a new folder")
     if not out.parent.is_dir():
         raise _BadInput(f"--out: the parent folder {str(out.parent)!r} does not exist")
-    _partial_folder(out).rmdir()  # the results are written beside --out first: can they be?
     if args.device is not None:
-        _check_cli_device(args.device)
+        from .sampling import _check_device
+
+        try:
+            _check_device(args.device)
+        except ValueError as e:
+            raise _BadInput(f"--device: {e}") from None
     return model, refs, prompts, out
 
 
@@ -302,30 +306,13 @@ def _partial_folder(out: Path) -> Path:
                         f"{err.strerror or err}); choose a folder you can write to") from None
 
 
-def _check_cli_device(device: str) -> None:
-    """A device name torch knows, on a backend this machine has."""
-    import torch
-
-    from .sampling import _check_device
-
-    try:
-        dev = _check_device(device)
-    except ValueError as e:
-        raise _BadInput(f"--device: {e}") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise _BadInput(f"--device: {device!r} does not exist; this machine has {count} CUDA "
-                            f"device(s), cuda:0 to cuda:{count - 1}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise _BadInput(f"--device: {device!r} is not available on this machine; use cpu")
-
-
 def _run_adapt(args: argparse.Namespace) -> int:
     import shutil
 
+    tmp: Path | None = None
     try:
         model, refs_dir, ref_prompts, out = _check_adapt_inputs(args)
+        tmp = _partial_folder(out)  # before the model loads: an unwritable --out fails fast
         from .images import load_reference_folder
         from .images.display import save_grid
         from .pipelines import encode_images, pipeline_guidance, pipeline_image_size
@@ -348,12 +335,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
             raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has {len(ref_prompts)} "
                             f"prompts but {args.references!r} has {len(images)} images; give one "
                             "prompt per reference image, in file-name order")
-    except _BadInput as err:
-        print(f"mmdg adapt: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        tmp = _partial_folder(out)
-    except _BadInput as err:
+    except BaseException as err:
+        if tmp is not None:
+            tmp.rmdir()  # nothing was written into it yet
+        if not isinstance(err, _BadInput):
+            raise
         print(f"mmdg adapt: error: {err}", file=sys.stderr)
         return 2
     try:

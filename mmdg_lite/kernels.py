@@ -69,7 +69,7 @@ def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
             nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)
     # ||x||^2 + ||y||^2 - 2 x y^T in one fused product, clamped in place (rounding can go below 0)
     d2 = torch.addmm(nx.square()[:, None] + ny.square(), x, y.T, alpha=-2.0).clamp_min_(0.0)  # (n, m)
-    if _cancels(d2, top / c):  # points far from the origin for their spread: centre them first
+    if _cancels(d2, (top / c) ** 2):  # points far from the origin for their spread: centre them first
         shift = y.detach().mean(0)  # (D,)
         x, y = x - shift, y - shift
         nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)
@@ -84,8 +84,9 @@ def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
 _CANCEL_RATIO = 0.1
 
 
-def _cancels(d2: Tensor, top: float) -> bool:
-    return d2.numel() > 0 and top > 0 and float(d2.detach().max()) < _CANCEL_RATIO * top * top
+def _cancels(d2: Tensor, top2: float) -> bool:
+    """d2 (n, m) non-empty; top2 the largest squared norm of the points."""
+    return top2 > 0 and float(d2.detach().max()) < _CANCEL_RATIO * top2
 
 
 def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
@@ -105,7 +106,7 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     xx = torch.linalg.vector_norm(x, dim=-1).square()[:, None]  # (n, 1), one pass, no (n, D) temporary
     yy = torch.linalg.vector_norm(y, dim=-1).square()  # (m,)
     d2 = (xx + yy - 2.0 * x @ y.T).clamp_min(0.0)  # (n, m)
-    if d2.numel() and _cancels(d2, math.sqrt(max(float(xx.detach().max()), float(yy.detach().max())))):
+    if d2.numel() and _cancels(d2, max(float(xx.detach().max()), float(yy.detach().max()))):
         shift = y.detach().mean(0)  # (D,) far from the origin for their spread: centre first
         return pairwise_sq_dists(x - shift, y - shift)
     return d2

@@ -124,9 +124,16 @@ def _check_device(device: Any) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be a torch device or its name, e.g. 'cpu' or 'cuda:0'; "
                          f"got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} is not available: this torch sees no CUDA device"
-                         f"{'' if torch.version.cuda else ' (it was built without CUDA)'}; use 'cpu'")
+    if dev.type == "cuda":  # a backend this machine has, and a device index it has
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} is not available: this torch sees no CUDA device"
+                             f"{'' if torch.version.cuda else ' (it was built without CUDA)'}; use 'cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} does not exist; this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available on this machine; use 'cpu'")
     return dev
 
 

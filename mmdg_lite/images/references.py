@@ -224,10 +224,10 @@ def _grey_white(mode: str, a: np.ndarray) -> float:
     """The value of white for a 16/32-bit grey image: 65535 for 16-bit data (Pillow opens 16-bit
     PNGs as "I;16" or "I"), 1 for float data in [0, 1]; otherwise (32-bit data of unknown range)
     the image's own maximum."""
-    top = float(a.max()) if a.size else 0.0
-    if mode.startswith("I;16") or (mode == "I" and 0 <= float(a.min()) and top <= 65535):
+    lo, top = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and top <= 65535):
         return 65535.0
-    if mode == "F" and 0 <= float(a.min()) and top <= 1.0:
+    if mode == "F" and lo >= 0 and top <= 1.0:
         return 1.0
     return max(top, 1.0)
 
