@@ -166,6 +166,15 @@ def test_schedule_weight_refuses_steps_outside_the_run(args, match):
         schedule_weight("linear", *args, 0.5)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ramped_schedules_guide_a_one_step_run(schedule):
+    # u = i / (n - 1) is 0/0 for one step; it used to read 0 and guide nothing, silently
+    assert schedule_weight(schedule, 0, 1, 0.5) == 1.0
+    st = make_state(step_index=0, num_steps=1)
+    out = MMDGuidance(refs(), strength=1.0, schedule=schedule)(st)
+    assert float((out - st.x_prev).norm()) > 0
+
+
 def test_schedule_last_zero_steps_leave_samples_untouched():
     st = make_state(step_index=0, num_steps=10)
     out = MMDGuidance(refs(), strength=1.0, schedule="last", last_fraction=0.2)(st)

@@ -575,3 +575,21 @@ def test_generate_keeps_the_users_progress_bar_settings_and_features_take_one_st
     for bad in (6, -1, 1.5, True):
         with pytest.raises(ValueError, match=rf"index must be an integer from 0 to 5 .*got {bad!r}"):
             scheduler_noise_level(sd.scheduler, bad)
+
+
+@pytest.mark.parametrize("dtype,expected", [("float16", torch.float16), ("bf16", torch.bfloat16),
+                                            ("torch.float32", torch.float32), (torch.float64, torch.float64)])
+def test_load_pipeline_takes_a_dtype_or_its_name(saved, dtype, expected):
+    from mmdg_lite.pipelines.adapt import load_pipeline
+    # a str used to reach diffusers, which ignored it and loaded float32 without a word
+    pipe = load_pipeline(saved["sd"][1], device="cpu", dtype=dtype)
+    assert pipe.unet.dtype == expected and pipe.vae.dtype == expected
+
+
+@pytest.mark.parametrize("kw,match", [(dict(dtype="float8"), r"dtype must be .*got 'float8'"),
+                                      (dict(dtype=torch.int8), r"dtype must be .*got torch.int8"),
+                                      (dict(device="gpu"), r"device must be .*got 'gpu'")])
+def test_load_pipeline_names_a_bad_dtype_or_device(saved, kw, match):
+    from mmdg_lite.pipelines.adapt import load_pipeline
+    with pytest.raises(ValueError, match=match):
+        load_pipeline(saved["sd"][1], **kw)

@@ -33,7 +33,8 @@ DEFAULT_ALPHA = 0.1
 
 def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
                     alpha_bar_t: float, last_fraction: float = 0.3) -> float:
-    """s(t) in lambda_t = strength * s(t); u = step_index / (num_steps - 1) runs 0 (noise) -> 1.
+    """s(t) in lambda_t = strength * s(t); u = step_index / (num_steps - 1) runs 0 (noise) -> 1
+    (u = 1 in a one-step run, so "linear" and "cosine" guide its only step).
 
     constant: 1. linear: u (ramps up toward the clean end). cosine: (1 - cos(pi u)) / 2.
     alpha_bar: abar_t (small while the sample is mostly noise). last: 1 on the last
@@ -57,7 +58,7 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
             raise ValueError(f"the schedule callable returned {value!r} at step {step_index} of "
                              f"{num_steps}; a guidance weight must be a finite number >= 0")
         return v
-    u = step_index / max(num_steps - 1, 1)
+    u = step_index / (num_steps - 1) if num_steps > 1 else 1.0  # one step is the clean end too
     if schedule == "constant":
         return 1.0
     if schedule == "linear":

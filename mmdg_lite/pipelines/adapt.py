@@ -36,12 +36,32 @@ def looks_like_path(model: str) -> bool:
         or not _HUB_ID.match(model)
 
 
-def load_pipeline(model: str | Path, *, device: str | None = None, dtype: torch.dtype | None = None) -> Any:
-    """A ``DiffusionPipeline`` (SD or SDXL) from a local folder or a hub id; float16 on CUDA."""
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def _pipeline_dtype(dtype: Any) -> torch.dtype:
+    """A floating torch dtype from a dtype or its name ("float16", "bf16", ...)."""
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ValueError(f"dtype must be a floating torch.dtype or one of {sorted(set(_DTYPES))}; got {dtype!r}")
+
+
+def load_pipeline(model: str | Path, *, device: str | None = None,
+                  dtype: torch.dtype | str | None = None) -> Any:
+    """A ``DiffusionPipeline`` (SD or SDXL) from a local folder or a hub id; float16 on CUDA.
+    ``dtype``: a torch dtype or its name ("float16", "bfloat16", "float32")."""
     from diffusers import DiffusionPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    from ..sampling import _check_device
+
+    device = str(_check_device(device)) if device is not None else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _pipeline_dtype(dtype) if dtype is not None else (
+        torch.float16 if device.startswith("cuda") else torch.float32)
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     local = Path(str(model)).expanduser()
     if local.is_dir():
