@@ -416,6 +416,11 @@ class FeatureKernel(Kernel):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             fx = self.features(xg)  # (n, F)
+            if not fx.requires_grad:  # autograd's own message ("element 0 ... does not require grad") hides why
+                raise ValueError(
+                    "feature_map must be differentiable in its input (FeatureKernel's gradient comes from "
+                    "autograd through it); its output carries no gradient: it was detached, computed under "
+                    "torch.no_grad(), or taken through numpy or an integer op (argmax, round)")
             with torch.no_grad():
                 fy = fx.detach() if y is x else self.features(y)  # (m, F)
             g_f = self.base.grad_weighted(fx.detach(), fy, w)  # (n, F)

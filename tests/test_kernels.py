@@ -220,6 +220,17 @@ def test_feature_kernel_runs_a_module_in_its_dtype_and_guides_a_batch():
     assert rel_err(g, oracle) <= 1e-5
 
 
+@pytest.mark.parametrize("phi", [lambda z: torch.as_tensor(z.detach().numpy() ** 2),  # through numpy
+                                 lambda z: z.detach() * 2.0,
+                                 lambda z: z.argmax(1, keepdim=True).float()])
+def test_feature_kernel_says_when_its_map_is_not_differentiable(phi):
+    k = FeatureKernel(phi, (4,), GaussianKernel(bandwidth=1.0))
+    x, y = torch.randn(3, 4), torch.randn(2, 4)
+    assert k.gram(x, y).shape == (3, 2)  # the Gram matrix needs no gradient
+    with pytest.raises(ValueError, match="feature_map must be differentiable in its input"):
+        k.grad_weighted(x, y, torch.ones(3, 2))
+
+
 def test_feature_kernel_bad_arguments_name_what_is_valid():
     with pytest.raises(TypeError, match="feature_map must be callable"):
         FeatureKernel("resnet", (1, 4, 4))
