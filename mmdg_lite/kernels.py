@@ -299,6 +299,8 @@ class InverseMultiquadricKernel(Kernel):
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         base = self.c**2 + pairwise_sq_dists(x, y)  # (n, m)
         a = w * 2 * self.beta * base ** (-self.beta - 1)  # (n, m)
+        if y is x:  # the repulsion: the i = i pairs add a_ii (x_i - x_i) = 0, but for c far below the
+            a = a.fill_diagonal_(0.0)  # spacing a_ii dominates a @ y - a.sum * x and cancels it away
         return a @ y - a.sum(1, keepdim=True) * x  # (n, D)
 
 
