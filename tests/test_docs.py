@@ -99,3 +99,36 @@ def test_readme_images_quick_start_runs_and_moves_shapes_toward_the_folder(tmp_p
     assert m, proc.stdout
     plain, guided = float(m.group(1)), float(m.group(2))
     assert guided >= plain + 0.25, proc.stdout  # the benchmark's untuned rate: 0.226 -> 0.761
+
+
+def _doc_texts() -> list[tuple[str, str]]:
+    """(name, text) of every hand-written doc: markdown files and the notebooks' markdown cells."""
+    import json
+
+    out = []
+    for p in sorted([*ROOT.glob("*.md"), *ROOT.glob("book/**/*.md"), *ROOT.glob("data/**/*.md"),
+                     *ROOT.glob("benchmarks/results/*.md")]):
+        if "_build" not in p.parts:
+            out.append((str(p.relative_to(ROOT)), p.read_text(encoding="utf-8")))
+    for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text(encoding="utf-8"))["cells"]):
+            if cell["cell_type"] == "markdown":
+                out.append((f"{nb.name} cell {i}", "".join(cell["source"])))
+    return out
+
+
+def test_docs_hold_no_control_characters():
+    # book/method.md once held a form feed, a carriage return and a newline where \frac, \rho and
+    # \nabla had been (a non-raw Python string wrote it); MathJax rendered "abla_{z_i} = rac{2ho_i}"
+    bad = [(name, repr(m.group()), text[max(m.start() - 20, 0):m.start()])
+           for name, text in _doc_texts() for m in re.finditer(r"[\x00-\x08\x0b-\x1f\x7f]", text)]
+    assert not bad, bad
+    assert len(_doc_texts()) > 50  # the globs found the docs
+
+
+def test_latex_commands_are_not_split_across_lines():
+    # the same accident with a newline leaves a line starting "abla" (from \nabla) or "rac{"
+    hits = [(name, line) for name, text in _doc_texts() for line in text.splitlines()
+            if re.match(r"\s*(abla[_^ {]|rac\{|ho_|imes\b|heta\b|ag\{)", line)
+            or re.search(r"\t(heta|imes|au\b|ext\{|ilde)", line)]  # \t from \theta, \times, ...
+    assert not hits, hits
