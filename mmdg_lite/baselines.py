@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import (check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
+from ._validation import (_describe, check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
                           check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
@@ -98,6 +98,9 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
 def classifier_accuracy(classifier: NoisyClassifier, references: Tensor, base_samples: Tensor,
                         t: int, scheduler: Any = None, seed: int = 0) -> float:
     """Balanced accuracy (mean of the two per-class accuracies) at timestep ``t``, threshold 1/2."""
+    if not callable(classifier):
+        raise TypeError(f"classifier must be a NoisyClassifier (from train_classifier), called as "
+                        f"classifier(x_t, t); got {_describe(classifier)}")
     sched = _scheduler(scheduler)
     t = check_int(t, "t", 0)
     if t >= int(sched.config.num_train_timesteps):

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from ._validation import (_describe, as_float_tensor, check_choice, check_finite, check_int, check_pair,
                           check_points, check_positive, is_real_number)
-from .kernels import GaussianKernel, PolynomialKernel, pairwise_sq_dists
+from .kernels import GaussianKernel, PolynomialKernel, magnitude_scale, pairwise_sq_dists
 from .mmd import mmd2
+from .seeding import check_seed
 
 __all__ = ["frechet_distance", "kernel_distance", "KIDResult", "density_coverage",
            "DensityCoverage", "rke", "rrke", "vendi_score", "mode_assignment",
@@ -35,33 +36,39 @@ def _pair(x: Any, y: Any, x_name: str, y_name: str, min_count: int = 1) -> tuple
     return check_pair(_feats(x, x_name, min_count), _feats(y, y_name, min_count), x_name, y_name)
 
 
+def _unit_scale(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
+    """(x / c, y / c, c): c a power of two (exact) for data whose squares would overflow or
+    underflow float64 (entries beyond about 2^+-24 of 1), else 1 (no copy)."""
+    c = magnitude_scale(x, y)
+    return (x, y, c) if c == 1.0 else (x / c, y / c, c)
+
+
 # ---------------------------------------------------------------- Frechet and kernel distance
 
 def frechet_distance(x: Any, y: Any) -> float:
     """FD = ||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^{1/2}), covariances with ddof=1.
 
     Tr (S_x S_y)^{1/2} = Tr (S_x^{1/2} S_y S_x^{1/2})^{1/2}, a PSD square root. Writing
-    S_x = A A^T, S_y = B B^T with A = X_c^T / sqrt(n-1), it also equals the nuclear norm of
-    A^T B (n, m). Whichever of the (n, m) SVD or the (D, D) eigendecomposition is smaller is
-    used; both clip round-off negatives, so singular covariances (n < D) are fine.
+    S_x = A A^T, S_y = B B^T, it equals the nuclear norm of A^T B, with A = X_c^T / sqrt(n-1)
+    ((n, m) cross product) or, when that is larger than (D, D), A = R_x^T / sqrt(n-1) from the QR
+    factor of X_c (at most (D, D)). No square root of a covariance's eigenvalues is taken, so
+    singular covariances (n < D, or features of low rank) keep full accuracy. Data at extreme
+    scales (entries beyond about 2^+-24) are divided by a power of two first.
     """
     x, y = _pair(x, y, "x", "y", min_count=2)
+    x, y, c = _unit_scale(x, y)
     n, m, d = len(x), len(y), x.shape[1]
     xc, yc = x - x.mean(0), y - y.mean(0)  # (n, D), (m, D)
     mean_term = float(((x.mean(0) - y.mean(0)) ** 2).sum())
     tr_x = float((xc**2).sum()) / (n - 1)
     tr_y = float((yc**2).sum()) / (m - 1)
     if n * m <= d * d:
-        cross = xc @ yc.T / math.sqrt((n - 1) * (m - 1))  # (n, m) = A^T B
-        tr_sqrt = float(torch.linalg.svdvals(cross).sum())
+        cross = xc @ yc.T  # (n, m), sqrt((n-1)(m-1)) A^T B
     else:
-        sx, sy = xc.T @ xc / (n - 1), yc.T @ yc / (m - 1)  # (D, D)
-        evals, evecs = torch.linalg.eigh(sx)
-        root_x = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T  # S_x^{1/2}
-        inner = root_x @ sy @ root_x
-        inner = (inner + inner.T) / 2
-        tr_sqrt = float(torch.linalg.eigvalsh(inner).clamp_min(0).sqrt().sum())
-    return max(0.0, mean_term + tr_x + tr_y - 2 * tr_sqrt)
+        rx, ry = torch.linalg.qr(xc, mode="r").R, torch.linalg.qr(yc, mode="r").R  # (<= D, D) each
+        cross = rx @ ry.T  # X_c^T X_c = R_x^T R_x, so the same nuclear norm
+    tr_sqrt = float(torch.linalg.svdvals(cross).sum()) / math.sqrt((n - 1) * (m - 1))
+    return max(0.0, mean_term + tr_x + tr_y - 2 * tr_sqrt) * c * c
 
 
 @dataclass
@@ -82,7 +89,7 @@ def kernel_distance(x: Any, y: Any, subset_size: int | None = None, n_subsets: i
     if subset_size is not None:
         check_int(subset_size, "subset_size", 2)
     check_int(n_subsets, "n_subsets", 1)
-    check_int(seed, "seed", 0)
+    seed = check_seed(seed)
     x, y = _pair(x, y, "x", "y")
     size = min(subset_size or 1000, len(x), len(y))
     if size < 2:
@@ -93,7 +100,14 @@ def kernel_distance(x: Any, y: Any, subset_size: int | None = None, n_subsets: i
     for _ in range(n_subsets):
         ix = torch.randperm(len(x), generator=gen)[:size]
         iy = torch.randperm(len(y), generator=gen)[:size]
-        vals.append(float(mmd2(x[ix], y[iy], kernel, estimator="unbiased")))
+        try:
+            vals.append(float(mmd2(x[ix], y[iy], kernel, estimator="unbiased")))
+        except FloatingPointError:  # mmd2's advice (another kernel) does not apply: KID's is fixed
+            top = float(torch.maximum(x.abs().max(), y.abs().max()))
+            raise FloatingPointError(
+                f"KID is not finite: its cubic kernel (u.v / D + 1)^3 overflows float64 for features this "
+                f"large (largest |entry| {top:.3g}); KID depends on the features' scale, so rescale them "
+                "(e.g. standardise with the real features' mean and std)") from None
     arr = np.asarray(vals)
     return KIDResult(float(arr.mean()), float(arr.std()), size, n_subsets)
 
@@ -107,7 +121,10 @@ class DensityCoverage:
 
 
 def _dists(a: Tensor, b: Tensor) -> Tensor:
-    return pairwise_sq_dists(a, b).sqrt()  # (n, m) Euclidean
+    """(n, m) Euclidean distances from the differences themselves, not ||a||^2 + ||b||^2 - 2 a.b,
+    whose round-off breaks the ties that the strict ``<`` of density and coverage must decide
+    (integer or duplicated features)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def density_coverage(real: Any, fake: Any, k: int = 5, chunk_size: int = 2048) -> DensityCoverage:
@@ -120,6 +137,7 @@ def density_coverage(real: Any, fake: Any, k: int = 5, chunk_size: int = 2048) -
     check_int(k, "k", 1)
     check_int(chunk_size, "chunk_size", 1)
     real, fake = _pair(real, fake, "real", "fake")
+    real, fake, _ = _unit_scale(real, fake)  # both measures are scale-free
     n = len(real)
     if k >= n:
         raise ValueError(f"k must be smaller than the number of real points ({n}) so each real "
@@ -179,6 +197,7 @@ def vendi_score(x: Any, kernel: str = "cosine", bandwidth: float | None = None) 
         if bandwidth is not None:  # a user tuning it would otherwise see no effect
             raise ValueError(f"kernel='cosine' has no bandwidth; got bandwidth={bandwidth!r} "
                              "(use kernel='gaussian' for a bandwidth)")
+        x = x / x.abs().amax(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)  # no over/underflow
         norms = x.norm(dim=1)
         if bool((norms == 0).any()):
             raise ValueError(f"x has {int((norms == 0).sum())} all-zero row(s); the cosine "
@@ -206,10 +225,13 @@ def mode_assignment(x: Any, means: Any, max_dist: float | None = None) -> Tensor
     With ``max_dist``, points farther than it from every mean get -1 (off-mode).
     """
     x, mu = _means(x, means)
+    if max_dist is not None:
+        check_positive(max_dist, "max_dist")
+    x, mu, c = _unit_scale(x, mu)
     d2 = pairwise_sq_dists(x, mu)  # (n, K)
     dist2, idx = d2.min(1)
     if max_dist is not None:
-        idx = torch.where(dist2 > check_positive(max_dist, "max_dist") ** 2, -1, idx)
+        idx = torch.where(dist2 > (max_dist / c) ** 2, -1, idx)
     return idx
 
 
@@ -230,9 +252,19 @@ def mode_proportions(x: Any, means: Any, n_modes: int | None = None,
 
 
 def _prob_vector(p: Any, name: str) -> Tensor:
+    what = f"{name} must be a non-empty 1-D probability vector (a sequence, array or tensor of numbers)"
     if not isinstance(p, (np.ndarray, Tensor)):
-        p = np.asarray(p, dtype=np.float64)
+        if isinstance(p, (str, bytes, dict, set)):
+            raise TypeError(f"{what}; got {_describe(p)}")
+        try:
+            p = np.asarray(p, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{what}; got {_describe(p)} ({err})") from None
+    if isinstance(p, np.ndarray) and p.dtype.kind not in "biuf":
+        raise TypeError(f"{what}; got an array of dtype {p.dtype}")
     t = torch.as_tensor(p).detach().to("cpu")
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{what}; got dtype {t.dtype}")
     if not t.dtype.is_floating_point:
         t = t.double()
     if t.ndim != 1 or len(t) == 0:
@@ -290,7 +322,8 @@ def off_mode_fraction(x: Any, means: Any, std: Any, n_std: float = 3.0) -> float
                          f"got shape {tuple(s.shape)}")
     if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
         raise ValueError(f"std must be finite and > 0; got {s.tolist()}")
-    radius2 = s**2 * off_mode_quantile(x.shape[1], n_std)  # () or (K,)
+    x, mu, c = _unit_scale(x, mu)
+    radius2 = (s / c) ** 2 * off_mode_quantile(x.shape[1], n_std)  # () or (K,)
     off = (pairwise_sq_dists(x, mu) > radius2).all(1)  # (n,)
     return float(off.double().mean())
 
@@ -301,14 +334,28 @@ def _labels(labels: Any) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D sequence; got shape {arr.shape}")
+    if isinstance(labels, (list, tuple)) and arr.dtype.kind in "US" and not all(
+            isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in labels):
+        raise TypeError("labels mix strings with other types (numpy would turn 1 into '1' and miss it); "
+                        "give labels of one kind: all strings, all numbers or all bools")
+    if arr.dtype.kind not in "biufUS":
+        raise TypeError(f"labels must be numbers, bools or strings of one kind; got an array of dtype {arr.dtype}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"labels contains {int((~np.isfinite(arr)).sum())} NaN or Inf value(s)")
     return arr
 
 
 def attribute_rate(labels: Any, target: Any) -> float:
-    """Fraction of labels equal to ``target`` (e.g. classifier outputs 'has sunglasses')."""
-    return float(np.mean(_labels(labels) == target))
+    """Fraction of labels equal to ``target``, one label (e.g. classifier outputs 'has sunglasses')."""
+    arr = _labels(labels)
+    if isinstance(target, (Tensor, np.ndarray)):
+        if (target.size if isinstance(target, np.ndarray) else target.numel()) != 1:
+            raise ValueError(f"target must be one label (a scalar); got an array of shape {tuple(target.shape)}")
+        target = target.item()
+    elif isinstance(target, (list, tuple, set, dict)):
+        raise TypeError(f"target must be one label (a scalar), compared with every entry of labels; got "
+                        f"{_describe(target)}")
+    return float(np.mean(arr == target))
 
 
 def attribute_rates(labels: Any) -> dict[Any, float]:

@@ -52,6 +52,12 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     wy = check_weights(y_weights, "y_weights", len(ys), ys)
     wx = wx if wx is not None else xs.new_full((len(xs),), 1.0 / len(xs))
     wy = wy if wy is not None else ys.new_full((len(ys),), 1.0 / len(ys))
+    if estimator == "unbiased":  # its within-set sums skip i = i' and divide by 1 - sum w^2
+        for name, w in (("x_weights", wx), ("y_weights", wy)):
+            if int((w > 0).sum()) < 2:
+                raise ValueError(f"estimator='unbiased' needs at least 2 positive {name} (it leaves out the "
+                                 f"i = i' pairs, so one weighted point has no pair); got "
+                                 f"{int((w > 0).sum())} positive of {len(w)}")
     px = py = None
     if isinstance(kernel, ProductKernel):
         if x_prompts is None or y_prompts is None:

@@ -165,3 +165,29 @@ def test_evaluate_names_samples():
         evaluate(torch.randn(20, 3), task)
     with pytest.raises(TypeError, match="samples must be a torch.Tensor or numpy array; got list"):
         evaluate([[0.0, 1.0]], task)
+
+
+def test_evaluate_and_task_helpers_name_their_arguments():
+    # an outside probe: these reached raw AttributeErrors, or blamed "subset_size", which the
+    # caller never passed, or ran silently with full="no"
+    from mmdg_lite.baselines import classifier_accuracy
+    from mmdg_lite.toys import circle_mixture, dirichlet_mixture, subset_mixture
+
+    task = make_task("ring2d_4modes", seed=0, n_references=10, n_heldout=10)
+    with pytest.raises(ValueError, match=r"n >= 2 \(full=True computes FD and KD"):
+        evaluate(task.heldout[:1], task)
+    assert set(evaluate(task.heldout[:1], task, full=False)) == {"tv", "off_mode"}
+    with pytest.raises(ValueError, match="kid_subset must be an integer >= 2; got 1"):
+        evaluate(task.heldout, task, kid_subset=1)
+    with pytest.raises(TypeError, match="full must be True or False; got 'no'"):
+        evaluate(task.heldout, task, full="no")
+    with pytest.raises(TypeError, match="task must be a SyntheticTask.*got str 'ring2d_4modes'"):
+        evaluate(task.heldout, "ring2d_4modes")
+    with pytest.raises(TypeError, match="task must be a SyntheticTask or one of .*got int 42"):
+        task_guidance(42)
+    for build in (lambda: subset_mixture("x", [0]), lambda: dirichlet_mixture("x", 2)):
+        with pytest.raises(TypeError, match="mixture must be a GaussianMixture.*got str 'x'"):
+            build()
+    assert subset_mixture(circle_mixture(), [0]).weights[0] == 1.0  # the check lets a mixture through
+    with pytest.raises(TypeError, match="classifier must be a NoisyClassifier.*got str 'x'"):
+        classifier_accuracy("x", task.references, task.references, 5)

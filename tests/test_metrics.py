@@ -295,6 +295,16 @@ ERRORS = [
     (lambda: attribute_rate([], 1), ValueError, "non-empty"),
     (lambda: attribute_rate([[1, 0]], 1), ValueError, "1-D"),
     (lambda: attribute_rate([1.0, np.nan], 1.0), ValueError, "NaN"),
+    # raw numpy / torch errors, or silent nonsense, before
+    (lambda: attribute_rate([1, 0, 1, 1], [1, 0, 1, 1]), TypeError, "target must be one label"),
+    (lambda: attribute_rate([1, 2], np.array([1, 2])), ValueError, r"target must be one label.*\(2,\)"),
+    (lambda: attribute_rate(["b", 1, "a"], 1), TypeError, "labels mix strings with other types"),
+    (lambda: attribute_rates(np.array([1, None], dtype=object)), TypeError, "dtype object"),
+    (lambda: total_variation(["a", "b"], [1.0, 0.0]), TypeError, "p must be a non-empty 1-D probability vector"),
+    (lambda: total_variation({"a": 1.0}, [1.0]), TypeError, "p must be .* got dict"),
+    (lambda: total_variation([0.5, 0.5], np.array([0.5 + 0j, 0.5])), TypeError, "q must be .*complex128"),
+    (lambda: kernel_distance(X, Y, seed=2**64), ValueError, r"seed must be an integer in \[0, 2\*\*63\)"),
+    (lambda: kernel_distance(X * 1e120, Y * 1e120), FloatingPointError, "KID depends on the features' scale"),
 ]
 
 
@@ -311,3 +321,47 @@ def test_off_mode_fraction_takes_one_std_per_mode_as_a_sequence():
     per_mode = off_mode_fraction(x, means, [0.1, 1.0])
     assert per_mode == off_mode_fraction(x, means, np.array([0.1, 1.0])) == pytest.approx(1 / 3)
     assert off_mode_fraction(x, means, (0.1, 0.1)) == off_mode_fraction(x, means, 0.1) == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_fd_low_rank_features_keep_full_accuracy():
+    # 128-D features of rank 3, n m > D^2: the eigen route took square roots of round-off
+    # eigenvalues and was 2.8e-4 off; the oracle is sqrtm in the exact 3-D span
+    r = rng(5)
+    w = r.normal(size=(3, 128))
+    x, y = r.normal(size=(1500, 3)) @ w, (r.normal(size=(1500, 3)) * 1.2 + 0.1) @ w  # all in the span
+    basis, _ = np.linalg.qr(w.T)  # (128, 3)
+    assert frechet_distance(x, y) == pytest.approx(fd_sqrtm(x @ basis, y @ basis), rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e77, 1e-90])
+def test_metrics_hold_at_extreme_scales(scale):
+    r = rng(6)
+    x, y = r.normal(size=(50, 4)), r.normal(size=(60, 4)) + 1.0
+    assert frechet_distance(x * scale, y * scale) == pytest.approx(frechet_distance(x, y) * scale**2, rel=1e-9)
+    assert density_coverage(x * scale, y * scale, k=3) == density_coverage(x, y, k=3)
+    assert vendi_score(x * scale) == pytest.approx(vendi_score(x), rel=1e-9)
+    means = np.array([[0.0, 0, 0, 0], [1.0, 1, 1, 1]])
+    torch.testing.assert_close(mode_proportions(x * scale, means * scale), mode_proportions(x, means))
+    assert off_mode_fraction(y * scale, means * scale, std=0.5 * scale) == off_mode_fraction(y, means, std=0.5)
+    assert 0 < off_mode_fraction(y, means, std=0.5) < 1  # the check compares something
+
+
+def test_density_coverage_decides_ties_like_exact_distances():
+    # integer features: ||a||^2 + ||b||^2 - 2 a.b put a distance of 1 at 1.0000000000000018 and
+    # flipped the strict "<" ties (density 0.79 against 0.60)
+    g = np.stack(np.meshgrid(np.arange(6.0), np.arange(6.0)), -1).reshape(-1, 2)
+    f = g[::2] + 1
+    res = density_coverage(g, f, k=4)
+    assert (res.density, res.coverage) == pytest.approx(dc_bruteforce(g, f, 4), abs=1e-12)
+    ints = rng(7).integers(0, 4, size=(60, 6)).astype(float)
+    res = density_coverage(ints[:40], ints[40:], k=3)
+    assert (res.density, res.coverage) == pytest.approx(dc_bruteforce(ints[:40], ints[40:], 3), abs=1e-12)
+
+
+def test_attribute_rate_takes_a_tensor_or_array_target():
+    labels = torch.tensor([1, 0, 1, 1])
+    assert attribute_rate(labels, torch.tensor(1)) == 0.75
+    assert attribute_rate(labels.numpy(), np.int64(0)) == 0.25
+    assert attribute_rate(["b", "a", "b"], np.array("b")) == pytest.approx(2 / 3)

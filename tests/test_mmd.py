@@ -278,3 +278,18 @@ def test_imq_float32_gradient_holds_when_c_is_far_below_the_spacing(scale):
     oracle = mmd2_grad_autograd(x.double(), y.double(), k)  # the float64 path against autograd (whose
     # own squared-distance expansion loses ~1e-6 at 1e3)
     assert float((mmd2_grad(x.double(), y.double(), k) - oracle).norm() / oracle.norm()) < 1e-5
+
+
+def test_unbiased_estimator_needs_two_weighted_points_per_set():
+    # all weight on one point: 1 - sum w^2 = 0 made a 0/0, reported as a kernel overflow
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(7, 2, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    for kw, name in ((dict(x_weights=torch.eye(7, dtype=torch.float64)[0]), "x_weights"),
+                     (dict(y_weights=torch.eye(5, dtype=torch.float64)[2]), "y_weights")):
+        for fn in (mmd2, mmd2_grad):
+            with pytest.raises(ValueError, match=f"estimator='unbiased' needs at least 2 positive {name}.*got 1 positive"):
+                fn(x, y, GaussianKernel(bandwidth=1.0), estimator="unbiased", **kw)
+    w = torch.zeros(7, dtype=torch.float64)
+    w[:2] = 1.0  # two points are enough, and the biased estimator takes one
+    assert torch.isfinite(mmd2(x, y, GaussianKernel(bandwidth=1.0), estimator="unbiased", x_weights=w))
+    assert torch.isfinite(mmd2(x, y, GaussianKernel(bandwidth=1.0), x_weights=torch.eye(7, dtype=torch.float64)[0]))

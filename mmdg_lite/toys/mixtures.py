@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -116,7 +116,13 @@ def random_mixture(n_modes: int = 8, dim: int = 100, seed: int = 0, mean_scale: 
     )
 
 
+def _check_mixture(mixture: Any) -> None:
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, e.g. circle_mixture(); got {_describe(mixture)}")
+
+
 def _check_modes(mixture: GaussianMixture, modes: Sequence[int]) -> list[int]:
+    _check_mixture(mixture)
     valid = f"a sequence of distinct integer indices in [0, {mixture.n_modes - 1}], e.g. [0, 2]"
     if isinstance(modes, (np.ndarray, Tensor)) and modes.ndim == 1:
         modes = modes.tolist()  # integer arrays give ints; float or bool arrays are refused below
@@ -144,6 +150,7 @@ def subset_mixture(mixture: GaussianMixture, modes: Sequence[int]) -> GaussianMi
 def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
                       alpha: float | Sequence[float] = (1.0, 10.0), seed: int = 0) -> GaussianMixture:
     """``n_active`` random components with Dirichlet(alpha) weights (paper Fig. 3: 2, (1, 10))."""
+    _check_mixture(mixture)
     n_active = check_int(n_active, "n_active", 1)
     if n_active > mixture.n_modes:
         raise ValueError(f"n_active must be <= the number of modes {mixture.n_modes}; got {n_active}")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import as_float_tensor, check_choice, check_int
+from .._validation import _describe, as_float_tensor, check_bool, check_choice, check_int
 from .mixtures import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                    random_mixture, subset_mixture)
 from ..denoisers import GaussianMixtureDenoiser
@@ -83,12 +83,19 @@ def evaluate(samples: Tensor, task: SyntheticTask, kid_subset: int = 500,
     tv: total variation between nearest-mode proportions and the target weights; off_mode:
     fraction beyond the 3-sigma-equivalent radius of every mode; with ``full`` also FD, KD
     (x 10^3, unbiased KID), density and coverage against the held-out target samples.
-    Raises if any sample is not finite (a diverged run must never be scored).
+    Raises if any sample is not finite (a diverged run must never be scored). n >= 1, or
+    n >= 2 with ``full`` (FD and KD need two samples).
     """
+    if not isinstance(task, SyntheticTask):
+        raise TypeError(f"task must be a SyntheticTask, e.g. make_task('ring2d_4modes'); got {_describe(task)}")
+    check_int(kid_subset, "kid_subset", 2)
+    full = check_bool(full, "full")
     samples = as_float_tensor(samples, "samples")
-    if samples.ndim < 2 or len(samples) == 0 or samples[0].numel() != task.dim:
-        raise ValueError(f"samples must have shape (n, {task.dim}) with n >= 1, points of task "
-                         f"{task.name!r}; got shape {tuple(samples.shape)}")
+    need = 2 if full else 1
+    if samples.ndim < 2 or len(samples) < need or samples[0].numel() != task.dim:
+        raise ValueError(f"samples must have shape (n, {task.dim}) with n >= {need}"
+                         f"{' (full=True computes FD and KD, which need two; full=False scores one)' if full else ''}"
+                         f", points of task {task.name!r}; got shape {tuple(samples.shape)}")
     x = samples.detach().reshape(len(samples), -1).double().cpu()
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"{int((~torch.isfinite(x)).any(1).sum())} of {len(x)} samples "
@@ -138,6 +145,8 @@ def task_guidance(task: SyntheticTask | str, references: Tensor | None = None,
     from ..guidance import ChainedGuidance, MMDGuidance
     from ..kernels import GaussianKernel
 
+    if not isinstance(task, (str, SyntheticTask)):
+        raise TypeError(f"task must be a SyntheticTask or one of {TASKS}; got {_describe(task)}")
     name = task if isinstance(task, str) else task.name
     check_choice(name, "task", TASKS)
     if references is None:
