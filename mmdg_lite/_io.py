@@ -18,14 +18,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ArtifactError", "read_json", "read_config", "read_safetensors", "check_state_dict",
-           "load_weights", "check_folder", "from_pretrained"]
+__all__ = ["ArtifactError", "MissingExtraError", "read_json", "read_config", "read_safetensors",
+           "check_state_dict", "load_weights", "check_folder", "check_pipeline_folder", "from_pretrained"]
 
 _LFS_POINTER = b"version https://git-lfs"
 
 
 class ArtifactError(ValueError):
     """A saved file exists but cannot be used; the message names the file and the defect."""
+
+
+class MissingExtraError(ImportError):
+    """A saved model needs a library that is not installed (an optional extra of mmdg_lite)."""
 
 
 def _listing(names: Iterable[Any], limit: int = 8) -> str:
@@ -170,6 +174,29 @@ def check_folder(folder: str | Path, hint: str = "") -> Path:
     return folder
 
 
+def check_pipeline_folder(folder: str | Path) -> Path:
+    """A diffusers pipeline folder: every component its model_index.json names has a non-empty
+    folder (a missing tokenizer folder let transformers build an empty tokenizer that failed
+    only at sampling), and the libraries of those components are installed (the text encoder
+    and tokenizer need transformers: ``MissingExtraError`` names the extra that brings it)."""
+    folder = Path(folder)
+    index = read_json(folder / "model_index.json")
+    if not isinstance(index, dict):
+        raise ArtifactError(f"{folder / 'model_index.json'}: not a JSON object")
+    parts = {name: spec[0] for name, spec in index.items() if not name.startswith("_")
+             and isinstance(spec, list) and len(spec) == 2 and spec[0] is not None}
+    missing = [name for name in parts if not (folder / name).is_dir() or not any((folder / name).iterdir())]
+    if missing:
+        raise ArtifactError(f"{folder}: model_index.json names the component(s) {_listing(missing)}, but "
+                            f"their folders are missing or empty; copy the whole pipeline folder again")
+    absent = sorted({lib for lib in parts.values() if importlib.util.find_spec(lib) is None})
+    if absent:
+        raise MissingExtraError(f"{folder}: the pipeline's {_listing(n for n, lib in parts.items() if lib in absent)} "
+                                f"need {', '.join(absent)}, which is not installed: pip install "
+                                "'mmdg_lite[sd]' (the extra for Stable Diffusion pipelines)")
+    return folder
+
+
 def _is_diffusers_model(cls: Any) -> bool:
     try:
         from diffusers import ModelMixin
@@ -188,6 +215,8 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
     match the config: diffusers itself only warns and initialises missing tensors at random.
     """
     folder = check_folder(folder, hint)
+    if (folder / "model_index.json").is_file():
+        check_pipeline_folder(folder)
     kwargs.setdefault("local_files_only", True)
     if _is_diffusers_model(cls):  # without accelerate diffusers falls back, with a long warning
         kwargs.setdefault("low_cpu_mem_usage", importlib.util.find_spec("accelerate") is not None)

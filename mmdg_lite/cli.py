@@ -136,9 +136,13 @@ def _run_info(args: argparse.Namespace) -> int:
         if load is None:
             status = "present (no generic loader for its config; not checked)"
         else:
+            from ._io import MissingExtraError
+
             try:
                 load()
                 status = "loads"
+            except MissingExtraError as err:  # an optional extra, not a broken model
+                status = f"not checked: {err}"
             except Exception as err:  # report every failure, whatever its kind
                 failures += 1
                 status = f"FAILS: {type(err).__name__}: {err}"
@@ -207,8 +211,8 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=_DefaultsFormatter, allow_abbrev=False)
     p.add_argument("--model", default=None, metavar="PATH_OR_ID",
                    help="a diffusers pipeline folder or a hub id (downloads need network; set "
-                        "HF_HUB_OFFLINE=1 to forbid them). Default: the embedded pipeline "
-                        "data/sd/shapes_pipeline once it is built (scripts/train_sd_pipeline.py)")
+                        "HF_HUB_OFFLINE=1 to forbid them). Default: the embedded pipeline that ships with "
+                        "mmdg_lite (a tiny SD-shaped model of 32x32 shapes; `mmdg info` shows where)")
     p.add_argument("--references", required=True, metavar="DIR",
                    help="folder of reference images (any size/mode; photos turned upright by their EXIF "
                         "tag; resized to the model's resolution)")
@@ -278,9 +282,14 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
             raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has no prompts (one per line)")
     if any(not p.strip() for p in args.prompt):
         raise _BadInput(f"--prompt: prompts must be non-empty text; got {args.prompt!r}")
+    if not args.out.strip():
+        raise _BadInput(f"--out: must name a folder; got {args.out!r}")
     out = Path(args.out).expanduser()
-    if out.is_symlink() and out.is_dir():  # a link to an empty folder: write into the folder it names
-        out = out.resolve()
+    if out.is_symlink() and not out.exists():
+        raise _BadInput(f"--out: {args.out!r} is a link to {os.readlink(out)!r}, which does not exist; "
+                        "create that folder, or choose another --out")
+    # absolute, so that "." and "./" have a name and a parent; a link to a folder: the folder it names
+    out = out.resolve() if out.is_symlink() else Path(os.path.abspath(out))
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _BadInput(f"--out: {args.out!r} already exists and is not an empty folder; choose a new folder")
     if not out.parent.is_dir():
@@ -324,7 +333,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
             pipe = load_pipeline(model, device=args.device)
         except Exception as err:  # any loading failure: say which model and why
             raise _BadInput(f"--model: cannot load {model!r} as a diffusers pipeline "
-                            f"({type(err).__name__}: {str(err)[:300]})") from None
+                            f"({type(err).__name__}: {_shorten(str(err))})") from None
         _check_steps(pipe.scheduler, args.steps, model)
         size = pipeline_image_size(pipe)
         try:
@@ -368,11 +377,13 @@ def _run_adapt(args: argparse.Namespace) -> int:
             metrics["time_ratio"] = round(seconds / base_s, 4)
             _save_images(plain, tmp / "unguided", save_grid, args.num_images)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        mode = _folder_mode(out)  # mkdtemp made tmp private (0700)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        tmp.chmod(mode)
-        tmp.rename(out)
+        if out.exists():  # the user's empty folder (perhaps the current one): fill it, keep it as it is
+            for child in tmp.iterdir():
+                child.rename(out / child.name)
+            tmp.rmdir()
+        else:
+            tmp.chmod(_folder_mode(out))  # mkdtemp made tmp private (0700)
+            tmp.rename(out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception):
@@ -421,11 +432,19 @@ def _check_steps(scheduler: Any, steps: int, model: str) -> None:
                     f"{getattr(scheduler.config, 'steps_offset', 0)}); got {steps}")
 
 
+def _shorten(text: str, limit: int = 400) -> str:
+    """``text`` up to ``limit`` characters, cut after a sentence or a line, never mid-word."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind("\n"))
+    if cut < limit // 3:
+        cut = head.rfind(" ")
+    return head[:cut + 1].rstrip() + " [...]"
+
+
 def _folder_mode(out: Path) -> int:
-    """The permissions the results folder gets: an existing (empty) --out keeps its own, a new
-    one follows the umask, as mkdir would."""
-    if out.is_dir():
-        return out.stat().st_mode & 0o7777
+    """The permissions a new results folder gets: the umask's, as mkdir would give."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o777 & ~umask

@@ -126,3 +126,15 @@ def test_info_finds_model_folders_by_their_config(tmp_path, monkeypatch):
     assert {"extra/mine", "other"} <= set(found)
     assert found["other"][1] is None
     assert found["extra/mine"][1]().config["hidden"] == 4
+
+
+def test_info_without_the_sd_extra_reports_the_pipeline_as_not_checked(capsys, monkeypatch):
+    # a core install (no transformers) printed "FAILS: AttributeError: 'super' object ..." and exit 1
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    assert cli.main(["info"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if "sd/shapes_pipeline" in l)
+    assert "not checked:" in line and "pip install 'mmdg_lite[sd]'" in line and "FAILS" not in line

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -246,3 +247,66 @@ def test_adapt_flags_are_not_abbreviated(model, refs, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         adapt(model, refs, tmp_path / "out", "--stre", "2")
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_adapt_out_spelled_as_the_current_folder_or_empty(model, refs, tmp_path, capsys, monkeypatch):
+    # "." and "./" have no name: they passed the checks and failed after sampling (results lost)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert adapt(model, refs, "./") == 0
+    assert (here / "metrics.json").is_file() and (here / "grid.png").is_file()
+    assert Path.cwd() == here and here.exists()  # filled in place, not removed and re-created
+    assert leftovers(tmp_path) == ["here"]
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load for a bad --out")
+
+    monkeypatch.setattr(adapt_module, "load_pipeline", no_load)
+    assert adapt(model, refs, "") == 2
+    assert "--out: must name a folder; got ''" in capsys.readouterr().err
+
+
+def test_adapt_refuses_a_dangling_out_link_before_loading(model, refs, tmp_path, capsys, monkeypatch):
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load for a bad --out")
+
+    monkeypatch.setattr(adapt_module, "load_pipeline", no_load)
+    link = tmp_path / "dangle"
+    link.symlink_to(tmp_path / "missing", target_is_directory=True)
+    assert adapt(model, refs, link) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "which does not exist" in err
+    assert leftovers(tmp_path) == ["dangle"]
+
+
+def test_a_pipeline_missing_a_component_folder_or_its_library(model, tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    from mmdg_lite._io import ArtifactError, MissingExtraError
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    shutil.rmtree(broken / "tokenizer")  # transformers 5 built an empty tokenizer and "loaded"
+    with pytest.raises(ArtifactError, match=r"component\(s\) \['tokenizer'\].*missing or empty"):
+        load_pipeline(broken, device="cpu")
+    assert cli.main(["adapt", "--model", str(broken), "--references", str(model), "--prompt", "x",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"need transformers, which is not installed: pip install 'mmdg_lite\[sd\]'"):
+        load_pipeline(model, device="cpu")
+
+
+def test_shorten_cuts_at_a_sentence_or_a_word():
+    text = "First sentence here. " * 30
+    short = cli._shorten(text, 100)
+    assert short.endswith("here. [...]") and len(short) <= 107
+    words = cli._shorten("word " * 200, 50)
+    assert words.endswith("word [...]")
+    assert cli._shorten("short", 50) == "short"

@@ -49,7 +49,7 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def source(tmp_path_factory) -> Path:
     """A copy of what the build reads, so that no build folder is left in the checkout."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("mmdg_lite", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=SKIP)
@@ -101,7 +101,7 @@ def test_sdist_holds_every_data_file(source, tmp_path):
     name = out.stdout.strip().splitlines()[-1]
     with tarfile.open(tmp_path / name) as tar:
         members = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
-    want = {f"data/{k}" for k in _files(ROOT / "data")} | {"setup.py", "pyproject.toml"}
+    want = {f"data/{k}" for k in _files(ROOT / "data")} | {"setup.py", "pyproject.toml", "LICENSE"}
     assert sorted(want - members) == []
 
 
@@ -114,6 +114,9 @@ def test_wheel_holds_every_module_and_its_metadata(wheel):
     modules = {f"mmdg_lite/{k}" for k in _files(ROOT / "mmdg_lite") if k.endswith(".py")}
     assert sorted(modules - names) == [], "modules missing from the wheel (a package without __init__.py?)"
     assert meta["License-Expression"] == "MIT"
+    licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))  # the text ships too
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read(licence) == (ROOT / "LICENSE").read_bytes()
     core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
     assert not [r for r in core if r.split()[0].split(">")[0] in {"matplotlib", "seaborn", "pandas"}], core
     assert "mmdg = mmdg_lite.cli:main" in entry_points

@@ -65,8 +65,12 @@ def load_pipeline(model: str | Path, *, device: str | None = None,
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     local = Path(str(model)).expanduser()
     if local.is_dir():
+        from .._io import check_pipeline_folder
+
         kwargs["local_files_only"] = True
         index = local / "model_index.json"
+        if index.is_file():
+            check_pipeline_folder(local)
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             kwargs["safety_checker"] = None  # the embedded and tiny pipelines have none
     with warnings.catch_warnings():  # newer diffusers call it dtype; torch_dtype works in every version
