@@ -14,7 +14,10 @@ def setup_notebook(seed: int = 0, threads: int = 1, dpi: int = 90) -> torch.Gene
     One thread is the default: small-tensor loops on a shared 2-core laptop run many times
     faster than with torch's default thread pool, and results are reproducible.
     """
-    torch.set_num_threads(threads)
+    from ._validation import check_int, check_positive
+
+    torch.set_num_threads(check_int(threads, "threads", 1))
+    check_positive(dpi, "dpi")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
     try:

@@ -253,10 +253,17 @@ def plot_gram(K: ArrayLike, *, ax: Axes | None = None, title: str | None = None,
 
 
 def fit_loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
-    """Least-squares line through (log x, log y): returns (slope, intercept), natural logs."""
-    lx, ly = np.log(to_numpy(x).astype(float)), np.log(to_numpy(y).astype(float))
-    if lx.shape != ly.shape or lx.size < 2:
-        raise ValueError(f"x and y need the same shape with >= 2 values; got {lx.shape}, {ly.shape}")
+    """Least-squares line through (log x, log y): returns (slope, intercept), natural logs.
+    x and y must be finite and > 0 (an unbiased MMD^2 estimate can be negative: plot its spread)."""
+    xa, ya = to_numpy(x).astype(float), to_numpy(y).astype(float)
+    if xa.shape != ya.shape or xa.ndim != 1 or xa.size < 2:
+        raise ValueError(f"x and y need the same 1-D shape with >= 2 values; got {xa.shape}, {ya.shape}")
+    for name, v in (("x", xa), ("y", ya)):
+        if not (np.isfinite(v).all() and (v > 0).all()):
+            bad = v[~(np.isfinite(v) & (v > 0))]
+            raise ValueError(f"{name} must be finite and > 0 for a log-log fit; got {bad.size} other value(s), "
+                             f"e.g. {float(bad[0])!r}")
+    lx, ly = np.log(xa), np.log(ya)
     slope, intercept = np.polyfit(lx, ly, 1)
     return float(slope), float(intercept)
 
@@ -273,9 +280,13 @@ def plot_loglog(x: ArrayLike, y: ArrayLike, *, yerr: ArrayLike | None = None,
     """
     ax = _ax(ax)
     xa, ya = to_numpy(x).astype(float), to_numpy(y).astype(float)
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same shape; got {xa.shape} and {ya.shape}")
+    e = None if yerr is None else to_numpy(yerr).astype(float)
+    if e is not None and e.shape != ya.shape:
+        raise ValueError(f"yerr must have y's shape {ya.shape}, one error per point; got {e.shape}")
     ax.loglog(xa, ya, "o-", label=label)
-    if yerr is not None:
-        e = to_numpy(yerr).astype(float)
+    if e is not None:
         ax.fill_between(xa, np.maximum(ya - e, ya * 1e-3), ya + e, alpha=0.25)
     slope = None
     if fit:
@@ -303,6 +314,9 @@ def plot_prompt_samples(points: ArrayLike, labels: Sequence[str], *, references:
     if len(labels) != len(p):
         raise ValueError(f"labels has {len(labels)} entries but points has {len(p)}; one per point")
     names = list(order) if order is not None else list(dict.fromkeys(labels))
+    missing = sorted(set(labels) - set(names), key=str)
+    if missing:  # their points would silently not be drawn
+        raise ValueError(f"order must list every label of the points; it misses {missing}")
     colors = {n: f"C{i}" for i, n in enumerate(names)}
     lab = np.asarray(labels)
     for n in names:
@@ -312,6 +326,8 @@ def plot_prompt_samples(points: ArrayLike, labels: Sequence[str], *, references:
     if references is not None:
         r = _check_2d(to_numpy(references), "references")
         rl = np.asarray(list(reference_labels) if reference_labels is not None else ["ref"] * len(r))
+        if len(rl) != len(r):
+            raise ValueError(f"reference_labels has {len(rl)} entries but references has {len(r)}; one per reference")
         for n in dict.fromkeys(rl.tolist()):
             m = rl == n
             ax.scatter(r[m, 0], r[m, 1], s=2.5 * s, marker="X", c=colors.get(n, "k"),
@@ -372,6 +388,8 @@ def read_markdown_table(text: str, heading: str):
     strings (bold markers removed). Raises KeyError naming the headings that exist."""
     import pandas as pd
 
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # Windows line endings
+    text = text if text.endswith("\n") else text + "\n"  # a heading on the last line
     marker = f"## {heading}\n"
     if marker not in text:
         found = [ln[3:].strip() for ln in text.splitlines() if ln.startswith("## ")]

@@ -183,13 +183,13 @@ def guidance_data(strength: float = 3.0, schedule: str = "constant",
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_choice(eval_point, "eval_point", EVAL_POINTS)
     check_choice(generated_set, "generated_set", GENERATED_SETS)
-    task = _ring_task(task_seed)
-    count = check_int(memory_n if generated_set == "memory" else n, "n", 2)
+    count = check_int(memory_n, "memory_n", 2) if generated_set == "memory" else check_int(n, "n", 2)
+    task = _ring_task(check_int(task_seed, "task_seed", 0))
     strength = check_nonnegative(strength, "strength")
     x, seconds = _guided(strength, schedule, normalization, eval_point, generated_set,
                          check_positive(bandwidth_scale, "bandwidth_scale"), count, check_int(num_steps, "num_steps", 1), seed, task_seed)
     x = None if x is None else x.clone()  # the cached tensor stays untouched
-    plain = _unguided(task_seed, count, num_steps, seed)
+    plain = _unguided(task_seed, count, num_steps, seed).clone()
     means, w = task.base.means, task.target.weights
 
     def scores(z):
@@ -199,7 +199,7 @@ def guidance_data(strength: float = 3.0, schedule: str = "constant",
         return {"proportions": p, "tv": total_variation(p, w),
                 "off_mode": off_mode_fraction(z, means, task.base.std)}
 
-    return {"samples": x, "unguided": plain, "references": task.references, "target": w,
+    return {"samples": x, "unguided": plain, "references": task.references.clone(), "target": w.clone(),
             "reference_proportions": mode_proportions(task.references, means),
             "guided_scores": scores(x), "unguided_scores": scores(plain), "seconds": seconds,
             "diverged": x is None, "n": count}
@@ -251,7 +251,8 @@ def prompt_bandwidth_data(prompt_bandwidth: float = 0.3, strength: float = 3.0,
     bw = check_positive(prompt_bandwidth, "prompt_bandwidth")
     prompts = [c for c in world.categories for _ in range(check_int(n_per_prompt, "n_per_prompt", 1))]
     guide = prompt_aware_guidance(refs, ref_prompts, encoder, prompts, prompt_bandwidth=bw,
-                                  kernel=GaussianKernel(sample_bandwidth), strength=strength,
+                                  kernel=GaussianKernel(check_positive(sample_bandwidth, "sample_bandwidth")),
+                                  strength=strength,
                                   normalization="none", stop=1.0,
                                   prompt_weighting="joint")  # Eq. 11, as notebook 04 Sec. 2-4
     start = time.perf_counter()
@@ -586,8 +587,11 @@ def load_explorer_grids(domain: str = "digits", folder: Any = None) -> dict[str,
 
 
 def _grid_index(values: list, value: Any, name: str, domain: str) -> int:
+    if (isinstance(value, np.ndarray) and value.size == 1) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        value = value.item()  # np.array(0.0), torch.tensor(0.)
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     for i, v in enumerate(values):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isclose(v, value, rel_tol=1e-6, abs_tol=1e-12):
+        if number and math.isclose(v, float(value), rel_tol=1e-6, abs_tol=1e-12):
             return i
     raise ValueError(f"{name} must be one of the precomputed values {[float(v) if name == 'strength' else v for v in values]} "
                      f"for domain {domain!r}; got {value!r}")
@@ -610,7 +614,7 @@ def grid_data(domain: str = "digits", strength: float | None = None,
     return {"images": g["images"][i, j], "references": g["references"][j], "strength": st[i],
             "reference_count": rc[j], "style_rate": g["style_rate"][i][j], "valid_rate": g["valid_rate"][i][j],
             "diverged": g["diverged"][i][j], "unguided_rate": g["style_rate"][0][j],
-            "table": table, "strengths": st, "reference_counts": rc, "index": (i, j),
+            "table": table, "strengths": list(st), "reference_counts": list(rc), "index": (i, j),
             "style": g["style"], "title": g["title"], "n_measured": g["n_measured"]}
 
 
@@ -719,7 +723,7 @@ def guidance_explorer():
     """Explorer (ii): the knobs of MMDGuidance on the 2-D ring model (notebook 03)."""
     import ipywidgets as w
 
-    return _explorer("MMD guidance on the 2-D ring (300 samples, or 8 in memory mode, 2 per target mode; 30 DDPM steps)", guidance_figure, {
+    controls = {
         "strength": w.FloatLogSlider(value=3.0, base=10, min=-2.5, max=1.5, step=0.1,
                                      description="strength c", continuous_update=False),
         "schedule": w.Dropdown(options=list(SCHEDULES), description="schedule"),
@@ -727,7 +731,26 @@ def guidance_explorer():
                                     description="step"),
         "eval_point": w.Dropdown(options=list(EVAL_POINTS), description="eval point"),
         "generated_set": w.Dropdown(options=list(GENERATED_SETS), description="generated"),
-    })
+    }
+    controls["normalization"].observe(_norm_matched_strength(controls["strength"]), names="value")
+    return _explorer("MMD guidance on the 2-D ring (300 samples, or 8 in memory mode, 2 per target mode; "
+                     "30 DDPM steps)", guidance_figure, controls)
+
+
+def _norm_matched_strength(slider: Any) -> Callable[[Any], None]:
+    """An observer of the step dropdown: "norm_matched" reads the strength as the reference code's
+    alpha (refused from 1 up; 0.003 works), so the slider moves there, and back when it leaves.
+    Registered before the explorer's own observers, so no redraw sees "norm_matched" with the old
+    strength."""
+    saved = {"strength": slider.value}
+
+    def on_change(change: Any) -> None:
+        if change["new"] == "norm_matched":
+            saved["strength"] = slider.value
+            slider.value = 0.003
+        elif change["old"] == "norm_matched":
+            slider.value = saved["strength"]
+    return on_change
 
 
 def prompt_bandwidth_explorer():

@@ -259,3 +259,112 @@ def test_make_shapes_checks_proportions_jitter_and_caption_arguments():
     assert caption("circle", "red") == "a red circle"
     with pytest.raises(ValueError, match="shape must be one of 'circle', 'square', 'triangle'; got 'red'"):
         caption("red", "circle")
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_blank_images_have_no_detected_attributes():
+    # a blank image read as a red, small, filled circle: rate("colour", "red") counted it
+    shapes = make_shapes(4, {"colour": {"blue": 1.0}, "shape": {"square": 1.0}}, seed=0)
+    x = torch.cat([shapes.images, -torch.ones(4, 3, 32, 32)])
+    det = detect_shapes(x)
+    assert all(bool((v[4:] == -1).all()) and bool((v[:4] >= 0).all()) for v in det.attributes.values())
+    assert det.rate("colour", "red") == 0.0 and det.rate("shape", "circle") == 0.0
+    assert det.rate("colour", "blue") == 0.5 and not bool(det.valid[4:].any())
+
+
+def test_shape_class_tv_counts_blank_images_as_no_class():
+    from mmdg_lite.images.adaptation import AdaptationTask, _measure
+
+    shapes = make_shapes(6, {"shape": {"circle": 1 / 3, "square": 1 / 3, "triangle": 1 / 3}}, seed=1)
+    task = AdaptationTask("shapes", None, (3, 32, 32), shapes.images, shapes.images, shapes.images,
+                          decode=lambda z: z, has_style=lambda x: detect_shapes(x).attributes["fill"] == 1,
+                          is_valid=lambda x: detect_shapes(x).valid, style="outlined",
+                          classify=lambda x: detect_shapes(x).attributes["shape"], n_classes=3)
+    assert _measure(task, "unguided", shapes.images, 0.0, 0.0).class_tv == pytest.approx(0.0)
+    # half the images blank: half the mass sits in no class (bincount refused the -1 before)
+    half = _measure(task, "unguided", torch.cat([shapes.images, -torch.ones(6, 3, 32, 32)]), 0.0, 0.0)
+    assert half.class_tv == pytest.approx(0.5)
+
+
+def test_detectors_refuse_sizes_their_thresholds_were_not_set_at():
+    # detect_thick on 32 px digits was 20 % accurate; detect_shapes at 16 px read 79 % of fills
+    d32 = load_digit_set("test", size=32)
+    for detect in (detect_thick, detect_speckle):
+        with pytest.raises(ValueError, match=r"images are 32x32, but detect_\w+'s default threshold was calibrated on 16x16"):
+            detect(d32.images[:4])
+    assert detect_thick(d32.images[:4], threshold=0.6).shape == (4,)  # an explicit threshold is the user's call
+    for size in (16, 20):
+        with pytest.raises(ValueError, match=f"square and at least 24x24 .* got {size}x{size}"):
+            detect_shapes(make_shapes(2, seed=0, image_size=size).images)
+    with pytest.raises(ValueError, match="got 48x32"):
+        detect_shapes(-torch.ones(1, 3, 48, 32))
+    s = make_shapes(60, seed=0, image_size=48)  # larger sizes are read as well as 32
+    det = detect_shapes(s.images)
+    assert all(bool((det.attributes[k] == s.attributes[k]).all()) for k in ("shape", "colour", "size", "fill"))
+
+
+def test_style_separation_takes_0_1_flags_as_a_mask():
+    from mmdg_lite.images.evaluation import style_separation
+
+    f = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    styled = torch.arange(100) % 4 == 0
+    # ~ on a long tensor is a bitwise NOT: rows were picked by index (ratio 1,370 against 0.3)
+    assert style_separation(f, styled.long()) == style_separation(f, styled)
+    with pytest.raises(ValueError, match="at least 2 rows as styled.*got 0 styled"):
+        style_separation(f, torch.zeros(100, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"styled must be a tensor \(100,\)"):
+        style_separation(f, styled[:50])
+    with pytest.raises(ValueError, match="bool, or 0/1 flags"):
+        style_separation(f, styled.long() * 2)
+
+
+def test_features_refuse_images_without_a_dark_background():
+    from mmdg_lite.images.features import image_features, predict
+
+    x = load_digit_set("test").images[:8]
+    for fn in (image_features, lambda im: predict(im, "digit")):
+        with pytest.raises(ValueError, match=r"dark background near -1.*x \* 2 - 1"):
+            fn((x + 1) / 2)  # [0, 1] images: colour accuracy fell from 1.0 to 0.73, silently
+        assert fn(x).shape[0] == 8
+
+
+def test_grid_array_checks_what_it_draws():
+    from mmdg_lite.images.display import grid_array, save_grid
+
+    x = make_shapes(3, seed=0).images
+    assert grid_array(x, nrow=2).shape == (2 * 33 + 1, 2 * 33 + 1, 3)
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    cases = [(lambda: grid_array(nan), ValueError, "NaN"),
+             (lambda: grid_array((x + 1) * 127.5), ValueError, r"in \[-1, 1\].*127.5"),
+             (lambda: grid_array(x, nrow=0), ValueError, "nrow must be an integer >= 1; got 0"),
+             (lambda: grid_array(x, nrow=2.0), TypeError, "nrow must be an integer"),
+             (lambda: grid_array(x, pad=-1), ValueError, "pad must be an integer >= 0"),
+             (lambda: grid_array(x, pad_value=300), ValueError, "pad_value must be a grey level"),
+             (lambda: grid_array(x[:0]), ValueError, "at least one image"),
+             (lambda: save_grid(x, "/tmp/never.png", scale=0), ValueError, "scale must be an integer >= 1")]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()
+
+
+def test_caption_labels_reads_only_captions_and_subset_takes_a_list():
+    from mmdg_lite.images.shapes import CAPTIONS, caption_labels
+
+    labels = caption_labels(list(CAPTIONS))
+    assert [f"a {SHAPE_ATTRIBUTES['colour'][c]} {SHAPE_ATTRIBUTES['shape'][s]}"
+            for s, c in zip(labels["shape"].tolist(), labels["colour"].tolist())] == list(CAPTIONS)
+    for bad in (["a purple circle"], ["circle"], ["a red filled circle"]):  # index errors, or silently a red circle
+        with pytest.raises(ValueError, match="captions must be ones caption"):
+            caption_labels(bad)
+    s = make_shapes(6, seed=0)
+    part = s.subset([0, 2])
+    assert torch.equal(part.images, s.images[[0, 2]]) and part.captions == [s.captions[0], s.captions[2]]
+
+
+def test_erosion_survival_solution_agrees_with_the_detector_on_a_blank_image():
+    from mmdg_lite.solutions.nb05 import erosion_survival
+
+    x = torch.cat([load_digit_set("test").images[:3], -torch.ones(1, 1, 16, 16)])
+    torch.testing.assert_close(erosion_survival(x), thickness_score(x))  # the blank one was NaN

@@ -166,7 +166,7 @@ def test_a_model_folder_of_another_class_raises_instead_of_random_weights():
 def test_feature_batch_size_is_checked():
     from mmdg_lite.images.features import predict
 
-    x = torch.zeros(2, 1, 16, 16)
+    x = -torch.ones(2, 1, 16, 16)  # blank images on the dark background
     for bad, error in ((0, ValueError), (True, TypeError), (2.0, TypeError)):
         with pytest.raises(error, match="batch_size must be an integer >= 1"):
             image_features(x, batch_size=bad)

@@ -111,3 +111,52 @@ def test_fit_loglog_slope_recovers_a_power_law():
     x = np.array([10, 20, 50, 100, 200.0])
     slope, _ = P.fit_loglog_slope(x, 3 * x**-0.5)
     assert slope == pytest.approx(-0.5, abs=1e-9)
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_loglog_fit_names_values_it_cannot_take_logs_of():
+    assert P.fit_loglog_slope([1, 10, 100], [1.0, 0.1, 0.01])[0] == pytest.approx(-1.0)
+    for y, match in (([0.5, 0.0, 0.1], r"y must be finite and > 0.*got 1 other value\(s\), e.g. 0.0"),
+                     ([0.5, -0.2, 0.1], "y must be finite and > 0"),  # an unbiased MMD^2 estimate can be negative
+                     ([0.5, np.nan, 0.1], "y must be finite and > 0")):  # LAPACK's DLASCL before
+        with pytest.raises(ValueError, match=match):
+            P.fit_loglog_slope([1, 2, 3], y)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"yerr must have y's shape \(3,\)"):
+        P.plot_loglog([1, 2, 3], [1.0, 0.5, 0.3], yerr=[0.1, 0.1], ax=ax)
+    with pytest.raises(ValueError, match="x and y must have the same shape"):
+        P.plot_loglog([1, 2], [1.0, 0.5, 0.3], ax=ax)
+    plt.close(fig)
+
+
+def test_prompt_samples_refuse_an_order_that_drops_labels():
+    fig, ax = plt.subplots()
+    pts = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"order must list every label.*\['dog'\]"):
+        P.plot_prompt_samples(pts, ["cat", "dog", "cat"], order=["cat"], ax=ax)  # drew 2 of 3 points
+    with pytest.raises(ValueError, match="reference_labels has 1 entries but references has 2"):
+        P.plot_prompt_samples(pts, ["cat"] * 3, references=np.zeros((2, 2)), reference_labels=["cat"], ax=ax)
+    plt.close(fig)
+
+
+def test_read_markdown_table_takes_windows_line_endings_and_a_last_line_heading():
+    text = "## A\r\n\r\n| x | y |\r\n|---|---|\r\n| 1 | **2** |\r\n"
+    assert P.read_markdown_table(text, "A").to_dict("records") == [{"x": "1", "y": "2"}]
+    with pytest.raises(ValueError, match="section 'B' has no markdown table"):
+        P.read_markdown_table("## A\n| x |\n|---|\n| 1 |\n## B", "B")  # "heading 'B' not found; ... ['A', 'B']"
+
+
+def test_setup_notebook_checks_threads_and_dpi():
+    from mmdg_lite.notebook import setup_notebook
+
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="threads must be an integer >= 1; got 0"):
+            setup_notebook(threads=0)
+        with pytest.raises(TypeError, match="threads must be an integer"):
+            setup_notebook(threads=2.0)
+        with pytest.raises(ValueError, match="dpi must be"):
+            setup_notebook(dpi=0)  # the next plt.subplots() failed instead
+    finally:
+        torch.set_num_threads(before)

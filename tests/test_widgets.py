@@ -300,3 +300,44 @@ def test_precompute_script_writes_loadable_grids(tmp_path):
         g["images"][0, 0, 0] = 0  # the cached arrays cannot be changed through a result
     with pytest.raises(SystemExit):
         script.main(["--domain", "faces"])
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_explorer_data_are_copies_of_the_caches():
+    a = W.guidance_data(n=40, num_steps=5)
+    tv = a["unguided_scores"]["tv"]
+    a["unguided"].zero_()
+    a["references"].zero_()
+    b = W.guidance_data(n=40, num_steps=5)
+    assert b["unguided_scores"]["tv"] == tv and float(b["unguided"].abs().max()) > 0
+    assert float(b["references"].abs().max()) > 0
+    g = W.grid_data("digits")
+    g["strengths"].append(99.0)
+    assert 99.0 not in W.grid_data("digits")["strengths"]
+
+
+def test_explorer_arguments_are_named_as_given():
+    with pytest.raises(ValueError, match="memory_n must be an integer >= 2; got 0"):
+        W.guidance_data(generated_set="memory", memory_n=0)
+    with pytest.raises(TypeError, match="task_seed must be an integer"):
+        W.guidance_data(task_seed="a")
+    with pytest.raises(ValueError, match="sample_bandwidth must be"):
+        W.prompt_bandwidth_data(sample_bandwidth=0)
+
+
+def test_grid_data_takes_numpy_and_torch_scalars():
+    assert W.grid_data("digits", strength=np.float32(0.0))["strength"] == 0.0
+    assert W.grid_data("digits", strength=torch.tensor(0.0))["strength"] == 0.0
+
+
+def test_norm_matched_moves_the_strength_slider_to_an_alpha_and_back():
+    ipywidgets = pytest.importorskip("ipywidgets")
+    slider = ipywidgets.FloatLogSlider(value=3.0, base=10, min=-2.5, max=1.5)
+    step = ipywidgets.Dropdown(options=["none", "norm_matched", "clipped"], value="clipped")
+    step.observe(W._norm_matched_strength(slider), names="value")
+    step.value = "norm_matched"  # strength 3 as alpha is refused: the explorer showed only an error
+    assert slider.value == pytest.approx(0.003, rel=0.2)
+    W.guidance_data(strength=slider.value, normalization="norm_matched", n=20, num_steps=5)  # valid
+    step.value = "clipped"
+    assert slider.value == pytest.approx(3.0)

@@ -70,8 +70,9 @@ def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
     than its noise-read settings, and a run returns such samples without an error."""
     r, x = float(refs.detach().pow(2).mean().sqrt()), float(noisy.detach().pow(2).mean().sqrt())
     if r < UNDER_SCALE_FRACTION * min(x, 1.0):  # (noise has RMS ~1; a broken model's can be far larger)
-        warnings.warn(f"references have RMS {r:.3g} per coordinate, 1/{x / max(r, 1e-300):.0f} of the sampler's "
-                      f"points (RMS {x:.3g}): diffusion models expect data of about unit scale. Latents need the "
+        head = (f"references are all zero (the sampler's points have RMS {x:.3g})" if r == 0 else
+                f"references have RMS {r:.3g} per coordinate, 1/{x / r:.3g} of the sampler's points (RMS {x:.3g})")
+        warnings.warn(f"{head}: diffusion models expect data of about unit scale. Latents need the "
                       "VAE's scaling_factor applied exactly once (applied twice they are 1/factor too small); for "
                       "a model trained on data this small, evaluate the kernel at the data's scale with "
                       "eval_point='x0_hat'", ReferenceScaleWarning, stacklevel=2)

@@ -131,8 +131,10 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
     kd = kernel_distance(f / scale, g / scale, n_subsets=20).mean * 1e3
     tv = float("nan")
     if task.classify is not None:  # guidance must not collapse the content classes
-        hist = torch.bincount(task.classify(images), minlength=task.n_classes).double() / len(images)
-        tv = 0.5 * float((hist - 1.0 / task.n_classes).abs().sum())
+        labels = task.classify(images)  # (N,), -1 for an image of no class (a blank shape)
+        hist = torch.bincount(labels[labels >= 0], minlength=task.n_classes).double() / len(images)
+        none = float((labels < 0).double().mean())  # an extra bin the uniform target gives 0
+        tv = 0.5 * (float((hist - 1.0 / task.n_classes).abs().sum()) + none)
     return MethodResult(method, images, float(task.has_style(images).float().mean()),
                         float(task.is_valid(images).float().mean()), frechet_distance(f, g), kd,
                         seconds, setup, tv, z)

@@ -16,9 +16,19 @@ def grid_array(images: Tensor, nrow: int = 8, pad: int = 1, pad_value: int = 64)
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor (N, 1 or 3, H, W) in [-1, 1]; got {got}")
+    from .._validation import check_finite, check_int
+    from .detectors import _check_scale
+
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image; got an empty batch")
+    check_finite(images.detach(), "images")  # NaN would be drawn black
+    _check_scale(images.detach(), "images", "clipped to [-1, 1]")  # 0-255 pixels would be drawn white
+    nrow, pad = check_int(nrow, "nrow", 1), check_int(pad, "pad", 0)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) or not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value must be a grey level, an integer from 0 to 255; got {pad_value!r}")
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
     n, c, h, w = x.shape
-    nrow = max(1, min(nrow, n))
+    nrow = min(nrow, n)
     rows = (n + nrow - 1) // nrow
     grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), pad_value, dtype=torch.uint8)
     for i in range(n):
@@ -46,5 +56,8 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int = 3) -
     """Write the grid as a PNG (nearest-neighbour upscaled ``scale`` times), via Pillow."""
     from PIL import Image
 
+    from .._validation import check_int
+
+    scale = check_int(scale, "scale", 1)
     img = Image.fromarray(grid_array(images, nrow))
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path, optimize=True)

@@ -31,8 +31,10 @@ def held_out_shapes(n: int = 1000):
 
 def detector_report(n_shapes: int = 1000) -> dict[str, float]:
     """Accuracy of each deterministic detector and the valid fraction on held-out real images."""
+    from .._validation import check_int
     from .detectors import detect_shapes, detect_thick
 
+    check_int(n_shapes, "n_shapes", 1)
     d = held_out_digits()
     s = held_out_shapes(n_shapes)
     det = detect_shapes(s.images)
@@ -51,6 +53,24 @@ def style_separation(features: Tensor, styled: Tensor, seed: int = 0) -> dict[st
 
     from ..metrics import frechet_distance
 
+    from ..seeding import check_seed
+
+    seed = check_seed(seed)
+    if not isinstance(features, Tensor) or features.ndim != 2 or len(features) < 4:
+        raise ValueError(f"features must be a tensor (N, F) with N >= 4; got "
+                         f"{tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__}")
+    if not isinstance(styled, Tensor) or styled.shape != (len(features),):
+        raise ValueError(f"styled must be a tensor ({len(features)},), one flag per row of features; got "
+                         f"{tuple(styled.shape) if isinstance(styled, Tensor) else type(styled).__name__}")
+    if styled.dtype != torch.bool:  # ~ on 0/1 integers is a bitwise NOT (-1, -2): rows by index, not by mask
+        if not bool(((styled == 0) | (styled == 1)).all()):
+            raise ValueError("styled must be bool, or 0/1 flags; got other values")
+        styled = styled.bool()
+    counts = (int((~styled).sum()), int(styled.sum()))
+    if counts[1] < 2 or counts[0] < 4:
+        raise ValueError(f"styled must flag at least 2 rows as styled and leave at least 4 unstyled (FD "
+                         f"compares the styles, and two halves of the unstyled rows); got {counts[1]} styled "
+                         f"and {counts[0]} not")
     gen = torch.Generator().manual_seed(seed)
     a, b = features[~styled], features[styled]
     perm = torch.randperm(a.shape[0], generator=gen)

@@ -64,7 +64,14 @@ CAPTIONS: tuple[str, ...] = tuple(caption(s, c) for s in SHAPE_ATTRIBUTES["shape
 
 def caption_labels(captions: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
     """The inverse of ``caption``: {"shape", "colour"} -> (N,) long class indices into
-    SHAPE_ATTRIBUTES of what each caption names."""
+    SHAPE_ATTRIBUTES of what each caption names. Only captions ``caption`` writes are read."""
+    if isinstance(captions, str):
+        raise TypeError(f"captions must be a list of captions; got one str {captions!r} (wrap it in a list)")
+    bad = [c for c in captions if c not in CAPTIONS]
+    if bad:
+        raise ValueError(f"captions must be ones caption() writes, 'a <colour> <shape>' with colour in "
+                         f"{SHAPE_ATTRIBUTES['colour']} and shape in {SHAPE_ATTRIBUTES['shape']}; got "
+                         f"{bad[:3]!r}{' and more' if len(bad) > 3 else ''}")
     words = [c.split() for c in captions]  # ["a", colour, shape]
     return {"shape": torch.tensor([SHAPE_ATTRIBUTES["shape"].index(w[-1]) for w in words]),
             "colour": torch.tensor([SHAPE_ATTRIBUTES["colour"].index(w[1]) for w in words])}
@@ -91,8 +98,10 @@ class ShapeSet:
         index = _value_index(attribute, value)  # checks both names first
         return self.attributes[attribute] == index
 
-    def subset(self, index: Tensor) -> "ShapeSet":
-        idx = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
+    def subset(self, index: Tensor | list[int]) -> "ShapeSet":
+        """The images at ``index``: a bool mask (N,), or integer indices (a tensor or a list)."""
+        index = torch.as_tensor(index)
+        idx = index.nonzero().squeeze(1) if index.dtype == torch.bool else index.long()
         return ShapeSet(self.images[idx], {k: v[idx] for k, v in self.attributes.items()},
                         [self.captions[i] for i in idx.tolist()])
 

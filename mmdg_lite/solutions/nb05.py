@@ -12,10 +12,11 @@ __all__ = ["erosion_survival", "tweedie_x0"]
 def erosion_survival(images: Tensor) -> Tensor:
     """The stroke-thickness score of the thick-stroke detector: map images (N, 1, H, W) from
     [-1, 1] to [0, 1], erode with a 3x3 minimum filter (pixels outside the image ignored) and
-    return the fraction of ink that survives, eroded.sum / image.sum per image, shape (N,)."""
+    return the fraction of ink that survives, eroded.sum / image.sum per image, shape (N,)
+    (0 for a blank image)."""
     x = ((images + 1) / 2).clamp(0, 1)
     eroded = -torch.nn.functional.max_pool2d(-x, kernel_size=3, stride=1, padding=1)  # min filter
-    return eroded.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    return eroded.sum((1, 2, 3)) / x.sum((1, 2, 3)).clamp_min(1e-6)  # a blank image: 0, not 0/0
 
 
 def tweedie_x0(x_t: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
