@@ -153,9 +153,14 @@ def check_state_dict(expected: Mapping[str, Tensor], loaded: Mapping[str, Tensor
 
 def load_weights(model: nn.Module, weights: str | Path, config: str | Path | None = None,
                  hint: str = "") -> nn.Module:
-    """Load ``weights`` (safetensors) into ``model`` after checking names and shapes."""
+    """Load ``weights`` (safetensors) into ``model`` after checking names and shapes. Weights
+    saved in one floating dtype (float64, float16, ...) come back in it: the model is cast to it
+    first (load_state_dict alone would round them into the model's float32)."""
     state = read_safetensors(weights, hint=hint)
     check_state_dict(model.state_dict(), state, weights, config)
+    kinds = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(kinds) == 1:
+        model.to(kinds.pop())
     model.load_state_dict(state)
     return model
 

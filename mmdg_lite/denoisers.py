@@ -74,11 +74,12 @@ class ResidualMLP(nn.Module):
         self.out_proj = nn.Linear(hidden, out_dim)
 
     def flat_input(self, x_t: Tensor, what: str) -> Tensor:
+        """(B, D) in the parameters' dtype (float64 points through a float32 model, say)."""
         x = x_t.reshape(x_t.shape[0], -1)  # (B, D)
         if x.shape[1] != self.dim:
             raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); "
                              f"this {what} expects dim={self.dim}")
-        return x
+        return x.to(self.in_proj.weight.dtype)
 
     def time_embedding(self, t: Tensor | int, b: int, like: Tensor) -> Tensor:
         t = _batch_timesteps(t, b, like.device)
@@ -121,6 +122,9 @@ class MLPDenoiser(ResidualMLP):
             raise ValueError(f"cond must have shape ({b}, {self.cond_dim}); got {tuple(cond.shape)}")
         emb = self.cond_proj(cond.to(like.dtype))  # (B, H)
         if drop_cond is not None:
+            if not isinstance(drop_cond, Tensor) or drop_cond.numel() != b:
+                raise ValueError(f"drop_cond must be a tensor of {b} flags, one per sample; got "
+                                 f"{tuple(drop_cond.shape) if isinstance(drop_cond, Tensor) else type(drop_cond).__name__}")
             emb = torch.where(drop_cond.reshape(b, 1).bool(), null, emb)
         return emb
 
@@ -130,7 +134,7 @@ class MLPDenoiser(ResidualMLP):
         x = self.flat_input(x_t, "model")  # (B, D)
         emb = self.time_embedding(t, b, x)  # (B, H)
         emb = emb + self._cond_embedding(cond, drop_cond, b, emb)  # (B, H)
-        return self.trunk(x, emb).reshape(x_t.shape)  # (B, *S)
+        return self.trunk(x, emb).reshape(x_t.shape).to(x_t.dtype)  # (B, *S), in the input's dtype
 
 
 def save_denoiser(model: MLPDenoiser, folder: str | Path) -> Path:
@@ -201,6 +205,10 @@ class _ClosedFormDenoiser(nn.Module):
             raise ValueError(f"x_t has {x.shape[1]} features per sample (shape {tuple(x_t.shape)}); this "
                              f"{type(self).__name__} expects dim={points.shape[1]} (the dimension of its {name})")
         t = _batch_timesteps(t, b, x.device)
+        steps = len(self.alphas_cumprod)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= steps):  # -1 indexed the last step
+            raise ValueError(f"t must be timesteps from 0 to {steps - 1} (this denoiser's schedule); got values "
+                             f"from {int(t.min())} to {int(t.max())}")
         return x, self.alphas_cumprod[t]  # (B, D), (B,)
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:

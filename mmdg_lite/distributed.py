@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._validation import check_int, check_positive
+from ._validation import check_bool, check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
 from .guidance.guide import ChainedGuidance, MMDGuidance
 from .kernels import GaussianKernel, ProductKernel
@@ -67,12 +67,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
     process; nccl's watchdog aborts it). An existing group (e.g. from ``accelerate.Accelerator()``)
     is reused as it is. Run without a launcher, it forms a 1-process group on this machine.
     """
+    timeout_s = check_positive(timeout_s, "timeout_s")  # checked even when a group exists already
+    if backend is not None and backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' (CPU) or 'nccl' (GPU); got {backend!r}")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    timeout_s = check_positive(timeout_s, "timeout_s")
     backend = backend if backend is not None else ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo' (CPU) or 'nccl' (GPU); got {backend!r}")
     if "WORLD_SIZE" not in os.environ:  # plain `python script.py`: a group of one
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -282,6 +282,7 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     same arguments (checked once at the start).
     """
     n = check_int(n, "n", 1)
+    gather, progress = check_bool(gather, "gather"), check_bool(progress, "progress")
     shape_t = _check_shape(shape)
     seed = check_seed(seed)
     device = kwargs.get("device")

@@ -60,7 +60,12 @@ class TableEncoder:
         for key, vec in table.items():
             if not isinstance(key, str):
                 raise TypeError(f"table keys must be prompt strings; got {key!r}")
-            v = torch.as_tensor(vec)
+            try:
+                v = torch.as_tensor(vec)
+            except (TypeError, ValueError, RuntimeError):  # "new(): invalid data type 'str'" names nothing
+                raise TypeError(f"table[{key!r}] must be a 1-D vector of numbers; got {vec!r:.80}") from None
+            if v.dtype.is_complex or v.dtype == torch.bool:
+                raise TypeError(f"table[{key!r}] must be a 1-D vector of real numbers; got dtype {v.dtype}")
             v = as_float_tensor(v if v.dtype.is_floating_point else v.float(), f"table[{key!r}]")
             if v.ndim != 1 or v.numel() == 0:
                 raise ValueError(f"table[{key!r}] must be a 1-D feature vector; got shape {tuple(v.shape)}")
@@ -158,18 +163,23 @@ def prompt_aware_guidance(references: Tensor, reference_prompts: Sequence[str],
 
 
 def reference_coverage(guidance: MMDGuidance, sample_prompts: Tensor) -> Tensor:
-    """rho_i in [0, 1] (n,): how much reference mass sample i's prompt sees, relative to what a
-    reference prompt sees: min(1, mean_j k_p(p_i, p_j^r) / mean_{j,j'} k_p(p_j^r, p_j'^r)).
-    1 for prompts that have references, -> 0 smoothly for prompts far from all of them."""
-    if guidance.reference_prompts is None:
-        raise ValueError("guidance has no reference_prompts; coverage needs prompt-aware guidance")
+    """rho_i in [0, 1] (n,): the prompt kernel from sample i's prompt to its nearest reference
+    prompt, max_j k_p(p_i, p_j^r), as the conditional weighting's rho (``mmd._prompt_factors``).
+    1 for prompts that have references, whatever their share of the references (a mean over
+    the references gave a prompt with 10 of 40 references 0.4), -> 0 smoothly for prompts far
+    from all of them."""
+    if not isinstance(guidance, MMDGuidance) or guidance.reference_prompts is None:
+        raise ValueError("guidance must be a prompt-aware MMDGuidance (with reference_prompts); got "
+                         f"{type(guidance).__name__}")
     rp = guidance.reference_prompts  # (N_r, P)
-    sp = sample_prompts.reshape(len(sample_prompts), -1).to(rp)  # (n, P)
+    if not isinstance(sample_prompts, Tensor) or sample_prompts.ndim != 2 or sample_prompts.shape[1] != rp.shape[1]:
+        got = tuple(sample_prompts.shape) if isinstance(sample_prompts, Tensor) else type(sample_prompts).__name__
+        raise ValueError(f"sample_prompts must be a tensor (n, {rp.shape[1]}) of prompt features (encoder.encode); "
+                         f"got {got}")
+    sp = sample_prompts.to(rp)  # (n, P)
     pk = guidance._kernel()  # the guidance's own ProductKernel (it L2-normalises the prompts)
     pk = replace(pk, prompt_kernel=pk.prompt_kernel.resolve(pk._prep(sp), pk._prep(rp)))
-    mass = pk.prompt_gram(sp, rp).mean(1)  # (n,)
-    ref_mass = pk.prompt_gram(rp, rp).mean()  # ()
-    return (mass / ref_mass).clamp(max=1.0)
+    return pk.prompt_gram(sp, rp).amax(1).clamp(0.0, 1.0)  # (n,)
 
 
 class CoverageGate:
@@ -220,4 +230,6 @@ def sample_with_prompts(denoiser: Any, prompts: Sequence[str], encoder: PromptEn
             i = int(differ.nonzero()[0])
             raise ValueError(f"the guidance's sample_prompts differ from prompts (first at row {i}: prompts[{i}] = "
                              f"{prompts[i]!r}); build the guidance with the same prompt list you sample with")
+    if "cond" in sample_kwargs:
+        raise TypeError("sample_with_prompts encodes cond from prompts; do not pass cond= as well")
     return sample(denoiser, len(cond), shape, cond=cond, guidance=guidance, **sample_kwargs).samples

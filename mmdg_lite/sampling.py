@@ -209,6 +209,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     if batch_size is None:
         batch_size = 1 if sequential else n
     batch_size = check_int(batch_size, "batch_size", 1)
+    if sequential and batch_size >= n and float(getattr(guidance, "strength", 1.0) or 0.0) > 0:
+        raise ValueError(f"a sequential (memory-mode) guidance guides each chunk against the samples finished "
+                         f"before it, and the first chunk against none; batch_size={batch_size} with n={n} is "
+                         "one chunk, so nothing would be guided: use batch_size < n (1, the default, is the "
+                         "reference code's one sample at a time)")
     if (getattr(guidance, "estimator", None) == "unbiased" and not sequential
             and (min(batch_size, n) == 1 or n % batch_size == 1)):  # checked before any step runs
         raise ValueError(f"estimator='unbiased' leaves out the i = i' pairs, so every guided batch needs at least 2 "

@@ -9,8 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ._validation import (_describe, as_float_tensor, check_finite, check_int, check_nonnegative, check_points,
-                          check_positive)
+from ._validation import (_describe, as_float_tensor, check_bool, check_finite, check_int,
+                          check_nonnegative, check_points, check_positive)
 from .sampling import make_scheduler
 from .seeding import make_generator
 
@@ -27,6 +27,9 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     (classifier-free guidance). Adam with cosine-decayed learning rate. Deterministic given
     ``seed`` and the model's initial weights.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (e.g. MLPDenoiser); got {_describe(model)}")
+    progress = check_bool(progress, "progress")
     data = check_points(data, "data", flatten=False)
     steps = check_int(steps, "steps", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -53,6 +56,9 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         raise TypeError(f"model must be an nn.Module with trainable parameters; got {type(model).__name__} "
                         "without any")
     device, dtype = param.device, param.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # Adam's second moment underflows: NaN weights, no error
+        raise TypeError(f"model parameters are {dtype}; train in float32 (or float64) and cast the trained "
+                        "model afterwards (model.half())")
     data = data.to(device, dtype)  # e.g. float64 / numpy data for a float32 model
     cond = cond.to(device, dtype) if cond is not None else None
     gen = make_generator(seed)  # CPU generator: same numbers on any device
@@ -87,6 +93,9 @@ def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         loss = loss_step()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"the {desc} loss is {float(loss.detach())} at step {len(losses)} of {steps} (lr {lr:g}); "
+                                     "lower lr, or check the data for NaN/Inf or extreme values")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -221,3 +221,65 @@ def test_closed_form_denoisers_name_their_dimension():
         ExactDenoiser(refs, sch, weights=nan_w)
     with pytest.raises(ValueError, match="weights contains 1 NaN"):
         GaussianMixtureDenoiser(mix.means, nan_w[:8], 0.1, sch)
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_train_denoiser_refuses_half_precision_and_stops_on_a_non_finite_loss():
+    from mmdg_lite.denoisers import MLPDenoiser
+
+    data = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="model parameters are torch.float16; train in float32"):
+        train_denoiser(MLPDenoiser(2, hidden=8, layers=1).half(), data, steps=5, progress=False)  # NaN weights
+    with pytest.raises(FloatingPointError, match=r"the training loss is (inf|nan) at step \d+ of 5 \(lr 1000\)"):
+        train_denoiser(MLPDenoiser(2, hidden=8, layers=1), data * 1e30, steps=5, lr=1e3, progress=False)
+    with pytest.raises(TypeError, match="progress must be True or False; got 'no'"):
+        train_denoiser(MLPDenoiser(2, hidden=8, layers=1), data, steps=5, progress="no")
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        train_denoiser(lambda x, t: x, data, steps=5, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_save_load_round_trip_keeps_the_weights_dtype(tmp_path, dtype):
+    from mmdg_lite.denoisers import MLPDenoiser, load_denoiser, save_denoiser
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=8, layers=1).to(dtype)
+    back = load_denoiser(save_denoiser(model, tmp_path / "m"))  # came back float32, rounded
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    assert next(back.parameters()).dtype == dtype
+
+
+def test_mlp_takes_points_of_another_dtype_and_checks_drop_cond():
+    from mmdg_lite.denoisers import MLPDenoiser
+
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3).eval()
+    x = torch.randn(4, 2)
+    out64 = model(x.double(), 5)  # a raw "mat1 and mat2 must have the same dtype" before
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), model(x, 5))
+    with pytest.raises(ValueError, match="drop_cond must be a tensor of 4 flags"):
+        model(x, 5, torch.randn(4, 3), drop_cond=torch.zeros(2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("t", [-1, 1000, torch.tensor([0, 1000])])
+def test_closed_form_denoisers_refuse_timesteps_outside_their_schedule(t):
+    sched = make_scheduler("ddpm")
+    ring = circle_mixture()
+    for den in (GaussianMixtureDenoiser(ring.means, ring.weights, ring.std, sched),
+                ExactDenoiser(torch.randn(10, 2), sched)):
+        with pytest.raises(ValueError, match=r"t must be timesteps from 0 to 999"):
+            den(torch.randn(2, 2), t)  # -1 silently meant 999
+
+
+def test_toy_loaders_refuse_the_other_model_and_name_folder():
+    from mmdg_lite._io import ArtifactError
+    from mmdg_lite.toys import COND_2D_DIR, load_or_train_cond_2d
+
+    with pytest.raises(ArtifactError, match="cond_dim=8; load_or_train_toy_2d needs dim=2, cond_dim=0"):
+        load_or_train_toy_2d(folder=COND_2D_DIR)
+    with pytest.raises(ArtifactError, match="cond_dim=0; load_or_train_cond_2d needs dim=2, cond_dim=8"):
+        load_or_train_cond_2d(folder=TOY_2D_DIR)
+    with pytest.raises(TypeError, match="folder must be a path"):
+        load_or_train_toy_2d(folder=3)

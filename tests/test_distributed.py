@@ -235,3 +235,17 @@ def test_sample_distributed_checks_its_arguments_first():
         sample_distributed(den, N, (2,), seed="0")
     with pytest.raises(RuntimeError, match="initialised process group"):  # valid arguments get this far
         sample_distributed(den, N, 2, seed=0, device="cpu")
+
+
+def test_init_distributed_checks_its_arguments_even_when_a_group_exists(monkeypatch):
+    # with a group already formed they were ignored: init_distributed("mpi") returned (0, 1)
+    from mmdg_lite.distributed import init_distributed
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 1)
+    with pytest.raises(ValueError, match="backend must be 'gloo' .* got 'mpi'"):
+        init_distributed("mpi")
+    with pytest.raises(ValueError, match="timeout_s"):
+        init_distributed(timeout_s=-1)
+    assert init_distributed() == (0, 1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +182,49 @@ def test_world_checks_points_and_pairing(world):
         world.pairing_scores(x, prompts, {"cta": "anime"})
     with pytest.raises(TypeError, match="pairing must be a mapping"):
         world.pairing_scores(x, prompts, ["cat"])
+
+
+def test_coverage_is_one_for_every_prompt_with_references_whatever_its_share():
+    # a mean over the references gave "car", with 10 of 40 references, rho 0.4: CoverageGate then
+    # cut its guidance by 60 %; the oracle is max_j k_p(p_i, p_j^r) computed by hand
+    from mmdg_lite.toys import toy_world
+
+    w = toy_world()
+    enc = w.encoder()
+    refs, rp = w.references({"cat": "anime"}, 30)
+    r2, rp2 = w.references({"car": "pixar"}, 10, seed=1)
+    g = prompt_aware_guidance(torch.cat([refs, r2]), rp + rp2, enc, prompt_weighting="joint")
+    sp = enc.encode(["cat", "car", "dog"])
+    rho = reference_coverage(g, sp)
+    torch.testing.assert_close(rho[:2], torch.ones(2, dtype=rho.dtype))
+    pk = g._kernel()
+    u, v = pk._prep(sp), pk._prep(g.reference_prompts)
+    sigma = pk.prompt_kernel.resolve(u, v).bandwidth
+    oracle = torch.exp(-torch.cdist(u, v) ** 2 / (2 * sigma**2)).amax(1)
+    torch.testing.assert_close(rho, oracle.to(rho.dtype))
+    assert float(rho[2]) < 0.5
+    with pytest.raises(ValueError, match=r"sample_prompts must be a tensor \(n, \d+\)"):
+        reference_coverage(g, ["cat"])
+
+
+def test_prompt_helpers_name_bad_entries():
+    from mmdg_lite.toys import toy_world
+
+    with pytest.raises(TypeError, match=r"table\['cat'\] must be a 1-D vector of numbers"):
+        TableEncoder({"cat": "meow"})
+    with pytest.raises(TypeError, match=r"table\['cat'\] must be a 1-D vector of real numbers; got dtype torch.complex"):
+        TableEncoder({"cat": [1 + 2j, 0j]})
+    w = toy_world()
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or a seed.*got 1.5"):
+        w.sample(["cat"], 1.5)
+    assert torch.equal(w.sample(["cat"], np.int64(3))[0], w.sample(["cat"], 3)[0])
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\); got -1"):
+        w.references({"cat": "anime"}, seed=-1)
+    with pytest.raises(TypeError, match="styles must be a list of style names.*one str 'anime'"):
+        w.sample(["cat", "dog"], 0, styles="anime")
+    with pytest.raises(TypeError, match="pairing must be a mapping"):
+        w.references(["cat"])
+    enc = w.encoder()
+    model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(TypeError, match="do not pass cond= as well"):
+        sample_with_prompts(model, ["cat"], enc, cond=enc.encode(["cat"]), num_steps=2)

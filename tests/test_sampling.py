@@ -231,3 +231,18 @@ def test_numpy_integer_shapes_and_a_matching_dtype_work(model):
     assert torch.equal(a, sample(model, 4, (2,), num_steps=3, seed=0).samples)
     m64 = MLPDenoiser(2, hidden=8, layers=1).double().eval()
     assert sample(m64, 4, 2, num_steps=3, dtype=torch.float64).samples.dtype == torch.float64
+
+
+def test_memory_mode_in_one_chunk_is_refused_not_silently_unguided():
+    from mmdg_lite.guidance import MMDGuidance
+
+    ring = circle_mixture()
+    den = GaussianMixtureDenoiser(ring.means, ring.weights, ring.std, make_scheduler("ddpm"))
+    refs = ring.means[:4].repeat(5, 1)  # (20, 2) on modes 0-3
+    g = MMDGuidance(refs, strength=1.0, generated_set="memory", track=True)
+    with pytest.raises(ValueError, match="batch_size=8 with n=8 is one chunk, so nothing would be guided"):
+        sample(den, 8, 2, guidance=g, num_steps=10, seed=1, batch_size=8)  # returned the unguided run
+    a = sample(den, 8, 2, guidance=g, num_steps=10, seed=1, batch_size=4).samples
+    assert not torch.equal(a, sample(den, 8, 2, num_steps=10, seed=1, batch_size=4).samples)
+    zero = MMDGuidance(refs, strength=0.0, generated_set="memory")  # strength 0 guides nothing on purpose
+    assert sample(den, 8, 2, guidance=zero, num_steps=10, seed=1, batch_size=8).samples.shape == (8, 2)

@@ -45,17 +45,33 @@ def train_toy_2d(progress: bool = True,
     return model, losses, mixture, time.perf_counter() - start
 
 
-def _load_shipped(folder: Path, script: str, loader: str) -> MLPDenoiser:
-    """``load_denoiser(folder)``; a missing or damaged model says how to rebuild it, never retrains."""
+def _folder(folder: Any, default: Path) -> tuple[Path, bool]:
+    """(the folder, whether it is the shipped one)."""
+    if folder is None:
+        return default, True
+    if not isinstance(folder, (str, Path)):
+        raise TypeError(f"folder must be a path (str or Path) to a save_denoiser folder; got {type(folder).__name__}")
+    return Path(folder), Path(folder) == default
+
+
+def _load_shipped(folder: Path, shipped: bool, script: str, loader: str, dim: int,
+                  cond_dim: int) -> MLPDenoiser:
+    """``load_denoiser(folder)`` for a model of ``dim`` and ``cond_dim``; a missing or damaged model
+    says how to rebuild it, never retrains."""
     rebuild = (f"rebuild it with `python scripts/{script}` in a source checkout, or pass "
                f"retrain=True to {loader} to train one now")
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no trained model at {folder / 'model.safetensors'} (the package "
-                                f"data is missing or incomplete); {rebuild}")
+        where = "the package data is missing or incomplete" if shipped else "is it a save_denoiser folder?"
+        raise FileNotFoundError(f"no trained model at {folder / 'model.safetensors'} ({where}); {rebuild}")
     try:
-        return load_denoiser(folder)
+        model = load_denoiser(folder)
     except (FileNotFoundError, ArtifactError) as err:
         raise type(err)(f"{err}; {rebuild}") from err
+    got = (model.config.get("dim"), model.config.get("cond_dim", 0))
+    if got != (dim, cond_dim):  # e.g. the conditional model handed to the unconditional loader
+        raise ArtifactError(f"{folder} holds a model of dim={got[0]}, cond_dim={got[1]}; {loader} needs dim={dim}, "
+                            f"cond_dim={cond_dim}")
+    return model
 
 
 def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None,
@@ -67,9 +83,9 @@ def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None
     (well under a minute on a laptop CPU).
     """
     retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")  # "no" would retrain
-    folder = Path(folder) if folder is not None else TOY_2D_DIR
+    folder, shipped = _folder(folder, TOY_2D_DIR)
     if not retrain:
-        return _load_shipped(folder, "train_toy_models.py", "load_or_train_toy_2d"), circle_mixture()
+        return _load_shipped(folder, shipped, "train_toy_models.py", "load_or_train_toy_2d", 2, 0), circle_mixture()
     model, _, mixture, _ = train_toy_2d(progress=progress)
     return model, mixture
 
@@ -103,8 +119,10 @@ def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = Non
     """(model, world): loads ``data/toy/cond_2d`` (or ``folder``); ``retrain=True`` retrains by
     ``COND_2D_RECIPE`` instead. A missing or damaged model raises (naming the file), never retrains."""
     retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")
-    folder = Path(folder) if folder is not None else COND_2D_DIR
+    folder, shipped = _folder(folder, COND_2D_DIR)
     if not retrain:
-        return _load_shipped(folder, "train_conditional_toy.py", "load_or_train_cond_2d"), toy_world()
+        world = toy_world()
+        return _load_shipped(folder, shipped, "train_conditional_toy.py", "load_or_train_cond_2d", 2,
+                             world.encoder().dim), world
     model, _, world, _ = train_cond_2d(progress=progress)
     return model, world

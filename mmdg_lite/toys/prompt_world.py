@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .._validation import _describe, check_choice, check_int, check_points
 from ..prompts import TableEncoder, _check_prompt_list
+from ..seeding import check_seed
 
 __all__ = ["PromptWorld", "toy_world", "CATEGORIES", "STYLES", "PAIRED_STYLES"]
 
@@ -50,6 +51,8 @@ class PromptWorld:
         return torch.tensor([self.categories.index(p) for p in prompts], dtype=torch.long)
 
     def style_index(self, styles: Sequence[str]) -> Tensor:
+        if isinstance(styles, str):  # a bare str iterates its letters: "unknown style(s) ['a', 'e', ...]"
+            raise TypeError(f"styles must be a list of style names, one per prompt; got one str {styles!r}")
         bad = sorted({s for s in styles if s not in self.styles})
         if bad:
             raise ValueError(f"unknown style(s) {bad}; styles: {list(self.styles)}")
@@ -60,10 +63,19 @@ class PromptWorld:
         """One point per prompt: (x (n, 2), style index (n,)); styles drawn at the base rates
         unless ``styles`` fixes them (one per prompt)."""
         cat = self.category_index(prompts)
-        gen = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
+        if isinstance(generator, torch.Generator):
+            gen = generator
+        else:  # a seed: an int in [0, 2**63), numpy ints included; bools and floats refused by name
+            try:
+                gen = torch.Generator().manual_seed(check_seed(generator))
+            except ValueError:
+                raise ValueError(f"generator must be a torch.Generator or a seed, an integer in [0, 2**63); "
+                                 f"got {generator!r}") from None
         if styles is None:
             sty = torch.multinomial(self.base_rates[cat].double(), 1, generator=gen)[:, 0]
         else:
+            if isinstance(styles, str):  # would count its letters as styles
+                raise TypeError(f"styles must be a list of style names, one per prompt; got one str {styles!r}")
             if len(styles) != len(cat):
                 raise ValueError(f"styles has {len(styles)} entries but prompts has {len(cat)}")
             sty = self.style_index(styles)
@@ -77,6 +89,10 @@ class PromptWorld:
         Returns (x (N_r, 2), prompts) with prompts the bare category names (styles omitted, as in
         the paper's prompts)."""
         n = check_int(n_per_category, "n_per_category", 1)
+        if not isinstance(pairing, Mapping):
+            raise TypeError(f"pairing must be a mapping category -> style, e.g. {{'cat': 'anime'}}; got "
+                            f"{type(pairing).__name__}")
+        seed = check_seed(seed)
         prompts = [c for c in pairing for _ in range(n)]
         styles = [pairing[c] for c in pairing for _ in range(n)]
         return self.sample(prompts, seed, styles=styles)[0], prompts
