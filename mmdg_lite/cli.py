@@ -282,6 +282,18 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
             raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has no prompts (one per line)")
     if any(not p.strip() for p in args.prompt):
         raise _BadInput(f"--prompt: prompts must be non-empty text; got {args.prompt!r}")
+    # Read every reference once at a small size before any model loads (an SDXL load takes minutes):
+    # unreadable files and a prompt count that does not match are reported now, not after it.
+    from .images import load_reference_folder
+
+    try:
+        count = len(load_reference_folder(refs, 8, 3, fit=args.fit))
+    except (OSError, ValueError) as err:
+        raise _BadInput(f"--references: {err}") from None
+    if prompts is not None and len(prompts) != count:
+        raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has {len(prompts)} prompts but "
+                        f"{args.references!r} has {count} images; give one prompt per reference image, "
+                        "in file-name order")
     if not args.out.strip():
         raise _BadInput(f"--out: must name a folder; got {args.out!r}")
     out = Path(args.out).expanduser()
@@ -340,10 +352,6 @@ def _run_adapt(args: argparse.Namespace) -> int:
             images = load_reference_folder(refs_dir, size, 3, fit=args.fit)
         except (OSError, ValueError) as err:
             raise _BadInput(f"--references: {err}") from None
-        if ref_prompts is not None and len(ref_prompts) != len(images):
-            raise _BadInput(f"--reference-prompts: {args.reference_prompts!r} has {len(ref_prompts)} "
-                            f"prompts but {args.references!r} has {len(images)} images; give one "
-                            "prompt per reference image, in file-name order")
     except BaseException as err:
         if tmp is not None:
             tmp.rmdir()  # nothing was written into it yet

@@ -310,3 +310,19 @@ def test_shorten_cuts_at_a_sentence_or_a_word():
     words = cli._shorten("word " * 200, 50)
     assert words.endswith("word [...]")
     assert cli._shorten("short", 50) == "short"
+
+
+@pytest.mark.parametrize("case", ["unreadable references", "prompt count", "huge reference"])
+def test_adapt_reads_the_references_before_the_model_loads(model, refs, tmp_path, capsys, monkeypatch, case):
+    # they were read after the model had loaded (minutes for an SDXL checkpoint)
+    import mmdg_lite.pipelines.adapt as adapt_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load before the references are checked")
+
+    monkeypatch.setattr(adapt_module, "load_pipeline", no_load)
+    args, message = _bad_cases(model, refs, tmp_path)[case]
+    opts = {"--model": str(model), "--references": str(refs), "--prompt": "a red square",
+            "--out": str(tmp_path / "out"), **dict(zip(args[::2], args[1::2]))}
+    assert cli.main(["adapt", "--quiet"] + [a for kv in opts.items() for a in kv]) == 2
+    assert message in capsys.readouterr().err
