@@ -64,6 +64,12 @@ def status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def parse_no_options(doc: str | None) -> None:
+    """``--help`` for a script without options (it printed nothing and ran the whole benchmark,
+    overwriting its results); any other argument is refused."""
+    argparse.ArgumentParser(description=(doc or "").split("\n\n")[0]).parse_args()
+
+
 def parse_jobs() -> int:
     """The ``--jobs`` option (1 or 2 worker processes) of the scripts that split their work."""
     parser = argparse.ArgumentParser()

@@ -33,7 +33,7 @@ from mmdg_lite.images.adaptation import PRESETS, _measure, digits_task, run_meth
 from mmdg_lite.images.digits import load_digit_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import load_average, parse_no_options, machine, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4)
@@ -85,6 +85,7 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
+    parse_no_options(__doc__)
     t0, load = time.perf_counter(), load_average()
     measured = rows()
     images = json.loads((RESULTS / "images.json").read_text())

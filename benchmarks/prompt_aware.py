@@ -25,13 +25,14 @@ from mmdg_lite.toys import PAIRED_STYLES, load_or_train_cond_2d
 from mmdg_lite.prompts import CoverageGate, prompt_aware_guidance, sample_with_prompts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, report_header  # noqa: E402
+from _common import load_average, parse_no_options, report_header  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "prompt_aware.md"
 SEEDS, B, SIGMA_Z, SIGMA_P, N_REF = range(5), 100, 0.75, 0.3, 50
 
 
 def main() -> None:
+    parse_no_options(__doc__)
     torch.set_num_threads(1)
     t_start, load = time.perf_counter(), load_average()
     model, world = load_or_train_cond_2d()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, report_header, write_report  # noqa: E402
+from _common import load_average, parse_no_options, report_header, write_report  # noqa: E402
 from mmdg_lite import MMDGuidance, off_mode_fraction, sample  # noqa: E402
 from mmdg_lite.guidance import EVAL_POINTS, NORMALIZATIONS, GuidanceDivergenceError  # noqa: E402
 from mmdg_lite.toys import make_task  # noqa: E402
@@ -32,6 +32,7 @@ STRENGTHS = (0.0, 0.1, 1.0, 3.0, 10.0, 100.0, 1e4)
 
 
 def main() -> None:
+    parse_no_options(__doc__)
     torch.set_num_threads(1)
     load, t0 = load_average(), time.perf_counter()
     task = make_task("ring2d_4modes", seed=0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 95 minutes on 2 CPU cores; the image calibration,
-# benchmark, untuned-defaults, ceiling, reference-count, classifier-negatives, FD sample-count and feature-kernel checks take
-# about 68 of them).
+# Regenerate every table in benchmarks/results/ (about 70 minutes on 2 CPU cores; the image tables
+# (calibration, benchmark, untuned defaults, ceiling, reference count, classifier negatives, FD sample
+# count, feature kernels, shapes validity, VAE decoder) take about 50 of them: their stated times sum to 2,967 s).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)

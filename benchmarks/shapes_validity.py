@@ -27,7 +27,7 @@ from mmdg_lite.images.models import sample_shape
 from mmdg_lite.images.adaptation import PRESETS, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine  # noqa: E402
+from _common import load_average, parse_no_options, machine  # noqa: E402
 from images import adaptation_rows  # noqa: E402  (benchmarks/images.py)
 
 OUT = Path(__file__).resolve().parent / "results" / "shapes_validity.md"
@@ -35,6 +35,7 @@ SEEDS = (100, 101, 102, 103)
 
 
 def main() -> None:
+    parse_no_options(__doc__)
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), load_average()
     shapes = make_shapes(1000, seed=2000)

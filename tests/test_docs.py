@@ -132,3 +132,15 @@ def test_latex_commands_are_not_split_across_lines():
             if re.match(r"\s*(abla[_^ {]|rac\{|ho_|imes\b|heta\b|ag\{)", line)
             or re.search(r"\t(heta|imes|au\b|ext\{|ilde)", line)]  # \t from \theta, \times, ...
     assert not hits, hits
+
+
+def test_every_benchmark_parses_its_command_line():
+    # four scripts ignored --help and ran the whole benchmark, overwriting its committed results
+    scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    assert len(scripts) > 15
+    parsers = ("argparse.ArgumentParser", "parse_jobs()", "parse_no_options(")
+    silent = [p.name for p in scripts if "def main(" in p.read_text() and not any(s in p.read_text() for s in parsers)]
+    assert not silent, f"benchmarks without a command-line parser (--help would run them): {silent}"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shapes_validity.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: shapes_validity.py")
