@@ -228,9 +228,9 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
                    help="images per prompt (guided jointly as one batch)")
     p.add_argument("--strength", type=_strength, default=1.0, metavar="S",
-                   help="guidance strength c >= 0: the fraction of the kernel-weighted displacement "
-                        "toward the references per step, each step capped (MMDGuidance's default); "
-                        "0 = the unguided pipeline")
+                   help="guidance strength c >= 0, scale-free: each step moves a sample by 2c times its "
+                        "kernel-weighted displacement toward the references (less the batch's own), "
+                        "capped (MMDGuidance's default); 0 = the unguided pipeline")
     p.add_argument("--seed", type=_seed, default=0, metavar="K", help="random seed (same seed, same images) (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (must not exist or be empty; its parent must exist)")

@@ -113,7 +113,8 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
 
 
 def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) -> float:
-    """Median heuristic: the median positive pairwise distance over the pooled points.
+    """Median heuristic: the median positive pairwise distance over the pooled points (of an
+    even count, the lower of the two middle values, as ``torch.median``).
 
     At most ``max_points`` evenly spaced points of each set are used (as good as all of them,
     and much cheaper; no random numbers, so the same inputs give the same bandwidth). Computed in

@@ -120,14 +120,15 @@ class MMDGuidance:
             behaviour). ``PolynomialKernel()`` is the reference code's cubic KID kernel.
         strength: c >= 0. With ``strength_scale="batch_bandwidth"`` (default) the step is
             lambda_t = c * s(t) * B * sum_k sigma_k^2 / a^2 (a: the evaluation point's scale),
-            so c is a fraction of the kernel-weighted displacement toward the references,
+            so the step moves each sample by 2c times its kernel-weighted displacement toward
+            the references, less the same toward the batch (the 2 of Eq. 6): c is scale-free,
             independent of B, the data scale and the scheduler. "none": lambda_t = c s(t), the
             paper's literal Eq. 5. With ``normalization="norm_matched"`` it is the reference
             code's alpha (< 1; default 0.1). Settable after construction (validated).
         schedule, start, stop, last_fraction: s(t) ("constant", "linear", "cosine",
             "alpha_bar", "last" or a callable (step, num_steps, abar) -> weight >= 0); guidance
-            runs for step fractions in [start, stop). ``stop=0.9`` leaves the last 10 % of the
-            steps to the denoiser, which puts guided samples back on the data manifold; so
+            runs for step fractions i / num_steps in [start, stop). ``stop=0.9`` leaves the steps
+            from 90 % of the run on (about the last 10 %; 2 of 25) to the denoiser, which puts guided samples back on the data manifold; so
             "last" guides the fractions in [1 - last_fraction, stop) (default: 0.7-0.9). A
             window that holds no step is refused (ValueError) rather than silently unguided.
         normalization: "clipped" (default): each sample's step is capped at ``clip_norm`` in the

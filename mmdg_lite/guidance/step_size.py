@@ -3,10 +3,11 @@
 * schedule s(t): "constant" (paper), "linear", "cosine", "alpha_bar", "last", or a callable
   (step_index, num_steps, alpha_bar_t) -> weight >= 0; guidance runs only for step fractions
   u = step_index / num_steps in [start, stop).
-* strength scale: "batch_bandwidth" multiplies by B * sum_k sigma_k^2 / a^2, which makes the
-  strength a fraction of the kernel-weighted displacement toward the references in the kernel's
-  own space (independent of B, of the data scale, and of where the kernel is evaluated: a is
-  d(point)/dx, see ``eval_point``); "none" is the paper's literal lambda_t.
+* strength scale: "batch_bandwidth" multiplies by B * sum_k sigma_k^2 / a^2, so that the step is
+  2c times each sample's kernel-weighted displacement toward the references, less the same
+  toward the batch (the 2 of Eq. 6), in the kernel's own space: c is scale-free (independent of
+  B, of the data scale, and of where the kernel is evaluated: a is d(point)/dx, see
+  ``eval_point``); "none" is the paper's literal lambda_t.
 * normalisation: "none" (paper); "norm_matched": alpha * ||x|| * g / (||g|| + 1e-5) per sample
   (public reference code); "clipped": each sample's step norm capped at ``clip_norm`` in the
   kernel's space (default 0.2 x the data scale read off the first guided step).
