@@ -18,6 +18,7 @@ from mmdg_lite import MMDGuidance  # noqa: E402
 from mmdg_lite.pipelines import (GuidedSchedulerStep, MMDGuidanceCallback, encode_images,  # noqa: E402
                                  pipeline_guidance, prompt_features, sample_prompt_features,
                                  tiny_sd_pipeline, tiny_sdxl_pipeline)
+from mmdg_lite.pipelines.tiny import tiny_components  # noqa: E402
 
 PROMPT = "a red circle"
 
@@ -593,3 +594,103 @@ def test_load_pipeline_names_a_bad_dtype_or_device(saved, kw, match):
     from mmdg_lite.pipelines.adapt import load_pipeline
     with pytest.raises(ValueError, match=match):
         load_pipeline(saved["sd"][1], **kw)
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def test_encoding_follows_a_vae_with_latents_mean_and_std_as_the_sdxl_pipeline_decodes():
+    # Playground-v2.5-style VAEs: the SDXL pipeline decodes latents * std / f + mean, so the UNet's
+    # space is (E(x) - mean) * f / std; references were f * E(x), off by up to 4 per coordinate
+    from mmdg_lite.images import decode_latents, make_shapes
+
+    pipe = tiny_sdxl_pipeline()
+    mean, std = [0.5, -0.3, 0.2, 0.1], [0.8, 1.2, 0.9, 1.1]
+    pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
+    x = make_shapes(2, seed=0).images
+    m, s, f = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1), pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        e = pipe.vae.encode(x).latent_dist.mean
+    z = encode_images(pipe, x)
+    torch.testing.assert_close(z, (e - m) * f / s)
+    seen = {}
+    decode = pipe.vae.decode
+
+    def spy(latents, *a, **k):  # what the pipeline itself hands the decoder
+        seen["in"] = latents.clone()
+        return decode(latents, *a, **k)
+    pipe.vae.decode = spy
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle", num_inference_steps=2, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    pipe("a red circle", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen["in"], out * s / f + m)  # the oracle's formula is the pipeline's
+    pipe.vae.decode = decode
+    with torch.no_grad():
+        torch.testing.assert_close(decode_latents(pipe.vae, z), pipe.vae.decode(e).sample.clamp(-1, 1))
+
+
+def test_generate_refuses_guidance_built_for_other_prompts_or_sizes(sd):
+    from mmdg_lite.images import make_shapes
+    from mmdg_lite.pipelines import pipeline_guidance
+    from mmdg_lite.pipelines.adapt import generate
+
+    refs = make_shapes(4, seed=0).images
+    g = pipeline_guidance(sd, refs, reference_prompts=["a red circle", "a blue square"] * 2,
+                          prompts=["a red circle", "a blue square"], num_images_per_prompt=2)
+    for prompts, n in ((["a blue square", "a red circle"], 2), (["a red circle", "a blue square"] * 2, 1)):
+        with pytest.raises(ValueError, match="built for other sample prompts"):  # they ran, pulled the wrong way
+            generate(sd, prompts, n, guidance=g, steps=2, progress=False)
+    assert generate(sd, ["a red circle", "a blue square"], 2, guidance=g, steps=2, progress=False)[0].shape[0] == 4
+    with pytest.raises(ValueError, match=r"references are 16x16 latents \(32 px images\) but the pipeline samples 24x24"):
+        generate(sd, "a red circle", 2, guidance=MMDGuidance(encode_images(sd, refs)), steps=2, size=48, progress=False)
+    for size, exc, match in ((0, ValueError, "size must be an integer >= 1; got 0"),
+                             (True, TypeError, "size must be an integer"),
+                             ("32", TypeError, "size must be an integer"),
+                             (30, ValueError, "size must be a multiple of 8")):
+        with pytest.raises(exc, match=match):
+            generate(sd, "a red circle", 1, steps=1, size=size, progress=False)
+
+
+def test_latent_mmd2_uses_every_reference_for_its_bandwidth(sd):
+    # the median heuristic thinned 300 references to 100: shuffling them changed the value
+    from mmdg_lite.images import make_shapes
+    from mmdg_lite.pipelines.adapt import latent_mmd2
+
+    images, refs = make_shapes(8, seed=1).images, encode_images(sd, make_shapes(300, seed=2).images)
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    a, b = latent_mmd2(sd, images, refs), latent_mmd2(sd, images, refs[perm])
+    assert a == pytest.approx(b, rel=1e-5)  # float32 summation order only (it moved 3 % before)
+    z, r = encode_images(sd, images).flatten(1).double(), refs.flatten(1).double()  # the oracle, by hand
+    p = torch.cat([z, r])
+    i, j = torch.triu_indices(len(p), len(p), 1)
+    d = torch.cdist(p, p)[i, j]
+    d = d[d > 0].sort().values
+    s = float(d[(len(d) - 1) // 2])
+    k = lambda u, v: torch.exp(-torch.cdist(u, v) ** 2 / (2 * s * s))  # noqa: E731
+    assert a == pytest.approx(float(k(z, z).mean() + k(r, r).mean() - 2 * k(z, r).mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="reference_latents must be latents"):
+        latent_mmd2(sd, images, [1, 2])
+    with pytest.raises(ValueError, match="pass latents from encode_images"):
+        latent_mmd2(sd, images, make_shapes(4, seed=0).images)
+
+
+def test_pairing_and_image_size_helpers_check_their_arguments(sd):
+    from mmdg_lite.pipelines import pipeline_image_size
+    from mmdg_lite.pipelines.pairing import pairing_task, run_pairing
+
+    with pytest.raises(ValueError, match="colours must be a non-empty list of colours"):
+        pairing_task(sd, colours="red", n_refs=2)  # prompts "a r circle", "a e circle", ...
+    with pytest.raises(ValueError, match="n_refs must be an integer >= 1; got 0"):
+        pairing_task(sd, n_refs=0)
+    task = pairing_task(sd, n_refs=2)
+    with pytest.raises(ValueError, match=r"guidance options \['foo'\] are for the guided methods"):
+        run_pairing(sd, task, "unguided", foo=1)
+    comps = tiny_components()
+    comps["unet"].register_to_config(sample_size=(16, 16))  # diffusers accepts (h, w)
+    square = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, image_encoder=None,
+                                     requires_safety_checker=False)
+    assert pipeline_image_size(square) == 32
+    comps["unet"].register_to_config(sample_size=(16, 24))
+    wide = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+    with pytest.raises(ValueError, match=r"samples \(16, 24\) latents"):
+        pipeline_image_size(wide)

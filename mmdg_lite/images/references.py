@@ -255,9 +255,27 @@ def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batc
     return x.to(next(vae.parameters()).dtype)
 
 
+def _latent_map(vae: Any, like: Tensor) -> tuple[Tensor | float, Tensor | float]:
+    """(mean, scale) of the map z = (E(x) - mean) * scale into the space a pipeline's UNet works
+    in, as diffusers' pipelines decode (z / scale + mean): ``scaling_factor`` alone (SD 1.x / 2.x,
+    and the shipped VAEs); with ``latents_mean`` and ``latents_std`` (SDXL-family VAEs such as
+    Playground v2.5's) (E - mean) * factor / std per channel; with ``shift_factor`` (SD3, Flux)
+    (E - shift) * factor."""
+    config = vae.config
+    factor = float(getattr(config, "scaling_factor", None) or 1.0)
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        as_channels = lambda v: torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)  # noqa: E731
+        return as_channels(mean), factor / as_channels(std)
+    shift = getattr(config, "shift_factor", None)
+    return (float(shift) if shift is not None else 0.0), factor
+
+
 def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
                       batch_size: int = 256) -> Tensor:
-    """images (N, 3, H, W) in [-1, 1] -> latents (N, c, h, w) = scaling_factor * E(x), applied ONCE.
+    """images (N, 3, H, W) in [-1, 1] -> latents (N, c, h, w) = scaling_factor * E(x), applied ONCE
+    (and, for VAEs that define them, the per-channel ``latents_mean`` / ``latents_std`` or the
+    ``shift_factor`` their pipelines use: (E(x) - mean) * factor / std; see ``_latent_map``).
 
     The posterior mean by default (deterministic); ``sample=True`` draws from the posterior.
     ``images`` must have the VAE's ``config.in_channels`` and H, W divisible by its downsampling
@@ -275,7 +293,6 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
     if images.shape[2] % down or images.shape[3] % down:
         raise ValueError(f"images have H x W = {images.shape[2]} x {images.shape[3]}, but the VAE downsamples by "
                          f"{down}: both must be multiples of {down} (resize, e.g. with references_from_tensors)")
-    factor = float(getattr(vae.config, "scaling_factor", 1.0))
     device = next(vae.parameters()).device
     out = []
     with torch.no_grad():
@@ -283,19 +300,21 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
             dist = vae.encode(chunk.to(device)).latent_dist
             z = dist.mean if not sample else dist.mean + dist.std * torch.randn(
                 dist.mean.shape, generator=generator).to(device)
-            out.append(z * factor)  # the one and only application of the scaling factor
+            mean, scale = _latent_map(vae, z)
+            out.append((z - mean) * scale)  # the one and only application of the scaling factor
     return torch.cat(out)
 
 
 def decode_latents(vae: Any, latents: Tensor, *, batch_size: int = 256) -> Tensor:
-    """The inverse of ``encode_references``: D(z / scaling_factor), (N, 3, H, W) clamped to [-1, 1].
+    """The inverse of ``encode_references``: D(z / scaling_factor) (with the mean and std or shift
+    it applied, if any), (N, 3, H, W) clamped to [-1, 1].
 
     ``latents`` (N, c, h, w) must have the VAE's ``config.latent_channels``; floating dtypes are
     cast to the VAE's."""
     latents = _check_vae_input(vae, latents, "latents", int(vae.config.latent_channels),
                                "vae.config.latent_channels", batch_size)
-    factor = float(getattr(vae.config, "scaling_factor", 1.0))
     device = next(vae.parameters()).device
+    mean, scale = _latent_map(vae, latents.to(device))
     with torch.no_grad():
-        return torch.cat([vae.decode(z.to(device) / factor).sample.clamp(-1, 1)
+        return torch.cat([vae.decode(z.to(device) / scale + mean).sample.clamp(-1, 1)
                           for z in latents.split(batch_size)])

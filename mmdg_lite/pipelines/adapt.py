@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -18,7 +19,7 @@ from torch import Tensor
 from .._resources import data_path
 from .._validation import check_int, check_nonnegative
 from ..seeding import check_seed
-from .encoding import _check_prompts, encode_images
+from .encoding import _check_prompts, encode_images, pipeline_image_size, sample_prompt_features
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, eval_points
 
 __all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
@@ -96,10 +97,18 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
                                   num_images_per_prompt=num_images_per_prompt, generator=generator,
                                   output_type="pt")
+    step = int(getattr(pipe, "vae_scale_factor", 8))
     if size is not None:
+        check_int(size, "size", 1)
+        multiple = math.lcm(8, step)  # diffusers' pipelines want 8 | size, and the VAE its own factor
+        if size % multiple:  # diffusers named height and width; size=0 silently meant its default
+            raise ValueError(f"size must be a multiple of {multiple} (diffusers' 8 and the pipeline's VAE scale "
+                             f"factor {step}); got {size}")
         kwargs.update(height=size, width=size)
     wrapper = callback = None
     if guidance is not None:
+        _check_guidance_fits(pipe, guidance, prompts, num_images_per_prompt,
+                             (size if size is not None else pipeline_image_size(pipe)) // step)
         if eval_points(guidance) <= {"x_t", "x_prev"}:  # (a ChainedGuidance: all of its hooks')
             callback = MMDGuidanceCallback(guidance).watch(pipe)
             kwargs["callback_on_step_end"] = callback
@@ -121,12 +130,47 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     return (images.float().cpu() * 2 - 1).clamp(-1, 1), seconds  # (N, 3, H, W)
 
 
+def _leaves(guidance: Any) -> list[Any]:
+    inner = getattr(guidance, "hooks", None)
+    return [h for g in inner for h in _leaves(g)] if inner is not None else [guidance]
+
+
+def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_prompt: int, side: int) -> None:
+    """Before sampling: the references' latents have the side the pipeline samples at, and a
+    prompt-aware guidance was built for these prompts in this order (a count check alone let
+    guidance for other prompts pull circle samples toward square references)."""
+    want = None
+    for hook in _leaves(guidance):
+        refs = getattr(hook, "reference_set", None)
+        shape = getattr(refs, "sample_shape", None)
+        if shape is not None and len(shape) == 3 and tuple(shape[1:]) != (side, side):
+            step = int(getattr(pipe, "vae_scale_factor", 8))
+            raise ValueError(f"the guidance's references are {shape[1]}x{shape[2]} latents ({shape[1] * step} px "
+                             f"images) but the pipeline samples {side}x{side} latents ({side * step} px): encode "
+                             f"references at the size you generate (load_references, or size=)")
+        sp = getattr(hook, "sample_prompts", None)
+        if sp is not None:
+            want = sample_prompt_features(pipe, prompts, per_prompt) if want is None else want
+            if sp.shape != want.shape or not torch.allclose(sp.to(want), want, rtol=1e-4, atol=1e-5):
+                raise ValueError(f"the guidance is prompt-aware, built for other sample prompts (or the same in "
+                                 f"another order) than these {len(prompts)} prompt(s) x {per_prompt} image(s): "
+                                 "build it with pipeline_guidance(pipe, ..., prompts=<the prompts you pass here>, "
+                                 "num_images_per_prompt=<the same n>)")
+
+
 def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
     """MMD^2 (biased, Gaussian kernel at the median distance) between the images re-encoded
     with the pipeline's VAE and the reference latents: 0 when the two sets match."""
     from ..kernels import GaussianKernel, median_bandwidth
     from ..mmd import mmd2
 
-    z = encode_images(pipe, images).reshape(len(images), -1)  # (N, D)
-    r = reference_latents.float().reshape(len(reference_latents), -1)  # (N_r, D)
-    return float(mmd2(z, r, GaussianKernel(bandwidth=median_bandwidth(z, r))))
+    if not isinstance(reference_latents, Tensor) or reference_latents.ndim != 4:
+        got = tuple(reference_latents.shape) if isinstance(reference_latents, Tensor) else type(reference_latents).__name__
+        raise ValueError(f"reference_latents must be latents (N, c, h, w) from encode_images; got {got}")
+    z = encode_images(pipe, images)  # (N, c, h, w)
+    if z.shape[1:] != reference_latents.shape[1:]:
+        raise ValueError(f"reference_latents have per-sample shape {tuple(reference_latents.shape[1:])} but the "
+                         f"images encode to {tuple(z.shape[1:])}: pass latents from encode_images(pipe, references)")
+    z, r = z.reshape(len(z), -1), reference_latents.float().reshape(len(reference_latents), -1)  # (N, D), (N_r, D)
+    bandwidth = median_bandwidth(z, r, max_points=max(len(z), len(r)))  # every point, so no order dependence
+    return float(mmd2(z, r, GaussianKernel(bandwidth=bandwidth)))

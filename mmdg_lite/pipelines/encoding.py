@@ -1,7 +1,8 @@
 """What MMD guidance needs from a diffusers pipeline: reference latents and prompt features.
 
 References are encoded with the pipeline's OWN VAE, z = scaling_factor * E(x) applied exactly
-once (``mmdg_lite.images.encode_references``), so they live where the UNet's latents live.
+once (``mmdg_lite.images.encode_references``; with the VAE's latents_mean / latents_std or
+shift_factor where it defines them, as its pipelines do), so they live where the UNet's latents live.
 Prompt features are the text encoder's pooled output, L2-normalised (the product kernel of
 paper Eq. 10-11 compares them). SDXL has two encoders: the features are
 [normalise(text_embeds of encoder 2), normalise(pooled output of encoder 1)] / sqrt(2), one unit
@@ -67,8 +68,15 @@ def sample_prompt_features(pipe: Any, prompts: Sequence[str] | str, num_images_p
 
 
 def pipeline_image_size(pipe: Any) -> int:
-    """The pipeline's default image side in pixels (UNet sample size x VAE scale factor)."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    """The pipeline's default image side in pixels (UNet sample size x VAE scale factor); a
+    sample size given as (h, w) must be square."""
+    side = pipe.unet.config.sample_size
+    if isinstance(side, (list, tuple)):
+        if len(side) != 2 or side[0] != side[1]:
+            raise ValueError(f"the pipeline's UNet samples {tuple(side)} latents; mmdg_lite's helpers use square "
+                             "images: pass size= explicitly where a function takes it")
+        side = side[0]
+    return int(side) * int(pipe.vae_scale_factor)
 
 
 def encode_images(pipe: Any, images: Tensor, *, batch_size: int = 16) -> Tensor:

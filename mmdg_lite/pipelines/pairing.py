@@ -38,8 +38,15 @@ def pairing_task(pipe: Any, pairing: Mapping[str, tuple[str, str]] = PAIRING, n_
                  colours: Sequence[str] = ("red", "blue"), seed: int = 0) -> PairingTask:
     """``n_refs`` references per category, all in the paired style (other attributes at the
     pretraining mix), and sampling prompts "a <colour> <category>" for each colour."""
+    from .._validation import check_int
     from ..images import make_shapes
+    from ..images.shapes import SHAPE_ATTRIBUTES
 
+    check_int(n_refs, "n_refs", 1)
+    if isinstance(colours, str) or not isinstance(colours, Sequence) or not colours \
+            or any(c not in SHAPE_ATTRIBUTES["colour"] for c in colours):
+        raise ValueError(f"colours must be a non-empty list of colours from {SHAPE_ATTRIBUTES['colour']}; "
+                         f"got {colours!r}")  # a str was split into letters: "a r circle"
     images, captions, cats = [], [], []
     for k, (category, (attribute, value)) in enumerate(pairing.items()):
         s = make_shapes(n_refs, {"shape": {category: 1.0}, attribute: {value: 1.0}}, seed=seed + 101 * (k + 1))
@@ -70,6 +77,9 @@ def run_pairing(pipe: Any, task: PairingTask, method: str, *, per_prompt: int = 
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if method == "unguided" and guidance_options:
+        raise ValueError(f"guidance options {sorted(guidance_options)} are for the guided methods; "
+                         "method='unguided' uses none")
     guidance = None if method == "unguided" else _guidance(pipe, task, method, per_prompt, guidance_options)
     images, seconds = generate(pipe, task.prompts, per_prompt, guidance=guidance, steps=steps,
                                guidance_scale=guidance_scale, seed=seed, progress=False)
