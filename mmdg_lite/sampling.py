@@ -161,6 +161,61 @@ def _model_device(denoiser: Any) -> torch.device:
     return torch.device("cpu")
 
 
+# scheduler class -> why guidance cannot run through it (any eval point)
+UNSUPPORTED_SCHEDULERS = {
+    "UniPCMultistepScheduler": "its corrector rebuilds each sample from the one it stored before the "
+                               "guidance step, undoing the correction",
+    "KDPM2DiscreteScheduler": "its second stage rebuilds each sample from the one it stored at the first, "
+                              "dropping the correction (measured: a hook's shift leaves the samples as they were)",
+}
+# (scheduler class, eval point) -> why that pair cannot run
+UNSUPPORTED_PAIRS = {
+    ("LMSDiscreteScheduler", "x_t"): "its fourth-order history turns the correction computed at the "
+                                     "previous x_t into divergence (measured); use eval_point 'x_prev' "
+                                     "or 'x0_hat'",
+}
+WORKING_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+                      "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler")
+
+
+def eval_points(guidance: Any) -> set[str]:
+    """Where the hook evaluates its kernel: its ``eval_point``, or its inner hooks' (a
+    ``ChainedGuidance``); "x_t" for a hook that names none."""
+    inner = getattr(guidance, "hooks", None)
+    if inner is not None:
+        return set().union(*(eval_points(h) for h in inner))
+    return {getattr(guidance, "eval_point", "x_t")}
+
+
+def check_scheduler(sched: Any, guidance: Any) -> None:
+    """Refuse a scheduler (or scheduler and eval point) that guidance cannot run through, and
+    timesteps that repeat (``step`` twice per timestep: the index of a step is then ambiguous)."""
+    name = type(sched).__name__
+    why = UNSUPPORTED_SCHEDULERS.get(name) or next(
+        (UNSUPPORTED_PAIRS[(name, p)] for p in sorted(eval_points(guidance)) if (name, p) in UNSUPPORTED_PAIRS), None)
+    if why is None and _repeats(sched):
+        if name in WORKING_SCHEDULERS:
+            _refuse_repeats(sched)
+        why = "it repeats timesteps (step runs more than once per timestep)"
+    if why is not None:
+        raise ValueError(f"MMD guidance cannot run through {name}: {why}; schedulers checked to work with "
+                         f"every eval point: {', '.join(WORKING_SCHEDULERS)}")
+
+
+def _repeats(sched: Any) -> bool:
+    ts = getattr(sched, "timesteps", None)
+    return ts is not None and len(torch.unique(torch.as_tensor(ts))) < len(ts)
+
+
+def _refuse_repeats(sched: Any) -> None:
+    """A one-step-per-timestep scheduler whose spacing ran out of distinct timesteps (DPM-Solver
+    at 1,000 of 1,000 steps repeats t = 500: a step of size 0, then NaN)."""
+    ts = torch.as_tensor(sched.timesteps)
+    raise ValueError(f"{type(sched).__name__}'s timesteps repeat at num_steps={len(ts)} (its spacing runs out of "
+                     f"distinct timesteps, e.g. t={int(ts[torch.unique(ts, return_counts=True)[1].argmax()])} twice, "
+                     "a step of size 0): use fewer steps")
+
+
 def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, scheduler: Any = "ddpm",
            num_steps: int = 100, guidance: GuidanceHook | None = None, cond: Tensor | None = None,
            seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
@@ -185,6 +240,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     so the samples do not depend on the chunking, the device or the number of processes (up to
     the float rounding of batched arithmetic, about 1e-5 at most in float32).
     ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
+
+    With ``guidance`` the scheduler must be one the correction survives (``WORKING_SCHEDULERS``:
+    DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver++); UniPC, KDPM2, the repeating second-order
+    ones (Heun, PNDM) and LMS with eval point "x_t" are refused (``check_scheduler``). ``eta`` is
+    DDIM's and refused elsewhere.
     """
     n = check_int(n, "n", 1)
     shape = _check_shape(shape)
@@ -234,8 +294,15 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         raise ValueError(f"num_steps must be <= the scheduler's num_train_timesteps={n_train}; "
                          f"got {num_steps}")
     sched.set_timesteps(num_steps)
+    if guidance is not None:  # schedulers that undo or mis-scale the correction, repeated timesteps
+        check_scheduler(sched, guidance)
+    elif _repeats(sched) and type(sched).__name__ in WORKING_SCHEDULERS:
+        _refuse_repeats(sched)
     timesteps = sched.timesteps.clone()
     step_params = inspect.signature(sched.step).parameters
+    if eta > 0 and "eta" not in step_params:  # DDPM, DPM-Solver, Euler... ignored it silently
+        raise ValueError(f"eta={eta:g} is DDIM's noise level, but {type(sched).__name__}.step takes no eta; "
+                         "use scheduler='ddim', or eta=0")
     if per_sample_seed:  # one stream per sample: x_T, then the steps' noise (a list for diffusers)
         gen: Any = sample_generators(seed, range(first_index, first_index + n))
         x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)
@@ -321,6 +388,8 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
                                  f"expected {tuple(x.shape)}, the shape of x_t")
             x_prev = sched.step(eps, t, x, **kwargs).prev_sample  # (b, *S)
         proposal = x_prev
+        if guidance is not None and not bool(torch.isfinite(x_prev).all()):  # the model's NaN, not the hook's
+            _raise_non_finite(i, int(t), eps, proposal, x_prev, idx)
         if guidance is not None:
             (ab, c_in), (ab_prev, c_prev) = noise_level(sched, timesteps, i), noise_level(sched, timesteps, i + 1)
             state = StepState(x_t=x, x_prev=x_prev, eps=eps, t=int(t), step_index=i, num_steps=num_steps,

@@ -191,3 +191,90 @@ def test_evaluate_and_task_helpers_name_their_arguments():
     assert subset_mixture(circle_mixture(), [0]).weights[0] == 1.0  # the check lets a mixture through
     with pytest.raises(TypeError, match="classifier must be a NoisyClassifier.*got str 'x'"):
         classifier_accuracy("x", task.references, task.references, 5)
+
+
+# ---------------------------------------------------------------- found by an outside probe
+
+def _mixture_model():
+    from mmdg_lite.denoisers import GaussianMixtureDenoiser
+    from mmdg_lite.toys import circle_mixture
+
+    ring = circle_mixture()
+    return GaussianMixtureDenoiser(ring.means, ring.weights, ring.std, make_scheduler("ddpm")), ring.means[:2].repeat(20, 1)
+
+
+def test_sample_refuses_schedulers_that_undo_the_correction():
+    # UniPC's corrector and KDPM2 / Heun's stored state dropped or reversed the step: KDPM2 moved
+    # samples AWAY from the references (2 % on their modes against 48 % unguided), silently
+    from diffusers import HeunDiscreteScheduler, KDPM2DiscreteScheduler, UniPCMultistepScheduler
+
+    den, refs = _mixture_model()
+    for sched, match in ((UniPCMultistepScheduler(), "corrector"), (KDPM2DiscreteScheduler(), "second stage rebuilds"),
+                         (HeunDiscreteScheduler(), "repeats timesteps")):
+        with pytest.raises(ValueError, match=f"MMD guidance cannot run through {type(sched).__name__}: .*{match}"):
+            sample(den, 4, 2, scheduler=sched, num_steps=5, guidance=MMDGuidance(refs))
+    assert sample(den, 4, 2, scheduler=HeunDiscreteScheduler(), num_steps=5).samples.shape == (4, 2)  # unguided: fine
+    with pytest.raises(ValueError, match=r"timesteps repeat at num_steps=1000 .* use fewer steps"):
+        sample(den, 2, 2, scheduler="dpm", num_steps=1000)  # t = 500 twice: a step of size 0, then NaN
+
+
+def test_sample_refuses_eta_for_schedulers_without_it_and_blames_the_model_for_its_nan():
+    den, refs = _mixture_model()
+    with pytest.raises(ValueError, match="eta=0.5 is DDIM's noise level, but DDPMScheduler.step takes no eta"):
+        sample(den, 2, 2, scheduler="ddpm", num_steps=5, eta=0.5)  # gave the eta-0 samples
+
+    def broken(x, t, cond=None):
+        out = den(x, t, cond)
+        return out * float("nan") if int(t.flatten()[0]) < 500 else out
+    for g in (MMDGuidance(refs), MMDGuidance(refs, eval_point="x0_hat")):  # blamed the guidance before
+        with pytest.raises(FloatingPointError, match="in the denoiser's noise prediction"):
+            sample(broken, 4, 2, scheduler="ddim", num_steps=10, guidance=g)
+
+
+@pytest.mark.parametrize("point", ["x_t", "x0_hat"])
+def test_euler_steps_match_the_ddpm_normalised_step(point):
+    # sigma-scaled latents: the step was converted with c_in (step t) but lands on x_{t-1}, whose
+    # unit is 1 / c_in': 2.9x too large at the first of 10 Euler steps, past any clip
+    from types import SimpleNamespace
+
+    den, refs = _mixture_model()
+    g = torch.Generator().manual_seed(0)
+    c_in, c_prev, ab = 0.07, 0.2, 0.005  # first Euler steps: sigma 14.6 -> 4.9
+    x_t, eps = torch.randn(8, 2, generator=g) / c_in, torch.randn(8, 2, generator=g)
+    x_prev = x_t * 0.3
+
+    def state(xt, xp, ci, cp):
+        return SimpleNamespace(x_t=xt, x_prev=xp, eps=eps, t=980, step_index=0, num_steps=10, alpha_bar_t=ab,
+                               alpha_bar_prev=0.04, denoiser=den, cond=None, sample_index=torch.arange(8),
+                               input_scale=ci, input_scale_prev=cp)
+    euler = state(x_t, x_prev, c_in, c_prev)
+    normalised = state(c_in * x_t, c_prev * x_prev, 1.0, 1.0)  # the same state in DDPM units
+    for kw in ({}, {"normalization": "none", "strength": 0.3}):
+        step_e = x_prev - MMDGuidance(refs, eval_point=point, **kw)(euler)
+        step_n = normalised.x_prev - MMDGuidance(refs, eval_point=point, **kw)(normalised)
+        assert float(step_n.norm()) > 0
+        torch.testing.assert_close(c_prev * step_e, step_n, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_follows_rff_and_bfloat16_history_records_the_applied_step():
+    from mmdg_lite.rff import mmd2_grad_rff
+
+    g = torch.Generator().manual_seed(0)
+    refs, z = torch.randn(300, 10, generator=g), torch.randn(16, 10, generator=g)
+    guide = MMDGuidance(refs, kernel=GaussianKernel(3.0), rff_features=64)
+    torch.testing.assert_close(guide.gradient(z), mmd2_grad_rff(z, guide.rff))  # was the exact gradient
+    assert float((guide.gradient(z) - mmd2_grad(z, refs, GaussianKernel(3.0))).norm()) > 0
+    with pytest.raises(ValueError, match="and reference_prompts"):
+        MMDGuidance(refs, kernel=GaussianKernel(1.0), rff_features=64, reference_prompts=torch.randn(300, 3))
+    den, refs2 = _mixture_model()
+    hook = MMDGuidance(refs2, eval_point="x0_hat", track=True)
+    seen = []
+
+    class Spy:
+        def __call__(self, state):
+            out = hook(state)
+            seen.append(float((state.x_prev.float() - out.float()).norm(dim=1).mean()))
+            return out
+    sample(den, 4, 2, num_steps=10, dtype=torch.bfloat16, guidance=Spy())
+    recorded = [h["step_norm"] for h in hook.history]
+    assert recorded == pytest.approx(seen[:len(recorded)], rel=1e-2, abs=1e-6)

@@ -219,7 +219,8 @@ class MMDGuidance:
             if (generated_set, self.estimator, reference_prompts) != ("batch", "biased", None):
                 raise ValueError("rff_features works with generated_set='batch', estimator='biased' "
                                  f"and no prompts; got generated_set={generated_set!r}, "
-                                 f"estimator={self.estimator!r}")
+                                 f"estimator={self.estimator!r}"
+                                 + (", and reference_prompts" if reference_prompts is not None else ""))
             self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, check_int(rff_features, "rff_features", 1),
                                              seed=rff_seed)
         self.track = check_bool(track, "track")
@@ -287,19 +288,37 @@ class MMDGuidance:
         base = state.x_prev.reshape(n, -1).to(dtype)  # (B, D)
         disp = self.generated.size(n) * _displacement(kernel)
         step = self.step_size.step(grad_x, base, weight, disp, loc.scale, self.data_scale)
+        if (self.eval_point != "x_prev" and self.normalization != "norm_matched"
+                and self.step_size.strength_scale == "batch_bandwidth"):
+            # the scale-free step is sized in the DDPM-normalised space of step t but lands on
+            # x_{t-1}: for sigma-scaled latents (Euler) one normalised unit there is 1 / c_in' in
+            # x_{t-1}, not 1 / c_in (10 Euler steps: 2.9x too large at the first step). 1 for
+            # DDPM / DDIM; the paper's literal lambda ("none") stays in the sampler's own units.
+            c_in = float(getattr(state, "input_scale", 1.0))
+            c_prev = float(getattr(state, "input_scale_prev", 1.0))
+            if c_in != c_prev:
+                step = step * (c_in / c_prev)
         out = base - step  # (B, D)
         self._check(state, base, out, weight)
-        if self.track:
+        result = out.to(state.x_prev.dtype)
+        if self.track:  # the step as applied: a bfloat16 x_prev can round a small step away
+            applied = step if result.dtype == out.dtype else base - result.to(dtype)
             self.history.append(dict(step=state.step_index, t=float(state.t), weight=weight,
                                      grad_norm=float(grad_x.norm(dim=1).mean()),
-                                     step_norm=float(step.norm(dim=1).mean()),
+                                     step_norm=float(applied.norm(dim=1).mean()),
                                      x_norm=float(base.norm(dim=1).mean())))
-        return out.to(state.x_prev.dtype).reshape(state.x_prev.shape)
+        return result.reshape(state.x_prev.shape)
 
     def gradient(self, z: Tensor, prompts: Tensor | None = None) -> Tensor:
         """grad of MMD^2 w.r.t. generated points z (B, D) against the references, with this
-        guidance's kernel (resolved from z and the references when data-dependent)."""
+        guidance's kernel (resolved from z and the references when data-dependent); with
+        ``rff_features`` the reference term is the random-feature one, as in the hook's steps."""
         z = check_points(z, "z")
+        if self.rff is not None:
+            if prompts is not None:
+                raise ValueError("prompts were given but this guidance has no reference_prompts")
+            check_pair(z, self.reference_set.on(z), "z", "references")
+            return self.generated.gradient_rff(z.to(self.reference_set.on(z).dtype), self.rff)
         refs = self.reference_set.on(z)
         check_pair(z, refs, "z", "references")
         rp = self.reference_set.prompts_on(z)

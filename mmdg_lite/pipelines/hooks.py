@@ -33,7 +33,8 @@ from torch import Tensor
 
 from diffusers.callbacks import PipelineCallback
 
-from ..sampling import StepState, noise_level
+from ..sampling import (UNSUPPORTED_PAIRS, UNSUPPORTED_SCHEDULERS, WORKING_SCHEDULERS,  # noqa: F401
+                        StepState, check_scheduler, eval_points, noise_level)
 
 __all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "check_scheduler", "eval_points", "scheduler_noise_level",
            "timestep_index", "to_epsilon"]
@@ -75,44 +76,6 @@ def to_epsilon(sched: Any, model_output: Tensor, x_t: Tensor, alpha_bar: float, 
         return (xn - a * model_output.float()) / max(s, 1e-12)
     raise ValueError(f"unsupported prediction_type {kind!r} of {type(sched).__name__}; "
                      "expected 'epsilon', 'v_prediction' or 'sample'")
-
-
-# scheduler class -> why guidance cannot run through it (any eval point)
-UNSUPPORTED_SCHEDULERS = {
-    "UniPCMultistepScheduler": "its corrector rebuilds each sample from the one it stored before the "
-                               "guidance step, undoing the correction",
-}
-# (scheduler class, eval point) -> why that pair cannot run
-UNSUPPORTED_PAIRS = {
-    ("LMSDiscreteScheduler", "x_t"): "its fourth-order history turns the correction computed at the "
-                                     "previous x_t into divergence (measured); use eval_point 'x_prev' "
-                                     "or 'x0_hat'",
-}
-WORKING_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
-                      "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler")
-
-
-def eval_points(guidance: Any) -> set[str]:
-    """Where the hook evaluates its kernel: its ``eval_point``, or its inner hooks' (a
-    ``ChainedGuidance``); "x_t" for a hook that names none."""
-    inner = getattr(guidance, "hooks", None)
-    if inner is not None:
-        return set().union(*(eval_points(h) for h in inner))
-    return {getattr(guidance, "eval_point", "x_t")}
-
-
-def check_scheduler(sched: Any, guidance: Any) -> None:
-    """Refuse a scheduler (or scheduler and eval point) that guidance cannot run through, and
-    timesteps that repeat (``step`` twice per timestep: the index of a step is then ambiguous)."""
-    name = type(sched).__name__
-    why = UNSUPPORTED_SCHEDULERS.get(name) or next(
-        (UNSUPPORTED_PAIRS[(name, p)] for p in sorted(eval_points(guidance)) if (name, p) in UNSUPPORTED_PAIRS), None)
-    ts = getattr(sched, "timesteps", None)
-    if why is None and ts is not None and len(torch.unique(torch.as_tensor(ts))) < len(ts):
-        why = "it repeats timesteps (step runs more than once per timestep)"
-    if why is not None:
-        raise ValueError(f"MMD guidance cannot run through {name}: {why}; schedulers checked to work with "
-                         f"every eval point: {', '.join(WORKING_SCHEDULERS)}")
 
 
 def _check_batch(guidance: Any, n: int) -> None:
