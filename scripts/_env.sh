@@ -10,16 +10,25 @@ if [ ! -x "$PY" ]; then
   echo "[setup] creating $VENV"
   python3 -m venv "$VENV"
 fi
+pip_quiet() {  # pip's own exit status (a failed install stops here), its location notices filtered out
+  "$PY" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  return "${PIPESTATUS[0]}"
+}
 STAMP="$VENV/.mmdg-stamp"
 WANT="$(cat pyproject.toml setup.py .ci/constraints.txt scripts/_env.sh | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import mmdg_lite" 2>/dev/null; then
+# the import check runs outside the checkout, where only an installed mmdg_lite can be found
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! (cd / && "$PY" -c "import mmdg_lite") 2>/dev/null; then
   echo "[setup] installing mmdg_lite[notebooks,book,dev,sd] (torch held by .ci/constraints.txt)"
-  "$PY" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -m pip install -q -c .ci/constraints.txt -e ".[notebooks,book,dev,sd]" 2>&1 | grep -v "^WARNING: Location" || true
+  rm -f "$STAMP"
+  pip_quiet install -q --upgrade pip || { echo "[setup] upgrading pip failed" >&2; exit 1; }
+  pip_quiet install -q -c .ci/constraints.txt -e ".[notebooks,book,dev,sd]" \
+    || { echo "[setup] installing mmdg_lite failed (see pip's message above)" >&2; exit 1; }
   # the optional third image set (mmdg_lite.images.load_animals); the wheel declares tensorflow,
   # which its data does not need, so without dependencies
-  "$PY" -m pip install -q --no-deps "animal-mnist>=0.4,<1" 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -c "import mmdg_lite, torch; print('[setup] torch', torch.__version__)"
+  pip_quiet install -q --no-deps "animal-mnist>=0.4,<1" \
+    || echo "[setup] animal-mnist not installed (optional: only mmdg_lite.images.load_animals needs it)"
+  (cd / && "$PY" -c "import mmdg_lite, torch; print('[setup] torch', torch.__version__)") \
+    || { echo "[setup] mmdg_lite does not import after the install" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

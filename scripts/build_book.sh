@@ -8,6 +8,10 @@
 #
 # Exits non-zero if the build fails. Fetches the widget scripts from the npm registry on first
 # use (book/_ext/vendor.py, cached in book/_vendor), so the site itself loads nothing remotely.
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 EXECUTE=0
 for arg in "$@"; do

@@ -31,12 +31,25 @@ from mmdg_lite.sampling import make_scheduler  # noqa: E402
 from mmdg_lite.toys.mixtures import circle_mixture, draw_references, subset_mixture  # noqa: E402
 
 
+def _number(kind: type, minimum: float):
+    """An argparse type: a ``kind`` >= ``minimum`` (a bad value is a usage error naming the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}; got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be {'>= ' + str(minimum) if kind is int else '> 0'}; got {text!r}")
+        return value
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1000, help="global batch size")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=60.0, help="process-group timeout, seconds")
+    ap.add_argument("--samples", type=_number(int, 1), default=1000, help="global batch size")
+    ap.add_argument("--steps", type=_number(int, 1), default=50)
+    ap.add_argument("--seed", type=_number(int, 0), default=0)
+    ap.add_argument("--timeout", type=_number(float, 1e-9), default=60.0, help="process-group timeout, seconds")
     ap.add_argument("--check", action="store_true", help="compare with a one-process run on rank 0")
     args = ap.parse_args()
 

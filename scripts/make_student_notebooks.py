@@ -78,9 +78,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="notebooks to convert (default: every notebooks/NN_*.ipynb)")
     args = ap.parse_args(argv)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out: {str(args.out)!r} exists and is not a folder")
+    for path in paths:
+        if not path.is_file() or path.suffix != ".ipynb":
+            ap.error(f"not a notebook: {str(path)!r}")
+        if (args.out / path.name).resolve() == path.resolve():  # --out notebooks: the instructor copies
+            ap.error(f"--out {str(args.out)!r} would overwrite {str(path)!r} itself; write the student "
+                     "versions to another folder")
     args.out.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        nb = json.loads(path.read_text())
+        try:
+            nb = json.loads(path.read_text())
+            if not isinstance(nb, dict) or "cells" not in nb:
+                raise ValueError("no cells")
+        except ValueError as err:
+            ap.error(f"not a notebook: {str(path)!r} ({err})")
         student = student_version(nb)
         n_stubs = sum(STUB in tags(c) for c in student["cells"])
         (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")

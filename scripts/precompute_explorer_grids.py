@@ -31,14 +31,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmdg_lite.widgets import GRID_DOMAINS, explorer_grid_sweep, save_explorer_grids  # noqa: E402
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", required=True, choices=[*GRID_DOMAINS, "all"])
     parser.add_argument("--out", type=Path, default=None, help="folder (default data/explorer)")
     parser.add_argument("--tiny", action="store_true",
                         help="2 strengths x 2 reference counts, 4 images, 2 steps (a smoke test)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=_positive_int, default=1)
     args = parser.parse_args(argv)
+    if args.tiny and args.out is None:  # a smoke test must never replace the shipped grids
+        parser.error("--tiny needs --out (a folder outside data/explorer): its 2x2 grid would replace the shipped one")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {str(args.out)!r} exists and is not a folder")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' torch_dtype notice
     try:  # loading bars and notices of diffusers / transformers (the sd domain)

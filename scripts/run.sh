@@ -6,6 +6,10 @@
 #                                  notebooks/*.ipynb are left as they are
 #   bash scripts/run.sh --refresh  execute every notebook *in place* (this is how the committed
 #                                  outputs are regenerated), then build the book from them
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 REFRESH=0
 for arg in "$@"; do

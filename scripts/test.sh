@@ -3,6 +3,10 @@
 # (warnings as errors) and check the built site: static checks and every page in headless
 # Chromium (tests/test_book_site.py, tests/test_book_browser.py). Extra arguments go to the
 # unit-test run.
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # pytest would print its own help, then all ran
+  sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 BOOK_TESTS=(tests/test_book_site.py tests/test_book_browser.py)
 echo "[test] unit tests"

@@ -106,6 +106,8 @@ def build(out: Path, tiny: bool) -> dict:
                                                            steps_offset=1, **betas))
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    for weights in Path(out).rglob("*.safetensors"):  # safetensors writes 0600; the files are shared
+        weights.chmod(0o644)
     # samples: each caption, DDIM 30 steps, CFG 3
     n_per, steps = (2, 2) if tiny else (16, 30)
     with torch.no_grad():

@@ -84,6 +84,7 @@ def save_feature_net(net: FeatureNet, folder: Path, info: dict[str, Any]) -> Non
     import hashlib
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder / "model.safetensors")
+    (folder / "model.safetensors").chmod(0o644)  # safetensors writes 0600
     (folder / "config.json").write_text(json.dumps(net.config, indent=2) + "\n")
     weights = (folder / "model.safetensors").read_bytes()
     info = {**info, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights),

@@ -69,6 +69,7 @@ def save_model(model: Any, folder: Path, info: dict[str, Any]) -> dict[str, Any]
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.chmod(0o644)  # safetensors writes 0600; the file is meant to be shared, like the shipped ones
     info = {**info, "sha256": _sha256(weights), "bytes": weights.stat().st_size,
             "torch": torch.__version__}
     (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -212,6 +213,13 @@ def build_cli(doc: str, build: Callable[[Path, bool], dict[str, Any]], default: 
     parser.add_argument("--tiny", action="store_true", help="a few steps on a few images, into a temp dir")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {default})")
     args = parser.parse_args()
+    if args.out is not None:  # checked before minutes of training, not when saving after them
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"--out: {str(args.out)!r} exists and is not a folder")
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--out: cannot create {str(args.out)!r} ({err.strerror or err})")
     torch.set_num_threads(1)
     out = args.out or (Path(tempfile.mkdtemp(prefix=f"mmdg-{default.name}-")) if args.tiny else default)
     start = time.perf_counter()
