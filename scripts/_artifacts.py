@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +30,12 @@ def build(doc: str, folder: Path, train: Callable[[], tuple], load_world: Callab
     torch.set_num_threads(1)
     info_path = folder / "training.json"
     if args.eval_only:
-        model, world = load_denoiser(folder), load_world()
-        info = json.loads(info_path.read_text())
+        try:
+            model, world = load_denoiser(folder), load_world()
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError) as err:  # a missing or damaged model: say how to rebuild it
+            parser.error(f"--eval-only needs the saved model in {folder} ({type(err).__name__}: {err}); "
+                         f"rebuild it by running {Path(sys.argv[0]).name} without --eval-only")
     else:
         model, losses, world, secs = train()
         save_denoiser(model, folder)

@@ -83,3 +83,16 @@ def test_env_setup_stops_on_a_failed_install(tmp_path):
 def test_distributed_example_names_its_flags(flag, value):
     out = run(sys.executable, "scripts/distributed_example.py", flag, value)
     assert out.returncode == 2 and flag in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_only_without_a_saved_model_says_how_to_rebuild(tmp_path, monkeypatch, capsys):
+    # a raw FileNotFoundError / JSONDecodeError traceback before
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from _artifacts import build
+
+    monkeypatch.setattr(sys, "argv", ["train_toy_models.py", "--eval-only"])
+    with pytest.raises(SystemExit) as exit_info:
+        build("doc", tmp_path / "missing", train=None, load_world=lambda: None, evaluate=None, describe={})
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--eval-only needs the saved model" in err
+    assert "running train_toy_models.py without --eval-only" in err
