@@ -454,7 +454,13 @@ class ProductKernel:
         return self.sample_kernel.has_closed_form
 
     def _prep(self, p: Tensor) -> Tensor:
-        return torch.nn.functional.normalize(p, dim=-1) if self.normalize_prompts else p
+        if not self.normalize_prompts:
+            return p
+        zero = p.detach().norm(dim=-1) == 0  # normalize maps 0 to 0: a fake prompt at distance 1 from all
+        if bool(zero.any()):
+            raise ValueError(f"prompt features must be non-zero vectors (they are L2-normalised); row(s) "
+                             f"{zero.nonzero().flatten().tolist()[:5]} are all zero")
+        return torch.nn.functional.normalize(p, dim=-1)
 
     def prompt_gram(self, px: Tensor, py: Tensor) -> Tensor:
         px, py = self._prep(px), self._prep(py)

@@ -176,6 +176,7 @@ def reference_coverage(guidance: MMDGuidance, sample_prompts: Tensor) -> Tensor:
         got = tuple(sample_prompts.shape) if isinstance(sample_prompts, Tensor) else type(sample_prompts).__name__
         raise ValueError(f"sample_prompts must be a tensor (n, {rp.shape[1]}) of prompt features (encoder.encode); "
                          f"got {got}")
+    check_finite(sample_prompts, "sample_prompts")
     sp = sample_prompts.to(rp)  # (n, P)
     pk = guidance._kernel()  # the guidance's own ProductKernel (it L2-normalises the prompts)
     pk = replace(pk, prompt_kernel=pk.prompt_kernel.resolve(pk._prep(sp), pk._prep(rp)))
@@ -202,6 +203,12 @@ class CoverageGate:
 
     def __getattr__(self, name: str) -> Any:  # sequential, reset, remember, history, ...
         return getattr(self.__dict__["guidance"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # gate.strength = 3 must reach the guidance
+        if name == "guidance":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.guidance, name, value)
 
     def __call__(self, state: Any) -> Tensor:
         out = self.guidance(state)

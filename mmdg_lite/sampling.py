@@ -216,6 +216,13 @@ def _refuse_repeats(sched: Any) -> None:
                      "a step of size 0): use fewer steps")
 
 
+def _check_eta(eta: float, sched: Any) -> None:
+    """eta is DDIM's: DDPM, DPM-Solver, Euler... ignored it silently."""
+    if eta > 0 and "eta" not in inspect.signature(sched.step).parameters:
+        raise ValueError(f"eta={eta:g} is DDIM's noise level, but {type(sched).__name__}.step takes no eta; "
+                         "use scheduler='ddim', or eta=0")
+
+
 def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, scheduler: Any = "ddpm",
            num_steps: int = 100, guidance: GuidanceHook | None = None, cond: Tensor | None = None,
            seed: int = 0, generator: torch.Generator | None = None, batch_size: int | None = None,
@@ -300,9 +307,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         _refuse_repeats(sched)
     timesteps = sched.timesteps.clone()
     step_params = inspect.signature(sched.step).parameters
-    if eta > 0 and "eta" not in step_params:  # DDPM, DPM-Solver, Euler... ignored it silently
-        raise ValueError(f"eta={eta:g} is DDIM's noise level, but {type(sched).__name__}.step takes no eta; "
-                         "use scheduler='ddim', or eta=0")
+    _check_eta(eta, sched)
     if per_sample_seed:  # one stream per sample: x_T, then the steps' noise (a list for diffusers)
         gen: Any = sample_generators(seed, range(first_index, first_index + n))
         x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)

@@ -158,3 +158,32 @@ def test_task_seeds_and_flags_are_checked():
             shapes_task(n_refs=4, seed=bad)
     with pytest.raises(TypeError, match="stratified must be True or False; got 'no'"):
         digits_task(n_refs=10, stratified="no")
+
+
+@pytest.mark.parametrize("kw,match", [(dict(batch_size=0), "batch_size must be an integer >= 1"),
+                                      (dict(scheduler="DDIM"), "scheduler must be one of"),
+                                      (dict(eta=-1.0), "eta must be"),
+                                      (dict(num_steps=0), "num_steps must be an integer >= 1"),
+                                      (dict(scheduler="ddpm", eta=0.2), "DDPMScheduler.step takes no eta")])
+def test_run_method_checks_the_sampler_arguments_before_training(monkeypatch, kw, match):
+    # they were checked by the final sample(), after seconds of fine-tuning or classifier training
+    import mmdg_lite.baselines as baselines
+    from mmdg_lite.images.adaptation import digits_task, run_method
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("nothing may train before the arguments are checked")
+    monkeypatch.setattr(baselines, "finetune_denoiser", no_training)
+    monkeypatch.setattr(baselines, "train_classifier", no_training)
+    task = digits_task(20, 0)
+    for method in ("finetune", "classifier"):
+        with pytest.raises(ValueError, match=match):
+            run_method(task, method, n=4, **kw)
+
+
+def test_reference_size_takes_numpy_integers_like_channels():
+    import numpy as np
+
+    from mmdg_lite.images import references_from_tensors
+
+    x = torch.rand(2, 3, 20, 20) * 2 - 1
+    torch.testing.assert_close(references_from_tensors(x, np.int64(16), 3), references_from_tensors(x, 16, 3))

@@ -68,3 +68,34 @@ def test_the_installed_wheel_holds_10000_silhouettes_in_10_balanced_classes():
     assert float(s.images.min()) == -1.0 and float(s.images.max()) == 1.0
     ink = (s.images > 0).float().mean((1, 2, 3))  # silhouettes: some but not most pixels are ink
     assert 0.05 < float(ink.median()) < 0.6
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_safe_unpickler_reads_every_protocol_numpy_writes(protocol):
+    # protocols 0-2 (latin-1 text via _codecs.encode) and 5 (_frombuffer) were refused as "globals"
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(safe_load_array(pickle.dumps(a, protocol=protocol)), a)
+
+
+def test_safe_unpickler_allows_codecs_only_for_latin1():
+    import codecs
+
+    class Rot13:
+        def __reduce__(self):
+            return (codecs.encode, ("payload", "rot13"))
+    with pytest.raises(pickle.UnpicklingError, match="refusing _codecs.encode with encoding 'rot13'"):
+        safe_load_array(pickle.dumps(Rot13(), protocol=2))
+
+
+@pytest.mark.parametrize("images,labels,match", [
+    (np.zeros((5, 28, 28), np.uint8), np.zeros((5, 3), np.int64), r"expected \(N, 28, 28\) images and \(N,\) labels"),
+    (np.zeros((5, 28, 28), np.uint8), np.full(5, -7.9), "labels must be integers 0-9; got dtype float64"),
+    (np.zeros((5, 28, 28), np.uint8), np.full(5, 12), "labels must be integers 0-9; got dtype int64, values 12 to 12"),
+    (np.full((5, 28, 28), 1000.0), np.zeros(5, np.int64), "images must be uint8 pixels; got dtype float64"),
+])
+def test_load_animals_checks_labels_and_pixels(tmp_path, images, labels, match):
+    # (5, 3) labels, -7.9 read as class -7, pixels of 1000 read as 6.84 in "[-1, 1]": all loaded
+    for name, arr in zip(animals._FILES, (images, labels)):
+        (tmp_path / name).write_bytes(gzip.compress(pickle.dumps(arr, protocol=4)))
+    with pytest.raises(ValueError, match=match):
+        load_animals(folder=tmp_path)

@@ -228,3 +228,19 @@ def test_prompt_helpers_name_bad_entries():
     model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
     with pytest.raises(TypeError, match="do not pass cond= as well"):
         sample_with_prompts(model, ["cat"], enc, cond=enc.encode(["cat"]), num_steps=2)
+
+
+def test_prompt_kernel_refuses_zero_prompts_and_the_gate_forwards_settings():
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(6, 2, generator=g), torch.randn(4, 2, generator=g)
+    py = torch.randn(6, 3, generator=g)
+    zero = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"prompt features must be non-zero vectors .*row\(s\) \[0, 1, 2, 3\]"):
+        MMDGuidance(y, reference_prompts=py).gradient(z, zero)  # normalised to 0: a fake prompt
+    guide = MMDGuidance(y, reference_prompts=py, sample_prompts=py[:4], prompt_weighting="joint")
+    with pytest.raises(ValueError, match="sample_prompts"):
+        reference_coverage(guide, torch.full((2, 3), float("nan")))  # returned NaN
+    gate = CoverageGate(guide)
+    gate.strength = 3.0  # read back 3.0 while the guidance kept 1.0
+    gate.track = True
+    assert guide.strength == 3.0 and guide.track is True and gate.strength == 3.0

@@ -8,6 +8,7 @@ the target style in the project's feature space (``features.image_features``), a
 """
 from __future__ import annotations
 
+
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -169,6 +170,14 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
         raise ValueError(f"method='classifier' trains a classifier on the references and needs at least 2; "
                          f"the task has {len(task.references)} (use n_refs >= 2)")
     # the baselines' own knobs, checked under the names given here (the helpers call them scale/steps/lr)
+    # the sampler's own arguments too: they were checked only by the final sample(), after training
+    from ..sampling import _check_eta, _resolve_scheduler
+
+    check_int(num_steps, "num_steps", 1)
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", 1)
+    eta = check_nonnegative(eta, "eta")
+    _check_eta(eta, _resolve_scheduler(scheduler, 1000, "linear"))
     check_nonnegative(classifier_scale, "classifier_scale")
     check_int(classifier_steps, "classifier_steps", 1)
     check_int(finetune_steps, "finetune_steps", 1)

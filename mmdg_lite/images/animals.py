@@ -26,7 +26,16 @@ __all__ = ["AnimalSet", "load_animals", "safe_load_array", "ANIMAL_CLASSES"]
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar")}
+            ("numpy._core.multiarray", "scalar"),
+            # protocol 5 rebuilds arrays from their buffer; protocols 0-2 encode bytes as latin-1 text
+            ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+
+
+def _latin1_only(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as numpy's protocol 0-2 pickles use it, and nothing else."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}: numpy pickles use latin1")
+    return text.encode("latin1", errors)
 _FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 
 
@@ -37,6 +46,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: only numpy arrays "
                                          f"({sorted(f'{m}.{n}' for m, n in _ALLOWED)}) are allowed")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_only
         return super().find_class(module, name)
 
 
@@ -76,7 +87,13 @@ def load_animals(folder: Path | str | None = None) -> AnimalSet:
     if missing:
         raise FileNotFoundError(f"folder {folder} lacks {missing}; expected the animal-mnist files {list(_FILES)}")
     x, y = (safe_load_array((folder / f).read_bytes()) for f in _FILES)
-    if x.ndim != 3 or x.shape[1:] != (28, 28) or len(y) != len(x):
-        raise ValueError(f"unexpected animal-mnist arrays: images {x.shape}, labels {y.shape}")
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"unexpected animal-mnist arrays: images {x.shape}, labels {y.shape}; expected "
+                         "(N, 28, 28) images and (N,) labels")
+    if x.dtype != np.uint8:  # 0-255 pixels; anything else would map outside [-1, 1]
+        raise ValueError(f"animal-mnist images must be uint8 pixels; got dtype {x.dtype}")
+    if y.dtype.kind not in "iu" or (len(y) and (int(y.min()) < 0 or int(y.max()) > 9)):
+        raise ValueError(f"animal-mnist labels must be integers 0-9; got dtype {y.dtype}"
+                         + (f", values {int(y.min())} to {int(y.max())}" if y.dtype.kind in "iu" and len(y) else ""))
     images = torch.from_numpy(x.astype(np.float32) / 255.0 * 2 - 1)[:, None]  # (N, 1, 28, 28)
     return AnimalSet(images=images, labels=torch.from_numpy(y.astype(np.int64)))

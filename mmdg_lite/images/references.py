@@ -131,7 +131,7 @@ def _suggest_range(images: Tensor, seen_lo: float, seen_hi: float) -> str:
 
 
 def _check_size_channels(size: Any, channels: Any) -> None:
-    if isinstance(size, bool) or not isinstance(size, int):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be a positive int (the model's image side in px); got {_describe(size)}")
     if size < 1:
         raise ValueError(f"size must be a positive int (the model's image side in px); got {size!r}")
