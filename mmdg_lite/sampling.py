@@ -178,13 +178,15 @@ WORKING_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler"
                       "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler")
 
 
-def eval_points(guidance: Any) -> set[str]:
-    """Where the hook evaluates its kernel: its ``eval_point``, or its inner hooks' (a
-    ``ChainedGuidance``); "x_t" for a hook that names none."""
+def guidance_hooks(guidance: Any) -> list[Any]:
+    """The hooks that guide: the hook itself, or a ``ChainedGuidance``'s inner hooks (nested)."""
     inner = getattr(guidance, "hooks", None)
-    if inner is not None:
-        return set().union(*(eval_points(h) for h in inner))
-    return {getattr(guidance, "eval_point", "x_t")}
+    return [h for g in inner for h in guidance_hooks(g)] if inner is not None else [guidance]
+
+
+def eval_points(guidance: Any) -> set[str]:
+    """Where the hooks evaluate their kernels (``guidance_hooks``); "x_t" for one that names none."""
+    return {getattr(h, "eval_point", "x_t") for h in guidance_hooks(guidance)}
 
 
 def check_scheduler(sched: Any, guidance: Any) -> None:

@@ -287,17 +287,9 @@ class MMDGuidance:
         grad_x = loc.pull_back(g_z)  # (B, D)
         base = state.x_prev.reshape(n, -1).to(dtype)  # (B, D)
         disp = self.generated.size(n) * _displacement(kernel)
-        step = self.step_size.step(grad_x, base, weight, disp, loc.scale, self.data_scale)
-        if (self.eval_point != "x_prev" and self.normalization != "norm_matched"
-                and self.step_size.strength_scale == "batch_bandwidth"):
-            # the scale-free step is sized in the DDPM-normalised space of step t but lands on
-            # x_{t-1}: for sigma-scaled latents (Euler) one normalised unit there is 1 / c_in' in
-            # x_{t-1}, not 1 / c_in (10 Euler steps: 2.9x too large at the first step). 1 for
-            # DDPM / DDIM; the paper's literal lambda ("none") stays in the sampler's own units.
-            c_in = float(getattr(state, "input_scale", 1.0))
-            c_prev = float(getattr(state, "input_scale_prev", 1.0))
-            if c_in != c_prev:
-                step = step * (c_in / c_prev)
+        landing = 1.0 if self.eval_point == "x_prev" else (  # x_{t-1} units per unit of x_t
+            float(getattr(state, "input_scale", 1.0)) / float(getattr(state, "input_scale_prev", 1.0)))
+        step = self.step_size.step(grad_x, base, weight, disp, loc.scale, self.data_scale, landing)
         out = base - step  # (B, D)
         self._check(state, base, out, weight)
         result = out.to(state.x_prev.dtype)
@@ -314,11 +306,6 @@ class MMDGuidance:
         guidance's kernel (resolved from z and the references when data-dependent); with
         ``rff_features`` the reference term is the random-feature one, as in the hook's steps."""
         z = check_points(z, "z")
-        if self.rff is not None:
-            if prompts is not None:
-                raise ValueError("prompts were given but this guidance has no reference_prompts")
-            check_pair(z, self.reference_set.on(z), "z", "references")
-            return self.generated.gradient_rff(z.to(self.reference_set.on(z).dtype), self.rff)
         refs = self.reference_set.on(z)
         check_pair(z, refs, "z", "references")
         rp = self.reference_set.prompts_on(z)
@@ -333,6 +320,8 @@ class MMDGuidance:
             prompts = prompts.to(rp.dtype)
         elif prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
+        if self.rff is not None:  # never prompt-aware
+            return self.generated.gradient_rff(z.to(refs.dtype), self.rff)
         kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts, rp)
         g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, rp,
                                     self.estimator, self.chunk_size, self.prompt_weighting)

@@ -141,20 +141,25 @@ class StepSize:
                                                self.last_fraction)
 
     def step(self, grad_x: Tensor, base: Tensor, weight: float, displacement: float,
-             point_scale: float, data_scale: float) -> Tensor:
+             point_scale: float, data_scale: float, landing: float = 1.0) -> Tensor:
         """The (B, D) step for the gradient ``grad_x`` w.r.t. x (B, D) at ``base`` = x_{t-1} (B, D).
 
         displacement: B * sum_k sigma_k^2 (batch_bandwidth scale); point_scale: a = d point / dx;
-        data_scale: the median distance read off the first guided step (for the default cap).
+        data_scale: the median distance read off the first guided step (for the default cap);
+        landing: x_{t-1}'s units per unit of the point's x (c_in / c_in' for points of step t:
+        1 for DDPM / DDIM; for sigma-scaled latents the scale-free step, sized in step t's
+        normalised space, lands on x_{t-1}, whose unit differs: 10 Euler steps, 2.9x at the first).
+        The paper's literal lambda ("none") stays in the sampler's own units.
         """
         if self.normalization == "norm_matched":
             gn = grad_x.norm(dim=1, keepdim=True)  # (B, 1)
             return weight * base.norm(dim=1, keepdim=True) * grad_x / (gn + 1e-5)
-        lam = weight * (displacement / point_scale**2 if self.strength_scale == "batch_bandwidth" else 1.0)
+        scale_free = self.strength_scale == "batch_bandwidth"
+        lam = weight * (displacement / point_scale**2 * landing if scale_free else 1.0)
         step = lam * grad_x  # (B, D)
         if self.normalization == "clipped":  # cap measured in the kernel's space: ||a * step||
             cap = (self.clip_norm if self.clip_norm is not None else self.clip_fraction * data_scale)
-            cap = cap / point_scale
+            cap = cap / point_scale * (landing if scale_free else 1.0)
             norm = step.norm(dim=1, keepdim=True)  # (B, 1)
             if not bool(torch.isfinite(norm).all()):  # lam * ||g|| overflowed (a huge strength): the
                 tiny = torch.finfo(grad_x.dtype).tiny  # capped step along g, without forming lam * g

@@ -20,6 +20,7 @@ from .._resources import data_path
 from .._validation import check_int, check_nonnegative
 from ..seeding import check_seed
 from .encoding import _check_prompts, encode_images, pipeline_image_size, sample_prompt_features
+from ..sampling import guidance_hooks
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, eval_points
 
 __all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
@@ -108,7 +109,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     wrapper = callback = None
     if guidance is not None:
         _check_guidance_fits(pipe, guidance, prompts, num_images_per_prompt,
-                             (size if size is not None else pipeline_image_size(pipe)) // step)
+                             (size if size is not None else pipeline_image_size(pipe)) // step, step)
         if eval_points(guidance) <= {"x_t", "x_prev"}:  # (a ChainedGuidance: all of its hooks')
             callback = MMDGuidanceCallback(guidance).watch(pipe)
             kwargs["callback_on_step_end"] = callback
@@ -130,21 +131,16 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     return (images.float().cpu() * 2 - 1).clamp(-1, 1), seconds  # (N, 3, H, W)
 
 
-def _leaves(guidance: Any) -> list[Any]:
-    inner = getattr(guidance, "hooks", None)
-    return [h for g in inner for h in _leaves(g)] if inner is not None else [guidance]
-
-
-def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_prompt: int, side: int) -> None:
+def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_prompt: int, side: int,
+                         step: int) -> None:
     """Before sampling: the references' latents have the side the pipeline samples at, and a
     prompt-aware guidance was built for these prompts in this order (a count check alone let
     guidance for other prompts pull circle samples toward square references)."""
     want = None
-    for hook in _leaves(guidance):
+    for hook in guidance_hooks(guidance):
         refs = getattr(hook, "reference_set", None)
         shape = getattr(refs, "sample_shape", None)
         if shape is not None and len(shape) == 3 and tuple(shape[1:]) != (side, side):
-            step = int(getattr(pipe, "vae_scale_factor", 8))
             raise ValueError(f"the guidance's references are {shape[1]}x{shape[2]} latents ({shape[1] * step} px "
                              f"images) but the pipeline samples {side}x{side} latents ({side * step} px): encode "
                              f"references at the size you generate (load_references, or size=)")
