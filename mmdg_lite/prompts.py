@@ -202,6 +202,8 @@ class CoverageGate:
         self.guidance = guidance
 
     def __getattr__(self, name: str) -> Any:  # sequential, reset, remember, history, ...
+        if "guidance" not in self.__dict__:  # copy / pickle probe a bare instance: no KeyError
+            raise AttributeError(name)
         return getattr(self.__dict__["guidance"], name)
 
     def __setattr__(self, name: str, value: Any) -> None:  # gate.strength = 3 must reach the guidance

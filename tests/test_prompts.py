@@ -244,3 +244,19 @@ def test_prompt_kernel_refuses_zero_prompts_and_the_gate_forwards_settings():
     gate.strength = 3.0  # read back 3.0 while the guidance kept 1.0
     gate.track = True
     assert guide.strength == 3.0 and guide.track is True and gate.strength == 3.0
+
+
+def test_coverage_gate_copies_and_pickles_and_guides_as_the_original(world, model):
+    """copy.copy, copy.deepcopy and pickle built a bare gate whose __getattr__ raised KeyError."""
+    import copy
+    import pickle
+
+    prompts = [CATEGORIES[i % len(CATEGORIES)] for i in range(8)]
+    refs, _ = world.sample(prompts[:4], 0)
+    enc = world.encoder()
+    gate = CoverageGate(prompt_aware_guidance(refs, prompts[:4], enc, sample_prompts=prompts,
+                                              prompt_weighting="joint"))
+    run = lambda g: sample_with_prompts(model, prompts, enc, guidance=g, num_steps=4, seed=1)  # noqa: E731
+    want = run(gate)
+    for clone in (copy.copy(gate), copy.deepcopy(gate), pickle.loads(pickle.dumps(gate))):
+        assert isinstance(clone, CoverageGate) and torch.equal(run(clone), want)
