@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ._io import ArtifactError, load_weights, read_config
 from ._validation import (_describe, as_float_tensor, check_finite, check_int, check_points, check_positive,
                           is_real_number)
+from .seeding import own_rng
 
 __all__ = ["ResidualMLP", "Denoiser", "MLPDenoiser", "ExactDenoiser", "GaussianMixtureDenoiser", "CFGDenoiser",
            "save_denoiser", "load_denoiser", "timestep_embedding"]
@@ -169,7 +170,8 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> MLP
     if cls != "MLPDenoiser":
         raise ArtifactError(f"{folder / CONFIG_NAME} names class {cls!r}; only 'MLPDenoiser' can be loaded")
     try:
-        model = MLPDenoiser(**config)
+        with own_rng():  # the init's draws are overwritten; the caller's global RNG must not move
+            model = MLPDenoiser(**config)
     except (TypeError, ValueError) as err:
         raise ArtifactError(f"{folder / CONFIG_NAME}: invalid MLPDenoiser settings: {err}") from err
     load_weights(model, folder / WEIGHTS_NAME, config=folder / CONFIG_NAME, hint=hint)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,6 +22,19 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     """A torch Generator seeded with ``seed`` (pass it to samplers and data helpers)."""
     check_seed(seed)
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+@contextmanager
+def own_rng(seed: int | None = None) -> Iterator[None]:
+    """Run a block (building modules, whose default init draws from torch's global CPU RNG)
+    and put that RNG back as it was afterwards; with ``seed`` the block's draws are seeded.
+    Loading a shipped model must not move, or reseed, the caller's random stream."""
+    if seed is not None:
+        check_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.random.default_generator.manual_seed(int(seed))
+        yield
 
 
 def check_seed(seed: Any) -> int:

@@ -283,3 +283,17 @@ def test_toy_loaders_refuse_the_other_model_and_name_folder():
         load_or_train_cond_2d(folder=TOY_2D_DIR)
     with pytest.raises(TypeError, match="folder must be a path"):
         load_or_train_toy_2d(folder=3)
+
+
+def test_loading_a_model_leaves_the_global_rng_alone(tmp_path):
+    """load_denoiser (and the toy loaders on it) built the MLP with torch's default init before
+    loading the weights, advancing the caller's global stream: code after a load drew other numbers."""
+    from mmdg_lite.toys import load_or_train_cond_2d
+
+    save_denoiser(MLPDenoiser(3, hidden=16, layers=1), tmp_path / "m")
+    for load in (lambda: load_denoiser(tmp_path / "m"), load_or_train_toy_2d, load_or_train_cond_2d):
+        torch.manual_seed(0)
+        want = torch.randn(8)
+        torch.manual_seed(0)
+        load()
+        assert torch.equal(torch.randn(8), want)

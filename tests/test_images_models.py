@@ -172,3 +172,14 @@ def test_feature_batch_size_is_checked():
             image_features(x, batch_size=bad)
         with pytest.raises(error, match="batch_size must be an integer >= 1"):
             predict(x, "digit", batch_size=bad)
+
+
+def test_loading_the_feature_net_leaves_the_global_rng_alone():
+    """load_feature_net (lazily, on the first image_features / run_method) built the network with
+    torch's default init, advancing the caller's global stream once: code after it drew numbers that
+    depended on whether the network was already cached."""
+    torch.manual_seed(0)
+    want = torch.randn(8)
+    torch.manual_seed(0)
+    load_feature_net()
+    assert torch.equal(torch.randn(8), want)

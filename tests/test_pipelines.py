@@ -694,3 +694,19 @@ def test_pairing_and_image_size_helpers_check_their_arguments(sd):
                                    requires_safety_checker=False)
     with pytest.raises(ValueError, match=r"samples \(16, 24\) latents"):
         pipeline_image_size(wide)
+
+
+def test_tiny_builders_leave_the_callers_global_rng_alone():
+    """tiny_components / tiny_sdxl_pipeline called torch.manual_seed(seed): building a pipeline
+    reseeded the caller's global stream. Now their weights are seeded and the stream untouched."""
+    from mmdg_lite.pipelines import tiny_sdxl_pipeline
+
+    for build in (lambda: tiny_components(seed=1)["unet"], lambda: tiny_sdxl_pipeline(seed=1).unet):
+        torch.manual_seed(123)
+        want = torch.randn(8)  # the caller's next draws
+        torch.manual_seed(123)
+        first = build()
+        assert torch.equal(torch.randn(8), want)
+        torch.manual_seed(7)  # another global state: the same seeded weights
+        second = build()
+        assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

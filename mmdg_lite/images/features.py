@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .._resources import data_path
 from .._validation import check_finite, check_int
-from ..seeding import make_generator, seed_everything
+from ..seeding import make_generator, own_rng, seed_everything
 from .detectors import _MAX_BACKGROUND, _check_scale
 
 __all__ = ["FeatureNet", "FEATURE_NET_DIR", "FEATURE_NET_RECIPE", "HEADS", "train_feature_net",
@@ -99,7 +99,8 @@ def load_feature_net(folder: Path | str | None = None) -> FeatureNet:
     folder = Path(folder) if folder is not None else FEATURE_NET_DIR
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"no feature network at {folder}; build it with scripts/train_feature_net.py")
-    net = FeatureNet(**json.loads((folder / "config.json").read_text()))
+    with own_rng():  # the init's draws are overwritten; the caller's global RNG must not move
+        net = FeatureNet(**json.loads((folder / "config.json").read_text()))
     net.load_state_dict(load_file(folder / "model.safetensors"))
     return net.eval().requires_grad_(False)
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from .._validation import check_int
+from ..seeding import own_rng
 
 __all__ = ["build_tokenizer", "tiny_components", "tiny_sd_pipeline", "tiny_sdxl_pipeline",
            "DEFAULT_CORPUS", "BOS", "EOS"]
@@ -109,25 +110,25 @@ def tiny_components(*, image_size: int = 32, vae_blocks: Sequence[int] = (32, 64
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(corpus)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, text_hidden, text_layers)).eval()
-    n = len(vae_blocks)
-    groups = min(32, min(vae_blocks))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=list(vae_blocks),
-                        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
-                        latent_channels=4, layers_per_block=1, norm_num_groups=groups,
-                        sample_size=image_size, scaling_factor=scaling_factor).eval()
-    latent = image_size // 2 ** (n - 1)
-    m = len(unet_blocks)
-    unet = UNet2DConditionModel(
-        sample_size=latent, in_channels=4, out_channels=4, block_out_channels=list(unet_blocks),
-        layers_per_block=1, down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (m - 1),
-        up_block_types=["CrossAttnUpBlock2D"] * (m - 1) + ["UpBlock2D"], cross_attention_dim=text_hidden,
-        attention_head_dim=8, norm_num_groups=min(32, min(unet_blocks))).eval()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return dict(text_encoder=text_encoder, tokenizer=tokenizer, vae=vae, unet=unet, scheduler=scheduler)
+    with own_rng(seed):  # seeded weights; the caller's global RNG is left as it was
+        tokenizer = build_tokenizer(corpus)
+        text_encoder = CLIPTextModel(_text_config(tokenizer, text_hidden, text_layers)).eval()
+        n = len(vae_blocks)
+        groups = min(32, min(vae_blocks))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=list(vae_blocks),
+                            down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+                            latent_channels=4, layers_per_block=1, norm_num_groups=groups,
+                            sample_size=image_size, scaling_factor=scaling_factor).eval()
+        latent = image_size // 2 ** (n - 1)
+        m = len(unet_blocks)
+        unet = UNet2DConditionModel(
+            sample_size=latent, in_channels=4, out_channels=4, block_out_channels=list(unet_blocks),
+            layers_per_block=1, down_block_types=["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (m - 1),
+            up_block_types=["CrossAttnUpBlock2D"] * (m - 1) + ["UpBlock2D"], cross_attention_dim=text_hidden,
+            attention_head_dim=8, norm_num_groups=min(32, min(unet_blocks))).eval()
+        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+        return dict(text_encoder=text_encoder, tokenizer=tokenizer, vae=vae, unet=unet, scheduler=scheduler)
 
 
 def tiny_sd_pipeline(**kwargs: Any) -> Any:
@@ -148,26 +149,26 @@ def tiny_sdxl_pipeline(*, image_size: int = 32, scaling_factor: float = 5.0, see
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(corpus)
-    tokenizer_2 = build_tokenizer(corpus)
-    text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=32)).eval()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=[32, 64],
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4, layers_per_block=1, sample_size=image_size,
-                        scaling_factor=scaling_factor, force_upcast=True).eval()
-    unet = UNet2DConditionModel(
-        sample_size=image_size // 2, in_channels=4, out_channels=4, block_out_channels=[32, 64],
-        layers_per_block=1, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=(2, 4),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64).eval()
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                                     scheduler=scheduler, force_zeros_for_empty_prompt=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    with own_rng(seed):  # seeded weights; the caller's global RNG is left as it was
+        tokenizer = build_tokenizer(corpus)
+        tokenizer_2 = build_tokenizer(corpus)
+        text_encoder = CLIPTextModel(_text_config(tokenizer)).eval()
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=32)).eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=[32, 64],
+                            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                            latent_channels=4, layers_per_block=1, sample_size=image_size,
+                            scaling_factor=scaling_factor, force_upcast=True).eval()
+        unet = UNet2DConditionModel(
+            sample_size=image_size // 2, in_channels=4, out_channels=4, block_out_channels=[32, 64],
+            layers_per_block=1, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=64).eval()
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           steps_offset=1, timestep_spacing="leading")
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                         scheduler=scheduler, force_zeros_for_empty_prompt=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
