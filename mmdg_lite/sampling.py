@@ -250,6 +250,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     the float rounding of batched arithmetic, about 1e-5 at most in float32).
     ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
 
+    ``dtype``: x_T is drawn in float32 and cast, so a float64 (or half) run starts from the same
+    noise as a float32 one and a deterministic scheduler (DDIM with eta 0, DPM-Solver) gives the
+    same samples up to rounding. A stochastic one draws each step's noise inside diffusers in
+    the samples' dtype, so its float64 samples are another draw.
+
     With ``guidance`` the scheduler must be one the correction survives (``WORKING_SCHEDULERS``:
     DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver++); UniPC, KDPM2, the repeating second-order
     ones (Heun, PNDM) and LMS with eval point "x_t" are refused (``check_scheduler``). ``eta`` is
@@ -315,7 +320,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)
     else:
         gen = generator if generator is not None else make_generator(seed, device)
-        x_T = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype)  # (n, *S)
+        # drawn in float32 and cast (as per sample above): torch draws other numbers in float64
+        x_T = torch.randn((n, *shape), generator=gen, device=gen.device).to(device, dtype)  # (n, *S)
     x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
 
     if guidance is not None and hasattr(guidance, "reset"):
