@@ -187,3 +187,20 @@ def test_reference_size_takes_numpy_integers_like_channels():
 
     x = torch.rand(2, 3, 20, 20) * 2 - 1
     torch.testing.assert_close(references_from_tensors(x, np.int64(16), 3), references_from_tensors(x, 16, 3))
+
+
+def test_finetune_puts_back_the_callers_requires_grad_flags(task):
+    """run_method('finetune') unfroze the task's UNet for the copy and then froze every weight:
+    a UNet the caller kept trainable (or partly frozen) came back fully frozen."""
+    unet = task.denoiser.unet
+    params = list(unet.parameters())
+    before = [p.requires_grad for p in params]
+    try:
+        for i, p in enumerate(params):
+            p.requires_grad_(i % 2 == 0)  # a partly frozen UNet
+        want = [p.requires_grad for p in params]
+        run_method(task, "finetune", n=2, num_steps=2, finetune_steps=1)
+        assert [p.requires_grad for p in params] == want
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)

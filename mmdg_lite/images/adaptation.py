@@ -201,13 +201,16 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
         setup = time.perf_counter() - t0
     elif method == "finetune":
         t0 = time.perf_counter()
+        params = list(task.denoiser.unet.parameters())
+        frozen = [p.requires_grad for p in params]  # the caller's flags, put back afterwards
         with torch.enable_grad():
             denoiser.unet.requires_grad_(True)
             try:
                 denoiser, _ = finetune_denoiser(denoiser, task.references, steps=finetune_steps,
                                                 lr=finetune_lr, batch_size=16, seed=seed)
             finally:
-                task.denoiser.unet.requires_grad_(False)
+                for p, flag in zip(params, frozen):
+                    p.requires_grad_(flag)
         denoiser.eval().requires_grad_(False)
         setup = time.perf_counter() - t0
     t0 = time.perf_counter()
