@@ -100,3 +100,17 @@ def test_dirichlet_alpha_errors_name_alpha():
     for bad in ("x", None, [1.0, "a"], True, float("nan"), (1.0, float("inf"))):
         with pytest.raises(ValueError, match=r"alpha must be a positive number or 2 positive numbers"):
             dirichlet_mixture(mix, n_active=2, alpha=bad)
+
+
+def test_float64_means_draw_the_float32_points():
+    """The noise was drawn with the means' dtype, and torch draws other numbers in float64: a
+    mixture built from numpy's float64 means gave other points (0.5 apart) than the same mixture
+    in float32 for the same seed, so its reference set was another draw."""
+    m = circle_mixture()
+    m64 = GaussianMixture(m.means.double().numpy(), m.weights.double().numpy(), m.std)
+    x, labels = m.sample(100, 0)
+    x64, labels64 = m64.sample(100, 0)
+    assert x64.dtype == torch.float64 and torch.equal(labels64, labels)
+    torch.testing.assert_close(x64.float(), x, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(draw_references(m64, 50, seed=3).float(), draw_references(m, 50, seed=3),
+                               rtol=1e-6, atol=1e-6)

@@ -63,11 +63,14 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def sample(self, n: int, generator: torch.Generator | int | None = None) -> tuple[Tensor, Tensor]:
-        """Draw n points; returns (x (n, D), labels (n,) long). ``generator`` may be a seed."""
+        """Draw n points; returns (x (n, D), labels (n,) long). ``generator`` may be a seed. The same
+        seed gives the same points (up to rounding) whatever the dtype of the means."""
         n = check_int(n, "n", 1)
         gen = _generator(generator)
         labels = torch.multinomial(self.weights.cpu().double(), n, replacement=True, generator=gen)
-        noise = torch.randn(n, self.dim, generator=gen, dtype=self.means.dtype)  # (n, D)
+        # drawn in float32 and cast: torch draws other numbers in float64, and float64 means (numpy's
+        # default) must give the same points as float32 ones
+        noise = torch.randn(n, self.dim, generator=gen).to(self.means.dtype)  # (n, D)
         x = self.means.cpu()[labels] + self.std * noise  # (n, D)
         return x.to(self.means.device), labels.to(self.means.device)
 
