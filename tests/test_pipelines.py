@@ -710,3 +710,33 @@ def test_tiny_builders_leave_the_callers_global_rng_alone():
         torch.manual_seed(7)  # another global state: the same seeded weights
         second = build()
         assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+# --- diffusers usage (an outside probe): callbacks chained with the user's, swapped schedulers --
+
+def test_callback_hands_on_the_other_callbacks_tensors(sd):
+    """The callback returned {"latents": ...} only: chained with SDCFGCutoffCallback in
+    MultiPipelineCallbacks the cut prompt_embeds were dropped (a batch-size crash) or missing
+    (KeyError). With strength 0 the chain must give exactly what the cutoff callback alone gives."""
+    from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
+
+    refs = encode_images(sd, red_images(2))
+    cut = lambda: SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=1)  # noqa: E731
+    # (one image: diffusers' cutoff keeps prompt_embeds[-1:], one row whatever the batch)
+    alone = run(sd, MultiPipelineCallbacks([cut()]), n=1, steps=3)
+    for first in (True, False):
+        with MMDGuidanceCallback(MMDGuidance(refs, strength=0.0)).watch(sd) as cb:
+            chain = MultiPipelineCallbacks([cut(), cb] if first else [cb, cut()])
+            assert torch.equal(run(sd, chain, n=1, steps=3), alone)
+    seen = {}
+
+    def user(pipe, i, t, kwargs):  # the user's own function calling the callback
+        out = cb(pipe, i, t, kwargs)
+        seen[i] = sorted(out)
+        return out
+
+    with MMDGuidanceCallback(MMDGuidance(refs)).watch(sd) as cb:
+        run(sd, user, n=2, steps=2, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+        assert seen == {0: ["latents", "prompt_embeds"], 1: ["latents", "prompt_embeds"]}
+        with pytest.raises(ValueError, match="add 'latents' to callback_on_step_end_tensor_inputs"):
+            run(sd, user, n=2, steps=2, callback_on_step_end_tensor_inputs=["prompt_embeds"])

@@ -173,6 +173,9 @@ class MMDGuidanceCallback(PipelineCallback):
 
     def callback_fn(self, pipeline: Any, step_index: int, timestep: Any,
                     callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if "latents" not in callback_kwargs:
+            raise ValueError(f"MMDGuidanceCallback needs 'latents' in callback_kwargs; got {sorted(callback_kwargs)}: "
+                             "add 'latents' to callback_on_step_end_tensor_inputs")
         latents = callback_kwargs["latents"]  # (B, c, h, w) = x_{t-1}
         sched = pipeline.scheduler
         if step_index == 0:
@@ -196,7 +199,8 @@ class MMDGuidanceCallback(PipelineCallback):
         with torch.enable_grad():
             out = self.guidance(_state(sched, index, x_t, latents, None, timestep))
         self._prev = out
-        return {"latents": out}
+        # the other callbacks' tensors pass through (MultiPipelineCallbacks hands this dict on)
+        return {**callback_kwargs, "latents": out}
 
 
 class GuidedSchedulerStep:
