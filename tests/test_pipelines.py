@@ -740,3 +740,31 @@ def test_callback_hands_on_the_other_callbacks_tensors(sd):
         assert seen == {0: ["latents", "prompt_embeds"], 1: ["latents", "prompt_embeds"]}
         with pytest.raises(ValueError, match="add 'latents' to callback_on_step_end_tensor_inputs"):
             run(sd, user, n=2, steps=2, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_step_wrapper_refuses_a_swapped_scheduler_and_a_second_copy_of_itself(sd):
+    """pipe.scheduler = X.from_config(...) under the wrapper ran silently unguided (the wrapper
+    stays on the old scheduler); the same guidance wrapped twice (a cell run again) applied it
+    twice per step, resetting it in between."""
+    from diffusers import DDPMScheduler
+
+    g = MMDGuidance(encode_images(sd, red_images(2)), eval_point="x0_hat")
+    old = sd.scheduler
+    base = run(sd, n=2, steps=2)
+    try:
+        with GuidedSchedulerStep(sd, g):
+            guided = run(sd, n=2, steps=2)
+            sd.scheduler = DDPMScheduler.from_config(old.config)
+            with pytest.raises(ValueError, match=r"pipe.scheduler was replaced \(DDIMScheduler -> DDPMScheduler\)"):
+                run(sd, n=2, steps=2)
+            sd.scheduler = old
+            assert torch.equal(run(sd, n=2, steps=2), guided) and not torch.equal(guided, base)
+            with pytest.raises(ValueError, match=r"this guidance already wraps DDIMScheduler.step"):
+                GuidedSchedulerStep(sd, g)
+            other = GuidedSchedulerStep(sd, Spy(eval_point="x0_hat"))  # other hooks may stack
+            other.restore()
+    finally:
+        sd.scheduler = old
+    assert "check_inputs" not in sd.__dict__ and "step" not in old.__dict__
+    with GuidedSchedulerStep(sd, g):  # restored: it may wrap again
+        assert torch.equal(run(sd, n=2, steps=2), guided)

@@ -209,7 +209,8 @@ class GuidedSchedulerStep:
     ``with GuidedSchedulerStep(pipe, guidance): pipe(prompt)`` (or ``.restore()``). The wrapper
     keeps ``step``'s signature; it sees x_t (``sample``) and the CFG-combined model output, so
     eval_point "x0_hat" costs no extra UNet call. A new run (the timestep index not increasing)
-    calls ``guidance.reset()``.
+    calls ``guidance.reset()``. Given a pipeline it also refuses a call after ``pipe.scheduler``
+    was swapped (that call would run unguided); one guidance wraps a scheduler at most once.
     """
 
     def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
@@ -220,6 +221,7 @@ class GuidedSchedulerStep:
         if not callable(getattr(sched, "step", None)):
             raise TypeError(f"expected a diffusers pipeline or scheduler; got {type(pipe_or_scheduler).__name__}")
         check_scheduler(sched, guidance)
+        _refuse_twice(sched, guidance)
         self.scheduler, self.guidance = sched, guidance
         self._last: int | None = None
         original = sched.step
@@ -233,7 +235,27 @@ class GuidedSchedulerStep:
             return self._guide(signature.bind(*args, **kwargs).arguments, result)
 
         step.__signature__ = signature  # type: ignore[attr-defined]
+        step._mmdg_guidance = guidance  # type: ignore[attr-defined]
         self._wrapper: Any = _patch(sched, "step", step)
+        # a pipeline whose scheduler is swapped (from_config) would run unguided: its __call__
+        # starts with check_inputs, where the swap is caught before any work
+        self._pipe = pipe_or_scheduler if sched is not pipe_or_scheduler else None
+        self._check: Any = None
+        if self._pipe is not None and callable(getattr(self._pipe, "check_inputs", None)):
+            self._check = _patch(self._pipe, "check_inputs", self._check_inputs(self._pipe.check_inputs))
+
+    def _check_inputs(self, original: Any) -> Any:
+        @functools.wraps(original)
+        def check_inputs(*args: Any, **kwargs: Any) -> Any:
+            now = self._pipe.scheduler
+            if check_inputs._mmdg_active and now is not self.scheduler:  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"pipe.scheduler was replaced ({type(self.scheduler).__name__} -> {type(now).__name__}) "
+                    "after GuidedSchedulerStep wrapped the old one's step, so this call would run unguided: "
+                    "restore() the wrapper and build it again after swapping schedulers")
+            return original(*args, **kwargs)
+
+        return check_inputs
 
     def restore(self) -> None:
         """Remove this wrapper: ``scheduler.step`` is again exactly what it was before (a
@@ -241,6 +263,9 @@ class GuidedSchedulerStep:
         if self._wrapper is not None:
             _unpatch(self.scheduler, "step", self._wrapper)
             self._wrapper = None
+        if self._check is not None:
+            _unpatch(self._pipe, "check_inputs", self._check)
+            self._check = None
         self._last = None
 
     def __enter__(self) -> "GuidedSchedulerStep":
@@ -270,6 +295,17 @@ class GuidedSchedulerStep:
             return (guided, *result[1:])
         result.prev_sample = guided
         return result
+
+
+def _refuse_twice(sched: Any, guidance: Any) -> None:
+    """A second wrapper of the same guidance on one scheduler (a notebook cell run again without
+    ``restore()``) would apply it twice per step and reset it between the two."""
+    step = sched.__dict__.get("step")
+    while step is not None:
+        if getattr(step, "_mmdg_active", False) and getattr(step, "_mmdg_guidance", None) is guidance:
+            raise ValueError(f"this guidance already wraps {type(sched).__name__}.step (a GuidedSchedulerStep not "
+                             "restored): call .restore() on that one first, or use `with GuidedSchedulerStep(...):`")
+        step = getattr(step, "_mmdg_before", None)
 
 
 def _patch(obj: Any, name: str, wrapper: Any) -> Any:
