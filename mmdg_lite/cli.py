@@ -361,10 +361,11 @@ def _run_adapt(args: argparse.Namespace) -> int:
         return 2
     try:
         latents = encode_images(pipe, images)
+        aware = ref_prompts is not None
         guidance = pipeline_guidance(pipe, latents, reference_prompts=ref_prompts,
-                                     prompts=args.prompt if ref_prompts is not None else None,
-                                     num_images_per_prompt=args.num_images, strength=args.strength,
-                                     eval_point=args.eval_point)
+                                     prompts=args.prompt if aware else None,
+                                     num_images_per_prompt=args.num_images if aware else 1,
+                                     strength=args.strength, eval_point=args.eval_point)
         common = dict(steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
                       progress=not args.quiet, size=size)
         guided, seconds = generate(pipe, args.prompt, args.num_images, guidance=guidance, **common)

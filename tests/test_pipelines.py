@@ -768,3 +768,14 @@ def test_step_wrapper_refuses_a_swapped_scheduler_and_a_second_copy_of_itself(sd
     assert "check_inputs" not in sd.__dict__ and "step" not in old.__dict__
     with GuidedSchedulerStep(sd, g):  # restored: it may wrap again
         assert torch.equal(run(sd, n=2, steps=2), guided)
+
+
+def test_pipeline_guidance_refuses_num_images_per_prompt_it_would_ignore(sd):
+    """num_images_per_prompt=3 without prompts was silently ignored (nothing to repeat)."""
+    refs = encode_images(sd, red_images(2))
+    with pytest.raises(ValueError, match="num_images_per_prompt=3 is for prompt-aware guidance"):
+        pipeline_guidance(sd, refs, num_images_per_prompt=3)
+    assert pipeline_guidance(sd, refs, num_images_per_prompt=1).sample_prompts is None
+    g = pipeline_guidance(sd, refs, reference_prompts=[PROMPT] * 2, prompts=[PROMPT, "a blue square"],
+                          num_images_per_prompt=3)
+    assert torch.equal(g.sample_prompts, prompt_features(sd, [PROMPT, "a blue square"])[[0, 0, 0, 1, 1, 1]])

@@ -146,6 +146,10 @@ def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Seque
     if reference_prompts is None:
         if prompts is not None:
             raise ValueError("prompts= (the sampling prompts) needs reference_prompts= too")
+        if num_images_per_prompt != 1:  # it only orders the sample prompts; it was silently ignored
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} is for prompt-aware guidance (with "
+                             "reference_prompts= and prompts=); guidance without prompts takes the pipeline's "
+                             "batch whatever its size: leave it out")
         return MMDGuidance(latents, **kwargs)
     reference_prompts = _check_prompts(reference_prompts, "reference_prompts")
     if len(reference_prompts) != len(latents):
