@@ -779,3 +779,13 @@ def test_pipeline_guidance_refuses_num_images_per_prompt_it_would_ignore(sd):
     g = pipeline_guidance(sd, refs, reference_prompts=[PROMPT] * 2, prompts=[PROMPT, "a blue square"],
                           num_images_per_prompt=3)
     assert torch.equal(g.sample_prompts, prompt_features(sd, [PROMPT, "a blue square"])[[0, 0, 0, 1, 1, 1]])
+
+
+def test_watch_names_what_it_needs(sd):
+    """watch(pipe.scheduler) raised AttributeError: 'DDIMScheduler' object has no attribute
+    'prepare_latents'; a failed watch keeps the pipeline it was watching."""
+    with MMDGuidanceCallback(MMDGuidance(encode_images(sd, red_images(2)))).watch(sd) as cb:
+        for bad, name in ((sd.scheduler, "DDIMScheduler"), ("pipe", "str")):
+            with pytest.raises(TypeError, match=f"watch\\(pipe\\) needs a diffusers pipeline .*got {name}"):
+                cb.watch(bad)
+        assert cb._watched is not None and cb._watched[0] is sd

@@ -143,8 +143,11 @@ class MMDGuidanceCallback(PipelineCallback):
         """Record the pipeline's initial latents (the x_t of step 0) by wrapping
         ``pipe.prepare_latents``; ``unwatch()`` (or leaving ``with callback.watch(pipe):``)
         restores it."""
+        original = getattr(pipe, "prepare_latents", None)
+        if not callable(original):
+            raise TypeError(f"watch(pipe) needs a diffusers pipeline (it wraps pipe.prepare_latents); got "
+                            f"{type(pipe).__name__}")
         self.unwatch()
-        original = pipe.prepare_latents
 
         @functools.wraps(original)
         def prepare_latents(*args: Any, **kwargs: Any) -> Any:
