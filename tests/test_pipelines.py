@@ -789,3 +789,19 @@ def test_watch_names_what_it_needs(sd):
             with pytest.raises(TypeError, match=f"watch\\(pipe\\) needs a diffusers pipeline .*got {name}"):
                 cb.watch(bad)
         assert cb._watched is not None and cb._watched[0] is sd
+
+
+def test_encode_images_points_other_inputs_to_the_converters(sd):
+    """A PIL image, a numpy array or a grey tensor got only "images must be a tensor (N, 3, H, W)";
+    the error now names the converter, and what it names does produce encodable images."""
+    import numpy as np
+    from PIL import Image
+
+    from mmdg_lite.images import references_from_tensors
+
+    grey = np.full((2, 1, 32, 32), 200, dtype=np.uint8)
+    for bad in (Image.new("RGB", (32, 32)), grey, torch.zeros(2, 1, 32, 32)):
+        with pytest.raises(ValueError, match=r"references_from_tensors\(images, size, 3, value_range=\.\.\.\)"):
+            encode_images(sd, bad)
+    z = encode_images(sd, references_from_tensors(grey, 32, 3, value_range=(0, 255)))
+    assert torch.allclose(z, encode_images(sd, torch.full((2, 3, 32, 32), 200 / 127.5 - 1)), atol=1e-5)

@@ -89,7 +89,10 @@ def encode_images(pipe: Any, images: Tensor, *, batch_size: int = 16) -> Tensor:
 
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor (N, 3, H, W) in [-1, 1] with N >= 1; got {got}")
+        raise ValueError(f"images must be a tensor (N, 3, H, W) in [-1, 1] with N >= 1; got {got}. Convert "
+                         "numpy arrays, grey or RGBA images and [0, 1] or 0-255 data with mmdg_lite.images."
+                         "references_from_tensors(images, size, 3, value_range=...); read image files with "
+                         "load_references(pipe, folder)")
     _check_scale(images.float(), "images")  # before the cast to the VAE's dtype (255 in uint8, 1e5 in float16)
     vae = pipe.vae
     dtype = vae.dtype
