@@ -499,7 +499,7 @@ def test_sample_prompts_must_match_the_pipeline_batch(sd):
     with MMDGuidanceCallback(g).watch(sd) as cb:
         with pytest.raises(ValueError, match="sample_prompts has 4 rows but the pipeline's batch has 2 latents"):
             run(sd, cb, n=2, steps=2)  # 2 x 1 images
-        run(sd, cb, n=4, steps=2)  # 4 rows: fine
+        run(sd, cb, prompt=[PROMPT, "a blue square"], num_images_per_prompt=2, steps=2)  # these 4 rows: fine
     assert sd.__dict__.get("prepare_latents") is before
 
 
@@ -749,7 +749,7 @@ def test_step_wrapper_refuses_a_swapped_scheduler_and_a_second_copy_of_itself(sd
     from diffusers import DDPMScheduler
 
     g = MMDGuidance(encode_images(sd, red_images(2)), eval_point="x0_hat")
-    old = sd.scheduler
+    old, before = sd.scheduler, sd.__dict__.get("check_inputs")  # (earlier tests' callbacks may watch sd)
     base = run(sd, n=2, steps=2)
     try:
         with GuidedSchedulerStep(sd, g):
@@ -765,7 +765,7 @@ def test_step_wrapper_refuses_a_swapped_scheduler_and_a_second_copy_of_itself(sd
             other.restore()
     finally:
         sd.scheduler = old
-    assert "check_inputs" not in sd.__dict__ and "step" not in old.__dict__
+    assert sd.__dict__.get("check_inputs") is before and "step" not in old.__dict__
     with GuidedSchedulerStep(sd, g):  # restored: it may wrap again
         assert torch.equal(run(sd, n=2, steps=2), guided)
 
@@ -805,3 +805,35 @@ def test_encode_images_points_other_inputs_to_the_converters(sd):
             encode_images(sd, bad)
     z = encode_images(sd, references_from_tensors(grey, 32, 3, value_range=(0, 255)))
     assert torch.allclose(z, encode_images(sd, torch.full((2, 3, 32, 32), 200 / 127.5 - 1)), atol=1e-5)
+
+
+def test_hooks_refuse_prompt_aware_guidance_built_for_other_prompts(sd):
+    """generate() checked this, the hooks only the row count: guidance built for [circle, square]
+    x 2 ran on [square, circle] x 2 (or [circle, square] x 2 listed twice), each sample pulled
+    toward the other prompt's references. Unguided calls while the callback watches stay free."""
+    refs = encode_images(sd, red_images(4))
+    built = ["a red circle", "a blue square"]
+    kw = dict(reference_prompts=["a red circle", "a blue square"] * 2, prompts=built, num_images_per_prompt=2)
+    wrong = ((["a blue square", "a red circle"], 2), (built * 2, 1))
+    g = pipeline_guidance(sd, refs, **kw)
+    before = sd.__dict__.get("check_inputs")  # (earlier tests' callbacks may still watch sd)
+    with MMDGuidanceCallback(g).watch(sd) as cb:
+        for prompts, n in wrong:
+            run(sd, n=1, prompt=prompts, num_images_per_prompt=n)  # not guided: not checked
+            with pytest.raises(ValueError, match=r"built for other sample prompts .* 2 prompt\(s\) x 2|"
+                                                 r"built for other sample prompts .* 4 prompt\(s\) x 1"):
+                run(sd, cb, prompt=prompts, num_images_per_prompt=n, steps=2)
+        assert run(sd, cb, prompt=built, num_images_per_prompt=2, steps=2).shape[0] == 4
+    assert sd.__dict__.get("check_inputs") is before
+    with GuidedSchedulerStep(sd, pipeline_guidance(sd, refs, eval_point="x0_hat", **kw)):
+        calls = []
+        hook = sd.unet.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            for prompts, n in wrong:
+                with pytest.raises(ValueError, match="built for other sample prompts"):
+                    run(sd, prompt=prompts, num_images_per_prompt=n, steps=2)
+        finally:
+            hook.remove()
+        assert calls == []  # refused before the first UNet call
+        assert run(sd, prompt=built, num_images_per_prompt=2, steps=2).shape[0] == 4
+    assert sd.__dict__.get("check_inputs") is before

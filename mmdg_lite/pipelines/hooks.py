@@ -34,7 +34,8 @@ from torch import Tensor
 from diffusers.callbacks import PipelineCallback
 
 from ..sampling import (UNSUPPORTED_PAIRS, UNSUPPORTED_SCHEDULERS, WORKING_SCHEDULERS,  # noqa: F401
-                        StepState, check_scheduler, eval_points, noise_level)
+                        StepState, check_scheduler, eval_points, guidance_hooks, noise_level)
+from .encoding import sample_prompt_features
 
 __all__ = ["MMDGuidanceCallback", "GuidedSchedulerStep", "check_scheduler", "eval_points", "scheduler_noise_level",
            "timestep_index", "to_epsilon"]
@@ -88,6 +89,35 @@ def _check_batch(guidance: Any, n: int) -> None:
                          "the prompts of this call")
 
 
+def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any) -> None:
+    """A prompt-aware guidance (sample_prompts from ``pipeline_guidance``) was built for this
+    call's prompts in this order: the row count alone let guidance built for other prompts pull
+    the samples toward the wrong references. Nothing to compare for prompt_embeds= (prompt None)
+    or features of another size (the user's own)."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        return  # prompt_embeds=, or input the pipeline's own check_inputs refuses
+    for hook in guidance_hooks(guidance):
+        sp = getattr(hook, "sample_prompts", None)
+        if not isinstance(sp, Tensor) or sp.ndim != 2 or len(sp) % len(prompts):
+            continue  # a row-count mismatch is named by _check_batch
+        want = sample_prompt_features(pipe, list(prompts), len(sp) // len(prompts))
+        got = torch.nn.functional.normalize(sp.detach().float().cpu(), dim=-1)
+        if got.shape == want.shape and not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise ValueError(f"the guidance is prompt-aware, built for other sample prompts (or the same in another "
+                             f"order) than this call's {len(prompts)} prompt(s) x {len(sp) // len(prompts)} image(s): "
+                             "build it with pipeline_guidance(pipe, ..., prompts=<this call's prompts>, "
+                             "num_images_per_prompt=<its n>)")
+
+
+def _bound_prompt(original: Any, args: tuple, kwargs: dict) -> Any:
+    """The ``prompt`` argument of a pipeline's ``check_inputs`` call (None if it cannot be read)."""
+    try:
+        return inspect.signature(original).bind_partial(*args, **kwargs).arguments.get("prompt")
+    except TypeError:
+        return None
+
+
 def _no_denoiser(*_: Any, **__: Any) -> Tensor:
     raise ValueError("eval_point='x0_hat_backprop' needs the UNet with the prompt embeddings and "
                      "CFG; the diffusers hooks do not support it: use eval_point='x0_hat'")
@@ -136,13 +166,15 @@ class MMDGuidanceCallback(PipelineCallback):
         # the latents= given to the pipeline (it multiplies them by init_noise_sigma), or None
         self.initial_latents = initial_latents
         self._prepared: Tensor | None = None  # what prepare_latents returned (watch)
+        self._prompt: tuple[Any] | None = None  # (the prompt check_inputs saw,) (watch)
         self._prev: Tensor | None = None
-        self._watched: tuple[Any, Any] | None = None
+        self._watched: tuple[Any, Any, Any] | None = None
 
     def watch(self, pipe: Any) -> "MMDGuidanceCallback":
         """Record the pipeline's initial latents (the x_t of step 0) by wrapping
-        ``pipe.prepare_latents``; ``unwatch()`` (or leaving ``with callback.watch(pipe):``)
-        restores it."""
+        ``pipe.prepare_latents``, and its prompts (``pipe.check_inputs``: a prompt-aware guidance
+        must have been built for them, checked at step 0); ``unwatch()`` (or leaving
+        ``with callback.watch(pipe):``) restores both."""
         original = getattr(pipe, "prepare_latents", None)
         if not callable(original):
             raise TypeError(f"watch(pipe) needs a diffusers pipeline (it wraps pipe.prepare_latents); got "
@@ -156,17 +188,27 @@ class MMDGuidanceCallback(PipelineCallback):
                 self._prepared = out[0] if isinstance(out, tuple) else out
             return out
 
-        self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents))
+        check = pipe.check_inputs if callable(getattr(pipe, "check_inputs", None)) else None
+
+        def check_inputs(*args: Any, **kwargs: Any) -> Any:
+            if check_inputs._mmdg_active:  # type: ignore[attr-defined]  # checked at step 0 if this callback runs
+                self._prompt = (_bound_prompt(check, args, kwargs),)
+            return check(*args, **kwargs)
+
+        self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents),
+                         None if check is None else _patch(pipe, "check_inputs", functools.wraps(check)(check_inputs)))
         return self
 
     def unwatch(self) -> None:
-        """Remove this callback's wrapper: the pipeline's ``prepare_latents`` is again exactly
-        what it was before ``watch`` (a wrapper installed later by another callback stays)."""
+        """Remove this callback's wrappers: the pipeline's ``prepare_latents`` and ``check_inputs``
+        are again exactly what they were before ``watch`` (wrappers installed later stay)."""
         if self._watched is None:
             return
-        pipe, wrapper = self._watched
+        pipe, wrapper, check = self._watched
         self._watched = None
         _unpatch(pipe, "prepare_latents", wrapper)
+        if check is not None:
+            _unpatch(pipe, "check_inputs", check)
 
     def __enter__(self) -> "MMDGuidanceCallback":
         return self
@@ -190,6 +232,9 @@ class MMDGuidanceCallback(PipelineCallback):
             self._prepared = None
         x_t = self._prev
         _check_batch(self.guidance, len(latents))
+        if step_index == 0 and self._prompt is not None:
+            prompt, self._prompt = self._prompt[0], None
+            _check_prompts_match(pipeline, self.guidance, prompt)
         if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
             if "x_t" in eval_points(self.guidance):
                 raise RuntimeError(
@@ -256,6 +301,8 @@ class GuidedSchedulerStep:
                     f"pipe.scheduler was replaced ({type(self.scheduler).__name__} -> {type(now).__name__}) "
                     "after GuidedSchedulerStep wrapped the old one's step, so this call would run unguided: "
                     "restore() the wrapper and build it again after swapping schedulers")
+            if check_inputs._mmdg_active:  # type: ignore[attr-defined]
+                _check_prompts_match(self._pipe, self.guidance, _bound_prompt(original, args, kwargs))
             return original(*args, **kwargs)
 
         return check_inputs
