@@ -127,6 +127,22 @@ def peak_extra_memory(fn: Callable[[], object]) -> dict:
             "method": ("VmHWM" if hwm_reset else "") + (" + psutil sampler" if sampler else "")}
 
 
+def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``python benchmarks/<script>`` with every option whose value differs from the parser's
+    default, so the command a results table records reproduces it."""
+    flags = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        if action.nargs == 0:  # a store_true / store_false switch
+            flags.append(action.option_strings[-1])
+        else:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            flags.append(" ".join([action.option_strings[-1], *map(str, items)]))
+    return " ".join([f"python benchmarks/{script}", *flags])
+
+
 def report_header(title: str, command: str, threads: int,
                   load: tuple[float, float, float] | None = None) -> list[str]:
     """The opening lines every results table shares: title, the command that wrote it, machine,

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, report_header, write_report  # noqa: E402
+from _common import command_line, load_average, report_header, write_report  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "distributed.md"
 SHAPE = (4, 8, 8)
@@ -123,6 +123,9 @@ LINKS = {"NVLink (8x H100 SXM, NCCL all-gather bus bandwidth ~300 GB/s)": 300e9,
          "PCIe 4.0 without NVLink / 100 Gb/s network between nodes (~10 GB/s)": 10e9}
 FLOPS = 50e12  # float32 FLOP/s a current GPU sustains on the gradient's matrix products
 RFF_F = 4096
+# relative error of the textbook RFF derivative J_phi^T mu ~ C sqrt(D / F): rff.md fits C = 1.59 at
+# D = 1,024 and 1.56 at D = 100 (benchmarks/performance.py --rff)
+RFF_DERIVATIVE_C = 1.6
 
 
 def cost_model() -> list[str]:
@@ -157,6 +160,7 @@ def cost_model() -> list[str]:
         lines.append(f"| {name} | {t * 1e3:,.0f} ms | {t / unet_step:.1e} | {STEPS_SDXL * t:,.1f} s |")
     phi_mu = RFF_F * 4
     phi_m = RFF_F * d * 4
+    need = (RFF_DERIVATIVE_C / 0.1) ** 2  # F / D for a 10 % error
     lines += ["",
               "The all-gather is four to five orders of magnitude below the UNet's time: the batch-joint "
               "coupling is cheap to keep exact. Every GPU must hold the global batch (2.6 GB) and run "
@@ -165,9 +169,9 @@ def cost_model() -> list[str]:
               f"**The RFF alternative.** All-reducing the generated set's mean embedding "
               f"mu = (1/B) sum_j phi(z_j) instead of the points costs F floats: {phi_mu / 2**10:.0f} KiB "
               f"per step at F = {RFF_F:,}. But the repulsion gradient from mu alone is the feature "
-              f"derivative J_phi(z_i)^T mu, whose relative error grows like 2 sqrt(D / F) "
-              f"(benchmarks/results/rff.md): {2 * math.sqrt(d / RFF_F):.0f} at D = {d:,}, F = {RFF_F:,} "
-              f"(10 % would need F = 400 D = {400 * d:.1e} features, a {400 * d * d * 4 / 1e12:,.0f} TB "
+              f"derivative J_phi(z_i)^T mu, whose relative error grows like {RFF_DERIVATIVE_C:g} sqrt(D / F) "
+              f"(benchmarks/results/rff.md): {RFF_DERIVATIVE_C * math.sqrt(d / RFF_F):.1f} at D = {d:,}, F = {RFF_F:,} "
+              f"(10 % would need F = {need:.0f} D = {need * d:.1e} features, a {need * d * d * 4 / 1e12:,.1f} TB "
               f"frequency matrix). The accurate RFF form needs M = (1/B) sum_j phi(z_j) z_j^T, F x D = "
               f"{phi_m / 1e9:.2f} GB per step, no smaller than the points at this B. So this module "
               "all-gathers the points, and with `rff_features` only the reference term uses RFF."]
@@ -190,7 +194,7 @@ def main() -> None:
         print(w, r["rows"], flush=True)
     base = runs[args.worlds[0]]
     lines = report_header("Distributed batch-joint guidance: processes, throughput, communication",
-                          "python benchmarks/distributed.py", 1, load)
+                          command_line("distributed.py", ap, args), 1, load)
     lines += ["", "## Measured on CPU processes (gloo)", "",
               f"Global batch of n samples, shape {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (D = {math.prod(SHAPE)}), "
               f"{STEPS} DDIM steps ({STEPS - 2} guided), exact 8-mode mixture denoiser, N_r = {N_REFS}; "
