@@ -1,7 +1,7 @@
 """Untuned defaults: MMDGuidance(references) on the three synthetic tasks, and the sweep that
 chose the default mechanism ([harden] item 1).
 
-    python benchmarks/defaults.py            # writes benchmarks/results/defaults.md (~15 min)
+    python benchmarks/defaults.py            # writes benchmarks/results/defaults.md (~4 min: 238 s there)
     python benchmarks/defaults.py --quick    # 2 seeds, the default row only (a smoke run; no file)
 
 Every row changes one mechanism; seeds as in toy_guidance.py (``make_task(name, seed=s)``: the

@@ -1,7 +1,7 @@
 """No silent blow-up: strength x normalisation x evaluation point on the shipped 2-D model
 ([harden] item 2).
 
-    python benchmarks/robustness.py      # writes benchmarks/results/robustness.md (~5 min)
+    python benchmarks/robustness.py      # writes benchmarks/results/robustness.md (~3 min: 168 s there)
 
 Task ``ring2d_4modes`` seed 0 (200 references), 256 samples, DDPM, 100 steps; every other
 argument at its default. Each cell is one of: the largest distance of a final sample from the
