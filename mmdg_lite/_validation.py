@@ -53,6 +53,14 @@ def check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); all entries must be finite")
 
 
+def check_has_values(x: Tensor, name: str) -> None:
+    """Refuse tensors on the 'meta' device: they carry a shape but no values to compute with
+    (torch's own error, from deep inside a kernel, names neither the argument nor the device)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on device meta (shape {tuple(x.shape)}, dtype {x.dtype}): a meta tensor has "
+                         "a shape but no values; pass the data on a real device, e.g. cpu or cuda")
+
+
 def check_points(value: Any, name: str, *, min_count: int = 1, flatten: bool = True,
                  why: str = "") -> Tensor:
     """A set of points of shape (n, *S), n >= min_count; returned flattened to (n, D).
@@ -88,6 +96,7 @@ def check_pair(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, 
             f"(shape {tuple(x.shape)}) but {y_name} has {y.shape[1:].numel()} (shape {tuple(y.shape)}); "
             "both sets must live in the same space"
         )
+    check_has_values(x, x_name)
     dtype = torch.promote_types(x.dtype, y.dtype)
     return x.to(dtype), y.to(dtype)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_int, check_pair, check_points, check_positive, is_real_number
+from ._validation import check_has_values, check_int, check_pair, check_points, check_positive, is_real_number
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -101,6 +101,10 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
                              f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"dimension mismatch: x has {x.shape[1]} features per point, y has {y.shape[1]}")
+    for name, v in (("x", x), ("y", y)):  # torch's errors for these come from deep inside linalg
+        if not v.dtype.is_floating_point:
+            raise TypeError(f"{name} has dtype {v.dtype}; pass a floating-point tensor, e.g. {name}.float()")
+    check_pair(x, y, "x", "y")  # one device, not meta
     dt = work_dtype(x, y)
     x, y = x.to(dt), y.to(dt)
     xx = torch.linalg.vector_norm(x, dim=-1).square()[:, None]  # (n, 1), one pass, no (n, D) temporary
@@ -124,6 +128,8 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     x = check_points(x, "x", flatten=False)  # (n, *S), finite, n >= 1
     if y is not None:
         x, y = check_pair(x, check_points(y, "y", flatten=False), "x", "y")
+    else:
+        check_has_values(x, "x")
     max_points = check_int(max_points, "max_points", 2)
 
     def thin(z: Tensor) -> Tensor:

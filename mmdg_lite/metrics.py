@@ -15,7 +15,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from ._validation import (_describe, as_float_tensor, check_choice, check_finite, check_int, check_pair,
+from ._validation import (_describe, as_float_tensor, check_choice, check_finite, check_has_values,
+                          check_int, check_pair,
                           check_points, check_positive, is_real_number)
 from .kernels import GaussianKernel, PolynomialKernel, magnitude_scale, pairwise_sq_dists
 from .mmd import mmd2
@@ -29,7 +30,9 @@ __all__ = ["frechet_distance", "kernel_distance", "KIDResult", "density_coverage
 
 def _feats(x: Any, name: str, min_count: int = 1) -> Tensor:
     """Validated (n, D) float64 CPU copy, detached from any graph."""
-    return check_points(x, name, min_count=min_count).detach().to("cpu", torch.float64)
+    x = check_points(x, name, min_count=min_count)
+    check_has_values(x, name)
+    return x.detach().to("cpu", torch.float64)
 
 
 def _pair(x: Any, y: Any, x_name: str, y_name: str, min_count: int = 1) -> tuple[Tensor, Tensor]:

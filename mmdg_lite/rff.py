@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validation import check_int, check_pair, check_points, check_positive, check_weights
+from ._validation import check_has_values, check_int, check_pair, check_points, check_positive, check_weights
 from .kernels import GaussianKernel
 from .seeding import check_seed
 
@@ -34,6 +34,7 @@ class RFFReferenceEmbedding:
     def __init__(self, references, bandwidth: float, n_features: int = 2048, *,
                  weights=None, seed: int = 0, chunk_size: int = 8192) -> None:
         y = check_points(references, "references")
+        check_has_values(y, "references")
         self.bandwidth = check_positive(bandwidth, "bandwidth")
         self.n_features = check_int(n_features, "n_features", 1)
         check_int(chunk_size, "chunk_size", 1)

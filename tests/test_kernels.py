@@ -308,3 +308,16 @@ def test_float32_points_far_from_the_origin_keep_their_distances(offset):
     assert abs(float(mmd2(xf, yf, k)) - float(mmd2(x, y, k))) < 1e-4
     want = mmd2_grad(x, y, k)
     assert rel_err(mmd2_grad(xf, yf, k).double(), want) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_pairwise_sq_dists_refuses_non_float_dtypes_by_name(dtype):
+    """Integer, bool and complex points reached torch.linalg ('linalg.vector_norm: Expected a
+    floating point ...', or NotImplementedError from clamp) without naming the argument."""
+    with pytest.raises(TypeError, match=rf"y has dtype {dtype}; pass a floating-point tensor"):
+        pairwise_sq_dists(torch.randn(4, 3), torch.ones(5, 3).to(dtype))
+
+
+def test_pairwise_sq_dists_refuses_mixed_devices_by_name():
+    with pytest.raises(ValueError, match=r"x is on device cpu but y is on device meta; move both to one device"):
+        pairwise_sq_dists(torch.randn(4, 3), torch.randn(5, 3, device="meta"))

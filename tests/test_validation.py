@@ -290,3 +290,36 @@ def test_large_finite_values_are_not_mistaken_for_inf():
     assert K(x, x).shape == (4, 4)
     with pytest.raises(ValueError, match=r"x contains 1 NaN or Inf value\(s\)"):
         K(torch.cat([x, torch.tensor([[float("inf"), 0.0, 0.0]])]), x)
+
+
+# --- meta tensors (a shape without values) -----------------------------------------------------
+
+def _meta_calls():
+    from mmdg_lite import MMDGuidance, metrics
+    from mmdg_lite.kernels import median_bandwidth, pairwise_sq_dists
+    from mmdg_lite.rff import RFFReferenceEmbedding
+
+    return {
+        "mmd2": lambda x, y: mmd2(x, y, K), "mmd2_grad": lambda x, y: mmd2_grad(x, y, K),
+        "mmd2_grad_autograd": lambda x, y: mmd2_grad_autograd(x, y, K),
+        "witness": lambda x, y: witness(x, x, y, K),
+        "permutation_test": lambda x, y: permutation_test(x, y, K, n_permutations=2),
+        "kernel": lambda x, y: PolynomialKernel()(x, y), "pairwise_sq_dists": pairwise_sq_dists,
+        "median_bandwidth": lambda x, y: median_bandwidth(x),
+        "median_bandwidth_pair": lambda x, y: median_bandwidth(x, y),
+        "frechet_distance": lambda x, y: metrics.frechet_distance(x, y),
+        "rke": lambda x, y: metrics.rke(x, 1.0), "vendi_score": lambda x, y: metrics.vendi_score(x),
+        "mode_assignment": lambda x, y: metrics.mode_assignment(x, y),
+        "RFFReferenceEmbedding": lambda x, y: RFFReferenceEmbedding(x, 1.0, 8),
+        "MMDGuidance": lambda x, y: MMDGuidance(x),
+    }
+
+
+@pytest.mark.parametrize("name", list(_meta_calls()))
+def test_meta_tensors_are_refused_by_name(name):
+    """Tensors on the meta device have no values: torch failed deep inside a kernel ('Tensor.item()
+    cannot be called on meta tensors', 'Cannot copy out of meta tensor') naming no argument."""
+    x, y = _xy()
+    with pytest.raises(ValueError, match=r"is on device meta \(shape \(\d, 3\), dtype torch.float32\): a meta "
+                                         r"tensor has a shape but no values"):
+        _meta_calls()[name](x.to("meta"), y.to("meta"))

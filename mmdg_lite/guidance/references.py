@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_points
+from .._validation import check_has_values, check_points
 from ..kernels import work_dtype
 
 __all__ = ["ReferenceSet"]
@@ -21,6 +21,7 @@ class ReferenceSet:
 
     def __init__(self, references: Tensor, prompts: Tensor | None = None) -> None:
         refs = check_points(references, "references", flatten=False)
+        check_has_values(refs, "references")
         if refs.ndim == 1:
             raise ValueError(f"references must have shape (N_r, *S), one row per reference; got shape "
                              f"{tuple(refs.shape)} (for scalar samples use references[:, None])")
