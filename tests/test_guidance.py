@@ -465,3 +465,23 @@ def test_scale_warning_for_all_zero_references_says_so():
         except ValueError:
             pass  # what a zero reference set does next is not this test's concern
     assert rec  # it used to print "1/" and a 300-digit number "of the sampler's points"
+
+
+@pytest.mark.parametrize("abar,err,match", [
+    (float("nan"), ValueError, r"alpha_bar_t must be a number in \[0, 1\].*got nan"),
+    (-0.5, ValueError, r"alpha_bar_t must be a number in \[0, 1\].*got -0.5"),
+    (1.5, ValueError, r"alpha_bar_t must be a number in \[0, 1\].*got 1.5"),
+    ("0.5", TypeError, r"alpha_bar_t must be a number in \[0, 1\].*got '0.5'")])
+def test_schedule_weight_refuses_alpha_bar_outside_0_1(abar, err, match):
+    """The "alpha_bar" schedule returned float(alpha_bar_t) unchecked: NaN, a negative weight (a
+    step away from the references) or the string '0.5' read as a number."""
+    with pytest.raises(err, match=match):
+        schedule_weight("alpha_bar", 0, 5, abar)
+
+
+@pytest.mark.parametrize("frac", [float("nan"), -0.3, 0.0, 1.5])
+def test_schedule_weight_refuses_last_fraction_outside_0_1(frac):
+    """last_fraction was unchecked here (StepSize checks it): NaN or 0 gave 0 on every step,
+    silently, and a negative fraction guided nothing."""
+    with pytest.raises(ValueError, match=r"last_fraction must be"):
+        schedule_weight("last", 4, 5, 0.5, last_fraction=frac)

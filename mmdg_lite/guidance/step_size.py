@@ -45,6 +45,9 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
     num_steps = check_int(num_steps, "num_steps", 1)
     if check_int(step_index, "step_index", 0) >= num_steps:
         raise ValueError(f"step_index must be from 0 to num_steps - 1 = {num_steps - 1}; got {step_index}")
+    alpha_bar_t = _check_alpha_bar(alpha_bar_t)
+    if not 0 < check_positive(last_fraction, "last_fraction") <= 1:
+        raise ValueError(f"last_fraction must be in (0, 1]; got {last_fraction!r}")
     if callable(schedule):
         try:
             value = schedule(step_index, num_steps, alpha_bar_t)
@@ -67,10 +70,25 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
     if schedule == "cosine":
         return 0.5 * (1.0 - math.cos(math.pi * u))
     if schedule == "alpha_bar":
-        return float(alpha_bar_t)
+        return alpha_bar_t
     if schedule == "last":
         return 1.0 if step_index >= num_steps * (1.0 - last_fraction) - 1e-9 else 0.0
     raise ValueError(f"schedule must be one of {SCHEDULES} or a callable; got {schedule!r}")
+
+
+def _check_alpha_bar(value: object) -> float:
+    """alpha_bar_t as a float in [0, 1]: a number or a one-element tensor (a scheduler's entry).
+    A NaN, negative or > 1 value made s(t) NaN, or a negative weight that pushes samples away."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point:
+        value = float(value)
+    if not is_real_number(value):
+        raise TypeError(f"alpha_bar_t must be a number in [0, 1] (the cumulative alpha product at step t); "
+                        f"got {value!r}"[:200])
+    v = float(value)  # type: ignore[arg-type]
+    if not 0.0 <= v <= 1.0:  # also refuses NaN
+        raise ValueError(f"alpha_bar_t must be a number in [0, 1] (the cumulative alpha product at step t); "
+                         f"got {value!r}")
+    return v
 
 
 class StepSize:
