@@ -89,6 +89,18 @@ def _cancels(d2: Tensor, top2: float) -> bool:
     return top2 > 0 and float(d2.detach().max()) < _CANCEL_RATIO * top2
 
 
+def _scaled_bandwidth(bandwidth: float, c: float, dtype: torch.dtype) -> float:
+    """bandwidth / c, the bandwidth for the points divided by c (see ``_rescaled``). One whose
+    1 / bandwidth^2 overflows the work dtype is refused: 0 * inf made k(x_i, x_i) NaN (float32,
+    bandwidth 1e-20), and a squared bandwidth of 0 (1e-170 and below) raised ZeroDivisionError."""
+    s = bandwidth / c
+    if not s * s * torch.finfo(dtype).max > 1e4:  # the margin keeps w / s^2 and a @ y finite too
+        raise ValueError(f"bandwidth {bandwidth:.4g} is too small for these points in {dtype}: 1 / bandwidth^2 "
+                         f"overflows {dtype} (every kernel value between distinct points would be 0); use a "
+                         "bandwidth comparable to the distances between the points, e.g. median_bandwidth(x, y)")
+    return s
+
+
 def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0, in ``work_dtype``.
 
@@ -208,14 +220,14 @@ class GaussianKernel(Kernel):
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         s = float(self.resolve(x, y).bandwidth)  # type: ignore[arg-type]
         _, _, d2, c = _rescaled(x, y)  # c = 1 unless the data are at an extreme scale
-        s = s / c
+        s = _scaled_bandwidth(s, c, d2.dtype)
         return torch.exp(d2 * (-0.5 / (s * s)))  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)  # the median bandwidth is computed once, not per call
         s = float(k.bandwidth)  # type: ignore[arg-type]
         x, y, d2, c = _rescaled(x, y)
-        s = s / c
+        s = _scaled_bandwidth(s, c, d2.dtype)
         a = d2.mul_(-0.5 / (s * s)).exp_().mul_(w.to(x.dtype)).div_(s * s)  # (n, m), in place
         g = torch.addmm(x * -a.sum(1, keepdim=True), a, y)  # sum_j a_ij (y_j - x_i): (n, D)
         return g if c == 1.0 else g / c
@@ -268,19 +280,24 @@ class MultiGaussianKernel(Kernel):
         if self.weighting == "equal":
             return tuple(1.0 for _ in bw)
         total = sum(b * b for b in bw)
+        if not 0.0 < total < math.inf:  # bandwidths near 1e+-160 (data at that scale): squares over/underflow
+            bw = tuple(b / max(bw) for b in bw)
+            total = sum(b * b for b in bw)
         return tuple(b * b / total for b in bw)
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         k = self.resolve(x, y)
-        x, y, d2, c = _rescaled(x, y)
-        return sum(om * torch.exp(-d2 * (c * c / (2 * b * b)))
-                   for om, b in zip(k.weights(), k.bandwidths))  # type: ignore[return-value]
+        x, y, d2, c = _rescaled(x, y)  # c * c / b^2 overflowed (data at 1e200) or b^2 underflowed (1e-200)
+        ss = [_scaled_bandwidth(b, c, d2.dtype) for b in k.bandwidths]  # type: ignore[union-attr]
+        return sum(om * torch.exp(-d2 * (0.5 / (s * s)))
+                   for om, s in zip(k.weights(), ss))  # type: ignore[return-value]
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         k = self.resolve(x, y)
         x, y, d2, c = _rescaled(x, y)
-        a = sum(om * torch.exp(-d2 * (c * c / (2 * b * b))) * (c * c / (b * b))
-                for om, b in zip(k.weights(), k.bandwidths)) * w.to(d2.dtype)  # (n, m)
+        ss = [_scaled_bandwidth(b, c, d2.dtype) for b in k.bandwidths]  # type: ignore[union-attr]
+        a = sum(om * torch.exp(-d2 * (0.5 / (s * s))) * (1.0 / (s * s))
+                for om, s in zip(k.weights(), ss)) * w.to(d2.dtype)  # (n, m)
         g = a @ y - a.sum(1, keepdim=True) * x  # (n, D)
         return g if c == 1.0 else g / c
 

@@ -321,3 +321,33 @@ def test_pairwise_sq_dists_refuses_non_float_dtypes_by_name(dtype):
 def test_pairwise_sq_dists_refuses_mixed_devices_by_name():
     with pytest.raises(ValueError, match=r"x is on device cpu but y is on device meta; move both to one device"):
         pairwise_sq_dists(torch.randn(4, 3), torch.randn(5, 3, device="meta"))
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+@pytest.mark.parametrize("weighting", ["equal", "displacement"])
+def test_multi_gaussian_is_scale_invariant_at_extreme_scales(scale, weighting):
+    """MultiGaussianKernel (the guidance default) formed c^2 / b^2 and b^2 in Python floats: data at
+    1e200 gave inf / inf (FloatingPointError advising 'use a Gaussian kernel') and data at 1e-200
+    a bare ZeroDivisionError. With median bandwidths, MMD^2 is unchanged by scaling the data by c
+    and its gradient scales by 1 / c: the unit-scale computation is the oracle."""
+    from mmdg_lite import mmd2, mmd2_grad
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    k = MultiGaussianKernel(scales=(0.5, 2.0), weighting=weighting)
+    assert float(mmd2(x * scale, y * scale, k)) == pytest.approx(float(mmd2(x, y, k)), rel=1e-9)
+    assert rel_err(mmd2_grad(x * scale, y * scale, k) * scale, mmd2_grad(x, y, k)) < 1e-9
+
+
+@pytest.mark.parametrize("dtype,bandwidth", [(torch.float32, 1e-20), (torch.float64, 1e-160), (torch.float64, 1e-320)])
+@pytest.mark.parametrize("make", [GaussianKernel, lambda b: MultiGaussianKernel(bandwidths=(b, 1.0))],
+                         ids=["gaussian", "multi"])
+def test_too_small_a_bandwidth_is_refused_by_name(dtype, bandwidth, make):
+    """1 / bandwidth^2 overflowing the work dtype gave NaN on the Gram diagonal (0 * inf, float32
+    at 1e-20) or a bare ZeroDivisionError (the square underflowing to 0 in Python)."""
+    from mmdg_lite import mmd2_grad
+
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    for call in (lambda: make(bandwidth)(x, x), lambda: mmd2_grad(x, x + 1, make(bandwidth))):
+        with pytest.raises(ValueError, match=rf"bandwidth {bandwidth:.4g} is too small for these points in {dtype}"):
+            call()
