@@ -314,7 +314,8 @@ class InverseMultiquadricKernel(Kernel):
     has_closed_form = True
 
     def __post_init__(self) -> None:
-        check_positive(self.c, "c")
+        if check_positive(self.c, "c") >= 1e150:  # c**2 raised a bare OverflowError in every call
+            raise ValueError(f"c must be below 1e150 (c^2 must be a finite float); got {self.c!r}")
         check_positive(self.beta, "beta")
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:

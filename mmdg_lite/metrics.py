@@ -234,7 +234,8 @@ def mode_assignment(x: Any, means: Any, max_dist: float | None = None) -> Tensor
     d2 = pairwise_sq_dists(x, mu)  # (n, K)
     dist2, idx = d2.min(1)
     if max_dist is not None:
-        idx = torch.where(dist2 > (max_dist / c) ** 2, -1, idx)
+        r = max_dist / c  # r * r, not r ** 2: a huge max_dist squares to inf (no point is off-mode)
+        idx = torch.where(dist2 > r * r, -1, idx)  # instead of raising OverflowError
     return idx
 
 

@@ -83,6 +83,12 @@ def mmd2_grad_rff(x, embedding: RFFReferenceEmbedding) -> Tensor:
     """Biased MMD^2 gradient (Eq. 6) with the exact repulsion term among the B generated
     points and the RFF reference term: grad_i = (2/B^2) sum_j grad k(x_i, x_j) - (2/B) c_i."""
     xs = check_points(x, "x")
+    if not isinstance(embedding, RFFReferenceEmbedding):
+        raise TypeError(f"embedding must be an RFFReferenceEmbedding of the references; got {type(embedding).__name__}")
+    if xs.shape[1] != embedding.dim:  # check_pair against W would quote W's shape as the references'
+        raise ValueError(f"dimension mismatch: x has {xs.shape[1]} features per point (shape "
+                         f"{tuple(x.shape)}) "
+                         f"but the embedding's references have {embedding.dim}; both sets must live in the same space")
     xs, _ = check_pair(xs, embedding.W[:1], "x", "references")
     B = len(xs)
     kernel = GaussianKernel(embedding.bandwidth)

@@ -351,3 +351,9 @@ def test_too_small_a_bandwidth_is_refused_by_name(dtype, bandwidth, make):
     for call in (lambda: make(bandwidth)(x, x), lambda: mmd2_grad(x, x + 1, make(bandwidth))):
         with pytest.raises(ValueError, match=rf"bandwidth {bandwidth:.4g} is too small for these points in {dtype}"):
             call()
+
+
+def test_inverse_multiquadric_refuses_a_c_whose_square_overflows():
+    """c = 1e200 passed construction and raised a bare OverflowError (c**2) in every call."""
+    with pytest.raises(ValueError, match=r"c must be below 1e150 \(c\^2 must be a finite float\); got 1e\+200"):
+        InverseMultiquadricKernel(c=1e200)

@@ -365,3 +365,11 @@ def test_attribute_rate_takes_a_tensor_or_array_target():
     assert attribute_rate(labels, torch.tensor(1)) == 0.75
     assert attribute_rate(labels.numpy(), np.int64(0)) == 0.25
     assert attribute_rate(["b", "a", "b"], np.array("b")) == pytest.approx(2 / 3)
+
+
+def test_mode_assignment_takes_a_huge_max_dist():
+    """(max_dist / c) ** 2 in Python raised OverflowError for max_dist = 1e300; a radius that large
+    leaves every point on its mode, as without max_dist."""
+    g = torch.Generator().manual_seed(0)
+    x, means = torch.randn(20, 2, generator=g), torch.randn(3, 2, generator=g)
+    assert torch.equal(mode_assignment(x, means, max_dist=1e300), mode_assignment(x, means))

@@ -82,3 +82,14 @@ def test_rff_gradient_runs_in_the_promoted_dtype():
     assert torch.allclose(g64.float(), mmd2_grad_rff(x, emb32), atol=1e-5)
     emb64 = RFFReferenceEmbedding(y.double(), 1.0, 16)
     assert emb64.cross_grad(x).dtype == emb64.derivative_cross_grad(x).dtype == torch.float64
+
+
+def test_mmd2_grad_rff_names_the_references_dimension():
+    """The mismatch check ran against W[:1], so the message quoted 'references ... (shape (1, 3))',
+    and a plain tensor in place of the embedding raised AttributeError ('W')."""
+    emb = RFFReferenceEmbedding(torch.randn(7, 3), 1.0, 8)
+    with pytest.raises(ValueError, match=r"x has 4 features per point \(shape \(6, 1, 2, 2\)\) but the "
+                                         r"embedding's references have 3"):
+        mmd2_grad_rff(torch.randn(6, 1, 2, 2), emb)
+    with pytest.raises(TypeError, match=r"embedding must be an RFFReferenceEmbedding of the references; got Tensor"):
+        mmd2_grad_rff(torch.randn(6, 3), torch.randn(7, 3))
