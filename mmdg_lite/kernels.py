@@ -157,7 +157,10 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     pooled = pooled / scale
     d2 = pairwise_sq_dists(pooled, pooled)
     iu = torch.triu_indices(len(pooled), len(pooled), offset=1, device=pooled.device)
-    d2 = d2[iu[0], iu[1]]
+    # exact duplicates have distance 0, which the expansion ||a||^2 + ||b||^2 - 2 a.b rounds to a
+    # small positive number in float32 (D = 3,072: ~1e-3), so they are identified by their rows
+    _, ids = torch.unique(pooled, dim=0, return_inverse=True)  # (N,) one id per distinct row
+    d2 = d2[iu[0], iu[1]][ids[iu[0]] != ids[iu[1]]]
     d2 = d2[d2 > 0]
     if d2.numel() == 0:  # every point coincides: any bandwidth gives the same Gram matrix
         return 1.0

@@ -357,3 +357,19 @@ def test_inverse_multiquadric_refuses_a_c_whose_square_overflows():
     """c = 1e200 passed construction and raised a bare OverflowError (c**2) in every call."""
     with pytest.raises(ValueError, match=r"c must be below 1e150 \(c\^2 must be a finite float\); got 1e\+200"):
         InverseMultiquadricKernel(c=1e200)
+
+
+def test_median_bandwidth_leaves_out_duplicates_in_float32():
+    # duplicate points are at distance 0 and are left out; in float32 the expansion of ||a - b||^2
+    # rounded them to small positive distances, which moved the median (3072-D: 78.47 vs 78.48)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3072, generator=g), torch.randn(9, 3072, generator=g) + 0.2
+    x[1] = x[0]
+    y[3] = x[0]
+    y[5] = y[4]
+    z = torch.cat([x, y]).double().numpy()
+    d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))[np.triu_indices(len(z), 1)]
+    d = np.sort(d[d > 0])
+    oracle = d[(len(d) - 1) // 2]  # the lower middle value, as documented
+    assert median_bandwidth(x, y) == pytest.approx(oracle, rel=1e-6)
+    assert median_bandwidth(x.double(), y.double()) == pytest.approx(oracle, rel=1e-12)
