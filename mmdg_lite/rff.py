@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_has_values, check_int, check_pair, check_points, check_positive, check_weights
-from .kernels import GaussianKernel
+from .kernels import GaussianKernel, work_dtype
 from .seeding import check_seed
 
 __all__ = ["RFFReferenceEmbedding", "mmd2_grad_rff"]
@@ -35,6 +35,7 @@ class RFFReferenceEmbedding:
                  weights=None, seed: int = 0, chunk_size: int = 8192) -> None:
         y = check_points(references, "references")
         check_has_values(y, "references")
+        y = y.to(work_dtype(y))  # half-precision references: the summaries are sums, kept in float32
         self.bandwidth = check_positive(bandwidth, "bandwidth")
         self.n_features = check_int(n_features, "n_features", 1)
         check_int(chunk_size, "chunk_size", 1)
@@ -62,7 +63,8 @@ class RFFReferenceEmbedding:
         """sum_j v_j grad_1 k(x_i, y_j) ~= (phi(x_i)^T M - (phi(x_i).mu) x_i) / sigma^2: (n, D)."""
         x, refs, mean = self._promoted(x, self.weighted_refs, self.mean)
         phi = self.features(x)  # (n, F)
-        return (phi @ refs - (phi @ mean)[:, None] * x) / self.bandwidth**2
+        # divided by sigma twice: sigma^2 overflows (sigma = 1e20) or underflows (1e-25) in float32
+        return (phi @ refs - (phi @ mean)[:, None] * x) / self.bandwidth / self.bandwidth
 
     def derivative_cross_grad(self, x: Tensor) -> Tensor:
         """The textbook alternative J_phi(x_i)^T mu = -sqrt(2/F) W^T (sin(W x_i + b) * mu): (n, D).

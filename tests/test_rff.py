@@ -93,3 +93,30 @@ def test_mmd2_grad_rff_names_the_references_dimension():
         mmd2_grad_rff(torch.randn(6, 1, 2, 2), emb)
     with pytest.raises(TypeError, match=r"embedding must be an RFFReferenceEmbedding of the references; got Tensor"):
         mmd2_grad_rff(torch.randn(6, 3), torch.randn(7, 3))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e20, 1e30])
+def test_rff_reference_term_holds_at_extreme_data_scales(scale):
+    # the Gaussian kernel is scale-invariant (its bandwidth scales with the data); the RFF reference
+    # term divided by sigma^2 as one float32 number, which overflowed (0 at 1e20) or underflowed (inf)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 8, generator=g), torch.randn(50, 8, generator=g) + 0.3
+    unit = RFFReferenceEmbedding(y, 1.5, 256, seed=0).cross_grad(x)  # (4, 8)
+    scaled = RFFReferenceEmbedding(y * scale, 1.5 * scale, 256, seed=0).cross_grad(x * scale)
+    assert scaled.dtype == torch.float32 and bool(torch.isfinite(scaled).all())
+    assert torch.allclose(scaled.double() * scale, unit.double(), rtol=1e-4, atol=1e-5 * float(unit.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rff_summaries_of_half_precision_references_are_float32(dtype):
+    # like every kernel computation, half-precision references are summarised in float32: the sums
+    # mu and M were accumulated and stored in bfloat16 (0.7 % off the float32 summaries of the same
+    # rounded references, 0.4 % on the reference term)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 64, generator=g).to(dtype), torch.randn(300, 64, generator=g).to(dtype)
+    half = RFFReferenceEmbedding(y, 8.0, 512, seed=0)
+    oracle = RFFReferenceEmbedding(y.float(), 8.0, 512, seed=0)  # the same (rounded) references
+    assert half.mean.dtype == half.weighted_refs.dtype == torch.float32
+    assert torch.allclose(half.mean, oracle.mean) and torch.allclose(half.weighted_refs, oracle.weighted_refs)
+    c, c_oracle = half.cross_grad(x), oracle.cross_grad(x.float())
+    assert c.dtype == torch.float32 and torch.allclose(c, c_oracle, rtol=1e-5, atol=1e-7)
