@@ -47,24 +47,33 @@ def exercise_cells(nb: dict) -> list[tuple[int, str, str]]:
 
 
 def student_version(nb: dict) -> dict:
-    """A copy of the notebook dict with stubs for solutions, no instructor answers, no outputs."""
+    """A copy of the notebook dict with stubs for solutions, no instructor answers, no outputs.
+    Raises ValueError (naming the cell) for a malformed cell or a solution cell whose
+    ``exercise`` metadata is missing or not in mmdg_lite.solutions."""
     solutions = all_solutions()
     nb = copy.deepcopy(nb)
+    if not isinstance(nb.get("cells"), list):
+        raise ValueError(f"'cells' must be a list of cells; got {type(nb.get('cells')).__name__}")
     cells = []
-    for cell in nb["cells"]:
+    for i, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw") \
+                or not isinstance(cell.get("metadata", {}), dict):
+            raise ValueError(f"cell {i} is not a notebook cell (a dict with cell_type code, markdown "
+                             f"or raw and dict metadata)")
         t = tags(cell)
         if ANSWER in t:
             continue
         if SOLUTION in t:
             ex = cell["metadata"].get("exercise")
             if ex not in solutions:
-                raise KeyError(f"solution cell names exercise {ex!r}, which is not in "
-                               f"mmdg_lite.solutions (known: {sorted(solutions)})")
+                raise ValueError(f"cell {i} is tagged {SOLUTION!r} but its 'exercise' metadata is {ex!r}, "
+                                 f"not one of mmdg_lite.solutions: {sorted(solutions)}")
             cell = {"cell_type": "code", "execution_count": None, "id": cell.get("id", ex.replace(".", "-")),
                     "metadata": {"tags": [STUB], "exercise": ex}, "outputs": [],
                     "source": stub_source(solutions[ex]).splitlines(keepends=True)}
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
+            cell.get("metadata", {}).pop("execution", None)  # the instructor run's timestamps
         cells.append(cell)
     nb["cells"] = cells
     nb.get("metadata", {}).pop("widgets", None)
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.out / path.name).resolve() == path.resolve():  # --out notebooks: the instructor copies
             ap.error(f"--out {str(args.out)!r} would overwrite {str(path)!r} itself; write the student "
                      "versions to another folder")
-    args.out.mkdir(parents=True, exist_ok=True)
+    students = []  # every notebook is converted before any is written: an error leaves no partial set
     for path in paths:
         try:
             nb = json.loads(path.read_text())
@@ -94,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("no cells")
         except ValueError as err:
             ap.error(f"not a notebook: {str(path)!r} ({err})")
-        student = student_version(nb)
+        try:
+            students.append((path, student_version(nb)))
+        except ValueError as err:
+            ap.error(f"{str(path)!r}: {err}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, student in students:
         n_stubs = sum(STUB in tags(c) for c in student["cells"])
         (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")
         print(f"{path.name}: {n_stubs} exercise stub(s) -> {args.out / path.name}")

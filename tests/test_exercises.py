@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,44 @@ def test_student_version_runs_up_to_its_first_stub(path, tmp_path):
     assert exercise_label(SOLUTIONS[ex]) in str(err.value)
     ran = [c for c in nb.cells[:first_check] if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in ran), "a cell before the first check did not run"
+
+
+def _write_nb(path: Path, cells: list) -> Path:
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+@pytest.mark.parametrize("cells, match", [
+    ([{"cell_type": "code", "metadata": {"tags": ["solution"], "exercise": "nb01.nope"}, "source": "x",
+       "outputs": []}], r"cell 0 is tagged 'solution' but its 'exercise' metadata is 'nb01.nope'"),
+    ([{"cell_type": "markdown", "metadata": {}, "source": "hi"},
+      {"cell_type": "code", "metadata": {"tags": ["solution"]}, "source": "x", "outputs": []}],
+     r"cell 1 is tagged 'solution' but its 'exercise' metadata is None"),
+    ([{"source": "x"}], r"cell 0 is not a notebook cell"),
+    ("oops", r"'cells' must be a list"),
+])
+def test_student_script_refuses_bad_exercise_cells_before_writing_anything(tmp_path, capsys, cells, match):
+    """A solution cell naming no known exercise (or a malformed cell) was a raw KeyError /
+    AttributeError traceback, after the notebooks before it on the command line were written."""
+    good = tmp_path / "01_mmd_basics.ipynb"
+    good.write_bytes((ROOT / "notebooks" / "01_mmd_basics.ipynb").read_bytes())
+    bad = _write_nb(tmp_path / "02_bad.ipynb", cells)
+    out = tmp_path / "student"
+    with pytest.raises(SystemExit) as exit_info:
+        MSN.main(["--out", str(out), str(good), str(bad)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "02_bad.ipynb" in err
+    assert re.search(match, err), err
+    assert not out.exists(), "nothing is written when one notebook is refused"
+
+
+def test_student_version_drops_the_instructor_runs_execution_metadata():
+    """Outputs were cleared but every code cell kept the instructor run's iopub timestamps."""
+    for path in NOTEBOOKS:
+        nb = _nb(path)
+        assert any("execution" in c.get("metadata", {}) for c in nb["cells"]), path.name  # there to drop
+        student = MSN.student_version(nb)
+        kept = [i for i, c in enumerate(student["cells"]) if "execution" in c.get("metadata", {})]
+        assert not kept, f"{path.name}: cells {kept} keep the instructor's execution metadata"
+        checks = [c for c in student["cells"] if MSN.CHECK in MSN.tags(c)]
+        assert checks and all(c["metadata"].get("exercise") for c in checks), "check metadata survives"
