@@ -692,12 +692,14 @@ def _explorer(title: str, figure_fn: Callable[..., Figure], controls: dict[str, 
     box = w.VBox([w.HTML(f"<b>{title}</b>"), w.HBox(list(controls.values()),
                                                    layout=w.Layout(flex_flow="row wrap")), status])
     display(box)
+    # outside IPython (a plain Python process) display() returns no handle: redraws show anew
     handle = display(figure_png(figure_fn(**{k: c.value for k, c in controls.items()})), display_id=True)
 
     def redraw(_change: Any = None) -> None:
         status.value = "<i>computing…</i>"
         try:
-            handle.update(figure_png(figure_fn(**{k: c.value for k, c in controls.items()})))
+            image = figure_png(figure_fn(**{k: c.value for k, c in controls.items()}))
+            handle.update(image) if handle is not None else display(image)
             status.value = ""
         except Exception as err:  # keep the explorer alive and say what went wrong
             status.value = f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"

@@ -341,3 +341,19 @@ def test_norm_matched_moves_the_strength_slider_to_an_alpha_and_back():
     W.guidance_data(strength=slider.value, normalization="norm_matched", n=20, num_steps=5)  # valid
     step.value = "clipped"
     assert slider.value == pytest.approx(3.0)
+
+
+def test_explorer_redraws_in_a_plain_python_process(capsys):
+    """Outside IPython, display(..., display_id=True) returns None: every control change of an
+    explorer built in a plain process reported "AttributeError: 'NoneType' object has no
+    attribute 'update'" instead of drawing the new setting."""
+    pytest.importorskip("ipywidgets")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    assert not InteractiveShell.initialized(), "this test needs the real display without a shell"
+    box = W.gradient_field_explorer()
+    bandwidth = box.children[1].children[2]
+    for value in (10**bandwidth.min, 10**bandwidth.max):  # the slider's two ends
+        bandwidth.value = value
+        assert box.children[2].value == "", box.children[2].value
+    assert capsys.readouterr().out.count("Image object") == 3  # the first figure and two redraws
