@@ -15,9 +15,11 @@ def setup_notebook(seed: int = 0, threads: int = 1, dpi: int = 90) -> torch.Gene
     faster than with torch's default thread pool, and results are reproducible.
     """
     from ._validation import check_int, check_positive
+    from .seeding import check_seed
 
-    torch.set_num_threads(check_int(threads, "threads", 1))
-    check_positive(dpi, "dpi")
+    # every argument is checked before anything changes: a refused call leaves the session as it was
+    seed, threads, dpi = check_seed(seed), check_int(threads, "threads", 1), check_positive(dpi, "dpi")
+    torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
     try:

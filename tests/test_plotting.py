@@ -160,3 +160,23 @@ def test_setup_notebook_checks_threads_and_dpi():
             setup_notebook(dpi=0)  # the next plt.subplots() failed instead
     finally:
         torch.set_num_threads(before)
+
+
+def test_setup_notebook_refuses_before_changing_anything():
+    """A bad dpi or seed used to be refused only after the torch threads (and, for the seed, the
+    figure style and dpi) had already been changed: a refused call altered the session."""
+    import matplotlib as mpl
+
+    from mmdg_lite.notebook import setup_notebook
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        mpl.rcParams["figure.dpi"] = 55.0
+        for kwargs, error in ((dict(threads=2, dpi=0), ValueError), (dict(seed=-1, threads=2, dpi=70), ValueError)):
+            with pytest.raises(error, match="dpi|seed"):
+                setup_notebook(**kwargs)
+            assert torch.get_num_threads() == 1 and mpl.rcParams["figure.dpi"] == 55.0, kwargs
+    finally:
+        torch.set_num_threads(before)
+        mpl.rcParams["figure.dpi"] = mpl.rcParamsDefault["figure.dpi"]
