@@ -89,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.out.exists() and not args.out.is_dir():
         ap.error(f"--out: {str(args.out)!r} exists and is not a folder")
+    names: dict[str, Path] = {}
     for path in paths:
         if not path.is_file() or path.suffix != ".ipynb":
             ap.error(f"not a notebook: {str(path)!r}")
+        first = names.setdefault(path.name, path)
+        if first.resolve() != path.resolve():  # both would be written to --out/<name>
+            ap.error(f"{str(first)!r} and {str(path)!r} have the same name: the second student version "
+                     "would replace the first in --out; convert them into separate folders")
         if (args.out / path.name).resolve() == path.resolve():  # --out notebooks: the instructor copies
             ap.error(f"--out {str(args.out)!r} would overwrite {str(path)!r} itself; write the student "
                      "versions to another folder")

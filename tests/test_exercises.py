@@ -244,3 +244,17 @@ def test_student_version_drops_the_instructor_runs_execution_metadata():
         assert not kept, f"{path.name}: cells {kept} keep the instructor's execution metadata"
         checks = [c for c in student["cells"] if MSN.CHECK in MSN.tags(c)]
         assert checks and all(c["metadata"].get("exercise") for c in checks), "check metadata survives"
+
+
+def test_student_script_refuses_two_notebooks_with_one_name(tmp_path, capsys):
+    """Two inputs with the same file name were both written to --out/<name>: the second silently
+    replaced the first student version."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "01_mmd_basics.ipynb").write_bytes((ROOT / "notebooks" / "01_mmd_basics.ipynb").read_bytes())
+    out = tmp_path / "student"
+    with pytest.raises(SystemExit) as exit_info:
+        MSN.main(["--out", str(out), str(tmp_path / "a" / "01_mmd_basics.ipynb"), str(tmp_path / "b" / "01_mmd_basics.ipynb")])
+    assert exit_info.value.code == 2 and "have the same name" in capsys.readouterr().err and not out.exists()
+    same = str(tmp_path / "a" / "01_mmd_basics.ipynb")  # the same file twice is harmless
+    assert MSN.main(["--out", str(out), same, same]) == 0 and (out / "01_mmd_basics.ipynb").is_file()
