@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             students.append((path, student_version(nb)))
         except ValueError as err:
             ap.error(f"{str(path)!r}: {err}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent is a file, no permission, ...
+        ap.error(f"--out: cannot create the folder {str(args.out)!r} ({err.strerror})")
     for path, student in students:
         n_stubs = sum(STUB in tags(c) for c in student["cells"])
         (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")

@@ -258,3 +258,13 @@ def test_student_script_refuses_two_notebooks_with_one_name(tmp_path, capsys):
     assert exit_info.value.code == 2 and "have the same name" in capsys.readouterr().err and not out.exists()
     same = str(tmp_path / "a" / "01_mmd_basics.ipynb")  # the same file twice is harmless
     assert MSN.main(["--out", str(out), same, same]) == 0 and (out / "01_mmd_basics.ipynb").is_file()
+
+
+def test_student_script_reports_an_out_folder_it_cannot_create(tmp_path, capsys):
+    """--out under a file was a raw NotADirectoryError traceback from mkdir."""
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        MSN.main(["--out", str(tmp_path / "a_file" / "student"), str(NOTEBOOKS[0])])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--out: cannot create the folder" in err and "a_file" in err, err
+    assert (tmp_path / "a_file").read_text() == "mine"
