@@ -837,3 +837,27 @@ def test_hooks_refuse_prompt_aware_guidance_built_for_other_prompts(sd):
         assert calls == []  # refused before the first UNet call
         assert run(sd, prompt=built, num_images_per_prompt=2, steps=2).shape[0] == 4
     assert sd.__dict__.get("check_inputs") is before
+
+
+def test_callback_uses_initial_latents_only_from_the_pipeline_it_watches(sd):
+    """x_t at step 0 came from whatever prepare_latents call watch() saw last: after unwatch(), or
+    on another pipeline (from the same components), a guided run silently took the latents of an
+    earlier unguided call as its x_t. Without a record for this call, x_t is unknown: an error."""
+    other = StableDiffusionPipeline(**sd.components)
+    other.set_progress_bar_config(disable=True)
+    spy = Spy()
+    cb = MMDGuidanceCallback(spy).watch(sd)
+    try:
+        run(sd, n=2, steps=2, seed=5)  # unguided, recorded
+        with pytest.raises(RuntimeError, match="needs x_t at step 0"):
+            run(other, cb, n=2, steps=2)
+        run(sd, n=2, steps=2, seed=5)
+    finally:
+        cb.unwatch()
+    with pytest.raises(RuntimeError, match="needs x_t at step 0"):
+        run(sd, cb, n=2, steps=2)
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cb = MMDGuidanceCallback(spy, initial_latents=latents).watch(sd)
+    with cb:
+        run(other, cb, n=2, steps=1, latents=latents)  # not watched: the given latents serve
+    assert torch.equal(spy.states[0].x_t, latents * other.scheduler.init_noise_sigma)

@@ -205,7 +205,7 @@ class MMDGuidanceCallback(PipelineCallback):
         if self._watched is None:
             return
         pipe, wrapper, check = self._watched
-        self._watched = None
+        self._watched, self._prepared, self._prompt = None, None, None  # nothing recorded outlives the watch
         _unpatch(pipe, "prepare_latents", wrapper)
         if check is not None:
             _unpatch(pipe, "check_inputs", check)
@@ -226,15 +226,18 @@ class MMDGuidanceCallback(PipelineCallback):
         if step_index == 0:
             check_scheduler(sched, self.guidance)
             self.guidance.reset()
-            self._prev = self._prepared
+            # the initial latents recorded by watch() belong to this call only if it watches this pipeline
+            watched = self._watched is not None and self._watched[0] is pipeline
+            self._prev = self._prepared if watched else None
             if self._prev is None and self.initial_latents is not None:
                 self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
             self._prepared = None
+            _check_batch(self.guidance, len(latents))  # (a count mismatch is named first)
+            prompt, self._prompt = self._prompt, None
+            if watched and prompt is not None:
+                _check_prompts_match(pipeline, self.guidance, prompt[0])
         x_t = self._prev
         _check_batch(self.guidance, len(latents))
-        if step_index == 0 and self._prompt is not None:
-            prompt, self._prompt = self._prompt[0], None
-            _check_prompts_match(pipeline, self.guidance, prompt)
         if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
             if "x_t" in eval_points(self.guidance):
                 raise RuntimeError(
