@@ -861,3 +861,18 @@ def test_callback_uses_initial_latents_only_from_the_pipeline_it_watches(sd):
     with cb:
         run(other, cb, n=2, steps=1, latents=latents)  # not watched: the given latents serve
     assert torch.equal(spy.states[0].x_t, latents * other.scheduler.init_noise_sigma)
+
+
+def test_callback_listed_twice_is_refused(sd):
+    """MultiPipelineCallbacks([cb, cb]) applied the guidance twice per step, the second call
+    resetting it and taking the first's output as x_t (at step 0: a misleading 'call watch')."""
+    from diffusers.callbacks import MultiPipelineCallbacks
+
+    spy = Spy(eval_point="x_prev")
+    cb = MMDGuidanceCallback(spy)
+    with pytest.raises(ValueError, match="called twice in one step"):
+        run(sd, MultiPipelineCallbacks([cb, cb]), n=2, steps=2)
+    assert len(spy.states) == 1
+    run(sd, cb, n=2, steps=3)  # listed once, run after run: fine
+    run(sd, cb, n=2, steps=3)
+    assert len(spy.states) == 3 and spy.resets == 3

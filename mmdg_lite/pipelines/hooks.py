@@ -146,7 +146,9 @@ class MMDGuidanceCallback(PipelineCallback):
 
     ``pipe(prompt, callback_on_step_end=MMDGuidanceCallback(guidance).watch(pipe))``. Works with
     any StableDiffusionPipeline / StableDiffusionXLPipeline, with or without CFG (the latents are
-    B rows either way). ``guidance.reset()`` is called at step 0 of every run.
+    B rows either way). ``guidance.reset()`` is called at step 0 of every run. In
+    ``MultiPipelineCallbacks`` list it last if another callback changes the latents: its x_t is
+    the latents it returned at the previous step.
     """
 
     tensor_inputs = ["latents"]
@@ -222,6 +224,9 @@ class MMDGuidanceCallback(PipelineCallback):
             raise ValueError(f"MMDGuidanceCallback needs 'latents' in callback_kwargs; got {sorted(callback_kwargs)}: "
                              "add 'latents' to callback_on_step_end_tensor_inputs")
         latents = callback_kwargs["latents"]  # (B, c, h, w) = x_{t-1}
+        if latents is self._prev and latents is not None:  # handed back what it returned: a second call this step
+            raise ValueError("this MMDGuidanceCallback was called twice in one step (listed twice in "
+                             "MultiPipelineCallbacks?): it would apply the guidance twice; list it once")
         sched = pipeline.scheduler
         if step_index == 0:
             check_scheduler(sched, self.guidance)
