@@ -876,3 +876,24 @@ def test_callback_listed_twice_is_refused(sd):
     run(sd, cb, n=2, steps=3)  # listed once, run after run: fine
     run(sd, cb, n=2, steps=3)
     assert len(spy.states) == 3 and spy.resets == 3
+
+
+def test_step_wrapper_refuses_references_of_another_size_before_the_unet(sd):
+    """height/width other than the references' ran one UNet step before MMDGuidance refused the
+    shapes; the wrapper now refuses at check_inputs (no UNet call), naming both sizes."""
+    g = MMDGuidance(encode_images(sd, red_images(2)), eval_point="x0_hat")  # 32 px -> 16x16 latents
+    calls = []
+    hook = sd.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with GuidedSchedulerStep(sd, g):
+            with pytest.raises(ValueError, match=r"references are 16x16 latents \(32x32 px images\) but this call "
+                                                 r"samples 16x24 latents \(height=32, width=48\)"):
+                sd([PROMPT], num_inference_steps=2, height=32, width=48, output_type="latent")
+            assert calls == []
+            assert sd([PROMPT], num_inference_steps=2, height=32, width=32, output_type="latent").images.shape == \
+                (1, 4, 16, 16)
+    finally:
+        hook.remove()
+    with GuidedSchedulerStep(sd, g):  # the pipeline's own checks come first
+        with pytest.raises(ValueError, match="divisible by 8"):
+            sd([PROMPT], num_inference_steps=2, height=36, width=32, output_type="latent")

@@ -110,12 +110,26 @@ def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any) -> None:
                              "num_images_per_prompt=<its n>)")
 
 
-def _bound_prompt(original: Any, args: tuple, kwargs: dict) -> Any:
-    """The ``prompt`` argument of a pipeline's ``check_inputs`` call (None if it cannot be read)."""
+def _bound_prompt(original: Any, args: tuple, kwargs: dict, name: str = "prompt") -> Any:
+    """The ``name`` argument of a pipeline's ``check_inputs`` call (None if it cannot be read)."""
     try:
-        return inspect.signature(original).bind_partial(*args, **kwargs).arguments.get("prompt")
+        return inspect.signature(original).bind_partial(*args, **kwargs).arguments.get(name)
     except TypeError:
         return None
+
+
+def _check_size(pipe: Any, guidance: Any, height: Any, width: Any) -> None:
+    """The references' latents have the size this call samples (else MMDGuidance refuses them
+    only after the first UNet step)."""
+    f = int(getattr(pipe, "vae_scale_factor", 8))
+    if not (isinstance(height, int) and isinstance(width, int)):
+        return
+    for hook in guidance_hooks(guidance):
+        shape = getattr(getattr(hook, "reference_set", None), "sample_shape", None)
+        if shape is not None and len(shape) == 3 and tuple(shape[1:]) != (height // f, width // f):
+            raise ValueError(f"the guidance's references are {shape[1]}x{shape[2]} latents ({shape[1] * f}x"
+                             f"{shape[2] * f} px images) but this call samples {height // f}x{width // f} latents "
+                             f"(height={height}, width={width}): encode references at the size you generate")
 
 
 def _no_denoiser(*_: Any, **__: Any) -> Tensor:
@@ -309,9 +323,12 @@ class GuidedSchedulerStep:
                     f"pipe.scheduler was replaced ({type(self.scheduler).__name__} -> {type(now).__name__}) "
                     "after GuidedSchedulerStep wrapped the old one's step, so this call would run unguided: "
                     "restore() the wrapper and build it again after swapping schedulers")
+            out = original(*args, **kwargs)  # the pipeline's own checks speak first
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]
-                _check_prompts_match(self._pipe, self.guidance, _bound_prompt(original, args, kwargs))
-            return original(*args, **kwargs)
+                arg = functools.partial(_bound_prompt, original, args, kwargs)
+                _check_prompts_match(self._pipe, self.guidance, arg())
+                _check_size(self._pipe, self.guidance, arg("height"), arg("width"))
+            return out
 
         return check_inputs
 
