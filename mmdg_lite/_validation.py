@@ -35,6 +35,14 @@ def as_float_tensor(value: Any, name: str) -> Tensor:
     return value
 
 
+def check_autograd(what: str) -> None:
+    """Refuse to take a gradient under ``torch.inference_mode()``: autograd records nothing there
+    (``enable_grad`` does not undo it), and torch's own error names no cause."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} takes its gradient with autograd, which torch.inference_mode() turns off; "
+                           "call it outside inference_mode (torch.no_grad() around it is fine)")
+
+
 def check_finite(x: Tensor, name: str) -> None:
     """Reject NaN/Inf without materialising full-size temporaries.
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import (_describe, check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
+from ._validation import (_describe, check_autograd, check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
                           check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
@@ -139,6 +139,7 @@ class ClassifierGuidance:
 
     def gradient(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """grad_x log p(reference | x_t, t), same shape as x_t (rows are independent)."""
+        check_autograd("ClassifierGuidance")
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.classifier.log_prob(x, t).sum(), x)

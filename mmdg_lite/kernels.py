@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_has_values, check_int, check_pair, check_points, check_positive, is_real_number
+from ._validation import (check_autograd, check_has_values, check_int, check_pair, check_points, check_positive,
+                          is_real_number)
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -181,6 +182,7 @@ class Kernel:
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         """sum_j w_ij grad_1 k(x_i, y_j), shape (n, D); autograd version."""
+        check_autograd(f"{self!r}")
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             k = self.gram(xg, y.detach())  # (n, m)
@@ -443,6 +445,7 @@ class FeatureKernel(Kernel):
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         """Chain rule: J_phi(x_i)^T sum_j w_ij grad_1 base(phi(x_i), phi(y_j)), one pass of the
         feature map through x (reused as phi(y) for the repulsion, where y is x)."""
+        check_autograd("FeatureKernel")
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             fx = self.features(xg)  # (n, F)

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ._validation import check_choice, check_int, check_pair, check_points, check_weights
+from ._validation import check_autograd, check_choice, check_int, check_pair, check_points, check_weights
 from .kernels import Kernel, ProductKernel, work_dtype
 from .seeding import check_seed
 
@@ -226,6 +226,7 @@ def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:
     if isinstance(kernel, (Kernel, ProductKernel)):
         xs, ys = check_pair(xs, ys, "x", "y")
         kernel = kernel.resolve(xs, ys)
+    check_autograd("mmd2_grad_autograd")
     with torch.enable_grad():
         xg = torch.as_tensor(x).detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(mmd2(xg, y, kernel, **kwargs), xg)

@@ -163,3 +163,12 @@ def test_classifier_sizes_and_cfg_cond_are_validated():
     model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3)
     with pytest.raises(ValueError, match=r"cond contains 3 NaN or Inf"):
         classifier_free_guidance(model, torch.full((3,), float("nan")), n=4)
+
+
+def test_classifier_guidance_under_inference_mode_says_why():
+    """torch.inference_mode() turns autograd off: the gradient failed with torch's bare
+    'element 0 of tensors does not require grad'."""
+    guide = ClassifierGuidance(_classifier())
+    x = torch.randn(4, 3)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="ClassifierGuidance.*inference_mode"):
+        guide.gradient(x, 10)

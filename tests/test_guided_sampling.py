@@ -278,3 +278,14 @@ def test_gradient_follows_rff_and_bfloat16_history_records_the_applied_step():
     sample(den, 4, 2, num_steps=10, dtype=torch.bfloat16, guidance=Spy())
     recorded = [h["step_norm"] for h in hook.history]
     assert recorded == pytest.approx(seen[:len(recorded)], rel=1e-2, abs=1e-6)
+
+
+def test_x0_hat_backprop_under_inference_mode_says_why(model):
+    """Under torch.inference_mode() autograd records nothing (enable_grad does not undo it): the
+    backprop eval point failed with torch's 'element 0 of tensors does not require grad'."""
+    refs = torch.randn(20, 2, generator=make_generator(0))
+    guide = MMDGuidance(refs, eval_point="x0_hat_backprop")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"eval_point='x0_hat_backprop'.*inference_mode"):
+        sample(model, 4, 2, num_steps=3, guidance=guide)
+    with torch.no_grad():  # no_grad alone is fine: the hook turns grad on
+        sample(model, 4, 2, num_steps=3, guidance=guide)

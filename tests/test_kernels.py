@@ -373,3 +373,23 @@ def test_median_bandwidth_leaves_out_duplicates_in_float32():
     oracle = d[(len(d) - 1) // 2]  # the lower middle value, as documented
     assert median_bandwidth(x, y) == pytest.approx(oracle, rel=1e-6)
     assert median_bandwidth(x.double(), y.double()) == pytest.approx(oracle, rel=1e-12)
+
+
+def test_autograd_kernels_under_inference_mode_say_why():
+    """CallableKernel blamed the kernel ('does not depend differentiably on x') and
+    mmd2_grad_autograd / FeatureKernel raised torch's bare 'does not require grad' under
+    torch.inference_mode(), where autograd records nothing."""
+    from mmdg_lite.kernels import CallableKernel
+    from mmdg_lite.mmd import mmd2_grad
+
+    x, y = torch.randn(5, 2), torch.randn(6, 2)
+    kernels = (CallableKernel(lambda a, b: torch.exp(-torch.cdist(a, b) ** 2)),
+               FeatureKernel(torch.tanh, (2,), GaussianKernel(1.0)))
+    for kernel in kernels:
+        want = mmd2_grad(x, y, kernel)
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+            mmd2_grad(x, y, kernel)
+        with torch.no_grad():
+            torch.testing.assert_close(mmd2_grad(x, y, kernel), want)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="mmd2_grad_autograd.*inference_mode"):
+        mmd2_grad_autograd(x, y, GaussianKernel(1.0))

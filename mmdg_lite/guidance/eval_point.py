@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .._validation import check_autograd
+
 __all__ = ["EVAL_POINTS", "EvalPoint", "Located"]
 
 EVAL_POINTS = ("x_t", "x_prev", "x0_hat", "x0_hat_backprop")
@@ -67,6 +69,7 @@ class EvalPoint:
             eps = state.eps.detach().reshape(n, -1).to(dtype)
             return _linear(a * x - math.sqrt((1 - ab) / ab) * eps, a)
         # x0_hat_backprop: eps through the denoiser, so dz/dx = a (I - sqrt(1 - abar) J_eps)
+        check_autograd("eval_point='x0_hat_backprop'")
         with torch.enable_grad():
             xt = state.x_t.detach().requires_grad_(True)
             t = torch.full((n,), int(state.t), dtype=torch.long, device=xt.device)
