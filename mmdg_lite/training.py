@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ._validation import (_describe, as_float_tensor, check_bool, check_finite, check_int,
+from ._validation import (_describe, as_float_tensor, check_autograd, check_bool, check_finite, check_int,
                           check_nonnegative, check_points, check_positive)
 from .sampling import make_scheduler
 from .seeding import make_generator
@@ -82,17 +82,23 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
 def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float, *,
         progress: bool = False, desc: str = "training") -> list[float]:
     """The one optimisation loop: Adam, learning rate cosine-decayed to 5 %, ``steps`` calls of
-    ``loss_step()`` (which draws its own minibatch); returns the loss per step. Used by the
-    denoisers, the noisy classifier and the fine-tuning baseline."""
+    ``loss_step()`` (which draws its own minibatch, with grad on even in a caller's ``no_grad``
+    block); returns the loss per step. Used by the denoisers, the noisy classifier and the
+    fine-tuning baseline."""
     from tqdm.auto import tqdm
 
+    check_autograd(f"the {desc} loop")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"{desc}: every parameter of {type(model).__name__} has requires_grad=False, so there is "
+                         "nothing to train; unfreeze it first (model.requires_grad_(True))")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     losses: list[float] = []
     model.train()
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
-        loss = loss_step()
+        with torch.enable_grad():  # a caller's no_grad block must not leave the loss without a graph
+            loss = loss_step()
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"the {desc} loss is {float(loss.detach())} at step {len(losses)} of {steps} (lr {lr:g}); "
                                      "lower lr, or check the data for NaN/Inf or extreme values")

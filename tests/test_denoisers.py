@@ -297,3 +297,24 @@ def test_loading_a_model_leaves_the_global_rng_alone(tmp_path):
         torch.manual_seed(0)
         load()
         assert torch.equal(torch.randn(8), want)
+
+
+def test_training_inside_no_grad_trains_the_same_and_refuses_what_cannot_train():
+    """train_denoiser / train_classifier inside a caller's torch.no_grad() block raised torch's bare
+    'element 0 of tensors does not require grad'; so did a frozen model and inference_mode."""
+    from mmdg_lite.baselines import train_classifier
+
+    data = circle_mixture().sample(64, 0)[0]
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=8, layers=1)
+    twin = MLPDenoiser(2, hidden=8, layers=1)
+    twin.load_state_dict(model.state_dict())
+    want = train_denoiser(model, data, steps=3, batch_size=8, progress=False)
+    with torch.no_grad():
+        assert train_denoiser(twin, data, steps=3, batch_size=8, progress=False) == want
+        train_classifier(data, data + 1, steps=2, batch_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+    with pytest.raises(ValueError, match="requires_grad=False.*nothing to train"):
+        train_denoiser(model.requires_grad_(False), data, steps=1, progress=False)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="training loop.*inference_mode"):
+        train_denoiser(twin, data, steps=1, progress=False)
