@@ -277,7 +277,8 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
     (and, for VAEs that define them, the per-channel ``latents_mean`` / ``latents_std`` or the
     ``shift_factor`` their pipelines use: (E(x) - mean) * factor / std; see ``_latent_map``).
 
-    The posterior mean by default (deterministic); ``sample=True`` draws from the posterior.
+    The posterior mean by default (deterministic); ``sample=True`` draws from the posterior with
+    ``generator`` (a CPU generator; None: torch's global RNG, reproducible only if you seed it).
     ``images`` must have the VAE's ``config.in_channels`` and H, W divisible by its downsampling
     factor; floating dtypes are cast to the VAE's. Values beyond +-3 (0-255 pixels, ...) raise;
     generated samples' small overshoot of [-1, 1] is encoded as it is.
