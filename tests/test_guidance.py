@@ -485,3 +485,25 @@ def test_schedule_weight_refuses_last_fraction_outside_0_1(frac):
     silently, and a negative fraction guided nothing."""
     with pytest.raises(ValueError, match=r"last_fraction must be"):
         schedule_weight("last", 4, 5, 0.5, last_fraction=frac)
+
+
+def test_reference_scale_warning_shows_at_every_identical_run():
+    """Python's default filter shows a message once per code location: a second identical run (a
+    re-run cell, a loop over seeds) returned samples pulled toward 0-255 references without a word."""
+    import warnings
+
+    from mmdg_lite.guidance import ReferenceScaleWarning, guide
+    from mmdg_lite.sampling import sample
+
+    den = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    pixels = torch.rand(40, 16, generator=torch.Generator().manual_seed(0)) * 255
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("default")
+        for _ in range(2):
+            sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(pixels), seed=0)
+    scale = [w for w in rec if issubclass(w.category, ReferenceScaleWarning)]
+    assert len(scale) == 2 and {w.filename for w in scale} == {guide.__file__}
+    with warnings.catch_warnings():  # the user's filters still rule
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ReferenceScaleWarning)
+        sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(pixels), seed=0)

@@ -12,6 +12,7 @@ each testable alone: the reference set (``references.ReferenceSet``), the step-s
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import replace
 from typing import Any, Callable
@@ -64,6 +65,15 @@ OFF_SCALE_RATIO = 20.0
 UNDER_SCALE_FRACTION = 0.2
 
 
+def _warn_every_run(message: str) -> None:
+    """``warnings.warn(message, ReferenceScaleWarning, stacklevel=3)`` without the per-location
+    registry: Python's default filter shows a message once per code location, so an identical
+    second run (a re-run cell, a loop over seeds) warned nothing. The filters still apply."""
+    frame = sys._getframe(2)
+    warnings.warn_explicit(message, ReferenceScaleWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=None)
+
+
 def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
     """Warn (once per run) when the references' RMS dwarfs the noisy points', or is dwarfed by
     them: guidance would pull the samples toward another scale, or overshoot data far smaller
@@ -72,15 +82,15 @@ def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
     if r < UNDER_SCALE_FRACTION * min(x, 1.0):  # (noise has RMS ~1; a broken model's can be far larger)
         head = (f"references are all zero (the sampler's points have RMS {x:.3g})" if r == 0 else
                 f"references have RMS {r:.3g} per coordinate, 1/{x / r:.3g} of the sampler's points (RMS {x:.3g})")
-        warnings.warn(f"{head}: diffusion models expect data of about unit scale. Latents need the "
-                      "VAE's scaling_factor applied exactly once (applied twice they are 1/factor too small); for "
-                      "a model trained on data this small, evaluate the kernel at the data's scale with "
-                      "eval_point='x0_hat'", ReferenceScaleWarning, stacklevel=2)
+        _warn_every_run(f"{head}: diffusion models expect data of about unit scale. Latents need the "
+                        "VAE's scaling_factor applied exactly once (applied twice they are 1/factor too small); "
+                        "for a model trained on data this small, evaluate the kernel at the data's scale with "
+                        "eval_point='x0_hat'")
     elif r > OFF_SCALE_RATIO * max(x, 1.0):
-        warnings.warn(f"references have RMS {r:.3g} per coordinate, {r / max(x, 1e-12):.0f}x the sampler's points "
-                      f"(RMS {x:.3g}): are they on the model's scale? Images in 0-255 map with x / 127.5 - 1; "
-                      "latents need the VAE's scaling_factor applied once (mmdg_lite.images.encode_references, "
-                      "mmdg_lite.pipelines.encode_images)", ReferenceScaleWarning, stacklevel=2)
+        _warn_every_run(f"references have RMS {r:.3g} per coordinate, {r / max(x, 1e-12):.0f}x the sampler's "
+                        f"points (RMS {x:.3g}): are they on the model's scale? Images in 0-255 map with x / 127.5 - 1; "
+                        "latents need the VAE's scaling_factor applied once (mmdg_lite.images.encode_references, "
+                        "mmdg_lite.pipelines.encode_images)")
 
 
 def default_kernel() -> MultiGaussianKernel:
