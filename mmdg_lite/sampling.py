@@ -320,7 +320,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)
     else:
         gen = generator if generator is not None else make_generator(seed, device)
-        # drawn in float32 and cast (as per sample above): torch draws other numbers in float64
+        # drawn in float32 and cast, as the per-sample path above: torch draws other numbers in float64
         x_T = torch.randn((n, *shape), generator=gen, device=gen.device).to(device, dtype)  # (n, *S)
     x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
 
