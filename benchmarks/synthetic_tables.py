@@ -239,7 +239,7 @@ def write_table1(res: dict, cfg: argparse.Namespace) -> str:
         f"- **user-trained MLP** (100-D only): an `MLPDenoiser` trained from scratch on the 200 references "
         f"alone ({cfg.scratch_steps} steps, lr 3e-3); the paper's \"user-trained model\" baseline.",
         "- **MMD guidance**: `MMDGuidance(references, " + ", ".join(f"{k}={v!r}" for k, v in MMD_KW.items())
-        + ")`: the library's untuned defaults (Gaussians at 0.5 and 2 x the data scale read once per "
+        + ")`, the library's untuned defaults for every other argument (Gaussians at 0.5 and 2 x the data scale read once per "
         f"run, gradient at x_t, the batch of {cfg.n} guided jointly, λ_t = c·B·Σσ², steps clipped at "
         "0.2 x the data scale, the last 10 % of the steps unguided); not tuned on these tasks. "
         "The PASS/FAIL check below uses this row.",
