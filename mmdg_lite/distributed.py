@@ -46,7 +46,7 @@ from ._validation import check_bool, check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
 from .guidance.guide import ChainedGuidance, MMDGuidance
 from .kernels import GaussianKernel, ProductKernel
-from .mmd import _chunks, _gradw, _prompt_factors, _Prepared
+from .mmd import _chunks, _gradw, _prompt_factors, _Prepared, _not_finite_advice
 from .rff import RFFReferenceEmbedding
 from .sampling import SampleResult, _check_device, _check_shape, sample
 from .seeding import check_seed
@@ -211,8 +211,7 @@ class DistributedBatchSet(BatchSet):
         if not bool(torch.isfinite(g.sum())):
             raise FloatingPointError(
                 f"the MMD^2 gradient is not finite on process {self.rank} (kernel "
-                f"{type(kernel).__name__}); the data overflow this kernel: rescale them, or use a "
-                "Gaussian kernel, whose computation is scale-invariant")
+                f"{type(kernel).__name__}); {_not_finite_advice(kernel)}")
         return g  # (b, D)
 
     def gradient_rff(self, z: Tensor, embedding: RFFReferenceEmbedding) -> Tensor:

@@ -385,6 +385,8 @@ class CallableKernel(Kernel):
             got = tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__
             raise ValueError(f"{self!r}: fn(x, y) must return the ({len(x)}, {len(y)}) Gram matrix for "
                              f"{len(x)} and {len(y)} points; got {got}")
+        if not k.dtype.is_floating_point:  # an integer Gram matrix met the float weights deep in a matmul
+            raise TypeError(f"{self!r}: fn(x, y) must return a floating-point Gram matrix; got dtype {k.dtype}")
         return k
 
     def __repr__(self) -> str:

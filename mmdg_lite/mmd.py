@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ._validation import check_autograd, check_choice, check_int, check_pair, check_points, check_weights
-from .kernels import Kernel, ProductKernel, work_dtype
+from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel,
+                      work_dtype)
 from .seeding import check_seed
 
 __all__ = ["mmd2", "mmd2_grad", "mmd2_grad_autograd", "witness", "permutation_test",
@@ -80,6 +81,19 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     return _Prepared(xs, ys, wx, wy, px, py, kernel.resolve(xs, ys), shape)
 
 
+def _not_finite_advice(kernel: AnyKernel) -> str:
+    """What to do when MMD^2 or its gradient is NaN/Inf, for this kind of kernel: a user function
+    may return NaN itself, and a Gaussian kernel is already the scale-invariant one."""
+    k = kernel.sample_kernel if isinstance(kernel, ProductKernel) else kernel
+    if isinstance(k, (CallableKernel, FeatureKernel)):
+        what = "fn(x, y)" if isinstance(k, CallableKernel) else "feature_map"
+        return (f"the kernel's {what} returned NaN/Inf for these points, or they overflow it: check "
+                f"{what} on them")
+    if isinstance(k, (GaussianKernel, MultiGaussianKernel)):
+        return "the Gaussian computation is scale-invariant, so check the points and bandwidths"
+    return "the data overflow this kernel: rescale them, or use a Gaussian kernel, whose computation is scale-invariant"
+
+
 def _chunks(m: int, chunk_size: int | None) -> Iterator[slice]:
     step = m if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
     for start in range(0, m, step):
@@ -134,8 +148,7 @@ def mmd2(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None, 
     out = xx + yy - 2 * xy
     if not bool(torch.isfinite(out)):
         raise FloatingPointError(
-            f"MMD^2 is not finite (kernel {type(p.kernel).__name__}): the data overflow this kernel; "
-            "rescale them, or use a Gaussian kernel, whose computation is scale-invariant")
+            f"MMD^2 is not finite (kernel {type(p.kernel).__name__}); {_not_finite_advice(p.kernel)}")
     return out
 
 
@@ -210,9 +223,8 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
         g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
     if not bool(torch.isfinite(g.sum())):
         raise FloatingPointError(
-            f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}); the data "
-            f"(largest |entry| {float(p.x.abs().max()):.3g}) overflow this kernel: rescale them, "
-            "or use a Gaussian kernel, whose computation is scale-invariant")
+            f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}; largest |entry| of the "
+            f"points {float(p.x.abs().max()):.3g}); {_not_finite_advice(p.kernel)}")
     return g
 
 

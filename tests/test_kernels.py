@@ -393,3 +393,15 @@ def test_autograd_kernels_under_inference_mode_say_why():
             torch.testing.assert_close(mmd2_grad(x, y, kernel), want)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="mmd2_grad_autograd.*inference_mode"):
         mmd2_grad_autograd(x, y, GaussianKernel(1.0))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_callable_kernel_refuses_an_integer_gram_matrix(grad):
+    """An integer Gram matrix reached mmd2's matmul with the float weights ('expected m1 and m2 to
+    have the same dtype, but got: float != long int')."""
+    from mmdg_lite import mmd2, mmd2_grad
+    from mmdg_lite.kernels import CallableKernel
+
+    k = CallableKernel(lambda a, b: (a @ b.T).round().long())
+    with pytest.raises(TypeError, match=r"fn\(x, y\) must return a floating-point Gram matrix; got dtype torch.int64"):
+        (mmd2_grad if grad else mmd2)(torch.randn(4, 3), torch.randn(5, 3), k)

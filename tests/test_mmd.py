@@ -293,3 +293,16 @@ def test_unbiased_estimator_needs_two_weighted_points_per_set():
     w[:2] = 1.0  # two points are enough, and the biased estimator takes one
     assert torch.isfinite(mmd2(x, y, GaussianKernel(bandwidth=1.0), estimator="unbiased", x_weights=w))
     assert torch.isfinite(mmd2(x, y, GaussianKernel(bandwidth=1.0), x_weights=torch.eye(7, dtype=torch.float64)[0]))
+
+
+@pytest.mark.parametrize("fn", [mmd2, mmd2_grad], ids=["mmd2", "mmd2_grad"])
+def test_a_callable_kernel_returning_nan_is_named_not_blamed_on_the_data(fn):
+    """A CallableKernel whose fn returns NaN was reported as 'the data overflow this kernel; rescale
+    them, or use a Gaussian kernel': the advice pointed away from the user's function."""
+    from mmdg_lite.kernels import CallableKernel
+
+    x, y = torch.randn(4, 3), torch.randn(5, 3)
+    k = CallableKernel(lambda a, b: (a @ b.T) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"the kernel's fn\(x, y\) returned NaN/Inf for these points") as err:
+        fn(x, y, k)
+    assert "use a Gaussian kernel" not in str(err.value)
