@@ -88,7 +88,9 @@ def check_points(value: Any, name: str, *, min_count: int = 1, flatten: bool = T
     if x[0].numel() == 0:
         raise ValueError(f"{name} has zero features per point (shape {tuple(x.shape)})")
     check_finite(x, name)
-    return x.reshape(x.shape[0], -1) if flatten else x
+    # contiguous (a copy only for transposed / strided input): BLAS sums in an order that depends
+    # on the memory layout, so the same values in a transposed array gave other last bits
+    return x.reshape(x.shape[0], -1).contiguous() if flatten else x.contiguous()
 
 
 def check_pair(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
