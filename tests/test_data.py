@@ -114,3 +114,16 @@ def test_float64_means_draw_the_float32_points():
     torch.testing.assert_close(x64.float(), x, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(draw_references(m64, 50, seed=3).float(), draw_references(m, 50, seed=3),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_mixture_helpers_name_their_bad_arguments():
+    """mode_radius('0.5') raised "'<' not supported between instances of 'int' and 'str'",
+    with_weights('x') torch's "new(): invalid data type 'str'", and meta-device means
+    "Tensor.item() cannot be called on meta tensors": none named the argument."""
+    mix = circle_mixture()
+    with pytest.raises(TypeError, match=r"quantile must be a number in \(0, 1\); got str '0.5'"):
+        mix.mode_radius("0.5")
+    with pytest.raises(TypeError, match=r"weights must be 8 non-negative numbers .*; got str 'x'"):
+        mix.with_weights("x")
+    with pytest.raises(ValueError, match=r"means is on device meta \(shape \(8, 2\)"):
+        GaussianMixture(mix.means.to("meta"), torch.ones(8, device="meta"), 0.1)

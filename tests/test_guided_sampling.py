@@ -289,3 +289,13 @@ def test_x0_hat_backprop_under_inference_mode_says_why(model):
         sample(model, 4, 2, num_steps=3, guidance=guide)
     with torch.no_grad():  # no_grad alone is fine: the hook turns grad on
         sample(model, 4, 2, num_steps=3, guidance=guide)
+
+
+def test_task_guidance_refuses_references_of_another_dimension():
+    """References with 3 features for the 2-D ring task built a hook without complaint; the
+    mismatch surfaced only at the first guided step of a run."""
+    task = make_task("ring2d_4modes", n_references=20, n_heldout=10)
+    for t in (task, "ring2d_4modes"):
+        with pytest.raises(ValueError, match=r"references must be points of task 'ring2d_4modes', 2 features "
+                                             r"each; got shape \(5, 3\)"):
+            task_guidance(t, references=torch.randn(5, 3))

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, as_float_tensor, check_finite, check_int, check_points, check_positive
+from .._validation import (_describe, as_float_tensor, check_finite, check_has_values, check_int, check_points,
+                           check_positive, is_real_number)
 from ..seeding import check_seed, make_generator
 
 __all__ = ["GaussianMixture", "circle_mixture", "random_mixture", "subset_mixture",
@@ -42,6 +43,7 @@ class GaussianMixture:
 
     def __post_init__(self) -> None:
         self.means = check_points(self.means, "means", flatten=False)
+        check_has_values(self.means, "means")
         if self.means.ndim != 2:
             raise ValueError(f"means must have shape (K, D); got shape {tuple(self.means.shape)}")
         w = as_float_tensor(self.weights, "weights")
@@ -78,13 +80,20 @@ class GaussianMixture:
         """Distance from a mean within which a fraction ``quantile`` of that mode's samples fall."""
         from scipy.stats import chi2
 
+        if not is_real_number(quantile):  # '0.5' raised "'<' not supported between 'int' and 'str'"
+            raise TypeError(f"quantile must be a number in (0, 1); got {_describe(quantile)}")
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1); got {quantile!r}")
         return self.std * math.sqrt(float(chi2.ppf(quantile, self.dim)))
 
     def with_weights(self, weights: Tensor | Sequence[float]) -> "GaussianMixture":
         """Same components, new mixing weights."""
-        return GaussianMixture(self.means.clone(), torch.as_tensor(weights, dtype=self.means.dtype), self.std)
+        try:
+            w = torch.as_tensor(weights, dtype=self.means.dtype)
+        except (TypeError, ValueError, RuntimeError):  # torch's "new(): invalid data type 'str'" names nothing
+            raise TypeError(f"weights must be {self.n_modes} non-negative numbers (a sequence, array or tensor); "
+                            f"got {_describe(weights)}") from None
+        return GaussianMixture(self.means.clone(), w, self.std)
 
 
 def circle_mixture(n_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> GaussianMixture:

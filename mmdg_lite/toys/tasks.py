@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, as_float_tensor, check_bool, check_choice, check_int
+from .._validation import _describe, as_float_tensor, check_bool, check_choice, check_int, check_points
 from .mixtures import (GaussianMixture, circle_mixture, dirichlet_mixture, draw_references,
                    random_mixture, subset_mixture)
 from ..denoisers import GaussianMixtureDenoiser
@@ -153,6 +153,10 @@ def task_guidance(task: SyntheticTask | str, references: Tensor | None = None,
         if isinstance(task, str):
             raise ValueError(f"task_guidance({name!r}) needs references= (N_r, D); got None")
         references = task.references
+    dim = task.dim if isinstance(task, SyntheticTask) else (2 if name.startswith("ring2d") else 100)
+    if check_points(references, "references").shape[1] != dim:  # else refused only at the first guided step
+        raise ValueError(f"references must be points of task {name!r}, {dim} features each; got shape "
+                         f"{tuple(references.shape)}")
     hooks = []
     for preset in GUIDANCE_PRESETS[name]:
         opts = {**preset, **overrides}
