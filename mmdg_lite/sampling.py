@@ -132,6 +132,8 @@ def _check_device(device: Any) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r} does not exist; this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "meta":  # torch failed in the generator: "META device type not an accelerator"
+        raise ValueError(f"device {device!r} holds shapes without values and cannot sample; use 'cpu' or 'cuda'")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} is not available on this machine; use 'cpu'")
     return dev

@@ -264,3 +264,10 @@ def test_float64_run_starts_from_the_float32_noise(model):
                        dtype=torch.float64).samples
             assert b.dtype == torch.float64
             torch.testing.assert_close(b.float(), a, rtol=1e-4, atol=1e-5)
+
+
+def test_the_meta_device_is_refused_by_name(model):
+    """device='meta' passed the device check and failed in torch.Generator ('META device type not
+    an accelerator'), naming no argument."""
+    with pytest.raises(ValueError, match=r"device 'meta' holds shapes without values and cannot sample"):
+        sample(model, 4, 2, num_steps=3, device="meta")
