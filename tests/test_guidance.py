@@ -507,3 +507,16 @@ def test_reference_scale_warning_shows_at_every_identical_run():
         warnings.simplefilter("error")
         warnings.simplefilter("ignore", ReferenceScaleWarning)
         sample(den, 8, 16, num_steps=5, guidance=MMDGuidance(pixels), seed=0)
+
+
+def test_gradient_keeps_image_shapes_and_refuses_another_layout():
+    """gradient() flattened any z of the right size: channels-last (B, H, W, C) points against
+    (C, H, W) references were accepted silently (the hook refuses them), and image-shaped z got
+    a (B, D) gradient back. The oracle is the same points given flat."""
+    g = torch.Generator().manual_seed(0)
+    refs, z = torch.randn(10, 1, 2, 3, generator=g), torch.randn(4, 1, 2, 3, generator=g)
+    G = MMDGuidance(refs)
+    assert torch.equal(G.gradient(z), G.gradient(z.reshape(4, 6)).reshape(z.shape))
+    with pytest.raises(ValueError, match=r"the points z have per-sample shape \(2, 3, 1\) .* but references "
+                                         r"have \(1, 2, 3\)"):
+        G.gradient(z.permute(0, 2, 3, 1))

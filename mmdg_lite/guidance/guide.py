@@ -17,6 +17,7 @@ import warnings
 from dataclasses import replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -314,7 +315,13 @@ class MMDGuidance:
     def gradient(self, z: Tensor, prompts: Tensor | None = None) -> Tensor:
         """grad of MMD^2 w.r.t. generated points z (B, D) against the references, with this
         guidance's kernel (resolved from z and the references when data-dependent); with
-        ``rff_features`` the reference term is the random-feature one, as in the hook's steps."""
+        ``rff_features`` the reference term is the random-feature one, as in the hook's steps.
+        Image-shaped z (B, *S) must have the references' per-sample shape S, as in the hook
+        (another layout of the same size, e.g. channels-last, was flattened silently), and the
+        gradient comes back in z's shape."""
+        shape = tuple(z.shape) if isinstance(z, (Tensor, np.ndarray)) else None
+        if shape is not None and len(shape) > 2:
+            self.reference_set.check_samples(z, "the points z")
         z = check_points(z, "z")
         refs = self.reference_set.on(z)
         check_pair(z, refs, "z", "references")
@@ -331,11 +338,13 @@ class MMDGuidance:
         elif prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
         if self.rff is not None:  # never prompt-aware
-            return self.generated.gradient_rff(z.to(refs.dtype), self.rff)
-        kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts, rp)
-        g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, rp,
-                                    self.estimator, self.chunk_size, self.prompt_weighting)
-        return torch.zeros_like(z) if g is None else g
+            g = self.generated.gradient_rff(z.to(refs.dtype), self.rff)
+        else:
+            kernel = self._resolve(self._kernel(), self.generated.pool(z), refs, prompts, rp)
+            g = self.generated.gradient(z.to(refs.dtype), refs, kernel, prompts, rp,
+                                        self.estimator, self.chunk_size, self.prompt_weighting)
+        g = torch.zeros_like(z) if g is None else g
+        return g.reshape(shape) if shape is not None else g
 
     def _kernel(self) -> Kernel | ProductKernel:
         if self.reference_set.prompts is None:
