@@ -111,6 +111,16 @@ def check_pair(x: Tensor, y: Tensor, x_name: str, y_name: str) -> tuple[Tensor, 
     return x.to(dtype), y.to(dtype)
 
 
+def check_layouts(x: Any, y: Any, x_name: str, y_name: str) -> None:
+    """Two image-shaped sets (n, *S), (m, *S') need S == S': flattening (B, H, W, C) points against
+    (N, C, H, W) references (same size, other layout) compared unrelated pixels without a word.
+    A flat (n, D) set against an image-shaped one is accepted (D = prod S is checked later)."""
+    sx, sy = getattr(x, "shape", ()), getattr(y, "shape", ())
+    if len(sx) > 2 and len(sy) > 2 and tuple(sx[1:]) != tuple(sy[1:]):
+        raise ValueError(f"{x_name} has per-point shape {tuple(sx[1:])} but {y_name} has {tuple(sy[1:])} (shapes "
+                         f"{tuple(sx)} and {tuple(sy)}); both sets must share one layout, e.g. channels first")
+
+
 def is_real_number(value: Any) -> bool:
     """A Python or numpy int/float, not a bool (finiteness is the caller's check)."""
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))

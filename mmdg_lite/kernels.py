@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import (check_autograd, check_has_values, check_int, check_pair, check_points, check_positive,
+from ._validation import (check_autograd, check_has_values, check_int, check_layouts, check_pair, check_points,
+                          check_positive,
                           is_real_number)
 
 __all__ = [
@@ -195,6 +196,7 @@ class Kernel:
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """Validated Gram matrix for user code: (n, *S) and (m, *S) -> (n, m)."""
+        check_layouts(x, y, "x", "y")
         x, y = check_pair(check_points(x, "x"), check_points(y, "y"), "x", "y")
         x, y = x.to(work_dtype(x, y)), y.to(work_dtype(x, y))  # half precision runs in float32
         return self.resolve(x, y).gram(x, y)

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ._validation import check_autograd, check_choice, check_int, check_pair, check_points, check_weights
+from ._validation import check_autograd, check_choice, check_int, check_layouts, check_pair, check_points, check_weights
 from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel,
                       work_dtype)
 from .seeding import check_seed
@@ -44,6 +44,7 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
         raise TypeError(f"kernel must be a mmdg_lite Kernel or ProductKernel; got {kernel!r}")
     need = 2 if estimator == "unbiased" else 1
     why = "the unbiased estimator leaves out the i = i' pairs" if need == 2 else ""
+    check_layouts(x, y, "x", "y")
     xs = check_points(x, "x", min_count=need, why=why)
     ys = check_points(y, "y", min_count=need, why=why)
     shape = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape
@@ -254,6 +255,7 @@ def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> 
     if isinstance(kernel, ProductKernel):
         raise TypeError("witness takes a sample Kernel, not a ProductKernel")
     p = _prepare(x, y, kernel, "biased", x_weights, y_weights, None, None)
+    check_layouts(points, x, "points", "x")
     t = check_points(points, "points")
     t, _ = check_pair(t, p.x, "points", "x")
     return p.kernel.gram(t, p.x) @ p.wx - p.kernel.gram(t, p.y) @ p.wy  # (T,)

@@ -306,3 +306,17 @@ def test_a_callable_kernel_returning_nan_is_named_not_blamed_on_the_data(fn):
     with pytest.raises(FloatingPointError, match=r"the kernel's fn\(x, y\) returned NaN/Inf for these points") as err:
         fn(x, y, k)
     assert "use a Gaussian kernel" not in str(err.value)
+
+
+@pytest.mark.parametrize("call", ["mmd2", "mmd2_grad", "witness", "kernel"])
+def test_image_sets_of_another_layout_are_refused(call):
+    """Both sets image-shaped with the same size but another layout (channels-last points against
+    channels-first references) were flattened and compared pixel by unrelated pixel, silently."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 1, 2, 3, generator=g), torch.randn(5, 1, 2, 3, generator=g)
+    xl, k = x.permute(0, 2, 3, 1), GaussianKernel(1.0)
+    calls = {"mmd2": lambda: mmd2(xl, y, k), "mmd2_grad": lambda: mmd2_grad(xl, y, k),
+             "witness": lambda: witness(xl, x, y, k), "kernel": lambda: k(xl, y)}
+    with pytest.raises(ValueError, match=r"has per-point shape \(2, 3, 1\) but .* has \(1, 2, 3\) .*share one layout"):
+        calls[call]()
+    assert mmd2_grad(x.reshape(4, 6), y, k).shape == (4, 6)  # a flat set against an image-shaped one is fine
