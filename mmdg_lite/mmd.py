@@ -232,7 +232,8 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
 def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:
     """The same gradient by differentiating ``mmd2`` with autograd (an oracle for tests).
 
-    The data-dependent bandwidth is fixed from (x, y) first, as in ``mmd2_grad``.
+    The data-dependent bandwidth is fixed from (x, y) first, as in ``mmd2_grad``. Half-precision
+    inputs are differentiated (and returned) in float32, as ``mmd2_grad`` computes them.
     """
     xs = check_points(x, "x")
     ys = check_points(y, "y")
@@ -241,7 +242,8 @@ def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:
         kernel = kernel.resolve(xs, ys)
     check_autograd("mmd2_grad_autograd")
     with torch.enable_grad():
-        xg = torch.as_tensor(x).detach().clone().requires_grad_(True)
+        x = torch.as_tensor(x)
+        xg = x.detach().to(work_dtype(x), copy=True).requires_grad_(True)  # half: float32
         (g,) = torch.autograd.grad(mmd2(xg, y, kernel, **kwargs), xg)
     return g
 

@@ -338,3 +338,16 @@ def test_imq_float32_gradient_holds_with_duplicate_points(scale):
         assert float((g32.double() - g64).norm() / g64.norm()) < 1e-5
         oracle = mmd2_grad_autograd(x.double(), y.double(), k, estimator=est)
         assert float((g64 - oracle).norm() / oracle.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autograd_oracle_differentiates_half_inputs_in_float32(dtype):
+    # mmd2_grad computes half-precision inputs in float32; the oracle returned its gradient rounded
+    # to the input's half dtype (1e-3 off in float16, 1e-2 in bfloat16), so it could not check it
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g).to(dtype), torch.randn(9, 4, generator=g).to(dtype)
+    for kernel in (GaussianKernel(bandwidth=1.0), PolynomialKernel()):
+        auto, closed = mmd2_grad_autograd(x, y, kernel), mmd2_grad(x, y, kernel)
+        assert auto.dtype == closed.dtype == torch.float32
+        oracle = mmd2_grad_autograd(x.double(), y.double(), kernel)  # the same rounded points in float64
+        assert rel_err(auto.double(), oracle) <= 1e-5 and rel_err(closed.double(), oracle) <= 1e-5
