@@ -284,7 +284,8 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
         raise TypeError("permutation_test takes a sample Kernel, not a ProductKernel")
     p = _prepare(x, y, kernel, estimator, None, None, None, None)
     z = torch.cat([p.x, p.y])  # (n + m, D)
-    K = p.kernel.gram(z, z)  # (N, N)
+    with torch.no_grad():  # a FeatureKernel's network would keep its graph alive in ``null``
+        K = p.kernel.gram(z, z)  # (N, N)
     n, N = len(p.x), len(z)
 
     def stat(idx: Tensor) -> Tensor:

@@ -351,3 +351,17 @@ def test_autograd_oracle_differentiates_half_inputs_in_float32(dtype):
         assert auto.dtype == closed.dtype == torch.float32
         oracle = mmd2_grad_autograd(x.double(), y.double(), kernel)  # the same rounded points in float64
         assert rel_err(auto.double(), oracle) <= 1e-5 and rel_err(closed.double(), oracle) <= 1e-5
+
+
+def test_permutation_test_with_a_network_kernel_keeps_no_graph():
+    # a FeatureKernel's Gram matrix carried the network's autograd graph into every statistic, so
+    # ``null`` held it (and the whole pooled Gram matrix) alive, and float() of it warned
+    from mmdg_lite.kernels import FeatureKernel
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 4, generator=g), torch.randn(12, 4, generator=g)
+    net = torch.nn.Linear(4, 3)
+    res = permutation_test(x, y, FeatureKernel(net, (4,), GaussianKernel(bandwidth=1.0)), n_permutations=20)
+    assert not res.null.requires_grad
+    with torch.no_grad():
+        same = permutation_test(x, y, FeatureKernel(net, (4,), GaussianKernel(bandwidth=1.0)), n_permutations=20)
+    assert torch.equal(res.null, same.null) and res.p_value == same.p_value
