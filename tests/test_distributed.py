@@ -249,3 +249,26 @@ def test_init_distributed_checks_its_arguments_even_when_a_group_exists(monkeypa
     with pytest.raises(ValueError, match="timeout_s"):
         init_distributed(timeout_s=-1)
     assert init_distributed() == (0, 1)
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3])
+def test_distributed_imq_gradient_holds_in_float32_when_c_is_far_below_the_spacing(scale):
+    # DistributedBatchSet stacks the global batch with the references in one weighted-gradient call,
+    # so the IMQ repulsion kept its i = i pairs (left out only where y is x): for c far below the
+    # spacing they cancelled the float32 gradient away (55 % off at 1e2, 100 % at 1e3); a group of one
+    from mmdg_lite.distributed import DistributedBatchSet
+    from mmdg_lite.guidance.generated import BatchSet
+    from mmdg_lite.kernels import InverseMultiquadricKernel
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, generator=g) * scale
+    y = torch.randn(20, 8, generator=g) * scale + 0.5 * scale
+    k = InverseMultiquadricKernel()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for chunk in (None, 7):
+            got = DistributedBatchSet().gradient(x, y, k, None, None, "biased", chunk)  # float32
+            oracle = BatchSet().gradient(x.double(), y.double(), k, None, None, "biased", None)
+            assert float((got.double() - oracle).norm() / oracle.norm()) < 1e-5
+    finally:
+        dist.destroy_process_group()
