@@ -134,7 +134,10 @@ def _self_term(p: _Prepared, z: Tensor, w: Tensor, pz, estimator: str, chunk_siz
 
 def mmd2(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None, y_weights=None,
          x_prompts=None, y_prompts=None, chunk_size: int | None = None) -> Tensor:
-    """MMD^2 between x and y (paper Sec. 2). Biased = V-statistic (the paper's), >= 0 always.
+    """MMD^2 between x and y (paper Sec. 2). Biased = V-statistic (the paper's), >= 0 for a
+    positive-definite kernel up to rounding (float32: about -5e-7 for two orderings of one set).
+    Not chunked by default: the y self-term then builds the (m, m) Gram matrix; pass
+    ``chunk_size`` for large m.
 
     Unbiased = U-statistic: the within-set sums skip i = i' (with weights, renormalised by
     1 - sum w^2), so its mean over draws equals the population MMD^2; it can be negative.
