@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tiny needs --out (a folder outside data/explorer): its 2x2 grid would replace the shipped one")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.error(f"--out: {str(args.out)!r} exists and is not a folder")
+    if args.out is not None:  # before minutes of sampling, not when the grids are written
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a parent is a file, no permission, ...
+            parser.error(f"--out: cannot create the folder {str(args.out)!r} ({err.strerror})")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' torch_dtype notice
     try:  # loading bars and notices of diffusers / transformers (the sd domain)

@@ -33,7 +33,7 @@ def test_student_notebooks_never_overwrite_the_instructor_copies(tmp_path):
     assert out.returncode == 2 and "not a notebook: 'notes.md'" in out.stderr and not (tmp_path / "s").exists()
 
 
-def test_explorer_smoke_run_needs_its_own_folder(monkeypatch, capsys):
+def test_explorer_smoke_run_needs_its_own_folder(monkeypatch, capsys, tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("precompute", ROOT / "scripts" / "precompute_explorer_grids.py")
@@ -43,8 +43,12 @@ def test_explorer_smoke_run_needs_its_own_folder(monkeypatch, capsys):
     def no_sweep(*args, **kwargs):  # were the refusal to regress, nothing is computed or written
         raise AssertionError("the sweep must not run")
     monkeypatch.setattr(module, "explorer_grid_sweep", no_sweep)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
     for argv, match in ((["--domain", "digits", "--tiny"], "--tiny needs --out"),  # replaced the shipped grid
-                        (["--domain", "digits", "--threads", "0"], "--threads: must be an integer >= 1")):
+                        (["--domain", "digits", "--threads", "0"], "--threads: must be an integer >= 1"),
+                        # --out under a file: a raw NotADirectoryError after the whole sweep
+                        (["--domain", "digits", "--tiny", "--out", str(blocker / "g")], "--out: cannot create the folder")):
         with pytest.raises(SystemExit) as exit_info:
             module.main(argv)
         assert exit_info.value.code == 2 and match in capsys.readouterr().err
