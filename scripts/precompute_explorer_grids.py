@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="2 strengths x 2 reference counts, 4 images, 2 steps (a smoke test)")
     parser.add_argument("--threads", type=_positive_int, default=1)
     args = parser.parse_args(argv)
-    if args.tiny and args.out is None:  # a smoke test must never replace the shipped grids
+    shipped = Path(__file__).resolve().parents[1] / "data" / "explorer"
+    if args.tiny and (args.out is None or args.out.resolve() == shipped):  # never replace the shipped grids
         parser.error("--tiny needs --out (a folder outside data/explorer): its 2x2 grid would replace the shipped one")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.error(f"--out: {str(args.out)!r} exists and is not a folder")
