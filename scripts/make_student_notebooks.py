@@ -9,7 +9,8 @@ In the committed (instructor) notebooks a coding exercise is three kinds of cell
 - optional worked answers to the question exercises, tag ``instructor-answer``.
 The student version replaces each solution cell by ``stub_source(fn)`` (same signature and
 docstring, body raises NotImplementedError), drops the instructor answers, clears every output
-and the saved widget state. Notebooks 05-07 join by tagging their cells the same way.
+and the saved widget state (and the instructor run's execution timestamps). Every notebook
+01-08 has its exercises tagged this way; a new notebook joins by tagging its cells the same way.
 """
 from __future__ import annotations
 

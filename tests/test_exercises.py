@@ -24,8 +24,8 @@ from mmdg_lite.solutions import all_solutions, exercise_label, solution_modules,
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = all_solutions()
-# The notebooks in the coursework: those with a solutions module (notebooks 05-07 join by adding
-# mmdg_lite/solutions/nbNN.py and tagging their cells, see scripts/make_student_notebooks.py).
+# The notebooks in the coursework: those with a solutions module (all of 01-08; a new notebook joins
+# by adding mmdg_lite/solutions/nbNN.py and tagging its cells, see scripts/make_student_notebooks.py).
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
                    if f"nb{p.name[:2]}" in solution_modules())
 
