@@ -403,10 +403,14 @@ def read_markdown_table(text: str, heading: str):
 
 
 def find_results_dir(start: str | Path | None = None) -> Path | None:
-    """benchmarks/results of the repository that holds ``start`` (default: the working
-    directory), searching upward; None when there is none."""
+    """benchmarks/results of the repository that holds ``start``, searching upward; None when
+    there is none. Without ``start``: from the working directory, else the checkout this package
+    is imported from (a student notebook written outside the repository still finds the tables)."""
     here = Path(start) if start is not None else Path.cwd()
-    for root in (here, *here.parents):
+    roots = [here, *here.parents]
+    if start is None:
+        roots.append(Path(__file__).resolve().parent.parent)  # the checkout holding mmdg_lite/
+    for root in roots:
         if (root / "benchmarks" / "results").is_dir():
             return root / "benchmarks" / "results"
     return None

@@ -1,6 +1,8 @@
 """mmdg_lite.plotting: the course's palette and layout rules, and the table readers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -180,3 +182,14 @@ def test_setup_notebook_refuses_before_changing_anything():
     finally:
         torch.set_num_threads(before)
         mpl.rcParams["figure.dpi"] = mpl.rcParamsDefault["figure.dpi"]
+
+
+def test_results_are_found_from_outside_the_repository(tmp_path, monkeypatch):
+    """A student notebook written with make_student_notebooks --out /some/dir and run there
+    printed "[missing] benchmarks/results/... run python benchmarks/..." for tables the checkout
+    ships, and skipped their plots."""
+    shipped = Path(P.__file__).resolve().parent.parent / "benchmarks" / "results"
+    assert shipped.is_dir()
+    monkeypatch.chdir(tmp_path)
+    assert P.find_results_dir() == shipped
+    assert P.find_results_dir(tmp_path) is None  # an explicit start is searched upward only
