@@ -9,6 +9,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +34,19 @@ def time_once(fn, *args, **kw) -> float:
     t0 = time.perf_counter()
     fn(*args, **kw)
     return time.perf_counter() - t0
+
+
+def command_line(prefix: str = "python") -> str:
+    """The command that ran this script, as typed in the checkout's root: ``prefix``,
+    ``benchmarks/<script>.py`` and every argument it was given, quoted for the shell (a table's
+    header written by hand dropped the arguments that shaped it, such as ``--repeats 3``)."""
+    return shlex.join([*prefix.split(), f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def quick_path(path: Path) -> Path:
+    """Where a ``--quick`` smoke run writes ``path``'s file: a folder in the temp dir, never the
+    committed table (which other scripts read) that a real run writes."""
+    return Path(tempfile.gettempdir()) / "mmdg_benchmarks_quick" / path.name
 
 
 def load_average() -> tuple[float, float, float]:
@@ -64,15 +80,33 @@ def status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def description(doc: str | None) -> str:
+    """A script's ``--help`` description: its docstring's first paragraph (its first line alone
+    stopped mid-sentence)."""
+    return (doc or "").split("\n\n")[0]
+
+
 def parse_no_options(doc: str | None) -> None:
     """``--help`` for a script without options (it printed nothing and ran the whole benchmark,
     overwriting its results); any other argument is refused."""
-    argparse.ArgumentParser(description=(doc or "").split("\n\n")[0]).parse_args()
+    argparse.ArgumentParser(description=description(doc)).parse_args()
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count (seeds, samples, repeats, threads, jobs, steps): an integer >= 1.
+    A 0 was taken and crashed with a raw traceback, some after minutes of work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
 
 
 def parse_jobs() -> int:
     """The ``--jobs`` option (1 or 2 worker processes) of the scripts that split their work."""
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=description(sys.modules["__main__"].__doc__))
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1)
     return parser.parse_args().jobs
 
@@ -125,22 +159,6 @@ def peak_extra_memory(fn: Callable[[], object]) -> dict:
     hwm = status_kb("VmHWM") if hwm_reset else 0
     return {"extra_mb": (max(peak[0], hwm) - base) / 1024, "seconds": seconds,
             "method": ("VmHWM" if hwm_reset else "") + (" + psutil sampler" if sampler else "")}
-
-
-def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """``python benchmarks/<script>`` with every option whose value differs from the parser's
-    default, so the command a results table records reproduces it."""
-    flags = []
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest == "help" or value == action.default:
-            continue
-        if action.nargs == 0:  # a store_true / store_false switch
-            flags.append(action.option_strings[-1])
-        else:
-            items = value if isinstance(value, (list, tuple)) else [value]
-            flags.append(" ".join([action.option_strings[-1], *map(str, items)]))
-    return " ".join([f"python benchmarks/{script}", *flags])
 
 
 def report_header(title: str, command: str, threads: int,

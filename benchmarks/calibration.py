@@ -30,7 +30,7 @@ from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes
 from mmdg_lite.kernels import GaussianKernel, MultiGaussianKernel, PolynomialKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import command_line, description, load_average, machine, positive_int, write_results  # noqa: E402
 from images import adaptation_rows  # noqa: E402  (benchmarks/images.py: the seed x setting loop)
 
 SEEDS = (100, 101, 102, 103)
@@ -118,9 +118,9 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--domain", choices=("digits", "shapes"), required=True)
-    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--n", type=positive_int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), load_average()
@@ -129,8 +129,7 @@ def main() -> None:
     for method, settings in candidates(args.domain).items():  # one method's sweep, each seed's task built once
         swept = adaptation_rows(task_fn, settings, SEEDS, args.n, num_steps=50, batch_size=args.n)
         rows[method] = {label: {k: r[k] for k in ("style", "valid", "fd")} for label, r in swept.items()}
-    data = {"meta": {"command": f".venv/bin/python benchmarks/calibration.py --domain {args.domain}"
-                                + (f" --n {args.n}" if args.n != 128 else ""),
+    data = {"meta": {"command": command_line(".venv/bin/python"),
                      "domain": args.domain, "n": args.n, "num_steps": 50,
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "rows": rows, "kept": {p: pick(rows[m], rule) for p, (m, rule) in KEEP[args.domain].items()}}

@@ -26,12 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, report_header, write_report  # noqa: E402
+from _common import command_line, description, load_average, positive_int, report_header, write_report  # noqa: E402
 from mmdg_lite import GaussianKernel, MMDGuidance, median_bandwidth, sample  # noqa: E402
 from mmdg_lite.toys import evaluate, make_task, task_guidance  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "defaults.md"
-CACHE = ROOT / "benchmarks" / "results" / "defaults.json"  # per-row results, so --resume skips done rows
+CACHE = ROOT / "benchmarks" / "results" / "defaults.json"  # per-row results of the finished run
+PARTIAL = CACHE.with_suffix(".partial.json")  # rows of an unfinished run, so --resume skips done rows
+LEGACY = {"n": 1000, "seeds": 5, "sweep_seeds": 2}  # the settings of a cache written without them
 TASKS = ("ring2d_4modes", "ring2d_dirichlet", "gmm100d_4modes")
 
 
@@ -102,21 +104,31 @@ def cell(results: list[dict | None], key: str, pct: bool = False) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5, help="seeds for the default row and the preset row")
-    ap.add_argument("--sweep-seeds", type=int, default=2, help="seeds for the other (sweep) rows")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--seeds", type=positive_int, default=5, help="seeds for the default row and the preset row")
+    ap.add_argument("--sweep-seeds", type=positive_int, default=2, help="seeds for the other (sweep) rows")
+    ap.add_argument("--n", type=positive_int, default=1000)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="reuse rows already in defaults.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows of an interrupted run (defaults.partial.json), else of defaults.json, "
+                         "if they were run with the same --n, --seeds and --sweep-seeds")
     args = ap.parse_args()
+    settings = {"n": args.n, "seeds": args.seeds, "sweep_seeds": args.sweep_seeds}
+    cached = {}
+    if args.resume and not args.quick:
+        cache = PARTIAL if PARTIAL.is_file() else CACHE
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        have = cached.pop("settings", LEGACY) if cached else settings
+        if have != settings:  # its rows would be reported under this run's settings
+            ap.error(f"--resume: {cache.name} was run with {have}, not {settings}; "
+                     "give those settings or run without --resume")
     torch.set_num_threads(args.threads)
     seeds = range(2 if args.quick else args.seeds)
     table = rows()
     if args.quick:
         table = dict(list(table.items())[:1])
     load, t0 = load_average(), time.perf_counter()
-    cached = json.loads(CACHE.read_text()) if args.resume and CACHE.is_file() else {}
     results: dict[str, dict[str, list]] = {}
     for label, factory in table.items():
         if label in cached:
@@ -128,14 +140,14 @@ def main() -> None:
         print(label[:70], {k: cell(v, "tv") for k, v in results[label].items()}, flush=True)
         if not args.quick:
             cached[label] = results[label]
-            CACHE.write_text(json.dumps(cached, indent=1) + "\n")
+            PARTIAL.write_text(json.dumps({"settings": settings, **cached}, indent=1) + "\n")
     if args.quick:
         return
     default = results[next(iter(table))]
     ok = all(all(r is not None for r in default[k]) and statistics.mean(r["tv"] for r in default[k]) <= 0.10
              and statistics.mean(r["off_mode"] for r in default[k]) <= 0.03 for k in TASKS)
     lines = report_header("Untuned defaults on the synthetic tasks, and the mechanism sweep",
-                          "python benchmarks/defaults.py", args.threads, load)
+                          command_line(), args.threads, load)
     lines += [f"- {args.n} samples, 200 references, DDPM, 100 steps; mean ± std over seeds of the mode "
               f"TV, mean off-mode fraction. Seeds 0–{args.seeds - 1} for the default, previous-default and "
               f"preset rows, 0–{args.sweep_seeds - 1} for the sweep rows. Total run time "
@@ -158,6 +170,8 @@ def main() -> None:
               "level (the reviewers' objection to comparing noisy samples with clean references) "
               "weakens the early pull and did not help here."]
     write_report(OUT, lines)
+    CACHE.write_text(json.dumps({"settings": settings, **results}, indent=1) + "\n")
+    PARTIAL.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, load_average, report_header, write_report  # noqa: E402
+from _common import command_line, description, load_average, positive_int, report_header, write_report  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "distributed.md"
 SHAPE = (4, 8, 8)
@@ -179,10 +179,10 @@ def cost_model() -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--sizes", type=positive_int, nargs="+", default=[256, 1024])
+    ap.add_argument("--worlds", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=positive_int, default=2)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load = load_average()
@@ -194,7 +194,7 @@ def main() -> None:
         print(w, r["rows"], flush=True)
     base = runs[args.worlds[0]]
     lines = report_header("Distributed batch-joint guidance: processes, throughput, communication",
-                          command_line("distributed.py", ap, args), 1, load)
+                          command_line(), 1, load)
     lines += ["", "## Measured on CPU processes (gloo)", "",
               f"Global batch of n samples, shape {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (D = {math.prod(SHAPE)}), "
               f"{STEPS} DDIM steps ({STEPS - 2} guided), exact 8-mode mixture denoiser, N_r = {N_REFS}; "

@@ -34,7 +34,7 @@ from mmdg_lite.images.features import image_features
 from mmdg_lite.metrics import frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import description, load_average, machine, positive_int, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("mmd x0_hat", "classifier")
@@ -89,10 +89,10 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=1024, help="samples per method and seed (a multiple of 256)")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--jobs", type=int, default=1, help="processes (every run is seeded: same numbers)")
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--n", type=positive_int, default=1024, help="samples per method and seed (a multiple of 256)")
+    parser.add_argument("--seeds", type=positive_int, default=5)
+    parser.add_argument("--jobs", type=positive_int, default=1, help="processes (every run is seeded: same numbers)")
     args = parser.parse_args()
     if args.n < QUARTER or args.n % QUARTER:
         raise SystemExit(f"--n must be a positive multiple of {QUARTER}; got {args.n}")

@@ -37,7 +37,7 @@ from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method
 from mmdg_lite.kernels import FeatureKernel, GaussianKernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import description, load_average, machine, positive_int, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "feature_kernels.md"
 SEEDS = (100, 101)
@@ -139,8 +139,8 @@ def render(data: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", type=int, default=1, help="processes (each one torch thread)")
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--jobs", type=positive_int, default=1, help="processes (each one torch thread)")
     args = ap.parse_args()
     load, t0 = load_average(), time.perf_counter()
     jobs = [(name, a, s) for name, a in settings() for s in SEEDS]

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import peak_extra_memory, report_header, time_once  # noqa: E402
+from _common import command_line, description, peak_extra_memory, positive_int, report_header, time_once  # noqa: E402
 from _common import make_inputs as _inputs  # noqa: E402
 from mmdg_lite import GaussianKernel, mmd2_grad, mmd2_grad_autograd  # noqa: E402
 
@@ -46,7 +46,8 @@ def time_gradients(d: int, repeats: int) -> dict:
     for name, fn in (("closed", mmd2_grad), ("autograd", mmd2_grad_autograd)):
         ts = [time_once(fn, x, y, k) for _ in range(repeats)]
         res[name] = statistics.median(ts) * 1e3
-        res[name + "_iqr"] = (statistics.quantiles(ts, n=4)[2] - statistics.quantiles(ts, n=4)[0]) * 1e3
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3  # --repeats 1 raised here
+        res[name + "_iqr"] = (q[2] - q[0]) * 1e3
     return res
 
 
@@ -70,9 +71,9 @@ def measure_memory(chunk_size: int | None, threads: int) -> dict:
 # --- report ------------------------------------------------------------------------------------
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
-    ap.add_argument("--repeats", type=int, default=15)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--repeats", type=positive_int, default=15)
     ap.add_argument("--chunk-size", type=int, default=4096)
     ap.add_argument("--no-unchunked", action="store_true", help="skip the unchunked memory run")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -86,8 +87,7 @@ def main() -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     lines = report_header(
         "Closed-form vs autograd MMD² gradient",
-        "python benchmarks/gradients.py"
-        + (f" --threads {' '.join(map(str, args.threads))}" if args.threads != [default_threads] else ""),
+        command_line(),
         default_threads, load) + [
         f"- Gaussian kernel, bandwidth √D (fixed), float32, biased estimator, B = {B}, "
         f"N_r = {NR_TIME:,}; median of {args.repeats} runs after one warm-up "

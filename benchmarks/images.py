@@ -1,7 +1,8 @@
 """Image domain adaptation over 5 seeds (notebooks 05 and 06's measures, issue 9 item 7).
 
     .venv/bin/python benchmarks/images.py            # writes benchmarks/results/images.md (+ .json)
-    .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run)
+    .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run, written to
+                                                     # $TMPDIR/mmdg_benchmarks_quick, not results/)
     .venv/bin/python benchmarks/images.py --jobs 2   # the two domains in two processes (same numbers)
 
 Pixel space: the shipped digits UNet (20 % thick strokes in pretraining), 50 thick references
@@ -31,7 +32,7 @@ from mmdg_lite import MMDGuidance, sample
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine, write_results  # noqa: E402
+from _common import command_line, description, load_average, machine, positive_int, quick_path, write_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "images.md"
 
@@ -208,20 +209,23 @@ def render(data: dict) -> str:
         "", f"Total {meta['seconds']:.0f} s.", ""])
 
 
-def _write(data: dict) -> None:
-    """images.json and its rendered images.md."""
-    write_results(OUT, data, render(data))
+def _write(data: dict, out: Path | None = None) -> None:
+    """images.json and its rendered images.md (at ``out``, by default the committed OUT)."""
+    write_results(out or OUT, data, render(data))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 32 samples, 20 steps; written to the temp "
+                        "dir, not results/ (other benchmarks read images.json)")
     parser.add_argument("--render", action="store_true", help="re-render images.md from images.json")
     parser.add_argument("--timing", action="store_true", help="re-measure only the guided/unguided step time "
                         "into images.json (the method tables kept)")
-    parser.add_argument("--jobs", type=int, default=1, help="processes for the method tables and the sweep "
+    parser.add_argument("--jobs", type=positive_int, default=1, help="processes for the method tables and the sweep "
                         "(every run is seeded, so the numbers do not depend on it; the timing runs alone)")
     args = parser.parse_args()
+    if args.quick and (args.timing or args.render):  # both rewrite the committed images.json / .md
+        parser.error("--quick cannot be combined with --timing or --render (they rewrite results/images.*)")
     if args.timing:  # re-measure the step-time ratio alone (on an otherwise idle machine)
         torch.set_num_threads(1)
         data = json.loads(OUT.with_suffix(".json").read_text())
@@ -241,13 +245,13 @@ def main() -> None:
                 pool.submit(sweep, seeds, n_sweep, steps)]
         digits, shapes, sw = (j.result() for j in jobs)
     timing = step_time_ratio()
-    flags = (" --quick" if args.quick else "") + (f" --jobs {args.jobs}" if args.jobs != 1 else "")
-    meta = {"command": f".venv/bin/python benchmarks/images.py{flags}",
+    meta = {"command": command_line(".venv/bin/python"),
             "seeds": len(seeds), "jobs": args.jobs, "n_adapt": n, "batch": batch, "n_sweep": n_sweep, "num_steps": steps,
             "digit_references": "stratified" if _digits_stratified() else "random",
             "machine": machine(), "load": load[0],
             "seconds": time.perf_counter() - t_start}
-    _write({"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw})
+    _write({"meta": meta, "digits": digits, "shapes": shapes, "timing": timing, "sweep": sw},
+           quick_path(OUT) if args.quick else OUT)  # a smoke run never replaces the committed table
 
 
 if __name__ == "__main__":

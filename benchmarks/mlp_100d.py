@@ -26,7 +26,7 @@ from mmdg_lite.seeding import seed_everything
 from mmdg_lite.training import train_denoiser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, report_header  # noqa: E402
+from _common import description, load_average, positive_int, report_header  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "mlp_100d.md"
 
@@ -40,8 +40,8 @@ def scores(x: torch.Tensor, mix, ref: torch.Tensor) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4000, help="MLP training steps")
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--steps", type=positive_int, default=4000, help="MLP training steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     start, load0 = time.perf_counter(), load_average()

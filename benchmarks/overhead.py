@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, make_inputs, report_header, write_report  # noqa: E402
+from _common import command_line, description, load_average, make_inputs, positive_int, report_header, write_report  # noqa: E402
 from mmdg_lite import GaussianKernel, MMDGuidance, median_bandwidth, mmd2, mmd2_grad, sample  # noqa: E402
 from mmdg_lite.guidance import default_kernel  # noqa: E402
 
@@ -139,10 +139,10 @@ def half_precision() -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--repeats", type=positive_int, default=7)
+    ap.add_argument("--steps", type=positive_int, default=20)
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = load_average()
@@ -155,7 +155,7 @@ def main() -> None:
     hp = half_precision()
     print("half", hp, flush=True)
     lines = report_header("Guidance cost at image scale, gradient vs matrix product, half precision",
-                          "python benchmarks/overhead.py", args.threads, load)
+                          command_line(), args.threads, load)
     lines += ["", "## Per-step overhead with an image UNet", "",
               f"3×32×32 `UNet2DModel` (blocks 32/64/64, one layer per block), B = 16, N_r = 200, DDPM "
               f"{args.steps} steps, `MMDGuidance(refs)`; unguided and guided runs alternate, median of "

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, make_inputs, peak_extra_memory, report_header, time_once  # noqa: E402
+from _common import command_line, description, load_average, make_inputs, peak_extra_memory, positive_int, report_header, time_once  # noqa: E402
 from mmdg_lite import GaussianKernel, mmd2, mmd2_grad, mmd2_grad_autograd  # noqa: E402
 from mmdg_lite.kernels import median_bandwidth  # noqa: E402
 from mmdg_lite.rff import RFFReferenceEmbedding, mmd2_grad_rff  # noqa: E402
@@ -186,16 +186,15 @@ def measure_memory(name, B, NR, D, chunk, threads) -> dict:
 
 # --- part 1: performance -------------------------------------------------------------------------
 
-def header(title, args, extra) -> list[str]:
-    return report_header(title, f"python benchmarks/performance.py{extra} --threads {args.threads} "
-                                f"--budget {args.budget:g} --repeats {args.repeats}", args.threads)
+def header(title: str, args: argparse.Namespace) -> list[str]:
+    return report_header(title, command_line(), args.threads)
 
 
 def performance(args) -> None:
     t_start = time.perf_counter()
     deadline = t_start + args.max_minutes * 60
     timer = Timer(args.budget, args.repeats)
-    lines = header("Batched closed-form MMD² gradient vs autograd vs per-sample loop", args, "")
+    lines = header("Batched closed-form MMD² gradient vs autograd vs per-sample loop", args)
     lines += [
         "- Gaussian kernel, bandwidth √D (fixed), float32, biased estimator; x ~ N(0, I), "
         "references ~ N(0.1, I).",
@@ -422,7 +421,7 @@ def rff_setting(D: int, seed: int = 0):
 
 def rff(args) -> None:
     t_start = time.perf_counter()
-    lines = header("Random Fourier features vs the exact MMD² gradient", args, " --rff")
+    lines = header("Random Fourier features vs the exact MMD² gradient", args)
     lines += [
         f"- Setting: B = {RFF_B} generated points ~ N(0, I), N_r = {RFF_NR:,} references ~ "
         f"N({RFF_SHIFT:g}·1, I) (a 1-std shift per coordinate), Gaussian kernel with the "
@@ -580,13 +579,13 @@ def rff(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--rff", action="store_true", help="run the RFF benchmark (writes rff.md)")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=positive_int, default=1,
                     help="torch threads (default 1: reliable on a shared machine)")
     ap.add_argument("--budget", type=float, default=3.0,
                     help="seconds per method-cell; predicted-slower cells are skipped")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--mem-budget", type=float, default=8.0)
     ap.add_argument("--max-minutes", type=float, default=8.0,
                     help="overall guard: later sections are marked 'not run' past this")

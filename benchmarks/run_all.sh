@@ -7,8 +7,8 @@
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)
 #
 # Each script writes its own markdown (and JSON/PNG) under benchmarks/results/ with the exact
-# command in its header. Scripts that do not exist yet are skipped with a note. The run stops at
-# the first failing script; a timing summary is printed at the end.
+# command, every argument included, in its header. Scripts that do not exist yet are skipped with
+# a note. The run stops at the first failing script; a timing summary is printed at the end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -49,6 +49,18 @@ want() {  # with arguments on the command line, run only the named benchmarks
   for w in "$@"; do [ "$w" = "$name" ] && return 0; done
   return 1
 }
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+NAMES=" ${BENCHMARKS[*]%%|*} "
+for w in "$@"; do  # a misspelt name ran nothing and exited 0
+  case "$NAMES" in
+    *" $w "*) ;;
+    *) echo "run_all.sh: unknown benchmark '$w'; valid names:${NAMES% }" >&2; exit 2 ;;
+  esac
+done
 
 SUMMARY=()
 START=$(date +%s)

@@ -1,7 +1,8 @@
 """[sd] measures on the embedded pipeline (data/sd/shapes_pipeline).
 
     python benchmarks/sd.py                 # writes benchmarks/results/sd.md and sd.json
-    python benchmarks/sd.py --quick         # 2 seeds, 2 timing repeats (a smoke run)
+    python benchmarks/sd.py --quick         # 2 seeds, 2 timing repeats (a smoke run, written to
+                                            # $TMPDIR/mmdg_benchmarks_quick, not results/)
 
 1. Category -> style pairing (circles -> outlined, squares -> large; 50 references each, prompts
    that omit the style, 4 prompts x 4 images, DDIM 30 steps, CFG 3) over 5 seeds: per-category
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, report_header, write_report  # noqa: E402
+from _common import command_line, load_average, positive_int, quick_path, report_header, write_report  # noqa: E402
 from mmdg_lite.pipelines.adapt import EMBEDDED_PIPELINE, generate  # noqa: E402
 from mmdg_lite.pipelines.pairing import pairing_task, run_pairing  # noqa: E402
 
@@ -81,8 +82,9 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 seeds, 2 timing repeats; written to the temp dir, not results/")
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = load_average()
@@ -91,8 +93,7 @@ def main() -> None:
     seeds = (0, 1) if args.quick else (0, 1, 2, 3, 4)
     pair = pairing(pipe, seeds)
     tim = timing(pipe, 2 if args.quick else 15)
-    cmd = "python benchmarks/sd.py" + (" --quick" if args.quick else "")
-    lines = report_header("[sd] embedded pipeline: category -> style pairing and callback overhead", cmd,
+    lines = report_header("[sd] embedded pipeline: category -> style pairing and callback overhead", command_line(),
                           args.threads, load)
     lines += ["", f"## Pairing ({len(seeds)} seeds, 4 prompts x 4 images, 50 + 50 references, DDIM 30, CFG 3)", "",
               "| method | circles outlined | squares large | circles follow prompt | squares follow prompt | valid |",
@@ -115,8 +116,9 @@ def main() -> None:
               "|---|---|---|---|---|",
               f"| {tim['unguided_s']:.2f} | {tim['guided_s']:.2f} | {tim['ratio']:.3f} | {tim['repeats']} | "
               "{:.2f}-{:.2f} |".format(*tim["pair_ratio_range"])]
-    write_report(OUT, lines)
-    OUT.with_suffix(".json").write_text(json.dumps({"pairing": pair, "timing": tim}, indent=1) + "\n")
+    out = quick_path(OUT) if args.quick else OUT  # a smoke run never replaces the committed table
+    write_report(out, lines)
+    out.with_suffix(".json").write_text(json.dumps({"pairing": pair, "timing": tim}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, machine, report_header  # noqa: E402
+from _common import description, load_average, machine, positive_int, report_header  # noqa: E402
 from mmdg_lite import MLPDenoiser, MMDGuidance, evaluate, make_task, sample, train_denoiser  # noqa: E402
 from mmdg_lite.baselines import ClassifierGuidance, finetune_denoiser, train_classifier  # noqa: E402
 
@@ -333,16 +333,16 @@ def save(out: Path, stem: str, text: str, data: dict, cfg: argparse.Namespace) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5, help="number of seeds (users), 0..seeds-1")
-    ap.add_argument("--n", type=int, default=1000, help="generated samples per run")
-    ap.add_argument("--steps", type=int, default=100, help="DDPM sampling steps")
-    ap.add_argument("--clf-steps", type=int, default=600, help="classifier training steps")
-    ap.add_argument("--ft-steps", type=int, default=500, help="fine-tuning steps")
-    ap.add_argument("--scratch-steps", type=int, default=800, help="user-trained MLP steps (100-D)")
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--seeds", type=positive_int, default=5, help="number of seeds (users), 0..seeds-1")
+    ap.add_argument("--n", type=positive_int, default=1000, help="generated samples per run")
+    ap.add_argument("--steps", type=positive_int, default=100, help="DDPM sampling steps")
+    ap.add_argument("--clf-steps", type=positive_int, default=600, help="classifier training steps")
+    ap.add_argument("--ft-steps", type=positive_int, default=500, help="fine-tuning steps")
+    ap.add_argument("--scratch-steps", type=positive_int, default=800, help="user-trained MLP steps (100-D)")
     ap.add_argument("--tables", default="1,4,3", help="which tables, e.g. 1,4 (4 needs 1)")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS, help="output folder")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, "
                     "short training, written to /tmp/synthetic_tables_quick")

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, report_header  # noqa: E402
+from _common import description, load_average, positive_int, report_header  # noqa: E402
 from mmdg_lite import GaussianKernel, MMDGuidance, PolynomialKernel, sample  # noqa: E402
 from mmdg_lite.toys.tasks import GUIDANCE_PRESETS, evaluate, make_task, task_guidance  # noqa: E402
 from mmdg_lite.metrics import frechet_distance  # noqa: E402
@@ -110,10 +110,10 @@ def wall_time_ratio(repeats: int = 3) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--n", type=int, default=1000, help="generated samples per run")
-    ap.add_argument("--threads", type=int, default=1)
+    ap = argparse.ArgumentParser(description=description(__doc__))
+    ap.add_argument("--seeds", type=positive_int, default=5)
+    ap.add_argument("--n", type=positive_int, default=1000, help="generated samples per run")
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 500 samples, no file written")
     args = ap.parse_args()
     if args.quick:

@@ -182,27 +182,6 @@ def test_run_all_reruns_the_commands_the_tables_record():
     assert run_all <= set(recorded.values()), run_all - set(recorded.values())
 
 
-def test_benchmark_command_line_round_trips_through_its_parser():
-    import argparse
-    import shlex
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from _common import command_line
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--domain", choices=("digits", "shapes"), default="digits")
-    assert command_line("x.py", ap, ap.parse_args([])) == "python benchmarks/x.py"  # defaults unsaid
-    for argv in (["--repeats", "3"], ["--sizes", "64", "128", "--quick"], ["--domain", "shapes", "--repeats", "2"]):
-        args = ap.parse_args(argv)
-        cmd = command_line("x.py", ap, args)
-        assert ap.parse_args(shlex.split(cmd)[2:]) == args, cmd  # the recorded command reproduces the run
-
-
 def test_distributed_table_quotes_the_measured_rff_derivative_error():
     # distributed.md said the RFF derivative's error "grows like 2 sqrt(D / F) (rff.md)" while
     # rff.md fits 1.59 (README: 1.6), so its 8x error, F = 400 D and 7 TB were all overstated
