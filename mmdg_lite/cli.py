@@ -265,6 +265,7 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
             if not (folder / "model_index.json").is_file():
                 raise _BadInput(f"--model: {model!r} has no model_index.json; it is not a diffusers "
                                 "pipeline folder (save one with pipe.save_pretrained)")
+            model = str(folder.resolve())  # metrics.json names the folder, wherever it is read from
     refs = Path(args.references).expanduser()
     if not refs.is_dir():
         raise _BadInput(f"--references: {args.references!r} is not a folder of images")

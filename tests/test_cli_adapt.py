@@ -326,3 +326,13 @@ def test_adapt_reads_the_references_before_the_model_loads(model, refs, tmp_path
             "--out": str(tmp_path / "out"), **dict(zip(args[::2], args[1::2]))}
     assert cli.main(["adapt", "--quiet"] + [a for kv in opts.items() for a in kv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_adapt_metrics_name_a_relative_model_folder_absolutely(model, refs, tmp_path, monkeypatch):
+    # metrics.json kept --model as typed ("./tiny_sd"), beside an absolute references path: read
+    # from another folder, it named no pipeline
+    monkeypatch.chdir(model.parent)
+    assert cli.main(["adapt", "--model", "./tiny_sd", "--references", str(refs), "--prompt", "a red square",
+                     "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["model"] == str(model.resolve()) and m["references"] == str(refs.resolve())
