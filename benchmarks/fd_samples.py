@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=positive_int, default=1, help="processes (every run is seeded: same numbers)")
     args = parser.parse_args()
     if args.n < QUARTER or args.n % QUARTER:
-        raise SystemExit(f"--n must be a positive multiple of {QUARTER}; got {args.n}")
+        parser.error(f"argument --n: must be a positive multiple of {QUARTER}; got {args.n}")  # exit 2
     t0, load = time.perf_counter(), load_average()
     pairs = [(m, s) for s in range(args.seeds) for m in METHODS]
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:

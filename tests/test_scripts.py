@@ -180,6 +180,11 @@ def test_benchmark_counts_are_refused_below_one_before_any_work(monkeypatch, cap
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (name, argv, err)
         assert f"argument {option}: must be a positive integer; got {argv[1]!r}" in err
+    bench = _benchmark(monkeypatch, "fd_samples", "--n", "100")  # exited 1 with a bare message, no usage
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: " in err and "--n: must be a positive multiple of 256; got 100" in err
 
 
 def test_defaults_benchmark_keeps_its_table_when_interrupted_and_resumes_only_like_runs(monkeypatch, tmp_path,
