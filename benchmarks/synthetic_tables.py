@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import description, load_average, machine, positive_int, report_header  # noqa: E402
+from _common import command_line, description, load_average, machine, positive_int, report_header  # noqa: E402
 from mmdg_lite import MLPDenoiser, MMDGuidance, evaluate, make_task, sample, train_denoiser  # noqa: E402
 from mmdg_lite.baselines import ClassifierGuidance, finetune_denoiser, train_classifier  # noqa: E402
 
@@ -192,7 +192,7 @@ def _pm(vals: list[float]) -> str:
 
 
 def header(title: str, cfg: argparse.Namespace, extra: str = "") -> list[str]:
-    return report_header(title, f"python benchmarks/synthetic_tables.py {cfg.argv}".strip(),
+    return report_header(title, command_line(),
                          torch.get_num_threads(), cfg.load) + [
             f"- Seeds {list(cfg.seeds)} (mean ± sample std over seeds); each seed is a new user (4 random "
             f"modes of 8), new references, new 2,000 held-out target samples and new sampling noise. "
@@ -325,7 +325,7 @@ def write_table3(res: dict, cfg: argparse.Namespace) -> str:
 def save(out: Path, stem: str, text: str, data: dict, cfg: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(text)
-    meta = {"command": f"python benchmarks/synthetic_tables.py {cfg.argv}".strip(), "seeds": list(cfg.seeds),
+    meta = {"command": command_line(), "seeds": list(cfg.seeds),
             "n_samples": cfg.n, "num_steps": cfg.steps, "tasks": list(cfg.tasks), "mmd_kwargs": MMD_KW,
             "machine": machine(), "torch": torch.__version__}
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, **data}, indent=1) + "\n")
@@ -347,7 +347,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, "
                     "short training, written to /tmp/synthetic_tables_quick")
     cfg = ap.parse_args()
-    cfg.argv = " ".join(sys.argv[1:])
+    tables = {t for t in cfg.tables.split(",") if t}
+    if not tables or not tables <= {"1", "3", "4"} or ("4" in tables and "1" not in tables):
+        ap.error(f"argument --tables: a comma-separated subset of 1, 3 and 4 (4 needs 1); got {cfg.tables!r}")
+    unknown = [t for t in cfg.tasks.split(",") if t and t not in TASKS]
+    if unknown or not cfg.tasks.strip(","):  # ring2d_dirichlet has no table section: a KeyError at the end
+        ap.error(f"argument --tasks: comma-separated names from {', '.join(TASKS)}; got {cfg.tasks!r}")
     if cfg.quick:
         cfg.seeds, cfg.n, cfg.steps, cfg.clf_steps, cfg.ft_steps, cfg.scratch_steps = 1, 200, 20, 50, 50, 50
         cfg.out = Path("/tmp/synthetic_tables_quick") if cfg.out == RESULTS else cfg.out
@@ -356,7 +361,6 @@ def main() -> None:
     cfg.tasks = tuple(t for t in cfg.tasks.split(",") if t)
     cfg.time_ns = (50, 100) if cfg.quick else TIME_NS
     cfg.load = load_average()
-    tables = set(cfg.tables.split(","))
     t_start = time.perf_counter()
     if "1" in tables:
         r1 = table1(cfg)

@@ -267,3 +267,16 @@ def test_run_all_refuses_unknown_names_and_lists_every_benchmark():
     assert out.returncode == 0 and "every benchmark, in order" in out.stdout and "[run_all]" not in out.stdout
     listed = set(re.findall(r'^  "(\w+)\|', (ROOT / "benchmarks" / "run_all.sh").read_text(), re.M))
     assert listed == {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")}
+
+
+def test_synthetic_tables_refuses_tables_and_tasks_it_cannot_write(monkeypatch, capsys):
+    # --tables 4 (without 1) or 5 ran nothing and exited 0; --tasks ring2d_dirichlet ran every
+    # table and then raised KeyError writing it; --tasks foo was a raw traceback
+    for argv, match in ((["--tables", "4"], "argument --tables"), (["--tables", "5"], "argument --tables"),
+                        (["--tasks", "ring2d_dirichlet"], "argument --tasks"), (["--tasks", "foo"], "argument --tasks")):
+        bench = _benchmark(monkeypatch, "synthetic_tables", "--out", "/nonexistent", *argv)
+        for name in ("table1", "table3", "table4"):
+            monkeypatch.setattr(bench, name, lambda *a: pytest.fail("no table may be computed"))
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main()
+        assert exit_info.value.code == 2 and match in capsys.readouterr().err, argv
