@@ -104,6 +104,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type of a time budget: a finite number > 0 (0, negatives and nan skipped every
+    cell and still wrote the table)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
+
+
 def parse_jobs() -> int:
     """The ``--jobs`` option (1 or 2 worker processes) of the scripts that split their work."""
     parser = argparse.ArgumentParser(description=description(sys.modules["__main__"].__doc__))

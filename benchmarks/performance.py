@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, description, load_average, make_inputs, peak_extra_memory, positive_int, report_header, time_once  # noqa: E402
+from _common import (command_line, description, load_average, make_inputs, peak_extra_memory,  # noqa: E402
+                     positive_float, positive_int, report_header, time_once)  # noqa: E402
 from mmdg_lite import GaussianKernel, mmd2, mmd2_grad, mmd2_grad_autograd  # noqa: E402
 from mmdg_lite.kernels import median_bandwidth  # noqa: E402
 from mmdg_lite.rff import RFFReferenceEmbedding, mmd2_grad_rff  # noqa: E402
@@ -583,11 +584,11 @@ def main() -> None:
     ap.add_argument("--rff", action="store_true", help="run the RFF benchmark (writes rff.md)")
     ap.add_argument("--threads", type=positive_int, default=1,
                     help="torch threads (default 1: reliable on a shared machine)")
-    ap.add_argument("--budget", type=float, default=3.0,
+    ap.add_argument("--budget", type=positive_float, default=3.0,
                     help="seconds per method-cell; predicted-slower cells are skipped")
     ap.add_argument("--repeats", type=positive_int, default=5)
-    ap.add_argument("--mem-budget", type=float, default=8.0)
-    ap.add_argument("--max-minutes", type=float, default=8.0,
+    ap.add_argument("--mem-budget", type=positive_float, default=8.0)
+    ap.add_argument("--max-minutes", type=positive_float, default=8.0,
                     help="overall guard: later sections are marked 'not run' past this")
     ap.add_argument("--memory-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

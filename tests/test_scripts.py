@@ -8,6 +8,7 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,10 @@ def _benchmark(monkeypatch, name: str, *argv: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sandbox = Path(tempfile.mkdtemp(prefix="benchmark-"))  # were a refusal to regress, it writes here
+    for attr in ("OUT", "PLOT", "OUT_RFF", "RESULTS", "CACHE", "PARTIAL"):
+        if isinstance(getattr(module, attr, None), Path):
+            monkeypatch.setattr(module, attr, sandbox / getattr(module, attr).name)
     return module
 
 
@@ -173,13 +178,18 @@ def test_benchmark_counts_are_refused_below_one_before_any_work(monkeypatch, cap
     # fd_samples --seeds 0 and --jobs 0, gradients --repeats 0, distributed --repeats 0: raw tracebacks
     for name, argv, option in (("fd_samples", ["--seeds", "0"], "--seeds"), ("fd_samples", ["--jobs", "0"], "--jobs"),
                                ("gradients", ["--repeats", "0"], "--repeats"),
-                               ("toy_guidance", ["--n", "-5"], "--n"), ("distributed", ["--repeats", "x"], "--repeats")):
+                               ("toy_guidance", ["--n", "-5"], "--n"), ("distributed", ["--repeats", "x"], "--repeats"),
+                               ("performance", ["--budget", "0"], "--budget"),  # every cell skipped, table written
+                               ("performance", ["--max-minutes", "nan"], "--max-minutes")):
         bench = _benchmark(monkeypatch, name, *argv)
+        if name == "performance":  # were the refusal to regress, fail at once rather than time every cell
+            monkeypatch.setattr(bench, "performance", lambda args: pytest.fail("the benchmark ran"))
         with pytest.raises(SystemExit) as exit_info:
             bench.main()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (name, argv, err)
-        assert f"argument {option}: must be a positive integer; got {argv[1]!r}" in err
+        what = "number" if name == "performance" else "integer"
+        assert f"argument {option}: must be a positive {what}; got {argv[1]!r}" in err
     bench = _benchmark(monkeypatch, "fd_samples", "--n", "100")  # exited 1 with a bare message, no usage
     with pytest.raises(SystemExit) as exit_info:
         bench.main()
