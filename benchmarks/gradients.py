@@ -74,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--threads", type=positive_int, nargs="+", default=[torch.get_num_threads()])
     ap.add_argument("--repeats", type=positive_int, default=15)
-    ap.add_argument("--chunk-size", type=int, default=4096)
+    ap.add_argument("--chunk-size", type=positive_int, default=4096)  # 0 ran unchunked twice
     ap.add_argument("--no-unchunked", action="store_true", help="skip the unchunked memory run")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

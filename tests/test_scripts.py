@@ -178,12 +178,14 @@ def test_benchmark_counts_are_refused_below_one_before_any_work(monkeypatch, cap
     # fd_samples --seeds 0 and --jobs 0, gradients --repeats 0, distributed --repeats 0: raw tracebacks
     for name, argv, option in (("fd_samples", ["--seeds", "0"], "--seeds"), ("fd_samples", ["--jobs", "0"], "--jobs"),
                                ("gradients", ["--repeats", "0"], "--repeats"),
+                               ("gradients", ["--chunk-size", "-1"], "--chunk-size"),
                                ("toy_guidance", ["--n", "-5"], "--n"), ("distributed", ["--repeats", "x"], "--repeats"),
                                ("performance", ["--budget", "0"], "--budget"),  # every cell skipped, table written
                                ("performance", ["--max-minutes", "nan"], "--max-minutes")):
         bench = _benchmark(monkeypatch, name, *argv)
-        if name == "performance":  # were the refusal to regress, fail at once rather than time every cell
-            monkeypatch.setattr(bench, "performance", lambda args: pytest.fail("the benchmark ran"))
+        heavy = {"performance": "performance", "gradients": "time_gradients"}.get(name)
+        if heavy:  # were the refusal to regress, fail at once rather than time every cell
+            monkeypatch.setattr(bench, heavy, lambda *args: pytest.fail("the benchmark ran"))
         with pytest.raises(SystemExit) as exit_info:
             bench.main()
         err = capsys.readouterr().err
