@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from ._validation import (check_autograd, check_has_values, check_int, check_layouts, check_pair, check_points,
-                          check_positive,
-                          is_real_number)
+                          check_positive, is_real_number)
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
