@@ -74,7 +74,8 @@ def guided_loop(eps, refs, n, dim, sched_name, steps, seed, guide):
     sched = scheduler(sched_name)
     sched.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, dim), generator=gen, dtype=DT) * sched.init_noise_sigma
+    # sample() draws x_T in float32 and casts it (a float64 run starts from the float32 run's noise)
+    x = torch.randn((n, dim), generator=gen).to(DT) * sched.init_noise_sigma
     state: dict = {}
     for i, t in enumerate(sched.timesteps):
         e = eps(x, torch.full((n,), int(t)))
