@@ -50,9 +50,9 @@ class NoisyClassifier(ResidualMLP):
                          time_embed_dim=check_int(time_embed_dim, "time_embed_dim", 2))
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
-        b = x_t.shape[0]
-        emb = self.time_embedding(t, b, x_t)  # (B, H)
-        return self.trunk(self.flat_input(x_t, "classifier"), emb).squeeze(1)  # (B,)
+        x = self.flat_input(x_t, "classifier")  # (B, D) in the weights' dtype
+        emb = self.time_embedding(t, x.shape[0], x)  # (B, H)
+        return self.trunk(x, emb).squeeze(1)  # (B,)
 
     def log_prob(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         """log p(reference | x_t, t), shape (B,)."""

@@ -172,3 +172,16 @@ def test_classifier_guidance_under_inference_mode_says_why():
     x = torch.randn(4, 3)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="ClassifierGuidance.*inference_mode"):
         guide.gradient(x, 10)
+
+
+def test_float32_classifier_guides_float64_samples():
+    # a float64 run (e.g. the exact mixture denoiser, dtype=torch.float64) with a float32 classifier
+    # raised "mat1 and mat2 must have the same dtype": the time embedding took x_t's dtype
+    clf = _classifier()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = ClassifierGuidance(clf, scale=1.0).gradient(x, 300)
+    xf = x.float().requires_grad_(True)
+    (oracle,) = torch.autograd.grad(clf.log_prob(xf, 300).sum(), xf)  # the float32 computation itself
+    assert g.dtype == torch.float64 and torch.allclose(g.float(), oracle, rtol=1e-5, atol=1e-7)
+    refs, base = torch.randn(20, 3) + 1, torch.randn(20, 3)  # and a float64 classifier on float32 points
+    assert classifier_accuracy(clf.double(), refs, base, 10) == classifier_accuracy(_classifier(), refs, base, 10)
