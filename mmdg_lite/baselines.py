@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import (_describe, check_autograd, check_choice, check_finite, check_int, check_nonnegative, check_pair, check_points,
-                          check_positive)
+from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int, check_nonnegative,
+                          check_pair, check_points, check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
 from .seeding import make_generator
@@ -73,7 +73,7 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
     base = check_points(base_samples, "base_samples", min_count=2)
     refs, base = check_pair(refs, base, "references", "base_samples")
     steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 2)
-    lr = check_positive(lr, "lr")
+    lr, progress = check_positive(lr, "lr"), check_bool(progress, "progress")  # "no" showed the bar
     sched = _scheduler(scheduler)
     n_train = int(sched.config.num_train_timesteps)
     with torch.random.fork_rng():

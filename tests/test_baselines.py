@@ -185,3 +185,10 @@ def test_float32_classifier_guides_float64_samples():
     assert g.dtype == torch.float64 and torch.allclose(g.float(), oracle, rtol=1e-5, atol=1e-7)
     refs, base = torch.randn(20, 3) + 1, torch.randn(20, 3)  # and a float64 classifier on float32 points
     assert classifier_accuracy(clf.double(), refs, base, 10) == classifier_accuracy(_classifier(), refs, base, 10)
+
+
+def test_train_classifier_progress_must_be_a_bool():
+    # progress="no" was truthy: it printed the bar the caller had turned off
+    refs, base = torch.randn(6, 2) + 1, torch.randn(6, 2)
+    with pytest.raises(TypeError, match="progress"):
+        train_classifier(refs, base, steps=1, hidden=4, layers=1, progress="no")
