@@ -169,22 +169,40 @@ class ResidualDenoiser(nn.Module):
             raise TypeError(f"base must be callable as base(x_t, t, cond); got {type(base).__name__}")
         self.base, self.residual = base, residual
 
+    def train(self, mode: bool = True) -> "ResidualDenoiser":
+        """Switch the residual only: the frozen base is the caller's model and keeps its own mode."""
+        self.training = mode
+        self.residual.train(mode)
+        return self
+
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
         with torch.no_grad():
             eps = self.base(x_t, t, cond)  # (B, *S)
         return eps + self.residual(x_t, t)
 
 
+def _check_base_fits(model: Any, refs: Tensor) -> None:
+    """One reference through the frozen base, so a shape mismatch names the references before training
+    (it surfaced at the first training step as 'x_t has ... features')."""
+    try:
+        with torch.no_grad():
+            model(refs[:1].float(), torch.zeros(1, dtype=torch.long), None)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"references of shape {tuple(refs.shape)} do not fit the base model "
+                         f"{type(model).__name__}: {err}") from err
+
+
 def finetune_denoiser(model: Any, references: Tensor, steps: int = 500, lr: float = 1e-3,
-                      batch_size: int = 256, seed: int = 0, scheduler: Any = None, hidden: int = 256,
-                      layers: int = 3, progress: bool = False) -> tuple[nn.Module, list[float]]:
+                      batch_size: int = 256, seed: int = 0, scheduler: Any = None, hidden: int | None = None,
+                      layers: int | None = None, progress: bool = False) -> tuple[nn.Module, list[float]]:
     """Fine-tune a copy of ``model`` on the references by eps-prediction MSE; returns (model, losses).
 
     A model with trainable weights (``MLPDenoiser`` or any nn.Module eps-predictor) is deep-copied
     and trained further with ``training.train_denoiser`` (the original is untouched). A model
     without weights (the exact ``GaussianMixtureDenoiser``) becomes ``ResidualDenoiser(model,
-    MLPDenoiser(dim, hidden, layers))`` whose residual starts at exactly zero, so training starts
-    from the pretrained model (adapter-style fine-tuning). The paper fine-tunes the pretrained
+    MLPDenoiser(dim, hidden, layers))`` (default 256 and 3; only such a residual takes them) whose
+    residual starts at exactly zero, so training starts from the pretrained model (adapter-style
+    fine-tuning); the base model is neither copied nor changed. The paper fine-tunes the pretrained
     latent diffusion model on the user's 500 references (Table 1, FFHQ sunglasses: FD 747.69 vs
     692.87 for MMD guidance and 1220.51 unguided); with few references and many steps it overfits.
     """
@@ -196,15 +214,21 @@ def finetune_denoiser(model: Any, references: Tensor, steps: int = 500, lr: floa
     sched = _scheduler(scheduler)
     trainable = isinstance(model, nn.Module) and any(p.requires_grad for p in model.parameters())
     if trainable:
+        if hidden is not None or layers is not None:  # they were ignored: the model is trained as it is
+            raise ValueError(f"hidden and layers size the residual added to a model without trainable weights; this "
+                             f"{type(model).__name__} has trainable weights and is fine-tuned as it is (got "
+                             f"hidden={hidden!r}, layers={layers!r}; leave both unset)")
         dim = getattr(model, "dim", None)
         if dim is not None and refs[0].numel() != dim:
             raise ValueError(f"references have {refs[0].numel()} features per sample but the model "
                              f"expects dim={dim}")
         tuned = copy.deepcopy(model)
     else:
+        _check_base_fits(model, refs)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            residual = MLPDenoiser(refs[0].numel(), hidden=hidden, layers=layers)
+            residual = MLPDenoiser(refs[0].numel(), hidden=256 if hidden is None else hidden,
+                                   layers=3 if layers is None else layers)
         nn.init.zeros_(residual.out_proj.weight)
         nn.init.zeros_(residual.out_proj.bias)
         tuned = ResidualDenoiser(model, residual)

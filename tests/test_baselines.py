@@ -192,3 +192,32 @@ def test_train_classifier_progress_must_be_a_bool():
     refs, base = torch.randn(6, 2) + 1, torch.randn(6, 2)
     with pytest.raises(TypeError, match="progress"):
         train_classifier(refs, base, steps=1, hidden=4, layers=1, progress="no")
+
+
+def test_finetune_hidden_and_layers_only_size_a_residual():
+    # with a trainable model they were silently ignored (hidden=-1 trained happily)
+    refs = torch.randn(10, 2)
+    for kwargs in (dict(hidden=64), dict(layers=-1)):
+        with pytest.raises(ValueError, match="hidden and layers"):
+            finetune_denoiser(MLPDenoiser(2, hidden=8, layers=1), refs, steps=1, **kwargs)
+    den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
+    tuned, _ = finetune_denoiser(den, refs, steps=1, hidden=16, layers=1)
+    assert tuned.residual.config["hidden"] == 16 and tuned.residual.config["layers"] == 1
+
+
+def test_finetune_leaves_a_frozen_base_as_it_was():
+    # the ResidualDenoiser wraps the caller's own model: training switched it to train() and back to eval()
+    base = MLPDenoiser(2, hidden=8, layers=1).requires_grad_(False).train()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned, _ = finetune_denoiser(base, torch.randn(10, 2), steps=3, hidden=8, layers=1)
+    assert isinstance(tuned, ResidualDenoiser) and tuned.base is base
+    assert base.training and not tuned.training and not tuned.residual.training
+    assert all(torch.equal(v, state[k]) for k, v in base.state_dict().items())
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_finetune_names_references_that_do_not_fit_a_weightless_base():
+    # it failed at the first training step with "x_t has 3 features per sample (shape (256, 3))"
+    den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
+    with pytest.raises(ValueError, match=r"references of shape \(10, 3\) do not fit the base model"):
+        finetune_denoiser(den, torch.randn(10, 3), steps=1)
