@@ -127,3 +127,50 @@ def test_mixture_helpers_name_their_bad_arguments():
         mix.with_weights("x")
     with pytest.raises(ValueError, match=r"means is on device meta \(shape \(8, 2\)"):
         GaussianMixture(mix.means.to("meta"), torch.ones(8, device="meta"), 0.1)
+
+
+def _ring_task(**kwargs):
+    from mmdg_lite.denoisers import GaussianMixtureDenoiser
+    from mmdg_lite.sampling import make_scheduler
+    from mmdg_lite.toys import make_task
+
+    den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))  # no model load
+    return make_task("ring2d_4modes", denoiser=den, **kwargs)
+
+
+def test_make_task_needs_six_heldout_points_for_evaluate():
+    # n_heldout=2..5 was accepted, then evaluate raised density_coverage's "k must be smaller than ... got k=5"
+    from mmdg_lite.toys import evaluate
+
+    with pytest.raises(ValueError, match="n_heldout"):
+        _ring_task(n_heldout=5)
+    task = _ring_task(n_heldout=6)
+    assert set(evaluate(task.heldout, task)) == {"tv", "off_mode", "fd", "kd", "density", "coverage"}
+    task.heldout = task.heldout[:5]  # a task built by hand
+    with pytest.raises(ValueError, match="held-out points, which needs at least 6"):
+        evaluate(task.heldout, task)
+    assert set(evaluate(task.heldout, task, full=False)) == {"tv", "off_mode"}
+
+
+def test_make_task_checks_seed_range_and_denoiser():
+    from mmdg_lite.denoisers import MLPDenoiser
+    from mmdg_lite.toys import make_task
+
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854772807\]"):
+        _ring_task(seed=2**63 - 1000)  # its held-out seed (seed + 3000) overflowed with a message naming that seed
+    with pytest.raises(TypeError, match="denoiser must be callable"):
+        make_task("gmm100d_4modes", denoiser="model")
+    with pytest.raises(ValueError, match="denoiser has dim=2 but task 'gmm100d_4modes' has 100-D points"):
+        make_task("gmm100d_4modes", denoiser=MLPDenoiser(2, hidden=4, layers=1))
+
+
+def test_task_guidance_refuses_median_scale_with_a_kernel():
+    # the kernel won and median_scale was silently dropped
+    from mmdg_lite.kernels import GaussianKernel
+    from mmdg_lite.toys import task_guidance
+
+    task = _ring_task(n_references=10, n_heldout=6)
+    with pytest.raises(ValueError, match="median_scale= .* or kernel=, not both"):
+        task_guidance(task, median_scale=2.0, kernel=GaussianKernel(1.0))
+    assert task_guidance(task, kernel=GaussianKernel(1.0)).kernel.bandwidth == 1.0
+    assert task_guidance(task, median_scale=2.0).kernel.median_scale == 2.0

@@ -25,6 +25,8 @@ from ..sampling import make_scheduler
 __all__ = ["SyntheticTask", "make_task", "evaluate", "TASKS", "GUIDANCE_PRESETS", "task_guidance"]
 
 TASKS = ("ring2d_4modes", "ring2d_dirichlet", "gmm100d_4modes")
+MIN_HELDOUT = 6  # density / coverage use k = 5 neighbours among the held-out points
+MAX_TASK_SEED = 2**63 - 3001
 
 
 @dataclass
@@ -51,11 +53,21 @@ def make_task(name: str = "ring2d_4modes", seed: int = 0, n_references: int = 20
     gmm100d_4modes: 8 random means in 100-D, user = 4 random modes; the base model is the exact
     mixture denoiser, so the unguided sampler is at the sampling floor (Fig. 2).
     The 2-D tasks use the shipped MLP (``load_or_train_toy_2d``) unless ``denoiser`` is given.
+    ``n_heldout`` >= 6: ``evaluate`` scores density and coverage with 5 nearest held-out neighbours.
     """
     check_choice(name, "name", TASKS)
     seed = check_int(seed, "seed", 0)
+    if seed > MAX_TASK_SEED:  # the held-out set is drawn with seed + 3000, which must stay a torch seed
+        raise ValueError(f"seed must be an integer in [0, {MAX_TASK_SEED}]; got {seed}")
     n_references = check_int(n_references, "n_references", 1)
-    n_heldout = check_int(n_heldout, "n_heldout", 2)
+    n_heldout = check_int(n_heldout, "n_heldout", MIN_HELDOUT)
+    dim = 2 if name.startswith("ring2d") else 100
+    if denoiser is not None:
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable as denoiser(x_t, t, cond); got {_describe(denoiser)}")
+        got = getattr(denoiser, "dim", None)
+        if isinstance(got, int) and got != dim:  # else refused only by the first sampling step
+            raise ValueError(f"denoiser has dim={got} but task {name!r} has {dim}-D points")
     rng = np.random.default_rng(1000 + seed)
     if name.startswith("ring2d"):
         base = circle_mixture()
@@ -96,6 +108,10 @@ def evaluate(samples: Tensor, task: SyntheticTask, kid_subset: int = 500,
         raise ValueError(f"samples must have shape (n, {task.dim}) with n >= {need}"
                          f"{' (full=True computes FD and KD, which need two; full=False scores one)' if full else ''}"
                          f", points of task {task.name!r}; got shape {tuple(samples.shape)}")
+    if full and len(task.heldout) < MIN_HELDOUT:  # density_coverage's "k must be smaller" named no argument here
+        raise ValueError(f"full=True scores density and coverage with k=5 nearest neighbours among the task's held-out "
+                         f"points, which needs at least {MIN_HELDOUT}; task {task.name!r} has {len(task.heldout)} "
+                         f"(make_task(n_heldout=...) >= {MIN_HELDOUT}), or pass full=False")
     x = samples.detach().reshape(len(samples), -1).double().cpu()
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"{int((~torch.isfinite(x)).any(1).sum())} of {len(x)} samples "
@@ -140,7 +156,7 @@ def task_guidance(task: SyntheticTask | str, references: Tensor | None = None,
     ``task`` is a ``SyntheticTask`` (its references are used unless ``references`` is given) or
     a task name (then ``references`` is required). ``overrides`` (e.g. ``eval_point="x_prev"``,
     ``strength=...``) are applied to every component; ``median_scale`` sets a Gaussian kernel
-    (without it, the default kernel).
+    (without it, the default kernel); ``kernel=`` replaces the preset's kernel (not with ``median_scale``).
     """
     from ..guidance import ChainedGuidance, MMDGuidance
     from ..kernels import GaussianKernel
@@ -157,6 +173,9 @@ def task_guidance(task: SyntheticTask | str, references: Tensor | None = None,
     if check_points(references, "references").shape[1] != dim:  # else refused only at the first guided step
         raise ValueError(f"references must be points of task {name!r}, {dim} features each; got shape "
                          f"{tuple(references.shape)}")
+    if "median_scale" in overrides and "kernel" in overrides:  # the kernel won and median_scale was dropped
+        raise ValueError(f"pass median_scale= (a Gaussian kernel with that median scale) or kernel=, not both; got "
+                         f"median_scale={overrides['median_scale']!r} and kernel={overrides['kernel']!r}")
     hooks = []
     for preset in GUIDANCE_PRESETS[name]:
         opts = {**preset, **overrides}
