@@ -174,3 +174,11 @@ def test_task_guidance_refuses_median_scale_with_a_kernel():
         task_guidance(task, median_scale=2.0, kernel=GaussianKernel(1.0))
     assert task_guidance(task, kernel=GaussianKernel(1.0)).kernel.bandwidth == 1.0
     assert task_guidance(task, median_scale=2.0).kernel.median_scale == 2.0
+
+
+def test_mixture_weights_normalise_without_overflow():
+    # float32 weights [3e38, 3e38, 1.5e38] summed to inf and normalised to all zeros, silently
+    w = torch.tensor([3e38, 3e38, 1.5e38])
+    mix = GaussianMixture(torch.zeros(3, 2), w, 1.0)
+    assert torch.allclose(mix.weights, torch.tensor([0.4, 0.4, 0.2]))
+    assert torch.allclose(circle_mixture(3).with_weights(w.double()).weights, torch.tensor([0.4, 0.4, 0.2]))

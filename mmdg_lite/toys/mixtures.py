@@ -53,6 +53,7 @@ class GaussianMixture:
         check_finite(w, "weights")
         if bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum; got {w.tolist()}")
+        w = w / w.max()  # first: a sum of huge weights overflows to inf, and w / inf made every weight 0
         self.weights = (w / w.sum()).to(self.means)
         self.std = check_positive(self.std, "std")
 
