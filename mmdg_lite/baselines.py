@@ -127,6 +127,8 @@ class ClassifierGuidance:
     last step and also gives DDIM a push). The paper's classifier-guidance baseline is a binary
     classifier of references vs base-model samples (Sec. 6, Table 1: FD 1195.85 vs 1220.51
     unguided on FFHQ sunglasses, i.e. barely better than no guidance with 500 references).
+    With sigma-scaled latents (Euler) all of this happens on the DDPM-normalised c_in x_t, the
+    points the classifier was trained on (``StepState.input_scale``), and the shift is mapped back.
     """
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, variance: str = "posterior") -> None:
@@ -155,9 +157,13 @@ class ClassifierGuidance:
     def __call__(self, state: Any) -> Tensor:
         if self.scale == 0:
             return state.x_prev
+        # sigma-scaled latents (Euler: x_t = x_0 + sigma eps) are DDPM-normalised by c_in, as the denoiser
+        # sees them and the classifier was trained; the shift is made there and mapped back by 1 / c_in'
+        c_in = float(getattr(state, "input_scale", 1.0))
+        c_prev = float(getattr(state, "input_scale_prev", 1.0))
         var = self.step_variance(state.alpha_bar_t, state.alpha_bar_prev)
-        g = self.gradient(state.x_t, state.t)  # (B, *S)
-        return state.x_prev + (self.scale * var) * g.to(state.x_prev.dtype)
+        g = self.gradient(c_in * state.x_t, state.t)  # (B, *S), w.r.t. the normalised x_t
+        return state.x_prev + (self.scale * var / c_prev) * g.to(state.x_prev.dtype)
 
 
 class ResidualDenoiser(nn.Module):

@@ -221,3 +221,20 @@ def test_finetune_names_references_that_do_not_fit_a_weightless_base():
     den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
     with pytest.raises(ValueError, match=r"references of shape \(10, 3\) do not fit the base model"):
         finetune_denoiser(den, torch.randn(10, 3), steps=1)
+
+
+def test_hook_on_sigma_scaled_latents_is_the_ddpm_step_mapped_back():
+    # Euler latents are x_t = x_vp / c_in; the classifier saw them unnormalised (up to 157x too large at
+    # t=999) and the shift was not mapped back by 1 / c_in'. The hook must commute with that change of variables.
+    clf = _classifier().double()
+    g = torch.Generator().manual_seed(2)
+    x_vp, prev_vp = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    abar_t, abar_prev = 0.2, 0.3
+    c_in, c_prev = abar_t ** 0.5, abar_prev ** 0.5  # 1 / sqrt(1 + sigma^2) with abar = 1 / (1 + sigma^2)
+    hook = ClassifierGuidance(clf, scale=2.0)
+    vp = _state(x_vp, 700, abar_t, abar_prev)
+    vp.x_prev = prev_vp
+    want = hook(vp)  # DDPM-normalised latents (c_in = 1), checked against autograd above
+    sig = _state(x_vp / c_in, 700, abar_t, abar_prev)
+    sig.x_prev, sig.input_scale, sig.input_scale_prev = prev_vp / c_prev, c_in, c_prev
+    assert torch.allclose(c_prev * hook(sig), want, rtol=1e-12, atol=1e-14)
