@@ -182,3 +182,10 @@ def test_mixture_weights_normalise_without_overflow():
     mix = GaussianMixture(torch.zeros(3, 2), w, 1.0)
     assert torch.allclose(mix.weights, torch.tensor([0.4, 0.4, 0.2]))
     assert torch.allclose(circle_mixture(3).with_weights(w.double()).weights, torch.tensor([0.4, 0.4, 0.2]))
+
+
+def test_dirichlet_default_alpha_says_it_fits_two_modes():
+    # dirichlet_mixture(mix, 3) blamed an alpha the caller never passed
+    with pytest.raises(ValueError, match=r"the default \(1.0, 10.0\) is the paper's 2-mode user"):
+        dirichlet_mixture(circle_mixture(), n_active=3)
+    assert int((dirichlet_mixture(circle_mixture(), n_active=3, alpha=1.0).weights > 0).sum()) == 3

@@ -168,6 +168,8 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
     if n_active > mixture.n_modes:
         raise ValueError(f"n_active must be <= the number of modes {mixture.n_modes}; got {n_active}")
     valid = f"alpha must be a positive number or {n_active} positive numbers"
+    if isinstance(alpha, tuple) and alpha == (1.0, 10.0) and n_active != 2:  # the default was not chosen by the caller
+        valid += " (the default (1.0, 10.0) is the paper's 2-mode user: pass alpha= for other n_active)"
     try:
         a = np.full(n_active, float(alpha)) if np.isscalar(alpha) else np.asarray(alpha, dtype=float)
     except (TypeError, ValueError):  # "x", None, a ragged list: numpy's message names no argument
