@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int, check_nonnegative,
-                          check_pair, check_points, check_positive)
+from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int,
+                          check_nonnegative, check_pair, check_points, check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import make_scheduler
 from .seeding import make_generator

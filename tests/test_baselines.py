@@ -228,7 +228,8 @@ def test_hook_on_sigma_scaled_latents_is_the_ddpm_step_mapped_back():
     # t=999) and the shift was not mapped back by 1 / c_in'. The hook must commute with that change of variables.
     clf = _classifier().double()
     g = torch.Generator().manual_seed(2)
-    x_vp, prev_vp = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    x_vp = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    prev_vp = torch.randn(4, 3, generator=g, dtype=torch.float64)
     abar_t, abar_prev = 0.2, 0.3
     c_in, c_prev = abar_t ** 0.5, abar_prev ** 0.5  # 1 / sqrt(1 + sigma^2) with abar = 1 / (1 + sigma^2)
     hook = ClassifierGuidance(clf, scale=2.0)

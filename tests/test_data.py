@@ -189,3 +189,18 @@ def test_dirichlet_default_alpha_says_it_fits_two_modes():
     with pytest.raises(ValueError, match=r"the default \(1.0, 10.0\) is the paper's 2-mode user"):
         dirichlet_mixture(circle_mixture(), n_active=3)
     assert int((dirichlet_mixture(circle_mixture(), n_active=3, alpha=1.0).weights > 0).sum()) == 3
+
+
+@pytest.mark.parametrize("loader", ["load_or_train_toy_2d", "load_or_train_cond_2d"])
+def test_retrain_with_a_folder_is_refused_before_training(loader, tmp_path, monkeypatch):
+    # the folder was silently ignored: retrain=True trained in memory and wrote nothing there
+    from mmdg_lite.toys import models
+
+    def no_training(**_):
+        raise AssertionError("trained, ignoring folder=")
+    for name in ("train_toy_2d", "train_cond_2d"):
+        monkeypatch.setattr(models, name, no_training)
+
+    with pytest.raises(ValueError, match="retrain=True trains one in memory and writes nothing"):
+        getattr(models, loader)(retrain=True, folder=tmp_path / "mine", progress=False)
+    assert not (tmp_path / "mine").exists()

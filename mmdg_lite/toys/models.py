@@ -45,10 +45,14 @@ def train_toy_2d(progress: bool = True,
     return model, losses, mixture, time.perf_counter() - start
 
 
-def _folder(folder: Any, default: Path) -> tuple[Path, bool]:
+def _folder(folder: Any, default: Path, retrain: bool = False) -> tuple[Path, bool]:
     """(the folder, whether it is the shipped one)."""
     if folder is None:
         return default, True
+    if retrain:  # it was silently ignored: retraining reads no folder and writes none
+        raise ValueError(f"folder={str(folder)!r} is where a trained model is loaded from; retrain=True trains "
+                         "one in memory and writes nothing: pass one or the other (save the retrained model "
+                         "with save_denoiser(model, folder))")
     if not isinstance(folder, (str, Path)):
         raise TypeError(f"folder must be a path (str or Path) to a save_denoiser folder; got {type(folder).__name__}")
     return Path(folder), Path(folder) == default
@@ -80,10 +84,10 @@ def load_or_train_toy_2d(retrain: bool = False, folder: str | Path | None = None
 
     Loads ``data/toy/mlp_2d`` (or ``folder``); a missing or damaged model raises an error that
     names the file and how to rebuild it. ``retrain=True`` retrains by the same recipe instead
-    (well under a minute on a laptop CPU).
+    (well under a minute on a laptop CPU; in memory, so not with ``folder``).
     """
     retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")  # "no" would retrain
-    folder, shipped = _folder(folder, TOY_2D_DIR)
+    folder, shipped = _folder(folder, TOY_2D_DIR, retrain)
     if not retrain:
         return _load_shipped(folder, shipped, "train_toy_models.py", "load_or_train_toy_2d", 2, 0), circle_mixture()
     model, _, mixture, _ = train_toy_2d(progress=progress)
@@ -117,9 +121,10 @@ def train_cond_2d(progress: bool = False, **overrides: Any):
 def load_or_train_cond_2d(retrain: bool = False, folder: str | Path | None = None,
                           progress: bool = False):
     """(model, world): loads ``data/toy/cond_2d`` (or ``folder``); ``retrain=True`` retrains by
-    ``COND_2D_RECIPE`` instead. A missing or damaged model raises (naming the file), never retrains."""
+    ``COND_2D_RECIPE`` instead (in memory, so not with ``folder``). A missing or damaged model
+    raises (naming the file), never retrains."""
     retrain, progress = check_bool(retrain, "retrain"), check_bool(progress, "progress")
-    folder, shipped = _folder(folder, COND_2D_DIR)
+    folder, shipped = _folder(folder, COND_2D_DIR, retrain)
     if not retrain:
         world = toy_world()
         return _load_shipped(folder, shipped, "train_conditional_toy.py", "load_or_train_cond_2d", 2,
