@@ -260,3 +260,20 @@ def test_coverage_gate_copies_and_pickles_and_guides_as_the_original(world, mode
     want = run(gate)
     for clone in (copy.copy(gate), copy.deepcopy(gate), pickle.loads(pickle.dumps(gate))):
         assert isinstance(clone, CoverageGate) and torch.equal(run(clone), want)
+
+
+def test_prompt_world_refuses_parts_that_disagree():
+    # rates not summing to 1 were renormalised by multinomial, a short means raised IndexError at sample time,
+    # a negative std sampled happily
+    from mmdg_lite.toys import PromptWorld, toy_world
+
+    w = toy_world()
+    parts = dict(categories=w.categories, styles=w.styles, means=w.means, base_rates=w.base_rates, std=w.std,
+                 embeddings=w.embeddings)
+    for change, match in ((dict(base_rates=torch.tensor([[0.5, 0.1, 0.1, 0.1]] * 3)), "row summing to 1"),
+                          (dict(means=w.means[:2]), r"means must be a float tensor of shape \(3, 4, 2\)"),
+                          (dict(std=-0.1), "std must be a finite number > 0"),
+                          (dict(embeddings=w.embeddings[:2]), r"embeddings must have shape \(3, P\)")):
+        with pytest.raises(ValueError, match=match):
+            PromptWorld(**{**parts, **change})
+    assert torch.equal(PromptWorld(**parts).sample(["cat", "car"], 3)[0], w.sample(["cat", "car"], 3)[0])

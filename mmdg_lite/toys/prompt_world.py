@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_choice, check_int, check_points
+from .._validation import _describe, check_choice, check_finite, check_int, check_points, check_positive
 from ..prompts import TableEncoder, _check_prompt_list
 from ..seeding import check_seed
 
@@ -37,6 +37,22 @@ class PromptWorld:
     base_rates: Tensor
     std: float
     embeddings: Tensor
+
+    def __post_init__(self) -> None:
+        """Refuse a world whose parts disagree (a short means indexed past its end at sample time;
+        rates not summing to 1 were renormalised, a negative std sampled)."""
+        C, S = len(self.categories), len(self.styles)
+        for name, want, value in (("means", (C, S, 2), self.means), ("base_rates", (C, S), self.base_rates)):
+            if not isinstance(value, Tensor) or tuple(value.shape) != want or not value.dtype.is_floating_point:
+                raise ValueError(f"{name} must be a float tensor of shape {want} ({C} categories x {S} styles); "
+                                 f"got {_describe(value)}")
+            check_finite(value, name)
+        rows = self.base_rates.double().sum(1)
+        if bool((self.base_rates < 0).any()) or not torch.allclose(rows, torch.ones_like(rows), atol=1e-5):
+            raise ValueError(f"base_rates must be >= 0 with every row summing to 1; got row sums {rows.tolist()}")
+        check_positive(self.std, "std")
+        if not isinstance(self.embeddings, Tensor) or self.embeddings.ndim != 2 or len(self.embeddings) != C:
+            raise ValueError(f"embeddings must have shape ({C}, P), one per category; got {_describe(self.embeddings)}")
 
     def encoder(self) -> TableEncoder:
         """The prompt encoder of this world: category name -> its embedding."""
