@@ -316,7 +316,9 @@ class GaussianMixtureDenoiser(_ClosedFormDenoiser):
 
 
 class CFGDenoiser(nn.Module):
-    """Classifier-free guidance: eps_u + scale * (eps_c - eps_u), eps_u from ``model(x, t, None)``."""
+    """Classifier-free guidance: eps_u + scale * (eps_c - eps_u), eps_u from ``model(x, t, None)``.
+
+    Scale 0 is the unconditional model and scale 1 the conditional one, exactly and in one call."""
 
     def __init__(self, model: nn.Module, guidance_scale: float = 3.0) -> None:
         super().__init__()
@@ -331,8 +333,10 @@ class CFGDenoiser(nn.Module):
         self.guidance_scale = float(guidance_scale)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is not None and self.guidance_scale == 1.0:  # the conditional model itself, in one call
+            return self.model(x_t, t, cond)
         eps_u = self.model(x_t, t, None)  # (B, *S)
-        if cond is None:
+        if cond is None or self.guidance_scale == 0.0:  # the unconditional model
             return eps_u
         eps_c = self.model(x_t, t, cond)  # (B, *S)
         return eps_u + self.guidance_scale * (eps_c - eps_u)

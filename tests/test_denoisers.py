@@ -318,3 +318,19 @@ def test_training_inside_no_grad_trains_the_same_and_refuses_what_cannot_train()
         train_denoiser(model.requires_grad_(False), data, steps=1, progress=False)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="training loop.*inference_mode"):
         train_denoiser(twin, data, steps=1, progress=False)
+
+
+def test_cfg_limits_are_the_two_models_exactly():
+    # scale 1 gave eps_u + (eps_c - eps_u), off eps_c by rounding, after a wasted unconditional call (and
+    # scale 0 a wasted conditional one)
+    torch.manual_seed(0)
+    model = MLPDenoiser(2, hidden=16, layers=1, cond_dim=3)
+    calls = []
+    model.register_forward_hook(lambda m, args, out: calls.append(args[2] if len(args) > 2 else None))
+    x, t, c = torch.randn(64, 2), torch.randint(0, 1000, (64,)), torch.randn(64, 3)
+    eps_u, eps_c = model(x, t, None), model(x, t, c)
+    for scale, want in ((1.0, eps_c), (0.0, eps_u)):
+        calls.clear()
+        assert torch.equal(CFGDenoiser(model, scale)(x, t, c), want) and len(calls) == 1
+    calls.clear()
+    assert torch.allclose(CFGDenoiser(model, 2.5)(x, t, c), eps_u + 2.5 * (eps_c - eps_u)) and len(calls) == 2
