@@ -105,10 +105,15 @@ def classifier_accuracy(classifier: NoisyClassifier, references: Tensor, base_sa
     t = check_int(t, "t", 0)
     if t >= int(sched.config.num_train_timesteps):
         raise ValueError(f"t must be < num_train_timesteps={int(sched.config.num_train_timesteps)}; got {t}")
+    refs, base = check_pair(check_points(references, "references"), check_points(base_samples, "base_samples"),
+                            "references", "base_samples")
+    dim = getattr(classifier, "dim", None)
+    if isinstance(dim, int) and refs.shape[1] != dim:  # it said "x_t has ... features"
+        raise ValueError(f"references and base_samples have {refs.shape[1]} features per point but the classifier "
+                         f"expects dim={dim}")
     gen = make_generator(seed)
     accs = []
-    for x, label in ((references, 1.0), (base_samples, 0.0)):
-        x = check_points(x, "references" if label else "base_samples").float()
+    for x, label in ((refs.float(), 1.0), (base.float(), 0.0)):
         tt = torch.full((len(x),), t, dtype=torch.long)
         x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen), tt)
         accs.append(float(((classifier(x_t, tt) > 0).float() == label).float().mean()))

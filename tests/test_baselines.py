@@ -239,3 +239,14 @@ def test_hook_on_sigma_scaled_latents_is_the_ddpm_step_mapped_back():
     sig = _state(x_vp / c_in, 700, abar_t, abar_prev)
     sig.x_prev, sig.input_scale, sig.input_scale_prev = prev_vp / c_prev, c_in, c_prev
     assert torch.allclose(c_prev * hook(sig), want, rtol=1e-12, atol=1e-14)
+
+
+def test_classifier_accuracy_names_points_that_do_not_fit():
+    # a bad base_samples was refused only after the references were scored, and points of the wrong
+    # dimension were reported as "x_t has 3 features per sample"
+    clf = _classifier(dim=2)
+    with pytest.raises(ValueError, match="dimension mismatch: references has 2 features"):
+        classifier_accuracy(clf, torch.randn(5, 2), torch.randn(5, 3), 10)
+    with pytest.raises(ValueError, match="references and base_samples have 3 features per point but the classifier "
+                                         "expects dim=2"):
+        classifier_accuracy(clf, torch.randn(5, 3), torch.randn(5, 3), 10)
