@@ -204,3 +204,15 @@ def test_retrain_with_a_folder_is_refused_before_training(loader, tmp_path, monk
     with pytest.raises(ValueError, match="retrain=True trains one in memory and writes nothing"):
         getattr(models, loader)(retrain=True, folder=tmp_path / "mine", progress=False)
     assert not (tmp_path / "mine").exists()
+
+
+@pytest.mark.parametrize("trainer", ["train_toy_2d", "train_cond_2d"])
+def test_train_recipes_refuse_unknown_overrides(trainer, monkeypatch):
+    # train_toy_2d(step=100) ignored the typo and trained the full 6000 steps
+    from mmdg_lite.toys import models
+
+    def no_training(*_, **__):
+        raise AssertionError("trained with an unknown override")
+    monkeypatch.setattr(models, "train_denoiser", no_training)
+    with pytest.raises(TypeError, match=r"unknown recipe key\(s\) \['step'\]; valid: .*'steps'"):
+        getattr(models, trainer)(progress=False, step=100)

@@ -30,10 +30,18 @@ TOY_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 50_000, "steps": 6000, "ba
                                  "lr": 3e-3, "hidden": 128, "layers": 3}
 
 
+def _recipe(recipe: dict[str, Any], overrides: dict[str, Any], fn: str) -> dict[str, Any]:
+    """The recipe with ``overrides``; an unknown key (a typo such as ``step=``) was silently ignored."""
+    unknown = sorted(set(overrides) - set(recipe))
+    if unknown:
+        raise TypeError(f"{fn}() got unknown recipe key(s) {unknown}; valid: {sorted(recipe)}")
+    return {**recipe, **overrides}
+
+
 def train_toy_2d(progress: bool = True,
                  **overrides: Any) -> tuple[MLPDenoiser, list[float], GaussianMixture, float]:
     """Train the 2-D 8-mode ring model by ``TOY_2D_RECIPE``; returns (model, losses, mixture, seconds)."""
-    recipe = {**TOY_2D_RECIPE, **overrides}
+    recipe = _recipe(TOY_2D_RECIPE, overrides, "train_toy_2d")
     mixture = circle_mixture()
     gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
     data, _ = mixture.sample(recipe["n_data"], gen)  # (N, 2)
@@ -103,7 +111,7 @@ def train_cond_2d(progress: bool = False, **overrides: Any):
     """Train the conditional toy model on ``toy_world()`` (categories uniform, styles at base
     rates, prompt embedding as condition, condition dropout for CFG).
     Returns (model, losses, world, seconds)."""
-    recipe = {**COND_2D_RECIPE, **overrides}
+    recipe = _recipe(COND_2D_RECIPE, overrides, "train_cond_2d")
     world = toy_world()
     gen = seed_everything(recipe["seed"])  # also fixes the model's initial weights
     idx = torch.randint(0, len(world.categories), (recipe["n_data"],), generator=gen)
