@@ -53,7 +53,8 @@ class GaussianMixture:
         check_finite(w, "weights")
         if bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum; got {w.tolist()}")
-        w = w / w.max()  # first: a sum of huge weights overflows to inf, and w / inf made every weight 0
+        if not bool(torch.isfinite(w.sum())):  # huge weights: their sum overflows, and w / inf made every weight 0
+            w = w / w.max()  # (only then: ordinary weights keep their exact normalisation)
         self.weights = (w / w.sum()).to(self.means)
         self.std = check_positive(self.std, "std")
 
