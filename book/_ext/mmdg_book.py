@@ -131,7 +131,9 @@ def api_rst(package: str = PACKAGE) -> list[str]:
                 continue
             lines.append(f".. {directive}:: {modname}.{name}")
             if directive == "autoclass":
-                lines += ["   :members:", "   :show-inheritance:"]
+                # undocumented public methods too (Kernel.gram, PromptEncoder.encode): autodoc
+                # leaves a member without a docstring out unless asked
+                lines += ["   :members:", "   :undoc-members:", "   :show-inheritance:"]
             lines.append("")
     return lines
 
