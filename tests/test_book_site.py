@@ -232,3 +232,36 @@ def test_api_page_lists_every_public_method_and_property(site):
                 if f'id="{target}.{member}"' not in html:
                     missing.append(f"{target}.{member}")
     assert not missing, f"api page lacks {len(missing)} members: {missing[:20]}"
+
+
+def _config_leaves(config: dict, prefix: tuple = ()):
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            yield from _config_leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+def test_every_config_entry_reaches_sphinx():
+    """Each setting in book/_config.yml changes the Sphinx configuration Jupyter Book derives from
+    it (its own yaml_to_sphinx is the oracle). `html.use_download_button` was silently dropped:
+    Jupyter Book 1.x passes only the repository/issues/edit buttons on to the theme."""
+    import copy
+
+    config_module = pytest.importorskip("jupyter_book.config")
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())
+    full = config_module.yaml_to_sphinx(copy.deepcopy(config))
+    ignored = []
+    for path in _config_leaves(config):
+        trimmed = copy.deepcopy(config)
+        parent = trimmed
+        for key in path[:-1]:
+            parent = parent[key]
+        del parent[path[-1]]
+        try:
+            changed = config_module.yaml_to_sphinx(trimmed) != full
+        except ValueError:  # e.g. repository.url: the repository button needs it
+            changed = True
+        if not changed:
+            ignored.append(".".join(map(str, path)))
+    assert not ignored, f"book/_config.yml entries that Jupyter Book ignores: {ignored}"
