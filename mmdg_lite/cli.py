@@ -479,6 +479,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _a
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mmdg`` command's argument parser, with one subparser per subcommand."""
     parser = argparse.ArgumentParser(
         prog="mmdg", allow_abbrev=False, description="MMD Guidance toolkit: adapt a diffusion model toward a few "
                                  "reference samples without training.")

@@ -97,3 +97,22 @@ def test_vendor_rejects_a_tarball_with_the_wrong_hash():
         vendor._check_integrity(data + b"!", good, "x")
     for pkg in vendor.PACKAGES:  # pinned exact versions with registry integrity values
         assert pkg["integrity"].startswith("sha512-") and pkg["version"] in pkg["tarball"]
+
+
+# Documented elsewhere by their owners; remove a name here once it has a docstring.
+UNDOCUMENTED_FOR_NOW = {"mmdg_lite.guidance.generated.BatchSet", "mmdg_lite.guidance.generated.MemorySet"}
+
+
+def test_every_class_and_function_on_the_api_page_has_a_docstring():
+    """An entry without a docstring shows a bare signature on the API page (build_parser,
+    held_out_digits, held_out_shapes and save_feature_net did)."""
+    import importlib
+
+    plan, _ = mmdg_book.api_plan()
+    bare = []
+    for modname, entries in plan.items():
+        module = importlib.import_module(modname)
+        for directive, name in entries:
+            if directive in ("autoclass", "autofunction") and not inspect.getdoc(getattr(module, name)):
+                bare.append(f"{modname}.{name}")
+    assert set(bare) <= UNDOCUMENTED_FOR_NOW, sorted(set(bare) - UNDOCUMENTED_FOR_NOW)

@@ -18,12 +18,14 @@ HELD_OUT_SHAPES_SEED = 7
 
 
 def held_out_digits():
+    """The digits test split (500 scans never used in training), half made thick with seed 1."""
     from .digits import load_digit_set
 
     return load_digit_set("test", style_fraction=0.5, seed=1)
 
 
 def held_out_shapes(n: int = 1000):
+    """``n`` fresh shapes with balanced size and fill (seed 7; the training sets use 1 and 2)."""
     from .shapes import make_shapes
 
     return make_shapes(n, {"size": [0.5, 0.5], "fill": [0.5, 0.5]}, seed=HELD_OUT_SHAPES_SEED)

@@ -77,6 +77,8 @@ class FeatureNet(nn.Module):
 
 
 def save_feature_net(net: FeatureNet, folder: Path, info: dict[str, Any]) -> None:
+    """Write ``net`` to ``folder`` as ``load_feature_net`` reads it: model.safetensors, config.json
+    and training.json (``info`` plus the weights' sha256, size and the torch version)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
