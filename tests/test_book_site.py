@@ -265,3 +265,50 @@ def test_every_config_entry_reaches_sphinx():
         if not changed:
             ignored.append(".".join(map(str, path)))
     assert not ignored, f"book/_config.yml entries that Jupyter Book ignores: {ignored}"
+
+
+class _Prose(HTMLParser):
+    """The article's running text: no code, cell outputs or maths (MathJax's own elements)."""
+
+    SKIP_CLASSES = ("math", "highlight", "cell_output", "output")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self._article = 0
+        self._skip: list[str] = []  # [tag, ...]: the open element being skipped, and nested ones
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "article":
+            self._article += 1
+        classes = (dict(attrs).get("class") or "").split()
+        if self._skip:
+            if tag == self._skip[0]:
+                self._skip.append(tag)
+        elif tag in ("pre", "code", "script", "style") or any(c in self.SKIP_CLASSES for c in classes):
+            self._skip.append(tag)
+
+    def handle_endtag(self, tag):
+        if self._skip and tag == self._skip[0]:
+            self._skip.pop()
+        elif tag == "article":
+            self._article -= 1
+
+    def handle_data(self, data):
+        if self._article and not self._skip:
+            self.text.append(data)
+
+
+def test_no_tex_written_outside_maths(site):
+    """Sub- and superscripts in braces (x_{t-1}, sigma^{2}) in running text were meant as maths but
+    are shown as typed: they belong in $...$. The API page is exempt (docstrings are plain text)."""
+    found = []
+    for page in _pages(site):
+        if page.name in ("api.html", "genindex.html", "search.html", "py-modindex.html"):
+            continue
+        parser = _Prose()
+        parser.feed(page.read_text(encoding="utf-8"))
+        text = " ".join("".join(parser.text).split())
+        found += [f"{page.relative_to(site)}: ...{text[max(0, m.start() - 40):m.end() + 20]}..."
+                  for m in re.finditer(r"\w[_^]\{", text)]
+    assert not found, "TeX outside $...$:\n" + "\n".join(found)
