@@ -12,7 +12,7 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# arguments first: a typo must not wait for (or trigger) the environment setup
 EXECUTE=0
 for arg in "$@"; do
   case "$arg" in
@@ -20,6 +20,7 @@ for arg in "$@"; do
     *) echo "build_book.sh: unknown argument '$arg' (valid: --execute)" >&2; exit 2 ;;
   esac
 done
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 # book/notebooks is a git-tracked symlink to ../notebooks (Sphinx reads only inside book/);
 # recreate it if a checkout turned it into a plain file.
 if [ ! -d book/notebooks ]; then

@@ -10,7 +10,7 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# arguments first: a typo must not wait for (or trigger) the environment setup
 REFRESH=0
 for arg in "$@"; do
   case "$arg" in
@@ -18,6 +18,7 @@ for arg in "$@"; do
     *) echo "run.sh: unknown argument '$arg' (valid: --refresh)" >&2; exit 2 ;;
   esac
 done
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ "$REFRESH" = 1 ]; then
   for nb in notebooks/[0-9]*.ipynb; do
     echo "[run] executing $nb in place"

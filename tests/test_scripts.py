@@ -87,6 +87,21 @@ def test_env_setup_stops_on_a_failed_install(tmp_path):
     assert out.returncode != 0 and "CONTINUED" not in out.stdout and not (venv / ".mmdg-stamp").exists()
 
 
+@pytest.mark.parametrize("script,valid", [("build_book.sh", "--execute"), ("run.sh", "--refresh")])
+def test_shell_scripts_refuse_an_unknown_argument_before_the_environment_setup(tmp_path, script, valid):
+    """`build_book.sh --exectue` created .venv and installed every extra (minutes) before it said
+    the argument was unknown."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"#!/bin/bash\ntouch {tmp_path / 'setup-ran'}\nexit 1\n")
+    python.chmod(0o755)
+    out = run("bash", f"scripts/{script}", "--bogus", env={"MMDG_VENV": str(venv)})
+    assert out.returncode == 2, (out.stdout[-300:], out.stderr[-300:])
+    assert "unknown argument '--bogus'" in out.stderr and valid in out.stderr
+    assert not (tmp_path / "setup-ran").exists(), "the environment setup ran before the argument check"
+
+
 @pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1")])
 def test_distributed_example_names_its_flags(flag, value):
     out = run(sys.executable, "scripts/distributed_example.py", flag, value)
