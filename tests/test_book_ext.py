@@ -116,3 +116,23 @@ def test_every_class_and_function_on_the_api_page_has_a_docstring():
             if directive in ("autoclass", "autofunction") and not inspect.getdoc(getattr(module, name)):
                 bare.append(f"{modname}.{name}")
     assert set(bare) <= UNDOCUMENTED_FOR_NOW, sorted(set(bare) - UNDOCUMENTED_FOR_NOW)
+
+
+def test_vendor_without_the_registry_fails_with_a_message(tmp_path, monkeypatch, capsys):
+    """Offline, the first build's `python book/_ext/vendor.py` ended in a CalledProcessError
+    traceback from `npm pack`; it now says what failed and what to do, and exits 1."""
+    npm = tmp_path / "npm"
+    npm.write_text("#!/bin/sh\necho 'npm error network request failed' >&2\nexit 1\n")
+    npm.chmod(0o755)
+    monkeypatch.setattr(vendor, "DEST", tmp_path / "vendor")
+    monkeypatch.setattr(vendor, "STAMP", tmp_path / "vendor" / "vendor.json")
+    monkeypatch.setattr(vendor.shutil, "which", lambda name: str(npm))
+    assert vendor.main([]) == 1
+    err = capsys.readouterr().err
+    assert "could not vendor" in err and "npm" in err and "book/_vendor" in err
+    assert not (tmp_path / "vendor" / "vendor.json").exists()
+    # --force without the registry keeps the copy it could not replace
+    (tmp_path / "vendor").mkdir()
+    (tmp_path / "vendor" / "require.js").write_text("kept")
+    assert vendor.main(["--force"]) == 1
+    assert (tmp_path / "vendor" / "require.js").read_text() == "kept"

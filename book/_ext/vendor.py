@@ -136,12 +136,15 @@ def vendor(force: bool = False) -> Path:
     """Fetch and unpack the pinned packages into ``book/_vendor/vendor`` unless already there."""
     if is_complete() and not force:
         return DEST
-    shutil.rmtree(DEST, ignore_errors=True)
-    DEST.mkdir(parents=True)
-    written = []
+    tarballs = []  # every download checked before the current copy is removed
     for pkg in PACKAGES:
         data = _fetch(pkg)
         _check_integrity(data, pkg["integrity"], pkg["name"])
+        tarballs.append(data)
+    shutil.rmtree(DEST, ignore_errors=True)
+    DEST.mkdir(parents=True)
+    written = []
+    for pkg, data in zip(PACKAGES, tarballs):
         written += _extract(data, pkg["files"])
         print(f"[vendor] {pkg['name']}@{pkg['version']} -> {DEST}")
     (DEST / SETUP_NAME).write_text(SETUP_JS)
@@ -150,5 +153,17 @@ def vendor(force: bool = False) -> Path:
     return DEST
 
 
+def main(argv: list[str]) -> int:
+    """Command line: ``--force`` fetches again. A failed download is one line, not a traceback."""
+    try:
+        vendor(force="--force" in argv)
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:  # URLError is an OSError
+        print(f"[vendor] could not vendor the widget scripts into {DEST}: {exc}\n"
+              f"[vendor] the first build needs the npm registry (npm pack, or https to registry.npmjs.org); "
+              f"offline, copy book/_vendor/ from a checkout that has it", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    vendor(force="--force" in sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
