@@ -27,19 +27,24 @@ def _uniform(n: int, like: Tensor) -> Tensor:
 
 
 class BatchSet:
+    """The generated set is the batch at the current step (paper, Algorithm 1): every sample's
+    gradient (Eq. 6) sees the whole batch. Stateless; subclass it to change where the batch
+    comes from (``DistributedBatchSet`` gathers it from every process)."""
+
     sequential = False
 
     def reset(self) -> None:
-        pass
+        """Nothing to forget: the batch is the step's own."""
 
     def remember(self, x0: Tensor, prompts: Tensor | None = None) -> None:
-        pass
+        """Nothing to keep between chunks (memory mode keeps finished samples)."""
 
     def pool(self, z: Tensor) -> Tensor:
         """The generated points that set the data scale with the references: (B, D)."""
         return z
 
     def size(self, batch: int) -> int:
+        """B in Eq. 6's 1/B factors: the number of generated samples each gradient compares."""
         return batch
 
     def gradient(self, z: Tensor, refs: Tensor, kernel, prompts: Tensor | None,
@@ -62,6 +67,10 @@ class BatchSet:
 
 
 class MemorySet(BatchSet):
+    """The public reference code's generated set: each sample, alone, against a memory of at most
+    ``memory_size`` finished samples (the first sample of a run is unguided). The sampler drives
+    it one sample at a time (``sequential``) and hands it each finished sample (``remember``)."""
+
     sequential = True
 
     def __init__(self, memory_size: int = 99) -> None:
@@ -82,9 +91,11 @@ class MemorySet(BatchSet):
             self.memory_prompts = mp[-self.memory_size:]
 
     def pool(self, z: Tensor) -> Tensor:
+        """The current samples and the memory: (B + M, D)."""
         return z if self.memory is None else torch.cat([z, self.memory.to(z)])
 
     def size(self, batch: int) -> int:
+        """1 + M: one sample and the memory form each generated set."""
         return 1 + (0 if self.memory is None else len(self.memory))
 
     def gradient(self, z, refs, kernel, prompts, ref_prompts, estimator, chunk_size,
