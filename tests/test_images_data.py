@@ -368,3 +368,25 @@ def test_erosion_survival_solution_agrees_with_the_detector_on_a_blank_image():
 
     x = torch.cat([load_digit_set("test").images[:3], -torch.ones(1, 1, 16, 16)])
     torch.testing.assert_close(erosion_survival(x), thickness_score(x))  # the blank one was NaN
+
+
+def test_detectors_and_features_refuse_dark_ink_on_a_light_background():
+    """Inverted digits (dark ink on white, as a pen scan) reach -1 in their ink, so the [0, 1]
+    check passed them, and detect_thick read the white background as ink: 99 % 'thick'. Their
+    border is light (median +0.98 over these test digits, -0.98 before inverting), so they raise."""
+    from mmdg_lite.images.features import detect_valid_digit, image_features, predict
+
+    d = load_digit_set("test", style_fraction=0.5, seed=1)
+    inverted = -d.images  # ink at -1: the darkest-pixel check alone lets them through
+    assert float(inverted.min()) == -1.0
+    for fn in (detect_thick, detect_speckle, thickness_score, speckle_score, image_features,
+               lambda x: predict(x, "digit"), detect_valid_digit):
+        with pytest.raises(ValueError, match=r"images must be bright ink on a dark background.*median 0\.9.*-x"):
+            fn(inverted)
+    with pytest.raises(ValueError, match="light background"):
+        detect_shapes(-make_shapes(8, seed=0).images)
+    # real images, thin and thick, the largest jittered shapes and noise pass as before
+    assert float((detect_thick(d.images) == d.styled).float().mean()) > 0.99
+    assert detect_shapes(make_shapes(16, {"size": {"large": 1.0}}, seed=0, jitter=5).images).valid.all()
+    noise = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert image_features(noise).shape == (3, 64) and thickness_score(noise).shape == (3,)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._resources import data_path
 from .._validation import check_finite, check_int
 from ..seeding import make_generator, own_rng, seed_everything
-from .detectors import _MAX_BACKGROUND, _check_scale
+from .detectors import _check_background, _check_scale
 
 __all__ = ["FeatureNet", "FEATURE_NET_DIR", "FEATURE_NET_RECIPE", "HEADS", "train_feature_net",
            "load_feature_net", "save_feature_net", "image_features", "predict", "digit_atypicality",
@@ -114,10 +114,7 @@ def _check_images(images: Any) -> None:
     FeatureNet.check_shape(images)
     check_finite(images.detach(), "images")
     _check_scale(images.detach(), "images")
-    if images.numel() and float(images.detach().min()) > _MAX_BACKGROUND:  # as the detectors check
-        raise ValueError(f"images must be in [-1, 1] on a dark background near -1 (the network was trained "
-                         f"so); got values in [{float(images.min()):.4g}, {float(images.max()):.4g}] (no pixel "
-                         f"below {_MAX_BACKGROUND:g}): images in [0, 1]? map them with x * 2 - 1")
+    _check_background(images.detach(), "images")  # the network was trained on bright ink on -1, as the detectors
 
 
 def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
