@@ -332,3 +332,22 @@ def test_from_tensors_integer_masks_complex_and_empty_sides():
         references_from_tensors(torch.zeros(2, 1, 0, 8), 8, 1)
     with pytest.raises(ValueError, match=r"channels last\? use images.permute\(0, 3, 1, 2\)"):
         references_from_tensors(torch.zeros(2, 8, 8, 3), 8, 3)
+
+
+def test_from_tensors_composites_rgba_on_black_as_the_folder_does(tmp_path):
+    """An RGBA array (np.asarray of a transparent PNG) kept the colour stored under alpha 0: a
+    transparent background saved as white came back white from references_from_tensors and black
+    from load_reference_folder. Both composite on black now; Pillow's alpha_composite is the oracle."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 8, 8, 4), dtype=np.uint8)
+    a[:, :4, :, 3] = 0      # fully transparent rows over random colours
+    a[:, 4:6, :, 3] = 255   # opaque rows
+    for i, im in enumerate(a):
+        Image.fromarray(im, "RGBA").save(tmp_path / f"{i}.png")
+    t = torch.from_numpy(a).permute(0, 3, 1, 2)
+    for channels in (3, 1):
+        folder = load_reference_folder(tmp_path, 8, channels)
+        tensor = references_from_tensors(t, 8, channels, value_range=(0, 255))
+        # Pillow rounds the composite to 8 bits; the tensor path keeps the exact product
+        assert torch.allclose(tensor, folder, atol=2 / 255 + 1e-6), channels
+    assert torch.equal(tensor[:, :, :4], -torch.ones(2, 1, 4, 8))  # transparent: black, whatever lay under it

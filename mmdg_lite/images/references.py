@@ -40,7 +40,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
                             value_range: tuple[float, float] | None = None, fit: str = "squash") -> Tensor:
     """Tensors/arrays (N, C, H, W) or (N, H, W) in ``value_range`` -> (N, channels, size, size) in [-1, 1].
 
-    One channel is repeated to three; three become one by ITU-R 601 luma; other sizes are
+    One channel is repeated to three; three become one by ITU-R 601 luma; four (RGBA) are
+    composited on black by their alpha first, as ``load_reference_folder`` does; other sizes are
     resized bilinearly (antialiased), a non-square H x W first made square by ``fit`` ("squash":
     as it is, "crop": the centred square, "pad": black bands; see ``FITS``). Values may leave ``value_range`` by 10 % of its span
     (clamped); further out they raise, suggesting the range the data looks like. Data in [0, 1]
@@ -80,8 +81,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
         raise ValueError(f"images hold values in [{seen_lo:.4g}, {seen_hi:.4g}], outside value_range={value_range!r} "
                          f"(beyond a tolerance of {slack:.4g}); {_suggest_range(images, seen_lo, seen_hi)}")
     x = (x - lo) / (hi - lo)  # (N, C, H, W) in [0, 1]
-    if x.shape[1] == 4:  # RGBA tensors: drop alpha
-        x = x[:, :3]
+    if x.shape[1] == 4:  # RGBA: composited on black (0), as load_reference_folder does
+        x = x[:, :3] * x[:, 3:].clamp(0, 1)
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] == 3 and channels == 1:
