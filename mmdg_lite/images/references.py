@@ -146,7 +146,9 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
                           limit: int | None = None, fit: str = "squash") -> Tensor:
     """Every image file in ``path`` (sorted by name) as (N, channels, size, size) in [-1, 1].
 
-    Any mode (L, LA, P, RGB, RGBA, I;16, ...) is converted (alpha composited on black); a photo
+    Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha composited on black; colour
+    to grey by ITU-R 601 luma, Pillow's ``convert("L")`` as in ``references_from_tensors``; grey
+    repeated to three channels; 16-bit grey scaled by 65535); a photo
     whose EXIF orientation tag says it was taken turned is turned upright; any size is resized
     with Lanczos filtering, a non-square image first made square by ``fit``: "squash" (default:
     the whole image, its aspect ratio changed), "crop" (the centred square; a 4:3 photo loses a
