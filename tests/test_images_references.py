@@ -351,3 +351,17 @@ def test_from_tensors_composites_rgba_on_black_as_the_folder_does(tmp_path):
         # Pillow rounds the composite to 8 bits; the tensor path keeps the exact product
         assert torch.allclose(tensor, folder, atol=2 / 255 + 1e-6), channels
     assert torch.equal(tensor[:, :, :4], -torch.ones(2, 1, 4, 8))  # transparent: black, whatever lay under it
+
+
+def test_sampled_latents_keep_the_vae_dtype():
+    """sample=True added float32 noise to a bfloat16 VAE's posterior and returned float32 latents,
+    while the posterior mean (sample=False) came back in bfloat16; both are in the VAE's dtype."""
+    vae = _tiny_vae(0.5).to(torch.bfloat16)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mean = encode_references(vae, x)
+    drawn = encode_references(vae, x, sample=True, generator=torch.Generator().manual_seed(0))
+    assert mean.dtype == drawn.dtype == torch.bfloat16
+    # the draw is the float32 one rounded: the same generator gives the same latents as in float32
+    vae32 = _tiny_vae(0.5)
+    drawn32 = encode_references(vae32, x, sample=True, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(drawn.float(), drawn32, atol=0.1)

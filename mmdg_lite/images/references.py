@@ -303,7 +303,7 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
         for chunk in images.split(batch_size):
             dist = vae.encode(chunk.to(device)).latent_dist
             z = dist.mean if not sample else dist.mean + dist.std * torch.randn(
-                dist.mean.shape, generator=generator).to(device)
+                dist.mean.shape, generator=generator).to(device, dist.mean.dtype)  # the VAE's dtype, as the mean
             mean, scale = _latent_map(vae, z)
             out.append((z - mean) * scale)  # the one and only application of the scaling factor
     return torch.cat(out)
