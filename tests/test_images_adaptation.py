@@ -204,3 +204,23 @@ def test_finetune_puts_back_the_callers_requires_grad_flags(task):
     finally:
         for p, flag in zip(params, before):
             p.requires_grad_(flag)
+
+
+def test_density_and_coverage_are_reported_in_the_feature_space(task):
+    """data/README.md and features.py said density and coverage of generated images are computed
+    on the feature net's features, but run_method reported FD and KD only. The oracle: Naeem et
+    al.'s definitions with scikit-learn's nearest neighbours on the same features."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from mmdg_lite.images.features import image_features
+
+    r = run_method(task, "unguided", n=8, num_steps=2, seed=0)
+    real = image_features(task.target_images).double().numpy()
+    fake = image_features(r.images).double().numpy()
+    radii = NearestNeighbors(n_neighbors=6).fit(real).kneighbors(real)[0][:, -1]  # 5th other neighbour
+    d = np.linalg.norm(fake[:, None] - real[None], axis=-1)  # (8, M)
+    inside = d < radii[None]
+    assert r.density == pytest.approx(inside.sum() / (5 * len(fake)), rel=1e-9)
+    assert r.coverage == pytest.approx(inside.any(0).mean(), rel=1e-9)
+    assert 0 < r.coverage <= 1

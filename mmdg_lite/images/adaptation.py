@@ -3,8 +3,9 @@ and the methods compared in the paper's Table 1 (MMD guidance, classifier guidan
 
 One ``AdaptationTask`` describes either domain: the pixel digits UNet (style: thick strokes) or
 the latent shapes UNet + VAE (style: outlined). ``run_method`` samples with one method and
-measures the target-attribute rate, the valid rate (detectors), FD and KD to held-out images of
-the target style in the project's feature space (``features.image_features``), and the cost.
+measures the target-attribute rate, the valid rate (detectors), FD, KD, density and coverage to
+held-out images of the target style in the project's feature space (``features.image_features``),
+and the cost.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..seeding import check_seed
 __all__ = ["AdaptationTask", "MethodResult", "digits_task", "shapes_task", "run_method", "METHODS"]
 
 METHODS = ("unguided", "mmd", "classifier", "finetune")
+_DC_K = 5  # density / coverage neighbours (Naeem et al. 2020's default)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class MethodResult:
     setup_seconds: float = 0.0  # training cost (classifier, fine-tuning)
     class_tv: float = float("nan")  # TV between the content-class histogram and uniform
     samples: Tensor | None = None   # (n, *task.shape) the model-space samples (latents for shapes)
+    density: float = float("nan")   # density and coverage (k = 5) of the samples' features against
+    coverage: float = float("nan")  # the targets' (nan with <= 5 targets: no 5 neighbours)
 
 
 def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> AdaptationTask:
@@ -123,13 +127,14 @@ def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
 
 
 def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup: float) -> MethodResult:
-    from ..metrics import frechet_distance, kernel_distance
+    from ..metrics import density_coverage, frechet_distance, kernel_distance
     from .features import image_features
 
     images = task.decode(z)
     f, g = image_features(images), image_features(task.target_images)
     scale = float(g.std())  # KD's cubic kernel (u.v / D + 1)^3 needs features of unit scale
     kd = kernel_distance(f / scale, g / scale, n_subsets=20).mean * 1e3
+    dc = density_coverage(g, f, k=_DC_K) if len(g) > _DC_K else None  # real k-NN balls need k other targets
     tv = float("nan")
     if task.classify is not None:  # guidance must not collapse the content classes
         labels = task.classify(images)  # (N,), -1 for an image of no class (a blank shape)
@@ -138,7 +143,7 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
         tv = 0.5 * (float((hist - 1.0 / task.n_classes).abs().sum()) + none)
     return MethodResult(method, images, float(task.has_style(images).float().mean()),
                         float(task.is_valid(images).float().mean()), frechet_distance(f, g), kd,
-                        seconds, setup, tv, z)
+                        seconds, setup, tv, z, dc.density if dc else float("nan"), dc.coverage if dc else float("nan"))
 
 
 def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0, num_steps: int = 50,
