@@ -33,6 +33,9 @@ repulsion among the generated points stays exact (the points are still all-gathe
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
 import os
 import socket
 from datetime import timedelta
@@ -278,7 +281,8 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     trajectory) on every process; else this process's shard. Other keyword arguments go to
     ``sample`` (scheduler, num_steps, device, dtype, eta, ...); ``batch_size``, ``generator``,
     ``per_sample_seed`` and ``first_index`` are set here. Every process must call it with the
-    same arguments (checked once at the start).
+    same arguments, guidance settings, references and cond: each is compared once at the start
+    (by a digest; ``DistributedGuidanceError`` names the ones that differ).
     """
     n = check_int(n, "n", 1)
     gather, progress = check_bool(gather, "gather"), check_bool(progress, "progress")
@@ -298,24 +302,34 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     if n < world:
         raise ValueError(f"n={n} is smaller than the number of processes ({world}); every process "
                          "needs at least one sample")
-    if guidance is not None:
-        _distributed_hooks(guidance)
-    # one cheap check that every process agrees on the run (a mismatch would hang or diverge)
-    fingerprint = torch.tensor([n, seed, int(kwargs.get("num_steps", 100)), *shape_t, len(shape_t)],
-                               dtype=torch.long)
+    hooks = _distributed_hooks(guidance) if guidance is not None else []
+    if cond is not None and (not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n):
+        got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+        raise ValueError(f"cond must have one row per sample of the global batch, shape ({n}, C); "
+                         f"got {got}")
+    for h in hooks:  # checked here on every process: in sample() only the last shards would raise
+        if h.sample_prompts is not None and len(h.sample_prompts) < n:
+            raise ValueError(f"sample_prompts has {len(h.sample_prompts)} rows but sample_distributed draws "
+                             f"n={n} samples; give one prompt per sample of the global batch")
+    # every process must agree on the run: a mismatch would pair different collectives (a hang, a
+    # gloo abort) or guide the shards differently, so each setting is compared once, by its digest
+    fields = _run_fields(n, shape_t, seed, kwargs, cond, hooks, gather)
+    digests = torch.tensor([_digest(v) for v in fields.values()], dtype=torch.long)
     dev = dev if dev is not None else _probe_device(denoiser)
-    fps, _ = all_gather_rows(fingerprint[None].to(dev), group, "the run's settings")
-    if not bool((fps == fps[:1]).all()):
+    fps, _ = all_gather_rows(digests[None].to(dev), group, "the run's settings")
+    differ = [k for k, col in zip(fields, fps.T) if not bool((col == col[0]).all())]
+    if differ:
         raise DistributedGuidanceError(
-            f"process {rank}: the processes disagree on (n, seed, num_steps, shape): "
-            f"{fps.tolist()}; call sample_distributed with the same arguments everywhere")
+            f"process {rank}: the processes disagree on {', '.join(differ)}; call distributed_guidance "
+            "and sample_distributed with the same arguments (and the same references, prompts and "
+            "cond) on every process")
     lo, hi = shard_bounds(n, rank, world)
     if cond is not None:
-        if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
-            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
-            raise ValueError(f"cond must have one row per sample of the global batch, shape ({n}, C); "
-                             f"got {got}")
         cond = cond[lo:hi]
+    if n >= 2 and any(h.estimator == "unbiased" for h in hooks):
+        # sample() refuses an unbiased estimator on a batch of one, but a shard of one row is
+        # guided with the whole global batch (n >= 2); it must not see the hooks' estimator
+        guidance = _GlobalBatch(guidance)
     res = sample(denoiser, hi - lo, shape, guidance=guidance, cond=cond, seed=seed,
                  per_sample_seed=True, first_index=lo, progress=progress and rank == 0, **kwargs)
     if not gather:
@@ -325,6 +339,75 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     if res.trajectory is not None:
         traj = [all_gather_rows(x, group, "the trajectory")[0] for x in res.trajectory]
     return SampleResult(samples=samples, trajectory=traj, timesteps=res.timesteps)
+
+
+def _describe(v: Any) -> str:
+    """A description of a setting that is the same in every process that holds the same value
+    (no object addresses); tensors by shape, dtype and two sums."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return repr(v)
+    if isinstance(v, float):
+        return f"{v:.9g}"
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(_describe(x) for x in v) + ")"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_describe(x)}" for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))) + "}"
+    if isinstance(v, (torch.dtype, torch.device)):
+        return str(v)
+    if isinstance(v, Tensor):
+        d = v.detach()
+        sums = (float(d.sum(dtype=torch.float64)), float(d.abs().sum(dtype=torch.float64))) if d.numel() else ()
+        return f"T{tuple(d.shape)}{d.dtype}" + ",".join(f"{x:.6e}" for x in sums)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return type(v).__name__ + _describe({f.name: getattr(v, f.name) for f in dataclasses.fields(v)})
+    if hasattr(v, "set_timesteps") and hasattr(v, "config"):  # a diffusers scheduler
+        # (its private keys, e.g. _use_default_values, list a set in hash order)
+        return type(v).__name__ + _describe({k: x for k, x in v.config.items() if not k.startswith("_")})
+    return getattr(v, "__qualname__", type(v).__name__)  # a callable, a module: its name
+
+
+_PER_PROCESS = ("guidance", "progress", "device", "generator", "batch_size", "per_sample_seed", "first_index")
+
+
+def _hook_fields(h: MMDGuidance) -> dict[str, Any]:
+    rff = h.rff and (h.rff.n_features, h.rff.bandwidth, h.rff.W)
+    return dict(kernel=h.kernel, prompt_kernel=h.prompt_kernel, step_size=vars(h.step_size),
+                options=(h.eval_point, h.estimator, h.bandwidth_update, h.chunk_size, h.prompt_weighting),
+                rff_features=rff, references=h.reference_set.flat, reference_prompts=h.reference_prompts,
+                sample_prompts=h.sample_prompts)
+
+
+def _run_fields(n: int, shape: tuple[int, ...], seed: int, kwargs: dict[str, Any], cond: Tensor | None,
+                hooks: list[MMDGuidance], gather: bool) -> dict[str, str]:
+    """The settings every process must share, by name."""
+    fields = {"n": n, "shape": shape, "seed": seed, "gather": gather, "cond": cond, "guidance hooks": len(hooks)}
+    defaults = {k: p.default for k, p in inspect.signature(sample).parameters.items()
+                if p.default is not inspect.Parameter.empty and k not in fields and k not in _PER_PROCESS}
+    fields.update({k: kwargs.get(k, v) for k, v in defaults.items()})  # num_steps omitted = num_steps=100
+    for i, h in enumerate(hooks):
+        tag = "" if len(hooks) == 1 else f" (hook {i})"
+        fields.update({f"guidance {k}{tag}": v for k, v in _hook_fields(h).items()})
+    return {k: _describe(v) for k, v in fields.items()}
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
+
+
+class _GlobalBatch:
+    """The guidance as sample() sees it on a shard: the hooks, without the per-batch estimator check."""
+
+    sequential = False
+
+    def __init__(self, guidance: Any) -> None:
+        self.guidance = guidance
+        self.hooks = (guidance,)  # sampling.guidance_hooks: the scheduler checks see the real hooks
+
+    def reset(self) -> None:
+        self.guidance.reset()
+
+    def __call__(self, state: Any) -> Tensor:
+        return self.guidance(state)
 
 
 class MicroBatched(torch.nn.Module):

@@ -97,6 +97,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         results[name] = res.samples.contiguous()
         results[name + "/bytes_received"] = torch.tensor([g.generated.traffic["bytes_received"]])
     save_file(results, str(Path(out) / f"rank{rank}.safetensors"))
+    _settings_runs(rank, out)
     # a group whose collectives time out after 3 s; process 1's denoiser hangs at step 4
     short = dist.new_group(timeout=timedelta(seconds=3))
     stalling = _StallingDenoiser(den, stall_at=4 if rank == 1 else None)
@@ -272,3 +273,69 @@ def test_distributed_imq_gradient_holds_in_float32_when_c_is_far_below_the_spaci
             assert float((got.double() - oracle).norm() / oracle.norm()) < 1e-5
     finally:
         dist.destroy_process_group()
+
+
+def _settings_runs(rank: int, out: str) -> None:
+    """Runs that went wrong on some processes only (in ``_worker``, before the stall): an unbiased
+    estimator with a shard of one row (refused by that shard's sample(), while process 0 waited in
+    an all-gather), processes that disagree on a setting, and sample_prompts with fewer rows than
+    n. Each process writes what it returned or raised."""
+    from mmdg_lite.distributed import distributed_guidance, sample_distributed
+
+    den, refs, _ = _setup()
+
+    def attempt(name, make_guidance, **kw):
+        try:
+            res = sample_distributed(den, kw.pop("n", N), (2,), guidance=make_guidance(), num_steps=6, seed=5, **kw)
+            save_file({"samples": res.samples.contiguous()}, str(Path(out) / f"{name}{rank}.safetensors"))
+        except Exception as e:  # noqa: BLE001 - the test reads what each process raised
+            (Path(out) / f"{name}{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+
+    attempt("unbiased", lambda: distributed_guidance(refs, estimator="unbiased", kernel=GaussianKernel()), n=3,
+            dtype=F64)
+    attempt("dtype", lambda: distributed_guidance(refs), dtype=F64 if rank == 1 else torch.float32)
+    attempt("stop", lambda: distributed_guidance(refs, stop=0.5 if rank == 1 else 0.9), dtype=F64)
+    attempt("scheduler", lambda: distributed_guidance(refs), scheduler="ddim" if rank == 1 else "ddpm", dtype=F64)
+    attempt("references", lambda: distributed_guidance(refs[: 30 if rank == 1 else 40]), dtype=F64)
+    rp = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).double()
+    attempt("short_prompts", lambda: distributed_guidance(refs, reference_prompts=rp, sample_prompts=rp[:N - 2]),
+            dtype=F64)
+
+
+@pytest.fixture(scope="module")
+def settings_run(spawned):
+    return spawned[0]
+
+
+def test_unbiased_estimator_runs_with_a_shard_of_one_row(settings_run):
+    """n=3 on 2 processes: shards of 2 and 1 rows, a global batch of 3. sample() refused the
+    one-row shard (its own batch of 1) while process 0 waited in the all-gather; now both
+    return the 1-process samples."""
+    den, refs, _ = _setup()
+    g = MMDGuidance(refs, estimator="unbiased", kernel=GaussianKernel())
+    single = sample(den, 3, (2,), guidance=g, num_steps=6, seed=5, per_sample_seed=True, dtype=F64).samples
+    unguided = sample(den, 3, (2,), num_steps=6, seed=5, per_sample_seed=True, dtype=F64).samples
+    assert (single - unguided).abs().max() > 1e-2
+    for r in range(2):
+        path = settings_run / f"unbiased{r}.safetensors"
+        assert path.exists(), (settings_run / f"unbiased{r}.txt").read_text() if (settings_run / f"unbiased{r}.txt").exists() else "no result"
+        assert float((load_file(str(path))["samples"] - single).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("name,setting", [("dtype", "dtype"), ("stop", "guidance step_size"),
+                                          ("scheduler", "scheduler"), ("references", "guidance references")])
+def test_processes_that_disagree_on_a_setting_both_raise_naming_it(settings_run, name, setting):
+    """Only (n, seed, num_steps, shape) were compared: another dtype aborted process 0 inside gloo,
+    another guidance window or scheduler returned mixed samples without an error."""
+    for r in range(2):
+        path = settings_run / f"{name}{r}.txt"
+        assert path.exists(), f"process {r} raised nothing for a different {name}"
+        text = path.read_text()
+        assert text.startswith("DistributedGuidanceError") and f"disagree on {setting}" in text, text
+
+
+def test_short_sample_prompts_are_refused_on_every_process(settings_run):
+    # only process 1 (rows 6..10) raised, inside its first guided step; process 0 waited for it
+    for r in range(2):
+        text = (settings_run / f"short_prompts{r}.txt").read_text()
+        assert text.startswith("ValueError") and f"sample_prompts has {N - 2} rows" in text and f"n={N}" in text
