@@ -48,7 +48,7 @@ from torch import Tensor
 from ._validation import check_bool, check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
 from .guidance.guide import ChainedGuidance, MMDGuidance
-from .kernels import GaussianKernel, ProductKernel
+from .kernels import GaussianKernel, Kernel, ProductKernel
 from .mmd import _chunks, _gradw, _prompt_factors, _Prepared, _not_finite_advice
 from .rff import RFFReferenceEmbedding
 from .sampling import SampleResult, _check_device, _check_shape, sample
@@ -76,7 +76,14 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     backend = backend if backend is not None else ("nccl" if torch.cuda.is_available() else "gloo")
-    if "WORLD_SIZE" not in os.environ:  # plain `python script.py`: a group of one
+    if backend == "nccl" and not torch.cuda.is_available():  # was a raw AttributeError (_cuda_setDevice)
+        raise ValueError("backend='nccl' needs CUDA GPUs, and torch sees none; use backend='gloo' on CPU")
+    if "WORLD_SIZE" in os.environ:  # a launcher's settings: a bad one waited out the timeout, then failed
+        world = _env_int("WORLD_SIZE", 1)
+        _env_int("RANK", 0, world)
+        if "LOCAL_RANK" in os.environ:
+            _env_int("LOCAL_RANK", 0, world)
+    else:  # plain `python script.py`: a group of one
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -86,6 +93,22 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _env_int(name: str, low: int, below: int | None = None) -> int:
+    """The integer environment variable ``name`` (set by torchrun / accelerate), in [low, below)."""
+    text = os.environ.get(name)
+    if text is None:
+        raise ValueError(f"environment variable {name} is not set; launch with torchrun or accelerate "
+                         "launch, which set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (below is not None and value >= below):
+        valid = f">= {low}" if below is None else f"in [{low}, {below}) (WORLD_SIZE={below})"
+        raise ValueError(f"environment variable {name} must be an integer {valid}; got {text!r}")
+    return value
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -228,7 +251,10 @@ class DistributedBatchSet(BatchSet):
 
 
 def _data_dependent(kernel: Any) -> bool:
-    return (getattr(kernel, "bandwidth", 0.0) is None) or (getattr(kernel, "bandwidths", 0.0) is None)
+    """A median bandwidth, also inside a FeatureKernel's base kernel."""
+    if getattr(kernel, "bandwidth", 0.0) is None or getattr(kernel, "bandwidths", 0.0) is None:
+        return True
+    return isinstance(getattr(kernel, "base", None), Kernel) and _data_dependent(kernel.base)
 
 
 def distributed_guidance(references: Tensor, *, group: Any = None, **kwargs: Any) -> MMDGuidance:

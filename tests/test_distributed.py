@@ -339,3 +339,44 @@ def test_short_sample_prompts_are_refused_on_every_process(settings_run):
     for r in range(2):
         text = (settings_run / f"short_prompts{r}.txt").read_text()
         assert text.startswith("ValueError") and f"sample_prompts has {N - 2} rows" in text and f"n={N}" in text
+
+
+@pytest.mark.parametrize("env,message", [
+    (dict(WORLD_SIZE="2", RANK="2"), r"RANK must be an integer in \[0, 2\) \(WORLD_SIZE=2\); got '2'"),
+    (dict(WORLD_SIZE="1", RANK="-1"), r"RANK must be an integer in \[0, 1\)"),
+    (dict(WORLD_SIZE="two", RANK="0"), r"WORLD_SIZE must be an integer >= 1; got 'two'"),
+    (dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="x"), r"LOCAL_RANK must be an integer"),
+])
+def test_init_distributed_names_a_bad_launcher_variable(monkeypatch, env, message):
+    # RANK >= WORLD_SIZE waited out the timeout and raised DistNetworkError with a C++ stack;
+    # WORLD_SIZE='two' was "invalid literal for int()" naming no variable
+    from mmdg_lite.distributed import init_distributed
+
+    for k, v in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), **env).items():
+        monkeypatch.setenv(k, v)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        init_distributed("gloo", timeout_s=2.0)
+    assert time.monotonic() - t0 < 1.0 and not dist.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_init_distributed_refuses_nccl_without_cuda():
+    # was AttributeError: module 'torch._C' has no attribute '_cuda_setDevice'
+    from mmdg_lite.distributed import init_distributed
+
+    with pytest.raises(ValueError, match="backend='nccl' needs CUDA GPUs.*backend='gloo'"):
+        init_distributed("nccl")
+    assert not dist.is_initialized()
+
+
+def test_a_median_bandwidth_inside_a_feature_prompt_kernel_is_refused():
+    # FeatureKernel(base=GaussianKernel()) passed: its bandwidth was read from each process's own
+    # prompts, so the shards were guided with different prompt kernels
+    from mmdg_lite.distributed import distributed_guidance
+    from mmdg_lite.kernels import FeatureKernel
+
+    rp = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="fixed bandwidth"):
+        distributed_guidance(torch.randn(10, 2), reference_prompts=rp,
+                             prompt_kernel=FeatureKernel(torch.tanh, (3,), GaussianKernel()))
