@@ -103,6 +103,10 @@ def test_shell_scripts_refuse_an_unknown_argument_before_the_environment_setup(t
 
 
 @pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1")])
+
+
+@pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1"),
+                                        ("--timeout", "inf"), ("--seed", str(2**63))])  # these two: raw tracebacks
 def test_distributed_example_names_its_flags(flag, value):
     out = run(sys.executable, "scripts/distributed_example.py", flag, value)
     assert out.returncode == 2 and flag in out.stderr and "Traceback" not in out.stderr
@@ -307,3 +311,22 @@ def test_synthetic_tables_refuses_tables_and_tasks_it_cannot_write(monkeypatch, 
         with pytest.raises(SystemExit) as exit_info:
             bench.main()
         assert exit_info.value.code == 2 and match in capsys.readouterr().err, argv
+
+
+def test_distributed_example_check_agrees_to_rounding_in_float64():
+    # --check printed 4e-4 for its own defaults in float32 while the README promised ~1e-5 at most;
+    # --dtype float64 shows the agreement without float32 rounding
+    out = run(sys.executable, "scripts/distributed_example.py", "--samples", "12", "--steps", "4", "--check",
+              "--dtype", "float64")
+    assert out.returncode == 0, out.stderr
+    diff = float(re.search(r"max \|distributed - one process\| = (\S+)", out.stdout).group(1))
+    assert diff < 1e-10
+
+
+def test_distributed_example_refuses_fewer_samples_than_processes():
+    # every process raised a ValueError traceback from sample_distributed
+    out = run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+              "scripts/distributed_example.py", "--samples", "1", env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode != 0
+    assert "argument --samples: must be >= the number of processes (2); got 1" in out.stderr
+    assert "ValueError" not in out.stderr
