@@ -274,6 +274,9 @@ def distributed_guidance(references: Tensor, *, group: Any = None, **kwargs: Any
                          "batch-joint guidance), which distributed_guidance all-gathers")
     if gs not in ("batch",) and not isinstance(gs, DistributedBatchSet):
         raise ValueError(f"distributed_guidance builds its own generated set; got generated_set={gs!r}")
+    if isinstance(gs, DistributedBatchSet) and group is not None and group is not gs.group:
+        raise ValueError("distributed_guidance got group= and a DistributedBatchSet of another group as "
+                         "generated_set; pass one of them (the set's group was used, group= ignored)")
     pk = kwargs.get("prompt_kernel")
     if kwargs.get("reference_prompts") is not None and pk is not None and _data_dependent(pk):
         raise ValueError(f"distributed guidance needs a prompt kernel with a fixed bandwidth (a median "

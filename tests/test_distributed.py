@@ -380,3 +380,19 @@ def test_a_median_bandwidth_inside_a_feature_prompt_kernel_is_refused():
     with pytest.raises(ValueError, match="fixed bandwidth"):
         distributed_guidance(torch.randn(10, 2), reference_prompts=rp,
                              prompt_kernel=FeatureKernel(torch.tanh, (3,), GaussianKernel()))
+
+
+def test_distributed_guidance_refuses_a_group_its_generated_set_does_not_use():
+    # group= was silently ignored when generated_set was a DistributedBatchSet of another group
+    from mmdg_lite.distributed import DistributedBatchSet, distributed_guidance
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        other = dist.new_group([0])
+        refs = torch.randn(10, 2)
+        with pytest.raises(ValueError, match="group= and a DistributedBatchSet of another group"):
+            distributed_guidance(refs, group=other, generated_set=DistributedBatchSet())
+        g = distributed_guidance(refs, group=other, generated_set=DistributedBatchSet(other))
+        assert g.generated.group is other
+    finally:
+        dist.destroy_process_group()
