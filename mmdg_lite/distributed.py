@@ -48,11 +48,11 @@ from torch import Tensor
 
 from ._validation import check_bool, check_int, check_positive
 from .guidance.generated import BatchSet, _uniform
-from .guidance.guide import ChainedGuidance, MMDGuidance
+from .guidance.guide import MMDGuidance
 from .kernels import GaussianKernel, Kernel, ProductKernel
 from .mmd import _chunks, _gradw, _prompt_factors, _Prepared, _not_finite_advice
 from .rff import RFFReferenceEmbedding
-from .sampling import SampleResult, _check_device, _check_shape, sample
+from .sampling import SampleResult, _check_device, _check_shape, guidance_hooks, sample
 from .seeding import check_seed
 
 __all__ = ["DistributedBatchSet", "DistributedGuidanceError", "distributed_guidance",
@@ -287,7 +287,7 @@ def distributed_guidance(references: Tensor, *, group: Any = None, **kwargs: Any
 
 
 def _distributed_hooks(guidance: Any) -> list[MMDGuidance]:
-    hooks = list(guidance.hooks) if isinstance(guidance, ChainedGuidance) else [guidance]
+    hooks = guidance_hooks(guidance)  # a ChainedGuidance's hooks, nested chains included
     bad = [h for h in hooks if not (isinstance(h, MMDGuidance) and isinstance(h.generated, DistributedBatchSet))]
     if bad:
         raise ValueError("sample_distributed needs guidance built by distributed_guidance(...) (or a "

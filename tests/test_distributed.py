@@ -396,3 +396,23 @@ def test_distributed_guidance_refuses_a_group_its_generated_set_does_not_use():
         assert g.generated.group is other
     finally:
         dist.destroy_process_group()
+
+
+def test_a_nested_chain_of_distributed_hooks_is_accepted(tmp_path):
+    # sample() accepts nested ChainedGuidance (sampling.guidance_hooks); sample_distributed looked
+    # one level deep and refused the inner chain as "not built by distributed_guidance"
+    from mmdg_lite import ChainedGuidance
+    from mmdg_lite.distributed import distributed_guidance, sample_distributed
+
+    den, refs, _ = _setup()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        def chain(make):
+            return ChainedGuidance(make(kernel=GaussianKernel(0.3)), ChainedGuidance(make(kernel=GaussianKernel(2.0))))
+        got = sample_distributed(den, 5, (2,), guidance=chain(lambda **k: distributed_guidance(refs, **k)),
+                                 num_steps=6, seed=1, dtype=F64).samples
+    finally:
+        dist.destroy_process_group()
+    want = sample(den, 5, (2,), guidance=chain(lambda **k: MMDGuidance(refs, **k)), num_steps=6, seed=1,
+                  per_sample_seed=True, dtype=F64).samples
+    assert float((got - want).abs().max()) <= 1e-9
