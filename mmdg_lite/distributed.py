@@ -24,7 +24,7 @@ reuses one that accelerate or the caller already set up. Then::
 ``sample_distributed`` gives every sample its own generator seeded by (seed, global index)
 (``sample(per_sample_seed=True)``), so P processes return the samples a single process would
 (up to the float rounding of batched arithmetic: ~1e-12 in float64; in float32 the ~1e-7
-differences can grow over the steps for a few samples, to ~5e-4 at 1,000 samples x 50 steps).
+differences can grow over the steps for a few samples, to ~1e-3 at 1,000 samples x 50 steps).
 
 Not distributed: the reference code's memory mode (``generated_set="memory"``) guides one sample
 at a time against the samples finished before it, which is inherently sequential; it is refused.

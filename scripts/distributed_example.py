@@ -8,7 +8,7 @@
 Every process holds a shard of the global batch; each guided step all-gathers the generated
 points, so the result equals a one-process run (``--check`` recomputes it on process 0 and
 prints the largest difference: ~1e-12 with ``--dtype float64``; in float32 the rounding of
-batched sums, ~1e-7, grows over the steps for a few samples, up to ~1e-3 at 1,000 x 50). The denoiser is the exact one of the 8-mode mixture (no files).
+batched sums, ~1e-7, grows over the steps for a few samples, to ~1e-3 at 1,000 x 50). The denoiser is the exact one of the 8-mode mixture (no files).
 """
 from __future__ import annotations
 
