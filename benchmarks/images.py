@@ -94,11 +94,20 @@ def step_time_ratio(repeats: int = 30, num_steps: int = 50) -> dict:
     return {"rows": rows, "repeats": repeats, "num_steps": num_steps}
 
 
+def _timed() -> dict:
+    """step_time_ratio() with the machine and load it ran on (a --timing re-run may use another
+    machine than the method tables)."""
+    load = load_average()[0]
+    return {**step_time_ratio(), "machine": machine(), "load": load}
+
+
 def _timing_lines(timing: dict) -> list[str]:
     """The step-time table; results written before both presets were timed have one row (x_t)."""
     rows = timing.get("rows", {"mmd x_t": dict(timing, eta=0.0)})
     lines = ["| guidance (DDIM eta) | unguided s/step | guided s/step | ratio | ratio of single pairs (min-max) |",
              "|---|---|---|---|---|"]
+    if "machine" in timing:
+        lines = [f"Machine: {timing['machine']}; load average at start {timing['load']:.1f}.", "", *lines]
     for name, t in rows.items():
         span = "{:.2f}-{:.2f}".format(*t["pair_ratio_range"]) if "pair_ratio_range" in t else "not recorded"
         lines.append(f"| {name} ({t['eta']:g}) | {t['per_step_unguided_s']:.4f} | {t['per_step_guided_s']:.4f} | "
@@ -229,7 +238,7 @@ def main() -> None:
     if args.timing:  # re-measure the step-time ratio alone (on an otherwise idle machine)
         torch.set_num_threads(1)
         data = json.loads(OUT.with_suffix(".json").read_text())
-        data["timing"] = step_time_ratio()
+        data["timing"] = _timed()
         _write(data)
         return
     if args.render:
@@ -244,7 +253,7 @@ def main() -> None:
                 pool.submit(adaptation_rows, shapes_task, PRESETS["shapes"], seeds, n, steps, batch),
                 pool.submit(sweep, seeds, n_sweep, steps)]
         digits, shapes, sw = (j.result() for j in jobs)
-    timing = step_time_ratio()
+    timing = _timed()
     meta = {"command": command_line(".venv/bin/python"),
             "seeds": len(seeds), "jobs": args.jobs, "n_adapt": n, "batch": batch, "n_sweep": n_sweep, "num_steps": steps,
             "digit_references": "stratified" if _digits_stratified() else "random",
