@@ -102,9 +102,6 @@ def test_shell_scripts_refuse_an_unknown_argument_before_the_environment_setup(t
     assert not (tmp_path / "setup-ran").exists(), "the environment setup ran before the argument check"
 
 
-@pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1")])
-
-
 @pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1"),
                                         ("--timeout", "inf"), ("--seed", str(2**63))])  # these two: raw tracebacks
 def test_distributed_example_names_its_flags(flag, value):
