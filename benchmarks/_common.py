@@ -20,6 +20,8 @@ from typing import Any, Callable, Hashable, Iterable
 
 import torch
 
+from mmdg_lite._argtypes import positive_float, positive_int  # noqa: F401 (the scripts import them from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,30 +92,6 @@ def parse_no_options(doc: str | None) -> None:
     """``--help`` for a script without options (it printed nothing and ran the whole benchmark,
     overwriting its results); any other argument is refused."""
     argparse.ArgumentParser(description=description(doc)).parse_args()
-
-
-def positive_int(text: str) -> int:
-    """argparse type of a count (seeds, samples, repeats, threads, jobs, steps): an integer >= 1.
-    A 0 was taken and crashed with a raw traceback, some after minutes of work."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type of a time budget: a finite number > 0 (0, negatives and nan skipped every
-    cell and still wrote the table)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
-    return value
 
 
 def parse_jobs() -> int:

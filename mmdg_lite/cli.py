@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._argtypes import integer, number, positive_int
+
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "shipped_models"]
 
 
@@ -157,38 +159,9 @@ class _BadInput(ValueError):
     """Bad command-line input: printed as ``mmdg adapt: error: ...``, exit status 2."""
 
 
-def _int_from(text: str, minimum: int) -> int:
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _int_from(text, 1)
-
-
-def _seed(text: str) -> int:
-    value = _int_from(text, 0)
-    if value >= 2**63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63); got {text!r}")
-    return value
-
-
-def _strength(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}")
-    return value
+_positive_int = positive_int
+_seed = integer(0, 2**63, maximum_label="2**63")
+_strength = number(0.0, inclusive=True)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

@@ -13,7 +13,6 @@ batched sums, ~1e-7, grows over the steps for a few samples, to ~1e-3 at 1,000 x
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from mmdg_lite import MMDGuidance, sample  # noqa: E402
+from mmdg_lite._argtypes import integer, positive_float, positive_int  # noqa: E402
 from mmdg_lite.denoisers import GaussianMixtureDenoiser  # noqa: E402
 from mmdg_lite.distributed import distributed_guidance, init_distributed, sample_distributed  # noqa: E402
 from mmdg_lite.metrics import mode_proportions, total_variation  # noqa: E402
@@ -33,28 +33,12 @@ from mmdg_lite.sampling import make_scheduler  # noqa: E402
 from mmdg_lite.toys.mixtures import circle_mixture, draw_references, subset_mixture  # noqa: E402
 
 
-def _number(kind: type, minimum: float, maximum: float = math.inf):
-    """An argparse type: a finite ``kind`` in [``minimum``, ``maximum``) (a bad value is a usage
-    error naming the flag)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}; got {text!r}") from None
-        if not (minimum <= value < maximum and math.isfinite(value)):
-            valid = (f">= {minimum}" if kind is int else "a finite number > 0") + \
-                (f" and < {maximum}" if maximum < math.inf else "")
-            raise argparse.ArgumentTypeError(f"must be {valid}; got {text!r}")
-        return value
-    return parse
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=_number(int, 1), default=1000, help="global batch size")
-    ap.add_argument("--steps", type=_number(int, 1), default=50)
-    ap.add_argument("--seed", type=_number(int, 0, 2**63), default=0)
-    ap.add_argument("--timeout", type=_number(float, 1e-9), default=60.0, help="process-group timeout, seconds")
+    ap.add_argument("--samples", type=positive_int, default=1000, help="global batch size")
+    ap.add_argument("--steps", type=positive_int, default=50)
+    ap.add_argument("--seed", type=integer(0, 2**63, maximum_label="2**63"), default=0)
+    ap.add_argument("--timeout", type=positive_float, default=60.0, help="process-group timeout, seconds")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="float64 shows the agreement with --check without float32 rounding")
     ap.add_argument("--check", action="store_true", help="compare with a one-process run on rank 0")

@@ -28,17 +28,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmdg_lite._argtypes import positive_int  # noqa: E402
 from mmdg_lite.widgets import GRID_DOMAINS, explorer_grid_sweep, save_explorer_grids  # noqa: E402
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder (default data/explorer)")
     parser.add_argument("--tiny", action="store_true",
                         help="2 strengths x 2 reference counts, 4 images, 2 steps (a smoke test)")
-    parser.add_argument("--threads", type=_positive_int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
     shipped = Path(__file__).resolve().parents[1] / "data" / "explorer"
     if args.tiny and (args.out is None or args.out.resolve() == shipped):  # never replace the shipped grids

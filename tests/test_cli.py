@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,23 @@ def test_info_without_the_sd_extra_reports_the_pipeline_as_not_checked(capsys, m
     assert cli.main(["info"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if "sd/shapes_pipeline" in l)
     assert "not checked:" in line and "pip install 'mmdg_lite[sd]'" in line and "FAILS" not in line
+
+
+def test_shared_argparse_types_take_their_range_and_refuse_the_rest():
+    """One set of argparse types serves the CLI, the scripts and the benchmarks (four copies had
+    drifted apart): the bounds are exact, and nan / inf / words are usage errors that say what is valid."""
+    import argparse
+
+    from mmdg_lite._argtypes import integer, number, positive_float, positive_int
+
+    seed = integer(0, 2**63, maximum_label="2**63")
+    strength = number(0.0, inclusive=True)
+    assert positive_int("1") == 1 and seed("0") == 0 and seed(str(2**63 - 1)) == 2**63 - 1
+    assert strength("0") == 0.0 and positive_float("1e-9") == 1e-9
+    for parse, text, what in ((positive_int, "0", "a positive integer"), (positive_int, "1.5", "a positive integer"),
+                              (seed, str(2**63), "an integer in [0, 2**63)"), (seed, "-1", "an integer in [0, 2**63)"),
+                              (positive_float, "0", "a positive number"), (positive_float, "nan", "a positive number"),
+                              (positive_float, "inf", "a positive number"), (strength, "-0.5", "a finite number >= 0"),
+                              (strength, "x", "a finite number >= 0")):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"must be {re.escape(what)}; got {re.escape(repr(text))}"):
+            parse(text)

@@ -50,7 +50,7 @@ def test_explorer_smoke_run_needs_its_own_folder(monkeypatch, capsys, tmp_path):
     blocker.write_text("mine")
     for argv, match in ((["--domain", "digits", "--tiny"], "--tiny needs --out"),  # replaced the shipped grid
                         (["--domain", "digits", "--tiny", "--out", str(ROOT / "data" / "explorer")], "--tiny needs --out"),
-                        (["--domain", "digits", "--threads", "0"], "--threads: must be an integer >= 1"),
+                        (["--domain", "digits", "--threads", "0"], "--threads: must be a positive integer"),
                         # --out under a file: a raw NotADirectoryError after the whole sweep
                         (["--domain", "digits", "--tiny", "--out", str(blocker / "g")], "--out: cannot create the folder")):
         with pytest.raises(SystemExit) as exit_info:
