@@ -897,3 +897,26 @@ def test_step_wrapper_refuses_references_of_another_size_before_the_unet(sd):
     with GuidedSchedulerStep(sd, g):  # the pipeline's own checks come first
         with pytest.raises(ValueError, match="divisible by 8"):
             sd([PROMPT], num_inference_steps=2, height=36, width=32, output_type="latent")
+
+
+def test_a_run_cut_by_denoising_end_must_hold_a_guided_step(saved):
+    """SDXL's denoising_end runs the first part of the schedule only; the guided window is in
+    fractions of the whole schedule, so schedule='last' with denoising_end=0.5 guided nothing,
+    silently (history empty). It is refused, by the callback and the step wrapper alike."""
+    pipe = saved["sdxl"][0]
+    refs = encode_images(pipe, red_images(4))
+    kw = dict(num_inference_steps=4, guidance_scale=3.0, output_type="latent", denoising_end=0.5)
+    late = dict(strength=1.0, stop=1.0, schedule="last", track=True)
+    with pytest.raises(ValueError, match=r"steps 0 to 1 of the scheduler's 4.*window is \[0.7, 1\)"):
+        pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(MMDGuidance(refs, **late)).watch(pipe),
+             generator=torch.Generator().manual_seed(0), **kw)
+    with pytest.raises(ValueError, match="denoising_end"), GuidedSchedulerStep(pipe, MMDGuidance(refs, **late)):
+        pipe([PROMPT] * 2, generator=torch.Generator().manual_seed(0), **kw)
+    g = MMDGuidance(refs, strength=1.0, stop=1.0, track=True)  # a window inside the run still guides
+    pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe),
+         generator=torch.Generator().manual_seed(0), **kw)
+    assert [h["step"] for h in g.history] == [0, 1]
+    g = MMDGuidance(refs, **late)  # the whole schedule: 'last' guides its last step, as before
+    pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe),
+         generator=torch.Generator().manual_seed(0), **{**kw, "denoising_end": None})
+    assert [h["step"] for h in g.history] == [3]

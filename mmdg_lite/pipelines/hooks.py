@@ -132,6 +132,29 @@ def _check_size(pipe: Any, guidance: Any, height: Any, width: Any) -> None:
                              f"(height={height}, width={width}): encode references at the size you generate")
 
 
+def _check_run_window(pipe: Any, sched: Any, guidance: Any, first: int) -> None:
+    """A run that covers part of the schedule (SDXL's ``denoising_end``, img2img's ``strength`` or
+    ``denoising_start``: ``pipe.num_timesteps`` of ``len(sched.timesteps)`` steps, from position
+    ``first``) must hold a step of the guided window, whose fractions are of the whole schedule:
+    ``check_window`` saw the whole schedule, so e.g. schedule='last' with denoising_end=0.5
+    guided nothing, silently."""
+    n, k = len(sched.timesteps), getattr(pipe, "_num_timesteps", None)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k < n:
+        return
+    for hook in guidance_hooks(guidance):
+        ss = getattr(hook, "step_size", None)
+        if ss is None or ss.strength == 0 or callable(ss.schedule):
+            continue
+        lo = max(ss.start, 1.0 - ss.last_fraction if ss.schedule == "last" else 0.0)
+        if not any(lo - 1e-9 <= i / n < ss.stop for i in range(first, first + k)):
+            raise ValueError(
+                f"this call runs steps {first} to {first + k - 1} of the scheduler's {n} (denoising_end / "
+                f"denoising_start / strength), step fractions {first / n:g} to {(first + k - 1) / n:g}, but the "
+                f"guidance's window is [{lo:g}, {ss.stop:g}) (start={ss.start:g}, stop={ss.stop:g}"
+                + (f", last_fraction={ss.last_fraction:g}" if ss.schedule == "last" else "")
+                + "; fractions of the whole schedule): no step would be guided; move the window into the run")
+
+
 def _no_denoiser(*_: Any, **__: Any) -> Tensor:
     raise ValueError("eval_point='x0_hat_backprop' needs the UNet with the prompt embeddings and "
                      "CFG; the diffusers hooks do not support it: use eval_point='x0_hat'")
@@ -252,6 +275,7 @@ class MMDGuidanceCallback(PipelineCallback):
                 self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
             self._prepared = None
             _check_batch(self.guidance, len(latents))  # (a count mismatch is named first)
+            _check_run_window(pipeline, sched, self.guidance, timestep_index(sched, timestep))
             prompt, self._prompt = self._prompt, None
             if watched and prompt is not None:
                 _check_prompts_match(pipeline, self.guidance, prompt[0])
@@ -360,6 +384,8 @@ class GuidedSchedulerStep:
         if self._last is None or index <= self._last:
             check_scheduler(sched, self.guidance)  # a new run: timesteps are set now
             self.guidance.reset()
+            if self._pipe is not None:
+                _check_run_window(self._pipe, sched, self.guidance, index)
         _check_batch(self.guidance, len(x_t))
         self._last = index
         ab, c_in = scheduler_noise_level(sched, index)
