@@ -920,3 +920,33 @@ def test_a_run_cut_by_denoising_end_must_hold_a_guided_step(saved):
     pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe),
          generator=torch.Generator().manual_seed(0), **{**kw, "denoising_end": None})
     assert [h["step"] for h in g.history] == [3]
+
+
+def test_sdxl_prompt_2_feeds_the_second_encoders_features(saved):
+    """SDXL's prompt_2 goes to text_encoder_2, whose pooled text_embeds the UNet gets; the prompt
+    features used the prompt for both encoders, and a guidance built for prompt alone passed
+    the hooks' check for a call with another prompt_2. Oracle: the pipeline's own encode_prompt."""
+    pipe = saved["sdxl"][0]
+    prompts, prompts_2 = [PROMPT, "a blue square"], ["a blue square", PROMPT]
+    *_, pooled, _ = pipe.encode_prompt(prompts, prompt_2=prompts_2, do_classifier_free_guidance=False)
+    f = prompt_features(pipe, prompts, prompts_2)
+    p2 = pooled.shape[1]
+    torch.testing.assert_close(f[:, :p2] * math.sqrt(2), torch.nn.functional.normalize(pooled.float(), dim=-1))
+    torch.testing.assert_close(f[:, p2:], prompt_features(pipe, prompts)[:, p2:])  # encoder 1 reads prompt
+    torch.testing.assert_close(sample_prompt_features(pipe, prompts, 2, prompts_2), f.repeat_interleave(2, dim=0))
+    with pytest.raises(ValueError, match="prompts_2 has 1 prompt.*prompts has 2"):
+        prompt_features(pipe, prompts, [PROMPT])
+    with pytest.raises(ValueError, match="no text_encoder_2"):
+        prompt_features(saved["sd"][0], prompts, prompts_2)
+    refs = dict(reference_prompts=[PROMPT] * 4, prompts=prompts, num_images_per_prompt=2, strength=1.0, stop=1.0)
+    kw = dict(num_images_per_prompt=2, num_inference_steps=2, guidance_scale=3.0, output_type="latent",
+              prompt_2=prompts_2)
+    stale = pipeline_guidance(pipe, red_images(4), **refs)  # built without prompt_2
+    with pytest.raises(ValueError, match="prompts_2=<its prompt_2>"):
+        pipe(prompts, callback_on_step_end=MMDGuidanceCallback(stale).watch(pipe), **kw)
+    with pytest.raises(ValueError, match="prompts_2=<its prompt_2>"), GuidedSchedulerStep(pipe, stale):
+        pipe(prompts, **kw)
+    g = pipeline_guidance(pipe, red_images(4), prompts_2=prompts_2, **refs)
+    torch.testing.assert_close(g.sample_prompts, f.repeat_interleave(2, dim=0))
+    out = pipe(prompts, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe), **kw).images
+    assert torch.isfinite(out).all()

@@ -41,14 +41,23 @@ def _pooled(tokenizer: Any, encoder: Any, prompts: list[str]) -> Tensor:
     return torch.nn.functional.normalize(pooled.float(), dim=-1)  # (N, P)
 
 
-def prompt_features(pipe: Any, prompts: Sequence[str]) -> Tensor:
+def prompt_features(pipe: Any, prompts: Sequence[str], prompts_2: Sequence[str] | str | None = None) -> Tensor:
     """(N, P) float32 L2-normalised pooled text features from the pipeline's text encoder(s);
-    one prompt as a str gives (1, P)."""
+    one prompt as a str gives (1, P). ``prompts_2``: SDXL's ``prompt_2`` (what its second encoder
+    reads; default ``prompts``), one per prompt."""
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     enc2 = getattr(pipe, "text_encoder_2", None)
     enc1 = getattr(pipe, "text_encoder", None)
+    if prompts_2 is not None:
+        prompts_2 = [prompts_2] if isinstance(prompts_2, str) else _check_prompts(prompts_2, "prompts_2")
+        if enc2 is None:
+            raise ValueError(f"prompts_2 is SDXL's prompt_2 (its second text encoder's prompt), but "
+                             f"{type(pipe).__name__} has no text_encoder_2: leave it out")
+        if len(prompts_2) != len(prompts):
+            raise ValueError(f"prompts_2 has {len(prompts_2)} prompt(s) but prompts has {len(prompts)}: "
+                             "give one prompt_2 per prompt, as the pipeline does")
     if enc2 is not None:  # SDXL: encoder 2's projected text_embeds (what the UNet gets) + encoder 1
-        parts = [_pooled(pipe.tokenizer_2, enc2, prompts)]
+        parts = [_pooled(pipe.tokenizer_2, enc2, prompts if prompts_2 is None else prompts_2)]
         if enc1 is not None:
             parts.append(_pooled(pipe.tokenizer, enc1, prompts))
         return (torch.cat(parts, dim=1) / math.sqrt(len(parts))).cpu()  # (N, P2 + P1), unit norm
@@ -57,14 +66,15 @@ def prompt_features(pipe: Any, prompts: Sequence[str]) -> Tensor:
     return _pooled(pipe.tokenizer, enc1, prompts).cpu()
 
 
-def sample_prompt_features(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int = 1) -> Tensor:
+def sample_prompt_features(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int = 1,
+                           prompts_2: Sequence[str] | str | None = None) -> Tensor:
     """(len(prompts) * n, P): the features in the order a pipeline batches its samples (each
-    prompt's ``num_images_per_prompt`` images next to each other)."""
+    prompt's ``num_images_per_prompt`` images next to each other); ``prompts_2``: SDXL's prompt_2."""
     prompts = [prompts] if isinstance(prompts, str) else prompts
     if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
             or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an int >= 1; got {num_images_per_prompt!r}")
-    return prompt_features(pipe, prompts).repeat_interleave(num_images_per_prompt, dim=0)
+    return prompt_features(pipe, prompts, prompts_2).repeat_interleave(num_images_per_prompt, dim=0)
 
 
 def pipeline_image_size(pipe: Any) -> int:
@@ -123,10 +133,11 @@ def load_references(pipe: Any, folder: str | Path, *, limit: int | None = None, 
 
 def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Sequence[str] | None = None,
                       prompts: Sequence[str] | str | None = None, num_images_per_prompt: int = 1,
-                      **kwargs: Any) -> Any:
+                      prompts_2: Sequence[str] | str | None = None, **kwargs: Any) -> Any:
     """An ``MMDGuidance`` for ``pipe``: ``references`` are images (N, 3, H, W) in [-1, 1] (encoded
     with the pipeline's VAE) or latents (N, c, h, w). With ``reference_prompts`` (one per
-    reference) and the sampling ``prompts`` it is prompt-aware (product kernel, paper Eq. 10-11).
+    reference) and the sampling ``prompts`` (and SDXL's ``prompt_2`` as ``prompts_2``, if the
+    call gives one) it is prompt-aware (product kernel, paper Eq. 10-11).
     Other keyword arguments go to ``MMDGuidance``."""
     from ..guidance import MMDGuidance
     from ..images.detectors import _check_scale
@@ -147,8 +158,9 @@ def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Seque
     else:
         latents = references.float()
     if reference_prompts is None:
-        if prompts is not None:
-            raise ValueError("prompts= (the sampling prompts) needs reference_prompts= too")
+        if prompts is not None or prompts_2 is not None:
+            raise ValueError(f"{'prompts=' if prompts is not None else 'prompts_2='} (the sampling prompts) "
+                             "needs reference_prompts= too")
         if num_images_per_prompt != 1:  # it only orders the sample prompts; it was silently ignored
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} is for prompt-aware guidance (with "
                              "reference_prompts= and prompts=); guidance without prompts takes the pipeline's "
@@ -161,4 +173,5 @@ def pipeline_guidance(pipe: Any, references: Tensor, *, reference_prompts: Seque
     if prompts is None:
         raise ValueError("prompt-aware guidance needs prompts= (the prompts the pipeline samples)")
     return MMDGuidance(latents, reference_prompts=prompt_features(pipe, reference_prompts),
-                       sample_prompts=sample_prompt_features(pipe, prompts, num_images_per_prompt), **kwargs)
+                       sample_prompts=sample_prompt_features(pipe, prompts, num_images_per_prompt, prompts_2),
+                       **kwargs)

@@ -89,7 +89,7 @@ def _check_batch(guidance: Any, n: int) -> None:
                          "the prompts of this call")
 
 
-def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any) -> None:
+def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any, prompt_2: Any = None) -> None:
     """A prompt-aware guidance (sample_prompts from ``pipeline_guidance``) was built for this
     call's prompts in this order: the row count alone let guidance built for other prompts pull
     the samples toward the wrong references. Nothing to compare for prompt_embeds= (prompt None)
@@ -101,13 +101,15 @@ def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any) -> None:
         sp = getattr(hook, "sample_prompts", None)
         if not isinstance(sp, Tensor) or sp.ndim != 2 or len(sp) % len(prompts):
             continue  # a row-count mismatch is named by _check_batch
-        want = sample_prompt_features(pipe, list(prompts), len(sp) // len(prompts))
+        # SDXL's prompt_2 is what its second encoder reads (the pooled text_embeds the UNet gets)
+        want = sample_prompt_features(pipe, list(prompts), len(sp) // len(prompts), prompt_2)
         got = torch.nn.functional.normalize(sp.detach().float().cpu(), dim=-1)
         if got.shape == want.shape and not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise ValueError(f"the guidance is prompt-aware, built for other sample prompts (or the same in another "
-                             f"order) than this call's {len(prompts)} prompt(s) x {len(sp) // len(prompts)} image(s): "
-                             "build it with pipeline_guidance(pipe, ..., prompts=<this call's prompts>, "
-                             "num_images_per_prompt=<its n>)")
+                             f"order) than this call's {len(prompts)} prompt(s) x {len(sp) // len(prompts)} image(s)"
+                             f"{'' if prompt_2 is None else ' and prompt_2'}: build it with pipeline_guidance(pipe, "
+                             "..., prompts=<this call's prompts>, num_images_per_prompt=<its n>"
+                             f"{')' if prompt_2 is None else ', prompts_2=<its prompt_2>)'}")
 
 
 def _bound_prompt(original: Any, args: tuple, kwargs: dict, name: str = "prompt") -> Any:
@@ -205,7 +207,7 @@ class MMDGuidanceCallback(PipelineCallback):
         # the latents= given to the pipeline (it multiplies them by init_noise_sigma), or None
         self.initial_latents = initial_latents
         self._prepared: Tensor | None = None  # what prepare_latents returned (watch)
-        self._prompt: tuple[Any] | None = None  # (the prompt check_inputs saw,) (watch)
+        self._prompt: tuple[Any, Any] | None = None  # (the prompt and prompt_2 check_inputs saw) (watch)
         self._prev: Tensor | None = None
         self._watched: tuple[Any, Any, Any] | None = None
 
@@ -231,7 +233,7 @@ class MMDGuidanceCallback(PipelineCallback):
 
         def check_inputs(*args: Any, **kwargs: Any) -> Any:
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]  # checked at step 0 if this callback runs
-                self._prompt = (_bound_prompt(check, args, kwargs),)
+                self._prompt = (_bound_prompt(check, args, kwargs), _bound_prompt(check, args, kwargs, "prompt_2"))
             return check(*args, **kwargs)
 
         self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents),
@@ -278,7 +280,7 @@ class MMDGuidanceCallback(PipelineCallback):
             _check_run_window(pipeline, sched, self.guidance, timestep_index(sched, timestep))
             prompt, self._prompt = self._prompt, None
             if watched and prompt is not None:
-                _check_prompts_match(pipeline, self.guidance, prompt[0])
+                _check_prompts_match(pipeline, self.guidance, *prompt)
         x_t = self._prev
         _check_batch(self.guidance, len(latents))
         if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
@@ -352,7 +354,7 @@ class GuidedSchedulerStep:
             out = original(*args, **kwargs)  # the pipeline's own checks speak first
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]
                 arg = functools.partial(_bound_prompt, original, args, kwargs)
-                _check_prompts_match(self._pipe, self.guidance, arg())
+                _check_prompts_match(self._pipe, self.guidance, arg(), arg("prompt_2"))
                 _check_size(self._pipe, self.guidance, arg("height"), arg("width"))
             return out
 
