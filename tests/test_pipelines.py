@@ -916,6 +916,14 @@ def test_a_run_cut_by_denoising_end_must_hold_a_guided_step(saved):
     pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe),
          generator=torch.Generator().manual_seed(0), **kw)
     assert [h["step"] for h in g.history] == [0, 1]
+    g = MMDGuidance(refs, **late)  # a loop of the user's own after that call: its whole schedule counts
+    pipe([PROMPT] * 2, generator=torch.Generator().manual_seed(0), **kw)  # leaves num_timesteps = 2
+    with GuidedSchedulerStep(pipe, g):
+        sched, x = pipe.scheduler, torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+        sched.set_timesteps(4)
+        for t in sched.timesteps:
+            x = sched.step(torch.zeros_like(x), t, x).prev_sample
+    assert [h["step"] for h in g.history] == [3]
     g = MMDGuidance(refs, **late)  # the whole schedule: 'last' guides its last step, as before
     pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe),
          generator=torch.Generator().manual_seed(0), **{**kw, "denoising_end": None})

@@ -322,6 +322,7 @@ class GuidedSchedulerStep:
         _refuse_twice(sched, guidance)
         self.scheduler, self.guidance = sched, guidance
         self._last: int | None = None
+        self._called = False  # check_inputs of the wrapped pipeline ran, and no step since
         original = sched.step
         signature = inspect.signature(original)
 
@@ -356,6 +357,7 @@ class GuidedSchedulerStep:
                 arg = functools.partial(_bound_prompt, original, args, kwargs)
                 _check_prompts_match(self._pipe, self.guidance, arg(), arg("prompt_2"))
                 _check_size(self._pipe, self.guidance, arg("height"), arg("width"))
+                self._called = True
             return out
 
         return check_inputs
@@ -386,8 +388,9 @@ class GuidedSchedulerStep:
         if self._last is None or index <= self._last:
             check_scheduler(sched, self.guidance)  # a new run: timesteps are set now
             self.guidance.reset()
-            if self._pipe is not None:
+            if self._called:  # a pipeline call (check_inputs ran): its num_timesteps is this run's
                 _check_run_window(self._pipe, sched, self.guidance, index)
+        self._called = False
         _check_batch(self.guidance, len(x_t))
         self._last = index
         ab, c_in = scheduler_noise_level(sched, index)
