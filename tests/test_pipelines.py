@@ -958,3 +958,39 @@ def test_sdxl_prompt_2_feeds_the_second_encoders_features(saved):
     torch.testing.assert_close(g.sample_prompts, f.repeat_interleave(2, dim=0))
     out = pipe(prompts, callback_on_step_end=MMDGuidanceCallback(g).watch(pipe), **kw).images
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_edm_scheduler_x0_hat_is_the_schedulers_own_denoised_sample(saved, prediction_type):
+    """EDM schedulers (CosXL's EDMEuler, Playground v2.5's EDMDPMSolver) precondition the model
+    output with sigma_data: it is neither eps nor v, and to_epsilon read it as one, so x0_hat
+    was off by hundreds at the first step. Oracle: the scheduler's own pred_original_sample."""
+    import functools
+
+    from diffusers import EDMEulerScheduler
+
+    from mmdg_lite.guidance.eval_point import EvalPoint
+
+    pipe = _load(saved, "sdxl")
+    sched = pipe.scheduler = EDMEulerScheduler(prediction_type=prediction_type)
+    original, denoised = sched.step, []
+
+    @functools.wraps(original)
+    def record(*args, **kwargs):
+        out = original(*args, **kwargs)
+        denoised.append(out[1] if isinstance(out, tuple) else out.pred_original_sample)
+        return out
+    sched.step = record
+    spy = Spy(eval_point="x0_hat")
+    with GuidedSchedulerStep(pipe, spy):
+        run(pipe, n=2, steps=3)
+    del sched.step
+    assert len(spy.states) == 3 == len(denoised)
+    for s, want in zip(spy.states, denoised):
+        z = EvalPoint("x0_hat").locate(s, torch.float32).z.reshape(want.shape)
+        torch.testing.assert_close(z, want.float(), atol=1e-4, rtol=1e-4)
+    refs = encode_images(pipe, red_images(4))
+    base = run(pipe, n=2, steps=3)
+    with GuidedSchedulerStep(pipe, MMDGuidance(refs, strength=1.0, stop=1.0, eval_point="x0_hat")):
+        guided = run(pipe, n=2, steps=3)
+    assert torch.isfinite(guided).all() and dist_to(guided, refs) < dist_to(base, refs)

@@ -13,7 +13,9 @@
 
 Both build a ``StepState`` in the DDPM-normalised convention of ``mmdg_lite.guidance``: for
 sigma-scaled schedulers (Euler-type, SDXL's default) the input scale is 1/sqrt(sigma^2 + 1)
-and alpha_bar = 1/(1 + sigma^2). Guidance computes half-precision latents in float32 and
+and alpha_bar = 1/(1 + sigma^2) (EDM schedulers too, whose own scale_model_input uses their
+sigma_data instead of 1; their preconditioned model output gives x0_hat through
+``precondition_outputs``). Guidance computes half-precision latents in float32 and
 returns them in the pipeline's dtype. Schedulers checked to move the samples toward the
 references with every eval point: DDIM, DDPM, Euler, Euler-ancestral, DPM-Solver++ multistep;
 LMS with x_prev and x0_hat. Refused (``ValueError`` naming the scheduler): those that repeat a
@@ -67,6 +69,14 @@ def to_epsilon(sched: Any, model_output: Tensor, x_t: Tensor, alpha_bar: float, 
     kind = getattr(sched.config, "prediction_type", "epsilon")
     if model_output.shape[1] == 2 * x_t.shape[1]:  # learned variance: the first half is the mean
         model_output = model_output[:, : x_t.shape[1]]
+    precondition = getattr(sched, "precondition_outputs", None)
+    if callable(precondition) and 0.0 < alpha_bar < 1.0:
+        # EDM schedulers (EDMEuler, EDMDPMSolver: CosXL, Playground v2.5): the model output is
+        # preconditioned with sigma_data (denoised = c_skip x + c_out out), neither eps nor v;
+        # with x_t = x0 + sigma eps, eps = (x_t - denoised) / sigma
+        sigma = math.sqrt((1.0 - alpha_bar) / alpha_bar)
+        denoised = precondition(x_t.float(), model_output.float(), sigma)
+        return (x_t.float() - denoised) / sigma
     if kind == "epsilon":
         return model_output
     a, s = math.sqrt(alpha_bar), math.sqrt(max(1.0 - alpha_bar, 0.0))
