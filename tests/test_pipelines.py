@@ -942,6 +942,7 @@ def test_sdxl_prompt_2_feeds_the_second_encoders_features(saved):
     torch.testing.assert_close(f[:, :p2] * math.sqrt(2), torch.nn.functional.normalize(pooled.float(), dim=-1))
     torch.testing.assert_close(f[:, p2:], prompt_features(pipe, prompts)[:, p2:])  # encoder 1 reads prompt
     torch.testing.assert_close(sample_prompt_features(pipe, prompts, 2, prompts_2), f.repeat_interleave(2, dim=0))
+    torch.testing.assert_close(prompt_features(pipe, prompts, ""), prompt_features(pipe, prompts))  # `prompt_2 or prompt`
     with pytest.raises(ValueError, match="prompts_2 has 1 prompt.*prompts has 2"):
         prompt_features(pipe, prompts, [PROMPT])
     with pytest.raises(ValueError, match="no text_encoder_2"):

@@ -48,6 +48,8 @@ def prompt_features(pipe: Any, prompts: Sequence[str], prompts_2: Sequence[str] 
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     enc2 = getattr(pipe, "text_encoder_2", None)
     enc1 = getattr(pipe, "text_encoder", None)
+    if isinstance(prompts_2, (str, list, tuple)) and not prompts_2:
+        prompts_2 = None  # as the pipeline's `prompt_2 or prompt`: "" means the prompt
     if prompts_2 is not None:
         prompts_2 = [prompts_2] if isinstance(prompts_2, str) else _check_prompts(prompts_2, "prompts_2")
         if enc2 is None:
