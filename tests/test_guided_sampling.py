@@ -299,3 +299,28 @@ def test_task_guidance_refuses_references_of_another_dimension():
         with pytest.raises(ValueError, match=r"references must be points of task 'ring2d_4modes', 2 features "
                                              r"each; got shape \(5, 3\)"):
             task_guidance(t, references=torch.randn(5, 3))
+
+
+def _duck_state(B=6, D=2, seed=0):
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(B, D, generator=g)
+    return SimpleNamespace(x_t=x_t, x_prev=0.9 * x_t, eps=torch.randn(B, D, generator=g), t=500, step_index=1,
+                           num_steps=10, alpha_bar_t=0.5, alpha_bar_prev=0.55, denoiser=None, cond=None,
+                           sample_index=torch.arange(B))
+
+
+def test_chained_guidance_accepts_the_duck_typed_states_its_hooks_accept(refs):
+    # MMDGuidance takes any object with StepState's fields; the chain crashed in dataclasses.replace
+    state = _duck_state()
+    guide = MMDGuidance(refs, strength=0.5)
+    chained = ChainedGuidance(guide, lambda s: s.x_prev + 1.0)(state)
+    guide.reset()
+    assert torch.allclose(chained, guide(state) + 1.0)
+    assert torch.equal(state.x_prev, 0.9 * state.x_t)  # the caller's state is not modified
+
+
+def test_chained_guidance_names_a_member_that_returns_no_tensor(refs):
+    chain = ChainedGuidance(lambda s: None, MMDGuidance(refs))
+    with pytest.raises(ValueError, match=r"hook 0 \(function\) returned NoneType.*shape \(6, 2\)"):
+        chain(_duck_state())

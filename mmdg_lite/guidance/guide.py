@@ -11,10 +11,11 @@ each testable alone: the reference set (``references.ReferenceSet``), the step-s
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import is_dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -477,6 +478,20 @@ class ChainedGuidance:
 
     def __call__(self, state: Any) -> Tensor:
         x_prev = state.x_prev
-        for hook in self.hooks:
-            x_prev = hook(replace(state, x_prev=x_prev))
+        for k, hook in enumerate(self.hooks):
+            x_prev = hook(_with_x_prev(state, x_prev))
+            if not isinstance(x_prev, Tensor) or x_prev.shape != state.x_prev.shape:
+                got = tuple(x_prev.shape) if isinstance(x_prev, Tensor) else type(x_prev).__name__
+                raise ValueError(f"ChainedGuidance hook {k} ({type(hook).__name__}) returned {got} at step "
+                                 f"{state.step_index}; each hook must return the corrected x_prev of shape "
+                                 f"{tuple(state.x_prev.shape)}")
         return x_prev
+
+
+def _with_x_prev(state: Any, x_prev: Tensor) -> Any:
+    """A copy of ``state`` with another x_prev: a StepState (dataclass) or any duck-typed state."""
+    if is_dataclass(state):
+        return replace(state, x_prev=x_prev)
+    new = copy.copy(state)
+    new.x_prev = x_prev
+    return new
