@@ -28,7 +28,16 @@ BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 
 @dataclass
 class StepState:
-    """What a guidance hook sees at one reverse step."""
+    """What a guidance hook sees at one reverse step (``sample`` builds it; so can your own loop).
+
+    Every field without a default must be given. ``MMDGuidance`` reads ``denoiser`` only for
+    eval_point "x0_hat_backprop", ``cond`` only when prompt-aware without sample_prompts, and
+    ``sample_index`` only with sample_prompts; pass None / ``torch.arange(B)`` otherwise.
+    ``input_scale`` and ``input_scale_prev`` are 1 for DDPM-normalised latents (DDPM, DDIM,
+    DPM-Solver); a sigma-scaled scheduler (Euler, Euler-ancestral, Karras) must pass both,
+    ``noise_level(sched, timesteps, i)`` and ``noise_level(sched, timesteps, i + 1)`` give them
+    with the two alpha_bars (MMDGuidance refuses such a state with them left at 1).
+    """
 
     x_t: Tensor            # (B, *S) current noisy sample
     x_prev: Tensor         # (B, *S) the scheduler's proposal for x_{t-1} (prev_sample)

@@ -139,3 +139,32 @@ def test_bandwidth_is_resolved_once_per_run(monkeypatch):
     sample(den, 16, 2, num_steps=30, guidance=MMDGuidance(y, bandwidth_update="step"), seed=0,
            dtype=torch.float64)
     assert len(calls) > 20  # the per-step policy re-reads them at every guided step
+
+
+def _euler_first_step(drop: tuple[str, ...]):
+    """A hand-written Euler loop's first StepState (sigma-scaled latents), less the fields in ``drop``."""
+    from diffusers import EulerDiscreteScheduler
+    sched = EulerDiscreteScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 2, generator=g) * sched.init_noise_sigma
+    eps = torch.randn(8, 2, generator=g)
+    t = sched.timesteps[0]
+    x_prev = sched.step(eps, t, x).prev_sample
+    (ab, c_in), (ab_prev, c_prev) = noise_level(sched, sched.timesteps, 0), noise_level(sched, sched.timesteps, 1)
+    fields = dict(x_t=x, x_prev=x_prev, eps=eps, t=int(t), step_index=0, num_steps=10, alpha_bar_t=ab,
+                  alpha_bar_prev=ab_prev, denoiser=None, cond=None, sample_index=torch.arange(8),
+                  input_scale=c_in, input_scale_prev=c_prev)
+    return SimpleNamespace(**{k: v for k, v in fields.items() if k not in drop})
+
+
+@pytest.mark.parametrize("drop, match", [(("input_scale_prev",), "input_scale_prev is 1"),
+                                         (("input_scale", "input_scale_prev"), "input_scale left at 1")])
+@pytest.mark.parametrize("point", ["x_t", "x_prev", "x0_hat"])
+def test_a_sigma_scaled_state_without_its_input_scales_is_refused(drop, match, point):
+    # a hand-written Euler loop that left out the optional factors got wrong samples or a divergence
+    # error advising a lower strength; now the state's inconsistency is named
+    refs = torch.randn(20, 2, generator=torch.Generator().manual_seed(1))
+    MMDGuidance(refs, eval_point=point)(_euler_first_step(()))  # the full state runs
+    with pytest.raises(ValueError, match=match):
+        MMDGuidance(refs, eval_point=point)(_euler_first_step(drop))
