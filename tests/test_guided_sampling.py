@@ -324,3 +324,17 @@ def test_chained_guidance_names_a_member_that_returns_no_tensor(refs):
     chain = ChainedGuidance(lambda s: None, MMDGuidance(refs))
     with pytest.raises(ValueError, match=r"hook 0 \(function\) returned NoneType.*shape \(6, 2\)"):
         chain(_duck_state())
+
+
+def test_an_unbiased_member_of_a_chain_is_checked_before_any_step(model, refs):
+    # sample() checked guidance.estimator only on the hook itself: a chained unbiased MMDGuidance ran
+    # two chunks of denoiser calls before failing on the last chunk of one sample
+    calls = []
+
+    def counting(x, t, cond):
+        calls.append(1)
+        return model(x, t, cond)
+    chain = ChainedGuidance(MMDGuidance(refs, estimator="unbiased"), lambda s: s.x_prev)
+    with pytest.raises(ValueError, match="n=5 with batch_size=2 leaves a last batch of 1"):
+        sample(counting, 5, 2, num_steps=4, batch_size=2, guidance=chain)
+    assert calls == []
