@@ -30,9 +30,9 @@ BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 class StepState:
     """What a guidance hook sees at one reverse step (``sample`` builds it; so can your own loop).
 
-    Every field without a default must be given. ``MMDGuidance`` reads ``denoiser`` only for
+    Every field without a default must be given. ``MMDGuidance`` needs ``denoiser`` only for
     eval_point "x0_hat_backprop", ``cond`` only when prompt-aware without sample_prompts, and
-    ``sample_index`` only with sample_prompts; pass None / ``torch.arange(B)`` otherwise.
+    ``sample_index`` only with sample_prompts, and says so when one it needs is missing.
     ``input_scale`` and ``input_scale_prev`` are 1 for DDPM-normalised latents (DDPM, DDIM,
     DPM-Solver); a sigma-scaled scheduler (Euler, Euler-ancestral, Karras) must pass both,
     ``noise_level(sched, timesteps, i)`` and ``noise_level(sched, timesteps, i + 1)`` give them
@@ -47,9 +47,9 @@ class StepState:
     num_steps: int
     alpha_bar_t: float     # scheduler.alphas_cumprod[t]
     alpha_bar_prev: float  # alphas_cumprod of the next (smaller) timestep, or final value at the end
-    denoiser: Callable     # the model (for guidance that backpropagates through it)
-    cond: Tensor | None    # (B, C) conditioning or None
-    sample_index: Tensor   # (B,) long: global indices of these samples within the requested n
+    denoiser: Callable | None = None  # the model (for guidance that backpropagates through it)
+    cond: Tensor | None = None        # (B, C) conditioning or None
+    sample_index: Tensor | None = None  # (B,) long: global indices of these samples within the requested n
     input_scale: float = 1.0       # c_in: the denoiser sees c_in * x_t (scale_model_input); 1 for
     input_scale_prev: float = 1.0  # DDPM/DDIM, 1/sqrt(sigma^2 + 1) for sigma-scaled latents (Euler)
 

@@ -520,3 +520,18 @@ def test_gradient_keeps_image_shapes_and_refuses_another_layout():
     with pytest.raises(ValueError, match=r"the points z have per-sample shape \(2, 3, 1\) .* but references "
                                          r"have \(1, 2, 3\)"):
         G.gradient(z.permute(0, 2, 3, 1))
+
+
+def test_a_step_state_without_its_optional_fields_guides_or_names_the_missing_one():
+    # StepState required denoiser, cond and sample_index even where unused, and a state without the one
+    # a guidance needs failed with a raw AttributeError / "'NoneType' object is not callable"
+    from mmdg_lite.sampling import StepState
+    full = make_state()
+    core = {k: getattr(full, k) for k in ("x_t", "x_prev", "eps", "t", "step_index", "num_steps",
+                                          "alpha_bar_t", "alpha_bar_prev")}
+    torch.testing.assert_close(MMDGuidance(refs())(StepState(**core)), MMDGuidance(refs())(full))
+    with pytest.raises(ValueError, match="x0_hat_backprop.*needs denoiser.*got NoneType"):
+        MMDGuidance(refs(), eval_point="x0_hat_backprop")(StepState(**core))
+    prompted = MMDGuidance(refs(), reference_prompts=torch.randn(9, 2), sample_prompts=torch.randn(6, 2))
+    with pytest.raises(ValueError, match=r"sample_index, a \(6,\) long tensor.*got NoneType"):
+        prompted(StepState(**core))

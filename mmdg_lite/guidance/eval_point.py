@@ -70,10 +70,14 @@ class EvalPoint:
             return _linear(a * x - math.sqrt((1 - ab) / ab) * eps, a)
         # x0_hat_backprop: eps through the denoiser, so dz/dx = a (I - sqrt(1 - abar) J_eps)
         check_autograd("eval_point='x0_hat_backprop'")
+        denoiser = getattr(state, "denoiser", None)
+        if not callable(denoiser):
+            raise ValueError("eval_point='x0_hat_backprop' backpropagates through the model: the step's state needs "
+                             f"denoiser, callable as denoiser(c_in * x_t, t, cond); got {type(denoiser).__name__}")
         with torch.enable_grad():
             xt = state.x_t.detach().requires_grad_(True)
             t = torch.full((n,), int(state.t), dtype=torch.long, device=xt.device)
-            eps = state.denoiser(xt * c_in, t, state.cond)
+            eps = denoiser(xt * c_in, t, getattr(state, "cond", None))
             z = (xt * c_in - math.sqrt(1 - ab) * eps) / math.sqrt(ab)  # (B, *S)
 
         def pull_back(g: Tensor) -> Tensor:

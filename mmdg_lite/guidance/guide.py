@@ -439,16 +439,22 @@ class MMDGuidance:
     def _prompts_for(self, state: Any, n: int) -> Tensor | None:
         if self.reference_set.prompts is None:
             return None
+        cond = getattr(state, "cond", None)
         if self.sample_prompts is not None:
-            top = int(state.sample_index.max()) + 1
+            index = getattr(state, "sample_index", None)
+            if not isinstance(index, Tensor) or index.shape != (n,):
+                got = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
+                raise ValueError(f"sample_prompts are picked by the state's sample_index, a ({n},) long tensor of the "
+                                 f"samples' indices in the run (torch.arange({n}) for one batch); got {got}")
+            top = int(index.max()) + 1
             if top > len(self.sample_prompts):
                 raise ValueError(
                     f"sample_prompts has {len(self.sample_prompts)} rows but the sampler is drawing "
                     f"at least {top} samples; give one prompt per sample (n rows, in the sampler's "
                     "order), or omit sample_prompts to use the sampler's cond")
-            p = self.sample_prompts[state.sample_index.to(self.sample_prompts.device)]
-        elif state.cond is not None:
-            p = state.cond.reshape(n, -1)
+            p = self.sample_prompts[index.to(self.sample_prompts.device)]
+        elif cond is not None:
+            p = cond.reshape(n, -1)
         else:
             raise ValueError("prompt-aware guidance needs sample_prompts= or a sampler cond; got neither")
         if p.shape[1:] != self.reference_set.prompts.shape[1:]:
