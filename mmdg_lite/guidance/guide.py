@@ -198,7 +198,10 @@ class MMDGuidance:
         rff_features: replace the exact reference term by F random Fourier features of a
             fixed-bandwidth Gaussian kernel (a step then costs O(B F D) for any N_r; relative
             gradient error ~ 1.6/sqrt(F), benchmarks/results/rff.md).
-        track: keep per-step diagnostics in ``self.history``.
+        track: keep per-step diagnostics in ``self.history``: one dict per guided step (steps outside
+            the window, and memory mode's first sample, add none) with step, t, weight (strength x
+            s(t)), and batch means of grad_norm, step_norm (the step as applied) and x_norm (of x_prev);
+            ``reset()`` (every ``sample`` run) clears it.
 
     Raises ``GuidanceDivergenceError`` (a ``FloatingPointError``) when a step would leave a
     sample more than 3 data scales from the references, or produce NaN/Inf, naming the knob.
