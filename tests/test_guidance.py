@@ -535,3 +535,19 @@ def test_a_step_state_without_its_optional_fields_guides_or_names_the_missing_on
     prompted = MMDGuidance(refs(), reference_prompts=torch.randn(9, 2), sample_prompts=torch.randn(6, 2))
     with pytest.raises(ValueError, match=r"sample_index, a \(6,\) long tensor.*got NoneType"):
         prompted(StepState(**core))
+
+
+def test_memory_mode_in_a_loop_that_never_calls_remember_is_refused_not_silently_unguided():
+    # without remember() the memory stays empty, so every chunk came back unguided with no error
+    def run_chunk(guide, seed):
+        return [guide(make_state(B=1, seed=seed, step_index=i, num_steps=4)) for i in range(3)]
+    forgetful = MMDGuidance(refs(), generated_set="memory")
+    run_chunk(forgetful, 0)
+    with pytest.raises(ValueError, match=r"call guidance.remember\(x0_chunk\) after each chunk"):
+        run_chunk(forgetful, 1)
+    careful = MMDGuidance(refs(), generated_set="memory")
+    careful.remember(run_chunk(careful, 0)[-1])
+    outs = run_chunk(careful, 1)  # guided against the remembered sample
+    assert not torch.equal(outs[0], make_state(B=1, seed=1, step_index=0, num_steps=4).x_prev)
+    careful.reset()  # a new run starts with an empty memory and no pending chunk
+    run_chunk(careful, 2)

@@ -296,16 +296,21 @@ class MMDGuidance:
         self.data_scale: float | None = None
         self._last_prompts: Tensor | None = None
         self._window_checked_for: int | None = None  # the num_steps whose guided window was checked
+        self._last_step: int | None = None  # memory mode: the last step seen, to notice a new chunk
+        self._remembered = False  # memory mode: remember() called since the chunk began
         self.history: list[dict[str, float]] = []
 
     def remember(self, x0: Tensor) -> None:
         """Memory mode: append finished samples (the sampler calls this after each chunk)."""
         self.generated.remember(x0, self._last_prompts)
+        self._remembered = True
 
     # -- the correction ----------------------------------------------------------------------------
     def __call__(self, state: Any) -> Tensor:
         """The corrected x_{t-1} for the sampler's step ``state`` (a StepState)."""
         self.reference_set.check_samples(state.x_prev, "the sampler's samples")
+        if self.sequential:
+            self._check_remembered(state.step_index)
         if self._window_checked_for != state.num_steps:  # a window with no step would guide nothing
             self.step_size.check_window(state.num_steps)
             self._window_checked_for = state.num_steps
@@ -344,6 +349,18 @@ class MMDGuidance:
                                      step_norm=float(applied.norm(dim=1).mean()),
                                      x_norm=float(base.norm(dim=1).mean())))
         return result.reshape(state.x_prev.shape)
+
+    def _check_remembered(self, step_index: int) -> None:
+        """Memory mode: a chunk that starts over (a step index below the last one) after a chunk
+        that was never ``remember``-ed would be guided against an empty or stale memory, silently."""
+        if self._last_step is not None and step_index < self._last_step:
+            if not self._remembered:
+                raise ValueError(
+                    f"generated_set='memory' guides each chunk against the finished samples it was given: call "
+                    f"guidance.remember(x0_chunk) after each chunk's last step (a new chunk began at step {step_index} "
+                    "without it), and guidance.reset() before each run; sample() does both")
+            self._remembered = False
+        self._last_step = step_index
 
     def gradient(self, z: Tensor, prompts: Tensor | None = None) -> Tensor:
         """grad of MMD^2 w.r.t. generated points z (B, D) against the references, with this
