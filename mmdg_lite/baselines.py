@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int,
                           check_nonnegative, check_pair, check_points, check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
-from .sampling import make_scheduler
+from .sampling import check_input_scales, make_scheduler
 from .seeding import make_generator
 from .training import fit, train_denoiser
 
@@ -162,6 +162,7 @@ class ClassifierGuidance:
     def __call__(self, state: Any) -> Tensor:
         if self.scale == 0:
             return state.x_prev
+        check_input_scales(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
         # sigma-scaled latents (Euler: x_t = x_0 + sigma eps) are DDPM-normalised by c_in, as the denoiser
         # sees them and the classifier was trained; the shift is made there and mapped back by 1 / c_in'
         c_in = float(getattr(state, "input_scale", 1.0))

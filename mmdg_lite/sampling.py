@@ -20,7 +20,7 @@ from ._validation import check_bool, check_choice, check_int, check_nonnegative
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
-           "sample_generators", "SCHEDULERS", "BETA_SCHEDULES"]
+           "sample_generators", "check_input_scales", "SCHEDULERS", "BETA_SCHEDULES"]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -393,6 +393,34 @@ def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
         return float(sched.alphas_cumprod[int(timesteps[i])]), 1.0
     final = getattr(sched, "final_alpha_cumprod", None)
     return (1.0 if final is None else float(final)), 1.0
+
+
+def check_input_scales(state: Any, data_ms: float = 1.0, first: bool = True) -> None:
+    """Refuse a sigma-scaled step (Euler: x_t = x_0 + sigma eps) whose state lacks its
+    ``input_scale`` factors: the hook then measures every distance and step in the wrong units.
+    For such latents c_in = sqrt(alpha_bar) (``sampling.noise_level``), so such an input_scale with
+    input_scale_prev left at 1 before the end is inconsistent; and at the first guided step an
+    x_t whose RMS is 1/sqrt(alpha_bar_t) times the DDPM-normalised one looks sigma-scaled (data_ms:
+    the clean data's mean square per coordinate, e.g. the references'; 1 for unit-scale data)."""
+    c_in = float(getattr(state, "input_scale", 1.0))
+    c_prev = float(getattr(state, "input_scale_prev", 1.0))
+    ab, ab_prev = float(state.alpha_bar_t), float(getattr(state, "alpha_bar_prev", 1.0))
+    how = ("pass both input_scale and input_scale_prev (scheduler.scale_model_input's factor at this step and "
+           "the next, 1/sqrt(sigma^2 + 1); mmdg_lite.sampling.noise_level(scheduler, timesteps, i) and (..., i + 1) "
+           "give them)")
+    sigma_scaled = c_in != 1.0 and abs(c_in - math.sqrt(max(ab, 0.0))) <= 0.01 * c_in
+    if sigma_scaled and c_prev == 1.0 and ab_prev < 1.0 - 1e-6:
+        raise ValueError(f"state.input_scale={c_in:.4g} (sigma-scaled latents) but input_scale_prev is 1 at step "
+                         f"{state.step_index}, where alpha_bar_prev={ab_prev:.4g} implies {math.sqrt(ab_prev):.4g}: "
+                         + how)
+    if first and c_in == 1.0 and 0.0 < ab <= 1.0 / 9.0:
+        x = float(state.x_t.detach().double().pow(2).mean().sqrt())
+        expected = math.sqrt(ab * data_ms + 1.0 - ab)  # RMS of DDPM-normalised x_t at this noise level
+        if x > 3.0 * expected and abs(math.log(x * math.sqrt(ab) / expected)) < math.log(2.0):
+            raise ValueError(
+                f"x_t has RMS {x:.3g} at step {state.step_index}, but at alpha_bar_t={ab:.3g} DDPM-normalised points "
+                f"have RMS about {expected:.3g}: these look like sigma-scaled latents (Euler, Karras: x_t = x_0 + "
+                f"sigma eps, RMS {expected / math.sqrt(ab):.3g} here) with state.input_scale left at 1; " + how)
 
 
 def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, guidance,

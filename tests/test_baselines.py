@@ -250,3 +250,20 @@ def test_classifier_accuracy_names_points_that_do_not_fit():
     with pytest.raises(ValueError, match="references and base_samples have 3 features per point but the classifier "
                                          "expects dim=2"):
         classifier_accuracy(clf, torch.randn(5, 3), torch.randn(5, 3), 10)
+
+
+@pytest.mark.parametrize("drop", ["input_scale_prev", "both"])
+def test_hook_refuses_sigma_scaled_latents_without_their_input_scales(drop):
+    # a hand-written Euler loop that left the factors at 1 was guided in the wrong units, silently
+    clf = _classifier().double()
+    g = torch.Generator().manual_seed(3)
+    abar_t, abar_prev = 0.004, 0.01
+    c_in, c_prev = abar_t ** 0.5, abar_prev ** 0.5  # Euler: 1 / sqrt(1 + sigma^2) = sqrt(abar)
+    sig = _state(torch.randn(16, 3, generator=g, dtype=torch.float64) / c_in, 999, abar_t, abar_prev)
+    sig.input_scale, sig.input_scale_prev = c_in, c_prev
+    ClassifierGuidance(clf)(sig)  # the full state runs
+    sig.input_scale_prev = 1.0
+    if drop == "both":
+        sig.input_scale = 1.0
+    with pytest.raises(ValueError, match="input_scale_prev is 1" if drop != "both" else "input_scale left at 1"):
+        ClassifierGuidance(clf)(sig)

@@ -27,6 +27,7 @@ from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKe
                        median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
 from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
+from ..sampling import check_input_scales
 from ..seeding import check_seed
 from .eval_point import EVAL_POINTS, EvalPoint
 from .generated import GENERATED_SETS, BatchSet, MemorySet
@@ -93,34 +94,6 @@ def _warn_off_scale(noisy: Tensor, refs: Tensor) -> None:
                         f"points (RMS {x:.3g}): are they on the model's scale? Images in 0-255 map with x / 127.5 - 1; "
                         "latents need the VAE's scaling_factor applied once (mmdg_lite.images.encode_references, "
                         "mmdg_lite.pipelines.encode_images)")
-
-
-def _check_input_scales(state: Any, refs: Tensor, first: bool) -> None:
-    """Refuse a sigma-scaled step (Euler: x_t = x_0 + sigma eps) whose state lacks its
-    ``input_scale`` factors: the hook then measures every distance and step in the wrong units.
-    For such latents c_in = sqrt(alpha_bar) (``sampling.noise_level``), so such an input_scale with
-    input_scale_prev left at 1 before the end is inconsistent; and at the first guided step an
-    x_t whose RMS is 1/sqrt(alpha_bar_t) times the DDPM-normalised one looks sigma-scaled."""
-    c_in = float(getattr(state, "input_scale", 1.0))
-    c_prev = float(getattr(state, "input_scale_prev", 1.0))
-    ab, ab_prev = float(state.alpha_bar_t), float(getattr(state, "alpha_bar_prev", 1.0))
-    how = ("pass both input_scale and input_scale_prev (scheduler.scale_model_input's factor at this step and "
-           "the next, 1/sqrt(sigma^2 + 1); mmdg_lite.sampling.noise_level(scheduler, timesteps, i) and (..., i + 1) "
-           "give them)")
-    sigma_scaled = c_in != 1.0 and abs(c_in - math.sqrt(max(ab, 0.0))) <= 0.01 * c_in
-    if sigma_scaled and c_prev == 1.0 and ab_prev < 1.0 - 1e-6:
-        raise ValueError(f"state.input_scale={c_in:.4g} (sigma-scaled latents) but input_scale_prev is 1 at step "
-                         f"{state.step_index}, where alpha_bar_prev={ab_prev:.4g} implies {math.sqrt(ab_prev):.4g}: "
-                         + how)
-    if first and c_in == 1.0 and 0.0 < ab <= 1.0 / 9.0:
-        x = float(state.x_t.detach().double().pow(2).mean().sqrt())
-        r2 = float(refs.double().pow(2).mean())
-        expected = math.sqrt(ab * r2 + 1.0 - ab)  # RMS of DDPM-normalised x_t at this noise level
-        if x > 3.0 * expected and abs(math.log(x * math.sqrt(ab) / expected)) < math.log(2.0):
-            raise ValueError(
-                f"x_t has RMS {x:.3g} at step {state.step_index}, but at alpha_bar_t={ab:.3g} DDPM-normalised points "
-                f"have RMS about {expected:.3g}: these look like sigma-scaled latents (Euler, Karras: x_t = x_0 + "
-                f"sigma eps, RMS {expected / math.sqrt(ab):.3g} here) with state.input_scale left at 1; " + how)
 
 
 def default_kernel() -> MultiGaussianKernel:
@@ -317,7 +290,8 @@ class MMDGuidance:
         weight = self.step_size.weight(state.step_index, state.num_steps, state.alpha_bar_t)
         if weight == 0:
             return state.x_prev
-        _check_input_scales(state, self.reference_set.flat, first=self.data_scale is None)
+        first = self.data_scale is None  # the run's first guided step: x_t's scale is checked once
+        check_input_scales(state, float(self.reference_set.flat.double().pow(2).mean()) if first else 1.0, first)
         n = len(state.x_prev)
         dtype = work_dtype(state.x_prev, self.reference_set.flat)
         prompts = self._prompts_for(state, n)
