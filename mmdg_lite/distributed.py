@@ -428,6 +428,7 @@ class _GlobalBatch:
     """The guidance as sample() sees it on a shard: the hooks, without the per-batch estimator check."""
 
     sequential = False
+    estimator = None  # sample()'s per-batch check reads this, not the hooks': the batch is global
 
     def __init__(self, guidance: Any) -> None:
         self.guidance = guidance

@@ -300,8 +300,9 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
                          f"before it, and the first chunk against none; batch_size={batch_size} with n={n} is "
                          "one chunk, so nothing would be guided: use batch_size < n (1, the default, is the "
                          "reference code's one sample at a time)")
-    unbiased = guidance is not None and any(  # a ChainedGuidance's members too
-        getattr(h, "estimator", None) == "unbiased" for h in guidance_hooks(guidance))
+    # a hook's own estimator, else its members' (ChainedGuidance); a wrapper may state estimator=None
+    hooks = [guidance] if hasattr(guidance, "estimator") or guidance is None else guidance_hooks(guidance)
+    unbiased = any(getattr(h, "estimator", None) == "unbiased" for h in hooks)
     if (unbiased and not sequential
             and (min(batch_size, n) == 1 or n % batch_size == 1)):  # checked before any step runs
         raise ValueError(f"estimator='unbiased' leaves out the i = i' pairs, so every guided batch needs at least 2 "
