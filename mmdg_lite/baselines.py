@@ -173,7 +173,8 @@ class ClassifierGuidance:
 
 
 class ResidualDenoiser(nn.Module):
-    """eps = base(x_t, t, cond) + residual(x_t, t): a frozen base model plus a trainable correction."""
+    """eps = base(x_t, t, cond) + residual(x_t, t): a frozen base model plus a trainable correction.
+    A base that is an nn.Module is a registered submodule, so ``.to(device)`` moves the caller's base too."""
 
     def __init__(self, base: Any, residual: nn.Module) -> None:
         super().__init__()
@@ -217,6 +218,8 @@ def finetune_denoiser(model: Any, references: Tensor, steps: int = 500, lr: floa
     fine-tuning); the base model is neither copied nor changed. The paper fine-tunes the pretrained
     latent diffusion model on the user's 500 references (Table 1, FFHQ sunglasses: FD 747.69 vs
     692.87 for MMD guidance and 1220.51 unguided); with few references and many steps it overfits.
+    The references carry no condition, so training runs with cond=None: a conditional model is
+    fine-tuned on its unconditional (null-condition) branch only.
     """
     if not callable(model):
         raise TypeError("model must be a denoiser callable as model(x_t, t, cond); "

@@ -65,7 +65,7 @@ def safe_load_array(data: bytes) -> np.ndarray:
 class AnimalSet:
     """The silhouettes and their class labels."""
 
-    images: Tensor  # (N, 1, 28, 28) float32 in [-1, 1], silhouette +1 on background -1
+    images: Tensor  # (N, 1, 28, 28) float32 in [-1, 1]: animals bright on -1 (zebras grey-striped)
     labels: Tensor  # (N,) long, index into ANIMAL_CLASSES
 
     def __len__(self) -> int:
