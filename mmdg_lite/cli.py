@@ -159,7 +159,6 @@ class _BadInput(ValueError):
     """Bad command-line input: printed as ``mmdg adapt: error: ...``, exit status 2."""
 
 
-_positive_int = positive_int
 _seed = integer(0, 2**63, maximum_label="2**63")
 _strength = number(0.0, inclusive=True)
 
@@ -198,7 +197,7 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                         "weights normalised so every prompt is pulled toward its own references)")
     p.add_argument("--prompt", required=True, action="append", metavar="TEXT",
                    help="the text prompt (repeat the flag for several prompts)")
-    p.add_argument("--num-images", type=_positive_int, default=4, metavar="N",
+    p.add_argument("--num-images", type=positive_int, default=4, metavar="N",
                    help="images per prompt (guided jointly as one batch)")
     p.add_argument("--strength", type=_strength, default=1.0, metavar="S",
                    help="guidance strength c >= 0, scale-free: each step moves a sample by 2c times its "
@@ -207,7 +206,7 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_seed, default=0, metavar="K", help="random seed (same seed, same images) (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (must not exist or be empty; its parent must exist)")
-    p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps")
+    p.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
     p.add_argument("--guidance-scale", type=_strength, default=5.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--eval-point", default="x_t", choices=("x_t", "x_prev", "x0_hat"),
                    help="where the kernel sees the sample (x0_hat runs through the scheduler-step wrapper)")

@@ -168,6 +168,7 @@ class DistributedBatchSet(BatchSet):
     """
 
     sequential = False
+    per_batch = False  # the global batch: sample() on a shard must not size it by the shard
 
     def __init__(self, group: Any = None) -> None:
         if not dist.is_available() or not dist.is_initialized():
@@ -356,10 +357,9 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     lo, hi = shard_bounds(n, rank, world)
     if cond is not None:
         cond = cond[lo:hi]
-    if n >= 2 and any(h.estimator == "unbiased" for h in hooks):
-        # sample() refuses an unbiased estimator on a batch of one, but a shard of one row is
-        # guided with the whole global batch (n >= 2); it must not see the hooks' estimator
-        guidance = _GlobalBatch(guidance)
+    if n < 2 and any(h.estimator == "unbiased" for h in hooks):  # sample() leaves the global batch to us
+        raise ValueError("estimator='unbiased' leaves out the i = i' pairs, so the global batch needs at least 2 "
+                         "samples; got n=1: draw n >= 2, or use estimator='biased'")
     res = sample(denoiser, hi - lo, shape, guidance=guidance, cond=cond, seed=seed,
                  per_sample_seed=True, first_index=lo, progress=progress and rank == 0, **kwargs)
     if not gather:
@@ -422,23 +422,6 @@ def _run_fields(n: int, shape: tuple[int, ...], seed: int, kwargs: dict[str, Any
 
 def _digest(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
-
-
-class _GlobalBatch:
-    """The guidance as sample() sees it on a shard: the hooks, without the per-batch estimator check."""
-
-    sequential = False
-    estimator = None  # sample()'s per-batch check reads this, not the hooks': the batch is global
-
-    def __init__(self, guidance: Any) -> None:
-        self.guidance = guidance
-        self.hooks = (guidance,)  # sampling.guidance_hooks: the scheduler checks see the real hooks
-
-    def reset(self) -> None:
-        self.guidance.reset()
-
-    def __call__(self, state: Any) -> Tensor:
-        return self.guidance(state)
 
 
 class MicroBatched(torch.nn.Module):

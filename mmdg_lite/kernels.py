@@ -330,16 +330,14 @@ class InverseMultiquadricKernel(Kernel):
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         d2 = pairwise_sq_dists(x, y)  # (n, m)
         a = w * 2 * self.beta * (self.c**2 + d2) ** (-self.beta - 1)  # (n, m)
-        if y is x:  # the repulsion: the i = i pairs add a_ii (x_i - x_i) = 0, but for c far below the
-            a = a.fill_diagonal_(0.0)  # spacing a_ii dominates a @ y - a.sum * x and cancels it away
         return _displacements(a, x.to(a.dtype), y.to(a.dtype), d2, skip_diagonal=y is x)
 
 
 # Pairs closer than this (relative to their norms; float32: 1e-3) are summed one by one: a duplicate
 # (or near-duplicate) pair's weight dominates its row for a heavy-peaked kernel (IMQ with c far below
 # the spacing), and its a_ij y_j - a_ij x_i = 0 cancelled the fused a @ y - a.sum * x away
-# (scale 1e2: 10 % off, 1e3: 38 %). At most _MAX_NEAR_PAIRS pairs (n + m) are treated so;
-# more (collapsed or far off-centre data) keep the fused sum.
+# (scale 1e2: 10 % off, 1e3: 38 %). At most n + m pairs are treated so; more (collapsed or far
+# off-centre data) keep the fused sum.
 def _near_pairs(x: Tensor, y: Tensor, d2: Tensor, skip_diagonal: bool) -> tuple[Tensor, Tensor] | None:
     tau = 64 * torch.finfo(d2.dtype).eps
     xx = torch.linalg.vector_norm(x, dim=-1).square()  # (n,)
@@ -356,7 +354,11 @@ def _near_pairs(x: Tensor, y: Tensor, d2: Tensor, skip_diagonal: bool) -> tuple[
 
 def _displacements(a: Tensor, x: Tensor, y: Tensor, d2: Tensor, skip_diagonal: bool = False) -> Tensor:
     """sum_j a_ij (y_j - x_i): (n, D), fused as a @ y - a.sum(1) x, with near-duplicate pairs
-    (``_near_pairs``) summed exactly one by one."""
+    (``_near_pairs``) summed exactly one by one. ``skip_diagonal`` (y is x, the repulsion): the
+    i = i pairs add a_ii (x_i - x_i) = 0 and are left out of a (in place); for a kernel peaked far
+    below the spacing a_ii would dominate the fused sum and cancel it away."""
+    if skip_diagonal:
+        a = a.fill_diagonal_(0.0)
     pairs = _near_pairs(x, y, d2, skip_diagonal)
     if pairs is None:
         return a @ y - a.sum(1, keepdim=True) * x  # (n, D)

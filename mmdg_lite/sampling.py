@@ -300,9 +300,10 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
                          f"before it, and the first chunk against none; batch_size={batch_size} with n={n} is "
                          "one chunk, so nothing would be guided: use batch_size < n (1, the default, is the "
                          "reference code's one sample at a time)")
-    # a hook's own estimator, else its members' (ChainedGuidance); a wrapper may state estimator=None
-    hooks = [guidance] if hasattr(guidance, "estimator") or guidance is None else guidance_hooks(guidance)
-    unbiased = any(getattr(h, "estimator", None) == "unbiased" for h in hooks)
+    # the hooks (a ChainedGuidance's members too) whose generated set is the sampler's batch; one that
+    # spans more (DistributedBatchSet: the global batch) checks its own size
+    unbiased = any(getattr(h, "estimator", None) == "unbiased"
+                   and getattr(getattr(h, "generated", None), "per_batch", True) for h in guidance_hooks(guidance))
     if (unbiased and not sequential
             and (min(batch_size, n) == 1 or n % batch_size == 1)):  # checked before any step runs
         raise ValueError(f"estimator='unbiased' leaves out the i = i' pairs, so every guided batch needs at least 2 "

@@ -32,6 +32,7 @@ class BatchSet:
     comes from (``DistributedBatchSet`` gathers it from every process)."""
 
     sequential = False
+    per_batch = True  # the generated set is the sampler's batch (sample() checks its size up front)
 
     def reset(self) -> None:
         """Nothing to forget: the batch is the step's own."""

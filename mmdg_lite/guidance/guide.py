@@ -291,7 +291,7 @@ class MMDGuidance:
         if weight == 0:
             return state.x_prev
         first = self.data_scale is None  # the run's first guided step: x_t's scale is checked once
-        check_input_scales(state, float(self.reference_set.flat.double().pow(2).mean()) if first else 1.0, first)
+        check_input_scales(state, self.reference_set.mean_square, first)
         n = len(state.x_prev)
         dtype = work_dtype(state.x_prev, self.reference_set.flat)
         prompts = self._prompts_for(state, n)

@@ -37,6 +37,7 @@ class ReferenceSet:
         self.centre = work.mean(0)  # (D,)
         # the references' radius: the farthest reference from their mean (a data scale)
         self.radius = float((work - self.centre).norm(dim=1).max())
+        self.mean_square = float(work.double().pow(2).mean())  # per coordinate (the clean data's scale)
         self._cache: dict[tuple, Tensor] = {}
 
     def __len__(self) -> int:

@@ -138,13 +138,23 @@ class StepSize:
                 "Lower strength, or use normalization='clipped'")
         self._strength = v
 
+    def window(self) -> tuple[float, float] | None:
+        """[lo, stop): the step fractions i / num_steps this step size can guide ([start, stop),
+        and for "last" only the last ``last_fraction``); None when nothing is refused for it
+        (strength 0, or a callable schedule whose support is its own)."""
+        if self.strength == 0 or callable(self.schedule):
+            return None
+        return max(self.start, 1.0 - self.last_fraction if self.schedule == "last" else 0.0), self.stop
+
+    def guides_any(self, steps: range, num_steps: int) -> bool:
+        """Whether a step of ``steps`` (indices into a ``num_steps`` schedule) falls in the window."""
+        w = self.window()
+        return w is None or any(w[0] - 1e-9 <= i / num_steps < w[1] for i in steps)
+
     def check_window(self, num_steps: int) -> None:
         """Refuse a run of ``num_steps`` in which the window [start, stop) (and, for "last", the
         last ``last_fraction``) holds no step: guidance would silently do nothing."""
-        if self.strength == 0 or callable(self.schedule):
-            return
-        lo = max(self.start, 1.0 - self.last_fraction if self.schedule == "last" else 0.0)
-        if not any(lo - 1e-9 <= i / num_steps < self.stop for i in range(num_steps)):
+        if not self.guides_any(range(num_steps), num_steps):
             raise ValueError(
                 f"no step of this {num_steps}-step run falls in the guided window (start={self.start:g}, "
                 f"stop={self.stop:g}" + (f", last_fraction={self.last_fraction:g}" if self.schedule == "last" else "")

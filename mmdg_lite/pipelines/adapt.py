@@ -19,9 +19,9 @@ from torch import Tensor
 from .._resources import data_path
 from .._validation import check_int, check_nonnegative
 from ..seeding import check_seed
-from .encoding import _check_prompts, encode_images, pipeline_image_size, sample_prompt_features
 from ..sampling import guidance_hooks
-from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, eval_points
+from .encoding import _check_prompts, encode_images, pipeline_image_size
+from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, _check_batch, _check_prompts_match, eval_points
 
 __all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
 
@@ -135,8 +135,8 @@ def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_promp
                          step: int) -> None:
     """Before sampling: the references' latents have the side the pipeline samples at, and a
     prompt-aware guidance was built for these prompts in this order (a count check alone let
-    guidance for other prompts pull circle samples toward square references)."""
-    want = None
+    guidance for other prompts pull circle samples toward square references): the hooks' own
+    checks, run here before any UNet work."""
     for hook in guidance_hooks(guidance):
         refs = getattr(hook, "reference_set", None)
         shape = getattr(refs, "sample_shape", None)
@@ -144,14 +144,8 @@ def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_promp
             raise ValueError(f"the guidance's references are {shape[1]}x{shape[2]} latents ({shape[1] * step} px "
                              f"images) but the pipeline samples {side}x{side} latents ({side * step} px): encode "
                              f"references at the size you generate (load_references, or size=)")
-        sp = getattr(hook, "sample_prompts", None)
-        if sp is not None:
-            want = sample_prompt_features(pipe, prompts, per_prompt) if want is None else want
-            if sp.shape != want.shape or not torch.allclose(sp.to(want), want, rtol=1e-4, atol=1e-5):
-                raise ValueError(f"the guidance is prompt-aware, built for other sample prompts (or the same in "
-                                 f"another order) than these {len(prompts)} prompt(s) x {per_prompt} image(s): "
-                                 "build it with pipeline_guidance(pipe, ..., prompts=<the prompts you pass here>, "
-                                 "num_images_per_prompt=<the same n>)")
+    _check_batch(guidance, len(prompts) * per_prompt)
+    _check_prompts_match(pipe, guidance, prompts)
 
 
 def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:

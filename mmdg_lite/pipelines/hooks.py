@@ -122,12 +122,12 @@ def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any, prompt_2: Any = 
                              f"{')' if prompt_2 is None else ', prompts_2=<its prompt_2>)'}")
 
 
-def _bound_prompt(original: Any, args: tuple, kwargs: dict, name: str = "prompt") -> Any:
-    """The ``name`` argument of a pipeline's ``check_inputs`` call (None if it cannot be read)."""
+def _bound_args(original: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a pipeline's ``check_inputs`` call by name (empty if they cannot be bound)."""
     try:
-        return inspect.signature(original).bind_partial(*args, **kwargs).arguments.get(name)
+        return inspect.signature(original).bind_partial(*args, **kwargs).arguments
     except TypeError:
-        return None
+        return {}
 
 
 def _check_size(pipe: Any, guidance: Any, height: Any, width: Any) -> None:
@@ -155,10 +155,8 @@ def _check_run_window(pipe: Any, sched: Any, guidance: Any, first: int) -> None:
         return
     for hook in guidance_hooks(guidance):
         ss = getattr(hook, "step_size", None)
-        if ss is None or ss.strength == 0 or callable(ss.schedule):
-            continue
-        lo = max(ss.start, 1.0 - ss.last_fraction if ss.schedule == "last" else 0.0)
-        if not any(lo - 1e-9 <= i / n < ss.stop for i in range(first, first + k)):
+        if ss is not None and not ss.guides_any(range(first, first + k), n):
+            lo = ss.window()[0]  # type: ignore[index]  # a window exists: guides_any was False
             raise ValueError(
                 f"this call runs steps {first} to {first + k - 1} of the scheduler's {n} (denoising_end / "
                 f"denoising_start / strength), step fractions {first / n:g} to {(first + k - 1) / n:g}, but the "
@@ -243,7 +241,8 @@ class MMDGuidanceCallback(PipelineCallback):
 
         def check_inputs(*args: Any, **kwargs: Any) -> Any:
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]  # checked at step 0 if this callback runs
-                self._prompt = (_bound_prompt(check, args, kwargs), _bound_prompt(check, args, kwargs, "prompt_2"))
+                bound = _bound_args(check, args, kwargs)
+                self._prompt = (bound.get("prompt"), bound.get("prompt_2"))
             return check(*args, **kwargs)
 
         self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents),
@@ -277,6 +276,7 @@ class MMDGuidanceCallback(PipelineCallback):
             raise ValueError("this MMDGuidanceCallback was called twice in one step (listed twice in "
                              "MultiPipelineCallbacks?): it would apply the guidance twice; list it once")
         sched = pipeline.scheduler
+        _check_batch(self.guidance, len(latents))  # (at step 0 before the prompt check: a count mismatch first)
         if step_index == 0:
             check_scheduler(sched, self.guidance)
             self.guidance.reset()
@@ -286,13 +286,11 @@ class MMDGuidanceCallback(PipelineCallback):
             if self._prev is None and self.initial_latents is not None:
                 self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
             self._prepared = None
-            _check_batch(self.guidance, len(latents))  # (a count mismatch is named first)
             _check_run_window(pipeline, sched, self.guidance, timestep_index(sched, timestep))
             prompt, self._prompt = self._prompt, None
             if watched and prompt is not None:
                 _check_prompts_match(pipeline, self.guidance, *prompt)
         x_t = self._prev
-        _check_batch(self.guidance, len(latents))
         if x_t is None or tuple(x_t.shape) != tuple(latents.shape):
             if "x_t" in eval_points(self.guidance):
                 raise RuntimeError(
@@ -364,9 +362,9 @@ class GuidedSchedulerStep:
                     "restore() the wrapper and build it again after swapping schedulers")
             out = original(*args, **kwargs)  # the pipeline's own checks speak first
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]
-                arg = functools.partial(_bound_prompt, original, args, kwargs)
-                _check_prompts_match(self._pipe, self.guidance, arg(), arg("prompt_2"))
-                _check_size(self._pipe, self.guidance, arg("height"), arg("width"))
+                bound = _bound_args(original, args, kwargs)
+                _check_prompts_match(self._pipe, self.guidance, bound.get("prompt"), bound.get("prompt_2"))
+                _check_size(self._pipe, self.guidance, bound.get("height"), bound.get("width"))
                 self._called = True
             return out
 
