@@ -551,3 +551,32 @@ def test_memory_mode_in_a_loop_that_never_calls_remember_is_refused_not_silently
     assert not torch.equal(outs[0], make_state(B=1, seed=1, step_index=0, num_steps=4).x_prev)
     careful.reset()  # a new run starts with an empty memory and no pending chunk
     run_chunk(careful, 2)
+
+
+def test_references_edited_in_place_after_building_the_guidance_are_refused_not_half_used():
+    # MMDGuidance keeps a view of the caller's references: an in-place edit afterwards moved the kernel's
+    # references but left the cached centre, radius, mean square (the step size and scale checks) and any RFF
+    # embedding at the old values, with no error
+    import copy
+    import pickle
+    y, z = refs(), torch.randn(6, 3)
+    kernel = GaussianKernel(1.0)
+    guide = MMDGuidance(y, kernel=kernel)
+    torch.testing.assert_close(guide.gradient(z), autograd_grad(z, y, kernel))
+    clones = [copy.deepcopy(guide), pickle.loads(pickle.dumps(guide))]
+    y.mul_(2.0)
+    with pytest.raises(RuntimeError, match=r"modified in place.*build a new MMDGuidance.*references.clone\(\)"):
+        guide.gradient(z)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        guide(make_state())
+    for clone in clones:  # copies hold their own references: the original's edit leaves them valid
+        torch.testing.assert_close(clone.gradient(z), autograd_grad(z, y / 2.0, kernel))
+    torch.testing.assert_close(MMDGuidance(y, kernel=kernel).gradient(z), autograd_grad(z, y, kernel))
+    p = torch.randn(9, 2)
+    prompted = MMDGuidance(refs(), reference_prompts=p, sample_prompts=torch.randn(6, 2))
+    p.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"references \(or reference_prompts\) were modified"):
+        prompted(make_state())
+    with torch.inference_mode():  # inference tensors keep no version counter: nothing to check, no crash
+        frozen = refs()
+    torch.testing.assert_close(MMDGuidance(frozen, kernel=kernel).gradient(z), autograd_grad(z, refs(), kernel))

@@ -39,6 +39,23 @@ class ReferenceSet:
         self.radius = float((work - self.centre).norm(dim=1).max())
         self.mean_square = float(work.double().pow(2).mean())  # per coordinate (the clean data's scale)
         self._cache: dict[tuple, Tensor] = {}
+        # flat (and prompts) are views of the caller's tensors when no copy was needed: an in-place
+        # edit afterwards would leave the summaries above, the cached copies and an RFF embedding
+        # built from them stale, so it is detected (torch's in-place version counter) and refused
+        self._versions = _versions(self.flat, self.prompts)
+
+    def __setstate__(self, state: dict) -> None:
+        """A deep copy or an unpickled set holds new tensors, whose version counters start afresh."""
+        self.__dict__.update(state)
+        self._versions = _versions(self.flat, self.prompts)
+
+    def check_unchanged(self) -> None:
+        """Refuse references (or reference prompts) edited in place since this set was built."""
+        if _versions(self.flat, self.prompts) != self._versions:
+            raise RuntimeError("the references (or reference_prompts) were modified in place after the guidance "
+                               "was built, so its cached statistics and copies no longer match them; build a "
+                               "new MMDGuidance from the edited tensor, or pass references.clone() to keep "
+                               "editing your own copy")
 
     def __len__(self) -> int:
         return len(self.flat)
@@ -58,6 +75,7 @@ class ReferenceSet:
 
     def on(self, like: Tensor) -> Tensor:
         """(N_r, D) references on ``like``'s device in the work dtype (cached)."""
+        self.check_unchanged()
         return self._get("refs", self.flat, like)
 
     def centre_on(self, like: Tensor) -> Tensor:
@@ -75,3 +93,15 @@ class ReferenceSet:
         if key not in self._cache:
             self._cache[key] = t.to(like.device, dtype)
         return self._cache[key]
+
+
+def _versions(*ts: Tensor | None) -> tuple[int | None, ...]:
+    """torch's in-place version counters of ``ts`` (None for an absent tensor or an inference
+    tensor, which keeps no counter)."""
+    out = []
+    for t in ts:
+        try:
+            out.append(None if t is None else t._version)
+        except RuntimeError:  # inference-mode tensors track no version
+            out.append(None)
+    return tuple(out)
