@@ -191,3 +191,20 @@ def test_distributed_table_quotes_the_measured_rff_derivative_error():
     quoted = re.search(r"relative error grows like ([\d.]+) sqrt\(D / F\)", (results / "distributed.md").read_text())
     assert fitted and quoted
     assert min(fitted) - 0.05 <= float(quoted.group(1)) <= max(fitted) + 0.05, (fitted, quoted.group(1))
+
+
+def test_the_package_all_lists_exactly_its_public_names_and_star_import_gives_them():
+    # mmdg_lite had no __all__, so `from mmdg_lite import *` also brought in its submodules (kernels, mmd,
+    # sampling, ...) and a name added to __init__ had no list to be checked against
+    import inspect
+
+    import mmdg_lite
+
+    public = {n for n, v in vars(mmdg_lite).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert sorted(mmdg_lite.__all__) == sorted(public)
+    assert len(set(mmdg_lite.__all__)) == len(mmdg_lite.__all__)
+    scope: dict = {}
+    exec("from mmdg_lite import *", scope)
+    assert set(scope) - {"__builtins__"} == public
+    undocumented = [n for n in mmdg_lite.__all__ if not inspect.getdoc(getattr(mmdg_lite, n))]
+    assert not undocumented, undocumented
