@@ -269,7 +269,7 @@ def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> 
 @dataclass
 class PermutationTestResult:
     statistic: float  # MMD^2 of the observed split
-    p_value: float  # (1 + #{null >= statistic}) / (1 + n_permutations)
+    p_value: float  # (1 + #{null >= statistic, ties within rounding}) / (1 + n_permutations)
     null: Tensor  # (n_permutations,) MMD^2 under random relabelling
 
 
@@ -279,7 +279,10 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
 
     The Gram matrix of the pooled sample is computed once; each permutation only re-indexes
     it. The p-value counts the observed split as one of the permutations, so it is valid
-    (its false-positive rate is at most the level) for any sample size.
+    (its false-positive rate is at most the level) for any sample size. A relabelling that
+    gives a statistic equal to the observed one (the observed split again, its mirror image,
+    duplicated points) sums the same Gram entries in another order, so null values within
+    rounding of the statistic (16 eps max |K|) count as ties, i.e. as >= it.
     """
     check_int(n_permutations, "n_permutations", 1)
     seed = check_seed(seed)
@@ -304,5 +307,6 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     observed = stat(torch.arange(N))
     null = torch.stack([stat(torch.randperm(N, generator=gen).to(z.device))
                         for _ in range(n_permutations)])
-    p_value = (1 + int((null >= observed).sum())) / (1 + n_permutations)
+    tol = 16 * torch.finfo(K.dtype).eps * float(K.abs().max())  # rounding of a sum of Gram means
+    p_value = (1 + int((null >= observed - tol).sum())) / (1 + n_permutations)
     return PermutationTestResult(float(observed), p_value, null)

@@ -365,3 +365,44 @@ def test_permutation_test_with_a_network_kernel_keeps_no_graph():
     with torch.no_grad():
         same = permutation_test(x, y, FeatureKernel(net, (4,), GaussianKernel(bandwidth=1.0)), n_permutations=20)
     assert torch.equal(res.null, same.null) and res.p_value == same.p_value
+
+
+def _split_statistics(z: torch.Tensor, estimator: str) -> dict[tuple[int, ...], float]:
+    """Brute-force MMD^2 of every split of z into two halves (Gaussian kernel, bandwidth 1), one
+    value per split: the half holding point 0 comes first, so a split and its mirror agree."""
+    import itertools
+    pts = z.double().tolist()
+    N = len(pts)
+    K = [[math.exp(-sum((a - b) ** 2 for a, b in zip(p, q)) / 2) for q in pts] for p in pts]
+
+    def within(s):
+        total = sum(K[i][j] for i in s for j in s if estimator == "biased" or i != j)
+        return total / (len(s) ** 2 if estimator == "biased" else len(s) * (len(s) - 1))
+
+    out = {}
+    for a in itertools.combinations(range(N), N // 2):
+        if 0 in a:
+            b = [i for i in range(N) if i not in a]
+            out[a] = within(a) + within(b) - 2 * sum(K[i][j] for i in a for j in b) / (len(a) * len(b))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_permutation_test_p_value_matches_exact_enumeration_of_splits(estimator, dtype):
+    # a relabelling that re-creates the observed split (or its mirror) sums the same Gram entries in
+    # another order; rounding put most of them just below the statistic, so they were not counted
+    # and the p-value came out ~10x too small (0.002 for an exact 0.022: anti-conservative)
+    g = torch.Generator().manual_seed(0)
+    x = (0.3 * torch.randn(4, 2, generator=g, dtype=torch.float64)).to(dtype)
+    y = (2 + 0.3 * torch.randn(4, 2, generator=g, dtype=torch.float64)).to(dtype)
+    res = permutation_test(x, y, GaussianKernel(1.0), n_permutations=1000, estimator=estimator, seed=0)
+    stats = _split_statistics(torch.cat([x, y]), estimator)  # the 35 splits, by exact enumeration
+    values = sorted(set(stats.values()))
+    observed = stats[(0, 1, 2, 3)]
+    assert observed == values[-1] and min(b - a for a, b in zip(values, values[1:])) > 1e-6
+    # each null value is one split's statistic up to rounding: name it, and count the splits >= observed
+    splits = [min(values, key=lambda v: abs(v - s)) for s in res.null.tolist()]
+    assert max(abs(v - s) for v, s in zip(splits, res.null.tolist())) < 1e-5
+    assert res.p_value == (1 + sum(v >= observed for v in splits)) / 1001
+    assert abs(res.statistic - observed) < 1e-5
