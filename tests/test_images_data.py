@@ -390,3 +390,27 @@ def test_detectors_and_features_refuse_dark_ink_on_a_light_background():
     assert detect_shapes(make_shapes(16, {"size": {"large": 1.0}}, seed=0, jitter=5).images).valid.all()
     noise = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert image_features(noise).shape == (3, 64) and thickness_score(noise).shape == (3,)
+
+
+def test_style_separation_names_a_probe_split_without_both_styles():
+    # with few styled rows the random training half could hold none of them, and sklearn's
+    # LogisticRegression raised its own 'needs samples of at least 2 classes' after both FDs
+    from mmdg_lite.images.evaluation import style_separation
+
+    f = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    styled = torch.arange(10) < 2
+    outcomes = {}
+    for seed in range(10):
+        order = torch.Generator().manual_seed(seed)
+        torch.randperm(8, generator=order)  # the within-style halves' draw comes first
+        n_train_styled = int(styled[torch.randperm(10, generator=order)[:5]].sum())
+        try:
+            outcomes[seed] = style_separation(f, styled, seed=seed)
+        except ValueError as err:
+            assert n_train_styled == 0 and "seed=" in str(err) and "0 styled rows of 5" in str(err)
+            outcomes[seed] = None
+        else:
+            assert n_train_styled > 0 and 0 <= outcomes[seed]["probe_accuracy"] <= 1
+    assert None in outcomes.values() and any(v is not None for v in outcomes.values())
+    f.requires_grad_(True)  # features with a graph: .numpy() raised for the probe
+    assert style_separation(f, styled, seed=0) == outcomes[0]

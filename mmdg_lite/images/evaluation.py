@@ -73,14 +73,20 @@ def style_separation(features: Tensor, styled: Tensor, seed: int = 0) -> dict[st
         raise ValueError(f"styled must flag at least 2 rows as styled and leave at least 4 unstyled (FD "
                          f"compares the styles, and two halves of the unstyled rows); got {counts[1]} styled "
                          f"and {counts[0]} not")
+    features, styled = features.detach().cpu(), styled.detach().cpu()
     gen = torch.Generator().manual_seed(seed)
     a, b = features[~styled], features[styled]
     perm = torch.randperm(a.shape[0], generator=gen)
     half = a.shape[0] // 2
-    fd_between = frechet_distance(a, b)
-    fd_within = frechet_distance(a[perm[:half]], a[perm[half:]])
     order = torch.randperm(features.shape[0], generator=gen)
     tr, te = order[: len(order) // 2], order[len(order) // 2:]
+    n_tr = int(styled[tr].sum())
+    if n_tr in (0, len(tr)):  # the probe cannot be fitted on one class (sklearn's raw ValueError)
+        raise ValueError(f"the probe's random training half (seed={seed}) holds {n_tr} styled rows of {len(tr)}: "
+                         f"it needs both styles; styled flags {counts[1]} of {len(styled)} rows, so pass more "
+                         "rows of the rarer style or another seed")
+    fd_between = frechet_distance(a, b)
+    fd_within = frechet_distance(a[perm[:half]], a[perm[half:]])
     x, y = features.double().numpy(), styled.numpy().astype(np.int64)
     probe = LogisticRegression(max_iter=2000).fit(x[tr], y[tr])
     return {"fd_between_styles": round(fd_between, 3), "fd_within_style": round(fd_within, 3),
