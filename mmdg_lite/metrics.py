@@ -90,8 +90,8 @@ def kernel_distance(x: Any, y: Any, subset_size: int | None = None, n_subsets: i
     With subset_size = n = m every subset is the full sets and KID is the full U-statistic.
     """
     if subset_size is not None:
-        check_int(subset_size, "subset_size", 2)
-    check_int(n_subsets, "n_subsets", 1)
+        subset_size = check_int(subset_size, "subset_size", 2)  # numpy integers become ints
+    n_subsets = check_int(n_subsets, "n_subsets", 1)
     seed = check_seed(seed)
     x, y = _pair(x, y, "x", "y")
     size = min(subset_size or 1000, len(x), len(y))
@@ -137,8 +137,8 @@ def density_coverage(real: Any, fake: Any, k: int = 5, chunk_size: int = 2048) -
     density = 1/(k M) sum_j sum_i 1[d(fake_j, real_i) < r_i];
     coverage = 1/N sum_i 1[min_j d(fake_j, real_i) < r_i].  Rows are processed in chunks.
     """
-    check_int(k, "k", 1)
-    check_int(chunk_size, "chunk_size", 1)
+    k = check_int(k, "k", 1)  # numpy integers become ints (density a float, not np.float64)
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     real, fake = _pair(real, fake, "real", "fake")
     real, fake, _ = _unit_scale(real, fake)  # both measures are scale-free
     n = len(real)

@@ -284,7 +284,7 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     duplicated points) sums the same Gram entries in another order, so null values within
     rounding of the statistic (16 eps max |K|) count as ties, i.e. as >= it.
     """
-    check_int(n_permutations, "n_permutations", 1)
+    n_permutations = check_int(n_permutations, "n_permutations", 1)
     seed = check_seed(seed)
     if isinstance(kernel, ProductKernel):
         raise TypeError("permutation_test takes a sample Kernel, not a ProductKernel")

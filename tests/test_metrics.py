@@ -373,3 +373,25 @@ def test_mode_assignment_takes_a_huge_max_dist():
     g = torch.Generator().manual_seed(0)
     x, means = torch.randn(20, 2, generator=g), torch.randn(3, 2, generator=g)
     assert torch.equal(mode_assignment(x, means, max_dist=1e300), mode_assignment(x, means))
+
+
+def test_results_hold_python_numbers_for_numpy_integer_arguments():
+    # numpy integers (e.g. from a config array) reached the results: KIDResult.subset_size and
+    # n_subsets were np.int64, which json.dumps refuses, and density / the p-value np.float64
+    import dataclasses
+    import json
+
+    from mmdg_lite.kernels import GaussianKernel
+    from mmdg_lite.mmd import permutation_test
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randn(25, 3, generator=g, dtype=torch.float64)
+    kid = kernel_distance(x, y, subset_size=np.int64(10), n_subsets=np.int64(3), seed=np.int64(2))
+    assert kid == kernel_distance(x, y, subset_size=10, n_subsets=3, seed=2)
+    assert type(kid.subset_size) is int and type(kid.n_subsets) is int
+    json.dumps(dataclasses.asdict(kid))
+    dc = density_coverage(x, y, k=np.int64(3), chunk_size=np.int64(4))
+    assert type(dc.density) is float and type(dc.coverage) is float
+    assert dc == density_coverage(x, y, k=3, chunk_size=4)
+    res = permutation_test(x, y, GaussianKernel(1.0), n_permutations=np.int64(5))
+    assert type(res.p_value) is float and len(res.null) == 5
