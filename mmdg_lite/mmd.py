@@ -262,8 +262,9 @@ def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> 
     p = _prepare(x, y, kernel, "biased", x_weights, y_weights, None, None)
     check_layouts(points, x, "points", "x")
     t = check_points(points, "points")
-    t, _ = check_pair(t, p.x, "points", "x")
-    return p.kernel.gram(t, p.x) @ p.wx - p.kernel.gram(t, p.y) @ p.wy  # (T,)
+    t, x = check_pair(t, p.x, "points", "x")  # float64 points (a numpy grid) promote float32 sets
+    y, wx, wy = p.y.to(x.dtype), p.wx.to(x.dtype), p.wy.to(x.dtype)
+    return p.kernel.gram(t, x) @ wx - p.kernel.gram(t, y) @ wy  # (T,)
 
 
 @dataclass

@@ -406,3 +406,17 @@ def test_permutation_test_p_value_matches_exact_enumeration_of_splits(estimator,
     assert max(abs(v - s) for v, s in zip(splits, res.null.tolist())) < 1e-5
     assert res.p_value == (1 + sum(v >= observed for v in splits)) / 1001
     assert abs(res.statistic - observed) < 1e-5
+
+
+@pytest.mark.parametrize("kernel", [GaussianKernel(1.1), PolynomialKernel(), InverseMultiquadricKernel()],
+                         ids=["gaussian", "cubic", "imq"])
+def test_witness_at_float64_points_of_float32_sets(kernel):
+    # a float64 grid (numpy's meshgrid) over float32 samples raised torch's 'expected m1 and m2 to
+    # have the same dtype' / 'addmv input tensors must have the same dtype': only the points were promoted
+    x, y, kw, _, _ = _data(8, 6, 9, (3,), True)
+    t = torch.randn(7, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x32, y32 = x.float(), y.float()
+    kw32 = {k: v.float() for k, v in kw.items()}
+    got = witness(t, x32, y32, kernel, **kw32)
+    oracle = witness(t, x32.double(), y32.double(), kernel, **kw32)  # the same float32 values, in float64
+    assert got.dtype == torch.float64 and torch.equal(got, oracle)
