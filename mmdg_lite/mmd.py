@@ -293,6 +293,9 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     z = torch.cat([p.x, p.y])  # (n + m, D)
     with torch.no_grad():  # a FeatureKernel's network would keep its graph alive in ``null``
         K = p.kernel.gram(z, z)  # (N, N)
+    if not bool(torch.isfinite(K).all()):  # NaN statistics compare False: p would be its minimum
+        raise FloatingPointError(f"the pooled Gram matrix is not finite (kernel {type(p.kernel).__name__}); "
+                                 f"{_not_finite_advice(p.kernel)}")
     n, N = len(p.x), len(z)
 
     def stat(idx: Tensor) -> Tensor:

@@ -420,3 +420,18 @@ def test_witness_at_float64_points_of_float32_sets(kernel):
     got = witness(t, x32, y32, kernel, **kw32)
     oracle = witness(t, x32.double(), y32.double(), kernel, **kw32)  # the same float32 values, in float64
     assert got.dtype == torch.float64 and torch.equal(got, oracle)
+
+
+def test_permutation_test_refuses_a_gram_matrix_that_is_not_finite():
+    # the cubic kernel overflows at this scale: every statistic was NaN, NaN >= NaN is False, and
+    # the p-value came back as its minimum 1 / (1 + n_permutations), a "significant" difference
+    from mmdg_lite.kernels import CallableKernel
+    g = torch.Generator().manual_seed(0)
+    x, y = 1e120 * torch.randn(10, 3, generator=g, dtype=torch.float64), 1e120 * torch.randn(10, 3, generator=g,
+                                                                                               dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="not finite.*PolynomialKernel.*rescale"):
+        mmd2(x, y, PolynomialKernel(), estimator="unbiased")  # what mmd2 says of the same data
+    with pytest.raises(FloatingPointError, match="Gram matrix is not finite.*PolynomialKernel.*rescale"):
+        permutation_test(x, y, PolynomialKernel(), n_permutations=99)
+    with pytest.raises(FloatingPointError, match="fn\\(x, y\\) returned NaN"):
+        permutation_test(x / 1e120, y / 1e120, CallableKernel(lambda a, b: (a @ b.T).sqrt()), n_permutations=9)
