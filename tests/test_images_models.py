@@ -183,3 +183,20 @@ def test_loading_the_feature_net_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     load_feature_net()
     assert torch.equal(torch.randn(8), want)
+
+
+def test_feature_net_report_checks_its_arguments_before_any_work(monkeypatch):
+    # net=None raised 'NoneType' object is not callable after the held-out digits were loaded, and
+    # n_shapes=3 surfaced as style_separation's 'features must be a tensor (N, F) with N >= 4'
+    import mmdg_lite.images.evaluation as ev
+
+    def no_work():
+        raise AssertionError("held-out data loaded before the arguments were checked")
+
+    monkeypatch.setattr(ev, "held_out_digits", no_work)
+    with pytest.raises(TypeError, match=r"net must be a FeatureNet.*got None"):
+        ev.feature_net_report(None)
+    net = load_feature_net()
+    for bad, err in ((3, ValueError), (10.0, TypeError)):
+        with pytest.raises(err, match=rf"n_shapes must be an integer >= 8; got .*{bad}"):
+            ev.feature_net_report(net, n_shapes=bad)

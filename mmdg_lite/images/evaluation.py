@@ -95,9 +95,14 @@ def style_separation(features: Tensor, styled: Tensor, seed: int = 0) -> dict[st
 
 
 def feature_net_report(net: Any, n_shapes: int = 1000) -> dict[str, Any]:
-    """Head accuracies and style separation of ``net`` on the held-out digits and shapes."""
-    from .features import image_features
+    """Head accuracies and style separation of ``net`` (a ``FeatureNet``, e.g.
+    ``load_feature_net()``) on the held-out digits and ``n_shapes`` (>= 8) held-out shapes."""
+    from .._validation import _describe, check_int
+    from .features import FeatureNet, image_features
 
+    if not isinstance(net, FeatureNet):
+        raise TypeError(f"net must be a FeatureNet (e.g. load_feature_net()); got {_describe(net)}")
+    check_int(n_shapes, "n_shapes", 8)  # style_separation: >= 4 of each fill (the held-out fills are balanced)
     d, s = held_out_digits(), held_out_shapes(n_shapes)
     with torch.no_grad():
         out_d, out_s = net(d.images), net(s.images)
