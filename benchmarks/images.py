@@ -203,7 +203,8 @@ def render(data: dict) -> str:
         "the content-class histogram (digit class / shape) and uniform, the second realism check "
         f"(guidance must not collapse the classes; a perfect uniform sampler of {n_tab} shows {_tv_floor(10, n_tab):.3f} "
         f"for 10 classes, {_tv_floor(3, n_tab):.3f} for 3 (multinomial mean)). FD/KD in the project's feature space (stands in for DINOv2, not Inception) to "
-        "held-out target-style images.", "",
+        "held-out target-style images; KD ×1e3 = 10³ × KID (unbiased, cubic kernel) of the features divided by the "
+        "target features' std, 20 subsets of min(samples, targets, 1000) points (`run_method`).", "",
         "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
         *table(digits), "", *wins, "",
         "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",

@@ -327,3 +327,28 @@ def test_distributed_example_refuses_fewer_samples_than_processes():
     assert out.returncode != 0
     assert "argument --samples: must be >= the number of processes (2); got 1" in out.stderr
     assert "ValueError" not in out.stderr
+
+
+def test_images_table_states_how_its_kd_is_computed(monkeypatch):
+    # images.md reported 'KD ×1e3' without saying that run_method divides the features by the
+    # targets' std (KID's cubic kernel depends on the scale) or how many subsets it averages
+    import torch
+
+    from mmdg_lite.images.adaptation import AdaptationTask, _measure
+    from mmdg_lite.images.features import image_features
+    from mmdg_lite.images.shapes import make_shapes
+    from mmdg_lite.metrics import kernel_distance
+
+    bench = _benchmark(monkeypatch, "images", "--render")
+    committed = ROOT / "benchmarks" / "results" / "images.md"
+    text = bench.render(json.loads(committed.with_suffix(".json").read_text()))
+    assert text == committed.read_text()
+    assert "divided by the target features' std, 20 subsets of min(samples, targets, 1000) points" in text
+    imgs = make_shapes(14, seed=3).images
+    task = AdaptationTask("stub", None, (3, 32, 32), imgs[:2], imgs[:2], imgs[6:], decode=lambda z: z,
+                          has_style=lambda x: torch.ones(len(x), dtype=torch.bool),
+                          is_valid=lambda x: torch.ones(len(x), dtype=torch.bool), style="any")
+    f, g = image_features(imgs[:6]).double(), image_features(imgs[6:]).double()
+    s = float(g.std())
+    oracle = kernel_distance(f / s, g / s, subset_size=6, n_subsets=20)  # min(6 samples, 8 targets, 1000)
+    assert _measure(task, "stub", imgs[:6], 0.0, 0.0).kd == pytest.approx(1e3 * oracle.mean, rel=1e-6)
