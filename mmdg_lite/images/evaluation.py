@@ -48,7 +48,8 @@ def detector_report(n_shapes: int = 1000) -> dict[str, float]:
 
 
 def style_separation(features: Tensor, styled: Tensor, seed: int = 0) -> dict[str, float]:
-    """FD between the two styles, FD between two random halves of the majority style, and a
+    """FD between the two styles, FD between two random halves of the unstyled rows (whichever
+    style is the majority; each half has fewer points, and FD is biased upward with fewer), and a
     logistic-regression probe's accuracy on a held-out half. features (N, F), styled (N,) bool."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
