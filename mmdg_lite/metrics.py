@@ -16,7 +16,7 @@ from scipy import stats
 from torch import Tensor
 
 from ._validation import (_describe, as_float_tensor, check_choice, check_finite, check_has_values,
-                          check_int, check_pair,
+                          check_int, check_layouts, check_pair,
                           check_points, check_positive, is_real_number)
 from .kernels import GaussianKernel, PolynomialKernel, magnitude_scale, pairwise_sq_dists
 from .mmd import mmd2
@@ -36,6 +36,7 @@ def _feats(x: Any, name: str, min_count: int = 1) -> Tensor:
 
 
 def _pair(x: Any, y: Any, x_name: str, y_name: str, min_count: int = 1) -> tuple[Tensor, Tensor]:
+    check_layouts(x, y, x_name, y_name)  # (n, C, H, W) against (m, H, W, C): unrelated pixels once flattened
     return check_pair(_feats(x, x_name, min_count), _feats(y, y_name, min_count), x_name, y_name)
 
 

@@ -395,3 +395,20 @@ def test_results_hold_python_numbers_for_numpy_integer_arguments():
     assert dc == density_coverage(x, y, k=3, chunk_size=4)
     res = permutation_test(x, y, GaussianKernel(1.0), n_permutations=np.int64(5))
     assert type(res.p_value) is float and len(res.null) == 5
+
+
+def test_two_set_metrics_refuse_image_sets_of_different_layouts():
+    # channels-first against channels-last features of the same size were flattened and compared
+    # pixel by unrelated pixel without a word (mmd2 and the guidance already refuse this)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10, 3, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.rand(12, 3, 4, 4, generator=g, dtype=torch.float64)
+    y_last = y.permute(0, 2, 3, 1)  # (12, 4, 4, 3)
+    calls = {"frechet_distance": lambda a, b: frechet_distance(a, b),
+             "kernel_distance": lambda a, b: kernel_distance(a, b, n_subsets=2).mean,
+             "density_coverage": lambda a, b: density_coverage(a, b, k=2).coverage,
+             "rrke": lambda a, b: rrke(a, b, 1.0)}
+    for name, fn in calls.items():
+        with pytest.raises(ValueError, match=r"per-point shape \(3, 4, 4\) but .* has \(4, 4, 3\)"):
+            fn(x, y_last)
+        assert fn(x, y) == fn(x.flatten(1), y) == fn(x, y.flatten(1)), name  # one layout, or flat: accepted
