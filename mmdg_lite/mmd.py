@@ -251,11 +251,17 @@ def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:
     return g
 
 
+#: ``witness`` evaluates at most this many kernel entries per Gram block (a fine plotting grid
+#: against a large set would otherwise build a (T, N) matrix of gigabytes)
+WITNESS_GRAM_ENTRIES = 2**24
+
+
 def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> Tensor:
     """Witness function f(t) = E_x k(t, x) - E_y k(t, y) at ``points`` (T, *S) -> (T,).
 
     Positive where the generated set x has too much mass relative to the references y; the
-    MMD gradient flow moves samples down this function.
+    MMD gradient flow moves samples down this function. Points are taken in blocks, so memory
+    stays bounded (``WITNESS_GRAM_ENTRIES``) for any grid.
     """
     if isinstance(kernel, ProductKernel):
         raise TypeError("witness takes a sample Kernel, not a ProductKernel")
@@ -264,7 +270,9 @@ def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> 
     t = check_points(points, "points")
     t, x = check_pair(t, p.x, "points", "x")  # float64 points (a numpy grid) promote float32 sets
     y, wx, wy = p.y.to(x.dtype), p.wx.to(x.dtype), p.wy.to(x.dtype)
-    return p.kernel.gram(t, x) @ wx - p.kernel.gram(t, y) @ wy  # (T,)
+    rows = max(1, WITNESS_GRAM_ENTRIES // max(len(x), len(y)))  # points per block: bounded Gram matrices
+    return torch.cat([p.kernel.gram(t[s], x) @ wx - p.kernel.gram(t[s], y) @ wy  # (T_s,)
+                      for s in _chunks(len(t), rows)])
 
 
 @dataclass

@@ -435,3 +435,23 @@ def test_permutation_test_refuses_a_gram_matrix_that_is_not_finite():
         permutation_test(x, y, PolynomialKernel(), n_permutations=99)
     with pytest.raises(FloatingPointError, match="fn\\(x, y\\) returned NaN"):
         permutation_test(x / 1e120, y / 1e120, CallableKernel(lambda a, b: (a @ b.T).sqrt()), n_permutations=9)
+
+
+def test_witness_on_a_fine_grid_builds_bounded_gram_blocks_and_equals_the_whole_grid(monkeypatch):
+    # witness built the whole (T, N) Gram matrix: a 1000 x 1000 plotting grid against 1,000 samples asked for
+    # 4 GB (and three times that in temporaries); it now evaluates blocks of points
+    import mmdg_lite.mmd as mmd_mod
+    g = torch.Generator().manual_seed(3)
+    x, y, t = torch.randn(40, 2, generator=g), torch.randn(30, 2, generator=g) + 1, torch.randn(101, 2, generator=g)
+    k = GaussianKernel(0.8)
+    whole = witness(t, x, y, k)
+    brute = torch.stack([torch.exp(-((ti - x) ** 2).sum(1) / (2 * 0.64)).mean()
+                         - torch.exp(-((ti - y) ** 2).sum(1) / (2 * 0.64)).mean() for ti in t])
+    torch.testing.assert_close(whole, brute)
+    sizes = []
+    gram = GaussianKernel.gram
+    monkeypatch.setattr(GaussianKernel, "gram", lambda self, a, b: sizes.append(a.shape[0] * b.shape[0])
+                        or gram(self, a, b))
+    monkeypatch.setattr(mmd_mod, "WITNESS_GRAM_ENTRIES", 400)  # 10 points per block against 40 samples
+    torch.testing.assert_close(witness(t, x, y, k), brute)
+    assert max(sizes) <= 400 and len(sizes) == 2 * 11
