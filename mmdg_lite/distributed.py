@@ -220,7 +220,8 @@ class DistributedBatchSet(BatchSet):
         p = _Prepared(z, refs, wx[mine], wy, prompts, ref_prompts, kernel, z.shape)
         pull = None  # conditional weighting: per-row factors of the push and the pull, (b,) each
         if prompt_weighting == "conditional" and isinstance(kernel, ProductKernel):
-            push, pull = _prompt_factors(kernel, prompts, pg, Wxx, ref_prompts, wy, chunk_size)
+            push, pull = _prompt_factors(kernel, prompts, pg, Wxx, ref_prompts, wy, chunk_size,
+                                         estimator == "unbiased")
             Wxx = Wxx * push[:, None]
         x_ = z.detach()
         g = None

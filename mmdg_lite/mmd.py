@@ -176,7 +176,7 @@ PROMPT_WEIGHTINGS = ("joint", "conditional")
 
 
 def _prompt_factors(kernel: ProductKernel, px: Tensor, pg: Tensor, Wxx: Tensor, py: Tensor,
-                    wy: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+                    wy: Tensor, chunk_size: int | None, unbiased: bool = False) -> tuple[Tensor, Tensor]:
     """Row factors of the conditional prompt weighting for rows with prompts px (n, P), against
     the batch's prompts pg (B, P) with weights Wxx (n, B) and the references' prompts py (m, P)
     with weights wy (m,). Returns (rho_i / rep_i, rho_i / att_i), (n,) each, where
@@ -185,16 +185,23 @@ def _prompt_factors(kernel: ProductKernel, px: Tensor, pg: Tensor, Wxx: Tensor, 
     att_i = sum_j v_j k_p(p_i, p_j^r)               (the references' mass near it, v = wy / sum wy),
     rho_i = max_j k_p(p_i, p_j^r)                   (1 when a reference has i's prompt, -> 0 for
                                                      prompts far from every reference prompt).
+
+    ``unbiased`` (Wxx without its diagonal): rep_i is taken as at least one sample's share,
+    max_k W_ik / sum_k W_ik, the share i itself holds in the biased rep_i. A sample alone with its
+    prompt has no pair to be pushed from; without the floor its near-zero rep_i scaled the
+    k_p ~ 1e-5 weights of the other prompts' samples up to the full repulsion of a plain MMD.
     """
     tiny = torch.finfo(px.dtype).tiny
     rep = (Wxx * kernel.prompt_gram(px, pg)).sum(1) / Wxx.sum(1)  # (n,)
+    if unbiased:
+        rep = torch.maximum(rep, Wxx.amax(1) / Wxx.sum(1))
     v = wy / wy.sum()  # (m,)
     att, rho = px.new_zeros(len(px)), px.new_zeros(len(px))
     for s in _chunks(len(py), chunk_size):
         Kp = kernel.prompt_gram(px, py[s])  # (n, cs)
         att = att + Kp @ v[s]
         rho = torch.maximum(rho, Kp.max(1).values)
-    return rho / rep.clamp_min(tiny), rho / att.clamp_min(tiny)  # unbiased: rep of a lone sample -> 0
+    return rho / rep.clamp_min(tiny), rho / att.clamp_min(tiny)
 
 
 def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
@@ -217,7 +224,7 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
         Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
     pull = None  # conditional weighting: per-row factors of the push and the pull, (n,) each
     if prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel):
-        push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size)
+        push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
         Wxx = Wxx * push[:, None]
     g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
     for s in _chunks(len(p.y), chunk_size):

@@ -94,3 +94,16 @@ def test_memory_set_passes_the_weighting_through():
     kz = ProductKernel(GaussianKernel(0.05), GaussianKernel(1.1))
     plain = BatchSet().gradient(x, y, kz, px, py, "biased", None, "conditional")
     torch.testing.assert_close(plain, _conditional(x, y, px, py, kz))
+
+
+def test_unbiased_conditional_sample_alone_with_its_prompt_feels_no_other_prompts_push():
+    """Unbiased: a prompt held by one sample of the batch has no pair to be pushed from, so its
+    gradient is its group's pull alone (1/n x the autograd gradient of the biased MMD^2 of the
+    one point, whose k(z, z) = 1 is constant). The near-zero same-prompt mass used to be divided
+    out, scaling the other prompt's k_p ~ 1e-174 weights up to a plain MMD's full repulsion."""
+    x, y, px, py = _groups(seed=4, sizes=(7, 1), ref_sizes=(6, 3), D=2)
+    kz = GaussianKernel(1.0)
+    got = _conditional(x, y, px, py, ProductKernel(GaussianKernel(0.05), kz), "unbiased")
+    torch.testing.assert_close(got[7:], 1 / 8 * mmd2_grad_autograd(x[7:], y[6:], kz), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got[:7], 7 / 8 * mmd2_grad_autograd(x[:7], y[:6], kz, estimator="unbiased"),
+                               rtol=1e-9, atol=1e-12)
