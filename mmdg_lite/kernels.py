@@ -520,12 +520,17 @@ class ProductKernel:
     def has_closed_form(self) -> bool:
         return self.sample_kernel.has_closed_form
 
-    def _prep(self, p: Tensor) -> Tensor:
+    def _prep(self, p: Tensor, name: str = "prompt features") -> Tensor:
+        """The prompt features the prompt kernel sees: L2-normalised rows (with ``normalize_prompts``)."""
         if not self.normalize_prompts:
             return p
+        if p.shape[-1] == 1:  # normalize keeps only the sign: labels 1., 2., 3. all become 1.
+            raise ValueError(f"{name} have 1 feature per prompt, which L2 normalisation reduces to its sign "
+                             f"(values 1.0 and 2.0 become the same prompt); got shape {tuple(p.shape)}: give "
+                             "vectors, e.g. one-hot labels torch.eye(C)[labels] or a PromptEncoder's features")
         zero = p.detach().norm(dim=-1) == 0  # normalize maps 0 to 0: a fake prompt at distance 1 from all
         if bool(zero.any()):
-            raise ValueError(f"prompt features must be non-zero vectors (they are L2-normalised); row(s) "
+            raise ValueError(f"{name} must be non-zero vectors (they are L2-normalised); row(s) "
                              f"{zero.nonzero().flatten().tolist()[:5]} are all zero")
         return torch.nn.functional.normalize(p, dim=-1)
 

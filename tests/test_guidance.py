@@ -580,3 +580,27 @@ def test_references_edited_in_place_after_building_the_guidance_are_refused_not_
     with torch.inference_mode():  # inference tensors keep no version counter: nothing to check, no crash
         frozen = refs()
     torch.testing.assert_close(MMDGuidance(frozen, kernel=kernel).gradient(z), autograd_grad(z, refs(), kernel))
+
+
+def test_prompt_features_that_l2_normalisation_collapses_are_refused_at_construction():
+    """One feature per prompt (class labels as (N, 1) floats) is reduced to its sign, so labels
+    1, 2, 3 were one prompt and the guidance was plain MMD, silently; all-zero reference prompt
+    rows were refused only at the first guided step, after the denoiser had run."""
+    from mmdg_lite.kernels import GaussianKernel
+
+    g = torch.Generator().manual_seed(0)
+    y, z = torch.randn(6, 2, generator=g), torch.randn(3, 2, generator=g)
+    labels = torch.tensor([1.0, 1, 2, 2, 3, 3])[:, None]
+    with pytest.raises(ValueError, match=r"reference_prompts have 1 feature per prompt.*shape \(6, 1\).*one-hot"):
+        MMDGuidance(y, reference_prompts=labels)
+    onehot = torch.eye(3)[[0, 0, 1, 1, 2, 2]]
+    with pytest.raises(ValueError, match=r"sample_prompts must be non-zero vectors.*row\(s\) \[1\]"):
+        MMDGuidance(y, reference_prompts=onehot, sample_prompts=torch.eye(3)[[0, 1, 2]] * torch.tensor([[1.0], [0], [1]]))
+    bad = onehot.clone()
+    bad[4] = 0
+    with pytest.raises(ValueError, match=r"reference_prompts must be non-zero vectors.*row\(s\) \[4\]"):
+        MMDGuidance(y, reference_prompts=bad)
+    # the one-hot labels carry the prompts: not the plain gradient
+    kz = GaussianKernel(1.0)
+    aware = MMDGuidance(y, kernel=kz, reference_prompts=onehot).gradient(z, torch.eye(3))
+    assert float((aware - MMDGuidance(y, kernel=kz).gradient(z)).abs().max()) > 1e-3

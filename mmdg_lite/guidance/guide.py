@@ -220,10 +220,12 @@ class MMDGuidance:
                             f"got {prompt_kernel!r}")
         if reference_prompts is not None:
             self.prompt_kernel = prompt_kernel if prompt_kernel is not None else GaussianKernel(0.3)
+            self._kernel()._prep(self.reference_prompts, "reference_prompts")  # refused here, not at a step
             if sample_prompts is not None:
                 self.sample_prompts = check_points(sample_prompts, "sample_prompts")
                 check_pair(self.sample_prompts, self.reference_prompts, "sample_prompts",
                            "reference_prompts")
+                self._kernel()._prep(self.sample_prompts, "sample_prompts")
         elif sample_prompts is not None or prompt_kernel is not None:
             raise ValueError("sample_prompts / prompt_kernel need reference_prompts (N_r, P); got None")
         self.rff: RFFReferenceEmbedding | None = None
