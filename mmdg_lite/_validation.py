@@ -24,6 +24,8 @@ def _describe(value: Any) -> str:
 def as_float_tensor(value: Any, name: str) -> Tensor:
     """Convert numpy arrays to tensors and reject non-floating dtypes (int, bool, complex)."""
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufc":  # strings, objects: torch's own error names no argument
+            raise TypeError(f"{name} must be an array of numbers; got a numpy array of dtype {value.dtype}")
         value = torch.from_numpy(value)
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {_describe(value)}")

@@ -604,3 +604,18 @@ def test_prompt_features_that_l2_normalisation_collapses_are_refused_at_construc
     kz = GaussianKernel(1.0)
     aware = MMDGuidance(y, kernel=kz, reference_prompts=onehot).gradient(z, torch.eye(3))
     assert float((aware - MMDGuidance(y, kernel=kz).gradient(z)).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple", "numpy", "str"])
+def test_prompt_strings_given_as_prompt_features_name_the_argument_and_the_encoder(kind):
+    """A numpy array of prompt strings raised torch's "can't convert np.ndarray of type numpy.str_"
+    (no argument named); a list said only 'must be a torch.Tensor or numpy array'."""
+    import numpy as np
+
+    y = torch.zeros(3, 2)
+    words = ["cat", "dog", "cat"]
+    value = {"list": words, "tuple": tuple(words), "numpy": np.array(words), "str": "cat"}[kind]
+    with pytest.raises(TypeError, match=r"^reference_prompts must be prompt features.*encoder\.encode\(prompts\)"):
+        MMDGuidance(y, reference_prompts=value)
+    with pytest.raises(TypeError, match=r"^sample_prompts must be prompt features.*prompt_aware_guidance"):
+        MMDGuidance(y, reference_prompts=torch.eye(3), sample_prompts=value)

@@ -341,3 +341,13 @@ def test_results_do_not_depend_on_the_memory_layout_of_the_points():
     assert torch.equal(mmd2_grad(xt, yt, k), mmd2_grad(x, y, k))
     assert torch.equal(mmd2(xt, yt, k), mmd2(x, y, k))
     assert torch.equal(MMDGuidance(yt, kernel=k).gradient(x), MMDGuidance(y, kernel=k).gradient(x))
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=fn_ids)
+@pytest.mark.parametrize("bad", [np.array([["a", "b"]] * 4), np.array([[1.0, None]] * 4, dtype=object)],
+                         ids=["str", "object"])
+def test_numpy_array_of_non_numbers_names_the_argument(fn, bad):
+    """torch.from_numpy's "can't convert np.ndarray of type numpy.str_" named no argument."""
+    _, y = _xy(d=2)
+    with pytest.raises(TypeError, match=rf"^x must be an array of numbers; got a numpy array of dtype {bad.dtype}"):
+        fn(bad, y, K)

@@ -116,6 +116,13 @@ def _displacement(kernel: Kernel | ProductKernel) -> float:
     return 1.0
 
 
+def _holds_strings(value: Any) -> bool:
+    """A str, a list/tuple holding one, or a numpy array of strings (prompts instead of features)."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "USO" and any(isinstance(v, str) for v in value.ravel()[:1].tolist())
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
+
+
 class MMDGuidance:
     """Steer a sampler toward a reference set by descending MMD^2 (paper Eq. 5-6, Eq. 11).
 
@@ -191,6 +198,11 @@ class MMDGuidance:
                  prompt_kernel: Kernel | None = None, prompt_weighting: str = "conditional",
                  chunk_size: int | None = None,
                  rff_features: int | None = None, rff_seed: int = 0, track: bool = False) -> None:
+        for name, value in (("reference_prompts", reference_prompts), ("sample_prompts", sample_prompts)):
+            if _holds_strings(value):
+                raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got prompt strings "
+                                f"{value!r:.60}: encode them (encoder.encode(prompts)), or build the guidance "
+                                "with mmdg_lite.prompts.prompt_aware_guidance(references, prompts, encoder)")
         self.reference_set = ReferenceSet(references, reference_prompts)
         self.kernel: Kernel = kernel if kernel is not None else default_kernel()
         if not isinstance(self.kernel, Kernel):
