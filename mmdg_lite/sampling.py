@@ -195,6 +195,31 @@ def guidance_hooks(guidance: Any) -> list[Any]:
     return [h for g in inner for h in guidance_hooks(g)] if inner is not None else [guidance]
 
 
+def check_prompt_inputs(guidance: Any, n: int, first_index: int, cond: Tensor | None) -> None:
+    """A prompt-aware hook (``reference_prompts``) must find a prompt for every sample: a row of its
+    ``sample_prompts`` per global index, else ``cond`` with the reference prompts' width. Checked
+    before any step (the hook itself only finds out at its first guided step, maybe chunks later)."""
+    for h in guidance_hooks(guidance):
+        rp = getattr(h, "reference_prompts", None)
+        if rp is None:
+            continue
+        sp = getattr(h, "sample_prompts", None)
+        if sp is not None:
+            if len(sp) < first_index + n:
+                raise ValueError(f"sample_prompts has {len(sp)} rows but the sampler draws n={n} samples"
+                                 + (f" from index first_index={first_index}" if first_index else "")
+                                 + "; give one prompt per sample (in the sampler's order), or omit "
+                                 "sample_prompts to use cond")
+        elif cond is None:
+            raise ValueError("prompt-aware guidance (reference_prompts) needs each sample's prompt features: "
+                             "build it with sample_prompts=, or pass cond= (read as the prompt features)")
+        elif cond[0].numel() != rp.shape[1]:
+            raise ValueError(f"cond has {cond[0].numel()} features per sample (shape {tuple(cond.shape)}) but "
+                             f"reference_prompts has {rp.shape[1]}; the guidance reads cond as the samples' prompt "
+                             "features when it has no sample_prompts: encode both with one encoder, or give "
+                             "sample_prompts=")
+
+
 def eval_points(guidance: Any) -> set[str]:
     """Where the hooks evaluate their kernels (``guidance_hooks``); "x_t" for one that names none."""
     return {getattr(h, "eval_point", "x_t") for h in guidance_hooks(guidance)}
@@ -317,6 +342,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
             raise ValueError(f"cond must be a tensor with one row per sample, shape ({n}, C); got {got} "
                              "(for one condition for all samples use cond.expand(n, -1))")
         cond = cond.to(device)
+    if guidance is not None:
+        check_prompt_inputs(guidance, n, first_index, cond)
 
     sched = _resolve_scheduler(scheduler, train_timesteps, beta_schedule)
     n_train = int(getattr(getattr(sched, "config", None), "num_train_timesteps", num_steps))

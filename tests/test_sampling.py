@@ -271,3 +271,30 @@ def test_the_meta_device_is_refused_by_name(model):
     an accelerator'), naming no argument."""
     with pytest.raises(ValueError, match=r"device 'meta' holds shapes without values and cannot sample"):
         sample(model, 4, 2, num_steps=3, device="meta")
+
+
+def test_prompt_aware_guidance_without_a_prompt_for_every_sample_is_refused_before_any_step():
+    """The hook found out at its first guided step: with start=0.5 and batch_size=4, 31 denoiser
+    calls ran before 'sample_prompts has 6 rows', and a missing or mis-sized cond was refused
+    only there (or by the model). Now sample() refuses before the denoiser runs; a shard whose
+    global indices fit the prompts (first_index) and a matching cond still run."""
+    from mmdg_lite.guidance import ChainedGuidance, MMDGuidance
+    from mmdg_lite.prompts import CoverageGate
+
+    calls = []
+    den = lambda x, t, c=None: (calls.append(1), torch.zeros_like(x))[1]  # noqa: E731
+    refs, rp = torch.randn(6, 2, generator=make_generator(0)), torch.eye(3)[[0, 0, 1, 1, 2, 2]]
+    short = MMDGuidance(refs, reference_prompts=rp, sample_prompts=torch.eye(3)[[0, 1, 2, 0, 1, 2]], start=0.5)
+    with pytest.raises(ValueError, match=r"sample_prompts has 6 rows but the sampler draws n=12 samples"):
+        sample(den, 12, 2, num_steps=20, guidance=short, batch_size=4)
+    with pytest.raises(ValueError, match=r"sample_prompts has 6 rows.*n=4 samples from index first_index=3"):
+        sample(den, 4, 2, num_steps=20, guidance=ChainedGuidance(short), first_index=3)
+    by_cond = MMDGuidance(refs, reference_prompts=rp, start=0.5)
+    with pytest.raises(ValueError, match=r"needs each sample's prompt features: build it with sample_prompts=, or pass cond="):
+        sample(den, 12, 2, num_steps=20, guidance=CoverageGate(by_cond))
+    with pytest.raises(ValueError, match=r"cond has 5 features per sample \(shape \(12, 5\)\) but reference_prompts has 3"):
+        sample(den, 12, 2, num_steps=20, guidance=by_cond, cond=torch.ones(12, 5))
+    assert not calls
+    sample(den, 3, 2, num_steps=4, guidance=short, first_index=3)
+    sample(den, 2, 2, num_steps=4, guidance=by_cond, cond=torch.eye(3)[:2])
+    assert len(calls) == 8
