@@ -220,16 +220,8 @@ class CoverageGate:
         return state.x_prev - rho * (state.x_prev - out)
 
 
-def sample_with_prompts(denoiser: Any, prompts: Sequence[str], encoder: PromptEncoder, *,
-                        guidance: Any = None, shape: tuple[int, ...] | int = (2,),
-                        **sample_kwargs: Any) -> Tensor:
-    """``sampling.sample`` with cond = encoder.encode(prompts), one sample per prompt; checks that
-    a prompt-aware guidance was built for the same prompts. Returns the samples (n, *shape)."""
-    from .sampling import sample
-
-    cond = _encode(encoder, prompts, "prompts")
-    inner = getattr(guidance, "guidance", guidance)
-    sp = getattr(inner, "sample_prompts", None)
+def _check_sample_prompts(sp: Tensor | None, cond: Tensor, prompts: Sequence[str]) -> None:
+    """A hook's sample_prompts must be the features of the prompts sampled with (same encoder: same rows)."""
     if sp is not None and len(sp) != len(cond):
         raise ValueError(f"the guidance holds {len(sp)} sample_prompts but prompts has {len(cond)}; "
                          "build the guidance with the same prompt list you sample with")
@@ -239,6 +231,18 @@ def sample_with_prompts(denoiser: Any, prompts: Sequence[str], encoder: PromptEn
             i = int(differ.nonzero()[0])
             raise ValueError(f"the guidance's sample_prompts differ from prompts (first at row {i}: prompts[{i}] = "
                              f"{prompts[i]!r}); build the guidance with the same prompt list you sample with")
+
+
+def sample_with_prompts(denoiser: Any, prompts: Sequence[str], encoder: PromptEncoder, *,
+                        guidance: Any = None, shape: tuple[int, ...] | int = (2,),
+                        **sample_kwargs: Any) -> Tensor:
+    """``sampling.sample`` with cond = encoder.encode(prompts), one sample per prompt; checks that
+    a prompt-aware guidance was built for the same prompts. Returns the samples (n, *shape)."""
+    from .sampling import guidance_hooks, sample
+
+    cond = _encode(encoder, prompts, "prompts")
+    for hook in guidance_hooks(guidance) if guidance is not None else []:  # a ChainedGuidance's members too
+        _check_sample_prompts(getattr(hook, "sample_prompts", None), cond, prompts)
     if "cond" in sample_kwargs:
         raise TypeError("sample_with_prompts encodes cond from prompts; do not pass cond= as well")
     return sample(denoiser, len(cond), shape, cond=cond, guidance=guidance, **sample_kwargs).samples

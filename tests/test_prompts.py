@@ -277,3 +277,24 @@ def test_prompt_world_refuses_parts_that_disagree():
         with pytest.raises(ValueError, match=match):
             PromptWorld(**{**parts, **change})
     assert torch.equal(PromptWorld(**parts).sample(["cat", "car"], 3)[0], w.sample(["cat", "car"], 3)[0])
+
+
+def test_sample_with_prompts_checks_the_prompts_of_a_chained_guidance_members(world):
+    """Only the guidance itself (or a gate's inner guidance) was compared with the sampled prompts:
+    a ChainedGuidance of a hook built for another prompt order guided every sample toward the
+    references of another prompt, silently."""
+    from mmdg_lite.guidance import ChainedGuidance
+
+    enc = world.encoder()
+    refs, rprompts = world.references(PAIRED_STYLES, 3)
+    prompts = ["cat", "cat", "car", "dog"]
+    model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
+    other = prompt_aware_guidance(refs, rprompts, enc, prompts[::-1])
+    for guide in (ChainedGuidance(other), ChainedGuidance(CoverageGate(other)), ChainedGuidance(ChainedGuidance(other))):
+        with pytest.raises(ValueError, match=r"sample_prompts differ from prompts \(first at row 0: prompts\[0\] = 'cat'"):
+            sample_with_prompts(model, prompts, enc, guidance=guide, num_steps=2)
+    with pytest.raises(ValueError, match=r"the guidance holds 3 sample_prompts but prompts has 4"):
+        sample_with_prompts(model, prompts, enc, num_steps=2,
+                            guidance=ChainedGuidance(prompt_aware_guidance(refs, rprompts, enc, prompts[:3])))
+    same = prompt_aware_guidance(refs, rprompts, enc, prompts, kernel=GaussianKernel(0.7))
+    assert sample_with_prompts(model, prompts, enc, guidance=ChainedGuidance(same), num_steps=2).shape == (4, 2)
