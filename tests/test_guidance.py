@@ -619,3 +619,17 @@ def test_prompt_strings_given_as_prompt_features_name_the_argument_and_the_encod
         MMDGuidance(y, reference_prompts=value)
     with pytest.raises(TypeError, match=r"^sample_prompts must be prompt features.*prompt_aware_guidance"):
         MMDGuidance(y, reference_prompts=torch.eye(3), sample_prompts=value)
+
+
+def test_sample_prompts_are_moved_to_the_samples_device():
+    """sample_prompts (built on the CPU by an encoder) were indexed on their own device and only
+    cast: a CUDA run got CPU prompt features against CUDA references and failed in the prompt
+    Gram product with torch's device-mismatch error. 'meta' stands in for the GPU here."""
+    from types import SimpleNamespace
+
+    f32 = torch.float32  # (this module's default dtype is float64)
+    guide = MMDGuidance(refs(N=6).to(f32), reference_prompts=torch.eye(3, dtype=f32)[[0, 0, 1, 1, 2, 2]],
+                        sample_prompts=torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0]])
+    state = SimpleNamespace(x_prev=torch.empty(4, 3, device="meta", dtype=f32), sample_index=torch.arange(4), cond=None)
+    p = guide._prompts_for(state, 4)
+    assert p.device.type == "meta" and p.dtype == torch.float32 and p.shape == (4, 3)

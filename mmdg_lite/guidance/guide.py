@@ -372,7 +372,7 @@ class MMDGuidance:
             if prompts.shape != (len(z), rp.shape[1]):
                 raise ValueError(f"prompts must have shape ({len(z)}, {rp.shape[1]}), one per row of z with the "
                                  f"reference prompts' features; got {tuple(prompts.shape)}")
-            prompts = prompts.to(rp.dtype)
+            prompts = prompts.to(rp)  # z's device, as the references
         elif prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
         if self.rff is not None:  # never prompt-aware
@@ -468,7 +468,7 @@ class MMDGuidance:
         if p.shape[1:] != self.reference_set.prompts.shape[1:]:
             raise ValueError(f"sample prompts have {p.shape[1]} features but reference_prompts have "
                              f"{self.reference_set.prompts.shape[1]}; encode both with one encoder")
-        return p.to(self.reference_set.prompts_on(state.x_prev).dtype)
+        return p.to(state.x_prev.device, self.reference_set.prompts_on(state.x_prev).dtype)  # the samples' device
 
     # -- presets -----------------------------------------------------------------------------------
     @classmethod
