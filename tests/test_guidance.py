@@ -633,3 +633,19 @@ def test_sample_prompts_are_moved_to_the_samples_device():
     state = SimpleNamespace(x_prev=torch.empty(4, 3, device="meta", dtype=f32), sample_index=torch.arange(4), cond=None)
     p = guide._prompts_for(state, 4)
     assert p.device.type == "meta" and p.dtype == torch.float32 and p.shape == (4, 3)
+
+
+@pytest.mark.parametrize("index, got", [(torch.tensor([0, 1, -1]), r"shape \(3,\), torch.int64, smallest -1"),
+                                        (torch.arange(3, dtype=torch.float32), r"shape \(3,\), torch.float32"),
+                                        (torch.arange(4), r"shape \(4,\), torch.int64")])
+def test_a_hand_loops_bad_sample_index_is_named(index, got):
+    """A negative index picked the last sample_prompts row (another sample's prompt), silently; a
+    float index failed in torch's indexing ('tensors used as indices must be long ...')."""
+    guide = MMDGuidance(refs(N=6), reference_prompts=torch.eye(3)[[0, 0, 1, 1, 2, 2]],
+                        sample_prompts=torch.eye(3)[[0, 1, 2, 2]], kernel=GaussianKernel(1.0))
+    state = make_state(B=3)
+    state.sample_index = index
+    with pytest.raises(ValueError, match=rf"sample_index, a \(3,\) long tensor of the samples' indices >= 0.*got {got}$"):
+        guide(state)
+    state.sample_index = torch.tensor([0, 1, 3])
+    assert guide(state).shape == (3, 3)

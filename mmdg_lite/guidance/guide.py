@@ -450,10 +450,14 @@ class MMDGuidance:
         cond = getattr(state, "cond", None)
         if self.sample_prompts is not None:
             index = getattr(state, "sample_index", None)
-            if not isinstance(index, Tensor) or index.shape != (n,):
-                got = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
+            integer = isinstance(index, Tensor) and not (index.dtype.is_floating_point or index.dtype.is_complex
+                                                         or index.dtype == torch.bool)
+            if not integer or index.shape != (n,) or int(index.min()) < 0:  # negative: a prompt from the end
+                got = f"shape {tuple(index.shape)}, {index.dtype}" if isinstance(index, Tensor) else type(index).__name__
+                if integer and index.shape == (n,):
+                    got += f", smallest {int(index.min())}"
                 raise ValueError(f"sample_prompts are picked by the state's sample_index, a ({n},) long tensor of the "
-                                 f"samples' indices in the run (torch.arange({n}) for one batch); got {got}")
+                                 f"samples' indices >= 0 in the run (torch.arange({n}) for one batch); got {got}")
             top = int(index.max()) + 1
             if top > len(self.sample_prompts):
                 raise ValueError(
