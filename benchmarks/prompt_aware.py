@@ -120,7 +120,8 @@ def main() -> None:
         print(f"{'PASS' if ok else 'FAIL'}  {text}: {val:.3f}")
     lines += ["", "## Prompts without references", "",
               "References for cat and dog only; all three prompts sampled (car has no references), "
-              "strength 2. Off-mode fraction of the **car** samples:", "",
+              "strength 2 for Eq. 11 (two prompts have references), 1 for the conditional weights. "
+              "Off-mode fraction of the **car** samples:", "",
               "| method | car off-mode |", "|---|---:|"]
     lines += [f"| {k} | {ms(v)} |" for k, v in absent.items()]
     lines += ["", "Eq. 11 weights the repulsion among generated samples by k_p between their own "
