@@ -649,3 +649,19 @@ def test_a_hand_loops_bad_sample_index_is_named(index, got):
         guide(state)
     state.sample_index = torch.tensor([0, 1, 3])
     assert guide(state).shape == (3, 3)
+
+
+def test_integer_prompts_get_one_hot_advice_not_float():
+    """Class indices as prompts were told 'pass a floating-point tensor, e.g. reference_prompts.float()',
+    which leads to one feature per prompt (refused: L2 normalisation keeps only its sign)."""
+    import numpy as np
+
+    y = refs(N=4)
+    for labels in (torch.tensor([0, 0, 1, 1]), np.array([0, 0, 1, 1]), torch.tensor([[0], [0], [1], [1]])):
+        with pytest.raises(TypeError, match=r"^reference_prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
+            MMDGuidance(y, reference_prompts=labels)
+    onehot = torch.eye(2)[[0, 0, 1, 1]]
+    with pytest.raises(TypeError, match=r"^sample_prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
+        MMDGuidance(y, reference_prompts=onehot, sample_prompts=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match=r"got integers \(dtype torch.int64, shape \(4, 2\)\): reference_prompts\.float\(\)$"):
+        MMDGuidance(y, reference_prompts=onehot.long())

@@ -203,6 +203,12 @@ class MMDGuidance:
                 raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got prompt strings "
                                 f"{value!r:.60}: encode them (encoder.encode(prompts)), or build the guidance "
                                 "with mmdg_lite.prompts.prompt_aware_guidance(references, prompts, encoder)")
+            if isinstance(value, (Tensor, np.ndarray)) and str(value.dtype).split(".")[-1].startswith(("int", "uint")):
+                rows = value.ndim == 2 and value.shape[1] > 1  # integer features: only the dtype is wrong
+                raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got integers (dtype "
+                                f"{value.dtype}, shape {tuple(value.shape)}): " + (f"{name}.float()" if rows else
+                                "for class indices give one-hot rows, torch.eye(C)[labels] (labels.float() would be "
+                                "one feature, which L2 normalisation reduces to its sign)"))
         self.reference_set = ReferenceSet(references, reference_prompts)
         self.kernel: Kernel = kernel if kernel is not None else default_kernel()
         if not isinstance(self.kernel, Kernel):
