@@ -995,3 +995,18 @@ def test_edm_scheduler_x0_hat_is_the_schedulers_own_denoised_sample(saved, predi
     with GuidedSchedulerStep(pipe, MMDGuidance(refs, strength=1.0, stop=1.0, eval_point="x0_hat")):
         guided = run(pipe, n=2, steps=3)
     assert torch.isfinite(guided).all() and dist_to(guided, refs) < dist_to(base, refs)
+
+
+def test_sample_prompts_of_a_chained_hook_must_match_the_pipeline_batch(sd):
+    """Only the outer hook's sample_prompts were counted: a ChainedGuidance member built for
+    2 prompts x 2 images, run with 2 x 1, passed the check (and the prompt comparison, which
+    reads 4 rows as 2 images per prompt) and guided both latents with the first prompt's row."""
+    from mmdg_lite.guidance import ChainedGuidance
+
+    refs = encode_images(sd, red_images(4))
+    g = pipeline_guidance(sd, refs, reference_prompts=[PROMPT, "a blue square"] * 2,
+                          prompts=[PROMPT, "a blue square"], num_images_per_prompt=2)  # 4 sample prompts
+    with MMDGuidanceCallback(ChainedGuidance(g)).watch(sd) as cb:
+        with pytest.raises(ValueError, match="sample_prompts has 4 rows but the pipeline's batch has 2 latents"):
+            run(sd, cb, prompt=[PROMPT, "a blue square"], num_images_per_prompt=1, steps=2)
+        run(sd, cb, prompt=[PROMPT, "a blue square"], num_images_per_prompt=2, steps=2)  # these 4 rows: fine

@@ -90,13 +90,15 @@ def to_epsilon(sched: Any, model_output: Tensor, x_t: Tensor, alpha_bar: float, 
 
 
 def _check_batch(guidance: Any, n: int) -> None:
-    """The pipeline's batch is the generated set: fixed sample prompts must match it row for row."""
-    prompts = getattr(guidance, "sample_prompts", None)
-    if prompts is not None and len(prompts) != n:
-        raise ValueError(f"the guidance's sample_prompts has {len(prompts)} rows but the pipeline's batch has {n} "
-                         "latents: give one prompt feature per image (prompts x num_images_per_prompt, in the "
-                         "pipeline's order), e.g. pipeline_guidance(..., prompts=, num_images_per_prompt=) with "
-                         "the prompts of this call")
+    """The pipeline's batch is the generated set: fixed sample prompts must match it row for row
+    (every hook's: a ChainedGuidance member with more rows guided with its first n, silently)."""
+    for hook in guidance_hooks(guidance):
+        prompts = getattr(hook, "sample_prompts", None)
+        if prompts is not None and len(prompts) != n:
+            raise ValueError(f"the guidance's sample_prompts has {len(prompts)} rows but the pipeline's batch has {n} "
+                             "latents: give one prompt feature per image (prompts x num_images_per_prompt, in the "
+                             "pipeline's order), e.g. pipeline_guidance(..., prompts=, num_images_per_prompt=) with "
+                             "the prompts of this call")
 
 
 def _check_prompts_match(pipe: Any, guidance: Any, prompt: Any, prompt_2: Any = None) -> None:
