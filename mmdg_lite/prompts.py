@@ -152,7 +152,7 @@ def prompt_aware_guidance(references: Tensor, reference_prompts: Sequence[str],
     if "prompt_kernel" in guidance_kwargs:
         raise TypeError("give prompt_bandwidth=, not prompt_kernel= (the kernel is built here)")
     rp = _encode(encoder, reference_prompts, "reference_prompts")
-    n_ref = len(references) if hasattr(references, "__len__") else None
+    n_ref = len(references) if hasattr(references, "__len__") and getattr(references, "ndim", 1) > 0 else None
     if n_ref is not None and n_ref != len(rp):
         raise ValueError(f"reference_prompts has {len(rp)} prompts but references has {n_ref} "
                          "samples; give one prompt per reference, in the same order")

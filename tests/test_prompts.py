@@ -298,3 +298,11 @@ def test_sample_with_prompts_checks_the_prompts_of_a_chained_guidance_members(wo
                             guidance=ChainedGuidance(prompt_aware_guidance(refs, rprompts, enc, prompts[:3])))
     same = prompt_aware_guidance(refs, rprompts, enc, prompts, kernel=GaussianKernel(0.7))
     assert sample_with_prompts(model, prompts, enc, guidance=ChainedGuidance(same), num_steps=2).shape == (4, 2)
+
+
+def test_prompt_aware_guidance_names_a_scalar_reference_tensor(world):
+    """A 0-d references tensor raised torch's bare 'len() of a 0-d tensor' before MMDGuidance's check."""
+    enc = world.encoder()
+    _, rprompts = world.references(PAIRED_STYLES, 2)
+    with pytest.raises(ValueError, match=r"^references must have shape \(n, D\).*got shape \(\)"):
+        prompt_aware_guidance(torch.tensor(1.0), rprompts, enc)
