@@ -595,7 +595,8 @@ def test_prompt_features_that_l2_normalisation_collapses_are_refused_at_construc
         MMDGuidance(y, reference_prompts=labels)
     onehot = torch.eye(3)[[0, 0, 1, 1, 2, 2]]
     with pytest.raises(ValueError, match=r"sample_prompts must be non-zero vectors.*row\(s\) \[1\]"):
-        MMDGuidance(y, reference_prompts=onehot, sample_prompts=torch.eye(3)[[0, 1, 2]] * torch.tensor([[1.0], [0], [1]]))
+        MMDGuidance(y, reference_prompts=onehot,
+                    sample_prompts=torch.eye(3)[[0, 1, 2]] * torch.tensor([[1.0], [0], [1]]))
     bad = onehot.clone()
     bad[4] = 0
     with pytest.raises(ValueError, match=r"reference_prompts must be non-zero vectors.*row\(s\) \[4\]"):
@@ -645,7 +646,8 @@ def test_a_hand_loops_bad_sample_index_is_named(index, got):
                         sample_prompts=torch.eye(3)[[0, 1, 2, 2]], kernel=GaussianKernel(1.0))
     state = make_state(B=3)
     state.sample_index = index
-    with pytest.raises(ValueError, match=rf"sample_index, a \(3,\) long tensor of the samples' indices >= 0.*got {got}$"):
+    want = rf"sample_index, a \(3,\) long tensor of the samples' indices >= 0.*got {got}$"
+    with pytest.raises(ValueError, match=want):
         guide(state)
     state.sample_index = torch.tensor([0, 1, 3])
     assert guide(state).shape == (3, 3)
@@ -658,10 +660,10 @@ def test_integer_prompts_get_one_hot_advice_not_float():
 
     y = refs(N=4)
     for labels in (torch.tensor([0, 0, 1, 1]), np.array([0, 0, 1, 1]), torch.tensor([[0], [0], [1], [1]])):
-        with pytest.raises(TypeError, match=r"^reference_prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
+        with pytest.raises(TypeError, match=r"^reference_prompts must be prompt.*integers.*torch\.eye\(C\)\[labels\]"):
             MMDGuidance(y, reference_prompts=labels)
     onehot = torch.eye(2)[[0, 0, 1, 1]]
-    with pytest.raises(TypeError, match=r"^sample_prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
+    with pytest.raises(TypeError, match=r"^sample_prompts must be prompt.*got integers.*torch\.eye\(C\)\[labels\]"):
         MMDGuidance(y, reference_prompts=onehot, sample_prompts=torch.tensor([0, 1]))
-    with pytest.raises(TypeError, match=r"got integers \(dtype torch.int64, shape \(4, 2\)\): reference_prompts\.float\(\)$"):
+    with pytest.raises(TypeError, match=r"integers \(dtype torch.int64, shape \(4, 2\)\): reference_prompts\.float\(\)$"):
         MMDGuidance(y, reference_prompts=onehot.long())

@@ -290,8 +290,9 @@ def test_sample_with_prompts_checks_the_prompts_of_a_chained_guidance_members(wo
     prompts = ["cat", "cat", "car", "dog"]
     model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
     other = prompt_aware_guidance(refs, rprompts, enc, prompts[::-1])
-    for guide in (ChainedGuidance(other), ChainedGuidance(CoverageGate(other)), ChainedGuidance(ChainedGuidance(other))):
-        with pytest.raises(ValueError, match=r"sample_prompts differ from prompts \(first at row 0: prompts\[0\] = 'cat'"):
+    for guide in (ChainedGuidance(other), ChainedGuidance(CoverageGate(other)),
+                  ChainedGuidance(ChainedGuidance(other))):
+        with pytest.raises(ValueError, match=r"sample_prompts differ from prompts \(first at row 0: prompts\[0\] = 'cat"):
             sample_with_prompts(model, prompts, enc, guidance=guide, num_steps=2)
     with pytest.raises(ValueError, match=r"the guidance holds 3 sample_prompts but prompts has 4"):
         sample_with_prompts(model, prompts, enc, num_steps=2,

@@ -290,9 +290,9 @@ def test_prompt_aware_guidance_without_a_prompt_for_every_sample_is_refused_befo
     with pytest.raises(ValueError, match=r"sample_prompts has 6 rows.*n=4 samples from index first_index=3"):
         sample(den, 4, 2, num_steps=20, guidance=ChainedGuidance(short), first_index=3)
     by_cond = MMDGuidance(refs, reference_prompts=rp, start=0.5)
-    with pytest.raises(ValueError, match=r"needs each sample's prompt features: build it with sample_prompts=, or pass cond="):
+    with pytest.raises(ValueError, match=r"needs each sample's prompt features: build it with sample_prompts=, or pass"):
         sample(den, 12, 2, num_steps=20, guidance=CoverageGate(by_cond))
-    with pytest.raises(ValueError, match=r"cond has 5 features per sample \(shape \(12, 5\)\) but reference_prompts has 3"):
+    with pytest.raises(ValueError, match=r"cond has 5 features per sample \(shape \(12, 5\)\) but reference_prompts has"):
         sample(den, 12, 2, num_steps=20, guidance=by_cond, cond=torch.ones(12, 5))
     assert not calls
     sample(den, 3, 2, num_steps=4, guidance=short, first_index=3)

@@ -459,7 +459,8 @@ class MMDGuidance:
             integer = isinstance(index, Tensor) and not (index.dtype.is_floating_point or index.dtype.is_complex
                                                          or index.dtype == torch.bool)
             if not integer or index.shape != (n,) or int(index.min()) < 0:  # negative: a prompt from the end
-                got = f"shape {tuple(index.shape)}, {index.dtype}" if isinstance(index, Tensor) else type(index).__name__
+                got = (f"shape {tuple(index.shape)}, {index.dtype}" if isinstance(index, Tensor)
+                       else type(index).__name__)
                 if integer and index.shape == (n,):
                     got += f", smallest {int(index.min())}"
                 raise ValueError(f"sample_prompts are picked by the state's sample_index, a ({n},) long tensor of the "
