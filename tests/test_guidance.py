@@ -667,3 +667,30 @@ def test_integer_prompts_get_one_hot_advice_not_float():
         MMDGuidance(y, reference_prompts=onehot, sample_prompts=torch.tensor([0, 1]))
     with pytest.raises(TypeError, match=r"integers \(dtype torch.int64, shape \(4, 2\)\): reference_prompts\.float\(\)$"):
         MMDGuidance(y, reference_prompts=onehot.long())
+
+
+def test_a_prompt_aware_memory_refuses_samples_without_their_prompts():
+    """remember(x0) before any guided step stored samples without prompts (the next step failed
+    in torch.cat: 'expected Tensor as element 1 ... got NoneType'), and remembering more samples
+    than the chunk just guided paired them with too few prompt rows. remember(x0, prompts) seeds
+    a prompt-aware memory; the seeded memory then guides as an autograd oracle says."""
+    from mmdg_lite.kernels import ProductKernel
+    from mmdg_lite.mmd import mmd2_grad_autograd
+
+    f32, kz = torch.float32, GaussianKernel(1.0)
+    y, rp = refs(N=6, D=2).to(f32), torch.eye(3, dtype=f32)[[0, 0, 1, 1, 2, 2]]
+    guide = MMDGuidance(y, kernel=kz, reference_prompts=rp, sample_prompts=torch.eye(3, dtype=f32),
+                        generated_set="memory", prompt_weighting="joint")
+    seed = torch.randn(2, 2, generator=torch.Generator().manual_seed(3)).to(f32)
+    with pytest.raises(ValueError, match=r"needs prompts of shape \(2, 3\), one row per row of x0; got none"):
+        guide.remember(seed)
+    with pytest.raises(ValueError, match=r"needs prompts of shape \(2, 3\).*got shape \(1, 3\)"):
+        guide.remember(seed, rp[:1])
+    with pytest.raises(ValueError, match="no reference_prompts"):
+        MMDGuidance(y, generated_set="memory").remember(seed, rp[:2])
+    guide.remember(seed, rp[[0, 2]])
+    z = torch.randn(1, 2, generator=torch.Generator().manual_seed(4)).to(f32)
+    got = guide.gradient(z, rp[:1])
+    want = mmd2_grad_autograd(torch.cat([z, seed]), y, ProductKernel(GaussianKernel(0.3), kz),
+                              x_prompts=rp[[0, 0, 2]], y_prompts=rp)[:1]
+    torch.testing.assert_close(got, want)

@@ -293,9 +293,21 @@ class MMDGuidance:
         self._remembered = False  # memory mode: remember() called since the chunk began
         self.history: list[dict[str, float]] = []
 
-    def remember(self, x0: Tensor) -> None:
-        """Memory mode: append finished samples (the sampler calls this after each chunk)."""
-        self.generated.remember(x0, self._last_prompts)
+    def remember(self, x0: Tensor, prompts: Tensor | None = None) -> None:
+        """Memory mode: append finished samples (the sampler calls this after each chunk). A
+        prompt-aware memory pairs them with ``prompts`` (n, P), by default those of the chunk just
+        guided; samples without them (a memory seeded before any step) are refused."""
+        rp = self.reference_set.prompts
+        if rp is None and prompts is not None:
+            raise ValueError("prompts were given but this guidance has no reference_prompts")
+        if rp is not None:
+            prompts = self._last_prompts if prompts is None else check_points(prompts, "prompts")
+            if prompts is None or prompts.shape != (len(x0), rp.shape[1]):
+                got = "none" if prompts is None else f"shape {tuple(prompts.shape)}"
+                raise ValueError(f"a prompt-aware memory pairs each finished sample with its prompt features: "
+                                 f"remember(x0, prompts) needs prompts of shape ({len(x0)}, {rp.shape[1]}), one row "
+                                 f"per row of x0; got {got} (without prompts=, those of the chunk just guided)")
+        self.generated.remember(x0, prompts)
         self._remembered = True
 
     # -- the correction ----------------------------------------------------------------------------
