@@ -310,7 +310,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
         from .images import load_reference_folder
         from .images.display import save_grid
         from .pipelines import encode_images, pipeline_guidance, pipeline_image_size
-        from .pipelines.adapt import generate, latent_mmd2, load_pipeline
+        from .pipelines.adapt import check_text_to_image, generate, latent_mmd2, load_pipeline
 
         if args.quiet:  # diffusers' and transformers' own loading bars and notices too
             _silence_libraries()
@@ -319,6 +319,10 @@ def _run_adapt(args: argparse.Namespace) -> int:
         except Exception as err:  # any loading failure: say which model and why
             raise _BadInput(f"--model: cannot load {model!r} as a diffusers pipeline "
                             f"({type(err).__name__}: {_shorten(str(err))})") from None
+        try:
+            check_text_to_image(pipe)
+        except ValueError as err:
+            raise _BadInput(f"--model: {model!r}: {err}") from None
         _check_steps(pipe.scheduler, args.steps, model)
         size = pipeline_image_size(pipe)
         try:

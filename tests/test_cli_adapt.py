@@ -336,3 +336,25 @@ def test_adapt_metrics_name_a_relative_model_folder_absolutely(model, refs, tmp_
                      "--num-images", "1", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["model"] == str(model.resolve()) and m["references"] == str(refs.resolve())
+
+
+@pytest.mark.parametrize("kind", ["StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"])
+def test_adapt_refuses_a_pipeline_that_needs_an_input_image(model, refs, tmp_path, capsys, kind):
+    """An img2img / inpainting pipeline folder loaded, the references were encoded, and then
+    diffusers failed with 'Input is in incorrect format' (exit 1): mmdg adapt samples from text
+    only, so it is a --model input error naming the pipeline, before any sampling."""
+    import diffusers
+
+    from mmdg_lite.pipelines.adapt import generate
+
+    base = tiny_sd_pipeline()
+    pipe = getattr(diffusers, kind)(**base.components)
+    folder = tmp_path / "image_pipe"
+    pipe.save_pretrained(folder)
+    assert adapt(folder, refs, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and kind in err and "needs an input image" in err and "incorrect format" not in err
+    assert leftovers(tmp_path) == ["image_pipe"]
+    with pytest.raises(ValueError, match=f"{kind} needs an input image"):
+        generate(pipe, "a red square", 1, steps=1, progress=False)
+    generate(base, "a red square", 1, steps=1, progress=False)  # the text-to-image pipeline still runs

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from ..sampling import guidance_hooks
 from .encoding import _check_prompts, encode_images, pipeline_image_size
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, _check_batch, _check_prompts_match, eval_points
 
-__all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path"]
+__all__ = ["EMBEDDED_PIPELINE", "load_pipeline", "generate", "latent_mmd2", "looks_like_path", "check_text_to_image"]
 
 # The embedded text-to-image pipeline (scripts/train_sd_pipeline.py builds it).
 EMBEDDED_PIPELINE = data_path("sd", "shapes_pipeline")
@@ -81,12 +82,26 @@ def load_pipeline(model: str | Path, *, device: str | None = None,
     return pipe.to(device)
 
 
+def check_text_to_image(pipe: Any) -> None:
+    """Refuse a pipeline whose call needs an input image (img2img, inpainting, ControlNet: an
+    ``image`` argument): ``generate`` and ``mmdg adapt`` sample from prompts only, and such a
+    pipeline failed only after the references were encoded, with diffusers' 'Input is in
+    incorrect format'. Use the hooks with that pipeline's own call instead."""
+    call = getattr(pipe, "__call__", None)
+    if callable(call) and "image" in inspect.signature(call).parameters:
+        raise ValueError(f"{type(pipe).__name__} needs an input image (its call takes image=); generate and "
+                         "mmdg adapt sample from text only (StableDiffusionPipeline, StableDiffusionXLPipeline): "
+                         "load the text-to-image pipeline, or call this one yourself with callback_on_step_end="
+                         "MMDGuidanceCallback(guidance).watch(pipe) or inside GuidedSchedulerStep(pipe, guidance)")
+
+
 def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int, *, guidance: Any = None,
              steps: int = 30, guidance_scale: float = 5.0, seed: int = 0, progress: bool = True,
              size: int | None = None) -> tuple[Tensor, float]:
     """Images (N, 3, H, W) in [-1, 1], N = len(prompts) * num_images_per_prompt, and the wall time.
     ``prompts``: a list of prompts, or one prompt as a str. ``guidance`` (an MMDGuidance) runs
     through the callback for eval points x_t / x_prev and the step wrapper for x0_hat."""
+    check_text_to_image(pipe)
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1)
     check_int(steps, "steps", 1)
