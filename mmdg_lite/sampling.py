@@ -407,17 +407,34 @@ def sigma_scaled(sched: Any) -> bool:
         and float(getattr(sched, "init_noise_sigma", 1.0)) > 1.0
 
 
+# config flags by which a DDPM-normalised multistep scheduler (DPM-Solver, DEIS, ...) spaces its sigmas
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+def _own_sigma_spacing(sched: Any, timesteps: Tensor) -> bool:
+    """Whether ``sched`` keeps DDPM-normalised latents with sigmas of its own spacing (DPM-Solver
+    with Karras, exponential, beta or Lu lambda sigmas): its timesteps are rounded from those
+    sigmas, so alphas_cumprod[t] is not the noise level its step uses (x0_hat was off by ~1e-2)."""
+    sigmas, config = getattr(sched, "sigmas", None), getattr(sched, "config", None)
+    return sigmas is not None and len(sigmas) == len(timesteps) + 1 \
+        and any(bool(getattr(config, flag, False)) for flag in _SIGMA_SPACINGS)
+
+
 def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
     """(alpha_bar, c_in) at step i of ``timesteps`` (i = len means the end of the run).
 
     Sigma-scaled schedulers (``sigma_scaled``: Euler, Karras; x_t = x_0 + sigma eps): alpha_bar =
     1/(1 + sigma^2) and c_in = 1/sqrt(1 + sigma^2), the factor scale_model_input applies. The
     others (DDPM, DDIM, DPM-Solver): alpha_bar = alphas_cumprod[t] (the scheduler's final value,
-    or 1, at the end) and c_in = 1.
+    or 1, at the end) and c_in = 1; but 1/(1 + sigma^2), as its own step reads it, for one whose
+    config spaces its sigmas itself (``use_karras_sigmas`` and the like: timesteps rounded from them).
     """
     if sigma_scaled(sched):
         sigma = float(sched.sigmas[i])
         return 1.0 / (1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + sigma * sigma)
+    if _own_sigma_spacing(sched, timesteps):
+        sigma = float(sched.sigmas[i])  # DDPM-normalised: alpha_t = 1/sqrt(1 + sigma^2), as the scheduler's own
+        return 1.0 / (1.0 + sigma * sigma), 1.0
     if i < len(timesteps):
         return float(sched.alphas_cumprod[int(timesteps[i])]), 1.0
     final = getattr(sched, "final_alpha_cumprod", None)

@@ -1010,3 +1010,40 @@ def test_sample_prompts_of_a_chained_hook_must_match_the_pipeline_batch(sd):
         with pytest.raises(ValueError, match="sample_prompts has 4 rows but the pipeline's batch has 2 latents"):
             run(sd, cb, prompt=[PROMPT, "a blue square"], num_images_per_prompt=1, steps=2)
         run(sd, cb, prompt=[PROMPT, "a blue square"], num_images_per_prompt=2, steps=2)  # these 4 rows: fine
+
+
+@pytest.mark.parametrize("spacing", ["use_karras_sigmas", "use_exponential_sigmas", "use_lu_lambdas"])
+def test_dpm_solver_x0_hat_with_its_own_sigma_spacing_is_the_schedulers_x0(sd, spacing):
+    """DPM-Solver with Karras (exponential, Lu lambda) sigmas rounds its timesteps from them, so
+    alphas_cumprod[t] is not the noise level its step uses: the hooks' x0_hat was off the
+    scheduler's own x0 prediction (convert_model_output) by ~1e-2. An img2img run (strength 0.5,
+    steps from the middle of the schedule) through the step wrapper."""
+    import copy
+
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline
+
+    from mmdg_lite.guidance.eval_point import EvalPoint
+
+    pipe = StableDiffusionImg2ImgPipeline(**{**sd.components, "scheduler": DPMSolverMultistepScheduler.from_config(
+        sd.scheduler.config, **{spacing: True})})
+    pipe.set_progress_bar_config(disable=True)
+    sched, x0s = pipe.scheduler, []
+    original = sched.step
+
+    def step(model_output, timestep, sample, *args, **kwargs):  # oracle: the scheduler's own x0
+        trial = copy.deepcopy(sched)
+        if trial.step_index is None:
+            trial._init_step_index(timestep)
+        x0s.append(trial.convert_model_output(model_output, sample=sample))
+        return original(model_output, timestep, sample, *args, **kwargs)
+
+    step.__signature__ = inspect.signature(original)
+    sched.step = step
+    spy = Spy(eval_point="x0_hat")
+    with GuidedSchedulerStep(pipe, spy):
+        pipe([PROMPT] * 2, image=(red_images(2) + 1) / 2, strength=0.5, num_inference_steps=8, guidance_scale=3.0,
+             generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert [s.step_index for s in spy.states] == [4, 5, 6, 7] and len(x0s) == 4
+    for state, x0 in zip(spy.states, x0s):
+        z = EvalPoint("x0_hat").locate(state, torch.float64).z
+        assert torch.allclose(z, x0.reshape(2, -1).double(), atol=1e-4)
