@@ -1047,3 +1047,69 @@ def test_dpm_solver_x0_hat_with_its_own_sigma_spacing_is_the_schedulers_x0(sd, s
     for state, x0 in zip(spy.states, x0s):
         z = EvalPoint("x0_hat").locate(state, torch.float64).z
         assert torch.allclose(z, x0.reshape(2, -1).double(), atol=1e-4)
+
+
+def _inpaint_pipeline(sd, channels):
+    """An inpainting pipeline of the tiny SD's components: its 4-channel UNet (the pipeline blends
+    the kept region back in after each step) or a 9-channel inpainting UNet (latents, mask and
+    masked-image latents in; nothing blended)."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    parts = dict(sd.components)
+    if channels == 9:
+        torch.manual_seed(0)
+        parts["unet"] = UNet2DConditionModel.from_config({**sd.unet.config, "in_channels": 9}).eval()
+    pipe = StableDiffusionInpaintPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class _Shift(Spy):
+    """A hook that adds 1 to every latent (and records the states)."""
+
+    def __call__(self, state):
+        self.states.append(state)
+        return state.x_prev + 1
+
+
+@pytest.mark.parametrize("hook, channels", [("callback", 4), ("callback", 9), ("wrapper", 9)])
+def test_inpainting_guidance_stays_inside_the_mask(sd, hook, channels):
+    """Inpainting: the correction changed the region the mask keeps. With a 4-channel UNet the
+    callback runs after the pipeline blends the image back in, so the last step's correction
+    stayed in the output; with a 9-channel UNet nothing is blended and both hooks moved the
+    kept region at every step. Each step's correction is now the hook's inside the mask and 0
+    outside it, and the 4-channel pipeline's kept region is the unguided call's, bit for bit.
+    (The wrapper in a 4-channel pipeline was right already: the pipeline blends after its step.)"""
+    pipe = _inpaint_pipeline(sd, channels)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1.0  # white: repaint; black: keep
+    inside = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    inside[..., 4:12, 4:12] = True  # the mask at the latents' resolution (VAE factor 2)
+    kw = dict(image=(red_images(2) + 1) / 2, mask_image=mask, num_inference_steps=3, guidance_scale=3.0,
+              output_type="latent", height=32, width=32)
+
+    def call(g):
+        gen = torch.Generator().manual_seed(0)
+        if g is None:
+            return pipe([PROMPT] * 2, generator=gen, **kw).images
+        if hook == "callback":
+            with MMDGuidanceCallback(g).watch(pipe) as cb:
+                return pipe([PROMPT] * 2, generator=gen, callback_on_step_end=cb, **kw).images
+        with GuidedSchedulerStep(pipe, g):
+            return pipe([PROMPT] * 2, generator=gen, **kw).images
+
+    shift = _Shift(eval_point="x_prev")
+    call(shift)
+    for before, after in zip(shift.states, shift.states[1:]):  # the latents the next step starts from
+        if channels == 9 or hook == "callback":  # (4 channels, wrapper: the pipeline blends after the step)
+            delta = after.x_t - before.x_prev
+            assert torch.equal(torch.where(inside, 0.0, delta), torch.zeros_like(delta))
+            assert torch.allclose(torch.where(inside, delta, 1.0), torch.ones_like(delta))
+    base = call(None)
+    guided = call(MMDGuidance(encode_images(pipe, red_images()), strength=1.0, stop=1.0))
+    if channels == 4:
+        assert torch.equal(torch.where(inside, 0.0, guided), torch.where(inside, 0.0, base))
+    assert not torch.allclose(torch.where(inside, guided, 0.0), torch.where(inside, base, 0.0))
+    if hook == "callback":  # the mask is read through watch(pipe)
+        with pytest.raises(ValueError, match=r"StableDiffusionInpaintPipeline inpaints.*watch\(pipe\)"):
+            pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(_Shift(eval_point="x_prev")), **kw)

@@ -22,6 +22,12 @@ LMS with x_prev and x0_hat. Refused (``ValueError`` naming the scheduler): those
 timestep (PNDM, Heun, KDPM2: ``step`` runs twice per timestep), UniPC (its corrector rebuilds
 each sample from the one it stored before the guidance step, undoing the correction) and LMS
 with x_t (its fourth-order history turns the lagged correction into divergence).
+
+Inpainting pipelines (``prepare_mask_latents``: 4-channel UNets blended with the image, 9-channel
+inpainting UNets): the correction is applied inside the mask only (the mask binarised at 0.5,
+as the pipeline's mask processor does), so guidance never changes the region the mask keeps.
+Both hooks read the mask from the pipeline: the callback through ``watch(pipe)`` (refused
+without it), the step wrapper when it is given the pipeline, not its bare scheduler.
 """
 from __future__ import annotations
 
@@ -190,12 +196,44 @@ def _check_guidance(guidance: Any) -> None:
                          "use generated_set='batch'")
 
 
+def _inside_mask(x_prev: Tensor, guided: Tensor, mask: Tensor | None) -> Tensor:
+    """``guided`` where an inpainting pipeline's latent mask (B or 2B rows: doubled for CFG) is
+    set, ``x_prev`` where it keeps the image; ``guided`` itself without a mask."""
+    if mask is None:
+        return guided
+    n = len(x_prev)
+    if len(mask) == 2 * n:  # torch.cat([mask] * 2) under classifier-free guidance
+        mask = mask[:n]
+    if len(mask) not in (1, n) or mask.shape[2:] != x_prev.shape[2:]:
+        raise ValueError(f"the inpainting mask has shape {tuple(mask.shape)} but the latents {tuple(x_prev.shape)}: "
+                         "expected (B or 2B, 1, h, w) from the pipeline's prepare_mask_latents")
+    return torch.where(mask.to(guided.device) >= 0.5, guided, x_prev)
+
+
+def _record_mask(pipe: Any, owner: Any) -> Any:
+    """Patch ``pipe.prepare_mask_latents`` (inpainting pipelines) to store its latent mask in
+    ``owner._mask``; None for a pipeline without one."""
+    original = getattr(pipe, "prepare_mask_latents", None)
+    if not callable(original):
+        return None
+
+    @functools.wraps(original)
+    def prepare_mask_latents(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        if prepare_mask_latents._mmdg_active:  # type: ignore[attr-defined]
+            owner._mask = out[0]  # (mask, masked_image_latents)
+        return out
+
+    return _patch(pipe, "prepare_mask_latents", prepare_mask_latents)
+
+
 class MMDGuidanceCallback(PipelineCallback):
     """MMD guidance as a diffusers ``callback_on_step_end`` (paper Eq. 5 on the latents).
 
     ``pipe(prompt, callback_on_step_end=MMDGuidanceCallback(guidance).watch(pipe))``. Works with
-    any StableDiffusionPipeline / StableDiffusionXLPipeline, with or without CFG (the latents are
-    B rows either way). ``guidance.reset()`` is called at step 0 of every run. In
+    any StableDiffusionPipeline / StableDiffusionXLPipeline and their img2img and inpainting
+    variants (inpainting: ``watch(pipe)`` is required, for the mask), with or without CFG (the
+    latents are B rows either way). ``guidance.reset()`` is called at step 0 of every run. In
     ``MultiPipelineCallbacks`` list it last if another callback changes the latents: its x_t is
     the latents it returned at the previous step.
     """
@@ -219,7 +257,9 @@ class MMDGuidanceCallback(PipelineCallback):
         self._prepared: Tensor | None = None  # what prepare_latents returned (watch)
         self._prompt: tuple[Any, Any] | None = None  # (the prompt and prompt_2 check_inputs saw) (watch)
         self._prev: Tensor | None = None
-        self._watched: tuple[Any, Any, Any] | None = None
+        self._mask: Tensor | None = None  # an inpainting pipeline's latent mask (watch)
+        self._run_mask: Tensor | None = None  # the mask of the run under way
+        self._watched: tuple[Any, Any, Any, Any] | None = None
 
     def watch(self, pipe: Any) -> "MMDGuidanceCallback":
         """Record the pipeline's initial latents (the x_t of step 0) by wrapping
@@ -248,7 +288,8 @@ class MMDGuidanceCallback(PipelineCallback):
             return check(*args, **kwargs)
 
         self._watched = (pipe, _patch(pipe, "prepare_latents", prepare_latents),
-                         None if check is None else _patch(pipe, "check_inputs", functools.wraps(check)(check_inputs)))
+                         None if check is None else _patch(pipe, "check_inputs", functools.wraps(check)(check_inputs)),
+                         _record_mask(pipe, self))
         return self
 
     def unwatch(self) -> None:
@@ -256,11 +297,13 @@ class MMDGuidanceCallback(PipelineCallback):
         are again exactly what they were before ``watch`` (wrappers installed later stay)."""
         if self._watched is None:
             return
-        pipe, wrapper, check = self._watched
-        self._watched, self._prepared, self._prompt = None, None, None  # nothing recorded outlives the watch
+        pipe, wrapper, check, mask = self._watched
+        self._watched, self._prepared, self._prompt, self._mask = None, None, None, None  # nothing outlives the watch
         _unpatch(pipe, "prepare_latents", wrapper)
         if check is not None:
             _unpatch(pipe, "check_inputs", check)
+        if mask is not None:
+            _unpatch(pipe, "prepare_mask_latents", mask)
 
     def __enter__(self) -> "MMDGuidanceCallback":
         return self
@@ -288,6 +331,11 @@ class MMDGuidanceCallback(PipelineCallback):
             if self._prev is None and self.initial_latents is not None:
                 self._prev = self.initial_latents.to(latents) * float(getattr(sched, "init_noise_sigma", 1.0))
             self._prepared = None
+            self._run_mask = self._mask if watched else None  # this call's, from the pipeline it watches
+            if callable(getattr(pipeline, "prepare_mask_latents", None)) and not watched:
+                raise ValueError(f"{type(pipeline).__name__} inpaints: the callback keeps the guidance inside its "
+                                 "mask, which it reads through watch(pipe); pass callback_on_step_end="
+                                 "MMDGuidanceCallback(guidance).watch(pipe)")
             _check_run_window(pipeline, sched, self.guidance, timestep_index(sched, timestep))
             prompt, self._prompt = self._prompt, None
             if watched and prompt is not None:
@@ -304,6 +352,7 @@ class MMDGuidanceCallback(PipelineCallback):
         index = timestep_index(sched, timestep)
         with torch.enable_grad():
             out = self.guidance(_state(sched, index, x_t, latents, None, timestep))
+        out = _inside_mask(latents, out, self._run_mask)
         self._prev = out
         # the other callbacks' tensors pass through (MultiPipelineCallbacks hands this dict on)
         return {**callback_kwargs, "latents": out}
@@ -317,8 +366,9 @@ class GuidedSchedulerStep:
     eval_point "x0_hat" costs no extra UNet call. A new run (the timestep index not increasing)
     calls ``guidance.reset()``. Given a pipeline it also checks each call at ``check_inputs``,
     before the UNet: ``pipe.scheduler`` not swapped (that call would run unguided), a prompt-aware
-    guidance built for the call's prompts, references of the call's height and width. One
-    guidance wraps a scheduler at most once.
+    guidance built for the call's prompts, references of the call's height and width; and in an
+    inpainting pipeline it keeps the correction inside the call's mask. One guidance wraps a
+    scheduler at most once.
     """
 
     def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
@@ -352,6 +402,8 @@ class GuidedSchedulerStep:
         self._check: Any = None
         if self._pipe is not None and callable(getattr(self._pipe, "check_inputs", None)):
             self._check = _patch(self._pipe, "check_inputs", self._check_inputs(self._pipe.check_inputs))
+        self._mask: Tensor | None = None  # this call's inpainting mask (prepare_mask_latents)
+        self._mask_patch = _record_mask(self._pipe, self) if self._pipe is not None else None
 
     def _check_inputs(self, original: Any) -> Any:
         @functools.wraps(original)
@@ -363,6 +415,7 @@ class GuidedSchedulerStep:
                     "after GuidedSchedulerStep wrapped the old one's step, so this call would run unguided: "
                     "restore() the wrapper and build it again after swapping schedulers")
             out = original(*args, **kwargs)  # the pipeline's own checks speak first
+            self._mask = None  # a new call: its prepare_mask_latents (if any) records its own
             if check_inputs._mmdg_active:  # type: ignore[attr-defined]
                 bound = _bound_args(original, args, kwargs)
                 _check_prompts_match(self._pipe, self.guidance, bound.get("prompt"), bound.get("prompt_2"))
@@ -381,7 +434,10 @@ class GuidedSchedulerStep:
         if self._check is not None:
             _unpatch(self._pipe, "check_inputs", self._check)
             self._check = None
-        self._last = None
+        if self._mask_patch is not None:
+            _unpatch(self._pipe, "prepare_mask_latents", self._mask_patch)
+            self._mask_patch = None
+        self._last, self._mask = None, None
 
     def __enter__(self) -> "GuidedSchedulerStep":
         return self
@@ -400,6 +456,8 @@ class GuidedSchedulerStep:
             self.guidance.reset()
             if self._called:  # a pipeline call (check_inputs ran): its num_timesteps is this run's
                 _check_run_window(self._pipe, sched, self.guidance, index)
+            else:  # a loop of the user's own: no inpainting mask of an earlier call applies
+                self._mask = None
         self._called = False
         _check_batch(self.guidance, len(x_t))
         self._last = index
@@ -407,6 +465,8 @@ class GuidedSchedulerStep:
         eps = to_epsilon(sched, out, x_t, ab, c_in)
         with torch.enable_grad():
             guided = self.guidance(_state(sched, index, x_t, x_prev, eps, t))
+        if guided is not x_prev:
+            guided = _inside_mask(x_prev, guided, self._mask)
         if guided is x_prev:
             return result
         if tuple_out:
