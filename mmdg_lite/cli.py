@@ -173,6 +173,11 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return text
 
 
+# --scheduler: the diffusers schedulers guidance is checked to work with (sampling.WORKING_SCHEDULERS)
+_SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
+               "euler-ancestral": "EulerAncestralDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler"}
+
+
 def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "adapt", help="generate images steered toward a folder of reference images (MMD guidance)",
@@ -210,6 +215,10 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=_strength, default=5.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--eval-point", default="x_t", choices=("x_t", "x_prev", "x0_hat"),
                    help="where the kernel sees the sample (x0_hat runs through the scheduler-step wrapper)")
+    p.add_argument("--scheduler", default="keep", choices=("keep", *_SCHEDULERS),
+                   help="the pipeline's own scheduler (keep), or one built from its config; guidance cannot "
+                        "run through some (PNDM, Stable Diffusion 1.x's default; Heun; UniPC), which are "
+                        "refused before sampling")
     p.add_argument("--baseline", action="store_true",
                    help="also sample unguided with the same seed and report both in metrics.json")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -323,7 +332,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
             check_text_to_image(pipe)
         except ValueError as err:
             raise _BadInput(f"--model: {model!r}: {err}") from None
-        _check_steps(pipe.scheduler, args.steps, model)
+        _use_scheduler(pipe, args.scheduler, args.steps, args.eval_point, model)
         size = pipeline_image_size(pipe)
         try:
             images = load_reference_folder(refs_dir, size, 3, fit=args.fit)
@@ -393,6 +402,29 @@ def _silence_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def _use_scheduler(pipe: Any, name: str, steps: int, eval_point: str, model: str) -> None:
+    """Replace the pipeline's scheduler (``--scheduler``, from its config), check ``--steps``
+    against it and refuse one guidance cannot run through before any work: Stable Diffusion 1.x
+    ships PNDM, and the run failed only after the references were encoded and a UNet step ran."""
+    import copy
+    from types import SimpleNamespace
+
+    import diffusers
+
+    from .sampling import check_scheduler
+
+    if name != "keep":
+        pipe.scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    _check_steps(pipe.scheduler, steps, model)
+    trial = copy.deepcopy(pipe.scheduler)
+    trial.set_timesteps(steps)
+    try:
+        check_scheduler(trial, SimpleNamespace(eval_point=eval_point))
+    except ValueError as err:
+        raise _BadInput(f"--scheduler {name} ({model!r}): {err}; choose one with --scheduler "
+                        f"{', '.join(_SCHEDULERS)}") from None
+
+
 def _check_steps(scheduler: Any, steps: int, model: str) -> None:
     """--steps must give the scheduler timesteps inside its training range (a steps_offset with
     "leading" spacing shifts them up by one, so 1,000 of 1,000 steps would index past the end)."""
@@ -413,6 +445,9 @@ def _check_steps(scheduler: Any, steps: int, model: str) -> None:
     if steps <= int(n_train) and fits(steps):
         return
     top = next((k for k in range(min(steps, int(n_train)), 0, -1) if fits(k)), None)
+    if top is None:  # fewer steps do not help (PNDM's Runge-Kutta warm-up needs more than 3)
+        raise _BadInput(f"--steps {steps}: {type(scheduler).__name__} of {model!r} cannot set up {steps} or fewer "
+                        "steps; use more --steps, or another --scheduler")
     raise _BadInput(f"--steps must be at most {top} for {type(scheduler).__name__} of {model!r} "
                     f"(num_train_timesteps {n_train}, steps_offset "
                     f"{getattr(scheduler.config, 'steps_offset', 0)}); got {steps}")

@@ -358,3 +358,37 @@ def test_adapt_refuses_a_pipeline_that_needs_an_input_image(model, refs, tmp_pat
     with pytest.raises(ValueError, match=f"{kind} needs an input image"):
         generate(pipe, "a red square", 1, steps=1, progress=False)
     generate(base, "a red square", 1, steps=1, progress=False)  # the text-to-image pipeline still runs
+
+
+def test_adapt_replaces_a_scheduler_guidance_cannot_run_through(refs, tmp_path, capsys):
+    """Stable Diffusion 1.x ships PNDM, which guidance cannot run through: mmdg adapt encoded the
+    references, ran a UNet step and then failed (exit 1), and no flag could change the scheduler.
+    It is refused before sampling, naming --scheduler, which builds another from its config."""
+    from diffusers import PNDMScheduler
+
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)  # as SD 1.5's
+    folder = tmp_path / "pndm_sd"
+    pipe.save_pretrained(folder)
+    assert adapt(folder, refs, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "--scheduler keep" in err and "PNDMScheduler" in err and "--scheduler ddim" in err
+    assert leftovers(tmp_path) == ["pndm_sd"]
+    for name, kind in (("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler")):
+        assert adapt(folder, refs, tmp_path / name, "--scheduler", name) == 0
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["scheduler"] == kind
+
+
+def test_adapt_steps_a_scheduler_cannot_set_up_are_named(refs, tmp_path, capsys):
+    """PNDM with its Runge-Kutta warm-up cannot set up 3 steps (nor fewer): the --steps check
+    said '--steps must be at most None'."""
+    from diffusers import PNDMScheduler
+
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=False)
+    folder = tmp_path / "pndm_prk"
+    pipe.save_pretrained(folder)
+    assert adapt(folder, refs, tmp_path / "out", "--scheduler", "ddim") == 0  # replaced: any steps
+    assert adapt(folder, refs, tmp_path / "out2") == 2
+    err = capsys.readouterr().err
+    assert "--steps 3: PNDMScheduler" in err and "None" not in err and "another --scheduler" in err
