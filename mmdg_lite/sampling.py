@@ -178,6 +178,11 @@ UNSUPPORTED_SCHEDULERS = {
                                "guidance step, undoing the correction",
     "KDPM2DiscreteScheduler": "its second stage rebuilds each sample from the one it stored at the first, "
                               "dropping the correction (measured: a hook's shift leaves the samples as they were)",
+    "KDPM2AncestralDiscreteScheduler": "its second stage rebuilds each sample from the one it stored at the first, "
+                                       "dropping the correction (measured: a hook's shift leaves the samples as "
+                                       "they were)",
+    "DPMSolverSinglestepScheduler": "its second-order steps start from the sample it stored at the first step of "
+                                    "each pair, before the guidance step, dropping the sample's correction",
 }
 # (scheduler class, eval point) -> why that pair cannot run
 UNSUPPORTED_PAIRS = {
@@ -293,7 +298,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     the samples' dtype, so its float64 samples are another draw.
 
     With ``guidance`` the scheduler must be one the correction survives (``WORKING_SCHEDULERS``:
-    DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver++); UniPC, KDPM2, the repeating second-order
+    DDPM, DDIM, Euler, Euler-ancestral, DPM-Solver++); UniPC, KDPM2 (and ancestral), singlestep
+    DPM-Solver, the repeating second-order
     ones (Heun, PNDM) and LMS with eval point "x_t" are refused (``check_scheduler``). ``eta`` is
     DDIM's and refused elsewhere.
     """

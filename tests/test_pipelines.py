@@ -447,6 +447,8 @@ def test_embedded_pipeline_pooled_prompts_separate_shape_and_colour():
     ("HeunDiscreteScheduler", "x_t", "repeats timesteps"),
     ("UniPCMultistepScheduler", "x_prev", "corrector rebuilds"),
     ("LMSDiscreteScheduler", "x_t", "fourth-order history"),
+    ("KDPM2AncestralDiscreteScheduler", "x_prev", "second stage rebuilds"),
+    ("DPMSolverSinglestepScheduler", "x0_hat", "stored at the first step of each pair"),
 ])
 def test_schedulers_guidance_cannot_run_through_are_refused(saved, name, point, why):
     """PNDM / Heun reset the guidance mid-run (a repeated timestep looks like a new run), UniPC's
@@ -458,7 +460,7 @@ def test_schedulers_guidance_cannot_run_through_are_refused(saved, name, point, 
     refs = encode_images(pipe, red_images(4))
     g = MMDGuidance(refs, eval_point=point)
     with pytest.raises(ValueError, match=rf"MMD guidance cannot run through {name}: .*{why}.*DDIMScheduler"):
-        if point == "x_t" and name == "LMSDiscreteScheduler":
+        if point == "x0_hat" or (point == "x_t" and name == "LMSDiscreteScheduler"):
             GuidedSchedulerStep(pipe, g)  # refused when it is built
         else:
             with MMDGuidanceCallback(g).watch(pipe) as cb:
@@ -1113,3 +1115,30 @@ def test_inpainting_guidance_stays_inside_the_mask(sd, hook, channels):
     if hook == "callback":  # the mask is read through watch(pipe)
         with pytest.raises(ValueError, match=r"StableDiffusionInpaintPipeline inpaints.*watch\(pipe\)"):
             pipe([PROMPT] * 2, callback_on_step_end=MMDGuidanceCallback(_Shift(eval_point="x_prev")), **kw)
+
+
+@pytest.mark.parametrize("name, lost, kind", [("KDPM2AncestralDiscreteScheduler", 0, "epsilon"),
+                                              ("DPMSolverSinglestepScheduler", 2, "sample")])
+def test_a_correction_after_a_stored_stage_is_dropped_by_these_schedulers(sd, name, lost, kind):
+    """Why KDPM2-ancestral and singlestep DPM-Solver are refused (they ran, silently): in a plain
+    scheduler loop whose model predicts 0 (eps, or x0 where the scheduler takes it), a shift of the
+    sample after step ``lost`` (KDPM2-ancestral's first stage; DPM-Solver's order-1 step before
+    an order-2 one) leaves the next step's result as it was, where DDIM carries it on: that
+    step starts from the sample the scheduler stored before the shift."""
+    import diffusers
+
+    def next_sample(cls, shift):
+        sched = getattr(diffusers, cls).from_config(sd.scheduler.config, prediction_type=kind)
+        sched.set_timesteps(6)
+        x = torch.ones(1, 4, 2, 2) * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps[: lost + 2]):
+            x = sched.step(torch.zeros_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+            if i == lost:
+                x = x + shift
+        return x
+
+    assert (next_sample("DDIMScheduler", 0.0) != next_sample("DDIMScheduler", 1.0)).all()
+    assert torch.equal(next_sample(name, 0.0), next_sample(name, 1.0))
+    g = MMDGuidance(encode_images(sd, red_images(2)))
+    with pytest.raises(ValueError, match=f"cannot run through {name}: its "):  # (not: it repeats timesteps)
+        GuidedSchedulerStep(getattr(diffusers, name).from_config(sd.scheduler.config), g)

@@ -20,7 +20,8 @@ returns them in the pipeline's dtype. Schedulers checked to move the samples tow
 references with every eval point: DDIM, DDPM, Euler, Euler-ancestral, DPM-Solver++ multistep;
 LMS with x_prev and x0_hat. Refused (``ValueError`` naming the scheduler): those that repeat a
 timestep (PNDM, Heun, KDPM2: ``step`` runs twice per timestep), UniPC (its corrector rebuilds
-each sample from the one it stored before the guidance step, undoing the correction) and LMS
+each sample from the one it stored before the guidance step, undoing the correction), KDPM2
+ancestral and singlestep DPM-Solver (their later stage starts from a sample stored before it) and LMS
 with x_t (its fourth-order history turns the lagged correction into divergence).
 
 Inpainting pipelines (``prepare_mask_latents``: 4-channel UNets blended with the image, 9-channel
