@@ -168,3 +168,25 @@ def test_a_sigma_scaled_state_without_its_input_scales_is_refused(drop, match, p
     MMDGuidance(refs, eval_point=point)(_euler_first_step(()))  # the full state runs
     with pytest.raises(ValueError, match=match):
         MMDGuidance(refs, eval_point=point)(_euler_first_step(drop))
+
+
+def test_x0_hat_at_a_zero_snr_step_names_the_cause_and_a_way_out():
+    """A zero-terminal-SNR schedule (DDIM with rescale_betas_zero_snr and 'trailing' spacing, as
+    v-prediction models use) starts at alpha_bar = 0, where Tweedie's x0_hat divides by 0: the
+    error said only 'x0_hat needs 0 < alpha_bar_t <= 1; got 0.0', after the first UNet call,
+    with no hint that a guided window starting after that step runs."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    sched.set_timesteps(5)
+    ab, _ = noise_level(sched, sched.timesteps, 0)
+    assert ab == 0.0  # the schedule's own first noise level
+    refs = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    st = SimpleNamespace(x_t=x, x_prev=x.clone(), eps=torch.zeros_like(x), t=int(sched.timesteps[0]), step_index=0,
+                         num_steps=5, alpha_bar_t=ab, alpha_bar_prev=noise_level(sched, sched.timesteps, 1)[0],
+                         input_scale=1.0, input_scale_prev=1.0, sample_index=torch.arange(4), denoiser=None, cond=None)
+    with pytest.raises(ValueError, match=r"undefined at step 0, where alpha_bar_t = 0.*zero-terminal-SNR.*start="):
+        MMDGuidance(refs, strength=1.0, eval_point="x0_hat")(st)
+    out = MMDGuidance(refs, strength=1.0, eval_point="x0_hat", start=0.05)(st)  # the way out it names
+    assert torch.equal(out, st.x_prev)  # step 0 is outside the window: left as it was

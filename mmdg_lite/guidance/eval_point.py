@@ -61,6 +61,11 @@ class EvalPoint:
             c_prev = float(getattr(state, "input_scale_prev", 1.0))
             return _linear(state.x_prev.detach().reshape(n, -1).to(dtype) * c_prev, c_prev)
         ab = float(state.alpha_bar_t)
+        if ab == 0.0:  # x0_hat = (x_t - eps) / 0
+            raise ValueError(f"x0_hat is undefined at step {state.step_index}, where alpha_bar_t = 0 (pure noise: the "
+                             "first step of a zero-terminal-SNR schedule, rescale_betas_zero_snr=True with 'trailing' "
+                             "spacing); start the guided window after it (e.g. start=0.05) or use eval_point 'x_t' "
+                             "or 'x_prev'")
         if not 0.0 < ab <= 1.0:
             raise ValueError(f"x0_hat needs 0 < alpha_bar_t <= 1; got {ab!r} at step {state.step_index}")
         a = c_in / math.sqrt(ab)
