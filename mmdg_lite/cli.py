@@ -411,7 +411,7 @@ def _use_scheduler(pipe: Any, name: str, steps: int, eval_point: str, model: str
 
     import diffusers
 
-    from .sampling import check_scheduler
+    from .sampling import WORKING_SCHEDULERS, check_scheduler
 
     if name != "keep":
         pipe.scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(pipe.scheduler.config)
@@ -421,6 +421,8 @@ def _use_scheduler(pipe: Any, name: str, steps: int, eval_point: str, model: str
     try:
         check_scheduler(trial, SimpleNamespace(eval_point=eval_point))
     except ValueError as err:
+        if type(trial).__name__ in WORKING_SCHEDULERS:  # a working scheduler out of distinct timesteps
+            raise _BadInput(f"--steps {steps} ({model!r}): {err}") from None
         raise _BadInput(f"--scheduler {name} ({model!r}): {err}; choose one with --scheduler "
                         f"{', '.join(_SCHEDULERS)}") from None
 

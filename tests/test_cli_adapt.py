@@ -374,6 +374,9 @@ def test_adapt_replaces_a_scheduler_guidance_cannot_run_through(refs, tmp_path, 
     err = capsys.readouterr().err
     assert "--scheduler keep" in err and "PNDMScheduler" in err and "--scheduler ddim" in err
     assert leftovers(tmp_path) == ["pndm_sd"]
+    assert adapt(folder, refs, tmp_path / "out", "--scheduler", "dpm", "--steps", "1000") == 2  # t = 1 twice
+    err = capsys.readouterr().err
+    assert "--steps 1000" in err and "use fewer steps" in err and "choose one with --scheduler" not in err
     for name, kind in (("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler")):
         assert adapt(folder, refs, tmp_path / name, "--scheduler", name) == 0
         assert json.loads((tmp_path / name / "metrics.json").read_text())["scheduler"] == kind
