@@ -1142,3 +1142,27 @@ def test_a_correction_after_a_stored_stage_is_dropped_by_these_schedulers(sd, na
     g = MMDGuidance(encode_images(sd, red_images(2)))
     with pytest.raises(ValueError, match=f"cannot run through {name}: its "):  # (not: it repeats timesteps)
         GuidedSchedulerStep(getattr(diffusers, name).from_config(sd.scheduler.config), g)
+
+
+def test_generate_refuses_before_the_unet_and_leaves_the_progress_bar_as_it_was(saved):
+    """generate() set the pipeline's progress-bar config before its checks, so a refused call
+    (a bad size, guidance that does not fit) left the user's settings overwritten; and a
+    scheduler guidance cannot run through (PNDM, Stable Diffusion 1.x's default) was refused
+    by the hooks only at the first step, after a UNet call."""
+    from diffusers import PNDMScheduler
+
+    from mmdg_lite.pipelines.adapt import generate
+
+    pipe = _load(saved, "sd")
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    calls = []
+    handle = pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    pipe.set_progress_bar_config(desc="mine")
+    g = MMDGuidance(encode_images(pipe, red_images(4)))
+    with pytest.raises(ValueError, match="cannot run through PNDMScheduler"):
+        generate(pipe, PROMPT, 2, guidance=g, steps=3, progress=False)
+    with pytest.raises(ValueError, match="size must be a multiple of 8"):
+        generate(pipe, PROMPT, 2, steps=3, progress=False, size=30)
+    handle.remove()
+    assert calls == [] and pipe._progress_bar_config == {"desc": "mine"}
+    assert not {"prepare_latents", "check_inputs"} & set(pipe.__dict__) and "step" not in pipe.scheduler.__dict__

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -20,7 +21,7 @@ from torch import Tensor
 from .._resources import data_path
 from .._validation import check_int, check_nonnegative
 from ..seeding import check_seed
-from ..sampling import guidance_hooks
+from ..sampling import check_scheduler, guidance_hooks
 from .encoding import _check_prompts, encode_images, pipeline_image_size
 from .hooks import GuidedSchedulerStep, MMDGuidanceCallback, _check_batch, _check_prompts_match, eval_points
 
@@ -107,8 +108,6 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     check_int(steps, "steps", 1)
     check_nonnegative(guidance_scale, "guidance_scale")
     seed = check_seed(seed)
-    bar_config = getattr(pipe, "_progress_bar_config", None)  # the user's settings, restored below
-    pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": not progress})
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
                                   num_images_per_prompt=num_images_per_prompt, generator=generator,
@@ -124,12 +123,15 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     wrapper = callback = None
     if guidance is not None:
         _check_guidance_fits(pipe, guidance, prompts, num_images_per_prompt,
-                             (size if size is not None else pipeline_image_size(pipe)) // step, step)
+                             (size if size is not None else pipeline_image_size(pipe)) // step, step, steps)
         if eval_points(guidance) <= {"x_t", "x_prev"}:  # (a ChainedGuidance: all of its hooks')
             callback = MMDGuidanceCallback(guidance).watch(pipe)
             kwargs["callback_on_step_end"] = callback
         else:
             wrapper = GuidedSchedulerStep(pipe, guidance)
+    # after every check: a refused call left the user's progress-bar settings overwritten
+    bar_config = getattr(pipe, "_progress_bar_config", None)  # the user's settings, restored below
+    pipe.set_progress_bar_config(**{**(bar_config or {}), "disable": not progress})
     start = time.perf_counter()
     try:
         images = pipe(prompts, **kwargs).images
@@ -147,11 +149,11 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
 
 
 def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_prompt: int, side: int,
-                         step: int) -> None:
+                         step: int, steps: int) -> None:
     """Before sampling: the references' latents have the side the pipeline samples at, and a
     prompt-aware guidance was built for these prompts in this order (a count check alone let
-    guidance for other prompts pull circle samples toward square references): the hooks' own
-    checks, run here before any UNet work."""
+    guidance for other prompts pull circle samples toward square references), and the scheduler
+    is one guidance runs through at ``steps``: the hooks' own checks, run here before any UNet work."""
     for hook in guidance_hooks(guidance):
         refs = getattr(hook, "reference_set", None)
         shape = getattr(refs, "sample_shape", None)
@@ -161,6 +163,9 @@ def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_promp
                              f"references at the size you generate (load_references, or size=)")
     _check_batch(guidance, len(prompts) * per_prompt)
     _check_prompts_match(pipe, guidance, prompts)
+    trial = copy.deepcopy(pipe.scheduler)  # the hooks check the scheduler only at the first step, after a UNet call
+    trial.set_timesteps(steps)
+    check_scheduler(trial, guidance)
 
 
 def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
