@@ -69,8 +69,9 @@ def panel_grid(n: int, ncols: int = MAX_COLS, *, panel_width: float | None = Non
     Returns (fig, axes) with ``axes`` a flat list of the n Axes. The width is at most
     ``BOOK_WIDTH`` inches unless ``panel_width`` asks for more.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1 panel; got {n}")
+    from ._validation import check_int
+
+    n, ncols = check_int(n, "n", 1), check_int(ncols, "ncols", 1)  # matplotlib: 'Number of rows ...'
     if not 1 <= ncols <= MAX_COLS:
         raise ValueError(f"ncols must be between 1 and {MAX_COLS} (panels per row in the book); got {ncols}")
     ncols = min(ncols, n)
@@ -220,10 +221,20 @@ def plot_witness(fn: Callable[[torch.Tensor], torch.Tensor], xlim: tuple[float, 
     Red = positive (too many generated samples), blue = negative (missing mass).
     Returns the (n, n) values.
     """
+    from ._validation import check_int
+
+    levels = check_int(levels, "levels", 2)  # contourf needs two levels
     ax = _ax(ax)
     xx, yy, pts = grid_2d(xlim, ylim, n)
     with torch.no_grad():
-        z = to_numpy(fn(pts)).reshape(xx.shape)
+        values = to_numpy(fn(pts))
+    if values.size != len(pts):
+        raise ValueError(f"fn must map the (T, 2) grid points to (T,) values, T = {len(pts)}; got shape "
+                         f"{values.shape}")
+    z = values.reshape(xx.shape)
+    if not np.isfinite(z).all():  # matplotlib would fail on the colour scale with an unrelated message
+        raise ValueError(f"fn returned {int((~np.isfinite(z)).sum())} non-finite value(s) (NaN or inf) of "
+                         f"{z.size} on the grid; a heatmap needs finite values")
     vmax = float(np.abs(z).max()) or 1.0
     cs = ax.contourf(xx, yy, z, levels=np.linspace(-vmax, vmax, levels), cmap=cmap,
                      norm=TwoSlopeNorm(0.0, -vmax, vmax))
@@ -241,8 +252,11 @@ def plot_gram(K: ArrayLike, *, ax: Axes | None = None, title: str | None = None,
 
     Fix ``vmin``/``vmax`` (e.g. 0 and 1 for a Gaussian kernel) to compare several matrices.
     """
+    k = to_numpy(K)
+    if k.ndim != 2:  # a 3-D array would be drawn as an RGB image, silently
+        raise ValueError(f"K must be a Gram matrix of shape (n, m); got shape {k.shape}")
     ax = _ax(ax)
-    im = ax.imshow(to_numpy(K), cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
+    im = ax.imshow(k, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, shrink=0.8)
     if title:
@@ -263,6 +277,8 @@ def fit_loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
             bad = v[~(np.isfinite(v) & (v > 0))]
             raise ValueError(f"{name} must be finite and > 0 for a log-log fit; got {bad.size} other value(s), "
                              f"e.g. {float(bad[0])!r}")
+    if np.unique(xa).size < 2:  # least squares has no slope to find (LinAlgError from LAPACK)
+        raise ValueError(f"x needs at least 2 distinct values for a log-log fit; got only {float(xa[0])!r}")
     lx, ly = np.log(xa), np.log(ya)
     slope, intercept = np.polyfit(lx, ly, 1)
     return float(slope), float(intercept)

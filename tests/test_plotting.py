@@ -1,6 +1,7 @@
 """mmdg_lite.plotting: the course's palette and layout rules, and the table readers."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -193,3 +194,56 @@ def test_results_are_found_from_outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert P.find_results_dir() == shipped
     assert P.find_results_dir(tmp_path) is None  # an explicit start is searched upward only
+
+
+# ---------------------------------------------------------------- odd inputs (an instructor's probe)
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda t: torch.full((len(t),), float("nan")), r"fn returned 14400 non-finite value\(s\)"),
+    (lambda t: torch.where(t[:, 0] > 0, float("inf"), 1.0), r"non-finite value\(s\) \(NaN or inf\)"),
+    (lambda t: torch.zeros(len(t), 2), r"fn must map the \(T, 2\) grid points to \(T,\) values, T = 14400"),
+])
+def test_plot_witness_names_values_it_cannot_draw(fn, match):
+    """A NaN witness (a diverged sample in the batch) failed inside matplotlib's colour scale with
+    'vmin, vcenter, vmax must increase monotonically', an inf one with 'lower_level and upper_level
+    cannot be NaN', a (T, 2) output with numpy's 'cannot reshape array of size 28800'."""
+    with pytest.raises(ValueError, match=match):
+        P.plot_witness(fn, (-1.0, 1.0))
+    with pytest.raises(ValueError, match="levels must be an integer >= 2; got 1"):
+        P.plot_witness(lambda t: t[:, 0], (-1.0, 1.0), levels=1)
+    z = P.plot_witness(lambda t: t[:, 0] - t[:, 1], (-1.0, 1.0), n=5)  # the ordinary path still draws
+    xx, yy, _ = P.grid_2d((-1.0, 1.0), n=5)
+    assert np.allclose(z, xx - yy)
+
+
+def test_plot_gram_refuses_arrays_that_are_not_matrices():
+    """A (n, n, 3) or (n, n, 4) array was drawn as an RGB(A) image with a clipping warning, a 1-D
+    one failed with matplotlib's 'Invalid shape (4,) for image data'."""
+    for bad in (torch.rand(4, 4, 3), torch.rand(4)):
+        with pytest.raises(ValueError, match=r"K must be a Gram matrix of shape \(n, m\); got shape " + re.escape(str(tuple(bad.shape)))):
+            P.plot_gram(bad)
+    K = torch.rand(3, 5)
+    ax = P.plot_gram(K)
+    assert np.array_equal(ax.images[0].get_array(), K.numpy())
+
+
+def test_fit_loglog_slope_needs_two_distinct_x():
+    """Equal x (one sample size repeated) was a LinAlgError 'SVD did not converge' after LAPACK
+    printed 'On entry to DLASCL parameter number 4 had an illegal value'."""
+    with pytest.raises(ValueError, match=r"x needs at least 2 distinct values for a log-log fit; got only 8.0"):
+        P.fit_loglog_slope([8, 8, 8], [1.0, 2.0, 3.0])
+    slope, _ = P.fit_loglog_slope([8, 8, 32], [1.0, 1.0, 0.5])  # repeats with another x are fine
+    assert slope == pytest.approx(np.polyfit(np.log([8, 8, 32]), np.log([1.0, 1.0, 0.5]), 1)[0])
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    ({"n": 2.5}, TypeError, "n must be an integer >= 1; got float 2.5"),
+    ({"n": 3, "ncols": 2.0}, TypeError, "ncols must be an integer >= 1; got float 2.0"),
+    ({"n": 0}, ValueError, "n must be an integer >= 1; got 0"),
+])
+def test_panel_grid_names_a_count_that_is_not_an_integer(kw, err, match):
+    """A float count reached plt.subplots: 'Number of rows must be a positive integer, not 1.0'."""
+    n_figs = len(plt.get_fignums())
+    with pytest.raises(err, match=match):
+        P.panel_grid(**kw)
+    assert len(plt.get_fignums()) == n_figs, "refused before a figure is made"
