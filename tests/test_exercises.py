@@ -268,3 +268,32 @@ def test_student_script_reports_an_out_folder_it_cannot_create(tmp_path, capsys)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--out: cannot create the folder" in err and "a_file" in err, err
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- an instructor's probe of the checks
+
+def _weights_normalising_the_samples_only(sample_features, reference_features, prompt_bandwidth):
+    u = sample_features / sample_features.norm(dim=1, keepdim=True)
+    d2 = ((u[:, None, :] - reference_features[None, :, :]) ** 2).sum(-1)
+    return torch.exp(-d2 / (2 * prompt_bandwidth**2))
+
+
+def _hole_fraction_of_every_blob(images):
+    from scipy import ndimage
+
+    ink = ((images + 1) / 2).clamp(0, 1).max(1).values.numpy() > 0.5  # (N, H, W)
+    return torch.tensor([0.0 if not m.any() else 1 - m.sum() / ndimage.binary_fill_holes(m).sum() for m in ink])
+
+
+@pytest.mark.parametrize("exercise, wrong", [
+    ("nb04.eq11_prompt_weights", _weights_normalising_the_samples_only),
+    ("nb06.hole_fraction", _hole_fraction_of_every_blob),
+])
+def test_check_rejects_a_plausible_wrong_answer(exercise, wrong):
+    """Answers that skip one step of the docstring passed the check: 04.1's reference features
+    came from the toy encoder already unit-length (only the samples were rescaled), 06.2's drawn
+    shapes are one blob each (the largest-blob step never mattered)."""
+    ns, checks = _namespace(exercise)
+    ns[SOLUTIONS[exercise].__name__] = wrong
+    with pytest.raises(AssertionError):
+        exec(compile(checks, "<check>", "exec"), ns)
