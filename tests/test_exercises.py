@@ -297,3 +297,26 @@ def test_check_rejects_a_plausible_wrong_answer(exercise, wrong):
     ns[SOLUTIONS[exercise].__name__] = wrong
     with pytest.raises(AssertionError):
         exec(compile(checks, "<check>", "exec"), ns)
+
+
+def test_show_solution_prints_the_source_outside_ipython(capsys, monkeypatch):
+    """Outside a kernel (a plain Python process with IPython installed) display(Markdown(...))
+    printed '<IPython.core.display.Markdown object>', not the source its docstring promises."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from mmdg_lite.solutions import show_solution, solution_source
+
+    fn = SOLUTIONS["nb02.tweedie_x0"]
+    assert not InteractiveShell.initialized(), "this test needs a process without an IPython shell"
+    assert show_solution(fn) == solution_source(fn)
+    out = capsys.readouterr().out
+    assert "Markdown object" not in out and solution_source(fn) in out and exercise_label(fn) in out
+
+    import IPython
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # inside a kernel: Markdown, as before
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    show_solution(fn)
+    assert capsys.readouterr().out == "" and len(shown) == 1
+    assert isinstance(shown[0], IPython.display.Markdown) and solution_source(fn) in shown[0].data

@@ -87,10 +87,14 @@ def show_solution(fn: FunctionType) -> str:
     """Display a solution's source as a highlighted code block (plain text outside IPython);
     returns the source."""
     src = solution_source(fn)
-    text = f"**{exercise_label(fn)}, solution** (`mmdg_lite/solutions/{exercise_id(fn).split('.')[0]}.py`)\n\n```python\n{src}```"
+    where = f"mmdg_lite/solutions/{exercise_id(fn).split('.')[0]}.py"
     try:
+        from IPython import get_ipython
         from IPython.display import Markdown, display
-        display(Markdown(text))
     except ImportError:  # pragma: no cover - IPython ships with the notebooks extra
-        print(src)
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:  # a plain Python process: display() would
+        print(f"{exercise_label(fn)}, solution ({where})\n\n{src}", end="")  # print the object's repr
+    else:
+        display(Markdown(f"**{exercise_label(fn)}, solution** (`{where}`)\n\n```python\n{src}```"))
     return src
