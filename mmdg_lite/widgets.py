@@ -759,7 +759,7 @@ def prompt_bandwidth_explorer():
     """Explorer (iii): the prompt bandwidth sigma_p of the product kernel (notebook 04)."""
     import ipywidgets as w
 
-    return _explorer("Prompt bandwidth σ_p (product kernel, c = 3)", prompt_bandwidth_figure, {
+    return _explorer("Prompt bandwidth σ_p and strength c of the product kernel", prompt_bandwidth_figure, {
         "prompt_bandwidth": w.FloatLogSlider(value=0.3, base=10, min=-1, max=1, step=0.05,
                                              description="σ_p", continuous_update=False),
         "strength": w.FloatLogSlider(value=3.0, base=10, min=-1, max=1, step=0.1,

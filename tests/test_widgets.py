@@ -357,3 +357,21 @@ def test_explorer_redraws_in_a_plain_python_process(capsys):
         bandwidth.value = value
         assert box.children[2].value == "", box.children[2].value
     assert capsys.readouterr().out.count("Image object") == 3  # the first figure and two redraws
+
+
+# ---------------------------------------------------------------- an instructor's probe
+
+@pytest.mark.parametrize("name", ["gradient_field", "guidance", "prompt_bandwidth"])
+def test_explorer_title_states_no_value_a_control_changes(name, monkeypatch):
+    """Explorer (iii)'s title said "(product kernel, c = 3)" above its strength-c slider: moved to
+    c = 1 the explorer still claimed c = 3 (and the figure shows only sigma_p)."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    _fake_display(monkeypatch)
+    monkeypatch.setattr(W, f"{name}_figure", lambda **settings: Figure(figsize=(2, 1)))  # no sampling
+    box = getattr(W, f"{name}_explorer")()
+    title = box.children[0].value
+    sliders = [c for c in box.children[1].children if isinstance(c, ipywidgets.FloatLogSlider)]
+    assert sliders
+    for slider in sliders:
+        symbol = slider.description.replace("(", " ").replace(")", " ").split()[-1]  # "strength c" -> c
+        assert f"{symbol} = " not in title, f"{title!r} fixes {symbol}, which the {slider.description!r} slider changes"
