@@ -386,9 +386,11 @@ def explorer_grid_sweep(domain: str, *, factors: tuple[float, ...] = GRID_FACTOR
     such (images zero, rates None). Returns (arrays, metadata) for ``save_explorer_grids``.
     """
     check_choice(domain, "domain", GRID_DOMAINS)
-    if not factors or any(not isinstance(f, (int, float)) or f < 0 for f in factors) \
-            or list(factors) != sorted(set(factors)) or factors[0] != 0:
-        raise ValueError(f"factors must be increasing numbers >= 0 starting at 0; got {factors!r}")
+    from ._validation import is_real_number
+
+    if not factors or any(not is_real_number(f) or not math.isfinite(f) or f < 0 for f in factors) \
+            or list(factors) != sorted(set(factors)) or factors[0] != 0:  # inf/NaN failed after the unguided runs
+        raise ValueError(f"factors must be increasing finite numbers >= 0 starting at 0; got {factors!r}")
     if not reference_counts or list(reference_counts) != sorted(set(reference_counts)) \
             or any(isinstance(r, bool) or not isinstance(r, int) or r < 2 for r in reference_counts):
         raise ValueError(f"reference_counts must be increasing integers >= 2; got {reference_counts!r}")

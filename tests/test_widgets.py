@@ -375,3 +375,16 @@ def test_explorer_title_states_no_value_a_control_changes(name, monkeypatch):
     for slider in sliders:
         symbol = slider.description.replace("(", " ").replace(")", " ").split()[-1]  # "strength c" -> c
         assert f"{symbol} = " not in title, f"{title!r} fixes {symbol}, which the {slider.description!r} slider changes"
+
+
+@pytest.mark.parametrize("factors", [(0.0, float("inf")), (0.0, float("nan")), (0, True), (0.0, np.float64("inf"))])
+def test_grid_sweep_refuses_factors_before_sampling(factors, monkeypatch):
+    """inf or NaN factors were refused by MMDGuidance ('strength must be a finite number') only
+    after the unguided run of the first reference count (minutes per domain at the shipped size),
+    and a True factor was taken as 1."""
+    import mmdg_lite.images.adaptation as A
+
+    monkeypatch.setattr(A, "run_method", lambda *a, **k: pytest.fail("sampled before refusing the factors"))
+    with pytest.raises(ValueError, match=r"factors must be increasing finite numbers >= 0 starting at 0"):
+        W.explorer_grid_sweep("digits", factors=factors, reference_counts=(10,), n_shown=2, n_measured=2,
+                              num_steps=2)
