@@ -90,8 +90,11 @@ def legend_outside(where: Axes | Figure, *, loc: str = "right", ncol: int | None
     """A legend outside the data: right of an Axes, or below a Figure (one legend for all panels).
 
     For a Figure the handles of all its Axes are collected once per label (so a shared colour key
-    is shown once). Returns the Legend, or None when nothing is labelled.
+    is shown once). ``loc`` places an Axes' legend: "right" or "below" (a Figure's is always
+    below). Returns the Legend, or None when nothing is labelled.
     """
+    if loc not in ("right", "below"):  # anything else was drawn on the right, silently
+        raise ValueError(f"loc must be 'right' or 'below'; got {loc!r}")
     if isinstance(where, Figure):
         handles, labels = [], []
         for ax in where.axes:
@@ -368,6 +371,11 @@ def plot_proportion_table(table: ArrayLike, row_labels: Sequence[str], col_label
     if t.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"table has shape {t.shape} but got {len(row_labels)} row and "
                          f"{len(col_labels)} column labels")
+    rows, cols = t.shape
+    for cell in highlight:  # a frame outside the table would be drawn beside it, silently
+        if len(cell) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in cell) \
+                or not (0 <= cell[0] < rows and 0 <= cell[1] < cols):
+            raise ValueError(f"highlight must list (row, col) cells of the {rows} x {cols} table; got {tuple(cell)}")
     sns.heatmap(t, annot=True, fmt=fmt, cmap=cmap, vmin=0.0, vmax=vmax, cbar=False, ax=ax,
                 xticklabels=list(col_labels), yticklabels=list(row_labels), linewidths=0.5,
                 annot_kws={"fontsize": "small"})

@@ -247,3 +247,25 @@ def test_panel_grid_names_a_count_that_is_not_an_integer(kw, err, match):
     with pytest.raises(err, match=match):
         P.panel_grid(**kw)
     assert len(plt.get_fignums()) == n_figs, "refused before a figure is made"
+
+
+def test_legend_outside_refuses_a_place_it_does_not_draw():
+    """loc="left" (or "upper left", matplotlib's own names) was drawn on the right, silently."""
+    ax = P.plot_samples(torch.randn(5, 2), legend=False)
+    with pytest.raises(ValueError, match="loc must be 'right' or 'below'; got 'left'"):
+        P.legend_outside(ax, loc="left")
+    below = P.legend_outside(ax, loc="below")
+    ax.figure.canvas.draw()
+    assert below.get_window_extent().y1 <= ax.get_window_extent().y0  # under the axes
+
+
+def test_proportion_table_refuses_a_highlight_outside_the_table():
+    """A (row, col) beyond the table was framed beside the heatmap, silently (e.g. a style index
+    of another world)."""
+    t = np.array([[0.2, 0.8], [0.6, 0.4]])
+    for bad in ((2, 0), (0, -1), (0.0, 1)):
+        with pytest.raises(ValueError, match=r"highlight must list \(row, col\) cells of the 2 x 2 table"):
+            P.plot_proportion_table(t, ["a", "b"], ["x", "y"], highlight=[bad])
+    ax = P.plot_proportion_table(t, ["a", "b"], ["x", "y"], highlight=[(1, np.int64(0))])
+    frame = ax.patches[-1]
+    assert frame.get_xy() == (0, 1) and frame.get_width() == 1 == frame.get_height()
