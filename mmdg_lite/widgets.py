@@ -263,7 +263,7 @@ def prompt_bandwidth_data(prompt_bandwidth: float = 0.3, strength: float = 3.0,
     ref_cat = world.category_index(ref_prompts)
     per_prompt = torch.stack([w[:, ref_cat == c].mean(1) for c in range(C)], dim=1)  # (C, C)
     table, cols = world.style_table(x, prompts)
-    return {"samples": x, "prompts": prompts, "references": refs, "reference_prompts": ref_prompts,
+    return {"samples": x, "prompts": prompts, "references": refs.clone(), "reference_prompts": list(ref_prompts),
             "weights": per_prompt, "table": table, "columns": cols,
             "scores": world.pairing_scores(x, prompts, PAIRED_STYLES), "world": world,
             "seconds": seconds}

@@ -388,3 +388,15 @@ def test_grid_sweep_refuses_factors_before_sampling(factors, monkeypatch):
     with pytest.raises(ValueError, match=r"factors must be increasing finite numbers >= 0 starting at 0"):
         W.explorer_grid_sweep("digits", factors=factors, reference_counts=(10,), n_shown=2, n_measured=2,
                               num_steps=2)
+
+
+def test_prompt_bandwidth_data_hands_out_copies_of_its_cache():
+    """Explorer (iii) returned the cached references and reference prompts themselves: a caller
+    that changed them (zeroed the references, relabelled a prompt) changed every later run."""
+    a = W.prompt_bandwidth_data(n_per_prompt=4, num_steps=4)
+    refs, prompts = a["references"].clone(), list(a["reference_prompts"])
+    a["references"].zero_()
+    a["reference_prompts"][:] = ["car"] * len(prompts)
+    b = W.prompt_bandwidth_data(n_per_prompt=4, num_steps=4)
+    assert torch.equal(b["references"], refs) and b["reference_prompts"] == prompts
+    assert torch.equal(b["samples"], a["samples"]) and torch.equal(b["weights"], a["weights"])  # same run
