@@ -493,19 +493,22 @@ def explorer_grid_sweep(domain: str, *, factors: tuple[float, ...] = GRID_FACTOR
 
 def save_explorer_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], folder: Any = None) -> tuple[Any, Any]:
     """Write ``<folder>/<domain>.npz`` (uint8 arrays, compressed) and ``<domain>.json``
-    (everything else); ``folder`` defaults to data/explorer. Returns the two paths."""
+    (everything else); ``folder`` defaults to data/explorer. The grids are checked (and the JSON
+    made) first: a refused save leaves the files there untouched. Returns the two paths."""
     import json
     from pathlib import Path
 
     from ._resources import data_path
 
     folder = Path(folder) if folder is not None else data_path("explorer")
-    folder.mkdir(parents=True, exist_ok=True)
     check_choice(meta.get("domain"), "meta['domain']", GRID_DOMAINS)
     npz, js = folder / f"{meta['domain']}.npz", folder / f"{meta['domain']}.json"
-    np.savez_compressed(npz, images=arrays["images"], references=arrays["references"])
-    js.write_text(json.dumps(meta, indent=1) + "\n")
+    # checked before writing: a bad grid written first replaced the good one, then raised
     _validate_grids({k: np.asarray(v) for k, v in arrays.items()}, meta, str(js), meta["domain"])
+    text = json.dumps(meta, indent=1) + "\n"  # a value JSON cannot hold raises here, not after the npz
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(npz, images=arrays["images"], references=arrays["references"])
+    js.write_text(text)
     return npz, js
 
 

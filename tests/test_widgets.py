@@ -400,3 +400,25 @@ def test_prompt_bandwidth_data_hands_out_copies_of_its_cache():
     b = W.prompt_bandwidth_data(n_per_prompt=4, num_steps=4)
     assert torch.equal(b["references"], refs) and b["reference_prompts"] == prompts
     assert torch.equal(b["samples"], a["samples"]) and torch.equal(b["weights"], a["weights"])  # same run
+
+
+def test_a_refused_save_leaves_the_grids_there_untouched(tiny_grids, tmp_path):
+    """save_explorer_grids wrote the npz (and JSON) first and checked them after: a grid it then
+    refused (float images, a setting JSON cannot hold) had already replaced the good one, by
+    default the shipped data/explorer/<domain>.npz."""
+    import shutil
+
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    g = W.load_explorer_grids("digits", folder=tmp_path)
+    meta = {k: v for k, v in g.items() if k not in ("images", "references")}
+    arrays = {"images": np.array(g["images"]), "references": np.array(g["references"])}
+    with pytest.raises(ValueError, match="images must be uint8; got float32"):
+        W.save_explorer_grids({**arrays, "images": arrays["images"].astype(np.float32)}, meta, tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        W.save_explorer_grids({**arrays, "images": arrays["images"] // 2}, {**meta, "seed": object()}, tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    W.save_explorer_grids(arrays, meta, tmp_path / "again")  # a valid grid is written and reads back
+    assert np.array_equal(W.load_explorer_grids("digits", folder=tmp_path / "again")["images"], g["images"])
