@@ -320,3 +320,14 @@ def test_show_solution_prints_the_source_outside_ipython(capsys, monkeypatch):
     show_solution(fn)
     assert capsys.readouterr().out == "" and len(shown) == 1
     assert isinstance(shown[0], IPython.display.Markdown) and solution_source(fn) in shown[0].data
+
+
+def test_student_versions_do_not_point_to_removed_answers():
+    """Notebook 05's summary cited '(answer 4 below)': the instructor answers are removed from
+    the student version, so students were sent to a cell they do not have."""
+    for path in NOTEBOOKS:
+        student = MSN.student_version(_nb(path))
+        for i, cell in enumerate(student["cells"]):
+            if cell["cell_type"] == "markdown":
+                found = re.search(r"\banswers? \d", _src(cell), re.IGNORECASE)
+                assert not found, f"{path.name} cell {i} cites {found.group(0)!r}, an instructor answer"
