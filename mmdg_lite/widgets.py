@@ -183,7 +183,10 @@ def guidance_data(strength: float = 3.0, schedule: str = "constant",
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_choice(eval_point, "eval_point", EVAL_POINTS)
     check_choice(generated_set, "generated_set", GENERATED_SETS)
+    from .seeding import check_seed
+
     count = check_int(memory_n, "memory_n", 2) if generated_set == "memory" else check_int(n, "n", 2)
+    seed = check_seed(seed)  # the run caches' key: a list was "unhashable type: 'list'"
     task = _ring_task(check_int(task_seed, "task_seed", 0))
     strength = check_nonnegative(strength, "strength")
     x, seconds = _guided(strength, schedule, normalization, eval_point, generated_set,

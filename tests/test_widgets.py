@@ -3,6 +3,7 @@ against independent computations; the explorers themselves build and show a stat
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -422,3 +423,12 @@ def test_a_refused_save_leaves_the_grids_there_untouched(tiny_grids, tmp_path):
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
     W.save_explorer_grids(arrays, meta, tmp_path / "again")  # a valid grid is written and reads back
     assert np.array_equal(W.load_explorer_grids("digits", folder=tmp_path / "again")["images"], g["images"])
+
+
+@pytest.mark.parametrize("seed", [[1], {"a": 1}, {1}])
+def test_guidance_data_names_a_seed_that_is_not_an_integer(seed):
+    """An unhashable seed reached the run caches first: TypeError "unhashable type: 'list'"."""
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\); got " + re.escape(repr(seed))):
+        W.guidance_data(n=10, num_steps=2, seed=seed)
+    assert torch.equal(W.guidance_data(n=10, num_steps=2, seed=np.int64(3))["samples"],
+                       W.guidance_data(n=10, num_steps=2, seed=3)["samples"])  # numpy ints: the same run
