@@ -139,8 +139,9 @@ def _check_2d(points: np.ndarray, name: str) -> np.ndarray:
 def grid_2d(xlim: tuple[float, float], ylim: tuple[float, float] | None = None,
             n: int = 25) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """An n x n grid: meshgrid arrays XX, YY (n, n) and the points as a float32 tensor (n*n, 2)."""
-    if n < 2:
-        raise ValueError(f"n must be >= 2 grid points per axis; got {n}")
+    from ._validation import check_int
+
+    n = check_int(n, "n", 2)  # grid points per axis; a float n was numpy's "cannot be interpreted as an integer"
     ylim = xlim if ylim is None else ylim
     xx, yy = np.meshgrid(np.linspace(*xlim, n), np.linspace(*ylim, n))
     pts = torch.tensor(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=torch.float32)

@@ -269,3 +269,16 @@ def test_proportion_table_refuses_a_highlight_outside_the_table():
     ax = P.plot_proportion_table(t, ["a", "b"], ["x", "y"], highlight=[(1, np.int64(0))])
     frame = ax.patches[-1]
     assert frame.get_xy() == (0, 1) and frame.get_width() == 1 == frame.get_height()
+
+
+def test_grid_2d_names_a_point_count_that_is_not_an_integer():
+    """n=2.5 (or a slider's float) failed inside numpy.linspace: "'float' object cannot be
+    interpreted as an integer"; n=True was taken for a count."""
+    with pytest.raises(TypeError, match="n must be an integer >= 2; got float 2.5"):
+        P.grid_2d((0.0, 1.0), n=2.5)
+    with pytest.raises(TypeError, match="n must be an integer >= 2"):
+        P.grid_2d((0.0, 1.0), n=True)
+    with pytest.raises(ValueError, match="n must be an integer >= 2; got 1"):
+        P.grid_2d((0.0, 1.0), n=1)
+    xx, yy, pts = P.grid_2d((0.0, 1.0), (2.0, 4.0), n=np.int64(3))
+    assert np.array_equal(xx[0], [0.0, 0.5, 1.0]) and np.array_equal(yy[:, 0], [2.0, 3.0, 4.0]) and pts.shape == (9, 2)
