@@ -270,6 +270,14 @@ def plot_gram(K: ArrayLike, *, ax: Axes | None = None, title: str | None = None,
     return ax
 
 
+def _check_log_values(v: np.ndarray, name: str, what: str) -> None:
+    """Refuse values a log scale cannot show (matplotlib drops them from the plot silently)."""
+    if not (np.isfinite(v).all() and (v > 0).all()):
+        bad = v[~(np.isfinite(v) & (v > 0))]
+        raise ValueError(f"{name} must be finite and > 0 for a log-log {what}; got {bad.size} other value(s), "
+                         f"e.g. {float(bad[0])!r}")
+
+
 def fit_loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     """Least-squares line through (log x, log y): returns (slope, intercept), natural logs.
     x and y must be finite and > 0 (an unbiased MMD^2 estimate can be negative: plot its spread)."""
@@ -277,10 +285,7 @@ def fit_loglog_slope(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     if xa.shape != ya.shape or xa.ndim != 1 or xa.size < 2:
         raise ValueError(f"x and y need the same 1-D shape with >= 2 values; got {xa.shape}, {ya.shape}")
     for name, v in (("x", xa), ("y", ya)):
-        if not (np.isfinite(v).all() and (v > 0).all()):
-            bad = v[~(np.isfinite(v) & (v > 0))]
-            raise ValueError(f"{name} must be finite and > 0 for a log-log fit; got {bad.size} other value(s), "
-                             f"e.g. {float(bad[0])!r}")
+        _check_log_values(v, name, "fit")
     if np.unique(xa).size < 2:  # least squares has no slope to find (LinAlgError from LAPACK)
         raise ValueError(f"x needs at least 2 distinct values for a log-log fit; got only {float(xa[0])!r}")
     lx, ly = np.log(xa), np.log(ya)
@@ -302,6 +307,10 @@ def plot_loglog(x: ArrayLike, y: ArrayLike, *, yerr: ArrayLike | None = None,
     xa, ya = to_numpy(x).astype(float), to_numpy(y).astype(float)
     if xa.shape != ya.shape:
         raise ValueError(f"x and y must have the same shape; got {xa.shape} and {ya.shape}")
+    if xa.ndim != 1 or xa.size < 1:  # a 2-D array was drawn as one line per column
+        raise ValueError(f"x and y must be 1-D with at least one value; got shape {xa.shape}")
+    for name, v in (("x", xa), ("y", ya)):  # with fit=False they were left out of the plot, silently
+        _check_log_values(v, name, "plot")
     e = None if yerr is None else to_numpy(yerr).astype(float)
     if e is not None and e.shape != ya.shape:
         raise ValueError(f"yerr must have y's shape {ya.shape}, one error per point; got {e.shape}")

@@ -282,3 +282,22 @@ def test_grid_2d_names_a_point_count_that_is_not_an_integer():
         P.grid_2d((0.0, 1.0), n=1)
     xx, yy, pts = P.grid_2d((0.0, 1.0), (2.0, 4.0), n=np.int64(3))
     assert np.array_equal(xx[0], [0.0, 0.5, 1.0]) and np.array_equal(yy[:, 0], [2.0, 3.0, 4.0]) and pts.shape == (9, 2)
+
+
+def test_plot_loglog_refuses_values_a_log_axis_drops_without_a_fit():
+    """With fit=False a negative estimate (an unbiased MMD^2), a zero or a NaN was left out of the
+    log-log plot silently, and its reference line through a negative first point vanished; a 2-D
+    array was drawn as one line per column."""
+    fig, ax = plt.subplots()
+    for y, match in (([0.5, -0.2, 0.1], r"y must be finite and > 0 for a log-log plot; got 1 other value\(s\), e\.g\. -0\.2"),
+                     ([0.0, 0.2, 0.1], "y must be finite and > 0"), ([0.5, np.nan, 0.1], "y must be finite and > 0")):
+        with pytest.raises(ValueError, match=match):
+            P.plot_loglog([1, 2, 3], y, ax=ax, fit=False)
+    with pytest.raises(ValueError, match=r"x must be finite and > 0 for a log-log plot.*e\.g\. 0\.0"):
+        P.plot_loglog([0, 2, 3], [1.0, 0.5, 0.3], ax=ax, fit=False)
+    with pytest.raises(ValueError, match=r"x and y must be 1-D with at least one value; got shape \(2, 2\)"):
+        P.plot_loglog(np.ones((2, 2)), np.ones((2, 2)), ax=ax, fit=False)
+    assert len(ax.lines) == 0, "refused before drawing"
+    assert P.plot_loglog([1, 4], [1.0, 0.5], ax=ax, fit=False) is None
+    measured, ref = ax.lines[:2]
+    assert np.allclose(ref.get_ydata(), [1.0, 0.5])  # slope -1/2 through the first point
