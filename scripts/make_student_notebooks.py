@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     students = []  # every notebook is converted before any is written: an error leaves no partial set
     for path in paths:
         try:
-            nb = json.loads(path.read_text())
+            nb = json.loads(path.read_text(encoding="utf-8"))  # notebooks are UTF-8 whatever the locale
             if not isinstance(nb, dict) or "cells" not in nb:
                 raise ValueError("no cells")
         except ValueError as err:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--out: cannot create the folder {str(args.out)!r} ({err.strerror})")
     for path, student in students:
         n_stubs = sum(STUB in tags(c) for c in student["cells"])
-        (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n")
+        (args.out / path.name).write_text(json.dumps(student, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"{path.name}: {n_stubs} exercise stub(s) -> {args.out / path.name}")
     return 0
 

@@ -331,3 +331,21 @@ def test_student_versions_do_not_point_to_removed_answers():
             if cell["cell_type"] == "markdown":
                 found = re.search(r"\banswers? \d", _src(cell), re.IGNORECASE)
                 assert not found, f"{path.name} cell {i} cites {found.group(0)!r}, an instructor answer"
+
+
+def test_student_script_reads_and_writes_utf8_whatever_the_locale(tmp_path):
+    """Under a non-UTF-8 locale (LANG=C without coercion; Windows' cp1252) the script decoded the
+    notebooks with the locale's codec: '01_mmd_basics.ipynb' was refused as "not a notebook
+    ('ascii' codec can't decode byte 0xc2)"; cp1252 fails on notebook 01's byte 0x9d."""
+    import os
+    import subprocess
+    import sys
+
+    nb = NOTEBOOKS[0]
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student_notebooks.py"), "--out",
+                          str(tmp_path / "c"), str(nb)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert MSN.main(["--out", str(tmp_path / "utf8"), str(nb)]) == 0
+    written = (tmp_path / "c" / nb.name).read_bytes()
+    assert written == (tmp_path / "utf8" / nb.name).read_bytes() and "σ".encode() in written
