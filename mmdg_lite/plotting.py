@@ -339,6 +339,9 @@ def plot_prompt_samples(points: ArrayLike, labels: Sequence[str], *, references:
     """
     ax = _ax(ax)
     p = _check_2d(to_numpy(points), "points")
+    for name, value in (("labels", labels), ("reference_labels", reference_labels), ("order", order)):
+        if isinstance(value, str):  # list("cat") is ['c', 'a', 't']: one prompt per letter, silently
+            raise TypeError(f"{name} must be a sequence of prompts, one per point; got the string {value!r}")
     labels = list(labels)
     if len(labels) != len(p):
         raise ValueError(f"labels has {len(labels)} entries but points has {len(p)}; one per point")

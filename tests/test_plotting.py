@@ -301,3 +301,17 @@ def test_plot_loglog_refuses_values_a_log_axis_drops_without_a_fit():
     assert P.plot_loglog([1, 4], [1.0, 0.5], ax=ax, fit=False) is None
     measured, ref = ax.lines[:2]
     assert np.allclose(ref.get_ydata(), [1.0, 0.5])  # slope -1/2 through the first point
+
+
+def test_prompt_samples_refuse_one_string_for_the_labels():
+    """plot_prompt_samples(x, "cat") for 3 points coloured them as prompts 'c', 'a' and 't'
+    (list("cat")), silently; a string order or reference_labels were split the same way."""
+    pts = np.zeros((3, 2))
+    fig, ax = plt.subplots()
+    for kw in ({"labels": "cat"}, {"labels": ["cat"] * 3, "order": "cat"},
+               {"labels": ["cat"] * 3, "references": np.ones((3, 2)), "reference_labels": "cat"}):
+        name = [k for k, v in kw.items() if isinstance(v, str)][0]
+        with pytest.raises(TypeError, match=rf"{name} must be a sequence of prompts, one per point; got the string 'cat'"):
+            P.plot_prompt_samples(pts, ax=ax, **kw)
+    P.plot_prompt_samples(pts, ("cat", "dog", "cat"), ax=ax, legend=True)  # a tuple is a sequence
+    assert ax.get_legend_handles_labels()[1] == ["prompt 'cat'", "prompt 'dog'"]
