@@ -154,6 +154,8 @@ def plot_samples(generated: ArrayLike | None = None, reference: ArrayLike | None
                  legend: bool = True) -> Axes:
     """Scatter generated points (dots in the ``role``'s colour) over reference points (orange
     crosses, drawn underneath), equal axes; the legend goes outside the data."""
+    if labels is not None and (isinstance(labels, str) or len(labels) != 2):  # "gr" was 'g' and 'r'
+        raise ValueError(f"labels must be a pair (generated label, reference label); got {labels!r}")
     ax = _ax(ax)
     labels = labels if labels is not None else (role, "reference")
     if reference is not None:

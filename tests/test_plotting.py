@@ -315,3 +315,13 @@ def test_prompt_samples_refuse_one_string_for_the_labels():
             P.plot_prompt_samples(pts, ax=ax, **kw)
     P.plot_prompt_samples(pts, ("cat", "dog", "cat"), ax=ax, legend=True)  # a tuple is a sequence
     assert ax.get_legend_handles_labels()[1] == ["prompt 'cat'", "prompt 'dog'"]
+
+
+@pytest.mark.parametrize("labels", [("guided",), "gr", ("a", "b", "c")])
+def test_plot_samples_labels_must_be_a_pair(labels):
+    """One label was an IndexError ('tuple index out of range') once references were drawn, a
+    string "gr" labelled the sets 'g' and 'r', a third label was ignored."""
+    with pytest.raises(ValueError, match=r"labels must be a pair \(generated label, reference label\)"):
+        P.plot_samples(torch.randn(3, 2), torch.randn(3, 2), labels=labels)
+    ax = P.plot_samples(torch.randn(3, 2), torch.randn(3, 2), labels=["mine", "theirs"], ax=plt.figure().subplots())
+    assert ax.get_legend_handles_labels()[1] == ["theirs", "mine"]  # references first, drawn underneath
