@@ -529,6 +529,10 @@ def _validate_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: 
         raise bad(f"strengths must increase from 0; got {st}")
     if not rc or rc != sorted(rc) or len(set(rc)) != len(rc):
         raise bad(f"reference_counts must increase; got {rc}")
+    fa, base = meta["factors"], meta["guidance"].get("strength") if isinstance(meta["guidance"], dict) else None
+    if len(fa) != len(st) or base is None or any(not math.isclose(s, f * base, rel_tol=1e-9, abs_tol=1e-12)
+                                                 for s, f in zip(st, fa)):  # grid_data's default: factor 1
+        raise bad(f"factors must give the strengths {st} as multiples of guidance['strength'] {base}; got {fa}")
     S, R, K = len(st), len(rc), meta["n_shown"]
     for name in ("images", "references"):
         if name not in arrays:

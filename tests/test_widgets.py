@@ -432,3 +432,21 @@ def test_guidance_data_names_a_seed_that_is_not_an_integer(seed):
         W.guidance_data(n=10, num_steps=2, seed=seed)
     assert torch.equal(W.guidance_data(n=10, num_steps=2, seed=np.int64(3))["samples"],
                        W.guidance_data(n=10, num_steps=2, seed=3)["samples"])  # numpy ints: the same run
+
+
+@pytest.mark.parametrize("factors", [[0.0, 1.0, 3.0], [0.0, 3.0]])
+def test_load_explorer_grids_refuses_factors_out_of_step_with_the_strengths(tiny_grids, tmp_path, factors):
+    """The factors were never checked against the strengths: a JSON whose factors list had another
+    length or values opened with the wrong default cell ('the calibrated strength, factor 1') or
+    an IndexError in grid_data."""
+    import json
+    import shutil
+
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "digits.json").read_text())
+    assert meta["factors"] == [0.0, 1.0]
+    meta["factors"] = factors
+    (tmp_path / "digits.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"factors must give the strengths \[0\.0, .*\] as multiples of guidance\['strength'\] .*--domain digits"):
+        W.load_explorer_grids("digits", folder=tmp_path)
