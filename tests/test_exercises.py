@@ -285,14 +285,22 @@ def _hole_fraction_of_every_blob(images):
     return torch.tensor([0.0 if not m.any() else 1 - m.sum() / ndimage.binary_fill_holes(m).sum() for m in ink])
 
 
+def _erosion_survival_without_a_blank_guard(images):
+    x = ((images + 1) / 2).clamp(0, 1)
+    eroded = -torch.nn.functional.max_pool2d(-x, kernel_size=3, stride=1, padding=1)
+    return eroded.sum((1, 2, 3)) / x.sum((1, 2, 3))  # 0/0 = NaN for a blank image
+
+
 @pytest.mark.parametrize("exercise, wrong", [
     ("nb04.eq11_prompt_weights", _weights_normalising_the_samples_only),
     ("nb06.hole_fraction", _hole_fraction_of_every_blob),
+    ("nb05.erosion_survival", _erosion_survival_without_a_blank_guard),
 ])
 def test_check_rejects_a_plausible_wrong_answer(exercise, wrong):
     """Answers that skip one step of the docstring passed the check: 04.1's reference features
     came from the toy encoder already unit-length (only the samples were rescaled), 06.2's drawn
-    shapes are one blob each (the largest-blob step never mattered)."""
+    shapes are one blob each (the largest-blob step never mattered), 05.1 had no blank image (its
+    docstring's '0 for a blank image' was unchecked: NaN passed)."""
     ns, checks = _namespace(exercise)
     ns[SOLUTIONS[exercise].__name__] = wrong
     with pytest.raises(AssertionError):
