@@ -243,3 +243,30 @@ def test_outside_reference_pattern():
     assert all(_OUTSIDE.search(s) for s in (f"see ../{shared}DESIGN.md", f"{shared}reference/method.md",
                                              "/" + "work/main/data"))
     assert not any(_OUTSIDE.search(s) for s in ("a shared helper", "homework/", "network/x", "pre-shared/x"))
+
+
+def test_rebuilt_wheel_drops_files_removed_since_the_last_build(tmp_path):
+    """``pip install .`` twice in one checkout: a file removed (or renamed) between the builds must
+    not ship in the second wheel (setuptools kept it from build/lib/ of the first build)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "mmdg_lite", src / "mmdg_lite", ignore=SKIP)
+    shutil.copytree(ROOT / "data" / "toy", src / "data" / "toy", ignore=SKIP)  # small: a fast build
+
+    def build(out: str) -> set[str]:
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+              "-q", "-w", str(tmp_path / out), str(src)])
+        (whl,) = (tmp_path / out).glob("mmdg_lite-*.whl")
+        with zipfile.ZipFile(whl) as z:
+            return set(z.namelist())
+
+    first = build("w1")
+    assert {"mmdg_lite/_data/toy/mlp_2d/training.json", "mmdg_lite/seeding.py"} <= first
+    assert (src / "build" / "lib").is_dir()  # what the second build starts from
+    (src / "data" / "toy" / "mlp_2d" / "training.json").unlink()
+    (src / "mmdg_lite" / "seeding.py").rename(src / "mmdg_lite" / "seeding_renamed.py")
+    second = build("w2")
+    assert "mmdg_lite/seeding_renamed.py" in second
+    assert sorted({"mmdg_lite/_data/toy/mlp_2d/training.json", "mmdg_lite/seeding.py"} & second) == []
