@@ -22,6 +22,8 @@ __all__ = ["ArtifactError", "MissingExtraError", "read_json", "read_config", "re
            "check_state_dict", "load_weights", "check_folder", "check_pipeline_folder", "from_pretrained"]
 
 _LFS_POINTER = b"version https://git-lfs"
+# files a model component (a folder with config.json) of a diffusers pipeline loads its weights from
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx"})
 
 
 class ArtifactError(ValueError):
@@ -182,8 +184,9 @@ def check_folder(folder: str | Path, hint: str = "") -> Path:
 def check_pipeline_folder(folder: str | Path) -> Path:
     """A diffusers pipeline folder: every component its model_index.json names has a non-empty
     folder (a missing tokenizer folder let transformers build an empty tokenizer that failed
-    only at sampling), and the libraries of those components are installed (the text encoder
-    and tokenizer need transformers: ``MissingExtraError`` names the extra that brings it)."""
+    only at sampling), every model component (a folder with config.json) a weights file, and the
+    libraries of those components are installed (the text encoder and tokenizer need
+    transformers: ``MissingExtraError`` names the extra that brings it)."""
     folder = Path(folder)
     index = read_json(folder / "model_index.json")
     if not isinstance(index, dict):
@@ -194,6 +197,12 @@ def check_pipeline_folder(folder: str | Path) -> Path:
     if missing:
         raise ArtifactError(f"{folder}: model_index.json names the component(s) {_listing(missing)}, but "
                             f"their folders are missing or empty; copy the whole pipeline folder again")
+    weightless = [name for name in parts if (folder / name / "config.json").is_file()
+                  and not any(p.suffix in _WEIGHT_SUFFIXES for p in (folder / name).iterdir())]
+    if weightless:  # diffusers' own error names a .bin file and mentions unsafe serialisation
+        raise ArtifactError(f"{folder}: the component(s) {_listing(weightless)} hold a config.json but no "
+                            f"weights file ({', '.join(sorted(_WEIGHT_SUFFIXES))}); copy the whole pipeline "
+                            "folder again")
     absent = sorted({lib for lib in parts.values() if importlib.util.find_spec(lib) is None})
     if absent:
         raise MissingExtraError(f"{folder}: the pipeline's {_listing(n for n, lib in parts.items() if lib in absent)} "

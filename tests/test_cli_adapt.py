@@ -395,3 +395,24 @@ def test_adapt_steps_a_scheduler_cannot_set_up_are_named(refs, tmp_path, capsys)
     assert adapt(folder, refs, tmp_path / "out2") == 2
     err = capsys.readouterr().err
     assert "--steps 3: PNDMScheduler" in err and "None" not in err and "another --scheduler" in err
+
+
+@pytest.mark.parametrize("component", ["unet", "text_encoder"])
+def test_a_pipeline_component_without_its_weights_file_is_named(model, tmp_path, component):
+    """A model folder that lost its weights: diffusers said a .bin file was missing and fell back to
+    pickle loading; the error names the component and the formats looked for, before loading."""
+    import shutil
+
+    from mmdg_lite._io import ArtifactError
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    (weights,) = (broken / component).glob("*.safetensors")
+    weights.unlink()
+    with pytest.raises(ArtifactError, match=rf"component\(s\) \['{component}'\] hold a config.json but no "
+                                            r"weights file \(.*\.safetensors"):
+        load_pipeline(broken, device="cpu")
+    assert cli.main(["adapt", "--model", str(broken), "--references", str(model), "--prompt", "x",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert not (tmp_path / "o").exists()
