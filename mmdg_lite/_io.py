@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ArtifactError", "MissingExtraError", "read_json", "read_config", "read_safetensors",
+__all__ = ["ArtifactError", "MissingExtraError", "import_optional", "read_json", "read_config", "read_safetensors",
            "check_state_dict", "load_weights", "check_folder", "check_pipeline_folder", "from_pretrained"]
 
 _LFS_POINTER = b"version https://git-lfs"
@@ -31,7 +31,20 @@ class ArtifactError(ValueError):
 
 
 class MissingExtraError(ImportError):
-    """A saved model needs a library that is not installed (an optional extra of mmdg_lite)."""
+    """A saved model or a module needs a library that is not installed (an optional extra of
+    mmdg_lite)."""
+
+
+def import_optional(module: str, needed_by: str) -> Any:
+    """``importlib.import_module(module)`` for a library of the notebooks extra; a missing one raises
+    ``MissingExtraError`` naming what needs it and the extra, not a bare ModuleNotFoundError."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        library = (err.name or module).split(".")[0]
+        raise MissingExtraError(f"{needed_by} needs {library}, which is not installed: pip install "
+                                "'mmdg_lite[notebooks]' (the extra for the notebooks' plots, tables and "
+                                "widgets)") from err
 
 
 def _listing(names: Iterable[Any], limit: int = 8) -> str:

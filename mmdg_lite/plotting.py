@@ -15,13 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
-from matplotlib.quiver import Quiver
+
+from ._io import import_optional
+
+import_optional("matplotlib.pyplot", "mmdg_lite.plotting")  # names the extra when it is missing
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.quiver import Quiver  # noqa: E402
 
 __all__ = ["PALETTE", "MAX_COLS", "BOOK_WIDTH", "role_color", "panel_grid", "legend_outside",
            "to_numpy", "grid_2d", "plot_samples", "plot_ring_panel", "plot_field", "plot_witness",
@@ -378,8 +382,9 @@ def plot_proportion_table(table: ArrayLike, row_labels: Sequence[str], col_label
                           cmap: str = "Blues", vmax: float = 1.0) -> Axes:
     """A (rows, cols) table of proportions as an annotated heatmap (seaborn); cells listed in
     ``highlight`` as (row, col) get a red frame (e.g. each category's target style)."""
-    import seaborn as sns
     from matplotlib.patches import Rectangle
+
+    sns = import_optional("seaborn", "plot_proportion_table")
 
     ax = _ax(ax)
     t = np.asarray(to_numpy(table), dtype=float)
@@ -425,8 +430,7 @@ def plain_log_ticks(ax: Axes) -> Axes:
 def read_markdown_table(text: str, heading: str):
     """The first markdown table under the section ``## heading`` of ``text``, as a DataFrame of
     strings (bold markers removed). Raises KeyError naming the headings that exist."""
-    import pandas as pd
-
+    pd = import_optional("pandas", "read_markdown_table")
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # Windows line endings
     text = text if text.endswith("\n") else text + "\n"  # a heading on the last line
     marker = f"## {heading}\n"
@@ -460,8 +464,7 @@ def load_results_json(stem: str, results: str | Path | None = None):
     (None, {}) with a printed note naming the command that creates it when it is missing."""
     import json
 
-    import pandas as pd
-
+    pd = import_optional("pandas", "load_results_json")
     folder = Path(results) if results is not None else find_results_dir()
     path = None if folder is None else folder / f"{stem}.json"
     if path is None or not path.is_file():

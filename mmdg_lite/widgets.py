@@ -29,7 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
+
+from ._io import import_optional
+
+import_optional("matplotlib", "mmdg_lite.widgets")  # names the extra when it is missing
+from matplotlib.figure import Figure  # noqa: E402
 
 from ._validation import check_choice, check_int, check_nonnegative, check_positive
 from .guidance import EVAL_POINTS, GENERATED_SETS, NORMALIZATIONS, SCHEDULES, MMDGuidance
@@ -697,7 +701,7 @@ def figure_png(fig: Figure):
 def _explorer(title: str, figure_fn: Callable[..., Figure], controls: dict[str, Any]):
     """Show the controls, then the figure at their current values as a plain PNG output that is
     re-drawn in place (same display id) when a control changes. Returns the controls' VBox."""
-    import ipywidgets as w
+    w = import_optional("ipywidgets", "the explorers")
     from IPython.display import display
 
     status = w.HTML(value="")
@@ -723,7 +727,7 @@ def _explorer(title: str, figure_fn: Callable[..., Figure], controls: dict[str, 
 
 def gradient_field_explorer():
     """Explorer (i): reference set, kernel, bandwidth -> guidance field and witness (notebook 01)."""
-    import ipywidgets as w
+    w = import_optional("ipywidgets", "the explorers")
 
     return _explorer("Gradient field of Eq. 6", gradient_field_figure, {
         "reference_set": w.Dropdown(options=list(REFERENCE_SETS), description="references"),
@@ -735,7 +739,7 @@ def gradient_field_explorer():
 
 def guidance_explorer():
     """Explorer (ii): the knobs of MMDGuidance on the 2-D ring model (notebook 03)."""
-    import ipywidgets as w
+    w = import_optional("ipywidgets", "the explorers")
 
     controls = {
         "strength": w.FloatLogSlider(value=3.0, base=10, min=-2.5, max=1.5, step=0.1,
@@ -769,7 +773,7 @@ def _norm_matched_strength(slider: Any) -> Callable[[Any], None]:
 
 def prompt_bandwidth_explorer():
     """Explorer (iii): the prompt bandwidth sigma_p of the product kernel (notebook 04)."""
-    import ipywidgets as w
+    w = import_optional("ipywidgets", "the explorers")
 
     return _explorer("Prompt bandwidth σ_p and strength c of the product kernel", prompt_bandwidth_figure, {
         "prompt_bandwidth": w.FloatLogSlider(value=0.3, base=10, min=-1, max=1, step=0.05,
@@ -783,7 +787,7 @@ def grid_explorer(domain: str = "digits"):
     """Explorer (iv): guidance strength x reference count over ``domain``'s precomputed image
     grids ("digits": notebook 05, "shapes": 06, "sd": 07). No sampling happens: each setting is
     looked up in data/explorer (``scripts/precompute_explorer_grids.py`` rebuilds it)."""
-    import ipywidgets as w
+    w = import_optional("ipywidgets", "the explorers")
 
     g = load_explorer_grids(domain)
     d = grid_data(domain)

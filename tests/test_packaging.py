@@ -270,3 +270,29 @@ def test_rebuilt_wheel_drops_files_removed_since_the_last_build(tmp_path):
     second = build("w2")
     assert "mmdg_lite/seeding_renamed.py" in second
     assert sorted({"mmdg_lite/_data/toy/mlp_2d/training.json", "mmdg_lite/seeding.py"} & second) == []
+
+
+def test_a_missing_notebooks_extra_is_named_with_its_install_command(monkeypatch):
+    """Without the notebooks extra (``pip install .`` alone), the plotting helpers, the explorers and
+    show_images say which extra to install, not a bare "No module named 'matplotlib'"."""
+    import importlib
+
+    import torch
+
+    from mmdg_lite._io import MissingExtraError
+
+    install = r"needs {}, which is not installed: pip install 'mmdg_lite\[notebooks\]'"
+    import mmdg_lite.widgets as widgets  # with matplotlib: imported before it is hidden below
+    from mmdg_lite.images.display import show_images
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # None in sys.modules: import raises
+    with pytest.raises(MissingExtraError, match="the explorers " + install.format("ipywidgets")):
+        widgets.gradient_field_explorer()
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingExtraError, match="show_images " + install.format("matplotlib")):
+        show_images(torch.zeros(1, 1, 4, 4))
+    for module in ("mmdg_lite.plotting", "mmdg_lite.widgets"):
+        monkeypatch.delitem(sys.modules, module)  # restored after the test
+        with pytest.raises(MissingExtraError, match=f"{module} " + install.format("matplotlib")):
+            importlib.import_module(module)

@@ -41,8 +41,9 @@ def grid_array(images: Tensor, nrow: int = 8, pad: int = 1, pad_value: int = 64)
 
 def show_images(images: Tensor, ax: Any = None, nrow: int = 8, title: str | None = None) -> Any:
     """Draw a grid of images on matplotlib axes (grey colormap for one channel)."""
-    import matplotlib.pyplot as plt
+    from .._io import import_optional
 
+    plt = import_optional("matplotlib.pyplot", "show_images")
     ax = ax if ax is not None else plt.gca()
     arr = grid_array(images, nrow)
     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
