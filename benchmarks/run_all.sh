@@ -51,7 +51,7 @@ want() {  # with arguments on the command line, run only the named benchmarks
 }
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the whole header comment
   exit 0
 fi
 NAMES=" ${BENCHMARKS[*]%%|*} "

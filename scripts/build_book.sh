@@ -9,7 +9,7 @@
 # Exits non-zero if the build fails. Fetches the widget scripts from the npm registry on first
 # use (book/_ext/vendor.py, cached in book/_vendor), so the site itself loads nothing remotely.
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the whole header comment
   exit 0
 fi
 # arguments first: a typo must not wait for (or trigger) the environment setup

@@ -7,7 +7,7 @@
 #   bash scripts/run.sh --refresh  execute every notebook *in place* (this is how the committed
 #                                  outputs are regenerated), then build the book from them
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the whole header comment
   exit 0
 fi
 # arguments first: a typo must not wait for (or trigger) the environment setup

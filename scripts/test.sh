@@ -4,7 +4,7 @@
 # Chromium (tests/test_book_site.py, tests/test_book_browser.py). Extra arguments go to the
 # unit-test run.
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # pytest would print its own help, then all ran
-  sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"  # the whole header comment
   exit 0
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"

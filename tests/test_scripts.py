@@ -352,3 +352,18 @@ def test_images_table_states_how_its_kd_is_computed(monkeypatch):
     s = float(g.std())
     oracle = kernel_distance(f / s, g / s, subset_size=6, n_subsets=20)  # min(6 samples, 8 targets, 1000)
     assert _measure(task, "stub", imgs[:6], 0.0, 0.0).kd == pytest.approx(1e3 * oracle.mean, rel=1e-6)
+
+
+@pytest.mark.parametrize("script", ["scripts/run.sh", "scripts/test.sh", "scripts/build_book.sh",
+                                    "benchmarks/run_all.sh"])
+def test_shell_script_help_is_its_whole_header_comment(script):
+    # run.sh --help printed a fixed line range that stopped mid-sentence ("... (this is how the
+    # committed") when its header grew by a line
+    lines = (ROOT / script).read_text().splitlines()[1:]  # after the shebang
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        header.append(re.sub(r"^# ?", "", line))
+    out = run("bash", script, "--help")
+    assert out.returncode == 0 and out.stdout == "\n".join(header) + "\n", out.stdout
