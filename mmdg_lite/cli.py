@@ -161,6 +161,7 @@ class _BadInput(ValueError):
 
 _seed = integer(0, 2**63, maximum_label="2**63")
 _strength = number(0.0, inclusive=True)
+_guidance_scale = number(1.0, inclusive=True)  # diffusers runs every scale below 1 as 1 (CFG off)
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -212,7 +213,9 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (must not exist or be empty; its parent must exist)")
     p.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
-    p.add_argument("--guidance-scale", type=_strength, default=5.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-scale", type=_guidance_scale, default=5.0,
+                   help="classifier-free guidance scale >= 1 (1 = off; the pipelines run every value "
+                        "below 1 as 1)")
     p.add_argument("--eval-point", default="x_t", choices=("x_t", "x_prev", "x0_hat"),
                    help="where the kernel sees the sample (x0_hat runs through the scheduler-step wrapper)")
     p.add_argument("--scheduler", default="keep", choices=("keep", *_SCHEDULERS),

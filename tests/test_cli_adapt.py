@@ -115,6 +115,7 @@ def _bad_cases(model, refs, tmp_path):
         "strength nan": (["--strength", "nan"], "--strength"),
         "guidance scale nan": (["--guidance-scale", "nan"], "--guidance-scale"),
         "guidance scale inf": (["--guidance-scale", "inf"], "--guidance-scale"),
+        "guidance scale below 1": (["--guidance-scale", "0.5"], "--guidance-scale: must be a finite number >= 1"),
         "negative seed": (["--seed", "-1"], "--seed"),
         "bad device": (["--device", "cpux"], "--device"),
         "too many steps": (["--steps", "5000"], "--steps must be at most 999 for DDIMScheduler"),
@@ -136,7 +137,8 @@ def _huge_folder(tmp_path):
                                   "missing references", "unreadable references", "prompt count",
                                   "missing prompts file", "zero images", "negative images",
                                   "negative strength", "strength not a number", "strength nan",
-                                  "guidance scale nan", "guidance scale inf", "negative seed", "bad device",
+                                  "guidance scale nan", "guidance scale inf", "guidance scale below 1",
+                                  "negative seed", "bad device",
                                   "too many steps", "steps past the offset", "huge reference"])
 def test_adapt_bad_input_exits_nonzero_and_writes_nothing(model, refs, tmp_path, capsys, case):
     work = tmp_path / "work"

@@ -1166,3 +1166,22 @@ def test_generate_refuses_before_the_unet_and_leaves_the_progress_bar_as_it_was(
     handle.remove()
     assert calls == [] and pipe._progress_bar_config == {"desc": "mine"}
     assert not {"prepare_latents", "check_inputs"} & set(pipe.__dict__) and "step" not in pipe.scheduler.__dict__
+
+
+def test_generate_refuses_a_cfg_scale_below_one_which_the_pipeline_runs_as_one(sd):
+    """diffusers turns classifier-free guidance off for every scale <= 1, so 0 (mmdg_lite's
+    CFGDenoiser: unconditional) or 0.5 gave exactly the images of scale 1 without a word."""
+    from mmdg_lite.pipelines.adapt import generate
+
+    def raw(scale: float) -> torch.Tensor:  # the pipeline itself, the oracle for why
+        gen = torch.Generator().manual_seed(0)
+        return sd(PROMPT, num_inference_steps=2, guidance_scale=scale, generator=gen, output_type="pt",
+                  height=32, width=32).images
+
+    assert torch.equal(raw(0.0), raw(1.0)) and torch.equal(raw(0.5), raw(1.0))
+    assert not torch.equal(raw(1.5), raw(1.0))
+    for scale in (0.0, 0.5, 0.999):
+        with pytest.raises(ValueError, match=rf"guidance_scale must be >= 1 .*; got {scale}"):
+            generate(sd, PROMPT, 1, steps=2, guidance_scale=scale, progress=False, size=32)
+    images, _ = generate(sd, PROMPT, 1, steps=2, guidance_scale=1.0, progress=False, size=32)
+    assert images.shape == (1, 3, 32, 32)

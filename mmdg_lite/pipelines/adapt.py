@@ -101,12 +101,15 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
              size: int | None = None) -> tuple[Tensor, float]:
     """Images (N, 3, H, W) in [-1, 1], N = len(prompts) * num_images_per_prompt, and the wall time.
     ``prompts``: a list of prompts, or one prompt as a str. ``guidance`` (an MMDGuidance) runs
-    through the callback for eval points x_t / x_prev and the step wrapper for x0_hat."""
+    through the callback for eval points x_t / x_prev and the step wrapper for x0_hat.
+    ``guidance_scale``: classifier-free guidance, >= 1 (1 = off)."""
     check_text_to_image(pipe)
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1)
     check_int(steps, "steps", 1)
-    check_nonnegative(guidance_scale, "guidance_scale")
+    if check_nonnegative(guidance_scale, "guidance_scale") < 1:  # not a weaker or unconditional mix
+        raise ValueError(f"guidance_scale must be >= 1 (1 turns classifier-free guidance off; diffusers' "
+                         f"pipelines run every value below 1 as 1); got {guidance_scale!r}")
     seed = check_seed(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
