@@ -258,7 +258,8 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
     prompts = None
     if args.reference_prompts is not None:
         try:
-            text = Path(args.reference_prompts).expanduser().read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Windows Notepad) is not part of the first prompt
+            text = Path(args.reference_prompts).expanduser().read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
             raise _BadInput(f"--reference-prompts: cannot read {args.reference_prompts!r} "
                             f"({type(err).__name__}: {err})") from None

@@ -418,3 +418,19 @@ def test_a_pipeline_component_without_its_weights_file_is_named(model, tmp_path,
     assert cli.main(["adapt", "--model", str(broken), "--references", str(model), "--prompt", "x",
                      "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_adapt_reference_prompts_file_with_a_byte_order_mark(model, refs, tmp_path):
+    """A prompts file saved with a UTF-8 byte-order mark (Windows Notepad): the mark was read as part
+    of the first prompt, whose features then matched no prompt, and the images changed silently."""
+    text = "a red square\na blue square\na red square\na blue square\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    for name, prompts in (("p", plain), ("m", marked)):
+        assert adapt(model, refs, tmp_path / name, "--reference-prompts", str(prompts),
+                     "--prompt", "a red square", "--prompt", "a blue square", "--strength", "3") == 0
+    for k in range(4):
+        assert (tmp_path / "p" / "images" / f"{k:04d}.png").read_bytes() == \
+            (tmp_path / "m" / "images" / f"{k:04d}.png").read_bytes(), k
