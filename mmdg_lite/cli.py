@@ -198,7 +198,8 @@ def _add_adapt(subparsers: argparse._SubParsersAction) -> None:
                    help="how a non-square reference becomes square: squash it whole (its aspect ratio "
                         "changes), crop its centred square, or pad it with black bands")
     p.add_argument("--reference-prompts", default=None, metavar="FILE",
-                   help="text file, one prompt per reference image in file-name order: turns on "
+                   help="text file, one prompt per reference image in file-name order (names sorted "
+                        "as text: 10.png before 2.png; metrics.json lists each file's prompt): turns on "
                         "prompt-aware guidance (product kernel, paper Eq. 10-11, with each prompt's "
                         "weights normalised so every prompt is pulled toward its own references)")
     p.add_argument("--prompt", required=True, action="append", metavar="TEXT",
@@ -322,6 +323,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
         tmp = _partial_folder(out)  # before the model loads: an unwritable --out fails fast
         from .images import load_reference_folder
         from .images.display import save_grid
+        from .images.references import _listed_files
         from .pipelines import encode_images, pipeline_guidance, pipeline_image_size
         from .pipelines.adapt import check_text_to_image, generate, latent_mmd2, load_pipeline
 
@@ -352,6 +354,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
     try:
         latents = encode_images(pipe, images)
         aware = ref_prompts is not None
+        names = [f.name for f in _listed_files(refs_dir)]  # the order load_reference_folder read
+        names = dict(zip(names, ref_prompts)) if aware else names  # the pairing, to check by eye
         guidance = pipeline_guidance(pipe, latents, reference_prompts=ref_prompts,
                                      prompts=args.prompt if aware else None,
                                      num_images_per_prompt=args.num_images if aware else 1,
@@ -368,6 +372,7 @@ def _run_adapt(args: argparse.Namespace) -> int:
             "guidance_scale": args.guidance_scale, "eval_point": args.eval_point,
             "scheduler": type(pipe.scheduler).__name__, "num_references": len(images), "fit": args.fit,
             "prompt_aware": ref_prompts is not None, "image_size": size,
+            "reference_files": names,
             "guided": {"seconds": round(seconds, 3), "latent_mmd2": latent_mmd2(pipe, guided, latents)}}
         _save_images(guided, tmp / "images", save_grid, args.num_images)
         if args.baseline:

@@ -434,3 +434,26 @@ def test_adapt_reference_prompts_file_with_a_byte_order_mark(model, refs, tmp_pa
     for k in range(4):
         assert (tmp_path / "p" / "images" / f"{k:04d}.png").read_bytes() == \
             (tmp_path / "m" / "images" / f"{k:04d}.png").read_bytes(), k
+
+
+def test_adapt_metrics_list_each_reference_file_with_its_prompt(model, tmp_path):
+    """--reference-prompts pairs prompts with files sorted as text, so 1, 10, 2 for unpadded numbers;
+    metrics.json did not say which file got which prompt. It lists them in the order read."""
+    from mmdg_lite.images import load_reference_folder
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for k, grey in ((1, 40), (2, 120), (10, 220)):
+        Image.new("RGB", (32, 32), (grey, grey, grey)).save(folder / f"{k}.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first\nsecond\nthird\n")
+    assert adapt(model, folder, tmp_path / "run", "--reference-prompts", str(prompts),
+                 "--prompt", "first") == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(m["reference_files"].items()) == [("1.png", "first"), ("10.png", "second"), ("2.png", "third")]
+    # the order the loader read: the files' grey levels, 40, 220, 120
+    means = load_reference_folder(folder, 8, 3).mean(dim=(1, 2, 3))
+    greys = [round(float((v + 1) * 127.5)) for v in means]
+    assert greys == [40, 220, 120]
+    assert adapt(model, folder, tmp_path / "plain", "--prompt", "first") == 0
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["reference_files"] == ["1.png", "10.png", "2.png"]

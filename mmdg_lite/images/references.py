@@ -142,9 +142,18 @@ def _check_size_channels(size: Any, channels: Any) -> None:
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB); got {channels!r}")
 
 
+def _listed_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The files ``load_reference_folder`` reads, in its order: sorted by name as text ("10.png"
+    before "2.png"), hidden files and files in hidden folders left out."""
+    files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in files
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def load_reference_folder(path: str | Path, size: int, channels: int, *, recursive: bool = False,
                           limit: int | None = None, fit: str = "squash") -> Tensor:
-    """Every image file in ``path`` (sorted by name) as (N, channels, size, size) in [-1, 1].
+    """Every image file in ``path`` (sorted by name as text: "10.png" before "2.png") as
+    (N, channels, size, size) in [-1, 1].
 
     Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha composited on black; colour
     to grey by ITU-R 601 luma, Pillow's ``convert("L")`` as in ``references_from_tensors``; grey
@@ -169,9 +178,7 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     recursive = check_bool(recursive, "recursive")
     if limit is not None:
         check_int(limit, "limit", 1)
-    files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in files
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = _listed_files(folder, recursive)
     if not files:
         raise ValueError(f"the reference folder {str(folder)!r} is empty: put image files "
                          f"({', '.join(IMAGE_SUFFIXES)}) in it")
