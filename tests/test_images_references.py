@@ -365,3 +365,20 @@ def test_sampled_latents_keep_the_vae_dtype():
     vae32 = _tiny_vae(0.5)
     drawn32 = encode_references(vae32, x, sample=True, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(drawn.float(), drawn32, atol=0.1)
+
+
+def test_png_colour_key_transparency_is_composited_on_black_in_every_mode(tmp_path):
+    """A grey, RGB, 1-bit or 16-bit PNG marks one colour transparent with a tRNS key (no alpha
+    band): those pixels are composited on black, as alpha 0 is; the opaque half keeps its value.
+    Only palette images honoured the key (a white 'transparent' background came back white)."""
+    half = np.zeros((8, 8), bool)
+    half[:, :4] = True  # left half: the transparent key colour
+    Image.fromarray(np.where(half, 255, 128).astype(np.uint8)).save(tmp_path / "a_grey.png", transparency=255)
+    rgb = np.where(half[..., None], [255, 255, 255], [0, 200, 0]).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "b_rgb.png", transparency=(255, 255, 255))
+    Image.fromarray(np.where(half, 65535, 32896).astype(np.uint16)).save(tmp_path / "c_16bit.png", transparency=65535)
+    Image.fromarray(half).save(tmp_path / "d_1bit.png", transparency=1)  # white (1) transparent, black opaque
+    x = (load_reference_folder(tmp_path, 8, 3) + 1) * 127.5  # back to 0-255 levels
+    expected = np.zeros((4, 8, 8, 3))  # the key pixels: black
+    expected[0, ~half], expected[1, ~half], expected[2, ~half] = 128, (0, 200, 0), 128
+    assert np.allclose(x.permute(0, 2, 3, 1).numpy(), expected, atol=1e-3)

@@ -155,7 +155,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     """Every image file in ``path`` (sorted by name as text: "10.png" before "2.png") as
     (N, channels, size, size) in [-1, 1].
 
-    Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha composited on black; colour
+    Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha, or a PNG's transparent
+    colour key in any mode, composited on black; colour
     to grey by ITU-R 601 luma, Pillow's ``convert("L")`` as in ``references_from_tensors``; grey
     repeated to three channels; 16-bit grey scaled by 65535); a photo
     whose EXIF orientation tag says it was taken turned is turned upright; any size is resized
@@ -210,8 +211,13 @@ def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarr
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
+        key = im.info.get("transparency")  # a PNG tRNS grey level: those pixels are transparent
         im = Image.fromarray((np.clip(a / _grey_white(im.mode, a), 0, 1) * 255).astype(np.uint8), mode="L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        if is_real_number(key):
+            im.putalpha(Image.fromarray(np.where(a == key, 0, 255).astype(np.uint8), mode="L"))  # -> "LA"
+    # an alpha band, or a tRNS colour key in any mode (P, and also 1, L, RGB: a grey or RGB PNG's
+    # "transparent white" kept its white under a plain convert)
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         im = Image.alpha_composite(black, rgba)
