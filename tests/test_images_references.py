@@ -382,3 +382,22 @@ def test_png_colour_key_transparency_is_composited_on_black_in_every_mode(tmp_pa
     expected = np.zeros((4, 8, 8, 3))  # the key pixels: black
     expected[0, ~half], expected[1, ~half], expected[2, ~half] = 128, (0, 200, 0), 128
     assert np.allclose(x.permute(0, 2, 3, 1).numpy(), expected, atol=1e-3)
+
+
+def test_folder_order_is_the_same_for_composed_and_decomposed_names(tmp_path):
+    """macOS stores 'é' decomposed (e + U+0301), Linux as typed (U+00E9): the same folder copied
+    across must load in one order, code points of the NFC names (sorting the stored names put the
+    decomposed 'é' before 'f', the composed one after it)."""
+    import unicodedata
+
+    names = {"B.png": 0, "a.png": 60, "f.png": 120, "\u00e9.png": 180, "z\u00e9/x.png": 240}  # grey levels
+    loaded = []
+    for form in ("NFC", "NFD"):
+        folder = tmp_path / form
+        for name, level in names.items():
+            path = folder / unicodedata.normalize(form, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (4, 4), level).save(path)
+        loaded.append(load_reference_folder(folder, 4, 1, recursive=True)[:, 0, 0, 0])
+    expected = torch.tensor([names[n] for n in sorted(names)]) / 127.5 - 1  # Python's str order is code points
+    assert torch.equal(loaded[0], loaded[1]) and torch.allclose(loaded[0], expected)

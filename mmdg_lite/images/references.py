@@ -13,6 +13,7 @@ relative to the generated latents). ``decode_latents`` is its inverse.
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -144,16 +145,18 @@ def _check_size_channels(size: Any, channels: Any) -> None:
 
 def _listed_files(folder: Path, recursive: bool = False) -> list[Path]:
     """The files ``load_reference_folder`` reads, in its order: sorted by name as text ("10.png"
-    before "2.png"), hidden files and files in hidden folders left out."""
+    before "2.png", by code point of the NFC form), hidden files and files in hidden folders left out."""
     files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in files
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted((p for p in files
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                  key=lambda p: _name_key(p, folder))
 
 
 def load_reference_folder(path: str | Path, size: int, channels: int, *, recursive: bool = False,
                           limit: int | None = None, fit: str = "squash") -> Tensor:
-    """Every image file in ``path`` (sorted by name as text: "10.png" before "2.png") as
-    (N, channels, size, size) in [-1, 1].
+    """Every image file in ``path`` as (N, channels, size, size) in [-1, 1], sorted by name as
+    text ("10.png" before "2.png"): by code point (case-sensitive, "B.png" before "a.png") of the
+    Unicode NFC form, so the same files come in the same order on every OS and filesystem.
 
     Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha, or a PNG's transparent
     colour key in any mode, composited on black; colour
@@ -200,6 +203,14 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
                          "remove or fix them:\n  " + "\n  ".join(bad))
     x = torch.from_numpy(np.stack(arrays))  # (N, H, W, C) in [0, 1]
     return (x.permute(0, 3, 1, 2) * 2 - 1).contiguous()
+
+
+def _name_key(file: Path, folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The order of reference files, the same on every OS and filesystem: code points of the path's
+    parts under ``folder`` in Unicode NFC (macOS stores "é" decomposed, Linux as typed), then as
+    stored. Sorting Path objects is case-insensitive on Windows and follows the stored form."""
+    parts = file.relative_to(folder).parts
+    return tuple(unicodedata.normalize("NFC", part) for part in parts), parts
 
 
 def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarray:
