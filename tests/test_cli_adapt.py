@@ -457,3 +457,14 @@ def test_adapt_metrics_list_each_reference_file_with_its_prompt(model, tmp_path)
     assert greys == [40, 220, 120]
     assert adapt(model, folder, tmp_path / "plain", "--prompt", "first") == 0
     assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["reference_files"] == ["1.png", "10.png", "2.png"]
+
+
+def test_adapt_names_a_reference_link_whose_target_is_missing(model, tmp_path, capsys):
+    # a folder holding only a broken link was called "empty" (the link was skipped without a word)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "ref.png").symlink_to(tmp_path / "moved.png")
+    assert adapt(model, refs, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "ref.png (a link to" in err and "which does not exist" in err and "empty" not in err
+    assert leftovers(tmp_path) == ["refs"]

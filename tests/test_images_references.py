@@ -401,3 +401,15 @@ def test_folder_order_is_the_same_for_composed_and_decomposed_names(tmp_path):
         loaded.append(load_reference_folder(folder, 4, 1, recursive=True)[:, 0, 0, 0])
     expected = torch.tensor([names[n] for n in sorted(names)]) / 127.5 - 1  # Python's str order is code points
     assert torch.equal(loaded[0], loaded[1]) and torch.allclose(loaded[0], expected)
+
+
+def test_folder_lists_a_link_whose_target_is_missing(tmp_path):
+    """A symlinked reference whose target was moved is named among the unreadable files (it was
+    skipped without a word: one reference fewer, and prompts paired with the wrong files); a link
+    to an existing image is read as that image."""
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    assert torch.equal(*load_reference_folder(tmp_path, 8, 3))
+    (tmp_path / "c.png").symlink_to(tmp_path / "moved.png")
+    with pytest.raises(ValueError, match=r"(?s)1 of 3 file\(s\).*c.png \(a link to '.*moved.png', which does not exist\)"):
+        load_reference_folder(tmp_path, 8, 3)

@@ -13,6 +13,7 @@ relative to the generated latents). ``decode_latents`` is its inverse.
 from __future__ import annotations
 
 import math
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
@@ -148,7 +149,8 @@ def _listed_files(folder: Path, recursive: bool = False) -> list[Path]:
     before "2.png", by code point of the NFC form), hidden files and files in hidden folders left out."""
     files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
     return sorted((p for p in files
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                   if (p.is_file() or _dangling(p))  # a broken link is listed as unreadable, not dropped
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
                   key=lambda p: _name_key(p, folder))
 
 
@@ -165,11 +167,11 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     whose EXIF orientation tag says it was taken turned is turned upright; any size is resized
     with Lanczos filtering, a non-square image first made square by ``fit``: "squash" (default:
     the whole image, its aspect ratio changed), "crop" (the centred square; a 4:3 photo loses a
-    quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt files raise one ValueError that
-    lists them all (images over Pillow's decompression-bomb limit, about 179 megapixels, among
-    them); an empty folder raises a ValueError; hidden files and, with ``recursive``, files in
-    hidden folders (".git", ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG)
-    gives its first frame.
+    quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt
+    files raise one ValueError that lists them all (images over Pillow's decompression-bomb
+    limit, about 179 megapixels, and links whose target is missing among them); an empty folder
+    raises a ValueError; hidden files and, with ``recursive``, files in hidden folders (".git",
+    ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG) gives its first frame.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
@@ -190,6 +192,9 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
         files = files[:limit]
     arrays, bad = [], []
     for f in files:
+        if _dangling(f):
+            bad.append(f"{f.relative_to(folder)} (a link to {os.readlink(f)!r}, which does not exist)")
+            continue
         try:
             with Image.open(f) as im:
                 if im.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale, still >= size on both sides
@@ -203,6 +208,11 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
                          "remove or fix them:\n  " + "\n  ".join(bad))
     x = torch.from_numpy(np.stack(arrays))  # (N, H, W, C) in [0, 1]
     return (x.permute(0, 3, 1, 2) * 2 - 1).contiguous()
+
+
+def _dangling(path: Path) -> bool:
+    """A symbolic link whose target is missing (or a link loop)."""
+    return path.is_symlink() and not path.exists()
 
 
 def _name_key(file: Path, folder: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
