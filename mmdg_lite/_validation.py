@@ -184,3 +184,14 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False; got {value!r}")
     return value
+
+
+def with_overrides(recipe: dict[str, Any], overrides: dict[str, Any], fn: str,
+                   extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe with ``overrides``; a key outside the recipe and ``extra`` (a typo such as
+    ``step=``, which was silently ignored and trained the full recipe) raises a TypeError."""
+    valid = set(recipe) | set(extra)
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(f"{fn}() got unknown recipe key(s) {unknown}; valid: {sorted(valid)}")
+    return {**recipe, **overrides}

@@ -200,3 +200,14 @@ def test_feature_net_report_checks_its_arguments_before_any_work(monkeypatch):
     for bad, err in ((3, ValueError), (10.0, TypeError)):
         with pytest.raises(err, match=rf"n_shapes must be an integer >= 8; got .*{bad}"):
             ev.feature_net_report(net, n_shapes=bad)
+
+
+@pytest.mark.parametrize("train, extra", [("train_digits_unet", {}), ("train_shapes_vae", {}),
+                                          ("train_shapes_unet", {"vae": None}), ("train_feature_net", {})])
+def test_image_trainers_refuse_an_unknown_recipe_key_before_training(train, extra):
+    # a typo such as stpes=3 was silently ignored, and the full recipe trained for minutes
+    from mmdg_lite.images import features, models
+
+    fn = getattr(models, train, None) or getattr(features, train)
+    with pytest.raises(TypeError, match=rf"{train}\(\) got unknown recipe key\(s\) \['stpes'\]; valid: .*'steps'"):
+        fn(progress=False, stpes=3, **extra)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._resources import data_path
-from .._validation import check_finite, check_int
+from .._validation import check_finite, check_int, with_overrides
 from ..seeding import make_generator, own_rng, seed_everything
 from .detectors import _check_background, _check_scale
 
@@ -203,7 +203,7 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
     from .digits import load_digit_set, thicken
     from .shapes import make_shapes
 
-    r = {**FEATURE_NET_RECIPE, **overrides}
+    r = with_overrides(FEATURE_NET_RECIPE, overrides, "train_feature_net")
     digits = load_digit_set("train", style_fraction=0.0)
     shapes = make_shapes(r["n_shapes"], {"size": [0.5, 0.5], "fill": [0.5, 0.5]}, seed=r["shapes_seed"])
     seed_everything(r["seed"])

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._io import from_pretrained
 from .._resources import data_path
+from .._validation import with_overrides
 from ..seeding import make_generator, seed_everything
 
 __all__ = ["DIGITS_UNET_DIR", "SHAPES_VAE_DIR", "SHAPES_UNET_DIR", "DIGITS_UNET_RECIPE",
@@ -131,7 +132,7 @@ def train_digits_unet(progress: bool = True, **overrides: Any) -> tuple[Any, lis
 
     from .digits import load_digit_set
 
-    recipe = {**DIGITS_UNET_RECIPE, **overrides}
+    recipe = with_overrides(DIGITS_UNET_RECIPE, overrides, "train_digits_unet", extra=("n_data",))
     data = load_digit_set("train", size=recipe["size"], style=recipe["style"],
                           style_fraction=recipe["style_fraction"], seed=recipe["seed"]).images
     if "n_data" in recipe:
@@ -156,7 +157,7 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     from ..training import fit
     from .shapes import make_shapes
 
-    recipe = {**SHAPES_VAE_RECIPE, **overrides}
+    recipe = with_overrides(SHAPES_VAE_RECIPE, overrides, "train_shapes_vae")
     data = _shapes_data(recipe)  # (N, 3, 32, 32)
     seed_everything(recipe["seed"])
     vae = AutoencoderKL(**recipe["vae"])
@@ -188,7 +189,7 @@ def train_shapes_unet(vae: Any, progress: bool = True, **overrides: Any) -> tupl
 
     from .references import encode_references
 
-    recipe = {**SHAPES_UNET_RECIPE, **overrides}
+    recipe = with_overrides(SHAPES_UNET_RECIPE, overrides, "train_shapes_unet")
     latents = encode_references(vae, _shapes_data(recipe))  # (N, 8, 8, 8)
     seed_everything(recipe["seed"])
     unet = UNet2DModel(**recipe["unet"])

@@ -13,7 +13,7 @@ import torch
 
 from .._io import ArtifactError
 from .._resources import data_path
-from .._validation import check_bool
+from .._validation import check_bool, with_overrides
 from ..denoisers import MLPDenoiser, load_denoiser
 from ..sampling import make_scheduler
 from ..seeding import seed_everything
@@ -30,12 +30,7 @@ TOY_2D_RECIPE: dict[str, Any] = {"seed": 0, "n_data": 50_000, "steps": 6000, "ba
                                  "lr": 3e-3, "hidden": 128, "layers": 3}
 
 
-def _recipe(recipe: dict[str, Any], overrides: dict[str, Any], fn: str) -> dict[str, Any]:
-    """The recipe with ``overrides``; an unknown key (a typo such as ``step=``) was silently ignored."""
-    unknown = sorted(set(overrides) - set(recipe))
-    if unknown:
-        raise TypeError(f"{fn}() got unknown recipe key(s) {unknown}; valid: {sorted(recipe)}")
-    return {**recipe, **overrides}
+_recipe = with_overrides  # an unknown key (a typo such as ``step=``) raises a TypeError
 
 
 def train_toy_2d(progress: bool = True,
