@@ -413,3 +413,18 @@ def test_folder_lists_a_link_whose_target_is_missing(tmp_path):
     (tmp_path / "c.png").symlink_to(tmp_path / "moved.png")
     with pytest.raises(ValueError, match=r"(?s)1 of 3 file\(s\).*c.png \(a link to '.*moved.png', which does not exist\)"):
         load_reference_folder(tmp_path, 8, 3)
+
+
+def test_from_tensors_takes_flipped_numpy_views_and_names_unusable_dtypes():
+    """A BGR array turned RGB by a flipped view (bgr[:, ::-1], as OpenCV users write) has negative
+    strides, which torch.from_numpy refuses with its own error: it is read as its copy. Arrays of
+    objects or long doubles name images and their dtype instead of torch's message."""
+    bgr = np.random.default_rng(0).integers(0, 256, (2, 3, 6, 6), dtype=np.uint8)
+    flipped = bgr[:, ::-1]
+    assert any(s < 0 for s in flipped.strides)
+    got = references_from_tensors(flipped, 6, 3, value_range=(0, 255))
+    assert torch.equal(got, references_from_tensors(np.ascontiguousarray(flipped), 6, 3, value_range=(0, 255)))
+    assert torch.allclose(got[:, 0], torch.from_numpy(bgr[:, 2] / 127.5 - 1).float())  # red was the last plane
+    for dtype in (object, np.longdouble):
+        with pytest.raises(TypeError, match=rf"images must hold real numbers .*dtype {np.dtype(dtype)}"):
+            references_from_tensors(bgr.astype(dtype), 6, 3, value_range=(0, 255))

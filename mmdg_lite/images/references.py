@@ -54,7 +54,13 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     images; one colour image (C, H, W) is ``images[None]``.
     """
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+        if any(stride < 0 for stride in images.strides):  # a flipped view (BGR -> RGB as a[:, ::-1]):
+            images = images.copy()                         # torch.from_numpy takes no negative strides
+        try:
+            images = torch.from_numpy(images)
+        except TypeError:
+            raise TypeError(f"images must hold real numbers (floating, integer or bool); got a numpy array of "
+                            f"dtype {images.dtype}") from None
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a tensor or numpy array (N, C, H, W); got {type(images).__name__}")
     if images.is_complex():
