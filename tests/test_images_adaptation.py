@@ -224,3 +224,27 @@ def test_density_and_coverage_are_reported_in_the_feature_space(task):
     assert r.density == pytest.approx(inside.sum() / (5 * len(fake)), rel=1e-9)
     assert r.coverage == pytest.approx(inside.any(0).mean(), rel=1e-9)
     assert 0 < r.coverage <= 1
+
+
+def test_run_method_refuses_references_outside_the_model_space_before_any_work(task, monkeypatch):
+    """References of another size (28 px silhouettes for the 16 px digits UNet), channel count or
+    layout are refused up front: fine-tuning the convolutional UNet on 28 px images ran without
+    a word, and the classifier sampled its base set before failing on a flat reference set."""
+    import dataclasses
+
+    import mmdg_lite.baselines as baselines
+    import mmdg_lite.sampling as sampling
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("nothing may sample or train before the references are checked")
+    for module, name in ((baselines, "finetune_denoiser"), (baselines, "train_classifier"), (sampling, "sample")):
+        monkeypatch.setattr(module, name, no_work)
+    refs = task.references  # (20, 1, 16, 16)
+    for bad in (torch.nn.functional.interpolate(refs, size=28), refs.expand(-1, 3, -1, -1), refs.flatten(1),
+                refs[:0]):
+        bad_task = dataclasses.replace(task, references=bad)
+        for method, kw in (("finetune", {}), ("classifier", {}), ("mmd", PRESETS["digits"]["mmd x0_hat"])):
+            kw = {k: v for k, v in kw.items() if k != "method"}
+            with pytest.raises(ValueError, match=re.escape("task.references must be a tensor (N, 1, 16, 16)")
+                               + f".*got shape {re.escape(str(tuple(bad.shape)))}"):
+                run_method(bad_task, method, n=4, **kw)

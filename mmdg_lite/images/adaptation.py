@@ -171,6 +171,8 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     if guidance is not None and method != "mmd":
         raise ValueError(f"guidance is used only by method='mmd'; got method={method!r} with guidance "
                          f"{type(guidance).__name__} (drop it, or use method='mmd')")
+    if method in ("classifier", "finetune") or isinstance(guidance, dict):  # they use task.references
+        _check_references(task)
     if method == "classifier" and len(task.references) < 2:
         raise ValueError(f"method='classifier' trains a classifier on the references and needs at least 2; "
                          f"the task has {len(task.references)} (use n_refs >= 2)")
@@ -222,6 +224,19 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     z = sample(denoiser, n, task.shape, scheduler=scheduler, num_steps=num_steps, seed=seed,
                guidance=hook, batch_size=batch_size, eta=eta).samples
     return _measure(task, method, z, time.perf_counter() - t0, setup)
+
+
+def _check_references(task: AdaptationTask) -> None:
+    """task.references must be (N, *task.shape), N >= 1, in the model's space: fine-tuning a
+    convolutional UNet on references of another size ran without a word (28 px silhouettes for
+    the 16 px digits model), and the classifier sampled its base set before failing."""
+    refs, shape = task.references, tuple(task.shape)
+    if not isinstance(refs, Tensor) or tuple(refs.shape[1:]) != shape or len(refs) == 0:
+        got = f"shape {tuple(refs.shape)}" if isinstance(refs, Tensor) else _describe(refs)
+        raise ValueError(f"task.references must be a tensor (N, {', '.join(map(str, shape))}): N >= 1 references in "
+                         f"the model's space (task.shape = {shape}); got {got}. Load images at the model's size "
+                         "and channels (load_reference_folder / references_from_tensors), and encode them with "
+                         "encode_references for a latent model")
 
 
 def _presets() -> dict[str, dict[str, dict[str, Any]]]:
