@@ -99,3 +99,22 @@ def test_load_animals_checks_labels_and_pixels(tmp_path, images, labels, match):
         (tmp_path / name).write_bytes(gzip.compress(pickle.dumps(arr, protocol=4)))
     with pytest.raises(ValueError, match=match):
         load_animals(folder=tmp_path)
+
+
+def test_load_animals_names_the_file_that_is_corrupt_or_refused(tmp_path):
+    """A truncated or corrupt file, or a hostile pickle, in the folder: the error names which of
+    the two files (it said 'Ran out of input', or raised zlib.error, for either), and the hostile
+    one is still refused without running."""
+    labels = gzip.compress(pickle.dumps(np.zeros(3, np.int64)))
+    data = gzip.compress(pickle.dumps(np.zeros((3, 28, 28), np.uint8)))
+    target = tmp_path / "created_by_pickle"
+    for blob, error, match in ((b"", ValueError, "truncated or corrupt"),
+                               (data[: len(data) // 2], ValueError, "truncated or corrupt"),
+                               (b"\x1f\x8b\x08\x00" + bytes(range(40)), ValueError, "truncated or corrupt"),
+                               (gzip.compress(pickle.dumps(_Evil(str(target)))), pickle.UnpicklingError,
+                                "refusing to load global")):
+        (tmp_path / "animal_data_version_3.gz").write_bytes(blob)
+        (tmp_path / "animal_label_version_3.gz").write_bytes(labels)
+        with pytest.raises(error, match=f"animal_data_version_3.gz.*{match}"):
+            load_animals(tmp_path)
+    assert not target.exists()

@@ -13,6 +13,7 @@ import gzip
 import importlib.util
 import io
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,25 @@ def _package_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal_MNIST"
 
 
+def _read(path: Path) -> np.ndarray:
+    """``safe_load_array`` of one file; its errors name the file (they said only 'Ran out of
+    input' or 'Error -3 while decompressing data', for either of the two)."""
+    try:
+        return safe_load_array(path.read_bytes())
+    except pickle.UnpicklingError as err:  # refused, or not a pickle
+        raise pickle.UnpicklingError(f"{path}: {err}") from None
+    except (EOFError, OSError, zlib.error) as err:
+        raise ValueError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); reinstall the data: "
+                         "pip install --force-reinstall --no-deps animal-mnist") from None
+
+
 def load_animals(folder: Path | str | None = None) -> AnimalSet:
     """The 10,000 silhouettes and labels, from ``folder`` (default: the installed wheel's data)."""
     folder = Path(folder) if folder is not None else _package_folder()
     missing = [f for f in _FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"folder {folder} lacks {missing}; expected the animal-mnist files {list(_FILES)}")
-    x, y = (safe_load_array((folder / f).read_bytes()) for f in _FILES)
+    x, y = (_read(folder / f) for f in _FILES)
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"unexpected animal-mnist arrays: images {x.shape}, labels {y.shape}; expected "
                          "(N, 28, 28) images and (N,) labels")
