@@ -428,3 +428,18 @@ def test_from_tensors_takes_flipped_numpy_views_and_names_unusable_dtypes():
     for dtype in (object, np.longdouble):
         with pytest.raises(TypeError, match=rf"images must hold real numbers .*dtype {np.dtype(dtype)}"):
             references_from_tensors(bgr.astype(dtype), 6, 3, value_range=(0, 255))
+
+
+def test_recursive_folder_follows_a_linked_folder_and_stops_at_a_loop(tmp_path):
+    """recursive=True reads the images of a linked subfolder (Path.rglob skipped it, so those
+    references were left out without a word); a link back to an ancestor is not walked twice."""
+    refs, elsewhere = tmp_path / "refs", tmp_path / "elsewhere"
+    refs.mkdir()
+    elsewhere.mkdir()
+    Image.new("L", (4, 4), 0).save(refs / "a.png")
+    Image.new("L", (4, 4), 255).save(elsewhere / "b.png")
+    (refs / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(refs, target_is_directory=True)  # refs/linked/back -> refs: a loop
+    x = load_reference_folder(refs, 4, 1, recursive=True)
+    assert x.shape == (2, 1, 4, 4) and x[:, 0, 0, 0].tolist() == [-1.0, 1.0]  # a.png, then linked/b.png
+    assert load_reference_folder(refs, 4, 1).shape == (1, 1, 4, 4)  # not recursive: subfolders are skipped

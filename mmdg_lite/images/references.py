@@ -16,7 +16,7 @@ import math
 import os
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ def _check_size_channels(size: Any, channels: Any) -> None:
 def _listed_files(folder: Path, recursive: bool = False) -> list[Path]:
     """The files ``load_reference_folder`` reads, in its order: sorted by name as text ("10.png"
     before "2.png", by code point of the NFC form), hidden files and files in hidden folders left out."""
-    files: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
+    files: Iterable[Path] = _walk(folder) if recursive else folder.iterdir()
     return sorted((p for p in files
                    if (p.is_file() or _dangling(p))  # a broken link is listed as unreadable, not dropped
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
@@ -176,8 +176,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt
     files raise one ValueError that lists them all (images over Pillow's decompression-bomb
     limit, about 179 megapixels, and links whose target is missing among them); an empty folder
-    raises a ValueError; hidden files and, with ``recursive``, files in hidden folders (".git",
-    ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG) gives its first frame.
+    raises a ValueError; hidden files and, with ``recursive`` (which follows linked folders too),
+    files in hidden folders (".git", ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG) gives its first frame.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
@@ -214,6 +214,21 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
                          "remove or fix them:\n  " + "\n  ".join(bad))
     x = torch.from_numpy(np.stack(arrays))  # (N, H, W, C) in [0, 1]
     return (x.permute(0, 3, 1, 2) * 2 - 1).contiguous()
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every entry under ``folder``, through linked folders too (Path.rglob skips them, so a
+    linked folder of references was left out without a word); a link back to a folder already
+    walked (a loop) is not entered again."""
+    walked = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders are skipped: not walked
+        yield from (Path(root) / name for name in dirs + names)
 
 
 def _dangling(path: Path) -> bool:
