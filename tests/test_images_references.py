@@ -443,3 +443,14 @@ def test_recursive_folder_follows_a_linked_folder_and_stops_at_a_loop(tmp_path):
     x = load_reference_folder(refs, 4, 1, recursive=True)
     assert x.shape == (2, 1, 4, 4) and x[:, 0, 0, 0].tolist() == [-1.0, 1.0]  # a.png, then linked/b.png
     assert load_reference_folder(refs, 4, 1).shape == (1, 1, 4, 4)  # not recursive: subfolders are skipped
+
+
+def test_recursive_folder_reads_a_folder_linked_twice_under_both_names(tmp_path):
+    """Two names for one folder (a subfolder and a link to it) give its images under both, in
+    name order, whatever order the filesystem lists them in (not once, under whichever came first)."""
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (4, 4), 255).save(tmp_path / "sub" / "b.png")
+    Image.new("L", (4, 4), 0).save(tmp_path / "m.png")
+    (tmp_path / "alias").symlink_to(tmp_path / "sub", target_is_directory=True)
+    x = load_reference_folder(tmp_path, 4, 1, recursive=True)  # alias/b.png, m.png, sub/b.png
+    assert x[:, 0, 0, 0].tolist() == [1.0, -1.0, 1.0]

@@ -218,17 +218,17 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
 
 def _walk(folder: Path) -> Iterator[Path]:
     """Every entry under ``folder``, through linked folders too (Path.rglob skips them, so a
-    linked folder of references was left out without a word); a link back to a folder already
-    walked (a loop) is not entered again."""
-    walked = set()
+    linked folder of references was left out without a word); a link to a folder it sits in (a
+    loop) is not entered. Hidden folders are not walked."""
     for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in walked:
-            dirs[:] = []
+        here = Path(root)
+        parts = here.relative_to(folder).parts
+        real = os.path.realpath(here)
+        if any(os.path.realpath(folder.joinpath(*parts[:i])) == real for i in range(len(parts))):
+            dirs[:] = []  # a loop: this folder is one of its own ancestors
             continue
-        walked.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders are skipped: not walked
-        yield from (Path(root) / name for name in dirs + names)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (here / name for name in dirs + names)
 
 
 def _dangling(path: Path) -> bool:
