@@ -414,3 +414,20 @@ def test_style_separation_names_a_probe_split_without_both_styles():
     assert None in outcomes.values() and any(v is not None for v in outcomes.values())
     f.requires_grad_(True)  # features with a graph: .numpy() raised for the probe
     assert style_separation(f, styled, seed=0) == outcomes[0]
+
+
+def test_save_grid_names_a_path_without_an_image_extension(tmp_path):
+    # Pillow's own error was "unknown file extension: " (empty), naming neither path nor a fix
+    from PIL import Image
+
+    from mmdg_lite.images.display import save_grid
+
+    x = torch.zeros(2, 1, 4, 4) - 1
+    for name in ("grid", "grid.txt"):
+        with pytest.raises(ValueError, match=rf"path must end in an image extension Pillow writes, e.g. '.png'; "
+                                             rf"got '.*{name}'"):
+            save_grid(x, tmp_path / name)
+    save_grid(x, tmp_path / "grid.PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.PNG"]
+    with Image.open(tmp_path / "grid.PNG") as im:
+        assert im.format == "PNG"

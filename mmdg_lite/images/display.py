@@ -54,11 +54,16 @@ def show_images(images: Tensor, ax: Any = None, nrow: int = 8, title: str | None
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int = 3) -> None:
-    """Write the grid as a PNG (nearest-neighbour upscaled ``scale`` times), via Pillow."""
+    """Write the grid as a PNG (nearest-neighbour upscaled ``scale`` times), via Pillow; ``path``
+    names the format by its extension (".png"; any other one Pillow writes works too)."""
     from PIL import Image
 
     from .._validation import check_int
 
     scale = check_int(scale, "scale", 1)
+    Image.init()
+    suffix = Path(path).suffix.lower()  # Pillow said only "unknown file extension: " after the work
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise ValueError(f"path must end in an image extension Pillow writes, e.g. '.png'; got {str(path)!r}")
     img = Image.fromarray(grid_array(images, nrow))
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path, optimize=True)
