@@ -454,3 +454,19 @@ def test_recursive_folder_reads_a_folder_linked_twice_under_both_names(tmp_path)
     (tmp_path / "alias").symlink_to(tmp_path / "sub", target_is_directory=True)
     x = load_reference_folder(tmp_path, 4, 1, recursive=True)  # alias/b.png, m.png, sub/b.png
     assert x[:, 0, 0, 0].tolist() == [1.0, -1.0, 1.0]
+
+
+def test_float_images_with_nan_or_inf_pixels_are_listed_as_unreadable(tmp_path):
+    """A 32-bit float TIFF holding one NaN or inf pixel came back all black without a word (the
+    image's maximum is its white, and x / inf or NaN is 0 or NaN cast to 0); it is listed."""
+    for name, bad in (("inf.tif", np.inf), ("nan.tif", np.nan)):
+        a = np.full((4, 4), 0.5, np.float32)
+        a[0, 0] = bad
+        Image.fromarray(a, "F").save(tmp_path / name)
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "ok.tif")
+    with pytest.raises(ValueError, match=r"(?s)2 of 3 file\(s\).*inf.tif \(ValueError: 1 pixel\(s\) are NaN or "
+                                         r"infinite \(mode F\)\).*nan.tif"):
+        load_reference_folder(tmp_path, 4, 1)
+    (tmp_path / "inf.tif").unlink()
+    (tmp_path / "nan.tif").unlink()
+    assert torch.allclose(load_reference_folder(tmp_path, 4, 1), torch.zeros(1, 1, 4, 4), atol=1 / 255)  # 0.5: grey

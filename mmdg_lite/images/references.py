@@ -253,6 +253,8 @@ def _convert(im: Any, size: int, channels: int, fit: str = "squash") -> np.ndarr
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():  # a float TIFF's NaN / inf turned the whole image black
+            raise ValueError(f"{int((~np.isfinite(a)).sum())} pixel(s) are NaN or infinite (mode {im.mode})")
         key = im.info.get("transparency")  # a PNG tRNS grey level: those pixels are transparent
         im = Image.fromarray((np.clip(a / _grey_white(im.mode, a), 0, 1) * 255).astype(np.uint8), mode="L")
         if is_real_number(key):
