@@ -411,7 +411,8 @@ def test_folder_lists_a_link_whose_target_is_missing(tmp_path):
     (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
     assert torch.equal(*load_reference_folder(tmp_path, 8, 3))
     (tmp_path / "c.png").symlink_to(tmp_path / "moved.png")
-    with pytest.raises(ValueError, match=r"(?s)1 of 3 file\(s\).*c.png \(a link to '.*moved.png', which does not exist\)"):
+    with pytest.raises(ValueError,
+                       match=r"(?s)1 of 3 file\(s\).*c.png \(a link to '.*moved.png', which does not exist\)"):
         load_reference_folder(tmp_path, 8, 3)
 
 

@@ -177,7 +177,8 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     files raise one ValueError that lists them all (images over Pillow's decompression-bomb
     limit, about 179 megapixels, and links whose target is missing among them); an empty folder
     raises a ValueError; hidden files and, with ``recursive`` (which follows linked folders too),
-    files in hidden folders (".git", ".ipynb_checkpoints") are skipped; an animated image (GIF, APNG) gives its first frame.
+    files in hidden folders (".git", ".ipynb_checkpoints") are skipped; an animated image (GIF,
+    APNG) gives its first frame.
     ``limit``: read only the first ``limit`` files (an int >= 1; None reads all).
     """
     from PIL import Image, UnidentifiedImageError
