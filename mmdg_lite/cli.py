@@ -255,7 +255,11 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
     if not refs.is_dir():
         raise _BadInput(f"--references: {args.references!r} is not a folder of images")
     if not any((p.is_file() or p.is_symlink()) and not p.name.startswith(".") for p in refs.iterdir()):
-        raise _BadInput(f"--references: the folder {args.references!r} is empty; put reference images in it")
+        from .images.references import _subfolders
+
+        subfolders = _subfolders(refs)
+        raise _BadInput(f"--references: the folder {args.references!r} is empty; put reference images in it"
+                        + (f" (its subfolders {subfolders} are not read)" if subfolders else ""))
     prompts = None
     if args.reference_prompts is not None:
         try:

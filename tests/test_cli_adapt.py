@@ -468,3 +468,11 @@ def test_adapt_names_a_reference_link_whose_target_is_missing(model, tmp_path, c
     err = capsys.readouterr().err
     assert "ref.png (a link to" in err and "which does not exist" in err and "empty" not in err
     assert leftovers(tmp_path) == ["refs"]
+
+
+def test_adapt_empty_references_name_their_subfolders(model, tmp_path, capsys):
+    refs = tmp_path / "refs"
+    (refs / "squares").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(refs / "squares" / "a.png")
+    assert adapt(model, refs, tmp_path / "out") == 2
+    assert "is empty; put reference images in it (its subfolders ['squares'] are not read)" in capsys.readouterr().err

@@ -471,3 +471,14 @@ def test_float_images_with_nan_or_inf_pixels_are_listed_as_unreadable(tmp_path):
     (tmp_path / "inf.tif").unlink()
     (tmp_path / "nan.tif").unlink()
     assert torch.allclose(load_reference_folder(tmp_path, 4, 1), torch.zeros(1, 1, 4, 4), atol=1 / 255)  # 0.5: grey
+
+
+def test_empty_folder_names_the_subfolders_it_did_not_read(tmp_path):
+    # images sorted into class subfolders: "is empty" alone did not say why none was found
+    (tmp_path / "cats").mkdir()
+    (tmp_path / ".git").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "cats" / "a.png")
+    with pytest.raises(ValueError, match=r"is empty: .*; its subfolder\(s\) \['cats'\] are read only with "
+                                         r"recursive=True$"):
+        load_reference_folder(tmp_path, 4, 1)
+    assert load_reference_folder(tmp_path, 4, 1, recursive=True).shape == (1, 1, 4, 4)

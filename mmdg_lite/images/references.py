@@ -193,8 +193,10 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
         check_int(limit, "limit", 1)
     files = _listed_files(folder, recursive)
     if not files:
+        subfolders = [] if recursive else _subfolders(folder)
         raise ValueError(f"the reference folder {str(folder)!r} is empty: put image files "
-                         f"({', '.join(IMAGE_SUFFIXES)}) in it")
+                         f"({', '.join(IMAGE_SUFFIXES)}) in it"
+                         + (f"; its subfolder(s) {subfolders} are read only with recursive=True" if subfolders else ""))
     if limit is not None:
         files = files[:limit]
     arrays, bad = [], []
@@ -230,6 +232,11 @@ def _walk(folder: Path) -> Iterator[Path]:
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         yield from (here / name for name in dirs + names)
+
+
+def _subfolders(folder: Path, most: int = 5) -> list[str]:
+    """The names of up to ``most`` subfolders of ``folder`` that are not hidden, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))[:most]
 
 
 def _dangling(path: Path) -> bool:
