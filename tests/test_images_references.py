@@ -482,3 +482,20 @@ def test_empty_folder_names_the_subfolders_it_did_not_read(tmp_path):
                                          r"recursive=True$"):
         load_reference_folder(tmp_path, 4, 1)
     assert load_reference_folder(tmp_path, 4, 1, recursive=True).shape == (1, 1, 4, 4)
+
+
+def test_from_tensors_refuses_one_channels_last_photo(tmp_path):
+    """np.asarray(Image.open(f)) of one RGB photo is (H, W, 3): it was read as H grey images
+    W x 3 px wide (40 references of stripes, no error); it is refused with the permute, and
+    the permuted array reads as the folder loader reads the file (bilinear vs Lanczos aside)."""
+    photo = np.zeros((40, 50, 3), np.uint8)
+    photo[:, :25] = (255, 0, 0)
+    with pytest.raises(ValueError, match=r"look like one colour image \(H, W, C\).*read as 40 grey images 50 x 3 px: "
+                                         r"pass images.permute\(2, 0, 1\)\[None\]"):
+        references_from_tensors(photo, 16, 3, value_range=(0, 255))
+    with pytest.raises(ValueError, match="one colour image"):
+        references_from_tensors(np.zeros((40, 50, 4), np.uint8), 16, 3, value_range=(0, 255))
+    x = references_from_tensors(photo.transpose(2, 0, 1)[None], 16, 3, value_range=(0, 255))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert x.shape == (1, 3, 16, 16) and float((x - load_reference_folder(tmp_path, 16, 3)).abs().max()) < 0.2
+    assert references_from_tensors(torch.zeros(2, 4, 4), 4, 1).shape == (2, 1, 4, 4)  # small grey images still pass
