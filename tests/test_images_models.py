@@ -211,3 +211,25 @@ def test_image_trainers_refuse_an_unknown_recipe_key_before_training(train, extr
     fn = getattr(models, train, None) or getattr(features, train)
     with pytest.raises(TypeError, match=rf"{train}\(\) got unknown recipe key\(s\) \['stpes'\]; valid: .*'steps'"):
         fn(progress=False, stpes=3, **extra)
+
+
+def test_unet_denoiser_refuses_conditional_unets_and_vaes_up_front():
+    # SD's UNet2DConditionModel, a class-conditional UNet2DModel and a VAE were wrapped without a
+    # word and failed inside diffusers at the first denoising step (missing encoder_hidden_states, ...)
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+
+    small = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    cond = UNet2DConditionModel(in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, **small)
+    classes = UNet2DModel(in_channels=1, out_channels=1, down_block_types=("DownBlock2D",) * 2,
+                          up_block_types=("UpBlock2D",) * 2, num_class_embeds=10, **small)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4)
+    for model, why in ((cond, r"its forward needs \['encoder_hidden_states'\]"), (classes, "it is class-conditional"),
+                       (vae, "its forward takes no timestep")):
+        with pytest.raises(TypeError, match=rf"unconditional diffusers UNet2DModel.*got a {type(model).__name__} "
+                                            rf"\({why}\).*mmdg_lite.pipelines"):
+            UNetDenoiser(model)
+    plain = UNet2DModel(in_channels=1, out_channels=1, down_block_types=("DownBlock2D",) * 2,
+                        up_block_types=("UpBlock2D",) * 2, **small)
+    x = torch.zeros(1, 1, 8, 8)
+    assert torch.equal(UNetDenoiser(plain)(x, 3), plain(x, torch.tensor([3])).sample)

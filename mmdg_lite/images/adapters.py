@@ -5,6 +5,7 @@ like any other denoiser (callable as model(x_t, t, cond)).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ class UNetDenoiser(nn.Module):
         super().__init__()
         if not hasattr(unet, "config") or not callable(unet):
             raise TypeError(f"unet must be a diffusers UNet2DModel; got {type(unet).__name__}")
+        _check_unconditional(unet)
         self.unet = unet
 
     @property
@@ -48,3 +50,23 @@ class UNetDenoiser(nn.Module):
         if not isinstance(t, Tensor):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t).sample
+
+
+def _check_unconditional(unet: Any) -> None:
+    """A model called as unet(x_t, t): its forward takes a ``timestep`` and needs nothing else.
+    Stable Diffusion's UNet2DConditionModel (which needs encoder_hidden_states), a class-conditional
+    UNet2DModel or a VAE were accepted and failed inside diffusers at the first step."""
+    name = type(unet).__name__
+    try:
+        params = inspect.signature(getattr(unet, "forward", unet)).parameters
+    except (TypeError, ValueError):  # no signature to read: left to the first call
+        return
+    needed = [n for i, (n, p) in enumerate(params.items()) if i >= 2 and p.default is p.empty
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    classes = getattr(unet.config, "num_class_embeds", None) or getattr(unet.config, "class_embed_type", None)
+    if "timestep" not in params or needed or classes:
+        why = (f"its forward needs {needed}" if needed else "it is class-conditional" if classes
+               else "its forward takes no timestep")
+        raise TypeError(f"unet must be an unconditional diffusers UNet2DModel, called as unet(x_t, t); got a {name} "
+                        f"({why}). For Stable Diffusion pipelines use mmdg_lite.pipelines (pipeline_guidance, "
+                        "mmdg adapt)")
