@@ -101,6 +101,13 @@ def test_load_animals_checks_labels_and_pixels(tmp_path, images, labels, match):
         load_animals(folder=tmp_path)
 
 
+class _ObjectFromBytes:
+    def __reduce__(self):  # an object array whose pointers come from raw bytes: numpy refuses it (TypeError)
+        _reconstruct = np.zeros(1).__reduce__()[0]  # what numpy pickles its arrays with
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), np.dtype("O"), False, b"AAAAAAAA"))
+
+
 def test_load_animals_names_the_file_that_is_corrupt_or_refused(tmp_path):
     """A truncated or corrupt file, or a hostile pickle, in the folder: the error names which of
     the two files (it said 'Ran out of input', or raised zlib.error, for either), and the hostile
@@ -111,6 +118,7 @@ def test_load_animals_names_the_file_that_is_corrupt_or_refused(tmp_path):
     for blob, error, match in ((b"", ValueError, "truncated or corrupt"),
                                (data[: len(data) // 2], ValueError, "truncated or corrupt"),
                                (b"\x1f\x8b\x08\x00" + bytes(range(40)), ValueError, "truncated or corrupt"),
+                               (pickle.dumps(_ObjectFromBytes()), ValueError, "truncated or corrupt"),
                                (gzip.compress(pickle.dumps(_Evil(str(target)))), pickle.UnpicklingError,
                                 "refusing to load global")):
         (tmp_path / "animal_data_version_3.gz").write_bytes(blob)

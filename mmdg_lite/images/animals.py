@@ -88,7 +88,8 @@ def _read(path: Path) -> np.ndarray:
         return safe_load_array(path.read_bytes())
     except pickle.UnpicklingError as err:  # refused, or not a pickle
         raise pickle.UnpicklingError(f"{path}: {err}") from None
-    except (EOFError, OSError, zlib.error) as err:
+    except (EOFError, OSError, zlib.error, TypeError, ValueError, RuntimeError, AttributeError, IndexError,
+            KeyError) as err:  # numpy's own refusals of crafted states (object data from raw bytes) among them
         raise ValueError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); reinstall the data: "
                          "pip install --force-reinstall --no-deps animal-mnist") from None
 
