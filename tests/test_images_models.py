@@ -233,3 +233,10 @@ def test_unet_denoiser_refuses_conditional_unets_and_vaes_up_front():
                         up_block_types=("UpBlock2D",) * 2, **small)
     x = torch.zeros(1, 1, 8, 8)
     assert torch.equal(UNetDenoiser(plain)(x, 3), plain(x, torch.tensor([3])).sample)
+
+    class Wrapped(torch.nn.Module):  # a forward of (*args, **kwargs), as torch.compile's: taken as it is
+        config = plain.config
+
+        def forward(self, *args, **kwargs):
+            return plain(*args, **kwargs)
+    assert torch.equal(UNetDenoiser(Wrapped())(x, 3), plain(x, torch.tensor([3])).sample)

@@ -55,18 +55,25 @@ class UNetDenoiser(nn.Module):
 def _check_unconditional(unet: Any) -> None:
     """A model called as unet(x_t, t): its forward takes a ``timestep`` and needs nothing else.
     Stable Diffusion's UNet2DConditionModel (which needs encoder_hidden_states), a class-conditional
-    UNet2DModel or a VAE were accepted and failed inside diffusers at the first step."""
-    name = type(unet).__name__
-    try:
-        params = inspect.signature(getattr(unet, "forward", unet)).parameters
-    except (TypeError, ValueError):  # no signature to read: left to the first call
-        return
-    needed = [n for i, (n, p) in enumerate(params.items()) if i >= 2 and p.default is p.empty
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    classes = getattr(unet.config, "num_class_embeds", None) or getattr(unet.config, "class_embed_type", None)
-    if "timestep" not in params or needed or classes:
-        why = (f"its forward needs {needed}" if needed else "it is class-conditional" if classes
-               else "its forward takes no timestep")
-        raise TypeError(f"unet must be an unconditional diffusers UNet2DModel, called as unet(x_t, t); got a {name} "
-                        f"({why}). For Stable Diffusion pipelines use mmdg_lite.pipelines (pipeline_guidance, "
-                        "mmdg adapt)")
+    UNet2DModel or a VAE were accepted and failed inside diffusers at the first step. A forward of
+    (*args, **kwargs) (torch.compile's wrapper) cannot be read: left to the first call."""
+    why = None
+    if getattr(unet.config, "num_class_embeds", None) or getattr(unet.config, "class_embed_type", None):
+        why = "it is class-conditional"
+    else:
+        try:
+            params = inspect.signature(getattr(unet, "forward", unet)).parameters
+        except (TypeError, ValueError):
+            params = {}
+        kinds = {p.kind for p in params.values()}
+        needed = [n for i, (n, p) in enumerate(params.items()) if i >= 2 and p.default is p.empty
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if needed:
+            why = f"its forward needs {needed}"
+        elif params and "timestep" not in params and not kinds & {inspect.Parameter.VAR_POSITIONAL,
+                                                                    inspect.Parameter.VAR_KEYWORD}:
+            why = "its forward takes no timestep"
+    if why:
+        raise TypeError(f"unet must be an unconditional diffusers UNet2DModel, called as unet(x_t, t); got a "
+                        f"{type(unet).__name__} ({why}). For Stable Diffusion pipelines use mmdg_lite.pipelines "
+                        "(pipeline_guidance, mmdg adapt)")
