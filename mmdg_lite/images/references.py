@@ -175,10 +175,10 @@ def load_reference_folder(path: str | Path, size: int, channels: int, *, recursi
     Unicode NFC form, so the same files come in the same order on every OS and filesystem.
 
     Any mode (L, LA, P, RGB, RGBA, I;16, CMYK, ...) is converted (alpha, or a PNG's transparent
-    colour key in any mode, composited on black; colour
-    to grey by ITU-R 601 luma, Pillow's ``convert("L")`` as in ``references_from_tensors``; grey
-    repeated to three channels; 16-bit grey scaled by 65535); a photo
-    whose EXIF orientation tag says it was taken turned is turned upright; any size is resized
+    colour key in any mode, composited on black; colour to grey by ITU-R 601 luma, Pillow's
+    ``convert("L")`` as in ``references_from_tensors``; grey repeated to three channels; 16-bit
+    grey scaled by 65535; float images with NaN or inf pixels are unreadable); a photo whose
+    EXIF orientation tag says it was taken turned is turned upright; any size is resized
     with Lanczos filtering, a non-square image first made square by ``fit``: "squash" (default:
     the whole image, its aspect ratio changed), "crop" (the centred square; a 4:3 photo loses a
     quarter of its width) or "pad" (the whole image between black bands). Non-image or corrupt
