@@ -431,3 +431,17 @@ def test_save_grid_names_a_path_without_an_image_extension(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.PNG"]
     with Image.open(tmp_path / "grid.PNG") as im:
         assert im.format == "PNG"
+
+
+def test_draw_shape_checks_image_size_and_center():
+    # image_size=0 returned an empty array, 10.5 and a 1-number center raised raw TypeError /
+    # unpacking errors, and a NaN center drew a blank image without a word
+    for kw, match in ((dict(image_size=0), "image_size must be an integer >= 1"),
+                      (dict(image_size=10.5), "image_size must be an integer >= 1"),
+                      (dict(center=(5,)), r"center must be None or a pair \(x, y\) of finite numbers"),
+                      (dict(center=5), "center must be None or a pair"),
+                      (dict(center=(float("nan"), 3.0)), "center must be None or a pair")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            draw_shape("circle", "red", "large", "filled", **kw)
+    centred = draw_shape("circle", "red", "large", "filled")
+    assert np.array_equal(draw_shape("circle", "red", "large", "filled", center=[16, 16.0]), centred)

@@ -9,6 +9,7 @@ colour ("a red circle"): size and fill, the minority styles, are what a user's r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_nonnegative
+from .._validation import check_choice, check_int, check_nonnegative, is_real_number
 
 __all__ = ["ShapeSet", "make_shapes", "draw_shape", "SHAPE_ATTRIBUTES", "PALETTE",
            "DEFAULT_PROPORTIONS", "RADIUS", "OUTLINE_WIDTH", "caption", "CAPTIONS", "caption_labels"]
@@ -131,6 +132,10 @@ def draw_shape(shape: str, colour: str, size: str, fill: str, *, image_size: int
     for name, value in (("shape", shape), ("colour", colour), ("size", size), ("fill", fill)):
         if value not in SHAPE_ATTRIBUTES[name]:
             raise ValueError(f"{name} must be one of {SHAPE_ATTRIBUTES[name]}; got {value!r}")
+    image_size = check_int(image_size, "image_size", 1)  # 0 gave an empty array, 10.5 a raw TypeError
+    if center is not None and not (isinstance(center, (tuple, list)) and len(center) == 2
+                                   and all(is_real_number(v) and math.isfinite(v) for v in center)):
+        raise ValueError(f"center must be None or a pair (x, y) of finite numbers in pixels; got {center!r}")
     scale = image_size / 32.0
     r, w = RADIUS[size] * scale, OUTLINE_WIDTH * scale
     cx, cy = center if center is not None else (image_size / 2, image_size / 2)
