@@ -445,3 +445,15 @@ def test_draw_shape_checks_image_size_and_center():
             draw_shape("circle", "red", "large", "filled", **kw)
     centred = draw_shape("circle", "red", "large", "filled")
     assert np.array_equal(draw_shape("circle", "red", "large", "filled", center=[16, 16.0]), centred)
+
+
+def test_rate_valid_only_must_be_a_bool():
+    # valid_only="no" (any non-empty str) was taken as True and counted among the valid images only
+    s = make_shapes(8, seed=0)
+    det = detect_shapes(s.images)
+    det.valid[:4] = False  # half invalid, so the two rates can differ
+    hits = det.attributes["colour"] == 0
+    assert det.rate("colour", "red", valid_only=False) == float(hits.float().mean())
+    assert det.rate("colour", "red", valid_only=True) == float(hits[4:].float().mean())
+    with pytest.raises(TypeError, match="valid_only must be True or False; got 'no'"):
+        det.rate("colour", "red", valid_only="no")

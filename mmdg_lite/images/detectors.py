@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_finite, is_real_number
+from .._validation import _describe, check_bool, check_finite, is_real_number
 from .shapes import PALETTE, SHAPE_ATTRIBUTES, _value_index
 
 __all__ = ["thickness_score", "detect_thick", "THICK_THRESHOLD", "speckle_score", "detect_speckle",
@@ -187,7 +187,7 @@ class ShapeDetection:
         a blank image counts as not having it."""
         index = _value_index(attribute, value)  # checks both names first
         hit = self.attributes[attribute] == index
-        if valid_only:
+        if check_bool(valid_only, "valid_only"):  # a str such as "no" was taken as True
             return float(hit[self.valid].float().mean()) if bool(self.valid.any()) else float("nan")
         return float(hit.float().mean())
 
