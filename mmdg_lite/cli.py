@@ -254,10 +254,10 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
     refs = Path(args.references).expanduser()
     if not refs.is_dir():
         raise _BadInput(f"--references: {args.references!r} is not a folder of images")
-    if not any((p.is_file() or p.is_symlink()) and not p.name.startswith(".") for p in refs.iterdir()):
-        from .images.references import _subfolders
+    from .images.references import _dangling, _subfolders
 
-        subfolders = _subfolders(refs)
+    if not any((p.is_file() or _dangling(p)) and not p.name.startswith(".") for p in refs.iterdir()):
+        subfolders = _subfolders(refs)  # a linked folder among them: mmdg adapt reads no subfolder
         raise _BadInput(f"--references: the folder {args.references!r} is empty; put reference images in it"
                         + (f" (its subfolders {subfolders} are not read)" if subfolders else ""))
     prompts = None
