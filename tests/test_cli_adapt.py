@@ -483,17 +483,3 @@ def test_adapt_empty_references_name_their_subfolders(model, tmp_path, capsys):
     assert adapt(model, refs, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "(its subfolders ['circles', 'squares'] are not read)" in err and "recursive" not in err
-
-
-def test_adapt_reference_prompts_file_with_a_byte_order_mark(model, refs, tmp_path):
-    # Notepad's "UTF-8 with BOM" put U+FEFF at the start of the first reference prompt, whose text
-    # features then differed from the same words typed in --prompt
-    from mmdg_lite import cli as cli_module
-
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_bytes("a red square\na blue square\na red square\na blue square\n".encode("utf-8-sig"))
-    args = cli_module.build_parser().parse_args(
-        ["adapt", "--model", str(model), "--references", str(refs), "--reference-prompts", str(prompts),
-         "--prompt", "a red square", "--out", str(tmp_path / "out")])
-    _, _, ref_prompts, _ = cli_module._check_adapt_inputs(args)
-    assert ref_prompts == ["a red square", "a blue square"] * 2
