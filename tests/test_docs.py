@@ -210,3 +210,18 @@ def test_the_package_all_lists_exactly_its_public_names_and_star_import_gives_th
     assert set(scope) - {"__builtins__"} == public
     undocumented = [n for n in mmdg_lite.__all__ if not inspect.getdoc(getattr(mmdg_lite, n))]
     assert not undocumented, undocumented
+
+
+def test_no_test_module_defines_a_test_twice():
+    # two probes' fixes merged into one file left two functions of one name: Python keeps the later,
+    # so pytest silently ran only one of them
+    import ast
+    import collections
+
+    repeated = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = collections.Counter(n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+        if dupes := sorted(n for n, c in names.items() if c > 1):
+            repeated[path.name] = dupes
+    assert not repeated, repeated
