@@ -96,3 +96,45 @@ def test_every_notebook_is_a_chapter_of_the_book():
     toc = (Path(__file__).resolve().parent.parent / "book" / "_toc.yml").read_text()
     missing = [p.stem for p in NOTEBOOKS if f"notebooks/{p.stem}" not in toc]
     assert not missing, f"add to book/_toc.yml: {missing}"
+
+
+# What a notebook's text says a run takes, as a range of seconds the committed run must fall in.
+RUN_TIME_CLAIMS = {"well under a minute": (0, 45), "about a minute and a half": (45, 180),
+                   "about a minute": (30, 120)}
+
+
+def _markdown(cells: list) -> list[str]:
+    return [" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown"]
+
+
+def _stated_seconds(table: Path) -> float | None:
+    """The run time a results table states in its header ('Total run time 235 s', '...; 506 s.')."""
+    m = re.search(r"(?:Total run time |; )([\d,]+) s(?:\.| in all)", table.read_text(encoding="utf-8"))
+    return None if m is None else float(m.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stated_run_times_match_the_committed_run(path):
+    """A run time the prose states must be the committed run's: the notebook's own (printed by its
+    last cell) and a benchmark's that the text gives instead of rerunning it (stated in its table).
+    Notebook 03 said 'about a minute and a half' above a printed 18.4 s, and 'about 8 minutes' for
+    a benchmark whose table says 235 s."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    text = _markdown(cells)
+    printed = "".join("".join(o.get("text", "")) for o in cells[-1].get("outputs", []))
+    run = re.search(r"notebook (?:run time:|ran in) ([\d.]+) s", printed)
+    head = " ".join(text[:2])
+    for phrase, (low, high) in RUN_TIME_CLAIMS.items():
+        if phrase in head:
+            assert run, f"{path.name}: says it runs '{phrase}' but its last cell prints no run time"
+            assert low <= float(run.group(1)) <= high, (
+                f"{path.name}: says it runs '{phrase}' ({low}-{high} s); the committed run took {run.group(1)} s")
+            break
+    for cell in text:
+        for m in re.finditer(r"about (\d+) minutes", cell):
+            names = set(re.findall(r"benchmarks/(?:results/)?(\w+)\.(?:py|md)", cell))
+            tables = [ROOT / "benchmarks" / "results" / f"{n}.md" for n in names]
+            stated = [s for s in (_stated_seconds(t) for t in tables if t.is_file()) if s is not None]
+            for seconds in stated:
+                assert seconds / 1.5 <= 60 * int(m.group(1)) <= 1.5 * seconds, (
+                    f"{path.name}: '{m.group(0)}' for {sorted(names)}, whose table states {seconds:.0f} s")
