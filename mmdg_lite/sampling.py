@@ -97,6 +97,20 @@ def _resolve_scheduler(scheduler: Any, train_timesteps: int, beta_schedule: str)
             and hasattr(scheduler, "alphas_cumprod")):
         raise TypeError(f"scheduler must be one of {SCHEDULERS} or a diffusers scheduler instance "
                         f"(with step, set_timesteps, alphas_cumprod); got {type(scheduler).__name__}")
+    # they build a named scheduler; an instance has its own, and a value that disagrees with it was ignored
+    config = getattr(scheduler, "config", None)
+    own = {"train_timesteps": getattr(config, "num_train_timesteps", None),
+           "beta_schedule": getattr(config, "beta_schedule", None)}
+    given = (("train_timesteps", train_timesteps, 1000), ("beta_schedule", beta_schedule, "linear"))
+    for name, value, default in given:
+        if value != default and value != own[name]:
+            if name == "train_timesteps":
+                check_int(value, name, 2)
+            else:
+                check_choice(value, name, BETA_SCHEDULES)
+            raise ValueError(f"{name}={value!r} builds a named scheduler ({', '.join(SCHEDULERS)}); the "
+                             f"{type(scheduler).__name__} instance passed as scheduler has its own "
+                             f"({own[name]!r}) and would ignore it: configure the instance instead")
     return copy.deepcopy(scheduler)  # the caller's scheduler keeps its state
 
 
@@ -275,8 +289,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
            per_sample_seed: bool = False, first_index: int = 0) -> SampleResult:
     """Draw n samples of ``shape`` by the reverse process of ``scheduler`` with optional guidance.
 
-    ``scheduler``: "ddpm", "ddim" (built from ``train_timesteps``/``beta_schedule``) or a diffusers
-    scheduler instance (deep-copied). The initial noise for all n samples is drawn first from the
+    ``scheduler``: "ddpm", "ddim", "dpm" (built from ``train_timesteps``/``beta_schedule``) or a
+    diffusers scheduler instance (deep-copied; it keeps its own train timesteps and betas). The initial noise for all n samples is drawn first from the
     seeded generator (``generator`` overrides ``seed``), then chunks of ``batch_size`` run in turn.
     A stochastic scheduler (DDPM, DDIM with eta > 0) draws each step's noise from that one
     generator chunk by chunk, so its samples depend on ``batch_size``; deterministic ones (DDIM

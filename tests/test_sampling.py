@@ -298,3 +298,21 @@ def test_prompt_aware_guidance_without_a_prompt_for_every_sample_is_refused_befo
     sample(den, 3, 2, num_steps=4, guidance=short, first_index=3)
     sample(den, 2, 2, num_steps=4, guidance=by_cond, cond=torch.eye(3)[:2])
     assert len(calls) == 8
+
+
+def test_train_timesteps_and_beta_schedule_that_a_scheduler_instance_would_ignore_are_refused(model):
+    """They build a named scheduler; with a scheduler instance they were silently ignored (a
+    cosine beta_schedule, or an invalid one, sampled with the instance's linear betas). Values
+    that agree with the instance, and the defaults, still run."""
+    ddim = make_scheduler("ddim")
+    with pytest.raises(ValueError, match=r"beta_schedule='squaredcos_cap_v2' builds a named scheduler.*"
+                                         r"DDIMScheduler instance .* has its own \('linear'\)"):
+        sample(model, 2, 2, scheduler=ddim, num_steps=3, beta_schedule="squaredcos_cap_v2")
+    with pytest.raises(ValueError, match=r"train_timesteps=500 builds a named scheduler.*has its own \(1000\)"):
+        sample(model, 2, 2, scheduler=ddim, num_steps=3, train_timesteps=500)
+    with pytest.raises(ValueError, match="beta_schedule must be one of"):
+        sample(model, 2, 2, scheduler=ddim, num_steps=3, beta_schedule="cosine")
+    cosine = make_scheduler("ddim", 500, "squaredcos_cap_v2")
+    a = sample(model, 2, 2, scheduler=cosine, num_steps=3, train_timesteps=500, beta_schedule="squaredcos_cap_v2")
+    b = sample(model, 2, 2, scheduler="ddim", num_steps=3, train_timesteps=500, beta_schedule="squaredcos_cap_v2")
+    assert torch.equal(a.samples, b.samples)
