@@ -351,9 +351,15 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
                    and getattr(getattr(h, "generated", None), "per_batch", True) for h in guidance_hooks(guidance))
     if (unbiased and not sequential
             and (min(batch_size, n) == 1 or n % batch_size == 1)):  # checked before any step runs
+        if n == 1:  # n % batch_size is 0 here: the advice below would not apply
+            why, fix = "n=1 is one batch of 1", "draw n >= 2"
+        elif batch_size == 1:
+            why, fix = "batch_size=1 makes every batch 1 sample", "use batch_size >= 2"
+        else:
+            why, fix = f"n={n} with batch_size={batch_size} leaves a last batch of 1", \
+                "choose n and batch_size with n % batch_size != 1"
         raise ValueError(f"estimator='unbiased' leaves out the i = i' pairs, so every guided batch needs at least 2 "
-                         f"samples; n={n} with batch_size={batch_size} leaves a last batch of 1: choose n and "
-                         "batch_size with n % batch_size != 1, or use estimator='biased'")
+                         f"samples; {why}: {fix}, or use estimator='biased'")
     device = _check_device(device) if device is not None else _model_device(denoiser)
     _check_dtype(dtype, denoiser)
     if cond is not None:

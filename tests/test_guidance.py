@@ -288,9 +288,14 @@ def test_the_unbiased_estimator_with_a_batch_of_one_names_the_cause():
     calls = []
     g = MMDGuidance(refs(D=2), estimator="unbiased")
     counted = lambda x, t, c: calls.append(1) or den(x, t, c)  # noqa: E731
-    for n, bs in ((5, 2), (3, 1), (1, None)):  # a last chunk of one sample; chunks of one; one sample
-        with pytest.raises(ValueError, match=rf"every guided batch needs at least 2 samples; n={n} with "
-                                             rf"batch_size={bs or n} leaves a last batch of 1"):
+    # a last chunk of one sample; chunks of one; one sample. The advice must fit the case: n=1 and
+    # batch_size=1 were told to choose n % batch_size != 1, which n=1 (1 % 1 = 0) already met
+    for n, bs, why in ((5, 2, r"n=5 with batch_size=2 leaves a last batch of 1: choose n and batch_size with "
+                                r"n % batch_size != 1"),
+                       (3, 1, r"batch_size=1 makes every batch 1 sample: use batch_size >= 2"),
+                       (1, None, r"n=1 is one batch of 1: draw n >= 2")):
+        with pytest.raises(ValueError, match=rf"every guided batch needs at least 2 samples; {why}, or use "
+                                             r"estimator='biased'"):
             sample(counted, n, 2, num_steps=5, guidance=g, batch_size=bs)
     assert calls == []  # refused before the first step (it used to fail on the last chunk)
     sample(den, 4, 2, num_steps=5, guidance=g, batch_size=2)  # chunks of two are fine
