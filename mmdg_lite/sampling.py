@@ -273,6 +273,18 @@ def _refuse_repeats(sched: Any) -> None:
                      "a step of size 0): use fewer steps")
 
 
+def _refuse_noise_only(sched: Any, num_steps: int, n_train: int) -> None:
+    """A run whose only timestep is t = 0 (DDPM / DDIM's 'leading' spacing at num_steps=1) takes
+    one step at the lowest noise level: it returned x_T, pure noise, nearly unchanged."""
+    ts = torch.as_tensor(sched.timesteps)
+    if n_train > 1 and len(ts) > 0 and float(ts.max()) == 0:
+        spacing = getattr(getattr(sched, "config", None), "timestep_spacing", None)
+        raise ValueError(f"num_steps={num_steps} gives {type(sched).__name__} (timestep_spacing={spacing!r}) only the "
+                         f"timestep t=0, one step at the lowest noise level, so the run would return its initial "
+                         f"noise nearly unchanged: use num_steps >= 2, or a scheduler whose steps start at "
+                         f"t={n_train - 1} (scheduler='dpm', or timestep_spacing='trailing')")
+
+
 def _check_eta(eta: float, sched: Any) -> None:
     """eta is DDIM's: DDPM, DPM-Solver, Euler... ignored it silently."""
     if eta > 0 and "eta" not in inspect.signature(sched.step).parameters:
@@ -377,6 +389,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         raise ValueError(f"num_steps must be <= the scheduler's num_train_timesteps={n_train}; "
                          f"got {num_steps}")
     sched.set_timesteps(num_steps)
+    _refuse_noise_only(sched, num_steps, n_train)
     if guidance is not None:  # schedulers that undo or mis-scale the correction, repeated timesteps
         check_scheduler(sched, guidance)
     elif _repeats(sched) and type(sched).__name__ in WORKING_SCHEDULERS:

@@ -128,14 +128,14 @@ def test_reference_dimension_mismatch_raises_clear_error(model):
 def test_chained_guidance_sums_x_t_corrections(model, refs):
     a = MMDGuidance(refs, kernel=GaussianKernel(0.5), strength=0.3)
     b = MMDGuidance(refs, kernel=GaussianKernel(2.0), strength=0.2)
-    chained = sample(model, 6, 2, num_steps=1, seed=2, guidance=ChainedGuidance(a, b)).samples
+    chained = sample(model, 6, 2, scheduler="dpm", num_steps=1, seed=2, guidance=ChainedGuidance(a, b)).samples
     st = {}
 
     def capture(state):
         st["s"] = state
         return state.x_prev
 
-    sample(model, 6, 2, num_steps=1, seed=2, guidance=capture)
+    sample(model, 6, 2, scheduler="dpm", num_steps=1, seed=2, guidance=capture)
     s = st["s"]  # both hooks see x_t, so their corrections add
     expected = s.x_prev - (s.x_prev - a(s)) - (s.x_prev - b(s))
     torch.testing.assert_close(chained, expected)

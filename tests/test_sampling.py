@@ -316,3 +316,29 @@ def test_train_timesteps_and_beta_schedule_that_a_scheduler_instance_would_ignor
     a = sample(model, 2, 2, scheduler=cosine, num_steps=3, train_timesteps=500, beta_schedule="squaredcos_cap_v2")
     b = sample(model, 2, 2, scheduler="ddim", num_steps=3, train_timesteps=500, beta_schedule="squaredcos_cap_v2")
     assert torch.equal(a.samples, b.samples)
+
+
+def test_a_run_whose_only_timestep_is_zero_is_refused_before_the_denoiser_runs(model):
+    """DDPM / DDIM space their steps 'leading': at num_steps=1 the only timestep is t=0, so the run
+    took one step at the lowest noise level and returned x_T (pure noise) nearly unchanged, with
+    no error. One step from t=999 (DPM-Solver, 'trailing' spacing) still runs and denoises."""
+    from diffusers import DDIMScheduler
+
+    for name in ("ddpm", "ddim"):
+        sched = make_scheduler(name)
+        sched.set_timesteps(1)
+        assert sched.timesteps.tolist() == [0]  # the premise, from diffusers itself
+    calls = []
+    den = lambda x, t, c=None: (calls.append(1), model(x, t, c))[1]  # noqa: E731
+    for name in ("ddpm", "ddim"):
+        with pytest.raises(ValueError, match=r"num_steps=1 gives DD[IP]MScheduler \(timestep_spacing='leading'\) only "
+                                             r"the timestep t=0.*use num_steps >= 2"):
+            sample(den, 4, 2, scheduler=name, num_steps=1)
+    assert not calls
+    x_T = torch.randn(4, 2, generator=make_generator(0))  # sample's x_T for seed 0 on the CPU
+    trailing = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    for scheduler in ("dpm", trailing):
+        res = sample(model, 4, 2, scheduler=scheduler, num_steps=1)
+        assert res.timesteps.tolist() == [999]
+        assert (res.samples - x_T).norm(dim=1).min() > 0.5  # denoised, not the noise handed back
+    assert sample(model, 4, 2, scheduler="ddpm", num_steps=2).timesteps.tolist() == [500, 0]
