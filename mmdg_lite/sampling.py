@@ -273,6 +273,24 @@ def _refuse_repeats(sched: Any) -> None:
                      "a step of size 0): use fewer steps")
 
 
+def _check_denoiser_schedule(denoiser: Any, sched: Any) -> None:
+    """A denoiser that carries its own noise schedule (the closed-form ``ExactDenoiser`` and
+    ``GaussianMixtureDenoiser``) computes eps at its alphas_cumprod[t]: a scheduler with other
+    ones (another beta_schedule or train_timesteps) got eps for the wrong noise level, silently."""
+    own = getattr(denoiser, "alphas_cumprod", None)
+    if not isinstance(own, Tensor):
+        return
+    kind = own.dtype if own.dtype.is_floating_point else torch.float64  # a half-precision copy rounds alike
+    theirs = torch.as_tensor(sched.alphas_cumprod).detach().cpu().to(kind).double()
+    own = own.detach().double().cpu()
+    if own.shape != theirs.shape or not torch.allclose(own, theirs, rtol=1e-3, atol=torch.finfo(kind).tiny):
+        raise ValueError(
+            f"the {type(denoiser).__name__} computes eps with its own noise schedule ({len(own)} train timesteps, "
+            f"alpha_bar at the last {float(own[-1]):.3g}), but the {type(sched).__name__} samples with another "
+            f"({len(theirs)}, last {float(theirs[-1]):.3g}): pass the scheduler it was built with (same "
+            "train_timesteps and beta_schedule), or build the denoiser from this scheduler")
+
+
 def _refuse_noise_only(sched: Any, num_steps: int, n_train: int) -> None:
     """A run whose only timestep is t = 0 (DDPM / DDIM's 'leading' spacing at num_steps=1) takes
     one step at the lowest noise level: it returned x_T, pure noise, nearly unchanged."""
@@ -302,7 +320,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     """Draw n samples of ``shape`` by the reverse process of ``scheduler`` with optional guidance.
 
     ``scheduler``: "ddpm", "ddim", "dpm" (built from ``train_timesteps``/``beta_schedule``) or a
-    diffusers scheduler instance (deep-copied; it keeps its own train timesteps and betas). The initial noise for all n samples is drawn first from the
+    diffusers scheduler instance (deep-copied; it keeps its own train timesteps and betas). A
+    denoiser that carries ``alphas_cumprod`` (the closed-form ones) must share the scheduler's. The initial noise for all n samples is drawn first from the
     seeded generator (``generator`` overrides ``seed``), then chunks of ``batch_size`` run in turn.
     A stochastic scheduler (DDPM, DDIM with eta > 0) draws each step's noise from that one
     generator chunk by chunk, so its samples depend on ``batch_size``; deterministic ones (DDIM
@@ -394,6 +413,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         check_scheduler(sched, guidance)
     elif _repeats(sched) and type(sched).__name__ in WORKING_SCHEDULERS:
         _refuse_repeats(sched)
+    _check_denoiser_schedule(denoiser, sched)
     timesteps = sched.timesteps.clone()
     step_params = inspect.signature(sched.step).parameters
     _check_eta(eta, sched)

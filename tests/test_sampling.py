@@ -342,3 +342,35 @@ def test_a_run_whose_only_timestep_is_zero_is_refused_before_the_denoiser_runs(m
         assert res.timesteps.tolist() == [999]
         assert (res.samples - x_T).norm(dim=1).min() > 0.5  # denoised, not the noise handed back
     assert sample(model, 4, 2, scheduler="ddpm", num_steps=2).timesteps.tolist() == [500, 0]
+
+
+def test_a_closed_form_denoiser_built_for_another_noise_schedule_is_refused():
+    """GaussianMixtureDenoiser / ExactDenoiser compute eps at their own alphas_cumprod[t]; sampled
+    with another beta_schedule or train_timesteps they got every step's noise level wrong (the
+    100-D task's exact model at train_timesteps=500: 8.7 % of samples off the modes, none at 1000)
+    without an error. A scheduler with the same schedule, by any name, still samples."""
+    mix = circle_mixture()
+    linear, cosine = make_scheduler("ddpm"), make_scheduler("ddpm", beta_schedule="squaredcos_cap_v2")
+    assert not torch.allclose(linear.alphas_cumprod, cosine.alphas_cumprod)  # the premise
+    calls = []
+
+    class Counted(GaussianMixtureDenoiser):
+        def forward(self, x_t, t, cond=None):
+            calls.append(1)
+            return super().forward(x_t, t, cond)
+
+    den = Counted(mix.means, mix.weights, mix.std, linear)
+    for kwargs, got in ((dict(beta_schedule="squaredcos_cap_v2"), r"\(1000, last 2.4\d*e-09\)"),
+                        (dict(train_timesteps=500), r"\(500, last 0.00635\)"),
+                        (dict(scheduler=cosine), r"\(1000, last 2.4\d*e-09\)")):
+        with pytest.raises(ValueError, match=r"the Counted computes eps with its own noise schedule \(1000 train "
+                                             rf"timesteps, alpha_bar at the last 4.04e-05\), but .* another {got}"):
+            sample(den, 4, 2, num_steps=10, **kwargs)
+    with pytest.raises(ValueError, match="ExactDenoiser computes eps with its own noise schedule"):
+        sample(ExactDenoiser(mix.means, cosine), 4, 2, num_steps=10)
+    assert not calls
+    for scheduler in ("ddpm", "ddim", "dpm"):  # the same linear betas under every name
+        sample(den, 4, 2, scheduler=scheduler, num_steps=10)
+    x = sample(GaussianMixtureDenoiser.from_mixture(mix, cosine), 500, 2, num_steps=50,
+               beta_schedule="squaredcos_cap_v2").samples
+    assert off_mode_fraction(x, mix.means, mix.std) < 0.02  # built and sampled with one schedule
