@@ -504,13 +504,26 @@ def _save_images(images: Any, folder: Path, save_grid: Callable[..., None], nrow
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_adapt]
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser reports its own unknown arguments, with its own usage (argparse
+    passes them up to be reported as ``mmdg: error`` under the top-level usage)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace, unknown
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmdg`` command's argument parser, with one subparser per subcommand."""
     parser = argparse.ArgumentParser(
         prog="mmdg", allow_abbrev=False, description="MMD Guidance toolkit: adapt a diffusion model toward a few "
                                  "reference samples without training.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    subparsers = parser.add_subparsers(title="subcommands", dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="subcommands", dest="command", metavar="COMMAND",
+                                       parser_class=_SubcommandParser)
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser

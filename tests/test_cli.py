@@ -159,3 +159,22 @@ def test_shared_argparse_types_take_their_range_and_refuse_the_rest():
                               (strength, "x", "a finite number >= 0")):
         with pytest.raises(argparse.ArgumentTypeError, match=rf"must be {re.escape(what)}; got {re.escape(repr(text))}"):
             parse(text)
+
+
+_ADAPT_NEEDS = ["--references", "refs", "--prompt", "a", "--out", "out"]
+
+
+@pytest.mark.parametrize("argv, prog, unknown", [
+    (["info", "extra"], "info", "extra"), (["info", "--version"], "info", "--version"),
+    (["adapt", *_ADAPT_NEEDS, "--bogus", "1"], "adapt", "--bogus 1"), (["--bogus", "info"], None, "--bogus")])
+def test_unknown_arguments_are_reported_by_the_parser_they_were_given_to(capsys, argv, prog, unknown):
+    # argparse passed a subcommand's unknown flags up to the top level: 'mmdg adapt ... --bogus 1'
+    # printed 'mmdg: error' under 'usage: mmdg [-h] [--version] COMMAND ...', without adapt's flags
+    parser = cli.build_parser()
+    if prog is not None:
+        parser = next(a for a in parser._actions if a.dest == "command").choices[prog]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(parser.format_usage())
+    assert f"{parser.prog}: error: unrecognized arguments: {unknown}\n" in err
