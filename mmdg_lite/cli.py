@@ -536,7 +536,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+    except BrokenPipeError:  # `mmdg info | head -1`: the rest of the output has no reader
+        _discard_stdout()
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C (adapt has removed its partial folder by now)
+        print(f"mmdg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def _discard_stdout() -> None:
+    """Point stdout at os.devnull, so that Python's flush at exit does not fail on the closed
+    pipe again (the recipe of Python's signal module documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured output)
+        pass
 
 
 if __name__ == "__main__":

@@ -178,3 +178,26 @@ def test_unknown_arguments_are_reported_by_the_parser_they_were_given_to(capsys,
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith(parser.format_usage())
     assert f"{parser.prog}: error: unrecognized arguments: {unknown}\n" in err
+
+
+def test_info_into_a_closed_pipe_exits_quietly():
+    # `mmdg info | head -1` ended in a BrokenPipeError traceback from the second print
+    child = ("import sys; from mmdg_lite import cli; cli.shipped_models = lambda: {}; "
+             "cli._silence_libraries = lambda: None; sys.exit(cli.main(['info']))")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""
+
+
+def test_ctrl_c_is_reported_in_one_line_with_status_130(capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "shipped_models", interrupted)
+    try:
+        status = cli.main(["info"])
+    except KeyboardInterrupt:  # pytest would stop the whole run here
+        pytest.fail("KeyboardInterrupt escaped mmdg info (a traceback for the user)")
+    assert status == 130
+    assert capsys.readouterr().err == "mmdg info: interrupted\n"
