@@ -94,27 +94,34 @@ def _name(folder: Path, root: Path) -> str:
         return str(folder)
 
 
-def _check_sha256(folder: Path) -> str:
-    """The weights' sha256 against the one training.json records, if both exist."""
+def _check_sha256(folder: Path) -> tuple[str, bool]:
+    """The weights' sha256 against the one training.json records, if both exist: (note, whether
+    it is a failure). Weights that differ from the recorded ones, or cannot be read, fail."""
     info = folder / "training.json"
     weights = next((w for w in (folder / "model.safetensors", folder / "diffusion_pytorch_model.safetensors")
                     if w.is_file()), None)
     if not info.is_file() or weights is None:
-        return ""
+        return "", False
     try:
-        want = json.loads(info.read_text()).get("sha256")
-    except ValueError:
-        return "training.json unreadable"
+        record = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "training.json unreadable", False
+    want = record.get("sha256") if isinstance(record, dict) else None
     if not want:
-        return "no sha256 in training.json"
-    have = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return "sha256 ok" if have == want else "sha256 MISMATCH with training.json"
+        return "no sha256 in training.json", False
+    try:
+        have = hashlib.sha256(weights.read_bytes()).hexdigest()
+    except OSError as err:
+        return f"cannot read {weights.name}: {type(err).__name__}: {err.strerror or err}", True
+    return ("sha256 ok", False) if have == want else ("sha256 MISMATCH with training.json", True)
 
 
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="version, data folder, shipped models and whether each loads",
                               description="Print the version, where the shipped data lives, and load "
-                                          "each shipped model (never retraining) to report whether it works.")
+                                          "each shipped model (never retraining) to report whether it works; the exit status is 1 if one "
+                                          "fails or its weights differ from the sha256 its "
+                                          "training.json records.")
     p.set_defaults(func=_run_info)
 
 
@@ -148,7 +155,8 @@ def _run_info(args: argparse.Namespace) -> int:
             except Exception as err:  # report every failure, whatever its kind
                 failures += 1
                 status = f"FAILS: {type(err).__name__}: {err}"
-        extra = _check_sha256(folder)
+        extra, bad_weights = _check_sha256(folder)
+        failures += bad_weights
         print(f"model     {name:<{width}}  {status}{'  (' + extra + ')' if extra else ''}")
     return 1 if failures else 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -201,3 +202,34 @@ def test_ctrl_c_is_reported_in_one_line_with_status_130(capsys, monkeypatch):
         pytest.fail("KeyboardInterrupt escaped mmdg info (a traceback for the user)")
     assert status == 130
     assert capsys.readouterr().err == "mmdg info: interrupted\n"
+
+
+def _tiny_model_with_record(folder: Path, record: str) -> tuple[Path, object]:
+    from mmdg_lite.denoisers import MLPDenoiser, load_denoiser, save_denoiser
+
+    save_denoiser(MLPDenoiser(2, hidden=4, layers=1), folder)
+    (folder / "training.json").write_text(record)
+    return folder, lambda: load_denoiser(folder)
+
+
+def test_info_fails_on_weights_that_differ_from_the_recorded_sha256(capsys, monkeypatch, tmp_path):
+    # a damaged or swapped weights file that still loads was reported 'sha256 MISMATCH' with exit 0
+    import hashlib
+
+    good, load_good = _tiny_model_with_record(tmp_path / "good", "{}")
+    have = hashlib.sha256((good / "model.safetensors").read_bytes()).hexdigest()
+    (good / "training.json").write_text(json.dumps({"sha256": have}))
+    bad, load_bad = _tiny_model_with_record(tmp_path / "bad", json.dumps({"sha256": have[::-1]}))
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"good": (good, load_good)})
+    assert cli.main(["info"]) == 0 and "good  loads  (sha256 ok)" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"good": (good, load_good), "bad": (bad, load_bad)})
+    assert cli.main(["info"]) == 1
+    assert "bad   loads  (sha256 MISMATCH with training.json)" in capsys.readouterr().out
+
+
+def test_info_reports_a_training_json_that_is_not_an_object(capsys, monkeypatch, tmp_path):
+    # json.loads(...).get('sha256') on a list was an AttributeError traceback
+    folder, load = _tiny_model_with_record(tmp_path / "m", "[1, 2]")
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"m": (folder, load)})
+    assert cli.main(["info"]) == 0
+    assert "m  loads  (no sha256 in training.json)" in capsys.readouterr().out
