@@ -233,3 +233,19 @@ def test_info_reports_a_training_json_that_is_not_an_object(capsys, monkeypatch,
     monkeypatch.setattr(cli, "shipped_models", lambda: {"m": (folder, load)})
     assert cli.main(["info"]) == 0
     assert "m  loads  (no sha256 in training.json)" in capsys.readouterr().out
+
+
+def test_every_shipped_weights_file_is_identified_by_its_recorded_sha256():
+    # toy/mlp_2d's training.json had no sha256, so mmdg info could not tell a damaged file from it
+    import hashlib
+
+    checked = 0
+    for name, (folder, _) in cli.shipped_models().items():
+        weights = [w for w in (folder / "model.safetensors", folder / "diffusion_pytorch_model.safetensors")
+                   if w.is_file()]
+        if weights and (folder / "training.json").is_file():
+            record = json.loads((folder / "training.json").read_text())
+            assert record.get("sha256") == hashlib.sha256(weights[0].read_bytes()).hexdigest(), name
+            assert cli._check_sha256(folder) == ("sha256 ok", False), name
+            checked += 1
+    assert checked >= 6
