@@ -221,7 +221,32 @@ def check_pipeline_folder(folder: str | Path) -> Path:
         raise MissingExtraError(f"{folder}: the pipeline's {_listing(n for n, lib in parts.items() if lib in absent)} "
                                 f"need {', '.join(absent)}, which is not installed: pip install "
                                 "'mmdg_lite[sd]' (the extra for Stable Diffusion pipelines)")
+    _check_tokenizer_files(folder, index)
     return folder
+
+
+def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:
+    """Every transformers tokenizer component holds its vocabulary: tokenizer.json, or all the
+    files its class reads without it (CLIPTokenizer: vocab.json and merges.txt). Without them
+    transformers 5 builds a tokenizer of its special tokens alone, which reads every prompt as
+    the same unknown tokens, and the pipeline "loads"."""
+    empty = []
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] != "transformers":
+            continue
+        import transformers
+
+        names = getattr(getattr(transformers, str(spec[1]), None), "vocab_files_names", None)
+        if not isinstance(names, dict):  # not a tokenizer (a text encoder, an image processor)
+            continue
+        slow = sorted(set(names.values()) - {"tokenizer.json"})
+        if not (folder / name / "tokenizer.json").is_file() and not (
+                slow and all((folder / name / f).is_file() for f in slow)):
+            empty.append(f"{name} ({spec[1]} needs tokenizer.json{', or ' + ' and '.join(slow) if slow else ''})")
+    if empty:
+        raise ArtifactError(f"{folder}: the tokenizer component(s) {', '.join(empty)} hold no vocabulary: "
+                            "transformers would build a tokenizer of its special tokens alone, the same "
+                            "for every prompt; copy the whole pipeline folder again")
 
 
 def _is_diffusers_model(cls: Any) -> bool:

@@ -318,3 +318,33 @@ def test_retrain_and_progress_must_be_bools():
             fn(retrain="no")
         with pytest.raises(TypeError, match="progress must be True or False; got 1"):
             fn(progress=1)
+
+
+def test_a_pipeline_tokenizer_without_its_vocabulary_files_is_refused(tmp_path, capsys, monkeypatch):
+    """A tokenizer folder that kept only tokenizer_config.json 'loaded' (mmdg info: 'loads') as a
+    CLIPTokenizer of its two special tokens, which reads every prompt alike; vocab.json and
+    merges.txt in place of tokenizer.json are a complete vocabulary and still load."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    from mmdg_lite import cli
+    from mmdg_lite._io import check_pipeline_folder
+    from mmdg_lite._resources import DATA_DIR
+
+    pipe = shutil.copytree(DATA_DIR / "sd" / "shapes_pipeline", tmp_path / "pipe")
+    tok = pipe / "tokenizer"
+    original = transformers.CLIPTokenizer.from_pretrained(tok)("a red circle").input_ids
+    model = json.loads((tok / "tokenizer.json").read_text())["model"]
+    (tok / "tokenizer.json").unlink()
+    empty = transformers.CLIPTokenizer.from_pretrained(tok)  # the defect: special tokens only
+    assert len(empty) == len(set(empty.all_special_tokens)) and len(empty("a red circle").input_ids) > 3
+    with pytest.raises(ArtifactError, match=r"tokenizer component\(s\) tokenizer \(CLIPTokenizer needs "
+                                            r"tokenizer.json, or merges.txt and vocab.json\) hold no vocabulary"):
+        check_pipeline_folder(pipe)
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"sd": (pipe, cli._loader_for(pipe))})
+    assert cli.main(["info"]) == 1 and "sd  FAILS: ArtifactError" in capsys.readouterr().out
+
+    (tok / "vocab.json").write_text(json.dumps(model["vocab"]))
+    (tok / "merges.txt").write_text("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in model["merges"]))
+    assert check_pipeline_folder(pipe) == pipe
+    assert transformers.CLIPTokenizer.from_pretrained(tok)("a red circle").input_ids == original
