@@ -154,7 +154,8 @@ def _run_info(args: argparse.Namespace) -> int:
                 status = f"not checked: {err}"
             except Exception as err:  # report every failure, whatever its kind
                 failures += 1
-                status = f"FAILS: {type(err).__name__}: {err}"
+                # one line per model: torch's state-dict errors run to a line per tensor
+                status = f"FAILS: {type(err).__name__}: {_shorten(' '.join(str(err).split()))}"
         extra, bad_weights = _check_sha256(folder)
         failures += bad_weights
         print(f"model     {name:<{width}}  {status}{'  (' + extra + ')' if extra else ''}")

@@ -249,3 +249,19 @@ def test_every_shipped_weights_file_is_identified_by_its_recorded_sha256():
             assert cli._check_sha256(folder) == ("sha256 ok", False), name
             checked += 1
     assert checked >= 6
+
+
+def test_info_reports_a_long_failure_on_one_line(capsys, monkeypatch, tmp_path):
+    # a config edited away from its weights printed torch's state-dict error, one line per tensor
+    # (150 lines for digits_unet), inside the table
+    first = "UNet2DModel.from_pretrained failed: Error(s) in loading state_dict for UNet2DModel:"
+    lines = [f"\tsize mismatch for block{k}.weight: copying a param with shape [16] ..." for k in range(150)]
+
+    def load():
+        raise RuntimeError("\n".join([first, *lines]))
+
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"bad": (tmp_path, load), "good": (tmp_path, lambda: 0)})
+    assert cli.main(["info"]) == 1
+    report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model ")]
+    assert len(report) == 2 and report[0].startswith(f"model     bad   FAILS: RuntimeError: {first}")
+    assert report[0].endswith("[...]") and len(report[0]) < 500 and report[1] == "model     good  loads"
