@@ -257,22 +257,52 @@ def _is_diffusers_model(cls: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, ModelMixin)
 
 
+def _is_transformers_model(cls: Any) -> bool:
+    if importlib.util.find_spec("transformers") is None:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(cls, type) and issubclass(cls, PreTrainedModel)
+
+
+def _pipeline_models(folder: Path, hint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's model components (diffusers and transformers models), each loaded on its
+    own through the strict ``from_pretrained``: a pipeline's from_pretrained initialises a tensor
+    its weights file lacks (at random, or to its default) and loads without an error."""
+    import importlib
+
+    models = {}
+    for name, spec in read_json(folder / "model_index.json").items():
+        if name.startswith("_") or name in kwargs or not isinstance(spec, list) or len(spec) != 2 \
+                or spec[0] not in ("diffusers", "transformers"):
+            continue
+        cls = getattr(importlib.import_module(spec[0]), str(spec[1]), None)
+        if _is_diffusers_model(cls) or _is_transformers_model(cls):
+            extra = {k: kwargs[k] for k in ("torch_dtype",) if k in kwargs}
+            models[name] = from_pretrained(cls, folder / name, hint, **extra)
+    return models
+
+
 def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool = True,
                     **kwargs: Any) -> Any:
     """``cls.from_pretrained(folder, local_files_only=True, **kwargs)`` for a local diffusers
     (or transformers) folder: its JSON and safetensors files are checked first, and any error
     ``from_pretrained`` raises is re-raised as ``ArtifactError`` naming the folder and its files.
 
-    For a diffusers model class (``ModelMixin``), ``strict`` also rejects weights that do not
+    For a diffusers or transformers model class, ``strict`` also rejects weights that do not
     match the config: diffusers itself only warns and initialises missing tensors at random.
+    For a pipeline folder, it loads each model component that way and hands them to the pipeline.
     """
     folder = check_folder(folder, hint)
     if (folder / "model_index.json").is_file():
         check_pipeline_folder(folder)
+        if strict:
+            kwargs = {**_pipeline_models(folder, hint, kwargs), **kwargs}
     kwargs.setdefault("local_files_only", True)
     if _is_diffusers_model(cls):  # without accelerate diffusers falls back, with a long warning
         kwargs.setdefault("low_cpu_mem_usage", importlib.util.find_spec("accelerate") is not None)
-    strict = strict and _is_diffusers_model(cls) and "output_loading_info" not in kwargs
+    strict = strict and (_is_diffusers_model(cls) or _is_transformers_model(cls)) \
+        and "output_loading_info" not in kwargs
     name = getattr(cls, "__name__", repr(cls))
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     try:

@@ -7,6 +7,7 @@ file's path and the defect in the message, rather than loading something else or
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -348,3 +349,43 @@ def test_a_pipeline_tokenizer_without_its_vocabulary_files_is_refused(tmp_path, 
     (tok / "merges.txt").write_text("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in model["merges"]))
     assert check_pipeline_folder(pipe) == pipe
     assert transformers.CLIPTokenizer.from_pretrained(tok)("a red circle").input_ids == original
+
+
+@pytest.mark.parametrize("component, weights", [("unet", "diffusion_pytorch_model.safetensors"),
+                                                ("text_encoder", "model.safetensors")])
+def test_a_pipeline_component_that_lacks_a_tensor_is_refused(tmp_path, capsys, monkeypatch, component, weights):
+    """A pipeline's from_pretrained initialises a tensor its component's file lacks and 'loads'
+    (mmdg info said 'loads'); the checked from_pretrained loads each component strictly."""
+    import shutil
+
+    pytest.importorskip("transformers")
+    import diffusers
+
+    from mmdg_lite import cli
+    from mmdg_lite._resources import DATA_DIR
+
+    pipe = shutil.copytree(DATA_DIR / "sd" / "shapes_pipeline", tmp_path / "pipe")
+    tensors = load_file(pipe / component / weights)
+    dropped = sorted(tensors)[3]
+    del tensors[dropped]
+    save_file(tensors, pipe / component / weights, metadata={"format": "pt"})
+    assert diffusers.DiffusionPipeline.from_pretrained(str(pipe), local_files_only=True) is not None  # silent
+    with pytest.raises(ArtifactError, match=rf"{component}: the weights .* missing keys \['{re.escape(dropped)}'\]"):
+        from_pretrained(diffusers.DiffusionPipeline, pipe)
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"sd": (pipe, cli._loader_for(pipe))})
+    assert cli.main(["info"]) == 1 and "sd  FAILS: ArtifactError" in capsys.readouterr().out
+
+
+def test_the_checked_pipeline_holds_the_weights_of_a_plain_load():
+    pytest.importorskip("transformers")
+    import diffusers
+
+    from mmdg_lite._resources import DATA_DIR
+
+    folder = DATA_DIR / "sd" / "shapes_pipeline"
+    checked = from_pretrained(diffusers.DiffusionPipeline, folder)
+    plain = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    assert checked.components.keys() == plain.components.keys()
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(checked, name).state_dict(), getattr(plain, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
