@@ -229,8 +229,9 @@ def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:
     """Every transformers tokenizer component holds its vocabulary: tokenizer.json, or all the
     files its class reads without it (CLIPTokenizer: vocab.json and merges.txt). Without them
     transformers 5 builds a tokenizer of its special tokens alone, which reads every prompt as
-    the same unknown tokens, and the pipeline "loads"."""
-    empty = []
+    the same unknown tokens, and the pipeline "loads". tokenizer_config.json too: without it the
+    prompt length (model_max_length) is 1e30, which the pipelines pad every prompt to."""
+    empty, unconfigured = [], []
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] != "transformers":
             continue
@@ -239,6 +240,8 @@ def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:
         names = getattr(getattr(transformers, str(spec[1]), None), "vocab_files_names", None)
         if not isinstance(names, dict):  # not a tokenizer (a text encoder, an image processor)
             continue
+        if not (folder / name / "tokenizer_config.json").is_file():
+            unconfigured.append(name)
         slow = sorted(set(names.values()) - {"tokenizer.json"})
         if not (folder / name / "tokenizer.json").is_file() and not (
                 slow and all((folder / name / f).is_file() for f in slow)):
@@ -247,6 +250,10 @@ def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:
         raise ArtifactError(f"{folder}: the tokenizer component(s) {', '.join(empty)} hold no vocabulary: "
                             "transformers would build a tokenizer of its special tokens alone, the same "
                             "for every prompt; copy the whole pipeline folder again")
+    if unconfigured:
+        raise ArtifactError(f"{folder}: the tokenizer component(s) {_listing(unconfigured)} have no "
+                            "tokenizer_config.json (the prompt length and special tokens): transformers "
+                            "would pad every prompt to 1e30 tokens; copy the whole pipeline folder again")
 
 
 def _is_diffusers_model(cls: Any) -> bool:

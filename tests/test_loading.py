@@ -389,3 +389,21 @@ def test_the_checked_pipeline_holds_the_weights_of_a_plain_load():
     for name in ("unet", "vae", "text_encoder"):
         a, b = getattr(checked, name).state_dict(), getattr(plain, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_a_pipeline_tokenizer_without_its_config_is_refused(tmp_path):
+    """Without tokenizer_config.json the tokenizer 'loaded' with model_max_length 1e30 (the
+    shipped one says 16), the length the SD pipelines pad every prompt to."""
+    import shutil
+
+    transformers = pytest.importorskip("transformers")
+    from mmdg_lite._io import check_pipeline_folder
+    from mmdg_lite._resources import DATA_DIR
+
+    pipe = shutil.copytree(DATA_DIR / "sd" / "shapes_pipeline", tmp_path / "pipe")
+    config = json.loads((pipe / "tokenizer" / "tokenizer_config.json").read_text())
+    (pipe / "tokenizer" / "tokenizer_config.json").unlink()
+    assert transformers.CLIPTokenizer.from_pretrained(pipe / "tokenizer").model_max_length > 1e29 > \
+        config["model_max_length"]
+    with pytest.raises(ArtifactError, match=r"component\(s\) \['tokenizer'\] have no tokenizer_config.json"):
+        check_pipeline_folder(pipe)
