@@ -547,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status = int(args.func(args))
-        sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+        if sys.stdout is not None:  # None when the command runs with stdout closed (>&-)
+            sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
     except BrokenPipeError:  # `mmdg info | head -1`: the rest of the output has no reader
         _discard_stdout()
         return 1

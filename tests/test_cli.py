@@ -265,3 +265,10 @@ def test_info_reports_a_long_failure_on_one_line(capsys, monkeypatch, tmp_path):
     report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model ")]
     assert len(report) == 2 and report[0].startswith(f"model     bad   FAILS: RuntimeError: {first}")
     assert report[0].endswith("[...]") and len(report[0]) < 500 and report[1] == "model     good  loads"
+
+
+def test_info_with_stdout_closed_runs_without_a_traceback(monkeypatch, capsys):
+    # with stdout closed (mmdg info >&-) Python sets sys.stdout to None and print writes nothing
+    monkeypatch.setattr(cli, "shipped_models", lambda: {})
+    monkeypatch.setattr(sys, "stdout", None)
+    assert cli.main(["info"]) == 0
