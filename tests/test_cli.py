@@ -272,3 +272,19 @@ def test_info_with_stdout_closed_runs_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(cli, "shipped_models", lambda: {})
     monkeypatch.setattr(sys, "stdout", None)
     assert cli.main(["info"]) == 0
+
+
+def test_info_reports_unreadable_weights_as_a_failure(capsys, monkeypatch, tmp_path):
+    # a weights file mmdg info cannot read for its sha256 raised the OSError as a traceback
+    folder, _ = _tiny_model_with_record(tmp_path / "m", json.dumps({"sha256": "0" * 64}))
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "model.safetensors":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"m": (folder, lambda: None)})
+    assert cli.main(["info"]) == 1
+    assert "m  loads  (cannot read model.safetensors: PermissionError: Permission denied)" in capsys.readouterr().out
