@@ -276,8 +276,6 @@ def _pipeline_models(folder: Path, hint: str, kwargs: dict[str, Any]) -> dict[st
     """The pipeline's model components (diffusers and transformers models), each loaded on its
     own through the strict ``from_pretrained``: a pipeline's from_pretrained initialises a tensor
     its weights file lacks (at random, or to its default) and loads without an error."""
-    import importlib
-
     models = {}
     for name, spec in read_json(folder / "model_index.json").items():
         if name.startswith("_") or name in kwargs or not isinstance(spec, list) or len(spec) != 2 \

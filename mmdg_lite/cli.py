@@ -119,9 +119,9 @@ def _check_sha256(folder: Path) -> tuple[str, bool]:
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="version, data folder, shipped models and whether each loads",
                               description="Print the version, where the shipped data lives, and load "
-                                          "each shipped model (never retraining) to report whether it works; the exit status is 1 if one "
-                                          "fails or its weights differ from the sha256 its "
-                                          "training.json records.")
+                                          "each shipped model (never retraining) to report whether it "
+                                          "works; the exit status is 1 if one fails or its weights "
+                                          "differ from the sha256 its training.json records.")
     p.set_defaults(func=_run_info)
 
 
