@@ -189,7 +189,9 @@ class ResidualDenoiser(nn.Module):
         return self
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
-        with torch.no_grad():
+        # no graph through the frozen base while training; but a gradient w.r.t. x_t (MMDGuidance's
+        # eval_point "x0_hat_backprop") must go through it too, not through the residual alone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x_t.requires_grad):
             eps = self.base(x_t, t, cond)  # (B, *S)
         return eps + self.residual(x_t, t)
 

@@ -267,3 +267,22 @@ def test_hook_refuses_sigma_scaled_latents_without_their_input_scales(drop):
         sig.input_scale = 1.0
     with pytest.raises(ValueError, match="input_scale_prev is 1" if drop != "both" else "input_scale left at 1"):
         ClassifierGuidance(clf)(sig)
+
+
+def test_residual_denoiser_backpropagates_through_its_base():
+    # the base ran under no_grad, so eval_point="x0_hat_backprop" through a fine-tuned weightless model saw the
+    # Jacobian of the residual alone: with a zero residual (the fine-tuning's start) it must guide as the base does
+    from mmdg_lite import GaussianKernel, MMDGuidance
+
+    den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
+    refs = subset_mixture(circle_mixture(), USER_MODES).sample(20, torch.Generator().manual_seed(0))[0]
+    tuned, _ = finetune_denoiser(den, refs, steps=1, lr=1e-12, hidden=8, layers=1)
+    torch.nn.init.zeros_(tuned.residual.out_proj.weight)  # the residual and its Jacobian exactly zero
+    x, t = torch.randn(6, 2, requires_grad=True), torch.full((6,), 400)
+    (g_base,) = torch.autograd.grad(den(x, t).sum(), x)
+    (g_tuned,) = torch.autograd.grad(tuned(x, t).sum(), x)
+    assert torch.allclose(g_tuned, g_base, atol=1e-7) and g_base.abs().max() > 0.1
+    runs = [sample(d, 8, 2, scheduler="ddim", num_steps=8, seed=0,
+                   guidance=MMDGuidance(refs, kernel=GaussianKernel(), eval_point="x0_hat_backprop")).samples
+            for d in (den, tuned)]
+    assert torch.allclose(runs[0], runs[1], atol=1e-5)
