@@ -248,3 +248,25 @@ def test_run_method_refuses_references_outside_the_model_space_before_any_work(t
             with pytest.raises(ValueError, match=re.escape("task.references must be a tensor (N, 1, 16, 16)")
                                + f".*got shape {re.escape(str(tuple(bad.shape)))}"):
                 run_method(bad_task, method, n=4, **kw)
+
+
+def test_finetune_runs_on_a_task_whose_denoiser_is_not_a_unet():
+    """AdaptationTask takes any denoiser(x_t, t, cond), but run_method('finetune') read
+    task.denoiser.unet: a task built on an MLPDenoiser failed with an AttributeError."""
+    from mmdg_lite import MLPDenoiser
+    from mmdg_lite.images.adaptation import AdaptationTask
+    from mmdg_lite.images.shapes import make_shapes
+
+    imgs = make_shapes(14, seed=3).images  # (14, 3, 32, 32)
+    torch.manual_seed(0)
+    den = MLPDenoiser(4, hidden=8, layers=1)
+    den.in_proj.weight.requires_grad_(False)  # the caller's flags come back as they were
+    before = {k: v.clone() for k, v in den.state_dict().items()}
+    task = AdaptationTask("stub", den, (4,), torch.randn(6, 4) + 3, imgs[:6], imgs[6:],
+                          decode=lambda z: imgs[:len(z)], has_style=lambda x: torch.ones(len(x), dtype=torch.bool),
+                          is_valid=lambda x: torch.ones(len(x), dtype=torch.bool), style="any")
+    plain = run_method(task, "unguided", n=4, num_steps=3)
+    tuned = run_method(task, "finetune", n=4, num_steps=3, finetune_steps=3, finetune_lr=1e-2)
+    assert tuned.setup_seconds > 0 and not torch.equal(tuned.samples, plain.samples)
+    assert all(torch.equal(v, before[k]) for k, v in den.state_dict().items())  # a copy was trained
+    assert [p.requires_grad for p in den.parameters()] == [n != "in_proj.weight" for n, _ in den.named_parameters()]

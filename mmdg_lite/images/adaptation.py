@@ -208,10 +208,13 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
         setup = time.perf_counter() - t0
     elif method == "finetune":
         t0 = time.perf_counter()
-        params = list(task.denoiser.unet.parameters())
+        # any nn.Module denoiser (a task's own MLPDenoiser too: it read task.denoiser.unet, an AttributeError)
+        module = denoiser if isinstance(denoiser, torch.nn.Module) else None
+        params = list(module.parameters()) if module is not None else []
         frozen = [p.requires_grad for p in params]  # the caller's flags, put back afterwards
         with torch.enable_grad():
-            denoiser.unet.requires_grad_(True)
+            if module is not None:
+                module.requires_grad_(True)
             try:
                 denoiser, _ = finetune_denoiser(denoiser, task.references, steps=finetune_steps,
                                                 lr=finetune_lr, batch_size=16, seed=seed)
