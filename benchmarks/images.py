@@ -204,7 +204,9 @@ def render(data: dict) -> str:
         f"(guidance must not collapse the classes; a perfect uniform sampler of {n_tab} shows {_tv_floor(10, n_tab):.3f} "
         f"for 10 classes, {_tv_floor(3, n_tab):.3f} for 3 (multinomial mean)). FD/KD in the project's feature space (stands in for DINOv2, not Inception) to "
         "held-out target-style images; KD ×1e3 = 10³ × KID (unbiased, cubic kernel) of the features divided by the "
-        "target features' std, 20 subsets of min(samples, targets, 1000) points (`run_method`).", "",
+        "target features' std, 20 subsets of min(samples, targets, 1000) points (`run_method`). training s: the wall "
+        "time before sampling (`MethodResult.setup_seconds`); for classifier guidance it includes drawing its 64 "
+        "unguided negatives (max(references, 64), with the table's sampler) as well as training the classifier.", "",
         "## Pixel space: digits UNet, target style thick strokes (20 % of pretraining)", "",
         *table(digits), "", *wins, "",
         "## Latent space: shapes VAE + UNet, target style outlined (25 % of pretraining)", "",

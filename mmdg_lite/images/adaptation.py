@@ -55,7 +55,8 @@ class MethodResult:
     fd: float                 # FD to held-out target-style images (feature net space)
     kd: float                 # KD (x 1e3) to the same, features divided by the targets' std
     seconds: float            # sampling wall time
-    setup_seconds: float = 0.0  # training cost (classifier, fine-tuning)
+    setup_seconds: float = 0.0  # wall time before sampling: fine-tuning's training; classifier guidance's
+    # unguided negatives (max(references, 64) samples) and its training
     class_tv: float = float("nan")  # TV between the content-class histogram and uniform
     samples: Tensor | None = None   # (n, *task.shape) the model-space samples (latents for shapes)
     density: float = float("nan")   # density and coverage (k = 5) of the samples' features against
@@ -154,9 +155,10 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     the given ``guidance``: a hook such as ``MMDGuidance(task.references, ...)`` or a dict of its
     keyword arguments, so ``run_method(task, **PRESETS["digits"]["mmd x0_hat"])`` works;
     "classifier": a noisy classifier of references vs unguided samples, "finetune": the UNet
-    trained further on the references) and measure it. ``eta``: DDIM's noise (0, the default, is
-    deterministic), also used for the classifier's base samples. Every argument is checked before
-    any sampling or training."""
+    trained further on the references) and measure it. ``setup_seconds`` is the wall time before
+    sampling: the classifier's includes drawing its max(references, 64) unguided negatives.
+    ``eta``: DDIM's noise (0, the default, is deterministic), also used for the classifier's base
+    samples. Every argument is checked before any sampling or training."""
     from ..baselines import ClassifierGuidance, finetune_denoiser, train_classifier
     from ..sampling import sample
 
