@@ -374,8 +374,12 @@ def test_images_table_says_the_classifier_training_time_includes_its_negatives(m
     # time also draws the classifier's 64 unguided negatives (about 2 of its 3.1 s on digits)
     import time
 
+    import torch
+
+    import mmdg_lite.images.adaptation as adaptation
     import mmdg_lite.sampling as sampling
-    from mmdg_lite.images.adaptation import digits_task, run_method
+    from mmdg_lite import MLPDenoiser
+    from mmdg_lite.images.adaptation import AdaptationTask, run_method
 
     bench = _benchmark(monkeypatch, "images", "--render")
     committed = ROOT / "benchmarks" / "results" / "images.md"
@@ -391,5 +395,8 @@ def test_images_table_says_the_classifier_training_time_includes_its_negatives(m
         return real(denoiser, n, *args, **kwargs)
 
     monkeypatch.setattr(sampling, "sample", slow_unguided)
-    r = run_method(digits_task(n_refs=4), "classifier", n=2, num_steps=1, classifier_steps=1)
-    assert drawn == [64] and r.setup_seconds >= 0.5
+    monkeypatch.setattr(adaptation, "_measure", lambda task, method, z, seconds, setup: setup)  # no metrics
+    task = AdaptationTask("stub", MLPDenoiser(4, hidden=8, layers=1), (4,), torch.randn(6, 4), None, None,
+                          decode=None, has_style=None, is_valid=None, style="any")  # 50 in images.py
+    setup = run_method(task, "classifier", n=2, num_steps=1, classifier_steps=1)
+    assert drawn == [64] and setup >= 0.5
