@@ -1,8 +1,8 @@
 """Image domain adaptation over 5 seeds (notebooks 05 and 06's measures, issue 9 item 7).
 
     .venv/bin/python benchmarks/images.py            # writes benchmarks/results/images.md (+ .json)
-    .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples (a smoke run, written to
-                                                     # $TMPDIR/mmdg_benchmarks_quick, not results/)
+    .venv/bin/python benchmarks/images.py --quick    # 2 seeds, fewer samples and timing repeats (a smoke
+                                                     # run, written to $TMPDIR/mmdg_benchmarks_quick, not results/)
     .venv/bin/python benchmarks/images.py --jobs 2   # the two domains in two processes (same numbers)
 
 Pixel space: the shipped digits UNet (20 % thick strokes in pretraining), 50 thick references
@@ -94,11 +94,11 @@ def step_time_ratio(repeats: int = 30, num_steps: int = 50) -> dict:
     return {"rows": rows, "repeats": repeats, "num_steps": num_steps}
 
 
-def _timed() -> dict:
-    """step_time_ratio() with the machine and load it ran on (a --timing re-run may use another
-    machine than the method tables)."""
+def _timed(**kwargs: int) -> dict:
+    """step_time_ratio(**kwargs) with the machine and load it ran on (a --timing re-run may use
+    another machine than the method tables)."""
     load = load_average()[0]
-    return {**step_time_ratio(), "machine": machine(), "load": load}
+    return {**step_time_ratio(**kwargs), "machine": machine(), "load": load}
 
 
 def _timing_lines(timing: dict) -> list[str]:
@@ -228,8 +228,9 @@ def _write(data: dict, out: Path | None = None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 32 samples, 20 steps; written to the temp "
-                        "dir, not results/ (other benchmarks read images.json)")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 32 samples, 20 steps (the step timing: 2 "
+                        "repeats of 20 steps); written to the temp dir, not results/ (other benchmarks read "
+                        "images.json)")
     parser.add_argument("--render", action="store_true", help="re-render images.md from images.json")
     parser.add_argument("--timing", action="store_true", help="re-measure only the guided/unguided step time "
                         "into images.json (the method tables kept)")
@@ -256,7 +257,7 @@ def main() -> None:
                 pool.submit(adaptation_rows, shapes_task, PRESETS["shapes"], seeds, n, steps, batch),
                 pool.submit(sweep, seeds, n_sweep, steps)]
         digits, shapes, sw = (j.result() for j in jobs)
-    timing = _timed()
+    timing = _timed(repeats=2, num_steps=steps) if args.quick else _timed()  # --quick: was 30 repeats of 50 steps
     meta = {"command": command_line(".venv/bin/python"),
             "seeds": len(seeds), "jobs": args.jobs, "n_adapt": n, "batch": batch, "n_sweep": n_sweep, "num_steps": steps,
             "digit_references": "stratified" if _digits_stratified() else "random",

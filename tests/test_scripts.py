@@ -176,9 +176,11 @@ def test_quick_benchmark_runs_never_replace_the_committed_tables(monkeypatch, tm
     monkeypatch.setattr(bench, "ProcessPoolExecutor", ThreadPoolExecutor)
     monkeypatch.setattr(bench, "adaptation_rows", lambda *a, **k: {"unguided": {}})
     monkeypatch.setattr(bench, "sweep", lambda *a, **k: {})
-    monkeypatch.setattr(bench, "step_time_ratio", lambda: {})
+    timed = []
+    monkeypatch.setattr(bench, "step_time_ratio", lambda **kwargs: timed.append(kwargs) or {})
     monkeypatch.setattr(bench, "render", lambda data: "# quick\n" + data["meta"]["command"])
     bench.main()
+    assert timed == [{"repeats": 2, "num_steps": 20}]  # the smoke run timed 30 repeats of 50 steps (minutes)
     assert [(results / f"images{s}").read_text() for s in (".md", ".json")] == ["committed"] * 2
     quick = tmp_path / "tmp" / "mmdg_benchmarks_quick" / "images.md"
     assert quick.read_text().endswith("benchmarks/images.py --quick")
