@@ -19,22 +19,14 @@ from torch import Tensor, nn
 from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int,
                           check_nonnegative, check_pair, check_points, check_positive)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
-from .sampling import check_input_scales, make_scheduler
+from .sampling import check_input_scales
 from .seeding import make_generator
-from .training import fit, train_denoiser
+from .training import fit, noising_scheduler, train_denoiser
 
 __all__ = ["NoisyClassifier", "train_classifier", "classifier_accuracy", "ClassifierGuidance",
            "ResidualDenoiser", "finetune_denoiser", "classifier_free_guidance", "VARIANCES"]
 
 VARIANCES = ("posterior", "beta")
-
-
-def _scheduler(scheduler: Any) -> Any:
-    scheduler = make_scheduler("ddpm") if scheduler is None else scheduler
-    if not hasattr(scheduler, "add_noise"):
-        raise TypeError("scheduler must be a diffusers scheduler with add_noise (e.g. DDPMScheduler); "
-                        f"got {type(scheduler).__name__}")
-    return scheduler
 
 
 class NoisyClassifier(ResidualMLP):
@@ -74,7 +66,7 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
     refs, base = check_pair(refs, base, "references", "base_samples")
     steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 2)
     lr, progress = check_positive(lr, "lr"), check_bool(progress, "progress")  # "no" showed the bar
-    sched = _scheduler(scheduler)
+    sched = noising_scheduler(scheduler)
     n_train = int(sched.config.num_train_timesteps)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -101,7 +93,7 @@ def classifier_accuracy(classifier: NoisyClassifier, references: Tensor, base_sa
     if not callable(classifier):
         raise TypeError(f"classifier must be a NoisyClassifier (from train_classifier), called as "
                         f"classifier(x_t, t); got {_describe(classifier)}")
-    sched = _scheduler(scheduler)
+    sched = noising_scheduler(scheduler)
     t = check_int(t, "t", 0)
     if t >= int(sched.config.num_train_timesteps):
         raise ValueError(f"t must be < num_train_timesteps={int(sched.config.num_train_timesteps)}; got {t}")
@@ -228,7 +220,7 @@ def finetune_denoiser(model: Any, references: Tensor, steps: int = 500, lr: floa
                         f"got {type(model).__name__}")
     refs = check_points(references, "references", flatten=False)
     steps = check_int(steps, "steps", 1)
-    sched = _scheduler(scheduler)
+    sched = noising_scheduler(scheduler)
     trainable = isinstance(model, nn.Module) and any(p.requires_grad for p in model.parameters())
     if trainable:
         if hidden is not None or layers is not None:  # they were ignored: the model is trained as it is

@@ -4,6 +4,7 @@ Forward noising is diffusers' ``DDPMScheduler.add_noise``: x_t = sqrt(abar_t) x_
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import torch
@@ -14,7 +15,7 @@ from ._validation import (_describe, as_float_tensor, check_autograd, check_bool
 from .sampling import make_scheduler
 from .seeding import make_generator
 
-__all__ = ["train_denoiser", "fit"]
+__all__ = ["train_denoiser", "fit", "noising_scheduler"]
 
 
 def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps: int = 5000,
@@ -46,10 +47,7 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
             raise ValueError(f"cond must have one row per data point and the model's cond_dim columns, "
                              f"shape {want}; got {_describe(cond)}")
         check_finite(cond, "cond")
-    scheduler = make_scheduler("ddpm") if scheduler is None else scheduler
-    if not hasattr(scheduler, "add_noise"):
-        raise TypeError(f"scheduler must be a diffusers scheduler with add_noise (e.g. DDPMScheduler); "
-                        f"got {type(scheduler).__name__}")
+    scheduler = noising_scheduler(scheduler)
     n_train = int(scheduler.config.num_train_timesteps)
     param = next(model.parameters(), None)
     if param is None:
@@ -77,6 +75,40 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         return nn.functional.mse_loss(pred, noise)
 
     return fit(model, loss_step, steps, lr, progress=progress, desc="training")
+
+
+def noising_scheduler(scheduler: Any) -> Any:
+    """The scheduler to train with (None: DDPM, 1000 linear betas), checked to noise as the samplers
+    and hooks assume: add_noise(x_0, eps, t) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at train
+    timestep t (DDPMScheduler, DDIMScheduler). Euler's add_noise gives sigma-scaled x_0 + sigma eps
+    and DPM-Solver's reads t as a position in its inference schedule (t = 999 barely noised): a model
+    trained through either learns other noise levels than it is sampled at, silently."""
+    scheduler = make_scheduler("ddpm") if scheduler is None else scheduler
+    if not hasattr(scheduler, "add_noise"):
+        raise TypeError(f"scheduler must be a diffusers scheduler with add_noise (e.g. DDPMScheduler); "
+                        f"got {type(scheduler).__name__}")
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:  # nothing to compare with
+        return scheduler
+    abar = torch.as_tensor(abar).detach().cpu().double()  # (T,)
+    t, ones = torch.arange(len(abar)), torch.ones(len(abar), 1)
+    probe = copy.deepcopy(scheduler)  # add_noise may move or index the scheduler's own state
+    try:
+        signal = probe.add_noise(ones, torch.zeros_like(ones), t)[:, 0].double()  # (T,) sqrt(abar_t) wanted
+        noise = probe.add_noise(torch.zeros_like(ones), ones, t)[:, 0].double()  # (T,) sqrt(1 - abar_t) wanted
+    except (IndexError, RuntimeError, ValueError) as err:
+        signal = noise = None
+        why = f"add_noise failed on the train timesteps 0..{len(abar) - 1} ({err})"
+    if signal is not None:
+        bad = ((signal - abar.sqrt()).abs() + (noise - (1 - abar).sqrt()).abs()).argmax()
+        if torch.allclose(signal, abar.sqrt(), rtol=1e-4, atol=1e-6) and \
+                torch.allclose(noise, (1 - abar).sqrt(), rtol=1e-4, atol=1e-6):
+            return scheduler
+        why = (f"at t={int(bad)} add_noise gives {float(signal[bad]):.4g} x_0 + {float(noise[bad]):.4g} eps, not "
+               f"sqrt(abar_t) = {float(abar[bad].sqrt()):.4g} and sqrt(1 - abar_t) = {float((1 - abar[bad]).sqrt()):.4g}")
+    raise ValueError(f"scheduler {type(scheduler).__name__} does not noise as training needs (the DDPM forward process "
+                     f"at train timestep t): {why}; train with a DDPMScheduler of the same betas, e.g. "
+                     "DDPMScheduler.from_config(scheduler.config), and sample with any scheduler")
 
 
 def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float, *,

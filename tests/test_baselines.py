@@ -286,3 +286,25 @@ def test_residual_denoiser_backpropagates_through_its_base():
                    guidance=MMDGuidance(refs, kernel=GaussianKernel(), eval_point="x0_hat_backprop")).samples
             for d in (den, tuned)]
     assert torch.allclose(runs[0], runs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+def test_training_refuses_a_scheduler_that_does_not_noise_at_train_timesteps(name):
+    # Euler's add_noise is sigma-scaled (x_0 + sigma eps, while the hook feeds the classifier c_in x_t) and
+    # DPM-Solver's reads t as a position in its inference schedule (t = 999 barely noised): both trained silently
+    import diffusers
+
+    sched = getattr(diffusers, name)(num_train_timesteps=1000)
+    ones, t = torch.ones(2, 1), torch.tensor([999, 10])
+    assert not torch.allclose(sched.add_noise(ones, torch.zeros_like(ones), t)[:, 0],
+                              make_scheduler("ddpm").alphas_cumprod[t].sqrt(), atol=1e-3)  # the defect itself
+    refs, base = torch.randn(10, 2) + 2, torch.randn(10, 2)
+    for call in (lambda: train_classifier(refs, base, scheduler=sched, steps=1),
+                 lambda: classifier_accuracy(_classifier(2), refs, base, 10, scheduler=sched),
+                 lambda: finetune_denoiser(MLPDenoiser(2, hidden=8, layers=1), refs, scheduler=sched, steps=1)):
+        with pytest.raises(ValueError, match=f"scheduler {name} does not noise as training needs.*at t=999"):
+            call()
+    fixed = diffusers.DDPMScheduler.from_config(sched.config)  # the way out the error names
+    a, _ = train_classifier(refs, base, scheduler=fixed, steps=2)
+    b, _ = train_classifier(refs, base, steps=2)  # the default: DDPM, the same linear betas
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

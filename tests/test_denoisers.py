@@ -334,3 +334,18 @@ def test_cfg_limits_are_the_two_models_exactly():
         assert torch.equal(CFGDenoiser(model, scale)(x, t, c), want) and len(calls) == 1
     calls.clear()
     assert torch.allclose(CFGDenoiser(model, 2.5)(x, t, c), eps_u + 2.5 * (eps_c - eps_u)) and len(calls) == 2
+
+
+def test_train_denoiser_refuses_a_scheduler_that_does_not_noise_at_train_timesteps():
+    # EulerDiscreteScheduler.add_noise gives x_0 + sigma eps (sigma-scaled), not the DDPM-normalised x_t the
+    # samplers feed the model: trained through it the model learnt other inputs than it sees, silently
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    euler = EulerDiscreteScheduler(num_train_timesteps=1000)
+    with pytest.raises(ValueError, match="scheduler EulerDiscreteScheduler does not noise as training needs"):
+        train_denoiser(MLPDenoiser(2, hidden=8, layers=1), torch.randn(8, 2), euler, steps=1, progress=False)
+    ddpm = DDPMScheduler.from_config(euler.config)
+    a, b = MLPDenoiser(2, hidden=8, layers=1), MLPDenoiser(2, hidden=8, layers=1)
+    b.load_state_dict(a.state_dict())
+    data = torch.randn(8, 2)
+    assert train_denoiser(a, data, ddpm, steps=2, progress=False) == train_denoiser(b, data, steps=2, progress=False)
