@@ -33,13 +33,16 @@ class NoisyClassifier(ResidualMLP):
     """Binary classifier on noisy samples: forward(x_t, t) -> (B,) logit of p(reference | x_t, t).
 
     The denoiser's residual MLP trunk (``denoisers.ResidualMLP``: sinusoidal time embedding
-    added to every block) with one output; inputs (B, *S) are flattened.
+    added to every block) with one output; inputs (B, *S) are flattened. ``noise_schedule``: the
+    (T,) alphas_cumprod it was trained at (set by ``train_classifier``; None: unknown), which
+    ``ClassifierGuidance`` compares with each step's noise level.
     """
 
     def __init__(self, dim: int, hidden: int = 128, layers: int = 2, time_embed_dim: int = 32) -> None:
         super().__init__(check_int(dim, "dim", 1), 1, hidden=check_int(hidden, "hidden", 1),
                          layers=check_int(layers, "layers", 1),
                          time_embed_dim=check_int(time_embed_dim, "time_embed_dim", 2))
+        self.noise_schedule: Tensor | None = None
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         x = self.flat_input(x_t, "classifier")  # (B, D) in the weights' dtype
@@ -71,6 +74,7 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = NoisyClassifier(refs.shape[1], hidden=hidden, layers=layers)
+    model.noise_schedule = torch.as_tensor(sched.alphas_cumprod).detach().cpu().double().clone()  # (T,)
     refs, base = refs.float(), base.float()
     gen = make_generator(seed)
     half = batch_size // 2
@@ -151,10 +155,29 @@ class ClassifierGuidance:
             return beta
         return (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t) * beta
 
+    def check_noise_level(self, state: Any) -> None:
+        """Refuse a step whose noise level is not the one the classifier was trained at for its t
+        (``NoisyClassifier.noise_schedule``; within the neighbouring timesteps', as Euler's fractional
+        and Karras' rounded timesteps need): trained on another schedule it was guided silently."""
+        abar = getattr(self.classifier, "noise_schedule", None)
+        if abar is None:
+            return
+        t, ab, last = int(state.t), float(state.alpha_bar_t), len(abar) - 1
+        if not 0 <= t <= last:
+            raise ValueError(f"the classifier was trained on timesteps 0..{last}, but step {state.step_index} is at "
+                             f"t={t}: train it with the sampler's noise schedule (train_classifier(scheduler=...))")
+        lo, hi = float(abar[min(t + 1, last)]), float(abar[max(t - 1, 0)])
+        if not lo * (1 - 1e-3) - 1e-6 <= ab <= hi * (1 + 1e-3) + 1e-6:
+            raise ValueError(f"step {state.step_index} (t={t}) has alpha_bar_t={ab:.4g}, but the classifier was trained "
+                             f"at alpha_bar={float(abar[t]):.4g} for t={t}: it learnt another noise schedule than the "
+                             "sampler's; train it with a DDPMScheduler of the sampler's betas (train_classifier("
+                             "scheduler=DDPMScheduler.from_config(sampler_scheduler.config)))")
+
     def __call__(self, state: Any) -> Tensor:
         if self.scale == 0:
             return state.x_prev
-        check_input_scales(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
+        check_input_scales(state)
+        self.check_noise_level(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
         # sigma-scaled latents (Euler: x_t = x_0 + sigma eps) are DDPM-normalised by c_in, as the denoiser
         # sees them and the classifier was trained; the shift is made there and mapped back by 1 / c_in'
         c_in = float(getattr(state, "input_scale", 1.0))

@@ -308,3 +308,32 @@ def test_training_refuses_a_scheduler_that_does_not_noise_at_train_timesteps(nam
     a, _ = train_classifier(refs, base, scheduler=fixed, steps=2)
     b, _ = train_classifier(refs, base, steps=2)  # the default: DDPM, the same linear betas
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_hook_refuses_a_classifier_trained_on_another_noise_schedule():
+    # train_classifier noised with DDPM's linear betas by default; sampling with another schedule (cosine betas, or
+    # 500 train timesteps) fed the classifier x_t at noise levels it never saw for that t, silently
+    import re
+
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    refs, base = torch.randn(12, 2) + 2, torch.randn(12, 2)
+    linear, _ = train_classifier(refs, base, steps=2)
+    cosine, _ = train_classifier(refs, base, scheduler=make_scheduler("ddpm", beta_schedule="squaredcos_cap_v2"),
+                                 steps=2)
+    cos_ddim = make_scheduler("ddim", beta_schedule="squaredcos_cap_v2")
+    den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), cos_ddim)
+    run = dict(n=3, shape=2, num_steps=5, seed=0)
+    want = (f"step 0 (t=800) has alpha_bar_t={float(cos_ddim.alphas_cumprod[800]):.4g}, but the classifier was "
+            f"trained at alpha_bar={float(make_scheduler('ddpm').alphas_cumprod[800]):.4g} for t=800")
+    with pytest.raises(ValueError, match=re.escape(want)):
+        sample(den, scheduler=cos_ddim, guidance=ClassifierGuidance(linear), **run)
+    long = make_scheduler("ddim", 2000)
+    with pytest.raises(ValueError, match=r"trained on timesteps 0..999, but step 0 is at t=1600"):  # DDIM 5 of 2000
+        sample(GaussianMixtureDenoiser.from_mixture(circle_mixture(), long), scheduler=long,
+               guidance=ClassifierGuidance(linear), **run)
+    sample(den, scheduler=cos_ddim, guidance=ClassifierGuidance(cosine), **run)  # its own schedule runs
+    assert torch.equal(linear.noise_schedule, make_scheduler("ddpm").alphas_cumprod.double())
+    lin_den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
+    for sched in ("ddpm", EulerDiscreteScheduler(), DPMSolverMultistepScheduler(use_karras_sigmas=True)):
+        sample(lin_den, scheduler=sched, guidance=ClassifierGuidance(linear), **run)  # fractional / rounded t
