@@ -68,6 +68,9 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
     base = check_points(base_samples, "base_samples", min_count=2)
     refs, base = check_pair(refs, base, "references", "base_samples")
     steps, batch_size = check_int(steps, "steps", 1), check_int(batch_size, "batch_size", 2)
+    if batch_size % 2:  # half of each set: an odd size lost its last point, silently
+        raise ValueError(f"batch_size must be even (batch_size/2 references and as many base samples per "
+                         f"minibatch); got {batch_size}")
     lr, progress = check_positive(lr, "lr"), check_bool(progress, "progress")  # "no" showed the bar
     sched = noising_scheduler(scheduler)
     n_train = int(sched.config.num_train_timesteps)

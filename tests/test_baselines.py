@@ -337,3 +337,11 @@ def test_hook_refuses_a_classifier_trained_on_another_noise_schedule():
     lin_den = GaussianMixtureDenoiser.from_mixture(circle_mixture(), make_scheduler("ddpm"))
     for sched in ("ddpm", EulerDiscreteScheduler(), DPMSolverMultistepScheduler(use_karras_sigmas=True)):
         sample(lin_den, scheduler=sched, guidance=ClassifierGuidance(linear), **run)  # fractional / rounded t
+
+
+def test_train_classifier_refuses_an_odd_batch_size():
+    # each minibatch holds batch_size // 2 points of each set: batch_size=3 trained on minibatches of 2, silently
+    refs, base = torch.randn(6, 2) + 2, torch.randn(6, 2)
+    with pytest.raises(ValueError, match="batch_size must be even .*; got 3"):
+        train_classifier(refs, base, steps=1, batch_size=3)
+    train_classifier(refs, base, steps=1, batch_size=2)
