@@ -198,6 +198,9 @@ class ResidualDenoiser(nn.Module):
         super().__init__()
         if not callable(base):
             raise TypeError(f"base must be callable as base(x_t, t, cond); got {type(base).__name__}")
+        if not isinstance(residual, nn.Module):  # a function failed in .train() / .eval(), None at the first call
+            raise TypeError(f"residual must be an nn.Module called as residual(x_t, t) (the trainable correction, "
+                            f"e.g. MLPDenoiser(dim)); got {_describe(residual)}")
         self.base, self.residual = base, residual
 
     def train(self, mode: bool = True) -> "ResidualDenoiser":

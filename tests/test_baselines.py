@@ -345,3 +345,10 @@ def test_train_classifier_refuses_an_odd_batch_size():
     with pytest.raises(ValueError, match="batch_size must be even .*; got 3"):
         train_classifier(refs, base, steps=1, batch_size=3)
     train_classifier(refs, base, steps=1, batch_size=2)
+
+
+def test_residual_denoiser_needs_a_module_residual():
+    # a function residual failed in .eval() ("'function' object has no attribute 'train'"), None at the first call
+    for residual in (lambda x, t: x, None):
+        with pytest.raises(TypeError, match="residual must be an nn.Module called as residual"):
+            ResidualDenoiser(MLPDenoiser(2, hidden=8, layers=1), residual)
