@@ -101,6 +101,12 @@ def classifier_accuracy(classifier: NoisyClassifier, references: Tensor, base_sa
         raise TypeError(f"classifier must be a NoisyClassifier (from train_classifier), called as "
                         f"classifier(x_t, t); got {_describe(classifier)}")
     sched = noising_scheduler(scheduler)
+    trained = getattr(classifier, "noise_schedule", None)  # train_classifier's (T,) alphas_cumprod
+    abar = torch.as_tensor(sched.alphas_cumprod).detach().cpu().double()
+    if isinstance(trained, Tensor) and (trained.shape != abar.shape or not torch.allclose(trained, abar)):
+        raise ValueError(f"scheduler noises with another schedule ({len(abar)} timesteps) than the classifier was "
+                         f"trained with ({len(trained)}): the accuracy would be measured at noise levels it never saw; "
+                         "pass the scheduler given to train_classifier")
     t = check_int(t, "t", 0)
     if t >= int(sched.config.num_train_timesteps):
         raise ValueError(f"t must be < num_train_timesteps={int(sched.config.num_train_timesteps)}; got {t}")

@@ -352,3 +352,13 @@ def test_residual_denoiser_needs_a_module_residual():
     for residual in (lambda x, t: x, None):
         with pytest.raises(TypeError, match="residual must be an nn.Module called as residual"):
             ResidualDenoiser(MLPDenoiser(2, hidden=8, layers=1), residual)
+
+
+def test_classifier_accuracy_refuses_another_noise_schedule_than_the_classifiers():
+    # a classifier trained with cosine betas was scored at the default linear betas' noise levels, silently
+    cosine = make_scheduler("ddpm", beta_schedule="squaredcos_cap_v2")
+    refs, base = torch.randn(12, 2) + 2, torch.randn(12, 2)
+    clf, _ = train_classifier(refs, base, scheduler=cosine, steps=2)
+    with pytest.raises(ValueError, match="scheduler noises with another schedule .* than the classifier was trained"):
+        classifier_accuracy(clf, refs, base, 500)
+    assert 0 <= classifier_accuracy(clf, refs, base, 500, scheduler=cosine) <= 1
