@@ -699,3 +699,19 @@ def test_a_prompt_aware_memory_refuses_samples_without_their_prompts():
     want = mmd2_grad_autograd(torch.cat([z, seed]), y, ProductKernel(GaussianKernel(0.3), kz),
                               x_prompts=rp[[0, 0, 2]], y_prompts=rp)[:1]
     torch.testing.assert_close(got, want)
+
+
+def test_rff_summaries_are_built_in_blocks_of_chunk_size(monkeypatch):
+    # chunk_size bounds the memory of a guidance step for large reference sets; with rff_features
+    # the one-off build of mu and M went through (8192, F) feature blocks whatever chunk_size said
+    # (F = 16,384, N_r = 20,000: 1.5 GB extra with chunk_size=512 as without it)
+    from mmdg_lite.rff import RFFReferenceEmbedding
+    rows = []
+    features = RFFReferenceEmbedding.features
+    monkeypatch.setattr(RFFReferenceEmbedding, "features", lambda self, x: rows.append(len(x)) or features(self, x))
+    y = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = MMDGuidance(y, kernel=GaussianKernel(1.5), rff_features=32, rff_seed=4, chunk_size=7)
+    assert max(rows) == 7 and sum(rows) == 50
+    phi = math.sqrt(2 / 32) * torch.cos(y @ g.rff.W.T + g.rff.b)  # (N, F), the summaries in one piece
+    assert torch.allclose(g.rff.mean, phi.mean(0), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(g.rff.weighted_refs, phi.T @ y / 50, rtol=1e-12, atol=1e-14)

@@ -174,7 +174,9 @@ class MMDGuidance:
             shrinks with the share of references with the sample's prompt while its push
             shrinks with its share of the batch; where the two shares differ the batch is
             pushed apart (benchmarks/results/sd.md, notebook 04).
-        chunk_size: references per chunk (bounded memory for large reference sets).
+        chunk_size: references per chunk (bounded memory for large reference sets); with
+            ``rff_features`` also the references per block of the summaries' one-off build
+            (default 8,192 rows: a (8192, F) feature block, 2 GiB at F = 65,536).
         rff_features: replace the exact reference term by F random Fourier features of a
             fixed-bandwidth Gaussian kernel (a step then costs O(B F D) for any N_r; relative
             gradient error ~ 1.6/sqrt(F), benchmarks/results/rff.md).
@@ -257,8 +259,10 @@ class MMDGuidance:
                                  f"and no prompts; got generated_set={generated_set!r}, "
                                  f"estimator={self.estimator!r}"
                                  + (", and reference_prompts" if reference_prompts is not None else ""))
+            # chunk_size bounds the (chunk, F) feature blocks of the summaries' one-off build too
+            rows = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
             self.rff = RFFReferenceEmbedding(self.reference_set.flat, bw, check_int(rff_features, "rff_features", 1),
-                                             seed=rff_seed)
+                                             seed=rff_seed, **rows)
         self.track = check_bool(track, "track")
         self.reset()
 
