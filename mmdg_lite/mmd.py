@@ -4,7 +4,8 @@ Conventions: x (n, *S) are generated points, y (m, *S) are references. Optional 
 normalised to sum to one; without weights every point weighs 1/n (1/m). Prompts (n, P) and
 (m, P) are given when the kernel is a ``ProductKernel`` (paper Sec. 5) and only then.
 References are processed in chunks of ``chunk_size`` rows, so the memory of the cross term is
-O(n * chunk_size) for any m.
+O(n * chunk_size) for any m; the gradient's repulsion among n > chunk_size generated points runs
+in blocks of ``chunk_size`` rows too (O(chunk_size * n), not one (n, n) matrix).
 """
 from __future__ import annotations
 
@@ -218,15 +219,22 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
     without references; Eq. 11's joint weights give that only when every group's share of the
     batch equals its share of the references.
     """
+    chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
     x_, wx = p.x.detach(), p.wx
-    Wxx = wx[:, None] * wx[None, :]  # (n, n)
-    if estimator == "unbiased":
-        Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
+    conditional = prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel)
     pull = None  # conditional weighting: per-row factors of the push and the pull, (n,) each
-    if prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel):
-        push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
-        Wxx = Wxx * push[:, None]
-    g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
+    if chunk_size is not None and len(x_) > chunk_size:  # rows in blocks: (chunk, n) matrices, not (n, n)
+        parts = [_repulsion_rows(p, x_, s, estimator, conditional, chunk_size) for s in _chunks(len(x_), chunk_size)]
+        g = torch.cat([r for r, _ in parts])  # (n, D)
+        pull = torch.cat([f for _, f in parts]) if conditional else None
+    else:
+        Wxx = wx[:, None] * wx[None, :]  # (n, n)
+        if estimator == "unbiased":
+            Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
+        if conditional:
+            push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
+            Wxx = Wxx * push[:, None]
+        g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
     for s in _chunks(len(p.y), chunk_size):
         Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
         if pull is not None:
@@ -237,6 +245,23 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
             f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}; largest |entry| of the "
             f"points {float(p.x.abs().max()):.3g}); {_not_finite_advice(p.kernel)}")
     return g
+
+
+def _repulsion_rows(p: _Prepared, x_: Tensor, s: slice, estimator: str, conditional: bool,
+                    chunk_size: int | None) -> tuple[Tensor, Tensor | None]:
+    """The repulsion term of ``_grad`` for the rows s of the batch (and their pull factors under
+    conditional weighting): the same weights as the whole (n, n) matrix's rows s, (cs, n)."""
+    wx = p.wx
+    Wxx = wx[s, None] * wx[None, :]  # (cs, n)
+    if estimator == "unbiased":  # leave out i = i, as fill_diagonal_ on the whole matrix
+        rows = torch.arange(s.stop - s.start, device=Wxx.device)
+        Wxx[rows, rows + s.start] = 0.0
+        Wxx = Wxx / (1.0 - (wx**2).sum())
+    pull = None
+    if conditional:
+        push, pull = _prompt_factors(p.kernel, p.px[s], p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
+        Wxx = Wxx * push[:, None]
+    return 2 * _gradw(p, x_[s], x_, Wxx, _sl(p.px, s), p.px), pull  # (cs, D)
 
 
 def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:

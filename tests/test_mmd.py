@@ -455,3 +455,34 @@ def test_witness_on_a_fine_grid_builds_bounded_gram_blocks_and_equals_the_whole_
     monkeypatch.setattr(mmd_mod, "WITNESS_GRAM_ENTRIES", 400)  # 10 points per block against 40 samples
     torch.testing.assert_close(witness(t, x, y, k), brute)
     assert max(sizes) <= 400 and len(sizes) == 2 * 11
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("which", ["gaussian", "imq", "product"])
+def test_gradient_repulsion_of_a_large_batch_runs_in_blocks_of_chunk_size(monkeypatch, estimator, which):
+    # chunk_size bounded only the references: the repulsion among n generated points was one (n, n)
+    # weight and Gram matrix at any chunk_size (B = 8,192, D = 4: 780 MB in mmd2_grad; 19 MB now
+    # with chunk_size=64). Rows now go in blocks; the gradient is autograd's to rounding.
+    import mmdg_lite.mmd as mmd_module
+    g = torch.Generator().manual_seed(3)
+    n, m, cs = 23, 9, 5
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    y = 0.5 + torch.randn(m, 2, generator=g, dtype=torch.float64)
+    kw = dict(estimator=estimator, x_weights=0.2 + torch.rand(n, generator=g, dtype=torch.float64),
+              y_weights=0.2 + torch.rand(m, generator=g, dtype=torch.float64))
+    kernel = {"gaussian": GaussianKernel(0.8), "imq": InverseMultiquadricKernel(0.5),
+              "product": ProductKernel(GaussianKernel(0.7), GaussianKernel(0.8))}[which]
+    if which == "product":
+        kw.update(x_prompts=torch.randn(n, 3, generator=g, dtype=torch.float64),
+                  y_prompts=torch.randn(m, 3, generator=g, dtype=torch.float64))
+    sizes = []
+    gradw = mmd_module._gradw
+    monkeypatch.setattr(mmd_module, "_gradw", lambda p, a, b, w, pa, pb: sizes.append(w.numel()) or gradw(p, a, b, w, pa, pb))
+    got = mmd2_grad(x, y, kernel, chunk_size=cs, **kw)
+    assert max(sizes) <= cs * n < n * n
+    assert rel_err(got, mmd2_grad_autograd(x, y, kernel, **kw)) < 1e-12
+    if which == "product":  # the conditional weighting's factors, per block of rows
+        p = mmd_module._prepare(x, y, kernel, estimator, kw["x_weights"], kw["y_weights"], kw["x_prompts"],
+                                kw["y_prompts"])
+        whole = mmd_module._grad(p, estimator, None, "conditional")
+        assert rel_err(mmd_module._grad(p, estimator, cs, "conditional"), whole) < 1e-12

@@ -174,7 +174,9 @@ class MMDGuidance:
             shrinks with the share of references with the sample's prompt while its push
             shrinks with its share of the batch; where the two shares differ the batch is
             pushed apart (benchmarks/results/sd.md, notebook 04).
-        chunk_size: references per chunk (bounded memory for large reference sets); with
+        chunk_size: references per chunk (bounded memory for large reference sets), and generated
+            points per block of the repulsion when the batch is larger (O(chunk_size * B), not
+            one (B, B) matrix: B = 8,192 took 1.3 GB at any chunk_size); with
             ``rff_features`` also the references per block of the summaries' one-off build
             (default 8,192 rows: a (8192, F) feature block, 2 GiB at F = 65,536).
         rff_features: replace the exact reference term by F random Fourier features of a
