@@ -336,6 +336,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     the float rounding of batched arithmetic: ~1e-12 in float64; in float32 the ~1e-7 rounding
     differences can grow over the steps, to ~1e-3 for a few of 1,000 samples after 50 guided steps).
     ``first_index`` also offsets ``StepState.sample_index`` (a shard of a larger global batch).
+    This holds without guidance: a batch-joint hook (``generated_set="batch"``) guides each chunk
+    of ``batch_size`` as its own generated set (Eq. 6 over that chunk), so guided samples do depend
+    on ``batch_size`` (only run-level settings, the bandwidths and data scale read at the first
+    guided step, carry over between chunks). To guide all n jointly while the model sees fewer
+    rows at a time, wrap it in ``mmdg_lite.distributed.MicroBatched(denoiser, rows)``.
 
     ``dtype``: x_T is drawn in float32 and cast, so a float64 (or half) run starts from the same
     noise as a float32 one and a deterministic scheduler (DDIM with eta 0, DPM-Solver) gives the
