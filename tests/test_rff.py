@@ -1,4 +1,6 @@
 """Random Fourier features converge to the exact Gaussian-kernel MMD gradient."""
+import math
+
 import pytest
 import torch
 
@@ -120,3 +122,22 @@ def test_rff_summaries_of_half_precision_references_are_float32(dtype):
     assert torch.allclose(half.mean, oracle.mean) and torch.allclose(half.weighted_refs, oracle.weighted_refs)
     c, c_oracle = half.cross_grad(x), oracle.cross_grad(x.float())
     assert c.dtype == torch.float32 and torch.allclose(c, c_oracle, rtol=1e-5, atol=1e-7)
+
+
+def test_rff_error_constant_grows_for_a_bandwidth_below_the_median():
+    # the docs gave the RFF gradient error as ~1.6/sqrt(F) for any fixed bandwidth; it holds at the
+    # median heuristic, and a narrower bandwidth (small kernel values, same absolute feature error)
+    # makes it several times larger, as mmdg_lite.rff now says. Oracle: the exact float64 gradient.
+    from mmdg_lite.kernels import median_bandwidth
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, generator=g), 1.0 + 0.5 * torch.randn(3000, 3, generator=g)
+    med, F = median_bandwidth(x, y), 2048
+
+    def c(bw):
+        exact = mmd2_grad(x.double(), y.double(), GaussianKernel(bw))
+        errs = [float((mmd2_grad_rff(x, RFFReferenceEmbedding(y, bw, F, seed=s)).double() - exact).norm()
+                      / exact.norm()) for s in range(3)]
+        return sum(errs) / 3 * math.sqrt(F)
+
+    at_median, at_half = c(med), c(med / 2)
+    assert 0.5 < at_median < 4 and at_half > 3 * at_median
