@@ -477,7 +477,8 @@ def test_gradient_repulsion_of_a_large_batch_runs_in_blocks_of_chunk_size(monkey
                   y_prompts=torch.randn(m, 3, generator=g, dtype=torch.float64))
     sizes = []
     gradw = mmd_module._gradw
-    monkeypatch.setattr(mmd_module, "_gradw", lambda p, a, b, w, pa, pb: sizes.append(w.numel()) or gradw(p, a, b, w, pa, pb))
+    monkeypatch.setattr(mmd_module, "_gradw",
+                        lambda p, a, b, w, pa, pb: sizes.append(w.numel()) or gradw(p, a, b, w, pa, pb))
     got = mmd2_grad(x, y, kernel, chunk_size=cs, **kw)
     assert max(sizes) <= cs * n < n * n
     assert rel_err(got, mmd2_grad_autograd(x, y, kernel, **kw)) < 1e-12
