@@ -15,6 +15,8 @@ from ..kernels import work_dtype
 
 __all__ = ["ReferenceSet"]
 
+_SUMMARY_ROWS = 8192  # references per block of the summary statistics
+
 
 class ReferenceSet:
     """(N_r, *S) references, their optional (N_r, P) prompt features, and summary statistics."""
@@ -35,9 +37,12 @@ class ReferenceSet:
                                  f"{len(self.flat)}; one prompt per reference")
         work = self.flat.to(work_dtype(self.flat))
         self.centre = work.mean(0)  # (D,)
-        # the references' radius: the farthest reference from their mean (a data scale)
-        self.radius = float((work - self.centre).norm(dim=1).max())
-        self.mean_square = float(work.double().pow(2).mean())  # per coordinate (the clean data's scale)
+        # the references' radius: the farthest reference from their mean (a data scale); this and
+        # the mean square go through blocks of rows, so a large set is not copied whole (a float64
+        # copy and its square took 4x the references' memory)
+        blocks = work.split(_SUMMARY_ROWS)
+        self.radius = max(float((b - self.centre).norm(dim=1).max()) for b in blocks)
+        self.mean_square = sum(float(b.double().square().sum()) for b in blocks) / work.numel()  # per coordinate
         self._cache: dict[tuple, Tensor] = {}
         # flat (and prompts) are views of the caller's tensors when no copy was needed: an in-place
         # edit afterwards would leave the summaries above, the cached copies and an RFF embedding
