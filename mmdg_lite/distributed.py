@@ -435,14 +435,18 @@ class MicroBatched(torch.nn.Module):
 
     def __init__(self, denoiser: Callable, batch_size: int) -> None:
         super().__init__()
+        if not callable(denoiser):  # found at the first step otherwise: "'str' object is not callable"
+            raise TypeError(f"denoiser must be callable as denoiser(x_t, t, cond); got {type(denoiser).__name__}")
         self.denoiser = denoiser
         self.batch_size = check_int(batch_size, "batch_size", 1)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
+        """x (b, *S), t (b,) or one timestep for all rows (an int or a 0-d tensor), cond (b, C) or None."""
         outs = []
+        per_row = isinstance(t, Tensor) and t.ndim > 0
         for s in range(0, len(x), self.batch_size):
             sl = slice(s, s + self.batch_size)
-            outs.append(self.denoiser(x[sl], t[sl], None if cond is None else cond[sl]))
+            outs.append(self.denoiser(x[sl], t[sl] if per_row else t, None if cond is None else cond[sl]))
         return torch.cat(outs)  # (b, *S)
 
 

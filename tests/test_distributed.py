@@ -416,3 +416,18 @@ def test_a_nested_chain_of_distributed_hooks_is_accepted(tmp_path):
     want = sample(den, 5, (2,), guidance=chain(lambda **k: MMDGuidance(refs, **k)), num_steps=6, seed=1,
                   per_sample_seed=True, dtype=F64).samples
     assert float((got - want).abs().max()) <= 1e-9
+
+
+def test_micro_batched_checks_its_denoiser_and_takes_one_timestep_for_all_rows():
+    # MicroBatched('unet', 4) was built and failed at the first step with "'str' object is not
+    # callable"; an int or 0-d timestep (diffusers-style calls) raised "invalid index of a 0-dim tensor"
+    from mmdg_lite.distributed import MicroBatched
+    with pytest.raises(TypeError, match=r"denoiser must be callable .* got str"):
+        MicroBatched("unet", 4)
+    seen = []
+    den = lambda x, t, cond=None: seen.append(len(x)) or x * torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1) / 100
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    micro = MicroBatched(den, 3)
+    for t in (25, torch.tensor(25)):
+        assert torch.equal(micro(x, t), den(x, t)) and seen[-4:] == [3, 3, 1, 7]
+    assert torch.equal(micro(x, torch.arange(7)), den(x, torch.arange(7)))
