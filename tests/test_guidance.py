@@ -715,3 +715,24 @@ def test_rff_summaries_are_built_in_blocks_of_chunk_size(monkeypatch):
     phi = math.sqrt(2 / 32) * torch.cos(y @ g.rff.W.T + g.rff.b)  # (N, F), the summaries in one piece
     assert torch.allclose(g.rff.mean, phi.mean(0), rtol=1e-12, atol=1e-14)
     assert torch.allclose(g.rff.weighted_refs, phi.T @ y / 50, rtol=1e-12, atol=1e-14)
+
+
+def test_bandwidth_update_step_pools_the_noisy_batch_only_once_per_run():
+    # bandwidth_update='step' pooled the noisy points at every step although only the first step
+    # reads them (the data scale): one wasted all-gather per step with a DistributedBatchSet
+    from mmdg_lite.guidance.generated import BatchSet
+
+    class Counting(BatchSet):
+        calls = 0
+
+        def pool(self, z):
+            Counting.calls += 1
+            return super().pool(z)
+
+    y = torch.randn(30, 3, generator=torch.Generator().manual_seed(1))
+    guide = MMDGuidance(y, generated_set=Counting(), bandwidth_update="step")
+    plain = MMDGuidance(y, bandwidth_update="step")
+    for step in range(4):
+        st = make_state(step_index=step, seed=step)
+        assert torch.equal(guide(st), plain(st))
+    assert Counting.calls == 1 + 4  # the data scale once, then the evaluation points at each step

@@ -426,7 +426,9 @@ class MMDGuidance:
     def _kernel_for(self, state, z, refs, prompts, rp, dtype):
         """The resolved kernel for this step: once per run (default) or at every step."""
         if self._resolved is None or self.bandwidth_update == "step":
-            noisy = self.generated.pool(self.point.noisy_point(state, dtype))
+            noisy = None  # pooled once per run: a DistributedBatchSet's pool() is an all-gather
+            if self.data_scale is None or self.bandwidth_update == "run":
+                noisy = self.generated.pool(self.point.noisy_point(state, dtype))
             if self.data_scale is None:
                 self.data_scale = median_bandwidth(noisy, refs)
                 _warn_off_scale(noisy, refs)
