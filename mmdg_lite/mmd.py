@@ -222,19 +222,12 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
     chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
     x_, wx = p.x.detach(), p.wx
     conditional = prompt_weighting == "conditional" and isinstance(p.kernel, ProductKernel)
-    pull = None  # conditional weighting: per-row factors of the push and the pull, (n,) each
-    if chunk_size is not None and len(x_) > chunk_size:  # rows in blocks: (chunk, n) matrices, not (n, n)
-        parts = [_repulsion_rows(p, x_, s, estimator, conditional, chunk_size) for s in _chunks(len(x_), chunk_size)]
-        g = torch.cat([r for r, _ in parts])  # (n, D)
-        pull = torch.cat([f for _, f in parts]) if conditional else None
-    else:
-        Wxx = wx[:, None] * wx[None, :]  # (n, n)
-        if estimator == "unbiased":
-            Wxx = Wxx.fill_diagonal_(0.0) / (1.0 - (wx**2).sum())
-        if conditional:
-            push, pull = _prompt_factors(p.kernel, p.px, p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
-            Wxx = Wxx * push[:, None]
-        g = 2 * _gradw(p, x_, x_, Wxx, p.px, p.px)  # (n, D) repulsion
+    # the repulsion by blocks of rows: (chunk, n) weight matrices, one (n, n) block without chunk_size
+    parts = [_repulsion_rows(p, x_, s, estimator, conditional, chunk_size) for s in _chunks(len(x_), chunk_size)]
+    g = parts[0][0] if len(parts) == 1 else torch.cat([r for r, _ in parts])  # (n, D)
+    pull = None  # conditional weighting: per-row factors of the pull, (n,)
+    if conditional:
+        pull = parts[0][1] if len(parts) == 1 else torch.cat([f for _, f in parts])
     for s in _chunks(len(p.y), chunk_size):
         Wxy = wx[:, None] * p.wy[None, s]  # (n, cs)
         if pull is not None:
@@ -250,17 +243,18 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
 def _repulsion_rows(p: _Prepared, x_: Tensor, s: slice, estimator: str, conditional: bool,
                     chunk_size: int | None) -> tuple[Tensor, Tensor | None]:
     """The repulsion term of ``_grad`` for the rows s of the batch (and their pull factors under
-    conditional weighting): the same weights as the whole (n, n) matrix's rows s, (cs, n)."""
+    conditional weighting, else None), with the rows s of the (n, n) weight matrix, (cs, n)."""
     wx = p.wx
     Wxx = wx[s, None] * wx[None, :]  # (cs, n)
-    if estimator == "unbiased":  # leave out i = i, as fill_diagonal_ on the whole matrix
-        rows = torch.arange(s.stop - s.start, device=Wxx.device)
-        Wxx[rows, rows + s.start] = 0.0
+    if estimator == "unbiased":  # leave out i = i' (the block's diagonal starts at column s.start)
+        Wxx.diagonal(s.start).zero_()
         Wxx = Wxx / (1.0 - (wx**2).sum())
     pull = None
     if conditional:
         push, pull = _prompt_factors(p.kernel, p.px[s], p.px, Wxx, p.py, p.wy, chunk_size, estimator == "unbiased")
         Wxx = Wxx * push[:, None]
+    if s.stop - s.start == len(x_):  # the whole batch: x_ itself (a kernel drops i = i' when y is x)
+        return 2 * _gradw(p, x_, x_, Wxx, p.px, p.px), pull  # (n, D)
     return 2 * _gradw(p, x_[s], x_, Wxx, _sl(p.px, s), p.px), pull  # (cs, D)
 
 
