@@ -185,8 +185,8 @@ class ClassifierGuidance:
     def __call__(self, state: Any) -> Tensor:
         if self.scale == 0:
             return state.x_prev
-        check_input_scales(state)
-        self.check_noise_level(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
+        check_input_scales(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
+        self.check_noise_level(state)  # the noise schedule the classifier was trained at
         # sigma-scaled latents (Euler: x_t = x_0 + sigma eps) are DDPM-normalised by c_in, as the denoiser
         # sees them and the classifier was trained; the shift is made there and mapped back by 1 / c_in'
         c_in = float(getattr(state, "input_scale", 1.0))
