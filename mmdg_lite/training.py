@@ -26,7 +26,8 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     data (N, *S) are clean samples, drawn in minibatches with replacement; cond (N, C) optional
     per-sample conditions, replaced by the null condition with probability ``cond_dropout``
     (classifier-free guidance). Adam with cosine-decayed learning rate. Deterministic given
-    ``seed`` and the model's initial weights.
+    ``seed`` and the model's initial weights. ``scheduler`` must noise as DDPM does and predict
+    epsilon (DDPMScheduler, DDIMScheduler); others (v-prediction, Euler, DPM-Solver) are refused.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (e.g. MLPDenoiser); got {_describe(model)}")
@@ -49,6 +50,7 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         check_finite(cond, "cond")
     scheduler = noising_scheduler(scheduler)
     n_train = int(scheduler.config.num_train_timesteps)
+    _check_eps_prediction(scheduler)
     param = next(model.parameters(), None)
     if param is None:
         raise TypeError(f"model must be an nn.Module with trainable parameters; got {type(model).__name__} "
@@ -109,6 +111,16 @@ def noising_scheduler(scheduler: Any) -> Any:
     raise ValueError(f"scheduler {type(scheduler).__name__} does not noise as training needs (the DDPM forward process "
                      f"at train timestep t): {why}; train with a DDPMScheduler of the same betas, e.g. "
                      "DDPMScheduler.from_config(scheduler.config), and sample with any scheduler")
+
+def _check_eps_prediction(scheduler: Any) -> None:
+    """train_denoiser fits the added noise (eps-prediction): a scheduler configured to read the
+    model's output as v or x_0 would sample the trained model as another kind of model."""
+    name = type(scheduler).__name__
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    if kind != "epsilon":
+        raise ValueError(f"scheduler {name} has prediction_type={kind!r}, but train_denoiser trains eps-prediction "
+                         "(the model predicts the added noise); pass a scheduler with prediction_type='epsilon', "
+                         f"e.g. {name}.from_config(scheduler.config, prediction_type='epsilon')")
 
 
 def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float, *,

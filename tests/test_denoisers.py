@@ -349,3 +349,29 @@ def test_train_denoiser_refuses_a_scheduler_that_does_not_noise_at_train_timeste
     b.load_state_dict(a.state_dict())
     data = torch.randn(8, 2)
     assert train_denoiser(a, data, ddpm, steps=2, progress=False) == train_denoiser(b, data, steps=2, progress=False)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: make_scheduler("ddpm").__class__(prediction_type="v_prediction"), r"prediction_type='v_prediction'"),
+    (lambda: make_scheduler("ddpm").__class__(prediction_type="sample"), r"prediction_type='sample'"),
+    (lambda: make_scheduler("dpm"), r"DPMSolverMultistepScheduler.*at t=0 it gives 0.006"),
+    (lambda: __import__("diffusers").EulerDiscreteScheduler(), r"EulerDiscreteScheduler.*x_0 \+ sigma eps"),
+])
+def test_train_denoiser_refuses_schedulers_whose_noising_is_not_eps_prediction(make, match):
+    """The loss fits the noise of x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps. A v- or x_0-prediction
+    scheduler was trained as eps-prediction without a word; DPM-Solver's add_noise maps t=0 to
+    the noisiest level (diffusers looks t up in its reversed schedule) and Euler's adds x_0 + sigma eps,
+    so both trained the model at other noise levels than sample() feeds it."""
+    sched = make()
+    model = MLPDenoiser(2, hidden=8, layers=1)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        train_denoiser(model, torch.randn(16, 2), sched, steps=2, batch_size=4, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any step
+    # the oracle the check applies: DDPM and DDIM noise by alphas_cumprod and train as before
+    for ok in (make_scheduler("ddpm"), make_scheduler("ddim"), make_scheduler("ddpm", 100, "squaredcos_cap_v2")):
+        x0, eps, t = torch.randn(5, 2), torch.randn(5, 2), torch.tensor([0, 3, 40, 70, 99])
+        ab = ok.alphas_cumprod[t][:, None]
+        assert torch.allclose(ok.add_noise(x0, eps, t), ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-6)
+        assert len(train_denoiser(MLPDenoiser(2, hidden=8, layers=1), torch.randn(16, 2), ok, steps=2,
+                                  batch_size=4, progress=False)) == 2
