@@ -354,8 +354,8 @@ def test_train_denoiser_refuses_a_scheduler_that_does_not_noise_at_train_timeste
 @pytest.mark.parametrize("make, match", [
     (lambda: make_scheduler("ddpm").__class__(prediction_type="v_prediction"), r"prediction_type='v_prediction'"),
     (lambda: make_scheduler("ddpm").__class__(prediction_type="sample"), r"prediction_type='sample'"),
-    (lambda: make_scheduler("dpm"), r"DPMSolverMultistepScheduler.*at t=0 it gives 0.006"),
-    (lambda: __import__("diffusers").EulerDiscreteScheduler(), r"EulerDiscreteScheduler.*x_0 \+ sigma eps"),
+    (lambda: make_scheduler("dpm"), r"DPMSolverMultistepScheduler does not noise as training needs.*add_noise gives"),
+    (lambda: __import__("diffusers").EulerDiscreteScheduler(), r"EulerDiscreteScheduler does not noise as training needs"),
 ])
 def test_train_denoiser_refuses_schedulers_whose_noising_is_not_eps_prediction(make, match):
     """The loss fits the noise of x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps. A v- or x_0-prediction
