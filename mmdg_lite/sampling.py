@@ -320,8 +320,9 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     """Draw n samples of ``shape`` by the reverse process of ``scheduler`` with optional guidance.
 
     ``scheduler``: "ddpm", "ddim", "dpm" (built from ``train_timesteps``/``beta_schedule``) or a
-    diffusers scheduler instance (deep-copied; it keeps its own train timesteps and betas). A
-    denoiser that carries ``alphas_cumprod`` (the closed-form ones) must share the scheduler's. The initial noise for all n samples is drawn first from the
+    diffusers scheduler instance (deep-copied; it keeps its own train timesteps and betas, and its
+    prediction_type must be "epsilon"). A denoiser that carries ``alphas_cumprod`` (the closed-form
+    ones) must share the scheduler's. The initial noise for all n samples is drawn first from the
     seeded generator (``generator`` overrides ``seed``), then chunks of ``batch_size`` run in turn.
     A stochastic scheduler (DDPM, DDIM with eta > 0) draws each step's noise from that one
     generator chunk by chunk, so its samples depend on ``batch_size``; deterministic ones (DDIM
@@ -408,6 +409,12 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         check_prompt_inputs(guidance, n, first_index, cond)
 
     sched = _resolve_scheduler(scheduler, train_timesteps, beta_schedule)
+    kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
+    if kind != "epsilon":  # its step would read the noise prediction as v or x_0
+        raise ValueError(f"scheduler {type(sched).__name__} has prediction_type={kind!r}, but sample() hands it the "
+                         "denoiser's noise prediction eps (as MLPDenoiser and train_denoiser give); pass one with "
+                         f"prediction_type='epsilon', e.g. {type(sched).__name__}.from_config(scheduler.config, "
+                         "prediction_type='epsilon')")
     n_train = int(getattr(getattr(sched, "config", None), "num_train_timesteps", num_steps))
     if num_steps > n_train:
         raise ValueError(f"num_steps must be <= the scheduler's num_train_timesteps={n_train}; "

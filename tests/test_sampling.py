@@ -396,3 +396,28 @@ def test_guided_chunks_are_separate_generated_sets_and_micro_batching_keeps_one(
     assert float((chunked - whole).abs().max()) > 1e-2  # guided as two batches of 4, not one of 8
     micro = sample(MicroBatched(den, 3), 8, 2, **kw).samples
     assert torch.allclose(micro, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_sample_refuses_a_scheduler_that_does_not_read_eps(kind):
+    """The denoiser returns eps; a v- or x_0-prediction scheduler instance read it as its own kind
+    without a word (the exact ring denoiser's samples came out at radius 1.90 instead of 2.00)."""
+    calls = []
+
+    def denoiser(x, t, cond=None):
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    for cls in (DDPMScheduler, DDIMScheduler):
+        with pytest.raises(ValueError, match=rf"prediction_type='{kind}'.*eps.*prediction_type='epsilon'"):
+            sample(denoiser, 4, (2,), scheduler=cls(prediction_type=kind), num_steps=5)
+    assert not calls  # refused before the first denoiser call
+    # what such a scheduler wants instead: v = sqrt(abar) eps - sqrt(1 - abar) x0 (DDPM, one step)
+    sched_v, sched_e = DDPMScheduler(prediction_type="v_prediction"), DDPMScheduler()
+    x, eps, t = torch.randn(3, 2), torch.randn(3, 2), 500
+    ab = sched_e.alphas_cumprod[t]
+    x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    assert torch.allclose(sched_v.step(v, t, x).pred_original_sample, sched_e.step(eps, t, x).pred_original_sample,
+                          atol=1e-5)
+    assert not torch.allclose(sched_v.step(eps, t, x).pred_original_sample, x0, atol=1e-2)
