@@ -33,6 +33,10 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         raise TypeError(f"model must be an nn.Module (e.g. MLPDenoiser); got {_describe(model)}")
     progress = check_bool(progress, "progress")
     data = check_points(data, "data", flatten=False)
+    dim = getattr(model, "dim", None)  # MLPDenoiser's; the model said "x_t has ... (shape (batch_size, ...))"
+    if isinstance(dim, int) and not isinstance(dim, bool) and data[0].numel() != dim:
+        raise ValueError(f"data has {data[0].numel()} features per point (shape {tuple(data.shape)}) but the model "
+                         f"expects dim={dim}")
     steps = check_int(steps, "steps", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     lr = check_positive(lr, "lr")

@@ -375,3 +375,14 @@ def test_train_denoiser_refuses_schedulers_whose_noising_is_not_eps_prediction(m
         assert torch.allclose(ok.add_noise(x0, eps, t), ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-6)
         assert len(train_denoiser(MLPDenoiser(2, hidden=8, layers=1), torch.randn(16, 2), ok, steps=2,
                                   batch_size=4, progress=False)) == 2
+
+
+def test_train_denoiser_names_data_whose_points_do_not_fit_the_model():
+    """Points of another size failed inside the first step as 'x_t has 3 features per sample (shape
+    (256, 3))': the minibatch's shape, not the data's, and no word of data."""
+    model = MLPDenoiser(2, hidden=8, layers=1)
+    for data, shape in ((torch.randn(4, 3), r"\(4, 3\)"), (torch.randn(4), r"\(4,\)")):
+        with pytest.raises(ValueError, match=rf"data has \d features per point \(shape {shape}\).*dim=2"):
+            train_denoiser(model, data, steps=1, batch_size=256, progress=False)
+    assert len(train_denoiser(MLPDenoiser(4, hidden=8, layers=1), torch.randn(5, 2, 2), steps=1,
+                              progress=False)) == 1  # (N, 2, 2) points are 4 features, as the model flattens them
