@@ -5,6 +5,7 @@ Forward noising is diffusers' ``DDPMScheduler.add_noise``: x_t = sqrt(abar_t) x_
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -25,7 +26,8 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
 
     data (N, *S) are clean samples, drawn in minibatches with replacement; cond (N, C) optional
     per-sample conditions, replaced by the null condition with probability ``cond_dropout``
-    (classifier-free guidance). Adam with cosine-decayed learning rate. Deterministic given
+    (classifier-free guidance; the model is called with ``drop_cond=``, a (B,) bool tensor, as
+    ``MLPDenoiser`` takes). Adam with cosine-decayed learning rate. Deterministic given
     ``seed`` and the model's initial weights. ``scheduler`` must noise as DDPM does and predict
     epsilon (DDPMScheduler, DDIMScheduler); others (v-prediction, Euler, DPM-Solver) are refused.
     """
@@ -52,6 +54,10 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
             raise ValueError(f"cond must have one row per data point and the model's cond_dim columns, "
                              f"shape {want}; got {_describe(cond)}")
         check_finite(cond, "cond")
+        if not _takes_drop_cond(model):  # it failed at the first step with a bare "unexpected keyword"
+            raise TypeError(f"with cond, train_denoiser calls model(x_t, t, cond, drop_cond=...), drop_cond a (B,) bool "
+                            "tensor of the rows to train with the null condition (cond_dropout, for classifier-free "
+                            f"guidance); {type(model).__name__}.forward takes no drop_cond: add it, as MLPDenoiser has")
     scheduler = noising_scheduler(scheduler)
     n_train = int(scheduler.config.num_train_timesteps)
     _check_eps_prediction(scheduler)
@@ -115,6 +121,16 @@ def noising_scheduler(scheduler: Any) -> Any:
     raise ValueError(f"scheduler {type(scheduler).__name__} does not noise as training needs (the DDPM forward process "
                      f"at train timestep t): {why}; train with a DDPMScheduler of the same betas, e.g. "
                      "DDPMScheduler.from_config(scheduler.config), and sample with any scheduler")
+
+
+def _takes_drop_cond(model: nn.Module) -> bool:
+    """Whether ``model.forward`` accepts a ``drop_cond`` keyword (by name or ``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return "drop_cond" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
 
 def _check_eps_prediction(scheduler: Any) -> None:
     """train_denoiser fits the added noise (eps-prediction): a scheduler configured to read the

@@ -386,3 +386,32 @@ def test_train_denoiser_names_data_whose_points_do_not_fit_the_model():
             train_denoiser(model, data, steps=1, batch_size=256, progress=False)
     assert len(train_denoiser(MLPDenoiser(4, hidden=8, layers=1), torch.randn(5, 2, 2), steps=1,
                               progress=False)) == 1  # (N, 2, 2) points are 4 features, as the model flattens them
+
+
+def test_train_denoiser_with_cond_needs_a_model_that_takes_drop_cond():
+    """A conditional model of one's own, forward(x, t, cond), failed at the first step with the bare
+    'forward() got an unexpected keyword argument drop_cond'; now refused up front, saying what
+    drop_cond is. A forward with drop_cond (or **kwargs) trains, and gets the dropout rows."""
+    class Own(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 2)
+            self.dropped: list[torch.Tensor] = []
+
+        def forward(self, x, t, cond=None):
+            return self.lin(torch.cat([x, cond], 1))
+
+    class WithDrop(Own):
+        def forward(self, x, t, cond=None, **kwargs):
+            self.dropped.append(kwargs["drop_cond"])
+            return super().forward(x, t, cond)
+
+    data, cond = torch.randn(10, 2), torch.randn(10, 3)
+    model = Own()
+    before = model.lin.weight.clone()
+    with pytest.raises(TypeError, match=r"drop_cond=.*Own.forward takes no drop_cond"):
+        train_denoiser(model, data, cond=cond, steps=2, progress=False)
+    assert torch.equal(model.lin.weight, before)
+    model = WithDrop()
+    assert len(train_denoiser(model, data, cond=cond, steps=3, batch_size=4, cond_dropout=1.0, progress=False)) == 3
+    assert [d.tolist() for d in model.dropped] == [[True] * 4] * 3
