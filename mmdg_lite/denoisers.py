@@ -242,7 +242,7 @@ class ExactDenoiser(_ClosedFormDenoiser):
             raise ValueError(f"weights must be ({y.shape[0]},) non-negative with a positive sum; "
                              f"got shape {tuple(w.shape)}")
         self.register_buffer("log_weights", torch.log(w / w.sum()))  # (N,)
-        self.chunk_rows = max(1, chunk_elems // y.shape[0])
+        self.chunk_rows = max(1, check_int(chunk_elems, "chunk_elems", 1) // y.shape[0])
 
     def _support(self) -> tuple[str, Tensor]:
         return "data", self.data

@@ -415,3 +415,16 @@ def test_train_denoiser_with_cond_needs_a_model_that_takes_drop_cond():
     model = WithDrop()
     assert len(train_denoiser(model, data, cond=cond, steps=3, batch_size=4, cond_dropout=1.0, progress=False)) == 3
     assert [d.tolist() for d in model.dropped] == [[True] * 4] * 3
+
+
+def test_exact_denoiser_checks_chunk_elems_and_chunking_keeps_the_values():
+    """chunk_elems=2.5 was accepted and failed at the first call, inside sampling, as "'float' object
+    cannot be interpreted as an integer" (no argument named); any chunking gives the same eps."""
+    data, sched = torch.randn(6, 2, dtype=torch.float64), make_scheduler("ddpm")
+    for bad, err in ((2.5, TypeError), (True, TypeError), (0, ValueError)):
+        with pytest.raises(err, match=rf"chunk_elems must be an integer >= 1; got .*{bad}"):
+            ExactDenoiser(data, sched, chunk_elems=bad)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0, 10, 200, 600, 999])
+    whole = ExactDenoiser(data, sched)(x, t)
+    for rows in (1, 2, 3):  # one, two, three rows per chunk
+        assert torch.allclose(ExactDenoiser(data, sched, chunk_elems=6 * rows)(x, t), whole, rtol=1e-12, atol=1e-12)
