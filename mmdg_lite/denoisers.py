@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -144,7 +145,13 @@ def save_denoiser(model: MLPDenoiser, folder: str | Path) -> Path:
 
     if not isinstance(model, MLPDenoiser):
         raise TypeError(f"model must be an MLPDenoiser; got {type(model).__name__}")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path (str or Path) to write config.json and model.safetensors into; got "
+                        f"{_describe(folder)}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # mkdir said only "[Errno 17] File exists"
+        raise ValueError(f"folder={str(folder)!r} is a file; save_denoiser writes {CONFIG_NAME} and {WEIGHTS_NAME} "
+                         "into a folder (new or existing)")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps({"class": "MLPDenoiser", **model.config}, indent=2) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -428,3 +428,18 @@ def test_exact_denoiser_checks_chunk_elems_and_chunking_keeps_the_values():
     whole = ExactDenoiser(data, sched)(x, t)
     for rows in (1, 2, 3):  # one, two, three rows per chunk
         assert torch.allclose(ExactDenoiser(data, sched, chunk_elems=6 * rows)(x, t), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_save_denoiser_names_a_folder_it_cannot_write_into(tmp_path):
+    """A path that is a file failed in mkdir with '[Errno 17] File exists', None with pathlib's
+    'expected str, bytes or os.PathLike object'; neither named folder. Nothing is written."""
+    model = MLPDenoiser(2, hidden=8, layers=1)
+    taken = tmp_path / "model"
+    taken.write_text("notes")
+    with pytest.raises(ValueError, match=r"folder=.*model' is a file; save_denoiser writes config.json"):
+        save_denoiser(model, taken)
+    assert taken.read_text() == "notes"
+    with pytest.raises(TypeError, match=r"folder must be a path .*got NoneType"):
+        save_denoiser(model, None)
+    folder = save_denoiser(model, str(tmp_path / "a" / "b"))  # new nested folders are made
+    assert torch.equal(load_denoiser(folder).out_proj.weight, model.out_proj.weight)
