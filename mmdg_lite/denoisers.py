@@ -167,6 +167,9 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> MLP
     garbage ``model.safetensors``, or weights that do not fit the config raise an error that
     names the file and the defect (``FileNotFoundError`` or ``mmdg_lite._io.ArtifactError``).
     """
+    from .sampling import _check_device
+
+    device = _check_device(device)  # torch's error (or a CUDA assertion) came after reading the files
     folder = Path(folder)
     hint = f"folder={str(folder)!r} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_denoiser)"
     params = inspect.signature(MLPDenoiser.__init__).parameters

@@ -443,3 +443,17 @@ def test_save_denoiser_names_a_folder_it_cannot_write_into(tmp_path):
         save_denoiser(model, None)
     folder = save_denoiser(model, str(tmp_path / "a" / "b"))  # new nested folders are made
     assert torch.equal(load_denoiser(folder).out_proj.weight, model.out_proj.weight)
+
+
+def test_load_denoiser_checks_device_before_reading(tmp_path):
+    """device='gpu' failed in torch after both files were read ('Expected one of cpu, cuda, ...
+    device type at start of device string: gpu'); on a machine without CUDA, 'cuda' raised torch's
+    bare AssertionError. Both now name device before any file is opened."""
+    folder = save_denoiser(MLPDenoiser(2, hidden=8, layers=1), tmp_path / "m")
+    with pytest.raises(ValueError, match=r"device must be a torch device or its name.*got 'gpu'"):
+        load_denoiser(tmp_path / "missing", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' is not available"):
+            load_denoiser(folder, device="cuda")
+    for dev in ("cpu", torch.device("cpu")):
+        assert load_denoiser(folder, device=dev).out_proj.weight.device.type == "cpu"
