@@ -151,6 +151,10 @@ def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float
     fine-tuning baseline."""
     from tqdm.auto import tqdm
 
+    if not callable(loss_step):
+        raise TypeError(f"loss_step must be a function returning the minibatch loss; got {_describe(loss_step)}")
+    steps, lr = check_int(steps, "steps", 1), check_positive(lr, "lr")  # steps=0 returned [] untrained
+    progress = check_bool(progress, "progress")
     check_autograd(f"the {desc} loop")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"{desc}: every parameter of {type(model).__name__} has requires_grad=False, so there is "
@@ -163,6 +167,10 @@ def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float
     for _ in bar:
         with torch.enable_grad():  # a caller's no_grad block must not leave the loss without a graph
             loss = loss_step()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:  # torch's errors named neither
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else _describe(loss)
+            raise TypeError(f"loss_step must return the loss as a one-element tensor (e.g. .mean() of per-sample "
+                            f"losses); got {got}")
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"the {desc} loss is {float(loss.detach())} at step {len(losses)} of {steps} (lr {lr:g}); "
                                      "lower lr, or check the data for NaN/Inf or extreme values")

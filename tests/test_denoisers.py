@@ -457,3 +457,29 @@ def test_load_denoiser_checks_device_before_reading(tmp_path):
             load_denoiser(folder, device="cuda")
     for dev in ("cpu", torch.device("cpu")):
         assert load_denoiser(folder, device=dev).out_proj.weight.device.type == "cpu"
+
+
+def test_fit_checks_its_arguments_and_the_loss_it_is_given():
+    """fit is the public optimisation loop (a VAE or classifier of one's own): steps=0 returned []
+    untrained and lr=0 ran without moving a weight, both silently; progress='no' showed the bar;
+    a per-sample (B,) loss failed with 'Boolean value of Tensor ... ambiguous'."""
+    from mmdg_lite.training import fit
+
+    lin = torch.nn.Linear(2, 1)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    mean_loss = lambda: lin(x).pow(2).mean()  # noqa: E731
+    for kwargs, err, match in ((dict(steps=0), ValueError, "steps must be an integer >= 1; got 0"),
+                               (dict(steps=2.5), TypeError, "steps must be an integer"),
+                               (dict(lr=0), ValueError, "lr must be a finite number > 0; got 0"),
+                               (dict(progress="no"), TypeError, "progress must be True or False"),
+                               (dict(loss_step=None), TypeError, "loss_step must be a function"),
+                               (dict(loss_step=lambda: lin(x).pow(2)), TypeError, r"one-element tensor.*shape \(8, 1\)"),
+                               (dict(loss_step=lambda: 1.0), TypeError, "one-element tensor.*float 1.0")):
+        before = lin.weight.clone()
+        with pytest.raises(err, match=match):
+            fit(lin, **{"loss_step": mean_loss, "steps": 2, "lr": 1e-2, **kwargs})
+        assert torch.equal(lin.weight, before)
+    with torch.no_grad():
+        first = float(mean_loss())  # the loss at the initial weights: the first value fit returns
+    losses = fit(lin, mean_loss, 3, 1e-2)
+    assert len(losses) == 3 and losses[0] == first and float(mean_loss().detach()) < first
