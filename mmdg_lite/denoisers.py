@@ -221,7 +221,7 @@ class _ClosedFormDenoiser(nn.Module):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= steps):  # -1 indexed the last step
             raise ValueError(f"t must be timesteps from 0 to {steps - 1} (this denoiser's schedule); got values "
                              f"from {int(t.min())} to {int(t.max())}")
-        return x, self.alphas_cumprod[t]  # (B, D), (B,)
+        return x, self.alphas_cumprod[t].double()  # (B, D), (B,); float64 after a module-wide .float() too
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
         x, abar = self._prepare(x_t, t, cond)
@@ -264,17 +264,18 @@ class ExactDenoiser(_ClosedFormDenoiser):
 
     def _logits(self, x: Tensor, abar: Tensor) -> Tensor:
         a = abar.sqrt()[:, None]  # (B, 1)
+        y = self.data.double()  # itself, unless .float() / .to(dtype) cast the buffers (x @ y.T needs one dtype)
         # -||x - a y||^2 / (2(1-abar)) up to a per-row constant: (a x.y - a^2 ||y||^2 / 2) / (1-abar)
-        xy = x @ self.data.T  # (B, N)
-        yy = (self.data**2).sum(1)[None]  # (1, N)
-        return (a * xy - a**2 * yy / 2) / (1 - abar)[:, None] + self.log_weights[None]  # (B, N)
+        xy = x @ y.T  # (B, N)
+        yy = (y**2).sum(1)[None]  # (1, N)
+        return (a * xy - a**2 * yy / 2) / (1 - abar)[:, None] + self.log_weights[None].double()  # (B, N)
 
     def _eps(self, x: Tensor, abar: Tensor) -> Tensor:
         out = []
         for i in range(0, x.shape[0], self.chunk_rows):
             xc, ac = x[i:i + self.chunk_rows], abar[i:i + self.chunk_rows]  # (b, D), (b,)
             post = torch.softmax(self._logits(xc, ac), dim=1)  # (b, N)
-            mean_y = post @ self.data  # (b, D)
+            mean_y = post @ self.data.double()  # (b, D)
             out.append((xc - ac.sqrt()[:, None] * mean_y) / (1 - ac).sqrt()[:, None])
         return torch.cat(out)  # (B, D)
 

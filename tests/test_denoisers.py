@@ -483,3 +483,20 @@ def test_fit_checks_its_arguments_and_the_loss_it_is_given():
         first = float(mean_loss())  # the loss at the initial weights: the first value fit returns
     losses = fit(lin, mean_loss, 3, 1e-2)
     assert len(losses) == 3 and losses[0] == first and float(mean_loss().detach()) < first
+
+
+def test_exact_denoiser_cast_to_float32_still_runs_in_float64():
+    """ExactDenoiser(...).to(device, torch.float32), as scripts/distributed_example.py casts its
+    GaussianMixtureDenoiser, failed at the first call with 'expected m1 and m2 to have the same dtype,
+    but got: double != float' (x @ data.T). Its math stays float64 on the cast buffers."""
+    g = torch.Generator().manual_seed(0)
+    data, x = torch.randn(6, 2, generator=g), torch.randn(3, 2, generator=g)  # float32 values: the cast is exact
+    sched = make_scheduler("ddpm")
+    exact = ExactDenoiser(data, sched, weights=torch.rand(6, generator=g))
+    t = torch.tensor([3, 300, 900])
+    want = exact(x.double(), t)
+    for cast in (exact.float(), ExactDenoiser(data, sched).to("cpu", torch.float32)):
+        got = cast(x, t)
+        assert got.dtype == torch.float32 and cast.data.dtype == torch.float32
+    got = exact.float()(x.double(), t)
+    assert got.dtype == torch.float64 and torch.allclose(got, want, rtol=1e-6, atol=0)
