@@ -69,8 +69,10 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     if dtype in (torch.float16, torch.bfloat16):  # Adam's second moment underflows: NaN weights, no error
         raise TypeError(f"model parameters are {dtype}; train in float32 (or float64) and cast the trained "
                         "model afterwards (model.half())")
-    data = data.to(device, dtype)  # e.g. float64 / numpy data for a float32 model
-    cond = cond.to(device, dtype) if cond is not None else None
+    # detached: data encoded outside no_grad backpropagated into its encoder at step 0, then failed at
+    # step 1 with torch's 'Trying to backward through the graph a second time'
+    data = data.detach().to(device, dtype)  # e.g. float64 / numpy data for a float32 model
+    cond = cond.detach().to(device, dtype) if cond is not None else None
     gen = make_generator(seed)  # CPU generator: same numbers on any device
 
     def loss_step() -> Tensor:

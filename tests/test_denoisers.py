@@ -500,3 +500,22 @@ def test_exact_denoiser_cast_to_float32_still_runs_in_float64():
         assert got.dtype == torch.float32 and cast.data.dtype == torch.float32
     got = exact.float()(x.double(), t)
     assert got.dtype == torch.float64 and torch.allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_train_denoiser_treats_data_and_cond_with_a_graph_as_plain_values():
+    """Latents encoded outside no_grad carry a graph: step 0 backpropagated into the encoder (its
+    .grad filled) and step 1 failed with torch's 'Trying to backward through the graph a second
+    time'. Training now reads their values only: the same losses as for the detached tensors."""
+    g = torch.Generator().manual_seed(0)
+    encoder = torch.nn.Linear(2, 2)
+    data = encoder(torch.randn(30, 2, generator=g))  # requires grad, non-leaf
+    cond = torch.randn(30, 3, generator=g).requires_grad_(True) * 2
+    from mmdg_lite.seeding import own_rng
+
+    losses = []
+    for d, c in ((data, cond), (data.detach(), cond.detach())):
+        with own_rng(0):  # the same initial weights for both runs
+            model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3)
+        losses.append(train_denoiser(model, d, cond=c, steps=3, batch_size=8, progress=False))
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+    assert encoder.weight.grad is None
