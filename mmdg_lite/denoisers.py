@@ -170,6 +170,8 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> MLP
     from .sampling import _check_device
 
     device = _check_device(device)  # torch's error (or a CUDA assertion) came after reading the files
+    if not isinstance(folder, (str, os.PathLike)):  # pathlib said "expected str, bytes or os.PathLike object"
+        raise TypeError(f"folder must be a path (str or Path) to a save_denoiser folder; got {_describe(folder)}")
     folder = Path(folder)
     hint = f"folder={str(folder)!r} must hold {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_denoiser)"
     params = inspect.signature(MLPDenoiser.__init__).parameters

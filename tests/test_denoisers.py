@@ -452,6 +452,8 @@ def test_load_denoiser_checks_device_before_reading(tmp_path):
     folder = save_denoiser(MLPDenoiser(2, hidden=8, layers=1), tmp_path / "m")
     with pytest.raises(ValueError, match=r"device must be a torch device or its name.*got 'gpu'"):
         load_denoiser(tmp_path / "missing", device="gpu")
+    with pytest.raises(TypeError, match=r"folder must be a path .*got NoneType"):  # pathlib's bare TypeError
+        load_denoiser(None)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device 'cuda' is not available"):
             load_denoiser(folder, device="cuda")
