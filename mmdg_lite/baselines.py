@@ -78,7 +78,7 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
         torch.manual_seed(seed)
         model = NoisyClassifier(refs.shape[1], hidden=hidden, layers=layers)
     model.noise_schedule = torch.as_tensor(sched.alphas_cumprod).detach().cpu().double().clone()  # (T,)
-    refs, base = refs.float(), base.float()
+    refs, base = refs.detach().float(), base.detach().float()  # a graph (encoded outside no_grad) broke step 1
     gen = make_generator(seed)
     half = batch_size // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)])  # (2h,)
