@@ -400,5 +400,5 @@ def test_images_table_says_the_classifier_training_time_includes_its_negatives(m
     monkeypatch.setattr(adaptation, "_measure", lambda task, method, z, seconds, setup: setup)  # no metrics
     task = AdaptationTask("stub", MLPDenoiser(4, hidden=8, layers=1), (4,), torch.randn(6, 4), None, None,
                           decode=None, has_style=None, is_valid=None, style="any")  # 50 in images.py
-    setup = run_method(task, "classifier", n=2, num_steps=1, classifier_steps=1)
+    setup = run_method(task, "classifier", n=2, num_steps=2, classifier_steps=1)
     assert drawn == [64] and setup >= 0.5
