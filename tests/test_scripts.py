@@ -331,6 +331,15 @@ def test_distributed_example_refuses_fewer_samples_than_processes():
     assert "ValueError" not in out.stderr
 
 
+def _rendered_images_table(monkeypatch) -> str:
+    """benchmarks/images.py's rendering of the committed images.json, checked to be the committed images.md."""
+    bench = _benchmark(monkeypatch, "images", "--render")
+    committed = ROOT / "benchmarks" / "results" / "images.md"
+    text = bench.render(json.loads(committed.with_suffix(".json").read_text()))
+    assert text == committed.read_text()
+    return text
+
+
 def test_images_table_states_how_its_kd_is_computed(monkeypatch):
     # images.md reported 'KD ×1e3' without saying that run_method divides the features by the
     # targets' std (KID's cubic kernel depends on the scale) or how many subsets it averages
@@ -341,10 +350,7 @@ def test_images_table_states_how_its_kd_is_computed(monkeypatch):
     from mmdg_lite.images.shapes import make_shapes
     from mmdg_lite.metrics import kernel_distance
 
-    bench = _benchmark(monkeypatch, "images", "--render")
-    committed = ROOT / "benchmarks" / "results" / "images.md"
-    text = bench.render(json.loads(committed.with_suffix(".json").read_text()))
-    assert text == committed.read_text()
+    text = _rendered_images_table(monkeypatch)
     assert "divided by the target features' std, 20 subsets of min(samples, targets, 1000) points" in text
     imgs = make_shapes(14, seed=3).images
     task = AdaptationTask("stub", None, (3, 32, 32), imgs[:2], imgs[:2], imgs[6:], decode=lambda z: z,
@@ -383,10 +389,7 @@ def test_images_table_says_the_classifier_training_time_includes_its_negatives(m
     from mmdg_lite import MLPDenoiser
     from mmdg_lite.images.adaptation import AdaptationTask, run_method
 
-    bench = _benchmark(monkeypatch, "images", "--render")
-    committed = ROOT / "benchmarks" / "results" / "images.md"
-    text = bench.render(json.loads(committed.with_suffix(".json").read_text()))
-    assert text == committed.read_text()
+    text = _rendered_images_table(monkeypatch)
     assert "for classifier guidance it includes drawing its 64 unguided negatives" in text
     real, drawn = sampling.sample, []
 
