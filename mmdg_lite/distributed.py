@@ -115,6 +115,10 @@ def _env_int(name: str, low: int, below: int | None = None) -> int:
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """[lo, hi) of the global indices 0..n-1 that process ``rank`` of ``world`` holds: contiguous
     shards in rank order whose sizes differ by at most one."""
+    n, world = check_int(n, "n", 0), check_int(world, "world", 1)
+    rank = check_int(rank, "rank", 0)
+    if rank >= world:  # gave an empty or out-of-range shard, e.g. (7, 9) of n = 5
+        raise ValueError(f"rank must be in [0, world) = [0, {world}); got rank={rank}")
     base, extra = divmod(n, world)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
@@ -132,19 +136,42 @@ def _collective(fn: Callable[[], Any], what: str) -> None:
             "(init_distributed(timeout_s=...)) bounds this wait") from e
 
 
+_ROW_BITS = 40  # all_gather_rows' header: the row count in the low 40 bits, the rows' kind above
+
+
+def _row_header(x: Tensor) -> int:
+    """len(x) and a 22-bit digest of (shape[1:], dtype) in one int64, so the row-count all-gather
+    also checks that every process sends rows of the same kind (at no extra bytes)."""
+    if len(x) >> _ROW_BITS:
+        raise ValueError(f"all_gather_rows takes fewer than 2**{_ROW_BITS} rows; got {len(x)}")
+    kind = hashlib.sha256(f"{tuple(x.shape[1:])}{x.dtype}".encode()).digest()
+    return len(x) | (int.from_bytes(kind[:3], "little") >> 2) << _ROW_BITS
+
+
 def all_gather_rows(x: Tensor, group: Any = None, what: str = "a tensor",
                     traffic: dict[str, int] | None = None) -> tuple[Tensor, int]:
     """Every process's rows (n_r, *S) concatenated in rank order, (sum_r n_r, *S), and the row
     offset of this process's rows. Shards may differ in size (padded to the largest for the
     all-gather). ``traffic`` (optional) accumulates the bytes this process sends and receives."""
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        got = "a 0-d tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"all_gather_rows needs a tensor of rows, shape (n, ...); got {got}")
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if world == 1:  # nothing to exchange
         return x, 0
-    n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
+    n = torch.tensor([_row_header(x)], dtype=torch.long, device=x.device)
     sizes_t = [torch.zeros_like(n) for _ in range(world)]
     _collective(lambda: dist.all_gather(sizes_t, n, group=group), f"the row counts of {what}")
-    sizes = [int(s) for s in sizes_t]
+    # a peer's rows of another width or dtype were read as garbage or aborted gloo (a C++ terminate)
+    kinds = [int(s) >> _ROW_BITS for s in sizes_t]
+    odd = [r for r, k in enumerate(kinds) if k != kinds[0]]
+    if odd:
+        raise DistributedGuidanceError(
+            f"process {rank}: all_gather_rows of {what} got rows of another trailing shape or dtype on "
+            f"process(es) {odd} than on process 0 (this process: {tuple(x.shape[1:])}, {x.dtype}); every "
+            "process must pass rows of the same shape[1:] and dtype")
+    sizes = [int(s) & ((1 << _ROW_BITS) - 1) for s in sizes_t]
     top = max(sizes)
     x = x.contiguous()
     pad = x if len(x) == top else torch.cat([x, x.new_zeros((top - len(x), *x.shape[1:]))])

@@ -300,6 +300,13 @@ def _settings_runs(rank: int, out: str) -> None:
     rp = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).double()
     attempt("short_prompts", lambda: distributed_guidance(refs, reference_prompts=rp, sample_prompts=rp[:N - 2]),
             dtype=F64)
+    from mmdg_lite.distributed import all_gather_rows
+    for name, rows in (("width", torch.ones(3, 2 + rank)), ("row_dtype", torch.ones(3, 2, dtype=(F64, torch.float32)[rank]))):
+        try:  # each process's rows of another kind: gloo aborted process 0 (a C++ terminate)
+            got, _ = all_gather_rows(rows)  # and process 1 returned uninitialised memory as rows
+            save_file({"rows": got}, str(Path(out) / f"{name}{rank}.safetensors"))
+        except Exception as e:  # noqa: BLE001
+            (Path(out) / f"{name}{rank}.txt").write_text(f"{type(e).__name__}: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -431,3 +438,39 @@ def test_micro_batched_checks_its_denoiser_and_takes_one_timestep_for_all_rows()
     for t in (25, torch.tensor(25)):
         assert torch.equal(micro(x, t), den(x, t)) and seen[-4:] == [3, 3, 1, 7]
     assert torch.equal(micro(x, torch.arange(7)), den(x, torch.arange(7)))
+
+
+@pytest.mark.parametrize("name", ["width", "row_dtype"])
+def test_all_gather_rows_of_another_shape_or_dtype_raise_on_every_process(settings_run, name):
+    for r in range(2):
+        path = settings_run / f"{name}{r}.txt"
+        assert path.exists(), f"process {r} raised nothing for rows of another {name}"
+        text = path.read_text()
+        assert text.startswith("DistributedGuidanceError") and "process(es) [1] than on process 0" in text, text
+
+
+def test_shard_bounds_cover_0_to_n_and_refuse_a_rank_outside_the_world():
+    from mmdg_lite.distributed import shard_bounds
+    for n, world in [(0, 1), (5, 2), (7, 3), (3, 5)]:
+        bounds = [shard_bounds(n, r, world) for r in range(world)]
+        assert [b[0] for b in bounds[1:]] == [b[1] for b in bounds[:-1]] and bounds[0][0] == 0 and bounds[-1][1] == n
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world\) = \[0, 2\); got rank=3"):
+        shard_bounds(5, 3, 2)  # was (7, 9): outside 0..4, silently
+    with pytest.raises(ValueError, match="world must be an integer >= 1; got 0"):
+        shard_bounds(5, 0, 0)  # was ZeroDivisionError
+    with pytest.raises(ValueError, match="rank must be an integer >= 0; got -1"):
+        shard_bounds(5, -1, 2)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        shard_bounds(2.5, 0, 2)
+
+
+def test_all_gather_rows_names_a_tensor_without_rows():
+    from mmdg_lite.distributed import all_gather_rows
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(TypeError, match="tensor of rows, shape \\(n, ...\\); got a 0-d tensor"):
+            all_gather_rows(torch.tensor(1.0))  # was 'len() of a 0-d tensor' on every process
+        x = torch.ones(3, 2)
+        assert all_gather_rows(x) == (x, 0)
+    finally:
+        dist.destroy_process_group()
