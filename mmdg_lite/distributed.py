@@ -72,6 +72,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
     is reused as it is. Run without a launcher, it forms a 1-process group on this machine.
     """
     timeout_s = check_positive(timeout_s, "timeout_s")  # checked even when a group exists already
+    if timeout_s < 1e-3:  # torch counts whole milliseconds: 0.0001 became a 0 ms rendezvous timeout
+        raise ValueError(f"timeout_s must be at least 0.001 (torch's timeouts are whole milliseconds); "
+                         f"got {timeout_s!r}")
     if backend is not None and backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' (CPU) or 'nccl' (GPU); got {backend!r}")
     if dist.is_initialized():
@@ -92,7 +95,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
                           MASTER_PORT=str(port))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # DistStoreError / DistNetworkError: a peer that never joined
+        raise DistributedGuidanceError(
+            f"process {os.environ.get('RANK')}: the process group of WORLD_SIZE={os.environ.get('WORLD_SIZE')} did "
+            f"not form within timeout_s={timeout_s!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "start every process (torchrun --nproc_per_node), or give them longer to join") from e
     return dist.get_rank(), dist.get_world_size()
 
 

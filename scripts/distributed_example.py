@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from mmdg_lite import MMDGuidance, sample  # noqa: E402
-from mmdg_lite._argtypes import integer, positive_float, positive_int  # noqa: E402
+from mmdg_lite._argtypes import integer, number, positive_int  # noqa: E402
 from mmdg_lite.denoisers import GaussianMixtureDenoiser  # noqa: E402
 from mmdg_lite.distributed import distributed_guidance, init_distributed, sample_distributed  # noqa: E402
 from mmdg_lite.metrics import mode_proportions, total_variation  # noqa: E402
@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--samples", type=positive_int, default=1000, help="global batch size")
     ap.add_argument("--steps", type=positive_int, default=50)
     ap.add_argument("--seed", type=integer(0, 2**63, maximum_label="2**63"), default=0)
-    ap.add_argument("--timeout", type=positive_float, default=60.0, help="process-group timeout, seconds")
+    ap.add_argument("--timeout", type=number(0.001, inclusive=True), default=60.0,
+                    help="process-group timeout, seconds (torch counts whole ms)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="float64 shows the agreement with --check without float32 rounding")
     ap.add_argument("--check", action="store_true", help="compare with a one-process run on rank 0")

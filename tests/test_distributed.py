@@ -474,3 +474,16 @@ def test_all_gather_rows_names_a_tensor_without_rows():
         assert all_gather_rows(x) == (x, 0)
     finally:
         dist.destroy_process_group()
+
+
+def test_init_distributed_names_its_timeout_when_the_group_does_not_form(monkeypatch):
+    from mmdg_lite.distributed import DistributedGuidanceError, init_distributed
+    with pytest.raises(ValueError, match=r"timeout_s must be at least 0.001 .*got 0.0001"):
+        init_distributed("gloo", timeout_s=0.0001)  # was a 0 ms rendezvous: "timed out after 0ms"
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # process 0 of 2, whose peer never starts
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for k, v in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(DistributedGuidanceError, match=r"WORLD_SIZE=2 did not form within timeout_s=0.5"):
+        init_distributed("gloo", timeout_s=0.5)  # was torch's bare DistStoreError
+    assert not dist.is_initialized()

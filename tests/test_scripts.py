@@ -103,7 +103,8 @@ def test_shell_scripts_refuse_an_unknown_argument_before_the_environment_setup(t
 
 
 @pytest.mark.parametrize("flag,value", [("--samples", "0"), ("--steps", "0"), ("--timeout", "0"), ("--seed", "-1"),
-                                        ("--timeout", "inf"), ("--seed", str(2**63))])  # these two: raw tracebacks
+                                        ("--timeout", "inf"), ("--seed", str(2**63)),  # these two: raw tracebacks
+                                        ("--timeout", "0.0001")])  # init_distributed refused it in a traceback
 def test_distributed_example_names_its_flags(flag, value):
     out = run(sys.executable, "scripts/distributed_example.py", flag, value)
     assert out.returncode == 2 and flag in out.stderr and "Traceback" not in out.stderr
