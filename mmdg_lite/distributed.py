@@ -410,7 +410,7 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
 
 def _describe(v: Any) -> str:
     """A description of a setting that is the same in every process that holds the same value
-    (no object addresses); tensors by shape, dtype and two sums."""
+    (no object addresses); tensors by shape, dtype, two sums and a position-weighted sum."""
     if v is None or isinstance(v, (bool, int, str)):
         return repr(v)
     if isinstance(v, float):
@@ -424,6 +424,11 @@ def _describe(v: Any) -> str:
     if isinstance(v, Tensor):
         d = v.detach()
         sums = (float(d.sum(dtype=torch.float64)), float(d.abs().sum(dtype=torch.float64))) if d.numel() else ()
+        if d.ndim and d.numel():  # and a sum weighted by position: rows (prompts, cond) in another
+            m = d.reshape(len(d), -1)  # order on one process had the same two sums
+            col = torch.linspace(1, 2, m.shape[1], dtype=torch.float64, device=d.device)
+            row = torch.cat([blk.double() @ col for blk in m.split(8192)])  # (N,), in blocks of rows
+            sums += (float(row @ torch.linspace(1, 2, len(row), dtype=torch.float64, device=d.device)),)
         return f"T{tuple(d.shape)}{d.dtype}" + ",".join(f"{x:.6e}" for x in sums)
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return type(v).__name__ + _describe({f.name: getattr(v, f.name) for f in dataclasses.fields(v)})

@@ -300,6 +300,9 @@ def _settings_runs(rank: int, out: str) -> None:
     rp = torch.nn.functional.one_hot(torch.arange(40) % 2, 2).double()
     attempt("short_prompts", lambda: distributed_guidance(refs, reference_prompts=rp, sample_prompts=rp[:N - 2]),
             dtype=F64)
+    sp = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).double()  # process 1: the same rows in another
+    attempt("prompt_order", lambda: distributed_guidance(refs, reference_prompts=rp,  # order (same sums)
+                                                         sample_prompts=sp.roll(1, 0) if rank == 1 else sp), dtype=F64)
     from mmdg_lite.distributed import all_gather_rows
     for name, rows in (("width", torch.ones(3, 2 + rank)), ("row_dtype", torch.ones(3, 2, dtype=(F64, torch.float32)[rank]))):
         try:  # each process's rows of another kind: gloo aborted process 0 (a C++ terminate)
@@ -330,7 +333,8 @@ def test_unbiased_estimator_runs_with_a_shard_of_one_row(settings_run):
 
 
 @pytest.mark.parametrize("name,setting", [("dtype", "dtype"), ("stop", "guidance step_size"),
-                                          ("scheduler", "scheduler"), ("references", "guidance references")])
+                                          ("scheduler", "scheduler"), ("references", "guidance references"),
+                                          ("prompt_order", "guidance sample_prompts")])
 def test_processes_that_disagree_on_a_setting_both_raise_naming_it(settings_run, name, setting):
     """Only (n, seed, num_steps, shape) were compared: another dtype aborted process 0 inside gloo,
     another guidance window or scheduler returned mixed samples without an error."""
