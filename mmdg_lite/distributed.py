@@ -371,6 +371,12 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
         raise ValueError(f"n={n} is smaller than the number of processes ({world}); every process "
                          "needs at least one sample")
     hooks = _distributed_hooks(guidance) if guidance is not None else []
+    members = _members(group)  # the processes the batch is sharded over must be those it is gathered from
+    for h in hooks:
+        if _members(h.generated.group) != members:  # each sub-group guided its part of the batch on its own
+            raise ValueError(f"the guidance gathers over the processes {_members(h.generated.group)} but "
+                             f"sample_distributed shards the batch over {members}; pass the same group to "
+                             "distributed_guidance(group=...) and sample_distributed(group=...)")
     if cond is not None and (not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n):
         got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
         raise ValueError(f"cond must have one row per sample of the global batch, shape ({n}, C); "
@@ -406,6 +412,11 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
     if res.trajectory is not None:
         traj = [all_gather_rows(x, group, "the trajectory")[0] for x in res.trajectory]
     return SampleResult(samples=samples, trajectory=traj, timesteps=res.timesteps)
+
+
+def _members(group: Any) -> list[int]:
+    """The global ranks of ``group`` (None: the whole world)."""
+    return dist.get_process_group_ranks(group if group is not None else dist.group.WORLD)
 
 
 def _describe(v: Any) -> str:

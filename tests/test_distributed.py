@@ -303,6 +303,8 @@ def _settings_runs(rank: int, out: str) -> None:
     sp = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).double()  # process 1: the same rows in another
     attempt("prompt_order", lambda: distributed_guidance(refs, reference_prompts=rp,  # order (same sums)
                                                          sample_prompts=sp.roll(1, 0) if rank == 1 else sp), dtype=F64)
+    own = [dist.new_group([r]) for r in range(2)][rank]  # each process a group of its own, given to
+    attempt("own_group", lambda: distributed_guidance(refs, group=own), dtype=F64)  # the guidance alone
     from mmdg_lite.distributed import all_gather_rows
     for name, rows in (("width", torch.ones(3, 2 + rank)), ("row_dtype", torch.ones(3, 2, dtype=(F64, torch.float32)[rank]))):
         try:  # each process's rows of another kind: gloo aborted process 0 (a C++ terminate)
@@ -491,3 +493,11 @@ def test_init_distributed_names_its_timeout_when_the_group_does_not_form(monkeyp
     with pytest.raises(DistributedGuidanceError, match=r"WORLD_SIZE=2 did not form within timeout_s=0.5"):
         init_distributed("gloo", timeout_s=0.5)  # was torch's bare DistStoreError
     assert not dist.is_initialized()
+
+
+def test_guidance_of_another_group_than_the_sharding_is_refused(settings_run):
+    # the batch was sharded over the world but each shard gathered only its own group (itself):
+    # every shard was guided on its own, silently (no setting differed)
+    for r in range(2):
+        text = (settings_run / f"own_group{r}.txt").read_text() if (settings_run / f"own_group{r}.txt").exists() else "ran"
+        assert text.startswith("ValueError") and f"gathers over the processes [{r}]" in text and "[0, 1]" in text, text
