@@ -428,6 +428,21 @@ class CallableKernel(Kernel):
         return f"CallableKernel({self.name})"
 
 
+# Layers whose output in train mode is random (dropout, RReLU) or depends on the batch and updates
+# the module's running statistics (batch norm): a FeatureKernel on them is not a fixed kernel.
+_TRAIN_MODE_LAYERS = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm, torch.nn.RReLU)
+
+
+def _check_not_training(m: torch.nn.Module) -> None:
+    """Refuse a feature map with a dropout / batch-norm / RReLU layer in train mode."""
+    bad = [f"{name or 'feature_map'} ({type(mod).__name__})" for name, mod in m.named_modules()
+           if mod.training and isinstance(mod, _TRAIN_MODE_LAYERS)]
+    if bad:
+        raise ValueError(f"feature_map has layers in train mode ({', '.join(bad[:3])}): dropout draws new random "
+                         "features at every call and batch norm normalises by the batch (and updates its running "
+                         "statistics), so the kernel would change from call to call; call feature_map.eval() first")
+
+
 @dataclass(frozen=True)
 class FeatureKernel(Kernel):
     """k(u, v) = base(phi(u), phi(v)): a kernel on the embeddings of a feature map.
@@ -436,7 +451,9 @@ class FeatureKernel(Kernel):
     flattened points the guidance works with are reshaped to ``shape`` first. Data-dependent
     settings of ``base`` (the median bandwidth) are fixed in feature space. Gradients come from
     autograd through ``feature_map``, which must be differentiable; an ``nn.Module`` is run in
-    its parameters' dtype, anything else in the points' dtype.
+    its parameters' dtype, anything else in the points' dtype. An ``nn.Module`` with dropout,
+    batch-norm or RReLU layers in train mode is refused (call ``.eval()``): its features would be
+    random or depend on the batch.
 
     A kernel on a learned network's features is not automatically better than one on pixels:
     a pixel step along such a network's gradient can move its features without moving the
@@ -464,6 +481,8 @@ class FeatureKernel(Kernel):
         if x.ndim != 2 or x.shape[1] != d:
             raise ValueError(f"points must be (n, {d}) for shape={self.shape}; got {tuple(x.shape)}")
         m = self.feature_map
+        if isinstance(m, torch.nn.Module):
+            _check_not_training(m)
         p = next(m.parameters(), None) if isinstance(m, torch.nn.Module) else None
         f = m(x.reshape(len(x), *self.shape).to(p.dtype if p is not None else x.dtype))
         if not isinstance(f, Tensor) or f.ndim < 1 or len(f) != len(x):

@@ -405,3 +405,24 @@ def test_callable_kernel_refuses_an_integer_gram_matrix(grad):
     k = CallableKernel(lambda a, b: (a @ b.T).round().long())
     with pytest.raises(TypeError, match=r"fn\(x, y\) must return a floating-point Gram matrix; got dtype torch.int64"):
         (mmd2_grad if grad else mmd2)(torch.randn(4, 3), torch.randn(5, 3), k)
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(8)])
+def test_feature_kernel_refuses_a_network_in_train_mode(layer):
+    """A feature network left in train mode gave a different kernel at every call (dropout: two
+    mmd2 calls on the same sets differed and the biased MMD^2 came out negative) or normalised by
+    the batch and moved the user's batch-norm running statistics, silently."""
+    from mmdg_lite import mmd2, mmd2_grad
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), layer, torch.nn.Linear(8, 3))
+    x, y = torch.randn(6, 4), torch.randn(5, 4)
+    kernel = FeatureKernel(net, (4,), GaussianKernel(1.0))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for fn in (mmd2, mmd2_grad):
+        with pytest.raises(ValueError, match=rf"feature_map has layers in train mode \(1 \({type(layer).__name__}\)\)"
+                                             r".*feature_map.eval\(\)"):
+            fn(x, y, kernel)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # nothing was updated
+    net.eval()
+    assert float(mmd2(x, y, kernel)) == float(mmd2(x, y, kernel)) >= 0.0  # a fixed PSD kernel
