@@ -168,6 +168,16 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     return float(d2.median().sqrt()) * scale
 
 
+def _python_numbers(obj: object, *names: str) -> None:
+    """Store numpy scalar settings of a frozen dataclass as Python numbers: np.float32 arithmetic
+    (c**2) ran in float32 / float16 although the kernel compared equal to its float64 twin, and the
+    distributed settings digest described such a value by its type alone."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, np.generic):
+            object.__setattr__(obj, name, v.item())
+
+
 class Kernel:
     """Base class: subclasses implement ``gram``; ``grad_weighted`` defaults to autograd."""
 
@@ -217,6 +227,7 @@ class GaussianKernel(Kernel):
         if self.bandwidth is not None:
             check_positive(self.bandwidth, "bandwidth")
         check_positive(self.median_scale, "median_scale")
+        _python_numbers(self, "bandwidth", "median_scale")
 
     def resolve(self, x: Tensor, y: Tensor | None = None) -> "GaussianKernel":
         if self.bandwidth is not None:
@@ -323,6 +334,7 @@ class InverseMultiquadricKernel(Kernel):
         if check_positive(self.c, "c") >= 1e150:  # c**2 raised a bare OverflowError in every call
             raise ValueError(f"c must be below 1e150 (c^2 must be a finite float); got {self.c!r}")
         check_positive(self.beta, "beta")
+        _python_numbers(self, "c", "beta")
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.c**2 + pairwise_sq_dists(x, y)) ** (-self.beta)
@@ -393,6 +405,7 @@ class PolynomialKernel(Kernel):
             object.__setattr__(self, "degree", int(self.degree))
         if isinstance(self.coef0, np.generic):
             object.__setattr__(self, "coef0", float(self.coef0))
+        _python_numbers(self, "gamma")
 
     def _g(self, x: Tensor) -> float:
         return float(self.gamma) if self.gamma is not None else 1.0 / x.shape[1]

@@ -426,3 +426,22 @@ def test_feature_kernel_refuses_a_network_in_train_mode(layer):
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # nothing was updated
     net.eval()
     assert float(mmd2(x, y, kernel)) == float(mmd2(x, y, kernel)) >= 0.0  # a fixed PSD kernel
+
+
+@pytest.mark.parametrize("np_type", [np.float32, np.float16])
+def test_numpy_scalar_settings_are_python_numbers(np_type):
+    """InverseMultiquadricKernel(c=np.float32(0.7)) formed c**2 in float32 (np.float16: float16),
+    so its float64 Gram matrix was 2e-9 (2e-5) off the formula at that c although the kernel
+    compared equal to InverseMultiquadricKernel(float(c)); the distributed settings digest
+    described such a bandwidth by its type ('float32'), so processes with different ones agreed."""
+    from mmdg_lite.distributed import _describe
+
+    c = np_type(0.7)
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    d2 = torch.cdist(x, y).square()
+    want = (float(c) ** 2 + d2) ** -1.5
+    torch.testing.assert_close(InverseMultiquadricKernel(c, np_type(1.5)).gram(x, y), want, rtol=1e-12, atol=0)
+    kernels = (GaussianKernel(c, np_type(2.0)), InverseMultiquadricKernel(c, np_type(1.5)), PolynomialKernel(gamma=c))
+    for k in kernels:
+        assert all(not isinstance(getattr(k, f), np.generic) for f in vars(k))
+    assert _describe(GaussianKernel(np_type(1.0))) != _describe(GaussianKernel(np_type(2.0)))
