@@ -195,7 +195,13 @@ class Kernel:
         check_autograd(f"{self!r}")
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            k = self.gram(xg, y.detach())  # (n, m)
+            try:
+                k = self.gram(xg, y.detach())  # (n, m)
+            except RuntimeError as e:  # torch's own words name neither the kernel nor the way out
+                if "numpy()" not in str(e):
+                    raise
+                raise ValueError(f"{self!r}: the Gram matrix went through numpy, so guidance has no gradient; "
+                                 "compute it with differentiable torch operations") from e
             if not k.requires_grad:
                 raise ValueError(f"{self!r}: the Gram matrix does not depend differentiably on x (built "
                                  "under no_grad, detached, or through numpy), so guidance has no gradient; "
@@ -269,7 +275,7 @@ class MultiGaussianKernel(Kernel):
 
     def __post_init__(self) -> None:
         for name, vals in (("bandwidths", self.bandwidths), ("scales", self.scales)):
-            if vals is None:
+            if vals is None and name == "bandwidths":  # scales=None failed in tuple(): 'NoneType' not iterable
                 continue
             if not isinstance(vals, (tuple, list)):
                 raise TypeError(f"{name} must be a tuple of positive numbers, e.g. (0.5, 2.0); got {vals!r}")

@@ -445,3 +445,20 @@ def test_numpy_scalar_settings_are_python_numbers(np_type):
     for k in kernels:
         assert all(not isinstance(getattr(k, f), np.generic) for f in vars(k))
     assert _describe(GaussianKernel(np_type(1.0))) != _describe(GaussianKernel(np_type(2.0)))
+
+
+def test_multi_gaussian_refuses_scales_none():
+    """scales=None raised tuple()'s bare "'NoneType' object is not iterable", naming nothing."""
+    with pytest.raises(TypeError, match=r"scales must be a tuple of positive numbers.*got None"):
+        MultiGaussianKernel(scales=None)  # type: ignore[arg-type]
+
+
+def test_callable_kernel_through_numpy_names_the_kernel():
+    """A CallableKernel computing its Gram matrix in numpy gave a clear error from mmd2 but, in the
+    gradient, torch's bare "Can't call numpy() on Tensor that requires grad"."""
+    from mmdg_lite import mmd2_grad
+    from mmdg_lite.kernels import CallableKernel
+
+    k = CallableKernel(lambda a, b: torch.from_numpy(np.exp(-rbf_kernel(a.numpy(), b.numpy()))), name="np_rbf")
+    with pytest.raises(ValueError, match=r"CallableKernel\(np_rbf\): the Gram matrix went through numpy"):
+        mmd2_grad(torch.randn(4, 3), torch.randn(5, 3), k)
