@@ -184,7 +184,8 @@ class Kernel:
     has_closed_form: bool = False
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:  # (n, D), (m, D) -> (n, m)
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement gram(x, y) -> (n, m) Gram matrix "
+                                  "(a Kernel subclass defines gram, and optionally grad_weighted)")
 
     def resolve(self, x: Tensor, y: Tensor | None = None) -> "Kernel":
         """A copy with data-dependent settings (median bandwidth) fixed from x and y."""
@@ -202,6 +203,10 @@ class Kernel:
                     raise
                 raise ValueError(f"{self!r}: the Gram matrix went through numpy, so guidance has no gradient; "
                                  "compute it with differentiable torch operations") from e
+            if not isinstance(k, Tensor) or tuple(k.shape) != (len(x), len(y)):
+                got = tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__
+                raise ValueError(f"{self!r}.gram must return a tensor of shape ({len(x)}, {len(y)}) for {len(x)} "
+                                 f"and {len(y)} points; got {got}")
             if not k.requires_grad:
                 raise ValueError(f"{self!r}: the Gram matrix does not depend differentiably on x (built "
                                  "under no_grad, detached, or through numpy), so guidance has no gradient; "
@@ -215,6 +220,16 @@ class Kernel:
         x, y = check_pair(check_points(x, "x"), check_points(y, "y"), "x", "y")
         x, y = x.to(work_dtype(x, y)), y.to(work_dtype(x, y))  # half precision runs in float32
         return self.resolve(x, y).gram(x, y)
+
+
+def checked_resolve(kernel: "Kernel | ProductKernel", x: Tensor, y: Tensor | None) -> "Kernel | ProductKernel":
+    """``kernel.resolve(x, y)``, refusing a result that is not a kernel (a subclass's resolve that
+    forgot ``return``: None raised "'NoneType' object has no attribute 'gram'" at the first use)."""
+    out = kernel.resolve(x, y)
+    if not isinstance(out, (Kernel, ProductKernel)):
+        raise TypeError(f"{kernel!r}.resolve(x, y) must return a kernel (self, or a copy with its data-dependent "
+                        f"settings fixed); got {out!r}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._validation import check_autograd, check_choice, check_int, check_layouts, check_pair, check_points, check_weights
 from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel,
-                      work_dtype)
+                      checked_resolve, work_dtype)
 from .seeding import check_seed
 
 __all__ = ["mmd2", "mmd2_grad", "mmd2_grad_autograd", "witness", "permutation_test",
@@ -80,7 +80,7 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     elif x_prompts is not None or y_prompts is not None:
         raise ValueError("x_prompts / y_prompts are only used with a ProductKernel; "
                          f"got kernel {type(kernel).__name__}")
-    return _Prepared(xs, ys, wx, wy, px, py, kernel.resolve(xs, ys), shape)
+    return _Prepared(xs, ys, wx, wy, px, py, checked_resolve(kernel, xs, ys), shape)
 
 
 def _not_finite_advice(kernel: AnyKernel) -> str:
@@ -102,16 +102,34 @@ def _chunks(m: int, chunk_size: int | None) -> Iterator[slice]:
         yield slice(start, min(start + step, m))
 
 
+def _checked(out, kernel: AnyKernel, method: str, shape: tuple[int, int], a: Tensor, b: Tensor) -> Tensor:
+    """A kernel's ``method`` output, checked as the (n, m) / (n, D) float tensor the sums need and in
+    the points' work dtype (built-in kernels already return it: unchanged). A subclass's wrong
+    shape or a float16 / float64 result failed deep in a matmul, naming neither kernel nor method."""
+    if not isinstance(out, Tensor) or tuple(out.shape) != shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{kernel!r}.{method} must return a tensor of shape {shape} for {len(a)} and {len(b)} "
+                         f"points; got {got}")
+    if not out.dtype.is_floating_point:
+        raise TypeError(f"{kernel!r}.{method} must return a floating-point tensor; got dtype {out.dtype}")
+    dt = work_dtype(a, b)
+    return out if out.dtype == dt else out.to(dt)
+
+
 def _gram(p: _Prepared, a: Tensor, b: Tensor, pa: Tensor | None, pb: Tensor | None) -> Tensor:
     if isinstance(p.kernel, ProductKernel):
-        return p.kernel.gram(a, b, pa, pb)
-    return p.kernel.gram(a, b)
+        out = p.kernel.gram(a, b, pa, pb)
+    else:
+        out = p.kernel.gram(a, b)
+    return _checked(out, p.kernel, "gram", (len(a), len(b)), a, b)
 
 
 def _gradw(p: _Prepared, a: Tensor, b: Tensor, w: Tensor, pa, pb) -> Tensor:
     if isinstance(p.kernel, ProductKernel):
-        return p.kernel.grad_weighted(a, b, w, pa, pb)
-    return p.kernel.grad_weighted(a, b, w)
+        out = p.kernel.grad_weighted(a, b, w, pa, pb)
+    else:
+        out = p.kernel.grad_weighted(a, b, w)
+    return _checked(out, p.kernel, "grad_weighted", (len(a), a.shape[1]), a, b)
 
 
 def _sl(t: Tensor | None, s: slice) -> Tensor | None:
@@ -297,7 +315,7 @@ def witness(points, x, y, kernel: Kernel, *, x_weights=None, y_weights=None) -> 
     t, x = check_pair(t, p.x, "points", "x")  # float64 points (a numpy grid) promote float32 sets
     y, wx, wy = p.y.to(x.dtype), p.wx.to(x.dtype), p.wy.to(x.dtype)
     rows = max(1, WITNESS_GRAM_ENTRIES // max(len(x), len(y)))  # points per block: bounded Gram matrices
-    return torch.cat([p.kernel.gram(t[s], x) @ wx - p.kernel.gram(t[s], y) @ wy  # (T_s,)
+    return torch.cat([_gram(p, t[s], x, None, None) @ wx - _gram(p, t[s], y, None, None) @ wy  # (T_s,)
                       for s in _chunks(len(t), rows)])
 
 
@@ -326,7 +344,7 @@ def permutation_test(x, y, kernel: Kernel, *, n_permutations: int = 500,
     p = _prepare(x, y, kernel, estimator, None, None, None, None)
     z = torch.cat([p.x, p.y])  # (n + m, D)
     with torch.no_grad():  # a FeatureKernel's network would keep its graph alive in ``null``
-        K = p.kernel.gram(z, z)  # (N, N)
+        K = _gram(p, z, z, None, None)  # (N, N)
     if not bool(torch.isfinite(K).all()):  # NaN statistics compare False: p would be its minimum
         raise FloatingPointError(f"the pooled Gram matrix is not finite (kernel {type(p.kernel).__name__}); "
                                  f"{_not_finite_advice(p.kernel)}")

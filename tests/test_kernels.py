@@ -462,3 +462,64 @@ def test_callable_kernel_through_numpy_names_the_kernel():
     k = CallableKernel(lambda a, b: torch.from_numpy(np.exp(-rbf_kernel(a.numpy(), b.numpy()))), name="np_rbf")
     with pytest.raises(ValueError, match=r"CallableKernel\(np_rbf\): the Gram matrix went through numpy"):
         mmd2_grad(torch.randn(4, 3), torch.randn(5, 3), k)
+
+
+def test_kernel_subclass_mistakes_name_the_kernel():
+    """A Kernel subclass whose resolve forgot its return, whose gram or grad_weighted has the wrong
+    shape, or that defines no gram failed inside mmd2 / mmd2_grad with AttributeError
+    ("'NoneType' object has no attribute 'gram'"), torch's matmul / broadcast errors or a bare
+    NotImplementedError, naming neither the kernel nor the method."""
+    from mmdg_lite import mmd2, mmd2_grad
+    from mmdg_lite.kernels import Kernel
+
+    def rbf(a, b):
+        return torch.exp(-torch.cdist(a, b) ** 2)
+
+    class NoReturn(Kernel):
+        def resolve(self, x, y=None):
+            pass
+
+        def gram(self, x, y):
+            return rbf(x, y)
+
+    class Transposed(Kernel):
+        def gram(self, x, y):
+            return rbf(x, y).T
+
+    class WideGrad(Kernel):
+        def gram(self, x, y):
+            return rbf(x, y)
+
+        def grad_weighted(self, x, y, w):
+            return torch.zeros(len(x), x.shape[1] + 1)
+
+    class NoGram(Kernel):
+        pass
+
+    x, y = torch.randn(6, 3), torch.randn(5, 3)
+    for fn in (mmd2, mmd2_grad):
+        with pytest.raises(TypeError, match=r"NoReturn.*\.resolve\(x, y\) must return a kernel.*got None"):
+            fn(x, y, NoReturn())
+        with pytest.raises(ValueError, match=r"Transposed.*\.gram must return a tensor of shape \(6, 5\).*got \(5, "):
+            fn(x, y, Transposed())
+        with pytest.raises(NotImplementedError, match="NoGram must implement gram"):
+            fn(x, y, NoGram())
+    with pytest.raises(ValueError, match=r"WideGrad.*\.grad_weighted must return a tensor of shape \(6, 3\)"):
+        mmd2_grad(x, y, WideGrad())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_callable_kernel_gram_in_another_dtype(dtype):
+    """A CallableKernel returning its Gram matrix in float16 or float64 for float32 points failed in
+    mmd2 / witness with torch's 'expected m1 and m2 to have the same dtype'; it is taken in the
+    points' dtype, as the same values handed back in float32."""
+    from mmdg_lite import mmd2, witness
+    from mmdg_lite.kernels import CallableKernel
+
+    def rbf(a, b):
+        return torch.exp(-torch.cdist(a, b) ** 2).to(dtype)
+
+    x, y = torch.randn(6, 3), torch.randn(5, 3)
+    other, same = CallableKernel(rbf), CallableKernel(lambda a, b: rbf(a, b).float())
+    assert float(mmd2(x, y, other)) == float(mmd2(x, y, same))
+    assert torch.equal(witness(x[:3], x, y, kernel=other), witness(x[:3], x, y, kernel=same))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._validation import check_bool, check_choice, check_int, check_pair, check_points
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
-                       median_bandwidth, work_dtype)
+                       checked_resolve, median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
 from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
 from ..sampling import check_input_scales
@@ -420,8 +420,8 @@ class MMDGuidance:
             kp = kernel.prompt_kernel
             if prompts is not None and rp is not None:
                 kp = kp.resolve(kernel._prep(prompts), kernel._prep(rp))
-            return replace(kernel, prompt_kernel=kp, sample_kernel=kernel.sample_kernel.resolve(pool, refs))
-        return kernel.resolve(pool, refs)
+            return replace(kernel, prompt_kernel=kp, sample_kernel=checked_resolve(kernel.sample_kernel, pool, refs))
+        return checked_resolve(kernel, pool, refs)
 
     def _kernel_for(self, state, z, refs, prompts, rp, dtype):
         """The resolved kernel for this step: once per run (default) or at every step."""
