@@ -446,6 +446,8 @@ def _describe(v: Any) -> str:
     if hasattr(v, "set_timesteps") and hasattr(v, "config"):  # a diffusers scheduler
         # (its private keys, e.g. _use_default_values, list a set in hash order)
         return type(v).__name__ + _describe({k: x for k, x in v.config.items() if not k.startswith("_")})
+    if isinstance(v, Kernel):  # a user kernel that is no dataclass: its settings, not only its class name
+        return type(v).__name__ + _describe(dict(vars(v)))
     return getattr(v, "__qualname__", type(v).__name__)  # a callable, a module: its name
 
 

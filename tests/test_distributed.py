@@ -501,3 +501,26 @@ def test_guidance_of_another_group_than_the_sharding_is_refused(settings_run):
     for r in range(2):
         text = (settings_run / f"own_group{r}.txt").read_text() if (settings_run / f"own_group{r}.txt").exists() else "ran"
         assert text.startswith("ValueError") and f"gathers over the processes [{r}]" in text and "[0, 1]" in text, text
+
+
+def test_settings_digest_tells_apart_a_user_kernels_settings():
+    """A Kernel subclass that is not a dataclass was described by its class name alone, so processes
+    guiding with MyKernel(1.0) and MyKernel(2.0) passed the settings check and guided the shards with
+    different kernels, silently."""
+    from mmdg_lite.distributed import _run_fields
+    from mmdg_lite.kernels import Kernel
+
+    class MyKernel(Kernel):
+        def __init__(self, s: float) -> None:
+            self.s = s
+
+        def gram(self, x, y):
+            return torch.exp(-torch.cdist(x, y) ** 2 / self.s)
+
+    refs = torch.randn(8, 2)
+
+    def field(kernel):
+        return _run_fields(4, (2,), 0, {}, None, [MMDGuidance(refs, kernel=kernel)], True)["guidance kernel"]
+
+    assert field(MyKernel(1.0)) != field(MyKernel(2.0))
+    assert field(MyKernel(1.0)) == field(MyKernel(1.0))
