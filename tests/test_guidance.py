@@ -736,3 +736,16 @@ def test_bandwidth_update_step_pools_the_noisy_batch_only_once_per_run():
         st = make_state(step_index=step, seed=step)
         assert torch.equal(guide(st), plain(st))
     assert Counting.calls == 1 + 4  # the data scale once, then the evaluation points at each step
+
+
+def test_guidance_refuses_a_kernel_subclass_without_gram():
+    """A Kernel subclass that defines no gram (e.g. a misspelt method) was accepted and failed at the
+    first guided step, after the sampler's first denoiser call, with a bare NotImplementedError."""
+    from mmdg_lite.kernels import Kernel
+
+    class Misspelt(Kernel):
+        def gramm(self, x, y):
+            return torch.exp(-torch.cdist(x, y) ** 2)
+
+    with pytest.raises(TypeError, match="kernel Misspelt defines no gram"):
+        MMDGuidance(torch.randn(8, 2), kernel=Misspelt())

@@ -219,6 +219,9 @@ class MMDGuidance:
         if not isinstance(self.kernel, Kernel):
             raise TypeError(f"kernel must be a mmdg_lite Kernel (the prompt kernel is "
                             f"prompt_kernel=); got {kernel!r}")
+        if type(self.kernel).gram is Kernel.gram:  # else NotImplementedError at the first guided step
+            raise TypeError(f"kernel {type(self.kernel).__name__} defines no gram(x, y) -> (n, m) Gram matrix; a "
+                            "Kernel subclass must implement gram (and may implement grad_weighted)")
         self.step_size = StepSize(strength, schedule, start=start, stop=stop,
                                   last_fraction=last_fraction, strength_scale=strength_scale,
                                   normalization=normalization, clip_norm=clip_norm,
