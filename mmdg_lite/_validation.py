@@ -128,11 +128,20 @@ def is_real_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
 
 
+def _as_float(value: Any) -> float:
+    """float(value), inf for an int too large for a float (float() raised a bare OverflowError,
+    'int too large to convert to float', naming no argument); the callers refuse inf by name."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_positive(value: Any, name: str) -> float:
     """A finite number > 0 (bandwidths, scales, constants)."""
     if not is_real_number(value):
         raise TypeError(f"{name} must be a positive number; got {_describe(value)}")
-    v = float(value)
+    v = _as_float(value)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     return v
@@ -141,7 +150,7 @@ def check_positive(value: Any, name: str) -> float:
 def check_nonnegative(value: Any, name: str) -> float:
     if not is_real_number(value):
         raise TypeError(f"{name} must be a non-negative number; got {_describe(value)}")
-    v = float(value)
+    v = _as_float(value)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return v

@@ -351,3 +351,11 @@ def test_numpy_array_of_non_numbers_names_the_argument(fn, bad):
     _, y = _xy(d=2)
     with pytest.raises(TypeError, match=rf"^x must be an array of numbers; got a numpy array of dtype {bad.dtype}"):
         fn(bad, y, K)
+
+
+@pytest.mark.parametrize("make", [GaussianKernel, lambda v: InverseMultiquadricKernel(beta=v),
+                                  lambda v: MultiGaussianKernel(scales=(v,))])
+def test_an_int_too_large_for_a_float_is_refused_by_name(make):
+    """GaussianKernel(10**400) raised float()'s bare OverflowError 'int too large to convert to float'."""
+    with pytest.raises(ValueError, match=r"(bandwidth|beta|scales) must be a finite number > 0"):
+        make(10**400)
