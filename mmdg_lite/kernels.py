@@ -219,7 +219,7 @@ class Kernel:
         check_layouts(x, y, "x", "y")
         x, y = check_pair(check_points(x, "x"), check_points(y, "y"), "x", "y")
         x, y = x.to(work_dtype(x, y)), y.to(work_dtype(x, y))  # half precision runs in float32
-        return self.resolve(x, y).gram(x, y)
+        return checked_resolve(self, x, y).gram(x, y)
 
 
 def checked_resolve(kernel: "Kernel | ProductKernel", x: Tensor, y: Tensor | None) -> "Kernel | ProductKernel":

@@ -506,6 +506,10 @@ def test_kernel_subclass_mistakes_name_the_kernel():
             fn(x, y, NoGram())
     with pytest.raises(ValueError, match=r"WideGrad.*\.grad_weighted must return a tensor of shape \(6, 3\)"):
         mmd2_grad(x, y, WideGrad())
+    with pytest.raises(TypeError, match=r"NoReturn.*\.resolve\(x, y\) must return a kernel"):
+        NoReturn()(x, y)
+    with pytest.raises(TypeError, match=r"NoReturn.*\.resolve\(x, y\) must return a kernel"):
+        mmd2(x, y, ProductKernel(NoReturn(), GaussianKernel(1.0)), x_prompts=torch.eye(6), y_prompts=torch.eye(6)[:5])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
