@@ -425,7 +425,7 @@ def test_feature_kernel_refuses_a_network_in_train_mode(layer):
             fn(x, y, kernel)
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # nothing was updated
     net.eval()
-    assert float(mmd2(x, y, kernel)) == float(mmd2(x, y, kernel)) >= 0.0  # a fixed PSD kernel
+    assert float(mmd2(x, y, kernel).detach()) == float(mmd2(x, y, kernel).detach()) >= 0.0  # a fixed PSD kernel
 
 
 @pytest.mark.parametrize("np_type", [np.float32, np.float16])
