@@ -164,7 +164,7 @@ def cost_model() -> list[str]:
     lines += ["",
               "The all-gather is four to five orders of magnitude below the UNet's time: the batch-joint "
               "coupling is cheap to keep exact. Every GPU must hold the global batch (2.6 GB) and run "
-              "its UNet in micro-batches (`MicroBatched(unet, 16)`), since guidance needs all its "
+              "its UNet in micro-batches (`MicroBatched(UNetDenoiser(unet), 16)`), since guidance needs all its "
               f"{b:,} samples at the same step.", "",
               f"**The RFF alternative.** All-reducing the generated set's mean embedding "
               f"mu = (1/B) sum_j phi(z_j) instead of the points costs F floats: {phi_mu / 2**10:.0f} KiB "

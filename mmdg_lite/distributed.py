@@ -500,7 +500,11 @@ class MicroBatched(torch.nn.Module):
         per_row = isinstance(t, Tensor) and t.ndim > 0
         for s in range(0, len(x), self.batch_size):
             sl = slice(s, s + self.batch_size)
-            outs.append(self.denoiser(x[sl], t[sl] if per_row else t, None if cond is None else cond[sl]))
+            out = self.denoiser(x[sl], t[sl] if per_row else t, None if cond is None else cond[sl])
+            if not isinstance(out, Tensor):  # a bare diffusers UNet returns UNet2DOutput: torch.cat failed on it
+                raise TypeError(f"MicroBatched's denoiser returned {type(out).__name__}, not a tensor of eps: "
+                                "wrap a diffusers UNet as MicroBatched(mmdg_lite.images.UNetDenoiser(unet), rows)")
+            outs.append(out)
         return torch.cat(outs)  # (b, *S)
 
 

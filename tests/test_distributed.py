@@ -524,3 +524,21 @@ def test_settings_digest_tells_apart_a_user_kernels_settings():
 
     assert field(MyKernel(1.0)) != field(MyKernel(2.0))
     assert field(MyKernel(1.0)) == field(MyKernel(1.0))
+
+
+def test_micro_batched_names_a_bare_diffusers_unet_and_the_wrapper_it_needs():
+    # README said "Wrap a large UNet in MicroBatched(unet, 16)": a bare UNet2DModel returns
+    # UNet2DOutput and sampling failed in torch.cat ("expected Tensor as element 0 ... UNet2DOutput")
+    from diffusers import UNet2DModel
+
+    from mmdg_lite.distributed import MicroBatched
+    from mmdg_lite.images import UNetDenoiser
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 500)
+    with pytest.raises(TypeError, match=r"returned UNet2DOutput.*UNetDenoiser\(unet\)"):
+        MicroBatched(unet, 2)(x, t)
+    with torch.no_grad():  # the README's wrapping: rows in blocks of 2 give the whole batch's eps
+        assert torch.allclose(MicroBatched(UNetDenoiser(unet), 2)(x, t), UNetDenoiser(unet)(x, t), atol=1e-5)
