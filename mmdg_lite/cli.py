@@ -467,6 +467,13 @@ def _check_steps(scheduler: Any, steps: int, model: str) -> None:
         return int(trial.timesteps.max()) < int(n_train)
 
     if steps <= int(n_train) and fits(steps):
+        trial = copy.deepcopy(scheduler)
+        trial.set_timesteps(steps)
+        offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
+        if int(trial.timesteps.max()) <= offset:  # 'leading' spacing at 1 step: t = offset, the lowest noise
+            raise _BadInput(f"--steps {steps} gives {type(scheduler).__name__} of {model!r} only the timestep "
+                            f"t={int(trial.timesteps.max())}, one step at the lowest noise level, so every image "
+                            "would be its initial noise nearly unchanged; use --steps 2 or more")
         return
     top = next((k for k in range(min(steps, int(n_train)), 0, -1) if fits(k)), None)
     if top is None:  # fewer steps do not help (PNDM's Runge-Kutta warm-up needs more than 3)

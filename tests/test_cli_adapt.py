@@ -483,3 +483,23 @@ def test_adapt_empty_references_name_their_subfolders(model, tmp_path, capsys):
     assert adapt(model, refs, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "(its subfolders ['circles', 'squares'] are not read)" in err and "recursive" not in err
+
+
+@pytest.mark.parametrize("scheduler", ["keep", "euler"])
+def test_adapt_refuses_one_step_that_returns_the_initial_noise(model, refs, tmp_path, capsys, scheduler):
+    """SD's 'leading' spacing with steps_offset 1 gives --steps 1 only t=1: the run wrote its x_T
+    as images (sample() refuses the same run at t=0). The step itself is the oracle: at t=1 it
+    moves x_T by under 2 % of its size."""
+    import copy
+
+    import torch
+
+    from mmdg_lite.pipelines.adapt import load_pipeline
+    sched = copy.deepcopy(load_pipeline(str(model)).scheduler)
+    sched.set_timesteps(1)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    moved = sched.step(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), sched.timesteps[0], x).prev_sample
+    assert (moved - x).norm() < 0.02 * x.norm()
+    assert adapt(model, refs, tmp_path / "out", "--steps", "1", "--scheduler", scheduler) == 2
+    assert "--steps 1 gives" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert adapt(model, refs, tmp_path / "out2", "--steps", "2", "--scheduler", scheduler) == 0
