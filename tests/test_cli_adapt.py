@@ -498,7 +498,8 @@ def test_adapt_refuses_one_step_that_returns_the_initial_noise(model, refs, tmp_
     sched = copy.deepcopy(load_pipeline(str(model)).scheduler)
     sched.set_timesteps(1)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    moved = sched.step(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), sched.timesteps[0], x).prev_sample
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    moved = sched.step(eps, sched.timesteps[0], x).prev_sample
     assert (moved - x).norm() < 0.02 * x.norm()
     assert adapt(model, refs, tmp_path / "out", "--steps", "1", "--scheduler", scheduler) == 2
     assert "--steps 1 gives" in capsys.readouterr().err and not (tmp_path / "out").exists()
