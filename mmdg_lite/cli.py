@@ -454,6 +454,8 @@ def _check_steps(scheduler: Any, steps: int, model: str) -> None:
     "leading" spacing shifts them up by one, so 1,000 of 1,000 steps would index past the end)."""
     import copy
 
+    from .pipelines.adapt import _check_first_timestep
+
     n_train = getattr(scheduler.config, "num_train_timesteps", None)
     if n_train is None or not hasattr(scheduler, "set_timesteps"):
         return
@@ -467,13 +469,10 @@ def _check_steps(scheduler: Any, steps: int, model: str) -> None:
         return int(trial.timesteps.max()) < int(n_train)
 
     if steps <= int(n_train) and fits(steps):
-        trial = copy.deepcopy(scheduler)
-        trial.set_timesteps(steps)
-        offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
-        if int(trial.timesteps.max()) <= offset:  # 'leading' spacing at 1 step: t = offset, the lowest noise
-            raise _BadInput(f"--steps {steps} gives {type(scheduler).__name__} of {model!r} only the timestep "
-                            f"t={int(trial.timesteps.max())}, one step at the lowest noise level, so every image "
-                            "would be its initial noise nearly unchanged; use --steps 2 or more")
+        try:  # 'leading' spacing at 1 step: only t = steps_offset, the lowest noise level
+            _check_first_timestep(scheduler, steps)
+        except ValueError as err:
+            raise _BadInput(f"--steps {steps} ({model!r}): {err}") from None
         return
     top = next((k for k in range(min(steps, int(n_train)), 0, -1) if fits(k)), None)
     if top is None:  # fewer steps do not help (PNDM's Runge-Kutta warm-up needs more than 3)

@@ -502,5 +502,5 @@ def test_adapt_refuses_one_step_that_returns_the_initial_noise(model, refs, tmp_
     moved = sched.step(eps, sched.timesteps[0], x).prev_sample
     assert (moved - x).norm() < 0.02 * x.norm()
     assert adapt(model, refs, tmp_path / "out", "--steps", "1", "--scheduler", scheduler) == 2
-    assert "--steps 1 gives" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert "--steps 1 (" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert adapt(model, refs, tmp_path / "out2", "--steps", "2", "--scheduler", scheduler) == 0

@@ -1185,3 +1185,19 @@ def test_generate_refuses_a_cfg_scale_below_one_which_the_pipeline_runs_as_one(s
             generate(sd, PROMPT, 1, steps=2, guidance_scale=scale, progress=False, size=32)
     images, _ = generate(sd, PROMPT, 1, steps=2, guidance_scale=1.0, progress=False, size=32)
     assert images.shape == (1, 3, 32, 32)
+
+
+def test_generate_refuses_one_step_at_the_lowest_noise_level(sd):
+    """SD's 'leading' DDIM with steps_offset 1 gives steps=1 only t=1, where a step moves x_T by
+    under 2 % (the oracle below): generate returned the initial noise as images, silently."""
+    import copy
+
+    from mmdg_lite.pipelines.adapt import generate
+    sched = copy.deepcopy(sd.scheduler)
+    sched.set_timesteps(1)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert (sched.step(eps, sched.timesteps[0], x).prev_sample - x).norm() < 0.02 * x.norm()
+    with pytest.raises(ValueError, match=r"steps=1 gives DDIMScheduler only the timestep t=1.*steps >= 2"):
+        generate(sd, PROMPT, 1, progress=False, size=32, steps=1)
+    assert generate(sd, PROMPT, 1, progress=False, size=32, steps=2)[0].shape == (1, 3, 32, 32)

@@ -107,6 +107,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1)
     check_int(steps, "steps", 1)
+    _check_first_timestep(pipe.scheduler, steps)
     if check_nonnegative(guidance_scale, "guidance_scale") < 1:  # not a weaker or unconditional mix
         raise ValueError(f"guidance_scale must be >= 1 (1 turns classifier-free guidance off; diffusers' "
                          f"pipelines run every value below 1 as 1); got {guidance_scale!r}")
@@ -149,6 +150,23 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
             wrapper.restore()
     seconds = time.perf_counter() - start
     return (images.float().cpu() * 2 - 1).clamp(-1, 1), seconds  # (N, 3, H, W)
+
+
+def _check_first_timestep(scheduler: Any, steps: int) -> None:
+    """A run whose first timestep is the scheduler's lowest (SD's 'leading' spacing with steps_offset 1
+    gives steps=1 only t=1) takes one step at the lowest noise level: its images are x_T, pure noise."""
+    if getattr(scheduler, "alphas_cumprod", None) is None:  # not a DDPM-indexed one (EDM's t is log sigma)
+        return
+    trial = copy.deepcopy(scheduler)
+    try:
+        trial.set_timesteps(steps)
+    except (ValueError, IndexError):  # steps the scheduler cannot set up: the pipeline names them
+        return
+    top = float(torch.as_tensor(trial.timesteps).max())
+    if top <= float(getattr(scheduler.config, "steps_offset", 0) or 0):
+        raise ValueError(f"steps={steps} gives {type(scheduler).__name__} only the timestep t={top:g}, one step at "
+                         "the lowest noise level, so every image would be its initial noise nearly unchanged; "
+                         "use steps >= 2")
 
 
 def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_prompt: int, side: int,
