@@ -153,7 +153,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
 
 
 def _check_first_timestep(scheduler: Any, steps: int) -> None:
-    """A run whose first timestep is the scheduler's lowest (SD's 'leading' spacing with steps_offset 1
+    """A one-step run at the scheduler's lowest timestep (SD's 'leading' spacing with steps_offset 1
     gives steps=1 only t=1) takes one step at the lowest noise level: its images are x_T, pure noise."""
     if getattr(scheduler, "alphas_cumprod", None) is None:  # not a DDPM-indexed one (EDM's t is log sigma)
         return
@@ -162,8 +162,8 @@ def _check_first_timestep(scheduler: Any, steps: int) -> None:
         trial.set_timesteps(steps)
     except (ValueError, IndexError):  # steps the scheduler cannot set up: the pipeline names them
         return
-    top = float(torch.as_tensor(trial.timesteps).max())
-    if top <= float(getattr(scheduler.config, "steps_offset", 0) or 0):
+    top = float(torch.as_tensor(trial.timesteps).max())  # (many repeated steps at t=1 are a too-many-steps error)
+    if len(trial.timesteps) == 1 and top <= float(getattr(scheduler.config, "steps_offset", 0) or 0):
         raise ValueError(f"steps={steps} gives {type(scheduler).__name__} only the timestep t={top:g}, one step at "
                          "the lowest noise level, so every image would be its initial noise nearly unchanged; "
                          "use steps >= 2")
