@@ -107,7 +107,6 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1)
     check_int(steps, "steps", 1)
-    _check_first_timestep(pipe.scheduler, steps)
     if check_nonnegative(guidance_scale, "guidance_scale") < 1:  # not a weaker or unconditional mix
         raise ValueError(f"guidance_scale must be >= 1 (1 turns classifier-free guidance off; diffusers' "
                          f"pipelines run every value below 1 as 1); got {guidance_scale!r}")
@@ -124,6 +123,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
             raise ValueError(f"size must be a multiple of {multiple} (diffusers' 8 and the pipeline's VAE scale "
                              f"factor {step}); got {size}")
         kwargs.update(height=size, width=size)
+    _check_first_timestep(pipe.scheduler, steps)
     wrapper = callback = None
     if guidance is not None:
         _check_guidance_fits(pipe, guidance, prompts, num_images_per_prompt,
