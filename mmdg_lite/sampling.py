@@ -20,7 +20,7 @@ from ._validation import check_bool, check_choice, check_int, check_nonnegative
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
-           "sample_generators", "check_input_scales", "SCHEDULERS", "BETA_SCHEDULES"]
+           "sample_generators", "check_input_scales", "check_eps_prediction", "SCHEDULERS", "BETA_SCHEDULES"]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -303,6 +303,17 @@ def _refuse_noise_only(sched: Any, num_steps: int, n_train: int) -> None:
                          f"t={n_train - 1} (scheduler='dpm', or timestep_spacing='trailing')")
 
 
+def check_eps_prediction(sched: Any, why: str) -> None:
+    """Refuse a scheduler configured for another model output than eps (``prediction_type`` v or
+    x_0): ``why`` says what expects eps (sampling hands it eps; training fits eps)."""
+    name = type(sched).__name__
+    kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
+    if kind != "epsilon":
+        raise ValueError(f"scheduler {name} has prediction_type={kind!r}, but {why}; pass one with "
+                         f"prediction_type='epsilon', e.g. {name}.from_config(scheduler.config, "
+                         "prediction_type='epsilon')")
+
+
 def _check_eta(eta: float, sched: Any) -> None:
     """eta is DDIM's: DDPM, DPM-Solver, Euler... ignored it silently."""
     if eta > 0 and "eta" not in inspect.signature(sched.step).parameters:
@@ -409,12 +420,8 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
         check_prompt_inputs(guidance, n, first_index, cond)
 
     sched = _resolve_scheduler(scheduler, train_timesteps, beta_schedule)
-    kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
-    if kind != "epsilon":  # its step would read the noise prediction as v or x_0
-        raise ValueError(f"scheduler {type(sched).__name__} has prediction_type={kind!r}, but sample() hands it the "
-                         "denoiser's noise prediction eps (as MLPDenoiser and train_denoiser give); pass one with "
-                         f"prediction_type='epsilon', e.g. {type(sched).__name__}.from_config(scheduler.config, "
-                         "prediction_type='epsilon')")
+    check_eps_prediction(sched, "sample() hands it the denoiser's noise prediction eps (as MLPDenoiser and "
+                                "train_denoiser give)")  # its step would read eps as v or x_0
     n_train = int(getattr(getattr(sched, "config", None), "num_train_timesteps", num_steps))
     if num_steps > n_train:
         raise ValueError(f"num_steps must be <= the scheduler's num_train_timesteps={n_train}; "

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ._validation import (_describe, as_float_tensor, check_autograd, check_bool, check_finite, check_int,
                           check_nonnegative, check_points, check_positive)
-from .sampling import make_scheduler
+from .sampling import check_eps_prediction, make_scheduler
 from .seeding import make_generator
 
 __all__ = ["train_denoiser", "fit", "noising_scheduler"]
@@ -60,7 +60,7 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
                             f"guidance); {type(model).__name__}.forward takes no drop_cond: add it, as MLPDenoiser has")
     scheduler = noising_scheduler(scheduler)
     n_train = int(scheduler.config.num_train_timesteps)
-    _check_eps_prediction(scheduler)
+    check_eps_prediction(scheduler, "train_denoiser trains eps-prediction (the model predicts the added noise)")
     param = next(model.parameters(), None)
     if param is None:
         raise TypeError(f"model must be an nn.Module with trainable parameters; got {type(model).__name__} "
@@ -132,17 +132,6 @@ def _takes_drop_cond(model: nn.Module) -> bool:
     except (TypeError, ValueError):  # no signature to read: let the call decide
         return True
     return "drop_cond" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _check_eps_prediction(scheduler: Any) -> None:
-    """train_denoiser fits the added noise (eps-prediction): a scheduler configured to read the
-    model's output as v or x_0 would sample the trained model as another kind of model."""
-    name = type(scheduler).__name__
-    kind = getattr(scheduler.config, "prediction_type", "epsilon")
-    if kind != "epsilon":
-        raise ValueError(f"scheduler {name} has prediction_type={kind!r}, but train_denoiser trains eps-prediction "
-                         "(the model predicts the added noise); pass a scheduler with prediction_type='epsilon', "
-                         f"e.g. {name}.from_config(scheduler.config, prediction_type='epsilon')")
 
 
 def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float, *,
