@@ -52,7 +52,7 @@ from .guidance.guide import MMDGuidance
 from .kernels import GaussianKernel, Kernel, ProductKernel
 from .mmd import _chunks, _gradw, _prompt_factors, _Prepared, _not_finite_advice
 from .rff import RFFReferenceEmbedding
-from .sampling import SampleResult, _check_device, _check_shape, guidance_hooks, sample
+from .sampling import SampleResult, _check_device, _check_shape, check_prompt_inputs, guidance_hooks, sample
 from .seeding import check_seed
 
 __all__ = ["DistributedBatchSet", "DistributedGuidanceError", "distributed_guidance",
@@ -381,10 +381,8 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
         got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
         raise ValueError(f"cond must have one row per sample of the global batch, shape ({n}, C); "
                          f"got {got}")
-    for h in hooks:  # checked here on every process: in sample() only the last shards would raise
-        if h.sample_prompts is not None and len(h.sample_prompts) < n:
-            raise ValueError(f"sample_prompts has {len(h.sample_prompts)} rows but sample_distributed draws "
-                             f"n={n} samples; give one prompt per sample of the global batch")
+    if guidance is not None:  # for the global batch, on every process: in sample() only the last shards would raise
+        check_prompt_inputs(guidance, n, 0, cond)
     # every process must agree on the run: a mismatch would pair different collectives (a hang, a
     # gloo abort) or guide the shards differently, so each setting is compared once, by its digest
     fields = _run_fields(n, shape_t, seed, kwargs, cond, hooks, gather)
