@@ -45,6 +45,14 @@ def check_autograd(what: str) -> None:
                            "call it outside inference_mode (torch.no_grad() around it is fine)")
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of x is finite. A finite sum proves it (NaN and Inf propagate), read
+    as a Python float: 16 x 1024 float32 take 4 us, against 43 us for ``torch.isfinite(x).all()``
+    and 10 us for ``torch.isfinite(x.sum())`` (a guided step runs four such checks). Only a sum
+    that is not finite (a bad value, or an overflow of finite ones) is settled entry by entry."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def check_finite(x: Tensor, name: str) -> None:
     """Reject NaN/Inf without materialising full-size temporaries.
 

@@ -15,7 +15,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ._validation import check_autograd, check_choice, check_int, check_layouts, check_pair, check_points, check_weights
+from ._validation import (all_finite, check_autograd, check_choice, check_int, check_layouts, check_pair, check_points,
+                          check_weights)
 from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel,
                       checked_resolve, work_dtype)
 from .seeding import check_seed
@@ -251,7 +252,7 @@ def _grad(p: _Prepared, estimator: str, chunk_size: int | None,
         if pull is not None:
             Wxy = Wxy * pull[:, None]
         g = g - 2 * _gradw(p, x_, p.y[s].detach(), Wxy, p.px, _sl(p.py, s))  # attraction
-    if not bool(torch.isfinite(g.sum())):
+    if not all_finite(g):
         raise FloatingPointError(
             f"the MMD^2 gradient is not finite (kernel {type(p.kernel).__name__}; largest |entry| of the "
             f"points {float(p.x.abs().max()):.3g}); {_not_finite_advice(p.kernel)}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import check_bool, check_choice, check_int, check_nonnegative
+from ._validation import all_finite, check_bool, check_choice, check_int, check_nonnegative
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
@@ -567,7 +567,7 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
                                  f"expected {tuple(x.shape)}, the shape of x_t")
             x_prev = sched.step(eps, t, x, **kwargs).prev_sample  # (b, *S)
         proposal = x_prev
-        if guidance is not None and not bool(torch.isfinite(x_prev).all()):  # the model's NaN, not the hook's
+        if guidance is not None and not all_finite(x_prev):  # the model's NaN, not the hook's
             _raise_non_finite(i, int(t), eps, proposal, x_prev, idx)
         if guidance is not None:
             (ab, c_in), (ab_prev, c_prev) = noise_level(sched, timesteps, i), noise_level(sched, timesteps, i + 1)
@@ -580,7 +580,7 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
                 raise ValueError(f"the guidance hook returned {got} at step {i} (t={int(t)}); "
                                  f"it must return the corrected x_prev of shape {tuple(x.shape)}")
             x_prev = x_prev.detach()
-        if not bool(torch.isfinite(x_prev).all()):
+        if not all_finite(x_prev):
             _raise_non_finite(i, int(t), eps, proposal, x_prev, idx)
         x = x_prev
         if keep_traj:

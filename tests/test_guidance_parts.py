@@ -208,3 +208,22 @@ def test_reference_summaries_take_blocks_of_rows_not_a_float64_copy(monkeypatch)
     a = y.numpy().astype(np.float64)
     assert rs.mean_square == pytest.approx(float((a**2).mean()), rel=1e-12)
     assert rs.radius == pytest.approx(float(np.linalg.norm(a - a.mean(0), axis=1).max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_step_is_named_before_its_distance(bad):
+    """The hook's blow-up check settles an ordinary step by one distance per sample; a NaN or Inf
+    in the proposal still gets its own message, not the distance one."""
+    from mmdg_lite.guidance import GuidanceDivergenceError
+    refs = torch.randn(20, 3, generator=torch.Generator().manual_seed(1))
+    guide = MMDGuidance(refs, kernel=GaussianKernel(1.0), eval_point="x_t")
+    st = state()
+    guide(st)  # an ordinary step passes
+    st.x_prev[1, 2] = bad
+    with pytest.raises(GuidanceDivergenceError, match="produced NaN/Inf at step 2"):
+        guide(st)
+    far = state()
+    far.x_prev[3] = 1e6  # finite, but thrown far from the references by the "guidance"
+    far.x_t = far.x_prev / 0.9  # the proposal was far already: not the hook's doing, so not refused
+    guide(far)
+

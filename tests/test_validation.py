@@ -359,3 +359,23 @@ def test_an_int_too_large_for_a_float_is_refused_by_name(make):
     """GaussianKernel(10**400) raised float()'s bare OverflowError 'int too large to convert to float'."""
     with pytest.raises(ValueError, match=r"(bandwidth|beta|scales) must be a finite number > 0"):
         make(10**400)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite_entry_by_entry(dtype):
+    """all_finite reads a sum; torch.isfinite(x).all() is the oracle, including finite values whose
+    sum overflows (the fallback) and a NaN, +Inf or -Inf anywhere."""
+    from mmdg_lite._validation import all_finite
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(dtype).max
+    cases = [torch.randn(16, 64, generator=g).to(dtype), torch.full((8,), big, dtype=dtype),
+             torch.tensor([big, -big, big], dtype=dtype), torch.zeros(0, dtype=dtype)]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in (0, 517, 1023):
+            x = torch.randn(16, 64, generator=g).to(dtype)
+            x.view(-1)[where] = bad
+            cases.append(x)
+    inf_pair = torch.tensor([float("inf"), float("-inf")], dtype=dtype)  # sums to NaN
+    cases.append(inf_pair)
+    for x in cases:
+        assert all_finite(x) == bool(torch.isfinite(x).all()), x

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_choice, check_int, check_pair, check_points
+from .._validation import all_finite, check_bool, check_choice, check_int, check_pair, check_points
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
                        checked_resolve, median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
@@ -440,20 +440,24 @@ class MMDGuidance:
         return self._resolved
 
     def _check(self, state: Any, base: Tensor, out: Tensor, weight: float) -> None:
-        """Refuse NaN/Inf and samples thrown far outside the data (a blow-up, not a sample)."""
-        knobs = (f"strength={self.strength:g}, normalization={self.normalization!r}, "
-                 f"eval_point={self.eval_point!r}")
-        if not bool(torch.isfinite(out.sum())):
-            raise GuidanceDivergenceError(
-                f"MMD guidance produced NaN/Inf at step {state.step_index} (t={state.t}; {knobs}); "
-                f"{self._remedy()}")
+        """Refuse NaN/Inf and samples thrown far outside the data (a blow-up, not a sample). One
+        distance per sample settles the usual step: a sample with NaN/Inf has none <= the limit."""
         rs = self.reference_set
         c_prev = float(getattr(state, "input_scale_prev", 1.0))
         ab = min(max(float(getattr(state, "alpha_bar_prev", 1.0)), 0.0), 1.0)
         centre = rs.centre_on(out) * math.sqrt(ab)
         spread = max(rs.radius, self.data_scale or 0.0)  # concentrated references: the batch's scale
         limit = DIVERGENCE_FACTOR * (math.sqrt(ab) * spread + math.sqrt(1 - ab) * (math.sqrt(rs.dim) + 4))
-        far = (c_prev * out - centre).norm(dim=1) > limit  # (B,)
+        dist = (c_prev * out - centre).norm(dim=1)  # (B,)
+        if bool((dist <= limit).all()):
+            return
+        knobs = (f"strength={self.strength:g}, normalization={self.normalization!r}, "
+                 f"eval_point={self.eval_point!r}")
+        if not all_finite(out):
+            raise GuidanceDivergenceError(
+                f"MMD guidance produced NaN/Inf at step {state.step_index} (t={state.t}; {knobs}); "
+                f"{self._remedy()}")
+        far = dist > limit  # (B,)
         if bool(far.any()):
             was = (c_prev * base - centre).norm(dim=1) > limit  # the scheduler's own proposal
             blown = far & ~was
