@@ -19,8 +19,9 @@ from torch import Tensor
 from ._validation import all_finite, check_bool, check_choice, check_int, check_nonnegative
 from .seeding import check_seed, make_generator
 
-__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "sigma_scaled",
-           "sample_generators", "check_input_scales", "check_eps_prediction", "SCHEDULERS", "BETA_SCHEDULES"]
+__all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "noise_levels",
+           "sigma_scaled", "sample_generators", "check_input_scales", "check_eps_prediction", "SCHEDULERS",
+           "BETA_SCHEDULES"]
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -507,16 +508,26 @@ def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
     or 1, at the end) and c_in = 1; but 1/(1 + sigma^2), as its own step reads it, for one whose
     config spaces its sigmas itself (``use_karras_sigmas`` and the like: timesteps rounded from them).
     """
+    return _noise_levels(sched, timesteps, [i])[0]
+
+
+def noise_levels(sched: Any, timesteps: Tensor) -> list[tuple[float, float]]:
+    """``noise_level(sched, timesteps, i)`` for every i = 0..len(timesteps), read in one pass: a
+    guided run needs two per step, and each lookup's scheduler inspection cost ~25 us."""
+    return _noise_levels(sched, timesteps, list(range(len(timesteps) + 1)))
+
+
+def _noise_levels(sched: Any, timesteps: Tensor, steps: list[int]) -> list[tuple[float, float]]:
     if sigma_scaled(sched):
-        sigma = float(sched.sigmas[i])
-        return 1.0 / (1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + sigma * sigma)
-    if _own_sigma_spacing(sched, timesteps):
-        sigma = float(sched.sigmas[i])  # DDPM-normalised: alpha_t = 1/sqrt(1 + sigma^2), as the scheduler's own
-        return 1.0 / (1.0 + sigma * sigma), 1.0
-    if i < len(timesteps):
-        return float(sched.alphas_cumprod[int(timesteps[i])]), 1.0
+        return [(1.0 / (1.0 + s * s), 1.0 / math.sqrt(1.0 + s * s)) for s in sched.sigmas[steps].tolist()]
+    if _own_sigma_spacing(sched, timesteps):  # DDPM-normalised: alpha_t = 1/sqrt(1 + sigma^2), as its own step
+        return [(1.0 / (1.0 + s * s), 1.0) for s in sched.sigmas[steps].tolist()]
+    n = len(timesteps)
+    ts = timesteps[[i for i in steps if i < n]].tolist()
+    inside = iter(sched.alphas_cumprod[[int(t) for t in ts]].tolist())
     final = getattr(sched, "final_alpha_cumprod", None)
-    return (1.0 if final is None else float(final)), 1.0
+    end = 1.0 if final is None else float(final)  # the scheduler's final value, or 1, at the end
+    return [(next(inside) if i < n else end, 1.0) for i in steps]
 
 
 def check_input_scales(state: Any, data_ms: float = 1.0, first: bool = True) -> None:
@@ -557,6 +568,7 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
     if "eta" in step_params:
         kwargs["eta"] = eta
     num_steps = len(timesteps)
+    levels = noise_levels(sched, timesteps) if guidance is not None else []  # (alpha_bar, c_in) per step
     for i, t in enumerate(timesteps):
         with torch.no_grad():
             t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)  # (b,)
@@ -570,7 +582,7 @@ def _run_chunk(denoiser, sched, timesteps, x, cond, idx, gen, eta, step_params, 
         if guidance is not None and not all_finite(x_prev):  # the model's NaN, not the hook's
             _raise_non_finite(i, int(t), eps, proposal, x_prev, idx)
         if guidance is not None:
-            (ab, c_in), (ab_prev, c_prev) = noise_level(sched, timesteps, i), noise_level(sched, timesteps, i + 1)
+            (ab, c_in), (ab_prev, c_prev) = levels[i], levels[i + 1]
             state = StepState(x_t=x, x_prev=x_prev, eps=eps, t=int(t), step_index=i, num_steps=num_steps,
                               alpha_bar_t=ab, alpha_bar_prev=ab_prev, denoiser=denoiser, cond=cond,
                               sample_index=idx, input_scale=c_in, input_scale_prev=c_prev)

@@ -227,3 +227,35 @@ def test_a_non_finite_step_is_named_before_its_distance(bad):
     far.x_t = far.x_prev / 0.9  # the proposal was far already: not the hook's doing, so not refused
     guide(far)
 
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm", "euler", "dpm_karras", "ddim_trailing"])
+def test_noise_levels_of_a_run_match_each_scheduler_by_its_own_definition(name):
+    """noise_levels reads every step's (alpha_bar, c_in) at once; the oracle is each scheduler's
+    own numbers: alphas_cumprod at its timesteps (then its final value), or 1/(1 + sigma^2) and
+    scale_model_input's factor for sigma-scaled latents."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           EulerDiscreteScheduler)
+    from mmdg_lite.sampling import noise_levels
+    sched = {"ddpm": lambda: DDPMScheduler(), "ddim": lambda: DDIMScheduler(),
+             "dpm": lambda: DPMSolverMultistepScheduler(), "euler": lambda: EulerDiscreteScheduler(),
+             "dpm_karras": lambda: DPMSolverMultistepScheduler(use_karras_sigmas=True),
+             "ddim_trailing": lambda: DDIMScheduler(timestep_spacing="trailing")}[name]()
+    sched.set_timesteps(12)
+    ts = sched.timesteps
+    levels = noise_levels(sched, ts)
+    assert len(levels) == len(ts) + 1
+    for i, (ab, c_in) in enumerate(levels):
+        if name in ("euler", "dpm_karras"):
+            sigma = float(sched.sigmas[i])
+            assert ab == pytest.approx(1 / (1 + sigma**2), rel=1e-12)
+            if name == "euler" and i < len(ts):
+                sched._step_index = i
+                assert float(sched.scale_model_input(torch.ones(1), ts[i])[0]) == pytest.approx(c_in, rel=1e-6)
+            else:
+                assert c_in == (1.0 if name == "dpm_karras" else pytest.approx(1 / math.sqrt(1 + sigma**2)))
+        elif i < len(ts):
+            assert (ab, c_in) == (float(sched.alphas_cumprod[int(ts[i])]), 1.0)
+        else:
+            final = getattr(sched, "final_alpha_cumprod", None)
+            assert (ab, c_in) == ((1.0 if final is None else float(final)), 1.0)
+        assert (ab, c_in) == noise_level(sched, ts, i)  # the one-step reader agrees
