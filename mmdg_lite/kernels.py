@@ -59,9 +59,12 @@ def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
     The scale test reads the row norms the distances need anyway: only when the largest norm is
     0, not finite, or outside [2^-24, 2^24] are the entries themselves inspected."""
     dt = work_dtype(x, y)
-    x, y = x.to(dt), y.to(dt)
-    nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)  # (n,), (m,)
-    top = max(float(nx.detach().max()), float(ny.detach().max()))
+    same = y is x  # a set against itself (the repulsion): its norms are read once
+    x = x.to(dt)
+    y = x if same else y.to(dt)
+    nx = torch.linalg.vector_norm(x, dim=-1)  # (n,)
+    ny = nx if same else torch.linalg.vector_norm(y, dim=-1)  # (m,)
+    top = float(nx.detach().max()) if same else max(float(nx.detach().max()), float(ny.detach().max()))
     c = 1.0
     if top == 0.0 or not math.isfinite(top) or abs(math.log2(top)) > _SAFE_LOG2:
         c = magnitude_scale(x, y)
@@ -69,7 +72,9 @@ def _rescaled(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
             x, y = x / c, y / c
             nx, ny = torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(y, dim=-1)
     # ||x||^2 + ||y||^2 - 2 x y^T in one fused product, clamped in place (rounding can go below 0)
-    d2 = torch.addmm(nx.square()[:, None] + ny.square(), x, y.T, alpha=-2.0).clamp_min_(0.0)  # (n, m)
+    sx = nx.square()  # (n,)
+    sy = sx if same and c == 1.0 else ny.square()  # (m,)
+    d2 = torch.addmm(sx[:, None] + sy, x, y.T, alpha=-2.0).clamp_min_(0.0)  # (n, m)
     if _cancels(d2, (top / c) ** 2):  # points far from the origin for their spread: centre them first
         shift = y.detach().mean(0)  # (D,)
         x, y = x - shift, y - shift

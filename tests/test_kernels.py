@@ -527,3 +527,19 @@ def test_callable_kernel_gram_in_another_dtype(dtype):
     other, same = CallableKernel(rbf), CallableKernel(lambda a, b: rbf(a, b).float())
     assert float(mmd2(x, y, other)) == float(mmd2(x, y, same))
     assert torch.equal(witness(x[:3], x, y, kernel=other), witness(x[:3], x, y, kernel=same))
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1e30, 0.0), (1e-30, 0.0), (1.0, 3000.0)])
+@pytest.mark.parametrize("make", [GaussianKernel,
+                                  lambda bandwidth: MultiGaussianKernel(bandwidths=(bandwidth, 2 * bandwidth))])
+def test_a_set_against_itself_matches_a_copy_of_it(scale, offset, make):
+    """The repulsion passes the batch as both arguments, and the distances then read its norms
+    once: bit-identical to the same points passed as a separate tensor, at ordinary, extreme
+    (rescaled) and far-offset (centred) scales."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(7, 4, generator=g) + offset) * scale  # float32: the centring path triggers at 3000
+    w = torch.rand(7, 7, generator=g)
+    k = make(bandwidth=float(median_bandwidth(x)))
+    assert torch.equal(k.gram(x, x), k.gram(x, x.clone()))
+    assert torch.equal(k.grad_weighted(x, x, w), k.grad_weighted(x, x.clone(), w))
+    assert float(k.gram(x, x).diagonal().min()) == pytest.approx(1.0 if make is GaussianKernel else 2.0)
