@@ -38,6 +38,18 @@ def time_once(fn, *args, **kw) -> float:
     return time.perf_counter() - t0
 
 
+def ratio_interval(guided: list[float], plain: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of median(guided) / median(plain), the repeats resampled as pairs
+    (run r of each arm ran side by side). Seeded, so a table re-rendered from its JSON agrees."""
+    import random
+    import statistics
+
+    rng, n = random.Random(seed), len(plain)
+    ratios = sorted(statistics.median(guided[i] for i in idx) / statistics.median(plain[i] for i in idx)
+                    for idx in ([rng.randrange(n) for _ in range(n)] for _ in range(draws)))
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+
+
 def command_line(prefix: str = "python") -> str:
     """The command that ran this script, as typed in the checkout's root: ``prefix``,
     ``benchmarks/<script>.py`` and every argument it was given, quoted for the shell (a table's

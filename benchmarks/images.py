@@ -32,7 +32,8 @@ from mmdg_lite import MMDGuidance, sample
 from mmdg_lite.images.adaptation import PRESETS, digits_task, run_method, shapes_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, description, load_average, machine, positive_int, quick_path, write_results  # noqa: E402
+from _common import (command_line, description, load_average, machine, positive_int, quick_path,  # noqa: E402
+                     ratio_interval, write_results)
 
 OUT = Path(__file__).resolve().parent / "results" / "images.md"
 
@@ -61,15 +62,16 @@ def adaptation_rows(task_fn, presets: dict, seeds, n: int, num_steps: int, batch
     return res
 
 
-def step_time_ratio(repeats: int = 30, num_steps: int = 50) -> dict:
+def step_time_ratio(repeats: int = 100, num_steps: int = 50) -> dict:
     """Guided vs unguided wall time per step, pixel UNet, batch 16, 50 references, interleaved.
 
     Both digits presets, each against unguided sampling with its own sampler: MMD on x_t (DDIM
     eta 0) and MMD on x0_hat (the preset that meets the FD measure, DDIM eta 0.25). Each ratio is
     of the medians of ``repeats`` runs of ``num_steps`` steps per arm, the four arms in a rotating
-    order (so no arm always runs first or on a warm cache): on these shared CPUs single pairs
-    range over +-20 %, and 15 pairs of 20 steps, always unguided first, gave 1.06-1.09 on an
-    afternoon when the hook itself measured 0.35-0.74 ms of a 20 ms step."""
+    order (so no arm always runs first or on a warm cache), with a 95 % bootstrap interval over
+    the repeats. On these shared CPUs one 50-step run varies by about 4 % (CPU time as much as
+    wall time: the CPU's speed varies, not the scheduling), so 30 repeats left the ratio moving by
+    about +-0.02 from run to run (x0_hat preset, one Xeon: 1.024 to 1.062 in seven runs)."""
     task = digits_task(n_refs=50)
     arms = []  # (preset, guided?, eta)
     for name in ("mmd x_t", "mmd x0_hat"):
@@ -90,7 +92,8 @@ def step_time_ratio(repeats: int = 30, num_steps: int = 50) -> dict:
         pairs = sorted(a / b for a, b in zip(g, u))  # (repeats,) same repeat, same seed
         rows[name] = {"eta": eta, "per_step_unguided_s": statistics.median(u),
                       "per_step_guided_s": statistics.median(g),
-                      "ratio": statistics.median(g) / statistics.median(u), "pair_ratio_range": [pairs[0], pairs[-1]]}
+                      "ratio": statistics.median(g) / statistics.median(u), "pair_ratio_range": [pairs[0], pairs[-1]],
+                      "ratio_interval": list(ratio_interval(g, u)), "all_unguided_s": u, "all_guided_s": g}
     return {"rows": rows, "repeats": repeats, "num_steps": num_steps}
 
 
@@ -104,14 +107,15 @@ def _timed(**kwargs: int) -> dict:
 def _timing_lines(timing: dict) -> list[str]:
     """The step-time table; results written before both presets were timed have one row (x_t)."""
     rows = timing.get("rows", {"mmd x_t": dict(timing, eta=0.0)})
-    lines = ["| guidance (DDIM eta) | unguided s/step | guided s/step | ratio | ratio of single pairs (min-max) |",
-             "|---|---|---|---|---|"]
+    lines = ["| guidance (DDIM eta) | unguided s/step | guided s/step | ratio | 95 % interval (bootstrap) | "
+             "ratio of single pairs (min-max) |", "|---|---|---|---|---|---|"]
     if "machine" in timing:
         lines = [f"Machine: {timing['machine']}; load average at start {timing['load']:.1f}.", "", *lines]
     for name, t in rows.items():
         span = "{:.2f}-{:.2f}".format(*t["pair_ratio_range"]) if "pair_ratio_range" in t else "not recorded"
+        ci = "{:.3f}-{:.3f}".format(*t["ratio_interval"]) if "ratio_interval" in t else "not recorded"
         lines.append(f"| {name} ({t['eta']:g}) | {t['per_step_unguided_s']:.4f} | {t['per_step_guided_s']:.4f} | "
-                     f"{t['ratio']:.3f} | {span} |")
+                     f"{t['ratio']:.3f} | {ci} | {span} |")
     return lines
 
 
@@ -257,7 +261,7 @@ def main() -> None:
                 pool.submit(adaptation_rows, shapes_task, PRESETS["shapes"], seeds, n, steps, batch),
                 pool.submit(sweep, seeds, n_sweep, steps)]
         digits, shapes, sw = (j.result() for j in jobs)
-    timing = _timed(repeats=2, num_steps=steps) if args.quick else _timed()  # --quick: was 30 repeats of 50 steps
+    timing = _timed(repeats=2, num_steps=steps) if args.quick else _timed()  # --quick: not 100 repeats of 50 steps
     meta = {"command": command_line(".venv/bin/python"),
             "seeds": len(seeds), "jobs": args.jobs, "n_adapt": n, "batch": batch, "n_sweep": n_sweep, "num_steps": steps,
             "digit_references": "stratified" if _digits_stratified() else "random",
