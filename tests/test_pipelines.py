@@ -1201,3 +1201,26 @@ def test_generate_refuses_one_step_at_the_lowest_noise_level(sd):
     with pytest.raises(ValueError, match=r"steps=1 gives DDIMScheduler only the timestep t=1.*steps >= 2"):
         generate(sd, PROMPT, 1, progress=False, size=32, steps=1)
     assert generate(sd, PROMPT, 1, progress=False, size=32, steps=2)[0].shape == (1, 3, 32, 32)
+
+
+def _unet_calls(pipe):
+    """A list that grows by one at every UNet forward (and the handle that removes the hook)."""
+    calls = []
+    return calls, pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_generate_refuses_a_progress_that_is_not_a_bool_before_the_unet(sd):
+    """progress='no' (a truthy str) showed the progress bar, silently; now a TypeError naming
+    progress, before any UNet call and with the pipeline's bar settings untouched."""
+    from mmdg_lite.pipelines.adapt import generate
+
+    before = dict(getattr(sd, "_progress_bar_config", {}))
+    calls, hook = _unet_calls(sd)
+    try:
+        for bad in ("no", 0, None):
+            with pytest.raises(TypeError, match=rf"progress must be True or False; got {re.escape(repr(bad))}"):
+                generate(sd, PROMPT, 1, steps=2, progress=bad, size=32)
+    finally:
+        hook.remove()
+    assert calls == [] and dict(getattr(sd, "_progress_bar_config", {})) == before
+

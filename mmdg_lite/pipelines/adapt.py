@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._resources import data_path
-from .._validation import check_int, check_nonnegative
+from .._validation import check_bool, check_int, check_nonnegative
 from ..seeding import check_seed
 from ..sampling import check_scheduler, guidance_hooks
 from .encoding import _check_prompts, encode_images, pipeline_image_size
@@ -111,6 +111,7 @@ def generate(pipe: Any, prompts: Sequence[str] | str, num_images_per_prompt: int
         raise ValueError(f"guidance_scale must be >= 1 (1 turns classifier-free guidance off; diffusers' "
                          f"pipelines run every value below 1 as 1); got {guidance_scale!r}")
     seed = check_seed(seed)
+    check_bool(progress, "progress")  # "no" (truthy) showed the bar
     generator = torch.Generator(device="cpu").manual_seed(seed)
     kwargs: dict[str, Any] = dict(num_inference_steps=steps, guidance_scale=guidance_scale,
                                   num_images_per_prompt=num_images_per_prompt, generator=generator,
