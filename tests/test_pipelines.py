@@ -1224,3 +1224,20 @@ def test_generate_refuses_a_progress_that_is_not_a_bool_before_the_unet(sd):
         hook.remove()
     assert calls == [] and dict(getattr(sd, "_progress_bar_config", {})) == before
 
+
+def test_sample_prompt_features_take_a_numpy_int_as_generate_does(sd):
+    """num_images_per_prompt=np.int64(2) (generate's check_int takes it) was refused by
+    sample_prompt_features / pipeline_guidance with 'must be an int'; the rows are each prompt's
+    features repeated, as the pipeline orders its batch."""
+    import numpy as np
+
+    prompts = [PROMPT, "a blue square"]
+    feats = prompt_features(sd, prompts)
+    got = sample_prompt_features(sd, prompts, np.int64(2))
+    assert torch.equal(got, feats[[0, 0, 1, 1]])
+    g = pipeline_guidance(sd, red_images(4), reference_prompts=[PROMPT] * 4, prompts=prompts,
+                          num_images_per_prompt=np.int64(2))
+    assert torch.equal(g.sample_prompts.cpu(), got)
+    with pytest.raises(TypeError, match="num_images_per_prompt must be an integer >= 1; got float 2.0"):
+        sample_prompt_features(sd, prompts, 2.0)
+

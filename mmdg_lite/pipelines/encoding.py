@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .._validation import check_int
+
 __all__ = ["prompt_features", "encode_images", "load_references", "pipeline_image_size",
            "sample_prompt_features", "pipeline_guidance"]
 
@@ -73,10 +75,8 @@ def sample_prompt_features(pipe: Any, prompts: Sequence[str] | str, num_images_p
     """(len(prompts) * n, P): the features in the order a pipeline batches its samples (each
     prompt's ``num_images_per_prompt`` images next to each other); ``prompts_2``: SDXL's prompt_2."""
     prompts = [prompts] if isinstance(prompts, str) else prompts
-    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
-            or num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be an int >= 1; got {num_images_per_prompt!r}")
-    return prompt_features(pipe, prompts, prompts_2).repeat_interleave(num_images_per_prompt, dim=0)
+    n = check_int(num_images_per_prompt, "num_images_per_prompt", 1)  # a numpy int too, as generate takes
+    return prompt_features(pipe, prompts, prompts_2).repeat_interleave(n, dim=0)
 
 
 def pipeline_image_size(pipe: Any) -> int:
