@@ -1241,3 +1241,15 @@ def test_sample_prompt_features_take_a_numpy_int_as_generate_does(sd):
     with pytest.raises(TypeError, match="num_images_per_prompt must be an integer >= 1; got float 2.0"):
         sample_prompt_features(sd, prompts, 2.0)
 
+
+def test_callback_names_the_calls_height_and_width_for_references_of_another_size(sd):
+    """A 64 px call with 32 px references: the callback failed with MMDGuidance's 'the sampler's
+    samples have per-sample shape ... use the same channel order'; it now names the call's
+    height and width and the references' size, as the step wrapper does."""
+    refs = encode_images(sd, red_images(4))
+    for point in ("x_prev", "x_t"):
+        with MMDGuidanceCallback(MMDGuidance(refs, eval_point=point)).watch(sd) as cb:
+            with pytest.raises(ValueError, match=r"references are 16x16 latents \(32x32 px images\) but this call "
+                                                 r"samples 32x32 latents \(height=64, width=64\)"):
+                sd([PROMPT], num_inference_steps=2, height=64, width=64, output_type="latent",
+                   callback_on_step_end=cb)

@@ -324,6 +324,8 @@ class MMDGuidanceCallback(PipelineCallback):
         sched = pipeline.scheduler
         _check_batch(self.guidance, len(latents))  # (at step 0 before the prompt check: a count mismatch first)
         if step_index == 0:
+            f = int(getattr(pipeline, "vae_scale_factor", 8))  # the call's height / width, named as the wrapper does
+            _check_size(pipeline, self.guidance, latents.shape[-2] * f, latents.shape[-1] * f)
             check_scheduler(sched, self.guidance)
             self.guidance.reset()
             # the initial latents recorded by watch() belong to this call only if it watches this pipeline
