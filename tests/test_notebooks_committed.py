@@ -138,3 +138,35 @@ def test_stated_run_times_match_the_committed_run(path):
             for seconds in stated:
                 assert seconds / 1.5 <= 60 * int(m.group(1)) <= 1.5 * seconds, (
                     f"{path.name}: '{m.group(0)}' for {sorted(names)}, whose table states {seconds:.0f} s")
+
+
+def test_real_checkpoint_cell_refuses_pndm_before_the_unguided_run(tmp_path, monkeypatch, one_thread):
+    """Notebook 07 says its real-checkpoint cell refuses SD 1.x's PNDM before sampling; the cell
+    sampled the unguided batch first (a full run on the GPU) and only the guided call refused.
+    Run on a tiny SD-shaped pipeline saved with PNDM: refused with no pipeline call."""
+    pytest.importorskip("transformers")
+    import diffusers
+    import numpy as np
+    from PIL import Image
+
+    from mmdg_lite.pipelines import pipeline_guidance, tiny_sd_pipeline
+    from mmdg_lite.pipelines.adapt import generate
+
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = diffusers.PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    pipe.save_pretrained(tmp_path / "model")
+    (tmp_path / "refs").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "refs" / f"{i}.png")
+    monkeypatch.setenv("MMDG_SD_MODEL", str(tmp_path / "model"))
+    monkeypatch.setenv("MMDG_REFERENCES", str(tmp_path / "refs"))
+    calls = []
+    original = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cells = json.loads((ROOT / "notebooks" / "07_stable_diffusion.ipynb").read_text(encoding="utf-8"))["cells"]
+    (cell,) = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"
+               and "MMDG_SD_MODEL" in "".join(c["source"])]
+    import os
+    with pytest.raises(ValueError, match="cannot run through PNDMScheduler"):
+        exec(cell, {"os": os, "generate": generate, "pipeline_guidance": pipeline_guidance})
+    assert calls == []
