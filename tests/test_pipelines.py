@@ -1253,3 +1253,27 @@ def test_callback_names_the_calls_height_and_width_for_references_of_another_siz
                                                  r"samples 32x32 latents \(height=64, width=64\)"):
                 sd([PROMPT], num_inference_steps=2, height=64, width=64, output_type="latent",
                    callback_on_step_end=cb)
+
+
+def test_step_wrapper_refuses_a_sharing_pipelines_run_that_starts_past_the_window(sd):
+    """GuidedSchedulerStep(sd, g) also steps a pipeline built from sd's components (the usual
+    Img2ImgPipeline(**pipe.components)); its strength=0.3 run (steps 7-9 of 10) with the window
+    [0, 0.5) guided no step, silently. Refused as the callback and the wrapped pipeline refuse it;
+    a window that reaches the run guides its steps."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    i2i = StableDiffusionImg2ImgPipeline(**sd.components)
+    i2i.set_progress_bar_config(disable=True)
+    refs = encode_images(sd, red_images(4))
+
+    def call():
+        return i2i([PROMPT] * 2, image=torch.zeros(2, 3, 32, 32), strength=0.3, num_inference_steps=10,
+                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+    with GuidedSchedulerStep(sd, MMDGuidance(refs, eval_point="x0_hat", stop=0.5)):
+        with pytest.raises(ValueError, match=r"runs steps 7 to 9 of the scheduler's 10.*no step would be guided"):
+            call()
+    g = MMDGuidance(refs, eval_point="x0_hat", stop=0.9, track=True)
+    with GuidedSchedulerStep(sd, g):
+        call()
+    assert [h["step"] for h in g.history] == [7, 8]  # fractions 0.7 and 0.8 of the window [0, 0.9)

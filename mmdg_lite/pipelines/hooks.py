@@ -156,10 +156,11 @@ def _check_size(pipe: Any, guidance: Any, height: Any, width: Any) -> None:
 def _check_run_window(pipe: Any, sched: Any, guidance: Any, first: int) -> None:
     """A run that covers part of the schedule (SDXL's ``denoising_end``, img2img's ``strength`` or
     ``denoising_start``: ``pipe.num_timesteps`` of ``len(sched.timesteps)`` steps, from position
-    ``first``) must hold a step of the guided window, whose fractions are of the whole schedule:
-    ``check_window`` saw the whole schedule, so e.g. schedule='last' with denoising_end=0.5
-    guided nothing, silently."""
-    n, k = len(sched.timesteps), getattr(pipe, "_num_timesteps", None)
+    ``first``; with ``pipe`` None, a run of unknown length: at most the rest of the schedule) must
+    hold a step of the guided window, whose fractions are of the whole schedule: ``check_window``
+    saw the whole schedule, so e.g. schedule='last' with denoising_end=0.5 guided nothing, silently."""
+    n = len(sched.timesteps)
+    k = n - first if pipe is None else getattr(pipe, "_num_timesteps", None)
     if isinstance(k, bool) or not isinstance(k, int) or not 0 < k < n:
         return
     for hook in guidance_hooks(guidance):
@@ -370,8 +371,9 @@ class GuidedSchedulerStep:
     calls ``guidance.reset()``. Given a pipeline it also checks each call at ``check_inputs``,
     before the UNet: ``pipe.scheduler`` not swapped (that call would run unguided), a prompt-aware
     guidance built for the call's prompts, references of the call's height and width; and in an
-    inpainting pipeline it keeps the correction inside the call's mask. One guidance wraps a
-    scheduler at most once.
+    inpainting pipeline it keeps the correction inside the call's mask. A run through the
+    scheduler from elsewhere (a pipeline sharing it, a loop of one's own) that starts past the
+    guided window is refused at its first step. One guidance wraps a scheduler at most once.
     """
 
     def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
@@ -459,8 +461,11 @@ class GuidedSchedulerStep:
             self.guidance.reset()
             if self._called:  # a pipeline call (check_inputs ran): its num_timesteps is this run's
                 _check_run_window(self._pipe, sched, self.guidance, index)
-            else:  # a loop of the user's own: no inpainting mask of an earlier call applies
+            else:  # a loop of the user's own, or a pipeline sharing this scheduler (Img2ImgPipeline(
+                # **pipe.components)): no inpainting mask of an earlier call applies, and a run that
+                # starts past the window (img2img's strength) would guide nothing
                 self._mask = None
+                _check_run_window(None, sched, self.guidance, index)
         self._called = False
         _check_batch(self.guidance, len(x_t))
         self._last = index
