@@ -255,6 +255,9 @@ def check_scheduler(sched: Any, guidance: Any) -> None:
         if name in WORKING_SCHEDULERS:
             _refuse_repeats(sched)
         why = "it repeats timesteps (step runs more than once per timestep)"
+    if why is None and getattr(sched, "alphas_cumprod", None) is None and getattr(sched, "sigmas", None) is None:
+        # (IPNDM: the hooks failed at their first step with a bare AttributeError on alphas_cumprod)
+        why = "it has neither alphas_cumprod nor sigmas, so a step's noise level cannot be read"
     if why is not None:
         raise ValueError(f"MMD guidance cannot run through {name}: {why}; schedulers checked to work with "
                          f"every eval point: {', '.join(WORKING_SCHEDULERS)}")

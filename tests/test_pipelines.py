@@ -1277,3 +1277,31 @@ def test_step_wrapper_refuses_a_sharing_pipelines_run_that_starts_past_the_windo
     with GuidedSchedulerStep(sd, g):
         call()
     assert [h["step"] for h in g.history] == [7, 8]  # fractions 0.7 and 0.8 of the window [0, 0.9)
+
+
+def test_a_scheduler_without_a_readable_noise_level_is_refused_by_name(sd):
+    """IPNDMScheduler (from_config of an SD config; it has neither alphas_cumprod nor sigmas) ran
+    the UNet and failed at the hooks' first step with a bare AttributeError on alphas_cumprod;
+    both hooks and generate now refuse it by name, generate before any UNet call."""
+    import copy
+
+    from diffusers import IPNDMScheduler
+
+    from mmdg_lite.pipelines.adapt import generate
+
+    pipe = StableDiffusionPipeline(**{**sd.components, "scheduler": IPNDMScheduler.from_config(sd.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+    assert getattr(pipe.scheduler, "alphas_cumprod", None) is None and getattr(pipe.scheduler, "sigmas", None) is None
+    refs = encode_images(sd, red_images(4))
+    match = "cannot run through IPNDMScheduler: it has neither alphas_cumprod nor sigmas"
+    with pytest.raises(ValueError, match=match):
+        GuidedSchedulerStep(pipe, MMDGuidance(refs, eval_point="x0_hat"))
+    with pytest.raises(ValueError, match=match):
+        run(pipe, MMDGuidanceCallback(MMDGuidance(refs, eval_point="x_prev")), n=2, steps=2)
+    calls, hook = _unet_calls(pipe)
+    try:
+        with pytest.raises(ValueError, match=match):
+            generate(pipe, PROMPT, 1, guidance=MMDGuidance(copy.deepcopy(refs)), steps=2, progress=False, size=32)
+    finally:
+        hook.remove()
+    assert calls == []
