@@ -1305,3 +1305,19 @@ def test_a_scheduler_without_a_readable_noise_level_is_refused_by_name(sd):
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_tiny_builders_check_the_size_and_scaling_factor_before_building():
+    """tiny_sd_pipeline(scaling_factor=0) built a pipeline whose latents are all 0 and whose decoder
+    divides by 0 (NaN images); image_size=0 failed only at the first call inside a convolution and
+    36 with diffusers' 'divisible by 8'. Refused by name at build time."""
+    for build in (tiny_components, tiny_sdxl_pipeline):
+        for kw, error, msg in ((dict(scaling_factor=0.0), ValueError, "scaling_factor must be a finite number > 0"),
+                               (dict(image_size=0), ValueError, "image_size must be an integer >= 8; got 0"),
+                               (dict(image_size=36), ValueError, "image_size must be a multiple of 8"),
+                               (dict(image_size=32.0), TypeError, "image_size must be an integer")):
+            with pytest.raises(error, match=re.escape(msg)):
+                build(**kw)
+    pipe = tiny_sd_pipeline(scaling_factor=1.0)
+    z = encode_images(pipe, red_images(1))
+    assert pipe.vae.config.scaling_factor == 1.0 and bool(z.abs().sum() > 0)

@@ -9,12 +9,13 @@ loop, on the words of CLIP's normaliser and pre-tokeniser from ``tokenizers``, w
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Sequence
 
 import torch
 
-from .._validation import check_int
+from .._validation import check_int, check_positive
 from ..seeding import own_rng
 
 __all__ = ["build_tokenizer", "tiny_components", "tiny_sd_pipeline", "tiny_sdxl_pipeline",
@@ -100,6 +101,16 @@ def _text_config(tokenizer: Any, hidden: int = 32, layers: int = 2, projection_d
                           pad_token_id=tokenizer.pad_token_id, hidden_act="quick_gelu")
 
 
+def _check_build(image_size: int, scaling_factor: float, downsampling: int) -> None:
+    """Before any weight is built: a size the pipeline can sample at its default height and width,
+    and a VAE scaling factor > 0 (0 made every latent 0 and the decoder divide by it: NaN images)."""
+    check_positive(scaling_factor, "scaling_factor")
+    multiple = math.lcm(8, downsampling)  # diffusers' 8, and the VAE's and UNet's downsampling
+    if check_int(image_size, "image_size", multiple) % multiple:
+        raise ValueError(f"image_size must be a multiple of {multiple} (diffusers' 8 and the VAE's and UNet's "
+                         f"downsampling, x{downsampling}); got {image_size}")
+
+
 def tiny_components(*, image_size: int = 32, vae_blocks: Sequence[int] = (32, 64),
                     unet_blocks: Sequence[int] = (32, 64), text_hidden: int = 32, text_layers: int = 2,
                     scaling_factor: float = 3.0, corpus: Sequence[str] = DEFAULT_CORPUS,
@@ -110,6 +121,7 @@ def tiny_components(*, image_size: int = 32, vae_blocks: Sequence[int] = (32, 64
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    _check_build(image_size, scaling_factor, 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1))
     with own_rng(seed):  # seeded weights; the caller's global RNG is left as it was
         tokenizer = build_tokenizer(corpus)
         text_encoder = CLIPTextModel(_text_config(tokenizer, text_hidden, text_layers)).eval()
@@ -149,6 +161,7 @@ def tiny_sdxl_pipeline(*, image_size: int = 32, scaling_factor: float = 5.0, see
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    _check_build(image_size, scaling_factor, 2 * 2)  # the VAE's and the UNet's one downsampling each
     with own_rng(seed):  # seeded weights; the caller's global RNG is left as it was
         tokenizer = build_tokenizer(corpus)
         tokenizer_2 = build_tokenizer(corpus)
