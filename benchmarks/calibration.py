@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/calibration.py --domain shapes   # writes results/calibration_shapes.md (+ .json)
     .venv/bin/python benchmarks/calibration.py --domain digits
+    .venv/bin/python benchmarks/calibration.py --domain shapes --render   # re-render the .md from its .json
 
 Seeds 100-103 (the task's references and the sampling seed; disjoint from benchmarks/images.py's
 0-4), 128 samples each in one batch (MMD guidance sees the batch), DDIM 50 (the benchmark's). Each
@@ -18,6 +19,7 @@ The classifier's scale is swept like MMD's strength: the method and its baseline
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -121,7 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--domain", choices=("digits", "shapes"), required=True)
     parser.add_argument("--n", type=positive_int, default=128)
+    parser.add_argument("--render", action="store_true",
+                        help="re-render results/calibration_DOMAIN.md from its committed .json (no sampling)")
     args = parser.parse_args()
+    out = RESULTS / f"calibration_{args.domain}.md"
+    if args.render:
+        out.write_text(render(json.loads(out.with_suffix(".json").read_text())) + "\n")
+        print(f"wrote {out}")
+        return
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), load_average()
     task_fn = digits_task if args.domain == "digits" else shapes_task
@@ -133,7 +142,7 @@ def main() -> None:
                      "domain": args.domain, "n": args.n, "num_steps": 50,
                      "machine": machine(), "load": load[0], "seconds": time.perf_counter() - t0},
             "rows": rows, "kept": {p: pick(rows[m], rule) for p, (m, rule) in KEEP[args.domain].items()}}
-    write_results(RESULTS / f"calibration_{args.domain}.md", data, render(data) + "\n")
+    write_results(out, data, render(data) + "\n")
 
 
 if __name__ == "__main__":
