@@ -44,10 +44,18 @@ def ratio_interval(guided: list[float], plain: list[float], draws: int = 2000, s
     import random
     import statistics
 
+    if len(guided) != len(plain) or not plain:  # zip-like pairing dropped the extra runs, silently
+        raise ValueError(f"ratio_interval: guided and plain must hold the same number (>= 1) of paired runs; "
+                         f"got {len(guided)} and {len(plain)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"ratio_interval: draws must be an integer >= 1; got {draws!r}")
+    if not all(t > 0 for t in plain):  # a median of 0 divides by zero; times are positive
+        raise ValueError(f"ratio_interval: plain must hold positive times; got {min(plain)!r}")
     rng, n = random.Random(seed), len(plain)
     ratios = sorted(statistics.median(guided[i] for i in idx) / statistics.median(plain[i] for i in idx)
                     for idx in ([rng.randrange(n) for _ in range(n)] for _ in range(draws)))
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+    tail = int(0.025 * draws)  # as many draws below the interval as above it, for any draws
+    return ratios[tail], ratios[draws - 1 - tail]
 
 
 def command_line(prefix: str = "python") -> str:

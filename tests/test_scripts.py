@@ -431,3 +431,26 @@ def test_calibration_render_rewrites_the_table_from_its_json_without_sampling(mo
     bench.main()
     assert (tmp_path / "calibration_shapes.md").read_text() == committed.with_suffix(".md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration_shapes.json", "calibration_shapes.md"]
+
+
+def test_ratio_interval_is_symmetric_in_its_tails_and_refuses_unpaired_runs(monkeypatch):
+    # (guided 3 runs, plain 2) used the first two guided runs only, silently; draws=100 left 2 draws
+    # below the interval and 3 above it (upper index int(97.5) - 1), so swapping the arms did not
+    # give the reciprocal interval; empty lists or draws=0 were bare StatisticsError / IndexError
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _common import ratio_interval
+
+    import random
+    rng = random.Random(1)
+    plain = [1 + rng.random() for _ in range(10)]
+    guided = [p * (1 + 0.2 * rng.random()) for p in plain]
+    for draws in (2000, 100, 7, 1):
+        lo, hi = ratio_interval(guided, plain, draws=draws)
+        inv_lo, inv_hi = ratio_interval(plain, guided, draws=draws)  # the same resamples, reciprocal ratios
+        assert (inv_lo, inv_hi) == pytest.approx((1 / hi, 1 / lo), rel=1e-12), draws
+        assert lo <= hi
+    assert ratio_interval([1.25 * p for p in plain], plain) == pytest.approx((1.25, 1.25), rel=1e-12)
+    for args, kw, match in (((guided + [3.0], plain), {}, "same number"), (([], []), {}, "same number"),
+                            ((guided, plain), {"draws": 0}, "draws"), (([1.0], [0.0]), {}, "positive")):
+        with pytest.raises(ValueError, match=match):
+            ratio_interval(*args, **kw)
