@@ -343,9 +343,10 @@ def main() -> None:
     ap.add_argument("--tables", default="1,4,3", help="which tables, e.g. 1,4 (4 needs 1)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--threads", type=positive_int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results, with "
+                    "--quick /tmp/synthetic_tables_quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, "
-                    "short training, written to /tmp/synthetic_tables_quick")
+                    "short training, written to /tmp/synthetic_tables_quick (or --out, not benchmarks/results)")
     cfg = ap.parse_args()
     tables = {t for t in cfg.tables.split(",") if t}
     if not tables or not tables <= {"1", "3", "4"} or ("4" in tables and "1" not in tables):
@@ -353,9 +354,11 @@ def main() -> None:
     unknown = [t for t in cfg.tasks.split(",") if t and t not in TASKS]
     if unknown or not cfg.tasks.strip(","):  # ring2d_dirichlet has no table section: a KeyError at the end
         ap.error(f"argument --tasks: comma-separated names from {', '.join(TASKS)}; got {cfg.tasks!r}")
+    if cfg.quick and cfg.out is not None and cfg.out.resolve() == RESULTS.resolve():  # other scripts read them
+        ap.error(f"argument --out: a --quick smoke run cannot replace the committed tables; got {str(cfg.out)!r}")
     if cfg.quick:
         cfg.seeds, cfg.n, cfg.steps, cfg.clf_steps, cfg.ft_steps, cfg.scratch_steps = 1, 200, 20, 50, 50, 50
-        cfg.out = Path("/tmp/synthetic_tables_quick") if cfg.out == RESULTS else cfg.out
+    cfg.out = cfg.out or (Path("/tmp/synthetic_tables_quick") if cfg.quick else RESULTS)
     torch.set_num_threads(cfg.threads)
     cfg.seeds = range(cfg.seeds)
     cfg.tasks = tuple(t for t in cfg.tasks.split(",") if t)

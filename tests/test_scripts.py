@@ -454,3 +454,21 @@ def test_ratio_interval_is_symmetric_in_its_tails_and_refuses_unpaired_runs(monk
                             ((guided, plain), {"draws": 0}, "draws"), (([1.0], [0.0]), {}, "positive")):
         with pytest.raises(ValueError, match=match):
             ratio_interval(*args, **kw)
+
+
+def test_quick_synthetic_tables_refuse_the_committed_folder_however_it_is_spelt(monkeypatch, capsys):
+    # --quick --out benchmarks/results (a relative path, != the script's absolute RESULTS) wrote the
+    # 1-seed smoke tables over the committed table1/3/4 files
+    bench = _benchmark(monkeypatch, "synthetic_tables")
+    results = bench.RESULTS  # the sandbox _benchmark points RESULTS at
+    results.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(results.parent)
+    for out in (results.name, str(results), f"./{results.name}/"):
+        monkeypatch.setattr(sys, "argv", ["synthetic_tables.py", "--quick", "--out", out])
+        for name in ("table1", "table3", "table4"):
+            monkeypatch.setattr(bench, name, lambda *a: pytest.fail("no table may be computed"))
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "argument --out: a --quick smoke run cannot replace" in err, out
+    assert not any(results.iterdir())
