@@ -584,14 +584,22 @@ def main() -> None:
     ap.add_argument("--rff", action="store_true", help="run the RFF benchmark (writes rff.md)")
     ap.add_argument("--threads", type=positive_int, default=1,
                     help="torch threads (default 1: reliable on a shared machine)")
-    ap.add_argument("--budget", type=positive_float, default=3.0,
-                    help="seconds per method-cell; predicted-slower cells are skipped")
+    ap.add_argument("--budget", type=positive_float, default=None,
+                    help="seconds per method-cell; predicted-slower cells are skipped (default 3; not with --rff)")
     ap.add_argument("--repeats", type=positive_int, default=5)
-    ap.add_argument("--mem-budget", type=positive_float, default=8.0)
-    ap.add_argument("--max-minutes", type=positive_float, default=8.0,
-                    help="overall guard: later sections are marked 'not run' past this")
+    ap.add_argument("--mem-budget", type=positive_float, default=None,
+                    help="seconds a memory cell may be predicted to take (default 8; not with --rff)")
+    ap.add_argument("--max-minutes", type=positive_float, default=None,
+                    help="overall guard: later sections are marked 'not run' past this (default 8; not with --rff)")
     ap.add_argument("--memory-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    grid_only = {"budget": 3.0, "mem_budget": 8.0, "max_minutes": 8.0}  # the RFF run has no cells to skip
+    given = [f"--{k.replace('_', '-')}" for k in grid_only if getattr(args, k) is not None]
+    if args.rff and given:  # they were ignored, while rff.md's header recorded them
+        ap.error(f"argument {given[0]}: applies to the timing grid, not to --rff (which takes --threads "
+                 f"and --repeats); got {' '.join(given)}")
+    for k, default in grid_only.items():
+        setattr(args, k, default if getattr(args, k) is None else getattr(args, k))
     torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         m, b, n, d, c = args.memory_child

@@ -472,3 +472,20 @@ def test_quick_synthetic_tables_refuse_the_committed_folder_however_it_is_spelt(
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and "argument --out: a --quick smoke run cannot replace" in err, out
     assert not any(results.iterdir())
+
+
+def test_performance_rff_refuses_the_grid_options_it_would_ignore(monkeypatch, capsys):
+    # performance.py --rff --budget 10 ran the RFF benchmark as without --budget (rff() reads only
+    # --threads and --repeats) and rff.md's header recorded '--budget 10' as if it had shaped the table
+    for flag, value in (("--budget", "10"), ("--mem-budget", "2"), ("--max-minutes", "1")):
+        bench = _benchmark(monkeypatch, "performance", "--rff", flag, value)
+        monkeypatch.setattr(bench, "rff", lambda args: pytest.fail("the RFF benchmark ran"))
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"argument {flag}: applies to the timing grid, not to --rff" in err
+    seen = {}
+    bench = _benchmark(monkeypatch, "performance", "--budget", "10")  # the grid still takes them
+    monkeypatch.setattr(bench, "performance", lambda args: seen.update(vars(args)))
+    bench.main()
+    assert (seen["budget"], seen["mem_budget"], seen["max_minutes"]) == (10.0, 8.0, 8.0)
