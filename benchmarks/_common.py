@@ -71,6 +71,15 @@ def quick_path(path: Path) -> Path:
     return Path(tempfile.gettempdir()) / "mmdg_benchmarks_quick" / path.name
 
 
+def quick_defaults(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> None:
+    """Fill the options left unset (``None``) with their ``--quick`` smoke-run value (``quick``) or
+    their full-run default (``full``). An option given on the command line keeps its value in either
+    run: ``--quick --n 50`` had run the smoke run's fixed sample count, silently."""
+    for name, default in full.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick[name] if args.quick else default)
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, description, load_average, positive_int, report_header, write_report  # noqa: E402
+from _common import (command_line, description, load_average, positive_int, quick_defaults,  # noqa: E402
+                     report_header, write_report)
 from mmdg_lite import GaussianKernel, MMDGuidance, median_bandwidth, sample  # noqa: E402
 from mmdg_lite.toys import evaluate, make_task, task_guidance  # noqa: E402
 
@@ -105,18 +106,24 @@ def cell(results: list[dict | None], key: str, pct: bool = False) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
-    ap.add_argument("--seeds", type=positive_int, default=5, help="seeds for the default row and the preset row")
-    ap.add_argument("--sweep-seeds", type=positive_int, default=2, help="seeds for the other (sweep) rows")
+    ap.add_argument("--seeds", type=positive_int, help="seeds for the default row and the preset row (default 5; "
+                    "--quick 2)")
+    ap.add_argument("--sweep-seeds", type=positive_int, help="seeds for the other (sweep) rows (default 2)")
     ap.add_argument("--n", type=positive_int, default=1000)
     ap.add_argument("--threads", type=positive_int, default=1)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smoke run: the default row only, 2 seeds unless "
+                    "given; no file written")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows of an interrupted run (defaults.partial.json), else of defaults.json, "
                          "if they were run with the same --n, --seeds and --sweep-seeds")
     args = ap.parse_args()
+    if args.quick and (args.resume or args.sweep_seeds is not None):  # the smoke run has no sweep rows, no cache
+        ap.error(f"argument {'--resume' if args.resume else '--sweep-seeds'}: does not apply to --quick "
+                 "(the default row only, nothing read or written)")
+    quick_defaults(args, {"seeds": 2, "sweep_seeds": 2}, {"seeds": 5, "sweep_seeds": 2})
     settings = {"n": args.n, "seeds": args.seeds, "sweep_seeds": args.sweep_seeds}
     cached = {}
-    if args.resume and not args.quick:
+    if args.resume:
         cache = PARTIAL if PARTIAL.is_file() else CACHE
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
         have = cached.pop("settings", LEGACY) if cached else settings
@@ -124,7 +131,7 @@ def main() -> None:
             ap.error(f"--resume: {cache.name} was run with {have}, not {settings}; "
                      "give those settings or run without --resume")
     torch.set_num_threads(args.threads)
-    seeds = range(2 if args.quick else args.seeds)
+    seeds = range(args.seeds)
     table = rows()
     if args.quick:
         table = dict(list(table.items())[:1])

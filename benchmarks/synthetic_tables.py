@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, description, load_average, machine, positive_int, report_header  # noqa: E402
+from _common import (command_line, description, load_average, machine, positive_int, quick_defaults,  # noqa: E402
+                     report_header)
 from mmdg_lite import MLPDenoiser, MMDGuidance, evaluate, make_task, sample, train_denoiser  # noqa: E402
 from mmdg_lite.baselines import ClassifierGuidance, finetune_denoiser, train_classifier  # noqa: E402
 
@@ -334,19 +335,20 @@ def save(out: Path, stem: str, text: str, data: dict, cfg: argparse.Namespace) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
-    ap.add_argument("--seeds", type=positive_int, default=5, help="number of seeds (users), 0..seeds-1")
-    ap.add_argument("--n", type=positive_int, default=1000, help="generated samples per run")
-    ap.add_argument("--steps", type=positive_int, default=100, help="DDPM sampling steps")
-    ap.add_argument("--clf-steps", type=positive_int, default=600, help="classifier training steps")
-    ap.add_argument("--ft-steps", type=positive_int, default=500, help="fine-tuning steps")
-    ap.add_argument("--scratch-steps", type=positive_int, default=800, help="user-trained MLP steps (100-D)")
+    ap.add_argument("--seeds", type=positive_int, help="number of seeds (users), 0..seeds-1 (default 5; --quick 1)")
+    ap.add_argument("--n", type=positive_int, help="generated samples per run (default 1000; --quick 200)")
+    ap.add_argument("--steps", type=positive_int, help="DDPM sampling steps (default 100; --quick 20)")
+    ap.add_argument("--clf-steps", type=positive_int, help="classifier training steps (default 600; --quick 50)")
+    ap.add_argument("--ft-steps", type=positive_int, help="fine-tuning steps (default 500; --quick 50)")
+    ap.add_argument("--scratch-steps", type=positive_int,
+                    help="user-trained MLP steps (100-D) (default 800; --quick 50)")
     ap.add_argument("--tables", default="1,4,3", help="which tables, e.g. 1,4 (4 needs 1)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results, with "
                     "--quick /tmp/synthetic_tables_quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, "
-                    "short training, written to /tmp/synthetic_tables_quick (or --out, not benchmarks/results)")
+                    "short training (each unless given), written to /tmp/synthetic_tables_quick (or --out, not benchmarks/results)")
     cfg = ap.parse_args()
     tables = {t for t in cfg.tables.split(",") if t}
     if not tables or not tables <= {"1", "3", "4"} or ("4" in tables and "1" not in tables):
@@ -356,8 +358,8 @@ def main() -> None:
         ap.error(f"argument --tasks: comma-separated names from {', '.join(TASKS)}; got {cfg.tasks!r}")
     if cfg.quick and cfg.out is not None and cfg.out.resolve() == RESULTS.resolve():  # other scripts read them
         ap.error(f"argument --out: a --quick smoke run cannot replace the committed tables; got {str(cfg.out)!r}")
-    if cfg.quick:
-        cfg.seeds, cfg.n, cfg.steps, cfg.clf_steps, cfg.ft_steps, cfg.scratch_steps = 1, 200, 20, 50, 50, 50
+    quick_defaults(cfg, dict(seeds=1, n=200, steps=20, clf_steps=50, ft_steps=50, scratch_steps=50),
+                   dict(seeds=5, n=1000, steps=100, clf_steps=600, ft_steps=500, scratch_steps=800))
     cfg.out = cfg.out or (Path("/tmp/synthetic_tables_quick") if cfg.quick else RESULTS)
     torch.set_num_threads(cfg.threads)
     cfg.seeds = range(cfg.seeds)

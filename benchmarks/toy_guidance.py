@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import description, load_average, positive_int, report_header  # noqa: E402
+from _common import description, load_average, positive_int, quick_defaults, report_header  # noqa: E402
 from mmdg_lite import GaussianKernel, MMDGuidance, PolynomialKernel, sample  # noqa: E402
 from mmdg_lite.toys.tasks import GUIDANCE_PRESETS, evaluate, make_task, task_guidance  # noqa: E402
 from mmdg_lite.metrics import frechet_distance  # noqa: E402
@@ -111,13 +111,13 @@ def wall_time_ratio(repeats: int = 3) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
-    ap.add_argument("--seeds", type=positive_int, default=5)
-    ap.add_argument("--n", type=positive_int, default=1000, help="generated samples per run")
+    ap.add_argument("--seeds", type=positive_int, default=None, help="default 5 (--quick: 2)")
+    ap.add_argument("--n", type=positive_int, default=None, help="generated samples per run (default 1000; "
+                    "--quick: 500)")
     ap.add_argument("--threads", type=positive_int, default=1)
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 500 samples, no file written")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 500 samples unless given, no file written")
     args = ap.parse_args()
-    if args.quick:
-        args.seeds, args.n = 2, 500
+    quick_defaults(args, {"seeds": 2, "n": 500}, {"seeds": 5, "n": 1000})
     torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
     start, load = time.perf_counter(), load_average()

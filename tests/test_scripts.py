@@ -489,3 +489,43 @@ def test_performance_rff_refuses_the_grid_options_it_would_ignore(monkeypatch, c
     monkeypatch.setattr(bench, "performance", lambda args: seen.update(vars(args)))
     bench.main()
     assert (seen["budget"], seen["mem_budget"], seen["max_minutes"]) == (10.0, 8.0, 8.0)
+
+
+def test_quick_runs_keep_the_counts_given_on_the_command_line(monkeypatch, capsys):
+    # toy_guidance --quick --n 100 sampled 500 per run, synthetic_tables --quick --seeds 3 ran 1 seed and
+    # defaults --quick --seeds 3 ran 2, silently; defaults --quick --resume ignored --resume
+    from types import SimpleNamespace
+
+    class Stop(Exception):
+        pass
+
+    bench = _benchmark(monkeypatch, "toy_guidance", "--quick", "--n", "100")
+    monkeypatch.setattr(bench, "make_task", lambda name, seed: SimpleNamespace(dim=2))
+
+    def run_one(task, hook, n, seed, full=True):
+        raise Stop(n)
+    monkeypatch.setattr(bench, "run_one", run_one)
+    with pytest.raises(Stop) as stop:
+        bench.main()
+    assert stop.value.args == (100,)
+
+    seen = []
+    bench = _benchmark(monkeypatch, "synthetic_tables", "--quick", "--seeds", "3")
+    monkeypatch.setattr(bench, "table1", lambda cfg: (seen.append(cfg), (_ for _ in ()).throw(Stop()))[1])
+    with pytest.raises(Stop):
+        bench.main()
+    cfg = seen[0]
+    assert (list(cfg.seeds), cfg.n, cfg.steps, cfg.clf_steps) == ([0, 1, 2], 200, 20, 50)  # the rest: --quick's
+
+    calls = []
+    bench = _benchmark(monkeypatch, "defaults", "--quick", "--seeds", "3", "--n", "10")
+    monkeypatch.setattr(bench, "rows", lambda: {"default": "a", "sweep": "b"})
+    monkeypatch.setattr(bench, "run", lambda factory, name, seed, n: calls.append((factory, seed, n))
+                        or {"tv": 0.05, "off_mode": 0.0})
+    bench.main()
+    assert sorted(set(calls)) == [("a", s, 10) for s in range(3)]
+    for extra in (["--resume"], ["--sweep-seeds", "3"]):
+        monkeypatch.setattr(sys, "argv", ["defaults.py", "--quick", *extra])
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main()
+        assert exit_info.value.code == 2 and f"argument {extra[0]}: does not apply to --quick" in capsys.readouterr().err
