@@ -184,6 +184,13 @@ def main() -> None:
     ap.add_argument("--worlds", type=positive_int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=positive_int, default=2)
     args = ap.parse_args()
+    for name in ("sizes", "worlds"):  # a repeat was measured again and listed twice
+        values = getattr(args, name)
+        if len(set(values)) < len(values):
+            ap.error(f"argument --{name}: each value once; got {' '.join(map(str, values))}")
+    if min(args.sizes) < max(args.worlds):  # every process needs a sample: it failed in the spawned processes
+        ap.error(f"argument --sizes: each size must be >= the largest of --worlds ({max(args.worlds)}); "
+                 f"got {' '.join(map(str, args.sizes))}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load = load_average()
     import tempfile

@@ -529,3 +529,16 @@ def test_quick_runs_keep_the_counts_given_on_the_command_line(monkeypatch, capsy
         with pytest.raises(SystemExit) as exit_info:
             bench.main()
         assert exit_info.value.code == 2 and f"argument {extra[0]}: does not apply to --quick" in capsys.readouterr().err
+
+
+def test_distributed_benchmark_refuses_sizes_it_cannot_shard_before_spawning(monkeypatch, capsys):
+    # --sizes 1 --worlds 1 2 ran every world-1 run, then each spawned process died with
+    # sample_distributed's ValueError traceback; --worlds 2 2 measured world 2 twice and listed it twice
+    for argv, option in ((["--sizes", "1", "--worlds", "1", "2"], "--sizes"), (["--worlds", "2", "2"], "--worlds"),
+                         (["--sizes", "8", "8"], "--sizes")):
+        bench = _benchmark(monkeypatch, "distributed", *argv)
+        monkeypatch.setattr(bench, "measure", lambda *a: pytest.fail("the benchmark ran"))
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"argument {option}: " in err, (argv, err)
