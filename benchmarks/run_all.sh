@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerate every table in benchmarks/results/ (about 70 minutes on 2 CPU cores; the image tables
+# Regenerate every table in benchmarks/results/ (about 75 minutes on 2 CPU cores; the image tables
 # (calibration, benchmark, untuned defaults, ceiling, reference count, classifier negatives, FD sample
-# count, feature kernels, shapes validity, VAE decoder) take about 50 of them: their stated times sum to 2,967 s).
+# count, feature kernels, shapes validity, VAE decoder) take about 54 of them: their stated times sum to 2,967 s,
+# and images.py's step timing now samples 400 runs of 50 steps (311 s in images.json), where the 376 s
+# that images.md states included 60 such runs).
 #
 #   bash benchmarks/run_all.sh            # every benchmark, in order
 #   bash benchmarks/run_all.sh synthetic_tables gradients   # only these (names without .py)

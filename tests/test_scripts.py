@@ -542,3 +542,19 @@ def test_distributed_benchmark_refuses_sizes_it_cannot_shard_before_spawning(mon
             bench.main()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"argument {option}: " in err, (argv, err)
+
+
+def test_run_all_time_covers_the_image_tables_and_the_current_step_timing():
+    # run_all.sh gave the image tables 'about 50' minutes, the sum of their stated times, but the
+    # 376 s images.md states was measured with 60 timing runs of 50 steps and images.py now runs 400
+    header = (ROOT / "benchmarks" / "run_all.sh").read_text().split("\nset -", 1)[0]
+    minutes = int(re.search(r"take about (\d+) of them", header).group(1))
+    stated = int(re.search(r"stated times sum to ([\d,]+) s", header).group(1).replace(",", ""))
+    timing = json.loads((ROOT / "benchmarks" / "results" / "images.json").read_text())["timing"]
+    runs = [t for row in timing["rows"].values() for t in (*row["all_guided_s"], *row["all_unguided_s"])]
+    sampled = sum(runs) * timing["num_steps"]  # seconds of the timing runs the current script makes
+    assert re.search(rf"samples {len(runs)} runs of {timing['num_steps']} steps \({sampled:.0f} s in images.json\)",
+                     " ".join(header.replace("#", "").split()))
+    old_runs = int(re.search(r"images.md states included (\d+) such runs", " ".join(header.replace("#", "").split()))
+                   .group(1))
+    assert minutes * 60 >= stated + sampled * (1 - old_runs / len(runs))
