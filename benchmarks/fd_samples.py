@@ -60,7 +60,7 @@ def render(data: dict) -> str:
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["method"], r["seed"]): r for r in rows}
     n_blocks = len(rows[0]["fd_blocks"])
-    lines = ["# Digits FD at 256 and at 1,024 samples: MMD guidance on x0_hat against classifier guidance", "",
+    lines = [f"# Digits FD at 256 and at {meta['n']:,} samples: MMD guidance on x0_hat against classifier guidance", "",
              f"`{meta['command']}`; seeds {seeds[0]}-{seeds[-1]} (benchmarks/images.py's tasks), "
              f"{meta['n']} samples per method and seed in batches of 128, DDIM 50, the `PRESETS['digits']` "
              f"settings; block 1 is exactly the benchmark's 256 samples for the classifier (DDIM eta 0), another "

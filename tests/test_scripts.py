@@ -558,3 +558,13 @@ def test_run_all_time_covers_the_image_tables_and_the_current_step_timing():
     old_runs = int(re.search(r"images.md states included (\d+) such runs", " ".join(header.replace("#", "").split()))
                    .group(1))
     assert minutes * 60 >= stated + sampled * (1 - old_runs / len(runs))
+
+
+def test_fd_samples_table_names_the_sample_count_it_ran(monkeypatch):
+    # fd_samples.py --n 512 wrote a table titled 'Digits FD at 256 and at 1,024 samples'
+    bench = _benchmark(monkeypatch, "fd_samples")
+    data = json.loads((ROOT / "benchmarks" / "results" / "fd_samples.json").read_text())
+    data["meta"]["n"] = 512
+    data["rows"] = [dict(r, fd_blocks=r["fd_blocks"][:2]) for r in data["rows"]]
+    title = bench.render(data).splitlines()[0]
+    assert "512 samples" in title and "1,024" not in title
