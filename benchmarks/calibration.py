@@ -122,11 +122,14 @@ def render(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--domain", choices=("digits", "shapes"), required=True)
-    parser.add_argument("--n", type=positive_int, default=128)
+    parser.add_argument("--n", type=positive_int, default=None, help="samples per seed, in one batch (default 128)")
     parser.add_argument("--render", action="store_true",
                         help="re-render results/calibration_DOMAIN.md from its committed .json (no sampling)")
     args = parser.parse_args()
     out = RESULTS / f"calibration_{args.domain}.md"
+    if args.render and args.n is not None:  # the table keeps the sample count it ran with
+        parser.error(f"argument --n: --render re-renders the committed run; got --n {args.n}")
+    args.n = args.n or 128
     if args.render:
         out.write_text(render(json.loads(out.with_suffix(".json").read_text())) + "\n")
         print(f"wrote {out}")

@@ -431,6 +431,10 @@ def test_calibration_render_rewrites_the_table_from_its_json_without_sampling(mo
     bench.main()
     assert (tmp_path / "calibration_shapes.md").read_text() == committed.with_suffix(".md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration_shapes.json", "calibration_shapes.md"]
+    monkeypatch.setattr(sys, "argv", ["calibration.py", "--domain", "shapes", "--render", "--n", "64"])
+    with pytest.raises(SystemExit) as exit_info:  # the committed run's sample count is not an option here
+        bench.main()
+    assert exit_info.value.code == 2
 
 
 def test_ratio_interval_is_symmetric_in_its_tails_and_refuses_unpaired_runs(monkeypatch):
