@@ -170,11 +170,13 @@ def peak_extra_memory(fn: Callable[[], object]) -> dict:
     except ImportError:
         sampler = None
     t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    if sampler is not None:
-        sampler.join()
+    try:
+        fn()
+    finally:  # a call that raised left the 1 ms sampling thread polling for the rest of the process
+        seconds = time.perf_counter() - t0
+        stop.set()
+        if sampler is not None:
+            sampler.join()
     hwm = status_kb("VmHWM") if hwm_reset else 0
     return {"extra_mb": (max(peak[0], hwm) - base) / 1024, "seconds": seconds,
             "method": ("VmHWM" if hwm_reset else "") + (" + psutil sampler" if sampler else "")}

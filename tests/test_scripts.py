@@ -572,3 +572,19 @@ def test_fd_samples_table_names_the_sample_count_it_ran(monkeypatch):
     data["rows"] = [dict(r, fd_blocks=r["fd_blocks"][:2]) for r in data["rows"]]
     title = bench.render(data).splitlines()[0]
     assert "512 samples" in title and "1,024" not in title
+
+
+def test_peak_extra_memory_stops_its_sampler_when_the_call_raises(monkeypatch):
+    import threading
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    pytest.importorskip("psutil")
+    from _common import peak_extra_memory
+
+    before = set(threading.enumerate())
+
+    def boom():
+        raise RuntimeError("out of memory")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        peak_extra_memory(boom)
+    assert set(threading.enumerate()) <= before  # no sampling thread left running
