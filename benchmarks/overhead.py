@@ -138,6 +138,11 @@ def half_precision() -> list[dict]:
     return out
 
 
+def _threads_text(threads: int) -> str:
+    """The threads the CPU time sums, as the table says it ('both threads' at the default 2)."""
+    return {1: "one thread", 2: "both threads"}.get(threads, f"all {threads} threads")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--repeats", type=positive_int, default=7)
@@ -165,7 +170,8 @@ def main() -> None:
               f"| {name} | {u[name]['plain_ms_step']:.1f} | {u[name]['guided_ms_step']:.1f} | "
               f"**{u[name]['ratio']:.3f}** | {u[name]['ratio_iqr'][0]:.3f}–{u[name]['ratio_iqr'][1]:.3f} |"
               for name in ("wall", "cpu")] + ["",
-              "CPU time (both threads) is less sensitive than wall time to other processes on shared cores.", "",
+              f"CPU time ({_threads_text(args.threads)}) is less sensitive than wall time to other processes on "
+              "shared cores.", "",
               "The same cost decomposed, in CPU time on one thread (robust to other processes): one UNet "
               "forward at B = 16 against one `MMDGuidance(refs)` call at the same state (N_r = 200, "
               "D = 3,072).", "",

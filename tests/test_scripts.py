@@ -588,3 +588,18 @@ def test_peak_extra_memory_stops_its_sampler_when_the_call_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):
         peak_extra_memory(boom)
     assert set(threading.enumerate()) <= before  # no sampling thread left running
+
+
+def test_overhead_table_names_the_threads_its_cpu_time_sums(monkeypatch):
+    # overhead.py --threads 1 wrote 'CPU time (both threads)' under its per-step table
+    bench = _benchmark(monkeypatch, "overhead", "--threads", "1", "--repeats", "1")
+    row = {"plain_ms_step": 1.0, "guided_ms_step": 1.0, "ratio": 1.0, "ratio_iqr": (1.0, 1.0)}
+    monkeypatch.setattr(bench, "unet_overhead", lambda repeats, steps: {"wall": row, "cpu": row})
+    monkeypatch.setattr(bench, "step_decomposition", lambda n: {"unet_ms": 1.0, "guide_ms": 1.0, "ratio": 1.0})
+    monkeypatch.setattr(bench, "gradient_vs_matmul", lambda n: [])
+    monkeypatch.setattr(bench, "half_precision", lambda: [])
+    bench.main()
+    text = bench.OUT.read_text()
+    assert "CPU time (one thread)" in text and "both threads" not in text
+    committed = (ROOT / "benchmarks" / "results" / "overhead.md").read_text()
+    assert "torch threads 2;" in committed and "CPU time (both threads)" in committed  # the default's text
