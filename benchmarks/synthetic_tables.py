@@ -300,7 +300,8 @@ def write_table3(res: dict, cfg: argparse.Namespace) -> str:
                    " Guidance: `MMDGuidance(references, " + ", ".join(f"{k}={v!r}" for k, v in MMD_KW.items())
                    + ")` (the calibrated presets do the same kernel work per step)." +
                    f" Best of {TIME_REPEATS} timed runs per cell (after a warm-up), sampling seed 1, task seed 0.")
-    lines += ["- Wall-clock seconds to draw n samples in all (one torch thread; other jobs share the "
+    threads = "one torch thread" if cfg.threads == 1 else f"{cfg.threads} torch threads"
+    lines += [f"- Wall-clock seconds to draw n samples in all ({threads}; other jobs share the "
               "machine, so treat differences under ~10 % as noise). Overhead = guided / unguided − 1.",
               "- *joint batch of n*: all n samples guided as one generated set (as in Table 1); the "
               "repulsion term costs O(n²) per step. *batches of "

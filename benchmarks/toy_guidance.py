@@ -252,7 +252,8 @@ def main() -> None:
         L.append(f"| {label} | {fmt(a['tv'])} | {fmt(a['off_mode'], 2, pct=True)} | {a['diverged']} / {a['seeds']} | "
                  f"{a['n']} × {a['seeds']} | {fmt(a['seconds'], 1)} |")
     L += ["", "## Cost", "",
-          f"Median of 3 runs after a warm-up, B = 256, 200 references, {STEPS} DDPM steps, one thread:", "",
+          f"Median of 3 runs after a warm-up, B = 256, 200 references, {STEPS} DDPM steps, "
+          f"{'one thread' if args.threads == 1 else f'{args.threads} threads'}:", "",
           "| model | unguided | guided (preset) | ratio |", "|---|---:|---:|---:|",
           f"| 2-D MLP (ring2d_4modes preset) | {timing['unguided']:.2f} s | {timing['guided']:.2f} s | **{ratio:.2f}×** |",
           f"| 100-D exact mixture (gmm100d preset) | {timing['unguided_100d']:.2f} s | {timing['guided_100d']:.2f} s | "

@@ -603,3 +603,39 @@ def test_overhead_table_names_the_threads_its_cpu_time_sums(monkeypatch):
     assert "CPU time (one thread)" in text and "both threads" not in text
     committed = (ROOT / "benchmarks" / "results" / "overhead.md").read_text()
     assert "torch threads 2;" in committed and "CPU time (both threads)" in committed  # the default's text
+
+
+def test_toy_timing_tables_name_the_threads_they_ran_on(monkeypatch):
+    # synthetic_tables.py --threads 2 wrote Table 3 as timed on 'one torch thread' (toy_guidance.py's
+    # cost table likewise said 'one thread' whatever --threads was)
+    from argparse import Namespace
+
+    bench = _benchmark(monkeypatch, "synthetic_tables", "--threads", "2")
+    res = json.loads((ROOT / "benchmarks" / "results" / "table3_sampling_time.json").read_text())
+    for threads, words in ((1, "(one torch thread;"), (2, "(2 torch threads;")):
+        cfg = Namespace(seeds=range(5), n=1000, steps=100, load=(0.0, 0.0, 0.0), threads=threads,
+                        tasks=res["meta"]["tasks"])
+        line = next(x for x in bench.write_table3(res, cfg).splitlines() if x.startswith("- Wall-clock"))
+        assert words in line, (threads, line)
+    assert "one torch thread" in (ROOT / "benchmarks" / "results" / "table3_sampling_time.md").read_text()
+    from types import SimpleNamespace
+
+    bench = _benchmark(monkeypatch, "toy_guidance", "--threads", "2", "--seeds", "1", "--n", "4")
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep the test process's threads
+    monkeypatch.setattr(bench, "task_guidance", lambda task: None)
+    task = SimpleNamespace(dim=2, base=SimpleNamespace(sample=lambda n, seed: (None,)))
+    monkeypatch.setattr(bench, "make_task", lambda name, seed: task)
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: {"tv": 0.1, "off_mode": 0.0, "fd": 1.0, "kd": 1.0,
+                                                            "coverage": 1.0, "seconds": 1.0, "samples": None})
+    monkeypatch.setattr(bench, "frechet_distance", lambda x, y: 1.0)
+    monkeypatch.setattr(bench, "evaluate", lambda x, task: {"tv": 0.1, "off_mode": 0.0, "fd": 1.0, "kd": 1.0,
+                                                            "coverage": 1.0})
+    monkeypatch.setattr(bench, "variants", lambda: {})
+    monkeypatch.setattr(bench, "ROOT", bench.OUT.parent)  # it prints OUT relative to ROOT
+    monkeypatch.setattr(bench, "wall_time_ratio", lambda: dict.fromkeys(
+        ("unguided", "guided", "unguided_100d", "guided_100d"), 1.0))
+    bench.main()
+    assert "100 DDPM steps, 2 threads:" in bench.OUT.read_text()
+    assert "100 DDPM steps, one thread:" in (ROOT / "benchmarks" / "results" / "toy_guidance.md").read_text()
