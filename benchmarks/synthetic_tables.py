@@ -348,8 +348,9 @@ def main() -> None:
     ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results, with "
                     "--quick /tmp/synthetic_tables_quick)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, "
-                    "short training (each unless given), written to /tmp/synthetic_tables_quick (or --out, not benchmarks/results)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 200 samples, 20 steps, short "
+                    "training (each unless given), written to /tmp/synthetic_tables_quick (or --out, not "
+                    "benchmarks/results)")
     cfg = ap.parse_args()
     tables = {t for t in cfg.tables.split(",") if t}
     if not tables or not tables <= {"1", "3", "4"} or ("4" in tables and "1" not in tables):

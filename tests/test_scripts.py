@@ -532,7 +532,8 @@ def test_quick_runs_keep_the_counts_given_on_the_command_line(monkeypatch, capsy
         monkeypatch.setattr(sys, "argv", ["defaults.py", "--quick", *extra])
         with pytest.raises(SystemExit) as exit_info:
             bench.main()
-        assert exit_info.value.code == 2 and f"argument {extra[0]}: does not apply to --quick" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"argument {extra[0]}: does not apply to --quick" in err
 
 
 def test_distributed_benchmark_refuses_sizes_it_cannot_shard_before_spawning(monkeypatch, capsys):
