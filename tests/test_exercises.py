@@ -357,3 +357,30 @@ def test_student_script_reads_and_writes_utf8_whatever_the_locale(tmp_path):
     assert MSN.main(["--out", str(tmp_path / "utf8"), str(nb)]) == 0
     written = (tmp_path / "c" / nb.name).read_bytes()
     assert written == (tmp_path / "utf8" / nb.name).read_bytes() and "σ".encode() in written
+
+
+def test_notebook03_answer_on_the_clip_matches_a_tracked_run():
+    """Answer 4 of notebook 03 said `step_norm` equals `clip_norm` early 'while `grad_norm` is
+    large' and to plot both 'to see where they separate': grad_norm is the gradient of MMD^2
+    (~4e-4, with Eq. 6's 1/B) and step_norm the applied step (~0.2), so the curves never meet.
+    The answer now reads the clip off their ratio; its figures must be Section 1's preset run's."""
+    from mmdg_lite import make_task, sample
+    from mmdg_lite.toys.tasks import task_guidance
+
+    nb = _nb(ROOT / "notebooks" / "03_mmd_guidance_2d.ipynb")
+    answer = next(" ".join(_src(c).split()) for c in nb["cells"]
+                  if MSN.ANSWER in MSN.tags(c) and "Answer 4" in _src(c))
+    task = make_task("ring2d_4modes", seed=0)
+    guide = task_guidance(task, track=True)
+    sample(task.denoiser, 1000, task.dim, num_steps=100, guidance=guide, seed=0)  # Section 1's x_guided
+    rows = guide.history
+    ratio = [r["step_norm"] / r["grad_norm"] for r in rows]
+    lam = ratio[-1]  # no sample is clipped at the last guided step: the ratio is lambda = c B sigma^2
+    clipped = [i for i, q in enumerate(ratio) if q < lam * (1 - 1e-5)]
+    first = rows[0]
+    stated = {f"{lam:,.0f}", f"step {clipped[-1] + 1} of 100", f"after step {len(rows) - 1}",
+              f"{first['step_norm']:.4f}", f"{first['grad_norm'] * lam:.2f}",  # the mean unclipped step
+              f"about {round(ratio[0], -1):.0f}"}
+    missing = [s for s in stated if s not in answer]
+    assert not missing, f"Answer 4 does not state the tracked run's {missing}: {answer}"
+    assert ratio[0] < lam / 5 and first["step_norm"] > 0.99 * 0.2  # clipped from the start
