@@ -170,3 +170,42 @@ def test_real_checkpoint_cell_refuses_pndm_before_the_unguided_run(tmp_path, mon
     with pytest.raises(ValueError, match="cannot run through PNDMScheduler"):
         exec(cell, {"os": os, "generate": generate, "pipeline_guidance": pipeline_guidance})
     assert calls == []
+
+
+def test_notebook04_bandwidth_sweep_explains_its_flat_part_with_the_true_weights():
+    """Notebook 04, Section 4 said the sweep is flat below sigma_p ~ 0.7 because 'every
+    cross-prompt weight is already negligible'; k_p(cat, dog) is 0.14 at 0.5 and 0.36 at 0.7. The
+    text now quotes the weights and says why they cancel: with equal shares of batch and
+    references, Eq. 11's cross-prompt term for a category q is its weight times the slope of q's
+    own witness function (checked here against autograd of `witness`)."""
+    import torch
+
+    from mmdg_lite import GaussianKernel, ProductKernel, mmd2_grad, witness
+    from mmdg_lite.prompts import prompt_weights
+    from mmdg_lite.toys import toy_world
+
+    path = ROOT / "notebooks" / "04_prompt_aware.ipynb"
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    text = next(t for t in _markdown(cells) if t.startswith("Below $\\sigma_p \\approx 0.7$"))
+    assert "negligible)" not in text
+    enc = toy_world().encoder()
+    for bw in (0.3, 0.5, 0.7):
+        cat_dog = float(prompt_weights(["cat"], ["dog"], enc, prompt_bandwidth=bw))
+        stated = f"{cat_dog:.3f}" if cat_dog < 0.01 else f"{cat_dog:.2f}"
+        assert stated in text, (bw, stated, text)
+    assert f"{float(prompt_weights(['cat'], ['car'], enc, prompt_bandwidth=0.7)):.2f} at 0.7" in text
+
+    g = torch.Generator().manual_seed(0)
+    B, N, kz, sp = 30, 15, GaussianKernel(0.75), 0.7
+    x = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(N, 2, generator=g, dtype=torch.float64)
+    gx, gy = torch.arange(B) % 3, torch.arange(N) % 3  # three prompts, a third of each set
+    E = torch.eye(3, dtype=torch.float64)
+    joint = mmd2_grad(x, y, ProductKernel(GaussianKernel(sp), kz), x_prompts=E[gx], y_prompts=E[gy])
+    kp = torch.exp(-(E[:, None] - E[None]).pow(2).sum(-1) / (2 * sp**2))  # k_p between the prompts
+    assembled = torch.zeros_like(x)
+    for q in range(3):
+        t = x.clone().requires_grad_(True)
+        (slope,) = torch.autograd.grad(witness(t, x[gx == q], y[gy == q], kz).sum(), t)
+        assembled += kp[gx, q][:, None] * 2 / (3 * B) * slope
+    assert torch.allclose(joint, assembled, atol=1e-10)
