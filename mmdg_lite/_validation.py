@@ -182,7 +182,14 @@ def check_weights(value: Any, name: str, n: int, like: Tensor) -> Tensor | None:
     check_finite(w, name)
     if bool((w < 0).any()):
         raise ValueError(f"{name} must be non-negative; got minimum {float(w.min()):.4g}")
+    # half-precision weights are normalised in float32: in their own dtype bfloat16 thirds summed to
+    # 1.002, and float16 weights whose sum passed 65,504 all became 0 (an MMD^2 without that set)
+    if w.dtype in (torch.float16, torch.bfloat16):
+        w = w.float()
     total = float(w.sum())
+    if math.isinf(total):  # finite weights whose sum overflows: scale them down first
+        w = w / w.max()
+        total = float(w.sum())
     if total <= 0:
         raise ValueError(f"{name} must have a positive sum; got sum {total:.4g}")
     return (w / total).to(like.dtype)

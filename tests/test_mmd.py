@@ -487,3 +487,30 @@ def test_gradient_repulsion_of_a_large_batch_runs_in_blocks_of_chunk_size(monkey
                                 kw["y_prompts"])
         whole = mmd_module._grad(p, estimator, None, "conditional")
         assert rel_err(mmd_module._grad(p, estimator, cs, "conditional"), whole) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_half_precision_weights_are_normalised_like_the_same_weights_in_float64(dtype, estimator):
+    # weights were normalised in their own dtype: bfloat16 thirds summed to 1.002 (float16 to 0.9998), so
+    # MMD^2 and its gradient were off by that factor's rounding. Oracle: the same (exact) values in float64
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(3, 2, generator=g), 0.5 + torch.randn(4, 2, generator=g)
+    wx, wy = torch.tensor([1.0, 1.0, 1.0], dtype=dtype), torch.tensor([0.1, 0.2, 0.3, 0.7], dtype=dtype)
+    kernel = GaussianKernel(0.9)
+    for f in (mmd2, mmd2_grad):
+        got = f(x, y, kernel, estimator=estimator, x_weights=wx, y_weights=wy)
+        want = f(x.double(), y.double(), kernel, estimator=estimator, x_weights=wx.double(), y_weights=wy.double())
+        assert rel_err(got.double(), want) < 1e-6
+
+
+@pytest.mark.parametrize("weights", [torch.full((3,), 6e4, dtype=torch.float16), torch.full((3,), 3e38)],
+                         ids=["float16", "float32"])
+def test_weights_whose_sum_overflows_their_dtype_are_still_normalised(weights):
+    # three float16 weights of 60,000 sum past 65,504 (inf): every normalised weight became 0, so MMD^2
+    # lost the x-x and x-y terms and the gradient was 0, silently. Equal weights mean uniform ones.
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(3, 2, generator=g), 0.5 + torch.randn(4, 2, generator=g)
+    kernel = GaussianKernel(0.9)
+    for f in (mmd2, mmd2_grad):
+        assert rel_err(f(x, y, kernel, x_weights=weights), f(x, y, kernel)) < 1e-6
