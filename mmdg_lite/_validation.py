@@ -186,13 +186,15 @@ def check_weights(value: Any, name: str, n: int, like: Tensor) -> Tensor | None:
     # 1.002, and float16 weights whose sum passed 65,504 all became 0 (an MMD^2 without that set)
     if w.dtype in (torch.float16, torch.bfloat16):
         w = w.float()
-    total = float(w.sum())
+    total = float(w.detach().sum())
     if math.isinf(total):  # finite weights whose sum overflows: scale them down first
-        w = w / w.max()
-        total = float(w.sum())
+        w = w / w.detach().max()
+        total = float(w.detach().sum())
     if total <= 0:
         raise ValueError(f"{name} must have a positive sum; got sum {total:.4g}")
-    return (w / total).to(like.dtype)
+    # weights that require grad are divided by their sum as a tensor, so autograd sees the
+    # normalisation (a Python float total made d MMD^2 / d w miss it); others as before
+    return (w / (w.sum() if w.requires_grad else total)).to(like.dtype)
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:

@@ -161,7 +161,8 @@ def mmd2(x, y, kernel: AnyKernel, *, estimator: str = "biased", x_weights=None, 
 
     Unbiased = U-statistic: the within-set sums skip i = i' (with weights, renormalised by
     1 - sum w^2), so its mean over draws equals the population MMD^2; it can be negative.
-    Differentiable with respect to x. Half-precision inputs are computed (and returned) in float32.
+    Differentiable with respect to x (and y, and weights that require grad). Half-precision inputs
+    are computed (and returned) in float32.
     """
     p = _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts)
     xx = _self_term(p, p.x, p.wx, p.px, estimator, chunk_size)

@@ -514,3 +514,21 @@ def test_weights_whose_sum_overflows_their_dtype_are_still_normalised(weights):
     kernel = GaussianKernel(0.9)
     for f in (mmd2, mmd2_grad):
         assert rel_err(f(x, y, kernel, x_weights=weights), f(x, y, kernel)) < 1e-6
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_mmd2_is_differentiable_in_its_unnormalised_weights(estimator):
+    # the weights were divided by their sum as a Python float: autograd saw w / const, so d MMD^2 / d w
+    # missed the normalisation (every entry off by the same shift) and torch warned about float() of
+    # a tensor that requires grad. Oracle: central finite differences in float64
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(4, 2, generator=g, dtype=torch.float64), 1 + torch.randn(5, 2, generator=g, dtype=torch.float64)
+    wx0, wy0 = 0.5 + torch.rand(4, generator=g, dtype=torch.float64), 0.5 + torch.rand(5, generator=g, dtype=torch.float64)
+    kernel = GaussianKernel(1.0)
+    wx, wy = wx0.clone().requires_grad_(True), wy0.clone().requires_grad_(True)
+    got = torch.autograd.grad(mmd2(x, y, kernel, estimator=estimator, x_weights=wx, y_weights=wy), (wx, wy))
+    for w0, grad, name in ((wx0, got[0], "x_weights"), (wy0, got[1], "y_weights")):
+        def f(w):
+            other = {"x_weights": wx0, "y_weights": wy0, name: w}
+            return mmd2(x, y, kernel, estimator=estimator, **other)
+        assert rel_err(grad, central_fd(f, w0)) < 1e-6
