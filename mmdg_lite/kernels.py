@@ -144,8 +144,10 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     If every pooled point coincides, every bandwidth gives the same Gram matrix, and 1.0 is returned.
     """
     x = check_points(x, "x", flatten=False)  # (n, *S), finite, n >= 1
-    if y is not None:
-        x, y = check_pair(x, check_points(y, "y", flatten=False), "x", "y")
+    if y is not None:  # compared flattened, as mmd2 does: (n, C, H, W) against (m, C*H*W) was refused
+        y = check_points(y, "y", flatten=False)  # as 'x has 12 features per point ... but y has 12'
+        check_layouts(x, y, "x", "y")
+        x, y = check_pair(x.reshape(len(x), -1), y.reshape(len(y), -1), "x", "y")
     else:
         check_has_values(x, "x")
     max_points = check_int(max_points, "max_points", 2)

@@ -543,3 +543,18 @@ def test_a_set_against_itself_matches_a_copy_of_it(scale, offset, make):
     assert torch.equal(k.gram(x, x), k.gram(x, x.clone()))
     assert torch.equal(k.grad_weighted(x, x, w), k.grad_weighted(x, x.clone(), w))
     assert float(k.gram(x, x).diagonal().min()) == pytest.approx(1.0 if make is GaussianKernel else 2.0)
+
+
+def test_median_bandwidth_takes_an_image_shaped_set_against_a_flat_one():
+    # mmd2 compares (n, C, H, W) points with (m, C*H*W) references, but median_bandwidth refused the
+    # pair as 'x has 12 features per point ... but y has 12' (it compared the unflattened shapes)
+    from scipy.spatial.distance import pdist
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 12, generator=g, dtype=torch.float64)
+    d = np.sort(pdist(torch.cat([x.reshape(5, -1), y]).numpy()))
+    assert median_bandwidth(x, y) == pytest.approx(d[(len(d) - 1) // 2], rel=1e-12)  # the lower middle value
+    s, t = x[:, 0, 0, 0], y[:, :1]  # scalar samples (n,) against (m, 1) ('1 features ... but y has 1')
+    d = np.sort(pdist(torch.cat([s, t[:, 0]])[:, None].numpy()))
+    assert median_bandwidth(s, t) == pytest.approx(d[(len(d) - 1) // 2], rel=1e-12)
+    with pytest.raises(ValueError, match="per-point shape"):  # another layout of the same size: refused
+        median_bandwidth(x, y.reshape(4, 2, 2, 3))
