@@ -62,6 +62,15 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
                 raise ValueError(f"estimator='unbiased' needs at least 2 positive {name} (it leaves out the "
                                  f"i = i' pairs, so one weighted point has no pair); got "
                                  f"{int((w > 0).sum())} positive of {len(w)}")
+            # it divides by 1 - sum w^2, which rounding takes to 0 (MMD^2 inf, blamed on the points and
+            # bandwidths) or leaves without digits when one point holds all but ~1e-5 of the mass
+            norm, eps = float(1.0 - (w**2).sum()), torch.finfo(w.dtype).eps
+            if not norm >= 1e3 * eps:
+                raise ValueError(f"estimator='unbiased' divides by 1 - sum of squared normalised {name}, which is "
+                                 f"{norm:.3g} here in {w.dtype} (one point holds almost all the weight), below "
+                                 f"{1e3 * eps:.3g} where rounding leaves it fewer than 3 correct digits; "
+                                 + ("pass float64 points, or " if w.dtype != torch.float64 else "")
+                                 + "use estimator='biased'")
     px = py = None
     if isinstance(kernel, ProductKernel):
         if x_prompts is None or y_prompts is None:

@@ -532,3 +532,19 @@ def test_mmd2_is_differentiable_in_its_unnormalised_weights(estimator):
             other = {"x_weights": wx0, "y_weights": wy0, name: w}
             return mmd2(x, y, kernel, estimator=estimator, **other)
         assert rel_err(grad, central_fd(f, w0)) < 1e-6
+
+
+@pytest.mark.parametrize("f", [mmd2, mmd2_grad])
+def test_unbiased_estimator_names_weights_that_leave_its_normaliser_to_rounding(f):
+    # 1 - sum w^2 for weights (1, 1e-8, 1e-8) rounds to 0 in float32: MMD^2 came out inf and the error
+    # blamed 'the points and bandwidths'; at (1, 1e-6, 1e-6) the value was 3 % off float64's, silently
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(3, 2, generator=g), torch.randn(4, 2, generator=g)
+    for tiny in (1e-8, 1e-6):
+        with pytest.raises(ValueError, match=r"x_weights.*one point holds almost all.*float64 points"):
+            f(x, y, GaussianKernel(1.0), estimator="unbiased", x_weights=torch.tensor([1.0, tiny, tiny]))
+    w = torch.tensor([1.0, 1e-6, 1e-6], dtype=torch.float64)  # float64 keeps it: close to autograd's oracle
+    got = f(x.double(), y.double(), GaussianKernel(1.0), estimator="unbiased", x_weights=w)
+    if f is mmd2_grad:
+        assert rel_err(got, mmd2_grad_autograd(x.double(), y.double(), GaussianKernel(1.0), estimator="unbiased",
+                                               x_weights=w)) < 1e-9
