@@ -64,7 +64,7 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
                                  f"{int((w > 0).sum())} positive of {len(w)}")
             # it divides by 1 - sum w^2, which rounding takes to 0 (MMD^2 inf, blamed on the points and
             # bandwidths) or leaves without digits when one point holds all but ~1e-5 of the mass
-            norm, eps = float(1.0 - (w**2).sum()), torch.finfo(w.dtype).eps
+            norm, eps = float(1.0 - (w.detach()**2).sum()), torch.finfo(w.dtype).eps
             if not norm >= 1e3 * eps:
                 raise ValueError(f"estimator='unbiased' divides by 1 - sum of squared normalised {name}, which is "
                                  f"{norm:.3g} here in {w.dtype} (one point holds almost all the weight), below "
