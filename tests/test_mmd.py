@@ -523,7 +523,8 @@ def test_mmd2_is_differentiable_in_its_unnormalised_weights(estimator):
     # a tensor that requires grad. Oracle: central finite differences in float64
     g = torch.Generator().manual_seed(7)
     x, y = torch.randn(4, 2, generator=g, dtype=torch.float64), 1 + torch.randn(5, 2, generator=g, dtype=torch.float64)
-    wx0, wy0 = 0.5 + torch.rand(4, generator=g, dtype=torch.float64), 0.5 + torch.rand(5, generator=g, dtype=torch.float64)
+    wx0 = 0.5 + torch.rand(4, generator=g, dtype=torch.float64)
+    wy0 = 0.5 + torch.rand(5, generator=g, dtype=torch.float64)
     kernel = GaussianKernel(1.0)
     wx, wy = wx0.clone().requires_grad_(True), wy0.clone().requires_grad_(True)
     got = torch.autograd.grad(mmd2(x, y, kernel, estimator=estimator, x_weights=wx, y_weights=wy), (wx, wy))
