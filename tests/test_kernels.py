@@ -550,7 +550,8 @@ def test_median_bandwidth_takes_an_image_shaped_set_against_a_flat_one():
     # pair as 'x has 12 features per point ... but y has 12' (it compared the unflattened shapes)
     from scipy.spatial.distance import pdist
     g = torch.Generator().manual_seed(11)
-    x, y = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 12, generator=g, dtype=torch.float64)
     d = np.sort(pdist(torch.cat([x.reshape(5, -1), y]).numpy()))
     assert median_bandwidth(x, y) == pytest.approx(d[(len(d) - 1) // 2], rel=1e-12)  # the lower middle value
     s, t = x[:, 0, 0, 0], y[:, :1]  # scalar samples (n,) against (m, 1) ('1 features ... but y has 1')
@@ -558,3 +559,25 @@ def test_median_bandwidth_takes_an_image_shaped_set_against_a_flat_one():
     assert median_bandwidth(s, t) == pytest.approx(d[(len(d) - 1) // 2], rel=1e-12)
     with pytest.raises(ValueError, match="per-point shape"):  # another layout of the same size: refused
         median_bandwidth(x, y.reshape(4, 2, 2, 3))
+
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["y", "y-is-x"])
+def test_gaussian_grad_weighted_can_be_differentiated_again(same):
+    # GaussianKernel.grad_weighted worked on its (n, m) matrix in place, so backpropagating through it
+    # (a Hessian-vector product of MMD^2; every other kernel allows it) raised torch's 'one of the
+    # variables needed for gradient computation has been modified by an inplace operation'.
+    # Oracle: autograd's double backward through the Gram matrix, first and second argument as leaves
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    w = torch.rand(4, 4 if same else 5, generator=g, dtype=torch.float64)
+    k = GaussianKernel(1.0)
+    xg = x.clone().requires_grad_(True)
+    out = k.grad_weighted(xg, xg if same else y, w)
+    (got,) = torch.autograd.grad(out.sum(), xg)
+    xa, xb = x.clone().requires_grad_(True), (x if same else y).clone().requires_grad_(True)
+    (first,) = torch.autograd.grad((k.gram(xa, xb) * w).sum(), xa, create_graph=True)  # sum_j w_ij grad_1 k
+    da, db = torch.autograd.grad(first.sum(), (xa, xb))
+    assert rel_err(got, da + db if same else da) < 1e-12
+    # with a graph the matrix is formed out of place: the same numbers as the in-place path
+    assert torch.equal(out.detach(), k.grad_weighted(x, x if same else y, w))
