@@ -273,8 +273,9 @@ class GaussianKernel(Kernel):
         s = float(k.bandwidth)  # type: ignore[arg-type]
         x, y, d2, c = _rescaled(x, y)
         s = _scaled_bandwidth(s, c, d2.dtype)
-        if torch.is_grad_enabled() and (d2.requires_grad or w.requires_grad):  # a graph: out of place (in place,
-            a = (d2 * (-0.5 / (s * s))).exp() * w.to(x.dtype) / (s * s)  # backward raised 'modified by an inplace')
+        if torch.is_grad_enabled() and (d2.requires_grad or w.requires_grad):
+            # a graph is being built: out of place (in place, its backward raised 'modified by an inplace operation')
+            a = (d2 * (-0.5 / (s * s))).exp() * w.to(x.dtype) / (s * s)  # (n, m)
         else:
             a = d2.mul_(-0.5 / (s * s)).exp_().mul_(w.to(x.dtype)).div_(s * s)  # (n, m), in place
         g = torch.addmm(x * -a.sum(1, keepdim=True), a, y)  # sum_j a_ij (y_j - x_i): (n, D)
