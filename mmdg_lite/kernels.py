@@ -175,6 +175,12 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
     return float(d2.median().sqrt()) * scale
 
 
+def _in_work_dtype(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """x and y in ``work_dtype(x, y)`` (no copy when they already are, as on every mmd2 path)."""
+    dt = work_dtype(x, y)
+    return x.to(dt), y.to(dt)
+
+
 def _python_numbers(obj: object, *names: str) -> None:
     """Store numpy scalar settings of a frozen dataclass as Python numbers: np.float32 arithmetic
     (c**2) ran in float32 / float16 although the kernel compared equal to its float64 twin, and the
@@ -443,11 +449,13 @@ class PolynomialKernel(Kernel):
         return float(self.gamma) if self.gamma is not None else 1.0 / x.shape[1]
 
     def gram(self, x: Tensor, y: Tensor) -> Tensor:
+        x, y = _in_work_dtype(x, y)
         return (self._g(x) * (x @ y.T) + self.coef0) ** self.degree  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        x, y = _in_work_dtype(x, y)  # and w: float64 weights met float32 points in a bare matmul error
         g = self._g(x)
-        a = w * self.degree * g * (g * (x @ y.T) + self.coef0) ** (self.degree - 1)  # (n, m)
+        a = w.to(x.dtype) * self.degree * g * (g * (x @ y.T) + self.coef0) ** (self.degree - 1)  # (n, m)
         return a @ y  # (n, D)
 
 
@@ -606,8 +614,10 @@ class ProductKernel:
         return replace(self, sample_kernel=self.sample_kernel.resolve(x, y))
 
     def gram(self, x: Tensor, y: Tensor, px: Tensor, py: Tensor) -> Tensor:
-        return self.prompt_gram(px, py) * self.sample_kernel.gram(x, y)  # (n, m)
+        # the prompt weights in the points' work dtype: float64 prompts turned a float32 Gram matrix
+        # float64, and the polynomial kernel's gradient failed in a bare matmul dtype error
+        return self.prompt_gram(px, py).to(work_dtype(x, y)) * self.sample_kernel.gram(x, y)  # (n, m)
 
     def grad_weighted(self, x: Tensor, y: Tensor, w: Tensor, px: Tensor, py: Tensor) -> Tensor:
-        return self.sample_kernel.grad_weighted(x, y, w * self.prompt_gram(px, py))
+        return self.sample_kernel.grad_weighted(x, y, w * self.prompt_gram(px, py).to(work_dtype(x, y)))
 

@@ -581,3 +581,23 @@ def test_gaussian_grad_weighted_can_be_differentiated_again(same):
     assert rel_err(got, da + db if same else da) < 1e-12
     # with a graph the matrix is formed out of place: the same numbers as the in-place path
     assert torch.equal(out.detach(), k.grad_weighted(x, x if same else y, w))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "multi", "imq", "cubic"])
+def test_product_kernel_takes_prompts_of_another_dtype_in_the_points_dtype(name):
+    # float64 prompt features (numpy's default) with float32 points: the Gram matrix came back float64 and
+    # the cubic kernel's gradient failed with torch's 'expected m1 and m2 to have the same dtype'.
+    # Oracle: the same (float32-exact) points in float64
+    g = torch.Generator().manual_seed(13)
+    x, y = torch.randn(3, 2, generator=g), torch.randn(4, 2, generator=g)
+    w = torch.rand(3, 4, generator=g)
+    px, py = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    sample = {"gaussian": GaussianKernel(1.0), "multi": MultiGaussianKernel((1.0, 2.0)),
+              "imq": InverseMultiquadricKernel(), "cubic": PolynomialKernel()}[name]
+    k = ProductKernel(GaussianKernel(1.0), sample)
+    for got, want in ((k.gram(x, y, px, py), k.gram(x.double(), y.double(), px, py)),
+                      (k.grad_weighted(x, y, w, px, py), k.grad_weighted(x.double(), y.double(), w.double(), px, py))):
+        assert got.dtype == torch.float32 and rel_err(got.double(), want) < 1e-5
+    got = PolynomialKernel().grad_weighted(x, y, w.double())  # float64 weights on their own, too
+    assert got.dtype == torch.float32
+    assert rel_err(got.double(), PolynomialKernel().grad_weighted(x.double(), y.double(), w.double())) < 1e-5
