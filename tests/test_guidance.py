@@ -749,3 +749,19 @@ def test_guidance_refuses_a_kernel_subclass_without_gram():
 
     with pytest.raises(TypeError, match="kernel Misspelt defines no gram"):
         MMDGuidance(torch.randn(8, 2), kernel=Misspelt())
+
+
+@pytest.mark.parametrize("weighting", ["conditional", "joint"])
+def test_gradient_of_float32_points_against_float64_references_and_prompts(weighting):
+    # MMDGuidance.gradient computed in the references' float64 but read the prompt features in z's
+    # float32: the default conditional weighting failed with torch's 'addmv input tensors must have the
+    # same dtype'. Now prompts follow the computation's dtype, as in the hook: float32 z and prompts
+    # (exact in float64) give the float64 inputs' gradient
+    g = torch.Generator().manual_seed(14)
+    f32 = torch.float32  # (this module's default dtype is float64)
+    y, rp = torch.randn(9, 3, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64)
+    z, p = torch.randn(5, 3, generator=g, dtype=f32), torch.randn(5, 4, generator=g, dtype=f32)
+    G = MMDGuidance(y, reference_prompts=rp, prompt_weighting=weighting)
+    got = G.gradient(z, p)
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, G.gradient(z.double(), p.double()), rtol=1e-12, atol=0)

@@ -391,7 +391,10 @@ class MMDGuidance:
         z = check_points(z, "z")
         refs = self.reference_set.on(z)
         check_pair(z, refs, "z", "references")
-        rp = self.reference_set.prompts_on(z)
+        # prompt features in the dtype the gradient is computed in (the references' work dtype), as in
+        # the hook: float32 z against float64 references had float32 prompts, and the conditional
+        # weighting failed in a bare 'addmv input tensors must have the same dtype'
+        rp = self.reference_set.prompts_on(refs)
         if rp is not None:  # prompt-aware: one prompt feature row per point
             if prompts is None:
                 raise ValueError(f"this guidance is prompt-aware (reference_prompts {tuple(rp.shape)}): pass "
