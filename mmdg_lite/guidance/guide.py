@@ -181,7 +181,8 @@ class MMDGuidance:
             (default 8,192 rows: a (8192, F) feature block, 2 GiB at F = 65,536).
         rff_features: replace the exact reference term by F random Fourier features of a
             fixed-bandwidth Gaussian kernel (a step then costs O(B F D) for any N_r; relative
-            gradient error ~ 1.6/sqrt(F) at the median bandwidth, benchmarks/results/rff.md;
+            gradient error ~ 1.6/sqrt(F) at the median bandwidth for D >= 3, up to ~3.7/sqrt(F)
+            at D = 1, benchmarks/results/rff.md;
             several times more for a bandwidth below it: ~10/sqrt(F) at half, see ``mmdg_lite.rff``).
         track: keep per-step diagnostics in ``self.history``: one dict per guided step (steps outside
             the window, and memory mode's first sample, add none) with step, t, weight (strength x
