@@ -25,15 +25,21 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
 
 
 @contextmanager
-def own_rng(seed: int | None = None) -> Iterator[None]:
+def own_rng(seed: int | None = None, device: str | torch.device | None = None) -> Iterator[None]:
     """Run a block (building modules, whose default init draws from torch's global CPU RNG)
     and put that RNG back as it was afterwards; with ``seed`` the block's draws are seeded.
-    Loading a shipped model must not move, or reseed, the caller's random stream."""
+    Loading a shipped model must not move, or reseed, the caller's random stream. A CUDA
+    ``device``'s global RNG (what dropout on that device draws from) is forked and seeded too."""
     if seed is not None:
         check_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    dev = torch.device(device) if device is not None else None
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev is not None and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         if seed is not None:
             torch.random.default_generator.manual_seed(int(seed))
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(int(seed))
         yield
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ._validation import (_describe, as_float_tensor, check_autograd, check_bool, check_finite, check_int,
                           check_nonnegative, check_points, check_positive)
 from .sampling import check_eps_prediction, make_scheduler
-from .seeding import make_generator
+from .seeding import make_generator, own_rng
 
 __all__ = ["train_denoiser", "fit", "noising_scheduler"]
 
@@ -28,8 +28,10 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     per-sample conditions, replaced by the null condition with probability ``cond_dropout``
     (classifier-free guidance; the model is called with ``drop_cond=``, a (B,) bool tensor, as
     ``MLPDenoiser`` takes). Adam with cosine-decayed learning rate. Deterministic given
-    ``seed`` and the model's initial weights. ``scheduler`` must noise as DDPM does and predict
-    epsilon (DDPMScheduler, DDIMScheduler); others (v-prediction, Euler, DPM-Solver) are refused.
+    ``seed`` and the model's initial weights: random layers (dropout) draw from torch's RNG
+    seeded with ``seed`` in a fork, so the caller's global RNG neither matters nor moves.
+    ``scheduler`` must noise as DDPM does and predict epsilon (DDPMScheduler, DDIMScheduler);
+    others (v-prediction, Euler, DPM-Solver) are refused.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (e.g. MLPDenoiser); got {_describe(model)}")
@@ -88,7 +90,8 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
             pred = model(x_t, t.to(device), cond[idx.to(device)], drop_cond=drop)
         return nn.functional.mse_loss(pred, noise)
 
-    return fit(model, loss_step, steps, lr, progress=progress, desc="training")
+    with own_rng(seed, device):  # dropout in the model draws from torch's RNG: seeded, the caller's left alone
+        return fit(model, loss_step, steps, lr, progress=progress, desc="training")
 
 
 def noising_scheduler(scheduler: Any) -> Any:
