@@ -1321,3 +1321,30 @@ def test_tiny_builders_check_the_size_and_scaling_factor_before_building():
     pipe = tiny_sd_pipeline(scaling_factor=1.0)
     z = encode_images(pipe, red_images(1))
     assert pipe.vae.config.scaling_factor == 1.0 and bool(z.abs().sum() > 0)
+
+
+def test_step_wrapper_resets_the_guidance_at_every_pipeline_call(sd):
+    """The wrapper took a new run to be one whose timestep index does not increase: an img2img call
+    starting past the previous call's last index (strength 0.5 of 12 steps, from index 6, after a
+    4-step call) kept that call's data scale, bandwidth and history, so its images depended on
+    what ran before. Every call of the wrapped pipeline is now a new run."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**sd.components)
+    pipe.set_progress_bar_config(disable=True)
+    refs, init = encode_images(pipe, red_images(4)), (red_images(2) + 1) / 2
+
+    def call(steps, strength):
+        return pipe([PROMPT] * 2, image=init, strength=strength, num_inference_steps=steps, guidance_scale=3.0,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+    out, scales = [], []
+    for first in (False, True):
+        g = MMDGuidance(refs, eval_point="x0_hat", strength=2.0, stop=1.0, track=True)
+        with GuidedSchedulerStep(pipe, g):
+            if first:
+                call(4, 1.0)  # steps 0..3
+            out.append(call(12, 0.5))  # steps 6..11
+        scales.append(g.data_scale)
+        assert [h["step"] for h in g.history] == list(range(6, 12))  # this call's steps only
+    assert scales[0] == scales[1] and torch.equal(out[0], out[1])

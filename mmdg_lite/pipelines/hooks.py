@@ -367,8 +367,8 @@ class GuidedSchedulerStep:
 
     ``with GuidedSchedulerStep(pipe, guidance): pipe(prompt)`` (or ``.restore()``). The wrapper
     keeps ``step``'s signature; it sees x_t (``sample``) and the CFG-combined model output, so
-    eval_point "x0_hat" costs no extra UNet call. A new run (the timestep index not increasing)
-    calls ``guidance.reset()``. Given a pipeline it also checks each call at ``check_inputs``,
+    eval_point "x0_hat" costs no extra UNet call. A new run (a call of the wrapped pipeline, or
+    the timestep index not increasing) calls ``guidance.reset()``. Given a pipeline it also checks each call at ``check_inputs``,
     before the UNet: ``pipe.scheduler`` not swapped (that call would run unguided), a prompt-aware
     guidance built for the call's prompts, references of the call's height and width; and in an
     inpainting pipeline it keeps the correction inside the call's mask. A run through the
@@ -456,7 +456,9 @@ class GuidedSchedulerStep:
         tuple_out = isinstance(result, tuple)
         x_prev = result[0] if tuple_out else result.prev_sample
         index = timestep_index(sched, t)
-        if self._last is None or index <= self._last:
+        # a new run: a pipeline call (its check_inputs ran; an img2img call starting past the last
+        # run's final index is one too), or the timestep index not increasing in a loop of one's own
+        if self._last is None or index <= self._last or self._called:
             check_scheduler(sched, self.guidance)  # a new run: timesteps are set now
             self.guidance.reset()
             if self._called:  # a pipeline call (check_inputs ran): its num_timesteps is this run's
