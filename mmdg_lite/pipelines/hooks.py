@@ -368,12 +368,13 @@ class GuidedSchedulerStep:
     ``with GuidedSchedulerStep(pipe, guidance): pipe(prompt)`` (or ``.restore()``). The wrapper
     keeps ``step``'s signature; it sees x_t (``sample``) and the CFG-combined model output, so
     eval_point "x0_hat" costs no extra UNet call. A new run (a call of the wrapped pipeline, or
-    the timestep index not increasing) calls ``guidance.reset()``. Given a pipeline it also checks each call at ``check_inputs``,
-    before the UNet: ``pipe.scheduler`` not swapped (that call would run unguided), a prompt-aware
-    guidance built for the call's prompts, references of the call's height and width; and in an
-    inpainting pipeline it keeps the correction inside the call's mask. A run through the
-    scheduler from elsewhere (a pipeline sharing it, a loop of one's own) that starts past the
-    guided window is refused at its first step. One guidance wraps a scheduler at most once.
+    the timestep index not increasing) calls ``guidance.reset()``. Given a pipeline it also
+    checks each call at ``check_inputs``, before the UNet: ``pipe.scheduler`` not swapped (that
+    call would run unguided), a prompt-aware guidance built for the call's prompts, references
+    of the call's height and width; and in an inpainting pipeline it keeps the correction inside
+    the call's mask. A run through the scheduler from elsewhere (a pipeline sharing it, a loop of
+    one's own) that starts past the guided window is refused at its first step. One guidance
+    wraps a scheduler at most once.
     """
 
     def __init__(self, pipe_or_scheduler: Any, guidance: Any) -> None:
