@@ -1348,3 +1348,13 @@ def test_step_wrapper_resets_the_guidance_at_every_pipeline_call(sd):
         scales.append(g.data_scale)
         assert [h["step"] for h in g.history] == list(range(6, 12))  # this call's steps only
     assert scales[0] == scales[1] and torch.equal(out[0], out[1])
+
+
+def test_pairing_task_checks_its_seed_before_drawing_or_encoding():
+    """pairing_task draws category k's references with seed + 101 (k + 1): seed=-1 (or True) was
+    accepted and drew from seeds 100, 201, ... (other seeds' sets), silently."""
+    from mmdg_lite.pipelines.pairing import pairing_task
+
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {bad!r}"):
+            pairing_task(None, seed=bad)  # refused before the pipeline is touched

@@ -42,7 +42,10 @@ def pairing_task(pipe: Any, pairing: Mapping[str, tuple[str, str]] = PAIRING, n_
     from ..images import make_shapes
     from ..images.shapes import SHAPE_ATTRIBUTES
 
+    from ..seeding import check_seed
+
     check_int(n_refs, "n_refs", 1)
+    seed = check_seed(seed)  # -1 (or True) became other categories' seeds, seed + 101 k, silently
     if isinstance(colours, str) or not isinstance(colours, Sequence) or not colours \
             or any(c not in SHAPE_ATTRIBUTES["colour"] for c in colours):
         raise ValueError(f"colours must be a non-empty list of colours from {SHAPE_ATTRIBUTES['colour']}; "
