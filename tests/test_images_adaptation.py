@@ -270,3 +270,17 @@ def test_finetune_runs_on_a_task_whose_denoiser_is_not_a_unet():
     assert tuned.setup_seconds > 0 and not torch.equal(tuned.samples, plain.samples)
     assert all(torch.equal(v, before[k]) for k, v in den.state_dict().items())  # a copy was trained
     assert [p.requires_grad for p in den.parameters()] == [n != "in_proj.weight" for n, _ in den.named_parameters()]
+
+
+def test_classifier_run_names_a_seed_too_large_for_its_negatives():
+    """The classifier's negatives are drawn with seed + 10_000: seed=2**63 - 1 passed run_method's
+    check and sample() then refused 'seed ... got 9223372036854785807', a value never given."""
+    from mmdg_lite.images.adaptation import AdaptationTask
+
+    task = AdaptationTask("stub", lambda x, t, c=None: x, (4,), torch.randn(6, 4), torch.zeros(6, 3, 8, 8),
+                          torch.zeros(6, 3, 8, 8), decode=lambda z: z, has_style=lambda x: x, is_valid=lambda x: x,
+                          style="any")
+    top = 2**63 - 1 - 10_000
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, {top}\] for method='classifier'.*"
+                                         rf"got {2**63 - 1}$"):
+        run_method(task, "classifier", n=4, seed=2**63 - 1)

@@ -147,6 +147,10 @@ def _measure(task: AdaptationTask, method: str, z: Tensor, seconds: float, setup
                         seconds, setup, tv, z, dc.density if dc else float("nan"), dc.coverage if dc else float("nan"))
 
 
+_NEGATIVES_SEED_OFFSET = 10_000  # the classifier's unguided negatives: another draw than the samples'
+_MAX_CLASSIFIER_SEED = 2**63 - 1 - _NEGATIVES_SEED_OFFSET
+
+
 def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0, num_steps: int = 50,
                scheduler: str = "ddim", guidance: Any = None, classifier_scale: float = 10.0,
                classifier_steps: int = 400, finetune_steps: int = 100, finetune_lr: float = 5e-4,
@@ -170,6 +174,9 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     if n < 2:
         raise ValueError(f"n must be {valid_n}; got {n}")
     check_seed(seed)
+    if method == "classifier" and seed > _MAX_CLASSIFIER_SEED:  # its negatives are drawn with seed + 10_000
+        raise ValueError(f"seed must be an integer in [0, {_MAX_CLASSIFIER_SEED}] for method='classifier' (its "
+                         f"unguided negatives are drawn with seed + {_NEGATIVES_SEED_OFFSET}); got {seed}")
     if guidance is not None and method != "mmd":
         raise ValueError(f"guidance is used only by method='mmd'; got method={method!r} with guidance "
                          f"{type(guidance).__name__} (drop it, or use method='mmd')")
@@ -204,7 +211,7 @@ def run_method(task: AdaptationTask, method: str, *, n: int = 64, seed: int = 0,
     elif method == "classifier":
         t0 = time.perf_counter()
         base = sample(denoiser, max(len(task.references), 64), task.shape, scheduler=scheduler,
-                      num_steps=num_steps, seed=10_000 + seed, eta=eta).samples
+                      num_steps=num_steps, seed=_NEGATIVES_SEED_OFFSET + seed, eta=eta).samples
         clf, _ = train_classifier(task.references, base, steps=classifier_steps, batch_size=128, seed=seed)
         hook = ClassifierGuidance(clf, scale=classifier_scale, variance="beta")
         setup = time.perf_counter() - t0
