@@ -156,8 +156,10 @@ def median_bandwidth(x: Tensor, y: Tensor | None = None, max_points: int = 100) 
         z = z.detach().reshape(z.shape[0], -1)
         if z.shape[0] <= max_points:
             return z
-        idx = torch.linspace(0, z.shape[0] - 1, max_points, device=z.device).long()
-        return z[idx]
+        # float32 on the CPU whatever torch's default dtype or device: .long() truncates, and a
+        # float64 (or another device's) linspace rounds some spacings to the next point
+        idx = torch.linspace(0, z.shape[0] - 1, max_points, dtype=torch.float32, device="cpu").long()
+        return z[idx.to(z.device)]
 
     pooled = thin(x) if y is None else torch.cat([thin(x).to(work_dtype(x, y)), thin(y).to(work_dtype(x, y))])
     pooled = pooled.to(work_dtype(pooled))  # finite: check_points refused NaN/Inf above

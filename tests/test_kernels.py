@@ -601,3 +601,21 @@ def test_product_kernel_takes_prompts_of_another_dtype_in_the_points_dtype(name)
     got = PolynomialKernel().grad_weighted(x, y, w.double())  # float64 weights on their own, too
     assert got.dtype == torch.float32
     assert rel_err(got.double(), PolynomialKernel().grad_weighted(x.double(), y.double(), w.double())) < 1e-5
+
+
+def test_median_bandwidth_picks_the_same_points_under_any_default_dtype():
+    """The thinned points came from linspace(...).long() in torch's default dtype: after
+    torch.set_default_dtype(torch.float64) a float64 linspace rounded some spacings the other way
+    (111 points: the 55th pick row 60 instead of 59; 118: three picks), so the same sets got
+    another bandwidth (2.090 instead of 2.080 here)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(111, 3, generator=g).double(), torch.randn(118, 3, generator=g).double()
+    want = median_bandwidth(x, y)
+    thinned = [z[torch.linspace(0, len(z) - 1, 100, dtype=torch.float32).long()] for z in (x, y)]
+    assert want == median_bandwidth(*thinned)  # oracle: the float32 CPU spacing, thinned by hand
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert median_bandwidth(x, y) == want
+    finally:
+        torch.set_default_dtype(default)
