@@ -87,7 +87,7 @@ def train_classifier(references: Tensor, base_samples: Tensor, scheduler: Any = 
         x0 = torch.cat([refs[torch.randint(0, len(refs), (half,), generator=gen)],
                         base[torch.randint(0, len(base), (half,), generator=gen)]])  # (2h, D)
         t = torch.randint(0, n_train, (2 * half,), generator=gen)  # (2h,)
-        x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), t)  # (2h, D)
+        x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=gen, dtype=torch.float32), t)  # (2h, D)
         return nn.functional.binary_cross_entropy_with_logits(model(x_t, t), labels)
 
     return model, fit(model, loss_step, steps, lr, progress=progress, desc="classifier")
@@ -120,7 +120,7 @@ def classifier_accuracy(classifier: NoisyClassifier, references: Tensor, base_sa
     accs = []
     for x, label in ((refs.float(), 1.0), (base.float(), 0.0)):
         tt = torch.full((len(x),), t, dtype=torch.long)
-        x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen), tt)
+        x_t = sched.add_noise(x, torch.randn(x.shape, generator=gen, dtype=torch.float32), tt)
         accs.append(float(((classifier(x_t, tt) > 0).float() == label).float().mean()))
     return sum(accs) / 2
 

@@ -51,7 +51,8 @@ def _batch_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tenso
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal embedding (B, dim) of timesteps t (B,), as in DDPM / Transformers."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (half,)
+    # float32 whatever torch's default dtype: a float64 default changed every embedding's rounding
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]  # (B, half)
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
     return nn.functional.pad(emb, (0, dim - 2 * half))  # (B, dim)

@@ -442,11 +442,11 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     _check_eta(eta, sched)
     if per_sample_seed:  # one stream per sample: x_T, then the steps' noise (a list for diffusers)
         gen: Any = sample_generators(seed, range(first_index, first_index + n))
-        x_T = torch.cat([torch.randn((1, *shape), generator=g) for g in gen]).to(device, dtype)
+        x_T = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gen]).to(device, dtype)
     else:
         gen = generator if generator is not None else make_generator(seed, device)
         # drawn in float32 and cast, as the per-sample path above: torch draws other numbers in float64
-        x_T = torch.randn((n, *shape), generator=gen, device=gen.device).to(device, dtype)  # (n, *S)
+        x_T = torch.randn((n, *shape), generator=gen, device=gen.device, dtype=torch.float32).to(device, dtype)
     x_T = x_T * getattr(sched, "init_noise_sigma", 1.0)
 
     if guidance is not None and hasattr(guidance, "reset"):

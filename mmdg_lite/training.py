@@ -80,13 +80,14 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
     def loss_step() -> Tensor:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)  # (B,)
         t = torch.randint(0, n_train, (batch_size,), generator=gen)  # (B,)
-        noise = torch.randn((batch_size, *data.shape[1:]), generator=gen).to(device, data.dtype)  # (B, *S)
+        noise = torch.randn((batch_size, *data.shape[1:]), generator=gen,
+                            dtype=torch.float32).to(device, data.dtype)  # (B, *S)
         x0 = data[idx.to(device)]  # (B, *S)
         x_t = scheduler.add_noise(x0, noise, t.to(device))  # (B, *S)
         if cond is None:
             pred = model(x_t, t.to(device))
         else:
-            drop = (torch.rand(batch_size, generator=gen) < cond_dropout).to(device)  # (B,)
+            drop = (torch.rand(batch_size, generator=gen, dtype=torch.float32) < cond_dropout).to(device)  # (B,)
             pred = model(x_t, t.to(device), cond[idx.to(device)], drop_cond=drop)
         return nn.functional.mse_loss(pred, noise)
 

@@ -216,3 +216,26 @@ def test_train_recipes_refuse_unknown_overrides(trainer, monkeypatch):
     monkeypatch.setattr(models, "train_denoiser", no_training)
     with pytest.raises(TypeError, match=r"unknown recipe key\(s\) \['step'\]; valid: .*'steps'"):
         getattr(models, trainer)(progress=False, step=100)
+
+
+def test_seeded_draws_do_not_depend_on_the_default_dtype():
+    """GaussianMixture.sample, random_mixture and PromptWorld.sample drew their noise in torch's
+    default dtype: after torch.set_default_dtype(torch.float64) the same seeds gave other points
+    (references 0.45 apart) and other random means."""
+    from mmdg_lite.toys import toy_world
+
+    world = toy_world()  # built in the default dtype: only the draws are compared
+
+    def draws():
+        return (draw_references(circle_mixture(), 20, seed=1), random_mixture(3, 50, seed=0).means,
+                world.sample(["cat", "dog", "car"] * 2, 4)[0])
+
+    before = torch.get_default_dtype()
+    want = draws()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = draws()
+    finally:
+        torch.set_default_dtype(before)
+    for a, b in zip(want, got):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)

@@ -550,3 +550,26 @@ def test_train_denoiser_with_dropout_same_seed_same_losses_and_global_rng_untouc
         assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream did not move
         runs.append(losses)
     assert runs[0] == runs[1]
+
+
+def test_train_denoiser_same_losses_under_a_float64_default_dtype():
+    """Training noise and condition dropout were drawn (and MLPDenoiser's time embedding computed)
+    in torch's default dtype: after torch.set_default_dtype(torch.float64) a float32 model trained
+    by the same seed saw other noise."""
+    from mmdg_lite.seeding import own_rng
+
+    g = torch.Generator().manual_seed(0)
+    data, cond = torch.randn(40, 2, generator=g), torch.randn(40, 3, generator=g)
+    with own_rng(0):
+        init = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3).state_dict()
+    runs, before = [], torch.get_default_dtype()
+    for dtype in (before, torch.float64):
+        model = MLPDenoiser(2, hidden=8, layers=1, cond_dim=3).float()
+        model.load_state_dict(init)
+        torch.set_default_dtype(dtype)
+        try:
+            runs.append(train_denoiser(model, data, steps=3, batch_size=8, cond=cond, cond_dropout=0.5,
+                                       progress=False))
+        finally:
+            torch.set_default_dtype(before)
+    assert runs[0] == runs[1]

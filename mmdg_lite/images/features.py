@@ -214,7 +214,7 @@ def train_feature_net(progress: bool = True, **overrides: Any) -> tuple[FeatureN
 
     def loss_step() -> Tensor:
         di = torch.randint(0, len(digits), (b,), generator=gen)  # (b,)
-        thick = torch.rand(b, generator=gen) < 0.5  # (b,)
+        thick = torch.rand(b, generator=gen, dtype=torch.float32) < 0.5  # (b,)
         xd = digits.images[di].clone()  # (b, 1, 16, 16)
         xd[thick] = thicken(xd[thick])
         si = torch.randint(0, len(shapes), (b,), generator=gen)

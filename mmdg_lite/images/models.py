@@ -166,7 +166,7 @@ def train_shapes_vae(progress: bool = True, **overrides: Any) -> tuple[Any, list
     def loss_step() -> Tensor:
         x = data[torch.randint(0, data.shape[0], (recipe["batch_size"],), generator=gen)]  # (B, 3, 32, 32)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 8, 8, 8)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen, dtype=torch.float32)  # (B, 8, 8, 8)
         rec = vae.decode(z).sample
         kl = 0.5 * (post.mean.pow(2) + post.var - 1 - post.logvar).mean()
         return torch.nn.functional.mse_loss(rec, x) + recipe["kl_weight"] * kl

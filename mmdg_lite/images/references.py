@@ -375,8 +375,8 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
     with torch.no_grad():
         for chunk in images.split(batch_size):
             dist = vae.encode(chunk.to(device)).latent_dist
-            z = dist.mean if not sample else dist.mean + dist.std * torch.randn(
-                dist.mean.shape, generator=generator).to(device, dist.mean.dtype)  # the VAE's dtype, as the mean
+            z = dist.mean if not sample else dist.mean + dist.std * torch.randn(  # in the VAE's dtype, as the mean
+                dist.mean.shape, generator=generator, dtype=torch.float32).to(device, dist.mean.dtype)
             mean, scale = _latent_map(vae, z)
             out.append((z - mean) * scale)  # the one and only application of the scaling factor
     return torch.cat(out)

@@ -74,7 +74,7 @@ class GaussianMixture:
         labels = torch.multinomial(self.weights.cpu().double(), n, replacement=True, generator=gen)
         # drawn in float32 and cast: torch draws other numbers in float64, and float64 means (numpy's
         # default) must give the same points as float32 ones
-        noise = torch.randn(n, self.dim, generator=gen).to(self.means.dtype)  # (n, D)
+        noise = torch.randn(n, self.dim, generator=gen, dtype=torch.float32).to(self.means.dtype)  # (n, D)
         x = self.means.cpu()[labels] + self.std * noise  # (n, D)
         return x.to(self.means.device), labels.to(self.means.device)
 
@@ -120,7 +120,7 @@ def random_mixture(n_modes: int = 8, dim: int = 100, seed: int = 0, mean_scale: 
     sep = 10 * std if min_separation is None else check_positive(min_separation, "min_separation")
     gen = make_generator(seed)
     for _ in range(100):
-        means = mean_scale * torch.randn(n_modes, dim, generator=gen)  # (K, D)
+        means = mean_scale * torch.randn(n_modes, dim, generator=gen, dtype=torch.float32)  # (K, D)
         d = torch.cdist(means, means) + torch.eye(n_modes) * 1e9  # (K, K)
         if n_modes == 1 or float(d.min()) >= sep:
             return GaussianMixture(means, torch.ones(n_modes), std)

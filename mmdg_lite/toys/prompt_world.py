@@ -95,7 +95,7 @@ class PromptWorld:
             if len(styles) != len(cat):
                 raise ValueError(f"styles has {len(styles)} entries but prompts has {len(cat)}")
             sty = self.style_index(styles)
-        x = self.means[cat, sty] + self.std * torch.randn(len(cat), 2, generator=gen)  # (n, 2)
+        x = self.means[cat, sty] + self.std * torch.randn(len(cat), 2, generator=gen, dtype=torch.float32)  # (n, 2)
         return x, sty
 
     def references(self, pairing: Mapping[str, str], n_per_category: int = 50,
