@@ -239,3 +239,17 @@ def test_seeded_draws_do_not_depend_on_the_default_dtype():
         torch.set_default_dtype(before)
     for a, b in zip(want, got):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_dirichlet_mixture_under_a_float64_default_dtype():
+    """dirichlet_mixture filled float32 Dirichlet weights into torch.zeros(K) of the default dtype:
+    after torch.set_default_dtype(torch.float64) it (and make_task('ring2d_dirichlet')) raised
+    torch's 'Index put requires the source and destination dtypes match'."""
+    want = dirichlet_mixture(circle_mixture(), seed=3).weights
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = dirichlet_mixture(circle_mixture(), seed=3).weights
+    finally:
+        torch.set_default_dtype(before)
+    assert torch.equal(got.float(), want) and (want > 0).sum() == 2

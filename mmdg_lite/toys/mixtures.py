@@ -179,7 +179,7 @@ def dirichlet_mixture(mixture: GaussianMixture, n_active: int = 2,
         raise ValueError(f"{valid}; got {alpha!r}")
     rng = np.random.default_rng(check_seed(seed))
     modes = rng.choice(mixture.n_modes, size=n_active, replace=False)
-    w = torch.zeros(mixture.n_modes)
+    w = torch.zeros(mixture.n_modes, dtype=torch.float32)  # a float64 default dtype failed in the assignment
     w[torch.as_tensor(modes)] = torch.as_tensor(rng.dirichlet(a), dtype=torch.float32)
     return mixture.with_weights(w)
 
