@@ -240,3 +240,19 @@ def test_unet_denoiser_refuses_conditional_unets_and_vaes_up_front():
         def forward(self, *args, **kwargs):
             return plain(*args, **kwargs)
     assert torch.equal(UNetDenoiser(Wrapped())(x, 3), plain(x, torch.tensor([3])).sample)
+
+
+def test_shipped_image_models_load_in_float32_under_a_float64_default_dtype():
+    """Under torch.set_default_dtype(torch.float64) the loaders built float64 models, so
+    run_method / sample (dtype float32) refused them: 'the denoiser's parameters are torch.float64'."""
+    from mmdg_lite.images.models import load_shapes_unet, load_shapes_vae
+
+    loaders = (load_digits_unet, load_shapes_vae, load_shapes_unet, load_feature_net)
+    want = [next(f().parameters()) for f in loaders]
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = [next(f().parameters()) for f in loaders]
+    finally:
+        torch.set_default_dtype(before)
+    assert all(g.dtype == torch.float32 and torch.equal(g, w) for g, w in zip(got, want))

@@ -102,7 +102,7 @@ def load_feature_net(folder: Path | str | None = None) -> FeatureNet:
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"no feature network at {folder}; build it with scripts/train_feature_net.py")
     with own_rng():  # the init's draws are overwritten; the caller's global RNG must not move
-        net = FeatureNet(**json.loads((folder / "config.json").read_text()))
+        net = FeatureNet(**json.loads((folder / "config.json").read_text())).float()  # whatever the default dtype
     net.load_state_dict(load_file(folder / "model.safetensors"))
     return net.eval().requires_grad_(False)
 

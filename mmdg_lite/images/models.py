@@ -86,8 +86,9 @@ def _load(cls_name: str, folder: Path | str | None, default: Path) -> Any:
                                 f"scripts/train_{default.name}.py")
     # strict: weights that do not match the config (another model's folder, a truncated file) raise
     # ArtifactError instead of diffusers' warning and randomly initialised tensors
+    # float32 whatever torch's default dtype: a float64 default loaded float64 models that sample() refused
     model = from_pretrained(getattr(diffusers, cls_name), folder, hint=f"scripts/train_{default.name}.py rebuilds it",
-                            low_cpu_mem_usage=False)
+                            low_cpu_mem_usage=False, torch_dtype=torch.float32)
     return model.eval().requires_grad_(False)
 
 
