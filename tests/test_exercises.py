@@ -49,6 +49,19 @@ def _src(cell: dict) -> str:
     return "".join(cell["source"])
 
 
+def _nb04_answer_and_world(k: int) -> tuple:
+    """Notebook 04's instructor answer k (whitespace joined), its conditional toy model and world, the
+    world's encoder, and Section 2's references (50 per category, seed 0) with their prompts."""
+    from mmdg_lite.toys import PAIRED_STYLES, load_or_train_cond_2d
+
+    nb = _nb(ROOT / "notebooks" / "04_prompt_aware.ipynb")
+    answer = next(" ".join(_src(c).split()) for c in nb["cells"]
+                  if MSN.ANSWER in MSN.tags(c) and f"Answer {k}" in _src(c))
+    model, world = load_or_train_cond_2d()
+    refs, ref_prompts = world.references(PAIRED_STYLES, n_per_category=50, seed=0)
+    return answer, model, world, world.encoder(), refs, ref_prompts
+
+
 def _notebook_of(exercise: str) -> Path:
     number = exercise.split(".")[0][2:]
     matches = [p for p in NOTEBOOKS if p.name.startswith(number + "_")]
@@ -397,14 +410,9 @@ def test_notebook04_answer_on_a_wide_sample_kernel_names_the_method_that_loses_m
 
     from mmdg_lite import GaussianKernel, MMDGuidance, median_bandwidth
     from mmdg_lite.prompts import prompt_aware_guidance, sample_with_prompts
-    from mmdg_lite.toys import PAIRED_STYLES, load_or_train_cond_2d
+    from mmdg_lite.toys import PAIRED_STYLES
 
-    nb = _nb(ROOT / "notebooks" / "04_prompt_aware.ipynb")
-    answer = next(" ".join(_src(c).split()) for c in nb["cells"]
-                  if MSN.ANSWER in MSN.tags(c) and "Answer 3" in _src(c))
-    model, world = load_or_train_cond_2d()
-    enc = world.encoder()
-    refs, ref_prompts = world.references(PAIRED_STYLES, n_per_category=50, seed=0)
+    answer, model, world, enc, refs, ref_prompts = _nb04_answer_and_world(3)
     prompts = [c for c in world.categories for _ in range(100)]
 
     def paired(method: str, kernel) -> float:  # Section 2's samplers: plain at c = 1, Eq. 11 at c = 3
@@ -435,14 +443,9 @@ def test_notebook04_answer_on_a_cats_only_batch_matches_its_runs():
 
     from mmdg_lite import GaussianKernel, MMDGuidance
     from mmdg_lite.prompts import prompt_aware_guidance, sample_with_prompts
-    from mmdg_lite.toys import PAIRED_STYLES, load_or_train_cond_2d
+    from mmdg_lite.toys import PAIRED_STYLES
 
-    nb = _nb(ROOT / "notebooks" / "04_prompt_aware.ipynb")
-    answer = next(" ".join(_src(c).split()) for c in nb["cells"]
-                  if MSN.ANSWER in MSN.tags(c) and "Answer 1" in _src(c))
-    model, world = load_or_train_cond_2d()
-    enc = world.encoder()
-    refs, ref_prompts = world.references(PAIRED_STYLES, n_per_category=50, seed=0)
+    answer, model, world, enc, refs, ref_prompts = _nb04_answer_and_world(1)
     cats, kz = ["cat"] * 100, GaussianKernel(0.75)
     common = dict(kernel=kz, normalization="none", stop=1.0)
     guides = {"plain": MMDGuidance(refs, strength=1.0, **common),
