@@ -765,3 +765,37 @@ def test_gradient_of_float32_points_against_float64_references_and_prompts(weigh
     got = G.gradient(z, p)
     assert got.dtype == torch.float64
     assert torch.allclose(got, G.gradient(z.double(), p.double()), rtol=1e-12, atol=0)
+
+
+def test_a_step_index_outside_the_run_is_refused_not_silently_unguided():
+    # a hand loop's step_index past num_steps - 1 (a counter carried over from a previous run) or below 0
+    # sat outside the window [start, stop): the step returned x_prev unguided, silently
+    state = make_state(num_steps=10)
+    assert not torch.equal(MMDGuidance(refs(), stop=1.0)(state), state.x_prev)  # step 5 of 10: guided
+    for bad in (10, 15, -1):
+        G = MMDGuidance(refs(), stop=1.0, track=True)
+        with pytest.raises(ValueError, match=f"step_index must be .*got {bad}"):
+            G(SimpleNamespace(**{**vars(state), "step_index": bad}))
+        assert G.history == []
+
+
+def test_step_state_fields_of_the_wrong_shape_or_range_are_named():
+    # x0_hat read eps (3, D) for (6, D) points reshaped as (6, D/2) and broadcast, silently; a (B,) t failed
+    # in float(state.t) (track) or int(state.t) (x0_hat_backprop) with torch's 'only one element tensors';
+    # input_scale_prev 0 raised a bare ZeroDivisionError, -1 flipped the step silently; x_t of another
+    # batch and alpha_bar_prev None failed in bare torch / Python errors, NaN disabled the blow-up check
+    state = make_state(D=4)
+    cases = [("x0_hat", "eps", state.eps[:3], r"state\.eps must be a tensor of x_prev's shape \(6, 4\)"),
+             ("x0_hat", "eps", None, r"state\.eps must be .*got NoneType"),
+             ("x_t", "x_t", state.x_t[:3], r"state\.x_t must be a tensor of x_prev's shape \(6, 4\).*\(3, 4\)"),
+             ("x_t", "t", torch.full((6,), 500), r"state\.t must be .*one-element tensor.*shape \(6,\)"),
+             ("x0_hat", "input_scale_prev", 0.0, r"input_scale_prev must be a finite number > 0.*got 0\.0"),
+             ("x_prev", "input_scale_prev", -1.0, r"input_scale_prev must be a finite number > 0.*got -1\.0"),
+             ("x_t", "alpha_bar_prev", None, r"alpha_bar_prev must be a number in \[0, 1\].*got None"),
+             ("x_t", "alpha_bar_prev", float("nan"), r"alpha_bar_prev must be a number in \[0, 1\].*got nan")]
+    for eval_point, field, value, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            MMDGuidance(refs(D=4), eval_point=eval_point, track=True)(SimpleNamespace(**{**vars(state), field: value}))
+    # one-element tensors (a scheduler's entries) still read as numbers: the same step
+    ok = SimpleNamespace(**{**vars(state), "t": torch.tensor(500), "alpha_bar_prev": torch.tensor(state.alpha_bar_prev)})
+    assert torch.equal(MMDGuidance(refs(D=4))(ok), MMDGuidance(refs(D=4))(state))

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import all_finite, check_bool, check_choice, check_int, check_pair, check_points
+from .._validation import (all_finite, check_bool, check_choice, check_int, check_pair, check_points,
+                           is_real_number)
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
                        checked_resolve, median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
@@ -114,6 +115,41 @@ def _displacement(kernel: Kernel | ProductKernel) -> float:
             return sum(b * b for b in kernel.bandwidths)
         return 1.0 / sum(b**-2 for b in kernel.bandwidths)
     return 1.0
+
+
+def _check_state(state: Any, eval_point: str) -> None:
+    """Refuse a hand-built step state whose fields the hook would misread: a step_index outside
+    0..num_steps-1 fell outside the window and went unguided, silently; x_t or eps of another
+    shape than x_prev was reshaped into it (eps (3, 2) for (6, 2) points broadcast as (6, 1)); a
+    (B,) t, an input_scale_prev <= 0 or an alpha_bar_prev outside [0, 1] failed in bare torch or
+    Python errors, or scaled the step silently."""
+    num_steps = check_int(state.num_steps, "state.num_steps", 1)
+    step = check_int(state.step_index, "state.step_index", 0)
+    if step >= num_steps:
+        raise ValueError(f"state.step_index must be from 0 to num_steps - 1 = {num_steps - 1} (the step's position in "
+                         f"this run); got {step}")
+    t = state.t
+    if not (is_real_number(t) or (isinstance(t, Tensor) and t.numel() == 1)):
+        got = f"tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"state.t must be the step's diffusers timestep, a number or a one-element tensor (int(t) "
+                        f"for the loop's t); got {got}")
+    shape = tuple(state.x_prev.shape)
+    for name in ("x_t", "eps") if eval_point == "x0_hat" else ("x_t",):
+        value = getattr(state, name, None)
+        if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"state.{name} must be a tensor of x_prev's shape {shape}" + (
+                " (the noise prediction eval_point='x0_hat' reads)" if name == "eps" else "") + f"; got {got}")
+    c_prev = getattr(state, "input_scale_prev", 1.0)
+    c_prev = float(c_prev) if isinstance(c_prev, Tensor) and c_prev.numel() == 1 else c_prev
+    if not is_real_number(c_prev) or not (math.isfinite(c_prev) and c_prev > 0):
+        raise ValueError(f"state.input_scale_prev must be a finite number > 0 (scale_model_input's factor at the "
+                         f"next step; 1 for DDPM-normalised latents); got {c_prev!r:.60}")
+    ab_prev = getattr(state, "alpha_bar_prev", 1.0)
+    ab_prev = float(ab_prev) if isinstance(ab_prev, Tensor) and ab_prev.numel() == 1 else ab_prev
+    if not is_real_number(ab_prev) or not 0.0 <= ab_prev <= 1.0:
+        raise ValueError(f"state.alpha_bar_prev must be a number in [0, 1] (alphas_cumprod of the next timestep, or "
+                         f"the scheduler's final value at the last step); got {ab_prev!r:.60}")
 
 
 def _holds_strings(value: Any) -> bool:
@@ -325,6 +361,7 @@ class MMDGuidance:
     def __call__(self, state: Any) -> Tensor:
         """The corrected x_{t-1} for the sampler's step ``state`` (a StepState)."""
         self.reference_set.check_samples(state.x_prev, "the sampler's samples")
+        _check_state(state, self.eval_point)
         if self.sequential:
             self._check_remembered(state.step_index)
         if self._window_checked_for != state.num_steps:  # a window with no step would guide nothing
