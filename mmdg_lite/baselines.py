@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int,
-                          check_nonnegative, check_pair, check_points, check_positive)
+                          check_nonnegative, check_pair, check_points, check_positive, is_real_number)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
 from .sampling import check_input_scales
 from .seeding import make_generator
@@ -185,6 +186,7 @@ class ClassifierGuidance:
     def __call__(self, state: Any) -> Tensor:
         if self.scale == 0:
             return state.x_prev
+        _check_step(state)
         check_input_scales(state)  # a sigma-scaled (Euler) state without its factors: unit-scale data assumed
         self.check_noise_level(state)  # the noise schedule the classifier was trained at
         # sigma-scaled latents (Euler: x_t = x_0 + sigma eps) are DDPM-normalised by c_in, as the denoiser
@@ -194,6 +196,33 @@ class ClassifierGuidance:
         var = self.step_variance(state.alpha_bar_t, state.alpha_bar_prev)
         g = self.gradient(c_in * state.x_t, state.t)  # (B, *S), w.r.t. the normalised x_t
         return state.x_prev + (self.scale * var / c_prev) * g.to(state.x_prev.dtype)
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor (a scheduler's entry) as a float; anything else as it is."""
+    return float(value) if isinstance(value, Tensor) and value.numel() == 1 else value
+
+
+def _check_step(state: Any) -> None:
+    """Refuse a hand-built state ClassifierGuidance would misread: a (B,) t or x_t of another shape failed
+    in bare torch errors; alpha_bar_prev of 0, None or below alpha_bar_t (the two swapped) and
+    input_scale(_prev) <= 0 divided by zero, or gave a negative Sigma_t, a push away from the references."""
+    t = state.t
+    if not (is_real_number(t) or (isinstance(t, Tensor) and t.numel() == 1)):
+        got = f"tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"state.t must be the step's diffusers timestep, a number or a one-element tensor; got {got}")
+    if not isinstance(state.x_t, Tensor) or state.x_t.shape != state.x_prev.shape:
+        got = tuple(state.x_t.shape) if isinstance(state.x_t, Tensor) else type(state.x_t).__name__
+        raise ValueError(f"state.x_t must be a tensor of x_prev's shape {tuple(state.x_prev.shape)}; got {got}")
+    for name in ("input_scale", "input_scale_prev"):
+        c = _scalar(getattr(state, name, 1.0))
+        if not is_real_number(c) or not (math.isfinite(c) and c > 0):
+            raise ValueError(f"state.{name} must be a finite number > 0 (scale_model_input's factor; 1 for "
+                             f"DDPM-normalised latents); got {c!r:.60}")
+    ab, ab_prev = _scalar(state.alpha_bar_t), _scalar(state.alpha_bar_prev)
+    if not (is_real_number(ab) and is_real_number(ab_prev) and 0.0 <= ab < 1.0 and ab <= ab_prev <= 1.0):
+        raise ValueError(f"ClassifierGuidance needs 0 <= alpha_bar_t < 1 and alpha_bar_t <= alpha_bar_prev <= 1 (the "
+                         f"noise level falls by the step); got alpha_bar_t={ab!r:.40}, alpha_bar_prev={ab_prev!r:.40}")
 
 
 class ResidualDenoiser(nn.Module):

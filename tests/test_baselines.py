@@ -373,3 +373,29 @@ def test_train_classifier_treats_sets_with_a_graph_as_plain_values():
     _, losses = train_classifier(refs, base, steps=3, batch_size=8)
     _, plain = train_classifier(refs.detach(), base, steps=3, batch_size=8)
     assert losses == plain and encoder.weight.grad is None
+
+
+def test_classifier_guidance_names_a_hand_built_state_it_would_misread():
+    # alpha_bar_t and alpha_bar_prev swapped gave a negative Sigma_t, a step pushing *away* from the classifier's
+    # class, silently; alpha_bar_prev 0 or input_scale_prev 0 raised a bare ZeroDivisionError, input_scale -1
+    # flipped x_t silently, a (B,) t and x_t of another batch failed in torch's own errors
+    import dataclasses
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    state = _state(x, 400, 0.3, 0.35)
+    hook = ClassifierGuidance(_classifier(), scale=2.0)
+    pulled = hook(state) - state.x_prev
+    swapped = dataclasses.replace(state, alpha_bar_t=0.35, alpha_bar_prev=0.3)
+    cases = [(swapped, r"alpha_bar_t <= alpha_bar_prev.*alpha_bar_t=0\.35, alpha_bar_prev=0\.3"),
+             (dataclasses.replace(state, alpha_bar_prev=0.0), r"alpha_bar_prev=0\.0"),
+             (dataclasses.replace(state, input_scale_prev=0.0), r"state\.input_scale_prev must be .*> 0.*got 0\.0"),
+             (dataclasses.replace(state, input_scale=-1.0), r"state\.input_scale must be .*> 0.*got -1\.0"),
+             (dataclasses.replace(state, t=torch.full((4,), 400)), r"state\.t must be .*shape \(4,\)"),
+             (dataclasses.replace(state, x_t=x[:2]), r"state\.x_t must be a tensor of x_prev's shape \(4, 3\)")]
+    for bad, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            hook(bad)
+    # a scheduler's one-element tensors still read as numbers: the same step, along the classifier's gradient
+    tensors = dataclasses.replace(state, t=torch.tensor(400), alpha_bar_t=torch.tensor(0.3),
+                                  alpha_bar_prev=torch.tensor(0.35))
+    assert torch.equal(hook(tensors) - state.x_prev, pulled)
+    assert float((pulled * hook.gradient(x, 400)).sum()) > 0
