@@ -799,3 +799,17 @@ def test_step_state_fields_of_the_wrong_shape_or_range_are_named():
     # one-element tensors (a scheduler's entries) still read as numbers: the same step
     ok = SimpleNamespace(**{**vars(state), "t": torch.tensor(500), "alpha_bar_prev": torch.tensor(state.alpha_bar_prev)})
     assert torch.equal(MMDGuidance(refs(D=4))(ok), MMDGuidance(refs(D=4))(state))
+
+
+def test_remember_refuses_finished_samples_the_memory_cannot_hold():
+    # a hand loop's remember(x0) took samples of another size (a bare torch.cat error at the next remember or
+    # step), a list (a bare AttributeError) and NaN (every later step NaN, blamed on the strength)
+    G = MMDGuidance(refs(), generated_set="memory")
+    for bad, message in ((torch.randn(2, 4), r"remember's x0 have per-sample shape \(4,\).*references have \(3,\)"),
+                         ([[0.0, 1.0, 2.0]], r"an \(n, \*S\) tensor with n >= 1; got list"),
+                         (torch.tensor([[0.0, float("nan"), 1.0]]), "hold NaN/Inf")):
+        with pytest.raises(ValueError, match=message):
+            G.remember(bad)
+        assert G.memory is None
+    G.remember(torch.ones(2, 3))  # finished samples of the references' shape are kept as they are
+    assert torch.equal(G.memory, torch.ones(2, 3))

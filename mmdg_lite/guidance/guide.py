@@ -344,6 +344,7 @@ class MMDGuidance:
         """Memory mode: append finished samples (the sampler calls this after each chunk). A
         prompt-aware memory pairs them with ``prompts`` (n, P), by default those of the chunk just
         guided; samples without them (a memory seeded before any step) are refused."""
+        self._check_finished(x0)
         rp = self.reference_set.prompts
         if rp is None and prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
@@ -356,6 +357,19 @@ class MMDGuidance:
                                  f"per row of x0; got {got} (without prompts=, those of the chunk just guided)")
         self.generated.remember(x0, prompts)
         self._remembered = True
+
+    def _check_finished(self, x0: Any) -> None:
+        """remember's x0: (n, *S) (or flat (n, D)) finite samples of the references' space. One of another
+        size failed in a bare torch.cat at the next remember or step, a list in a bare AttributeError,
+        and NaN in the memory made every later step NaN, blamed on the strength."""
+        if not isinstance(x0, Tensor) or x0.ndim < 2 or len(x0) == 0:
+            got = f"shape {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
+            raise ValueError(f"remember(x0) takes the chunk's finished samples, an (n, *S) tensor with n >= 1; got {got}")
+        if x0.ndim > 2 or x0[0].numel() != self.reference_set.dim:
+            self.reference_set.check_samples(x0, "remember's x0")
+        if not all_finite(x0.detach()):
+            raise ValueError("remember(x0): the finished samples hold NaN/Inf; the memory would make every later "
+                             "step NaN")
 
     # -- the correction ----------------------------------------------------------------------------
     def __call__(self, state: Any) -> Tensor:
