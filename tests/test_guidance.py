@@ -813,3 +813,13 @@ def test_remember_refuses_finished_samples_the_memory_cannot_hold():
         assert G.memory is None
     G.remember(torch.ones(2, 3))  # finished samples of the references' shape are kept as they are
     assert torch.equal(G.memory, torch.ones(2, 3))
+
+
+def test_step_state_tensors_on_another_device_than_x_prev_are_named():
+    # x_t / eps on another device than x_prev (a CPU copy left in a GPU loop) failed in torch's own device
+    # error, naming no field; a meta tensor stands in for the other device
+    state = make_state()
+    for eval_point, field in (("x0_hat", "x_t"), ("x0_hat", "eps"), ("x_prev", "x_t")):
+        moved = SimpleNamespace(**{**vars(state), field: getattr(state, field).to("meta")})
+        with pytest.raises(ValueError, match=rf"state\.{field} is on meta but x_prev on cpu"):
+            MMDGuidance(refs(), eval_point=eval_point)(moved)

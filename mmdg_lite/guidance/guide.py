@@ -120,7 +120,8 @@ def _displacement(kernel: Kernel | ProductKernel) -> float:
 def _check_state(state: Any, eval_point: str) -> None:
     """Refuse a hand-built step state whose fields the hook would misread: a step_index outside
     0..num_steps-1 fell outside the window and went unguided, silently; x_t or eps of another
-    shape than x_prev was reshaped into it (eps (3, 2) for (6, 2) points broadcast as (6, 1)); a
+    shape than x_prev was reshaped into it (eps (3, 2) for (6, 2) points broadcast as (6, 1)), on
+    another device it failed in torch's 'Expected all tensors to be on the same device'; a
     (B,) t, an input_scale_prev <= 0 or an alpha_bar_prev outside [0, 1] failed in bare torch or
     Python errors, or scaled the step silently."""
     num_steps = check_int(state.num_steps, "state.num_steps", 1)
@@ -140,6 +141,9 @@ def _check_state(state: Any, eval_point: str) -> None:
             got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"state.{name} must be a tensor of x_prev's shape {shape}" + (
                 " (the noise prediction eval_point='x0_hat' reads)" if name == "eps" else "") + f"; got {got}")
+        if value.device != state.x_prev.device:
+            raise ValueError(f"state.{name} is on {value.device} but x_prev on {state.x_prev.device}: give the step's "
+                             "tensors on one device")
     c_prev = getattr(state, "input_scale_prev", 1.0)
     c_prev = float(c_prev) if isinstance(c_prev, Tensor) and c_prev.numel() == 1 else c_prev
     if not is_real_number(c_prev) or not (math.isfinite(c_prev) and c_prev > 0):
