@@ -510,7 +510,12 @@ def noise_level(sched: Any, timesteps: Tensor, i: int) -> tuple[float, float]:
     others (DDPM, DDIM, DPM-Solver): alpha_bar = alphas_cumprod[t] (the scheduler's final value,
     or 1, at the end) and c_in = 1; but 1/(1 + sigma^2), as its own step reads it, for one whose
     config spaces its sigmas itself (``use_karras_sigmas`` and the like: timesteps rounded from them).
+    i outside 0..len(timesteps) is refused: -1 read the last step's level (or the end's) and len + 1
+    the end's, silently, or failed in a bare IndexError.
     """
+    i = check_int(i, "i (the step's index into timesteps)", 0)
+    if i > len(timesteps):
+        raise ValueError(f"i must be from 0 to len(timesteps) = {len(timesteps)} (the run's end); got {i}")
     return _noise_levels(sched, timesteps, [i])[0]
 
 

@@ -445,3 +445,22 @@ def test_same_seed_same_samples_under_a_float64_default_dtype():
         def run():
             return sample(den, 4, 16, scheduler="ddim", num_steps=4, seed=3, per_sample_seed=pss).samples
         assert torch.equal(_under_default_dtype(torch.float64, run), run())
+
+
+def test_noise_level_refuses_a_step_index_outside_the_run():
+    # a hand loop's noise_level(sched, timesteps, i) with i = -1 read the last step's level (DDPM) or the end's
+    # (Euler), and i = len + 1 the end's (DDPM) or a bare IndexError (Euler); None / a float / a bool failed in
+    # bare TypeError / IndexError. The valid range 0..len agrees with noise_levels
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+    from mmdg_lite.sampling import noise_level, noise_levels
+    for cls in (DDPMScheduler, EulerDiscreteScheduler):
+        sched = cls(num_train_timesteps=1000)
+        sched.set_timesteps(6)
+        ts = sched.timesteps
+        assert [noise_level(sched, ts, i) for i in range(7)] == noise_levels(sched, ts)
+        for bad, err, message in ((-1, ValueError, "integer >= 0; got -1"),
+                                  (7, ValueError, r"from 0 to len\(timesteps\) = 6 .*got 7"),
+                                  (None, TypeError, "got NoneType"), (2.0, TypeError, "got float"),
+                                  (True, TypeError, "got bool")):
+            with pytest.raises(err, match=message):
+                noise_level(sched, ts, bad)
