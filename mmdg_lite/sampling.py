@@ -37,7 +37,10 @@ class StepState:
     ``input_scale`` and ``input_scale_prev`` are 1 for DDPM-normalised latents (DDPM, DDIM,
     DPM-Solver); a sigma-scaled scheduler (Euler, Euler-ancestral, Karras) must pass both,
     ``noise_level(sched, timesteps, i)`` and ``noise_level(sched, timesteps, i + 1)`` give them
-    with the two alpha_bars (MMDGuidance refuses such a state with them left at 1).
+    with the two alpha_bars. MMDGuidance refuses such a state with one of them left at 1, but with both
+    left at 1 only when its first guided step is noise-dominated (alpha_bar_t <= 1/9, where x_t's
+    RMS gives the latents away): a window starting later (start=0.5, schedule="last") is guided in
+    the wrong units, silently.
     """
 
     x_t: Tensor            # (B, *S) current noisy sample
@@ -542,7 +545,7 @@ def check_input_scales(state: Any, data_ms: float = 1.0, first: bool = True) -> 
     """Refuse a sigma-scaled step (Euler: x_t = x_0 + sigma eps) whose state lacks its
     ``input_scale`` factors: the hook then measures every distance and step in the wrong units.
     For such latents c_in = sqrt(alpha_bar) (``sampling.noise_level``), so such an input_scale with
-    input_scale_prev left at 1 before the end is inconsistent; and at the first guided step an
+    input_scale_prev left at 1 before the end is inconsistent (and the reverse); and at the first guided step an
     x_t whose RMS is 1/sqrt(alpha_bar_t) times the DDPM-normalised one looks sigma-scaled (data_ms:
     the clean data's mean square per coordinate, e.g. the references'; 1 for unit-scale data)."""
     c_in = float(getattr(state, "input_scale", 1.0))
@@ -556,6 +559,10 @@ def check_input_scales(state: Any, data_ms: float = 1.0, first: bool = True) -> 
         raise ValueError(f"state.input_scale={c_in:.4g} (sigma-scaled latents) but input_scale_prev is 1 at step "
                          f"{state.step_index}, where alpha_bar_prev={ab_prev:.4g} implies {math.sqrt(ab_prev):.4g}: "
                          + how)
+    prev_scaled = c_prev != 1.0 and abs(c_prev - math.sqrt(max(ab_prev, 0.0))) <= 0.01 * c_prev
+    if prev_scaled and c_in == 1.0 and ab < 1.0 - 1e-6:  # the same mix-up the other way round
+        raise ValueError(f"state.input_scale_prev={c_prev:.4g} (sigma-scaled latents) but input_scale is 1 at step "
+                         f"{state.step_index}, where alpha_bar_t={ab:.4g} implies {math.sqrt(max(ab, 0.0)):.4g}: " + how)
     if first and c_in == 1.0 and 0.0 < ab <= 1.0 / 9.0:
         x = float(state.x_t.detach().double().pow(2).mean().sqrt())
         expected = math.sqrt(ab * data_ms + 1.0 - ab)  # RMS of DDPM-normalised x_t at this noise level

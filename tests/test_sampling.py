@@ -464,3 +464,29 @@ def test_noise_level_refuses_a_step_index_outside_the_run():
                                   (True, TypeError, "got bool")):
             with pytest.raises(err, match=message):
                 noise_level(sched, ts, bad)
+
+
+def test_a_sigma_scaled_state_with_only_input_scale_left_at_1_is_refused():
+    # an Euler hand loop that passed input_scale_prev but left input_scale at 1 was guided in the wrong units
+    # whenever its first guided step was past alpha_bar 1/9 (start=0.5: 0.37 off the right samples), silently;
+    # the other way round (input_scale given, input_scale_prev left at 1) was already refused
+    from types import SimpleNamespace
+    from diffusers import EulerDiscreteScheduler
+    from mmdg_lite.guidance import MMDGuidance
+    from mmdg_lite.sampling import check_input_scales, noise_level
+    sched = EulerDiscreteScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(8)
+    (ab, c_in), (ab_prev, c_prev) = noise_level(sched, sched.timesteps, 4), noise_level(sched, sched.timesteps, 5)
+    assert ab > 1 / 9  # past the first-step RMS test's reach
+    x_t = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) / c_in  # sigma-scaled: RMS ~1/c_in
+    state = SimpleNamespace(x_t=x_t, x_prev=0.9 * x_t, eps=torch.zeros_like(x_t), t=int(sched.timesteps[4]),
+                            step_index=4, num_steps=8, alpha_bar_t=ab, alpha_bar_prev=ab_prev, input_scale=1.0,
+                            input_scale_prev=c_prev)
+    with pytest.raises(ValueError, match=r"input_scale_prev=.*\(sigma-scaled latents\) but input_scale is 1 at step 4"):
+        check_input_scales(state)
+    with pytest.raises(ValueError, match="but input_scale is 1"):
+        MMDGuidance(torch.randn(9, 2), start=0.5)(state)
+    state.input_scale = c_in  # both given: accepted
+    check_input_scales(state)
+    state.input_scale, state.input_scale_prev = 1.0, 1.0  # DDPM-normalised (or both left at 1 here): accepted
+    check_input_scales(state)
