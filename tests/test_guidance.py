@@ -823,3 +823,12 @@ def test_step_state_tensors_on_another_device_than_x_prev_are_named():
         moved = SimpleNamespace(**{**vars(state), field: getattr(state, field).to("meta")})
         with pytest.raises(ValueError, match=rf"state\.{field} is on meta but x_prev on cpu"):
             MMDGuidance(refs(), eval_point=eval_point)(moved)
+
+
+def test_an_x_prev_that_is_not_a_tensor_is_named():
+    # a numpy x_prev (numpy 2 arrays have .device 'cpu') was refused as 'state.x_t is on cpu but x_prev on cpu',
+    # a list failed in a bare AttributeError on .shape
+    state = make_state()
+    for value in (state.x_prev.numpy(), state.x_prev.tolist()):
+        with pytest.raises(TypeError, match=rf"state\.x_prev must be a torch\.Tensor .*got {type(value).__name__}"):
+            MMDGuidance(refs())(SimpleNamespace(**{**vars(state), "x_prev": value}))

@@ -124,6 +124,9 @@ def _check_state(state: Any, eval_point: str) -> None:
     another device it failed in torch's 'Expected all tensors to be on the same device'; a
     (B,) t, an input_scale_prev <= 0 or an alpha_bar_prev outside [0, 1] failed in bare torch or
     Python errors, or scaled the step silently."""
+    if not isinstance(state.x_prev, Tensor):  # a numpy array or list failed in a bare AttributeError
+        raise TypeError(f"state.x_prev must be a torch.Tensor (the scheduler's prev_sample); got "
+                        f"{type(state.x_prev).__name__}")
     num_steps = check_int(state.num_steps, "state.num_steps", 1)
     step = check_int(state.step_index, "state.step_index", 0)
     if step >= num_steps:
@@ -378,8 +381,8 @@ class MMDGuidance:
     # -- the correction ----------------------------------------------------------------------------
     def __call__(self, state: Any) -> Tensor:
         """The corrected x_{t-1} for the sampler's step ``state`` (a StepState)."""
-        self.reference_set.check_samples(state.x_prev, "the sampler's samples")
         _check_state(state, self.eval_point)
+        self.reference_set.check_samples(state.x_prev, "the sampler's samples")
         if self.sequential:
             self._check_remembered(state.step_index)
         if self._window_checked_for != state.num_steps:  # a window with no step would guide nothing
