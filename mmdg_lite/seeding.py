@@ -43,8 +43,8 @@ def own_rng(seed: int | None = None, device: str | torch.device | None = None) -
         yield
 
 
-def check_seed(seed: Any) -> int:
-    """``seed`` as an int in [0, 2**63) (what torch generators accept), else ValueError."""
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63) (what torch generators accept), else ValueError naming ``name``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2**63); got {seed!r}")
+        raise ValueError(f"{name} must be an integer in [0, 2**63); got {seed!r}")
     return int(seed)

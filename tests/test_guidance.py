@@ -832,3 +832,11 @@ def test_an_x_prev_that_is_not_a_tensor_is_named():
     for value in (state.x_prev.numpy(), state.x_prev.tolist()):
         with pytest.raises(TypeError, match=rf"state\.x_prev must be a torch\.Tensor .*got {type(value).__name__}"):
             MMDGuidance(refs())(SimpleNamespace(**{**vars(state), "x_prev": value}))
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5])
+def test_bad_rff_seed_is_named_rff_seed(bad):
+    # check_seed named every bad seed 'seed', so MMDGuidance(rff_seed=-1) answered 'seed must be an
+    # integer ... got -1', an argument the caller never passed
+    with pytest.raises(ValueError, match=r"^rff_seed must be an integer in \[0, 2\*\*63\); got"):
+        MMDGuidance(torch.randn(8, 2), rff_seed=bad)

@@ -284,7 +284,7 @@ class MMDGuidance:
         self.sample_prompts = None
         self.prompt_kernel = None
         self.prompt_weighting = check_choice(prompt_weighting, "prompt_weighting", PROMPT_WEIGHTINGS)
-        rff_seed = check_seed(rff_seed)
+        rff_seed = check_seed(rff_seed, "rff_seed")
         if prompt_kernel is not None and not isinstance(prompt_kernel, Kernel):
             raise TypeError(f"prompt_kernel must be a mmdg_lite Kernel on prompt features, e.g. GaussianKernel(0.3); "
                             f"got {prompt_kernel!r}")
