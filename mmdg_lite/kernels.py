@@ -111,8 +111,10 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     """||x_i - y_j||^2 as (n, m), via ||x||^2 + ||y||^2 - 2 x.y clamped at 0, in ``work_dtype``.
 
     No square root is taken, so the gradient 2 (x_i - y_j) stays finite at zero distance.
-    Shapes are checked (cheaply: this runs inside the kernels); values are the caller's.
+    Shapes are checked (cheaply: this runs inside the kernels); values are the caller's. numpy
+    arrays are read as tensors, as by every other public function.
     """
+    x, y = (torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in (x, y))
     for name, v in (("x", x), ("y", y)):
         if not isinstance(v, Tensor) or v.ndim != 2:
             raise ValueError(f"{name} must be a tensor of points (n, D); got "

@@ -619,3 +619,15 @@ def test_median_bandwidth_picks_the_same_points_under_any_default_dtype():
         assert median_bandwidth(x, y) == want
     finally:
         torch.set_default_dtype(default)
+
+
+def test_pairwise_sq_dists_reads_numpy_arrays():
+    # every other public function reads numpy arrays; pairwise_sq_dists refused them as 'x must be a
+    # tensor of points (n, D); got ndarray'. Oracle: the pairwise differences summed directly
+    g = np.random.default_rng(3)
+    x, y = g.normal(size=(4, 3)), g.normal(size=(5, 3))
+    d2 = pairwise_sq_dists(x, y)
+    assert d2.dtype == torch.float64 and torch.equal(d2, pairwise_sq_dists(torch.from_numpy(x), torch.from_numpy(y)))
+    assert np.allclose(d2.numpy(), ((x[:, None] - y[None]) ** 2).sum(-1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="y has dtype torch.int64; pass a floating-point tensor"):
+        pairwise_sq_dists(x, np.ones((5, 3), dtype=np.int64))
