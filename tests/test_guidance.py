@@ -840,3 +840,16 @@ def test_bad_rff_seed_is_named_rff_seed(bad):
     # integer ... got -1', an argument the caller never passed
     with pytest.raises(ValueError, match=r"^rff_seed must be an integer in \[0, 2\*\*63\); got"):
         MMDGuidance(torch.randn(8, 2), rff_seed=bad)
+
+
+def test_reference_code_names_alpha_and_refuses_strength():
+    # reference_code(y, alpha=0.05, strength=0.01) ran at 0.01 with alpha silently ignored, and a bad alpha
+    # was named 'strength', an argument the caller had not given
+    y = torch.randn(8, 2)
+    assert MMDGuidance.reference_code(y, alpha=0.05).strength == 0.05
+    with pytest.raises(TypeError, match=r"takes the step as alpha=.*got strength=0.01 and alpha=0.05"):
+        MMDGuidance.reference_code(y, alpha=0.05, strength=0.01)
+    with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\).*got bool True"):
+        MMDGuidance.reference_code(y, alpha=True)
+    with pytest.raises(ValueError, match=r"^alpha must be a finite number in \[0, 1\).*got 2.0"):
+        MMDGuidance.reference_code(y, alpha=2.0)

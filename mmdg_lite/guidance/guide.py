@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import (all_finite, check_bool, check_choice, check_int, check_pair, check_points,
+from .._validation import (_describe, all_finite, check_bool, check_choice, check_int, check_pair, check_points,
                            is_real_number)
 from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKernel, ProductKernel,
                        checked_resolve, median_bandwidth, work_dtype)
@@ -589,7 +589,15 @@ class MMDGuidance:
     def reference_code(cls, references: Tensor, alpha: float = 0.002, **kwargs: Any) -> "MMDGuidance":
         """The public reference code's variant: cubic KID kernel on x_{t-1}, norm-matched step
         alpha * ||x|| * g / ||g||, one sample at a time against a memory of <= 99 finished ones,
-        the whole run guided."""
+        the whole run guided. The step is ``alpha`` (MMDGuidance's strength): strength= is refused."""
+        if "strength" in kwargs:  # it replaced alpha, which was then silently ignored
+            raise TypeError(f"reference_code takes the step as alpha= (MMDGuidance's strength); got "
+                            f"strength={kwargs['strength']!r}" + ("" if alpha == 0.002 else f" and alpha={alpha!r}"))
+        if alpha is None or not is_real_number(alpha):  # else named 'strength', an argument not given
+            raise TypeError(f"alpha must be a number in [0, 1), the step as a fraction of ||x||; got {_describe(alpha)}")
+        if not 0 <= float(alpha) < 1:
+            raise ValueError(f"alpha must be a finite number in [0, 1), the step as a fraction of ||x|| (0.002-0.1 in "
+                             f"practice); got {alpha!r}")
         opts: dict[str, Any] = dict(kernel=PolynomialKernel(), strength=alpha, eval_point="x_prev",
                                     normalization="norm_matched", generated_set="memory", stop=1.0)
         opts.update(kwargs)
