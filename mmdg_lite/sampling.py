@@ -266,6 +266,23 @@ def check_scheduler(sched: Any, guidance: Any) -> None:
                          f"every eval point: {', '.join(WORKING_SCHEDULERS)}")
 
 
+def _check_clip_range(sched: Any, guidance: Any) -> None:
+    """A scheduler that clips its x_0 prediction (diffusers' default ``clip_sample=True``) to a range
+    the references leave cannot land a sample on them: refused (it ran, every sample pinned inside)."""
+    config = getattr(sched, "config", None)
+    if not getattr(config, "clip_sample", False):
+        return
+    bound = float(getattr(config, "clip_sample_range", 1.0))
+    for h in guidance_hooks(guidance):
+        refs = getattr(getattr(h, "reference_set", None), "flat", None)
+        top = float(refs.detach().abs().max()) if isinstance(refs, Tensor) and refs.numel() else 0.0
+        if top > bound:
+            raise ValueError(f"the {type(sched).__name__} passed as scheduler clips its x_0 prediction to "
+                             f"[-{bound:g}, {bound:g}] (config.clip_sample=True, diffusers' default) but the "
+                             f"guidance's references reach |x| = {top:.3g}, which no sample could reach: build it "
+                             "with clip_sample=False (as make_scheduler and the named schedulers do)")
+
+
 def _repeats(sched: Any) -> bool:
     ts = getattr(sched, "timesteps", None)
     return ts is not None and len(torch.unique(torch.as_tensor(ts))) < len(ts)
@@ -437,6 +454,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     _refuse_noise_only(sched, num_steps, n_train)
     if guidance is not None:  # schedulers that undo or mis-scale the correction, repeated timesteps
         check_scheduler(sched, guidance)
+        _check_clip_range(sched, guidance)
     elif _repeats(sched) and type(sched).__name__ in WORKING_SCHEDULERS:
         _refuse_repeats(sched)
     _check_denoiser_schedule(denoiser, sched)

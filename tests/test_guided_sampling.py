@@ -339,3 +339,19 @@ def test_an_unbiased_member_of_a_chain_is_checked_before_any_step(model, refs):
     with pytest.raises(ValueError, match="n=5 with batch_size=2 leaves a last batch of 1"):
         sample(counting, 5, 2, num_steps=4, batch_size=2, guidance=chain)
     assert calls == []
+
+
+def test_sample_refuses_a_clipping_scheduler_whose_range_the_references_leave():
+    # DDPMScheduler() clips its x_0 prediction to [-1, 1] by default: guided toward references on the
+    # radius-2 ring, every sample stayed inside the box (mode rate 0 with and without guidance), silently
+    from diffusers import DDPMScheduler
+
+    den, refs = _mixture_model()  # references at radius 2
+    clipping = DDPMScheduler(num_train_timesteps=1000)
+    out = sample(den, 8, 2, scheduler=clipping, num_steps=5).samples  # unguided: allowed, and pinned inside
+    assert float(out.abs().max()) <= 1.0 + 1e-6 < float(refs.abs().max())
+    with pytest.raises(ValueError, match=r"clips its x_0 prediction to \[-1, 1\] .*references reach \|x\| = 2, .*"
+                                         r"clip_sample=False"):
+        sample(den, 8, 2, scheduler=clipping, num_steps=5, guidance=MMDGuidance(refs))
+    inside = DDPMScheduler(num_train_timesteps=1000, clip_sample_range=3.0)  # a range that holds them: runs
+    assert sample(den, 8, 2, scheduler=inside, num_steps=5, guidance=MMDGuidance(refs)).samples.shape == (8, 2)
