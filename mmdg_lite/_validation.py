@@ -208,7 +208,9 @@ def check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def check_bool(value: Any, name: str) -> bool:
-    """A real bool: 1, "yes" or None would pass an ``if`` silently."""
+    """A real bool (numpy's included, returned as bool): 1, "yes" or None would pass an ``if`` silently."""
+    if isinstance(value, np.bool_):  # np.True_ (a mask's .all(), an array element) is a bool, as np.int64 is an int
+        return bool(value)
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False; got {value!r}")
     return value

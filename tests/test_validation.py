@@ -379,3 +379,19 @@ def test_all_finite_agrees_with_isfinite_entry_by_entry(dtype):
     cases.append(inf_pair)
     for x in cases:
         assert all_finite(x) == bool(torch.isfinite(x).all()), x
+
+
+def test_numpy_bools_are_read_as_bools():
+    # check_bool refused np.True_ / np.False_ ('full must be True or False; got np.False_') while check_int
+    # reads numpy integers; they now count as the bool they are, and the same calls give the same numbers
+    from mmdg_lite._validation import check_bool
+    from mmdg_lite.guidance import MMDGuidance
+    from mmdg_lite.toys.tasks import evaluate, make_task
+
+    assert check_bool(np.True_, "flag") is True and check_bool(np.False_, "flag") is False
+    assert MMDGuidance(torch.randn(8, 2), track=np.array([1.0]).all()).track is True
+    task = make_task("ring2d_4modes", n_references=20, n_heldout=20)
+    assert evaluate(task.references, task, full=np.False_) == evaluate(task.references, task, full=False)
+    for bad in (1, "yes", None, np.int64(1)):
+        with pytest.raises(TypeError, match=r"flag must be True or False; got"):
+            check_bool(bad, "flag")
