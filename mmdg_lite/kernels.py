@@ -313,6 +313,9 @@ class MultiGaussianKernel(Kernel):
         for name, vals in (("bandwidths", self.bandwidths), ("scales", self.scales)):
             if vals is None and name == "bandwidths":  # scales=None failed in tuple(): 'NoneType' not iterable
                 continue
+            if isinstance(vals, np.ndarray) and vals.ndim == 1:  # np.geomspace(0.5, 2, 3): read as the tuple it lists
+                vals = vals.tolist()
+                object.__setattr__(self, name, vals)
             if not isinstance(vals, (tuple, list)):
                 raise TypeError(f"{name} must be a tuple of positive numbers, e.g. (0.5, 2.0); got {vals!r}")
             if len(vals) == 0:

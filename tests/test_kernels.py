@@ -631,3 +631,17 @@ def test_pairwise_sq_dists_reads_numpy_arrays():
     assert np.allclose(d2.numpy(), ((x[:, None] - y[None]) ** 2).sum(-1), rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="y has dtype torch.int64; pass a floating-point tensor"):
         pairwise_sq_dists(x, np.ones((5, 3), dtype=np.int64))
+
+
+def test_multi_gaussian_reads_a_numpy_array_of_bandwidths_or_scales():
+    # MultiGaussianKernel took a list but refused a 1-D numpy array (np.geomspace(0.5, 2, 3)) as 'bandwidths
+    # must be a tuple of positive numbers'; it is read as the tuple it lists. Oracle: the sum of Gaussians
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    k = MultiGaussianKernel(bandwidths=np.geomspace(0.5, 2.0, 3))
+    assert k == MultiGaussianKernel(bandwidths=(0.5, 1.0, 2.0)) and k.bandwidths == (0.5, 1.0, 2.0)
+    d2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    assert torch.allclose(k(x, y), sum(torch.exp(-d2 / (2 * s * s)) for s in (0.5, 1.0, 2.0)), rtol=1e-12, atol=0)
+    assert MultiGaussianKernel(scales=np.array([0.5, 2.0])).scales == (0.5, 2.0)
+    for bad in (np.ones((2, 1)), np.array([1.0, -1.0])):
+        with pytest.raises((TypeError, ValueError), match="bandwidths must be"):
+            MultiGaussianKernel(bandwidths=bad)
