@@ -253,3 +253,14 @@ def test_dirichlet_mixture_under_a_float64_default_dtype():
     finally:
         torch.set_default_dtype(before)
     assert torch.equal(got.float(), want) and (want > 0).sum() == 2
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
+def test_mixture_sample_names_a_bad_generator_as_generator(bad):
+    # GaussianMixture.sample(n, generator=-1) was refused as 'seed must be an integer ... got -1', an argument
+    # sample() does not have; the same seed given as an int or a seeded Generator still draws the same points
+    ring = circle_mixture()
+    assert torch.equal(ring.sample(5, 3)[0], ring.sample(5, make_generator(3))[0])
+    with pytest.raises(ValueError, match=r"^generator must be a torch.Generator, a seed \(an integer in \[0, 2\*\*63\)\) "
+                                         r"or None; got"):
+        ring.sample(5, bad)

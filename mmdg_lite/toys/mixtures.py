@@ -27,7 +27,11 @@ def _generator(generator: torch.Generator | int | None) -> torch.Generator:
         return make_generator(0)
     if isinstance(generator, torch.Generator):
         return generator
-    return make_generator(generator)
+    try:  # check_seed named the argument 'seed', which sample() does not have
+        return make_generator(check_seed(generator, "generator"))
+    except ValueError:
+        raise ValueError(f"generator must be a torch.Generator, a seed (an integer in [0, 2**63)) or None; "
+                         f"got {generator!r}") from None
 
 
 @dataclass
