@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import (check_autograd, check_has_values, check_int, check_layouts, check_pair, check_points,
-                          check_positive, is_real_number)
+from ._validation import (check_autograd, check_bool, check_has_values, check_int, check_layouts, check_pair,
+                          check_points, check_positive, is_real_number)
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -594,6 +594,8 @@ class ProductKernel:
         for name in ("prompt_kernel", "sample_kernel"):
             if not isinstance(getattr(self, name), Kernel):
                 raise TypeError(f"{name} must be a Kernel; got {getattr(self, name)!r}")
+        # a str such as "no" (truthy) normalised silently; numpy bools stored as bool
+        object.__setattr__(self, "normalize_prompts", check_bool(self.normalize_prompts, "normalize_prompts"))
 
     @property
     def has_closed_form(self) -> bool:

@@ -645,3 +645,16 @@ def test_multi_gaussian_reads_a_numpy_array_of_bandwidths_or_scales():
     for bad in (np.ones((2, 1)), np.array([1.0, -1.0])):
         with pytest.raises((TypeError, ValueError), match="bandwidths must be"):
             MultiGaussianKernel(bandwidths=bad)
+
+
+def test_product_kernel_checks_normalize_prompts_is_a_bool():
+    # normalize_prompts='no' (truthy) L2-normalised the prompts silently, and 0 / None switched it off
+    from mmdg_lite.kernels import ProductKernel
+    for bad in ("no", 0, None):
+        with pytest.raises(TypeError, match=r"normalize_prompts must be True or False; got"):
+            ProductKernel(GaussianKernel(0.3), GaussianKernel(1.0), normalize_prompts=bad)
+    p = torch.tensor([[3.0, 4.0], [1.0, 0.0]])  # oracle: the Gaussian of the (un)normalised rows
+    for flag, rows in ((True, p / p.norm(dim=1, keepdim=True)), (False, p)):
+        k = ProductKernel(GaussianKernel(0.3), GaussianKernel(1.0), normalize_prompts=flag)
+        d2 = ((rows[:, None] - rows[None]) ** 2).sum(-1)
+        assert torch.allclose(k.prompt_gram(p, p), torch.exp(-d2 / (2 * 0.3**2)), rtol=1e-6, atol=1e-12)
