@@ -261,6 +261,6 @@ def test_mixture_sample_names_a_bad_generator_as_generator(bad):
     # sample() does not have; the same seed given as an int or a seeded Generator still draws the same points
     ring = circle_mixture()
     assert torch.equal(ring.sample(5, 3)[0], ring.sample(5, make_generator(3))[0])
-    with pytest.raises(ValueError, match=r"^generator must be a torch.Generator, a seed \(an integer in \[0, 2\*\*63\)\) "
-                                         r"or None; got"):
+    with pytest.raises(ValueError, match=r"^generator must be a torch.Generator, a seed \(an integer in "
+                                         r"\[0, 2\*\*63\)\) or None; got"):
         ring.sample(5, bad)

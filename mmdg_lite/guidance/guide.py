@@ -594,7 +594,8 @@ class MMDGuidance:
             raise TypeError(f"reference_code takes the step as alpha= (MMDGuidance's strength); got "
                             f"strength={kwargs['strength']!r}" + ("" if alpha == 0.002 else f" and alpha={alpha!r}"))
         if alpha is None or not is_real_number(alpha):  # else named 'strength', an argument not given
-            raise TypeError(f"alpha must be a number in [0, 1), the step as a fraction of ||x||; got {_describe(alpha)}")
+            raise TypeError(f"alpha must be a number in [0, 1), the step as a fraction of ||x||; "
+                            f"got {_describe(alpha)}")
         if not 0 <= float(alpha) < 1:
             raise ValueError(f"alpha must be a finite number in [0, 1), the step as a fraction of ||x|| (0.002-0.1 in "
                              f"practice); got {alpha!r}")
