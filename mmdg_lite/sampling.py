@@ -435,11 +435,15 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     device = _check_device(device) if device is not None else _model_device(denoiser)
     _check_dtype(dtype, denoiser)
     if cond is not None:
+        if isinstance(cond, np.ndarray):  # read as a tensor, as the references are
+            cond = torch.from_numpy(cond)
         if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
             got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
             raise ValueError(f"cond must be a tensor with one row per sample, shape ({n}, C); got {got} "
                              "(for one condition for all samples use cond.expand(n, -1))")
-        cond = cond.to(device)
+        # contiguous: the model's matmul sums in an order that depends on the layout, so the same values
+        # transposed or expanded gave other last bits (a copy only for such layouts)
+        cond = cond.to(device).contiguous()
     if guidance is not None:
         check_prompt_inputs(guidance, n, first_index, cond)
 

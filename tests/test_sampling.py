@@ -490,3 +490,16 @@ def test_a_sigma_scaled_state_with_only_input_scale_left_at_1_is_refused():
     check_input_scales(state)
     state.input_scale, state.input_scale_prev = 1.0, 1.0  # DDPM-normalised (or both left at 1 here): accepted
     check_input_scales(state)
+
+
+def test_cond_gives_the_same_samples_whatever_its_layout_or_container():
+    # the same cond values transposed in memory (or expanded, as the cond error advises) gave samples 7e-8
+    # apart: the model's Linear summed in another order. A numpy cond was refused as 'cond must be a tensor'
+    import numpy as np
+    from mmdg_lite.toys import load_or_train_cond_2d
+
+    model, world = load_or_train_cond_2d()
+    c = world.encoder().encode(["cat"] * 4)  # (4, 8), contiguous
+    want = sample(model, 4, 2, num_steps=5, cond=c).samples
+    for other in (c.T.contiguous().T, c[:1].expand(4, -1), c.numpy()):
+        assert torch.equal(sample(model, 4, 2, num_steps=5, cond=other).samples, want)
