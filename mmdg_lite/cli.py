@@ -96,24 +96,32 @@ def _name(folder: Path, root: Path) -> str:
 
 def _check_sha256(folder: Path) -> tuple[str, bool]:
     """The weights' sha256 against the one training.json records, if both exist: (note, whether
-    it is a failure). Weights that differ from the recorded ones, or cannot be read, fail."""
+    it is a failure). Weights that differ from the recorded ones, or cannot be read, fail. A
+    pipeline folder records one sha256 per weights file (``{"unet/...safetensors": hex}``)."""
     info = folder / "training.json"
-    weights = next((w for w in (folder / "model.safetensors", folder / "diffusion_pytorch_model.safetensors")
-                    if w.is_file()), None)
-    if not info.is_file() or weights is None:
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not info.is_file() or not weights:
         return "", False
     try:
         record = json.loads(info.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "training.json unreadable", False
     want = record.get("sha256") if isinstance(record, dict) else None
-    if not want:
+    if isinstance(want, str):  # one weights file: model.safetensors or the diffusers name
+        want = {w.relative_to(folder).as_posix(): want for w in weights if w.parent == folder}
+    if not want or not isinstance(want, dict):
         return "no sha256 in training.json", False
-    try:
-        have = hashlib.sha256(weights.read_bytes()).hexdigest()
-    except OSError as err:
-        return f"cannot read {weights.name}: {type(err).__name__}: {err.strerror or err}", True
-    return ("sha256 ok", False) if have == want else ("sha256 MISMATCH with training.json", True)
+    have_files = {w.relative_to(folder).as_posix(): w for w in weights}
+    if set(want) != set(have_files):
+        return "weights files differ from those training.json records", True
+    for rel, expected in want.items():
+        try:
+            have = hashlib.sha256(have_files[rel].read_bytes()).hexdigest()
+        except OSError as err:
+            return f"cannot read {rel}: {type(err).__name__}: {err.strerror or err}", True
+        if have != expected:
+            return "sha256 MISMATCH with training.json", True
+    return "sha256 ok", False
 
 
 def _add_info(subparsers: argparse._SubParsersAction) -> None:

@@ -14,6 +14,7 @@ Loads with ``StableDiffusionPipeline.from_pretrained(path)``, no network.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -106,8 +107,10 @@ def build(out: Path, tiny: bool) -> dict:
                                                            steps_offset=1, **betas))
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(out, safe_serialization=True)
-    for weights in Path(out).rglob("*.safetensors"):  # safetensors writes 0600; the files are shared
+    weights_sha256 = {}
+    for weights in sorted(Path(out).rglob("*.safetensors")):  # safetensors writes 0600; the files are shared
         weights.chmod(0o644)
+        weights_sha256[weights.relative_to(out).as_posix()] = hashlib.sha256(weights.read_bytes()).hexdigest()
     # samples: each caption, DDIM 30 steps, CFG 3
     n_per, steps = (2, 2) if tiny else (16, 30)
     with torch.no_grad():
@@ -121,7 +124,7 @@ def build(out: Path, tiny: bool) -> dict:
             "train_cpu_seconds": round(secs, 1),
             "threads": torch.get_num_threads(), "final_loss_mean_last_250": round(sum(last) / len(last), 4),
             "final_pooled_caption_loss": round(caption_loss.item(), 4),
-            "torch": torch.__version__,
+            "torch": torch.__version__, "sha256": weights_sha256,
             "samples": {"per_caption": n_per, "scheduler": "ddim", "num_steps": steps, "guidance_scale": 3.0,
                         "seed": 1, "valid": round(float(det.valid.float().mean()), 4),
                         "shape_follows_caption": round(float((det.attributes["shape"] == want["shape"]).float().mean()), 4),

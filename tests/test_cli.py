@@ -288,3 +288,25 @@ def test_info_reports_unreadable_weights_as_a_failure(capsys, monkeypatch, tmp_p
     monkeypatch.setattr(cli, "shipped_models", lambda: {"m": (folder, lambda: None)})
     assert cli.main(["info"]) == 1
     assert "m  loads  (cannot read model.safetensors: PermissionError: Permission denied)" in capsys.readouterr().out
+
+
+def test_info_checks_each_weights_file_of_a_pipeline_against_its_recorded_sha256(capsys, monkeypatch, tmp_path):
+    # the SD pipeline keeps its weights in subfolders and recorded no sha256: mmdg info printed
+    # 'loads' with exit 0 for a swapped UNet file, though the README says it checks every model's
+    import hashlib
+    import shutil
+
+    name, (shipped, _) = next((n, m) for n, m in cli.shipped_models().items() if n == "sd/shapes_pipeline")
+    record = json.loads((shipped / "training.json").read_text())
+    for rel, want in record["sha256"].items():  # the record identifies the shipped files
+        assert hashlib.sha256((shipped / rel).read_bytes()).hexdigest() == want, rel
+    assert cli._check_sha256(shipped) == ("sha256 ok", False)
+    folder = tmp_path / "pipe"
+    shutil.copytree(shipped, folder)
+    monkeypatch.setattr(cli, "shipped_models", lambda: {name: (folder, lambda: None)})
+    assert cli.main(["info"]) == 0 and f"{name}  loads  (sha256 ok)" in capsys.readouterr().out
+    vae = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    vae.write_bytes((folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())  # swapped
+    assert cli.main(["info"]) == 1 and "sha256 MISMATCH" in capsys.readouterr().out
+    vae.unlink()
+    assert cli.main(["info"]) == 1 and "weights files differ" in capsys.readouterr().out

@@ -406,6 +406,9 @@ def test_train_script_tiny_builds_a_loadable_pipeline(tmp_path):
     spec.loader.exec_module(script)
     info = script.build(tmp_path / "pipe", tiny=True)
     assert json.loads((tmp_path / "pipe" / "training.json").read_text())["recipe"]["steps"] == info["recipe"]["steps"]
+    from mmdg_lite.cli import _check_sha256
+
+    assert _check_sha256(tmp_path / "pipe") == ("sha256 ok", False)  # mmdg info checks each weights file
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.config.sample_size == 8 and pipe.vae.config.scaling_factor != 1.0
