@@ -270,3 +270,31 @@ def test_readme_measured_figures_are_in_the_tables_each_paragraph_cites():
         source = re.findall(r"\d[\d,]*(?:\.\d+)?(?:e-?\d+)?", text)  # every number, as written
         missing += [(para[:30], n) for n in _numbers(para) if n not in _README_HISTORY and not _matches(n, source)]
     assert not missing, missing
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for p in parts[i:]:
+                obj = getattr(obj, p)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_dotted_package_name_the_docs_and_model_records_give_exists():
+    # toy/cond_2d's training.json named its world 'mmdg_lite.prompt_world.toy_world()', a module
+    # that moved to mmdg_lite.toys (ModuleNotFoundError for a reader who followed it)
+    texts = [*_doc_texts(), *((str(p.relative_to(ROOT)), p.read_text(encoding="utf-8"))
+                              for p in sorted((ROOT / "data").rglob("*.json")))]
+    bad = sorted({(name, dotted) for name, text in texts
+                  for dotted in re.findall(r"\bmmdg_lite(?:\.[A-Za-z_]\w*)+", text) if not _resolves(dotted)})
+    assert not bad, bad
