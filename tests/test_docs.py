@@ -343,3 +343,18 @@ def test_calls_the_docs_write_fit_the_signatures():
             bad.append((file, span, str(err)))
     assert not bad, bad
     assert checked >= 20, checked
+
+
+def test_data_card_sizes_are_the_shipped_folders_sizes():
+    # images/ was '≈ 7.7 MB in all' for 7.97 MB of files (7.60 MiB), digits_unet 2.5 for 2.58,
+    # shapes_unet 3.7 for 3.81, the SD pipeline 5.6 for 5.73: stale in either unit
+    units = {"kB": 1e3, "MB": 1e6}
+    text = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    cards = re.findall(r"^##+ (\S+) — .*?≈ ([\d.]+) (kB|MB)", text, flags=re.M)
+    assert len(cards) >= 9, cards
+    for folder, size, unit in cards:
+        files = [p for p in (ROOT / "data" / folder.rstrip("/")).rglob("*") if p.is_file()]
+        have = sum(p.stat().st_size for p in files) / units[unit]
+        decimals = len(size.partition(".")[2])
+        # as written, rounded to its digits, with 1 % slack for a record that grows a little
+        assert abs(have - float(size)) <= 0.5 * 10 ** -decimals + 0.01 * float(size), (folder, size, unit, have)
