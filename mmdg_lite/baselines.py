@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ._validation import (_describe, check_autograd, check_bool, check_choice, check_finite, check_int,
                           check_nonnegative, check_pair, check_points, check_positive, is_real_number)
 from .denoisers import CFGDenoiser, MLPDenoiser, ResidualMLP
-from .sampling import check_input_scales
+from .sampling import check_input_scales, check_state_timestep, state_number
 from .seeding import make_generator
 from .training import fit, noising_scheduler, train_denoiser
 
@@ -198,28 +198,20 @@ class ClassifierGuidance:
         return state.x_prev + (self.scale * var / c_prev) * g.to(state.x_prev.dtype)
 
 
-def _scalar(value: Any) -> Any:
-    """A one-element tensor (a scheduler's entry) as a float; anything else as it is."""
-    return float(value) if isinstance(value, Tensor) and value.numel() == 1 else value
-
-
 def _check_step(state: Any) -> None:
     """Refuse a hand-built state ClassifierGuidance would misread: a (B,) t or x_t of another shape failed
     in bare torch errors; alpha_bar_prev of 0, None or below alpha_bar_t (the two swapped) and
     input_scale(_prev) <= 0 divided by zero, or gave a negative Sigma_t, a push away from the references."""
-    t = state.t
-    if not (is_real_number(t) or (isinstance(t, Tensor) and t.numel() == 1)):
-        got = f"tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
-        raise TypeError(f"state.t must be the step's diffusers timestep, a number or a one-element tensor; got {got}")
+    check_state_timestep(state.t)
     if not isinstance(state.x_t, Tensor) or state.x_t.shape != state.x_prev.shape:
         got = tuple(state.x_t.shape) if isinstance(state.x_t, Tensor) else type(state.x_t).__name__
         raise ValueError(f"state.x_t must be a tensor of x_prev's shape {tuple(state.x_prev.shape)}; got {got}")
     for name in ("input_scale", "input_scale_prev"):
-        c = _scalar(getattr(state, name, 1.0))
+        c = state_number(getattr(state, name, 1.0))
         if not is_real_number(c) or not (math.isfinite(c) and c > 0):
             raise ValueError(f"state.{name} must be a finite number > 0 (scale_model_input's factor; 1 for "
                              f"DDPM-normalised latents); got {c!r:.60}")
-    ab, ab_prev = _scalar(state.alpha_bar_t), _scalar(state.alpha_bar_prev)
+    ab, ab_prev = state_number(state.alpha_bar_t), state_number(state.alpha_bar_prev)
     if not (is_real_number(ab) and is_real_number(ab_prev) and 0.0 <= ab < 1.0 and ab <= ab_prev <= 1.0):
         raise ValueError(f"ClassifierGuidance needs 0 <= alpha_bar_t < 1 and alpha_bar_t <= alpha_bar_prev <= 1 (the "
                          f"noise level falls by the step); got alpha_bar_t={ab!r:.40}, alpha_bar_prev={ab_prev!r:.40}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import all_finite, check_bool, check_choice, check_int, check_nonnegative
+from ._validation import all_finite, check_bool, check_choice, check_int, check_nonnegative, is_real_number
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "noise_levels",
@@ -561,6 +561,21 @@ def _noise_levels(sched: Any, timesteps: Tensor, steps: list[int]) -> list[tuple
     final = getattr(sched, "final_alpha_cumprod", None)
     end = 1.0 if final is None else float(final)  # the scheduler's final value, or 1, at the end
     return [(next(inside) if i < n else end, 1.0) for i in steps]
+
+
+def state_number(value: Any) -> Any:
+    """A StepState number given as a one-element tensor (a scheduler's entry) as a float; anything
+    else as it is (the hooks' checks then refuse what is not a number)."""
+    return float(value) if isinstance(value, Tensor) and value.numel() == 1 else value
+
+
+def check_state_timestep(t: Any) -> None:
+    """A hand-built state's ``t``: a number or a one-element tensor (a (B,) tensor failed in bare
+    torch errors inside the hooks)."""
+    if not (is_real_number(t) or (isinstance(t, Tensor) and t.numel() == 1)):
+        got = f"tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"state.t must be the step's diffusers timestep, a number or a one-element tensor (int(t) "
+                        f"for the loop's t); got {got}")
 
 
 def check_input_scales(state: Any, data_ms: float = 1.0, first: bool = True) -> None:

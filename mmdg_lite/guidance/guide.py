@@ -28,7 +28,7 @@ from ..kernels import (GaussianKernel, Kernel, MultiGaussianKernel, PolynomialKe
                        checked_resolve, median_bandwidth, work_dtype)
 from ..mmd import PROMPT_WEIGHTINGS
 from ..rff import RFFReferenceEmbedding, mmd2_grad_rff
-from ..sampling import check_input_scales
+from ..sampling import check_input_scales, check_state_timestep, state_number
 from ..seeding import check_seed
 from .eval_point import EVAL_POINTS, EvalPoint
 from .generated import GENERATED_SETS, BatchSet, MemorySet
@@ -132,11 +132,7 @@ def _check_state(state: Any, eval_point: str) -> None:
     if step >= num_steps:
         raise ValueError(f"state.step_index must be from 0 to num_steps - 1 = {num_steps - 1} (the step's position in "
                          f"this run); got {step}")
-    t = state.t
-    if not (is_real_number(t) or (isinstance(t, Tensor) and t.numel() == 1)):
-        got = f"tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
-        raise TypeError(f"state.t must be the step's diffusers timestep, a number or a one-element tensor (int(t) "
-                        f"for the loop's t); got {got}")
+    check_state_timestep(state.t)
     shape = tuple(state.x_prev.shape)
     for name in ("x_t", "eps") if eval_point == "x0_hat" else ("x_t",):
         value = getattr(state, name, None)
@@ -147,13 +143,11 @@ def _check_state(state: Any, eval_point: str) -> None:
         if value.device != state.x_prev.device:
             raise ValueError(f"state.{name} is on {value.device} but x_prev on {state.x_prev.device}: give the step's "
                              "tensors on one device")
-    c_prev = getattr(state, "input_scale_prev", 1.0)
-    c_prev = float(c_prev) if isinstance(c_prev, Tensor) and c_prev.numel() == 1 else c_prev
+    c_prev = state_number(getattr(state, "input_scale_prev", 1.0))
     if not is_real_number(c_prev) or not (math.isfinite(c_prev) and c_prev > 0):
         raise ValueError(f"state.input_scale_prev must be a finite number > 0 (scale_model_input's factor at the "
                          f"next step; 1 for DDPM-normalised latents); got {c_prev!r:.60}")
-    ab_prev = getattr(state, "alpha_bar_prev", 1.0)
-    ab_prev = float(ab_prev) if isinstance(ab_prev, Tensor) and ab_prev.numel() == 1 else ab_prev
+    ab_prev = state_number(getattr(state, "alpha_bar_prev", 1.0))
     if not is_real_number(ab_prev) or not 0.0 <= ab_prev <= 1.0:
         raise ValueError(f"state.alpha_bar_prev must be a number in [0, 1] (alphas_cumprod of the next timestep, or "
                          f"the scheduler's final value at the last step); got {ab_prev!r:.60}")
@@ -374,7 +368,7 @@ class MMDGuidance:
             raise ValueError(f"remember(x0) takes the chunk's finished samples, an (n, *S) tensor with n >= 1; got {got}")
         if x0.ndim > 2 or x0[0].numel() != self.reference_set.dim:
             self.reference_set.check_samples(x0, "remember's x0")
-        if not all_finite(x0.detach()):
+        if not all_finite(x0):
             raise ValueError("remember(x0): the finished samples hold NaN/Inf; the memory would make every later "
                              "step NaN")
 
