@@ -201,6 +201,12 @@ def check_pipeline_folder(folder: str | Path) -> Path:
     libraries of those components are installed (the text encoder and tokenizer need
     transformers: ``MissingExtraError`` names the extra that brings it)."""
     folder = Path(folder)
+    _checked_index(folder)
+    return folder
+
+
+def _checked_index(folder: Path) -> dict[str, Any]:
+    """``check_pipeline_folder``'s checks; the folder's model_index.json, read once."""
     index = read_json(folder / "model_index.json")
     if not isinstance(index, dict):
         raise ArtifactError(f"{folder / 'model_index.json'}: not a JSON object")
@@ -222,7 +228,7 @@ def check_pipeline_folder(folder: str | Path) -> Path:
                                 f"need {', '.join(absent)}, which is not installed: pip install "
                                 "'mmdg_lite[sd]' (the extra for Stable Diffusion pipelines)")
     _check_tokenizer_files(folder, index)
-    return folder
+    return index
 
 
 def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:
@@ -272,12 +278,12 @@ def _is_transformers_model(cls: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, PreTrainedModel)
 
 
-def _pipeline_models(folder: Path, hint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _pipeline_models(folder: Path, index: dict[str, Any], hint: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The pipeline's model components (diffusers and transformers models), each loaded on its
     own through the strict ``from_pretrained``: a pipeline's from_pretrained initialises a tensor
     its weights file lacks (at random, or to its default) and loads without an error."""
     models = {}
-    for name, spec in read_json(folder / "model_index.json").items():
+    for name, spec in index.items():
         if name.startswith("_") or name in kwargs or not isinstance(spec, list) or len(spec) != 2 \
                 or spec[0] not in ("diffusers", "transformers"):
             continue
@@ -300,9 +306,9 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
     """
     folder = check_folder(folder, hint)
     if (folder / "model_index.json").is_file():
-        check_pipeline_folder(folder)
+        index = _checked_index(folder)
         if strict:
-            kwargs = {**_pipeline_models(folder, hint, kwargs), **kwargs}
+            kwargs = {**_pipeline_models(folder, index, hint, kwargs), **kwargs}
     kwargs.setdefault("local_files_only", True)
     if _is_diffusers_model(cls):  # without accelerate diffusers falls back, with a long warning
         kwargs.setdefault("low_cpu_mem_usage", importlib.util.find_spec("accelerate") is not None)
