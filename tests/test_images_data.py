@@ -457,3 +457,16 @@ def test_rate_valid_only_must_be_a_bool():
     assert det.rate("colour", "red", valid_only=True) == float(hits[4:].float().mean())
     with pytest.raises(TypeError, match="valid_only must be True or False; got 'no'"):
         det.rate("colour", "red", valid_only="no")
+
+
+def test_subset_refuses_a_mask_of_another_length_and_fractional_indices():
+    s = make_shapes(6, seed=0)
+    with pytest.raises(ValueError, match=r"bool mask must have shape \(6,\)"):
+        s.subset(torch.tensor([True, False]))  # was the first image alone, without a word
+    with pytest.raises(ValueError, match="1-D integer indices"):
+        s.subset([0.5])  # was image 0: .long() truncates
+    with pytest.raises(ValueError, match="1-D integer indices"):
+        s.subset(torch.tensor([[0, 1]]))
+    mask = s.mask("shape", "circle")
+    assert s.subset(mask).captions == [c for c, m in zip(s.captions, mask.tolist()) if m]
+    assert len(s.subset([])) == 0

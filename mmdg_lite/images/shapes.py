@@ -102,6 +102,13 @@ class ShapeSet:
     def subset(self, index: Tensor | list[int]) -> "ShapeSet":
         """The images at ``index``: a bool mask (N,), or integer indices (a tensor or a list)."""
         index = torch.as_tensor(index)
+        if index.dtype == torch.bool and tuple(index.shape) != (len(self),):  # nonzero() took a short mask's hits
+            raise ValueError(f"a bool mask must have shape ({len(self)},), one flag per image; got "
+                             f"shape {tuple(index.shape)}")
+        if index.dtype != torch.bool and index.numel() and (index.ndim != 1 or index.is_floating_point()
+                                                            or index.is_complex()):  # .long() truncated 0.5 to 0
+            raise ValueError(f"index must be a bool mask ({len(self)},) or 1-D integer indices; got shape "
+                             f"{tuple(index.shape)}, dtype {index.dtype}")
         idx = index.nonzero().squeeze(1) if index.dtype == torch.bool else index.long()
         return ShapeSet(self.images[idx], {k: v[idx] for k, v in self.attributes.items()},
                         [self.captions[i] for i in idx.tolist()])
