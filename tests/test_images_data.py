@@ -470,3 +470,9 @@ def test_subset_refuses_a_mask_of_another_length_and_fractional_indices():
     mask = s.mask("shape", "circle")
     assert s.subset(mask).captions == [c for c, m in zip(s.captions, mask.tolist()) if m]
     assert len(s.subset([])) == 0
+
+
+def test_make_shapes_names_proportions_that_are_not_a_mapping():
+    for bad in ([0.5, 0.5], "fill", 5):  # dict() said "dictionary update sequence element #0 ..."
+        with pytest.raises(TypeError, match="proportions must be None or a mapping"):
+            make_shapes(4, bad)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_nonnegative, is_real_number
+from .._validation import _describe, check_choice, check_int, check_nonnegative, is_real_number
 
 __all__ = ["ShapeSet", "make_shapes", "draw_shape", "SHAPE_ATTRIBUTES", "PALETTE",
            "DEFAULT_PROPORTIONS", "RADIUS", "OUTLINE_WIDTH", "caption", "CAPTIONS", "caption_labels"]
@@ -199,7 +199,12 @@ def make_shapes(n: int, proportions: Mapping[str, Sequence[float] | Mapping[str,
                          f"shapes leave the image); got {jitter!r}")
     check_int(seed, "seed", 0)
     image_size = check_int(image_size, "image_size", 16)
-    proportions = dict(proportions or {})
+    try:  # dict() of a list of shares or of a str said only "dictionary update sequence element #0 ..."
+        proportions = dict(proportions or {})
+    except (TypeError, ValueError):
+        raise TypeError(f"proportions must be None or a mapping {{attribute: shares}}, e.g. "
+                        f"{{'fill': {{'outlined': 1.0}}}} or {{'size': [0.5, 0.5]}}; got {_describe(proportions)}"
+                        ) from None
     unknown = set(proportions) - set(SHAPE_ATTRIBUTES)
     if unknown:
         raise ValueError(f"proportions has unknown attribute(s) {sorted(unknown)}; "
