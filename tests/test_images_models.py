@@ -73,6 +73,27 @@ def test_unet_denoiser_names_the_shape_its_unet_needs():
     assert den(torch.zeros(1, 8, 10, 6), 10).shape == (1, 8, 10, 6)  # any even size runs
 
 
+def test_a_unet_without_sample_size_gets_named_errors_not_a_type_error():
+    from diffusers import UNet2DModel
+
+    from mmdg_lite.images.models import sample_shape
+
+    unet = UNet2DModel(in_channels=1, out_channels=1, block_out_channels=[8, 16], layers_per_block=1,
+                       down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2, norm_num_groups=4)
+    assert unet.config.sample_size is None  # diffusers' default
+    den = UNetDenoiser(unet)
+    with pytest.raises(ValueError, match=r"no sample_size.*\(1, H, W\)"):  # 'NoneType' object is not iterable
+        sample_shape(unet)
+    with pytest.raises(ValueError, match=r"no sample_size"):
+        den.sample_shape
+    # the shape errors of forward built their message from sample_shape and raised that TypeError instead
+    with pytest.raises(ValueError, match=r"x_t must be \(B, 1, H, W\).*shape=\(1, H, W\)"):
+        den(torch.zeros(2, 3, 8, 8), 5)
+    with pytest.raises(ValueError, match=r"multiples of 2.*shape=\(1, H, W\)"):
+        den(torch.zeros(2, 1, 7, 8), 5)
+    assert den(torch.zeros(2, 1, 8, 8), 5).shape == (2, 1, 8, 8)
+
+
 def test_shipped_vae_loads_and_reconstructs_every_style():
     from mmdg_lite.images.shapes import make_shapes
 

@@ -31,6 +31,12 @@ class UNetDenoiser(nn.Module):
 
         return sample_shape(self.unet)
 
+    def _shape_hint(self) -> str:
+        """The shape to sample with, for error messages: the config's, or (C, H, W) without a sample_size."""
+        if self.unet.config.sample_size is None:
+            return f"shape=({int(self.unet.config.in_channels)}, H, W) at the size the UNet was trained on"
+        return f"shape=denoiser.sample_shape = {self.sample_shape}"
+
     def forward(self, x_t: Tensor, t: Tensor | int, cond: Tensor | None = None,
                 drop_cond: Tensor | None = None) -> Tensor:
         """x_t (B, C, H, W), t (B,) or int -> eps (B, C, H, W)."""
@@ -40,13 +46,12 @@ class UNetDenoiser(nn.Module):
         channels = int(self.unet.config.in_channels)
         if x_t.ndim != 4 or x_t.shape[1] != channels:
             raise ValueError(f"x_t must be (B, {channels}, H, W) for this UNet (config.in_channels = {channels}); "
-                             f"got shape {tuple(x_t.shape)}: sample with shape=denoiser.sample_shape "
-                             f"= {self.sample_shape}")
+                             f"got shape {tuple(x_t.shape)}: sample with {self._shape_hint()}")
         down = 2 ** (len(getattr(self.unet.config, "down_block_types", ())) - 1)  # all blocks but the last halve
         if down > 1 and (x_t.shape[2] % down or x_t.shape[3] % down):
             raise ValueError(f"x_t has H x W = {x_t.shape[2]} x {x_t.shape[3]} (shape {tuple(x_t.shape)}), but this "
                              f"UNet downsamples by {down}: both must be multiples of {down}, e.g. "
-                             f"shape=denoiser.sample_shape = {self.sample_shape}")
+                             f"{self._shape_hint()}")
         if not isinstance(t, Tensor):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t).sample

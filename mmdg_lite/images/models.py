@@ -108,8 +108,13 @@ def load_shapes_unet(folder: Path | str | None = None) -> Any:
 
 
 def sample_shape(unet: Any) -> tuple[int, int, int]:
-    """(C, H, W) of one sample of a ``UNet2DModel``, read from its config (e.g. (8, 8, 8))."""
+    """(C, H, W) of one sample of a ``UNet2DModel``, read from its config (e.g. (8, 8, 8)); a
+    config without ``sample_size`` (diffusers' default is None) raises a ValueError."""
     size = unet.config.sample_size
+    if size is None:  # tuple(None): a bare "'NoneType' object is not iterable"
+        raise ValueError(f"this UNet's config has no sample_size, so the shape of its samples is unknown: pass "
+                         f"sample's shape as ({int(unet.config.in_channels)}, H, W) yourself, at the size it was "
+                         "trained on")
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return int(unet.config.in_channels), int(h), int(w)
 
