@@ -94,6 +94,20 @@ def test_a_unet_without_sample_size_gets_named_errors_not_a_type_error():
     assert den(torch.zeros(2, 1, 8, 8), 5).shape == (2, 1, 8, 8)
 
 
+def test_unet_denoiser_takes_an_integer_timestep_and_refuses_a_fractional_one():
+    import numpy as np
+
+    den = UNetDenoiser(load_digits_unet())
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = den(x, torch.full((2,), 500, dtype=torch.long))
+        assert torch.equal(den(x, 500), ref) and torch.equal(den(x, np.int64(500)), ref)
+        with pytest.raises(TypeError, match="t must be an integer >= 0; got float 500.7"):
+            den(x, 500.7)  # int() made it 500, where torch.tensor(500.7) reaches the UNet as 500.7
+        with pytest.raises(ValueError, match="t must be an integer >= 0"):
+            den(x, -1)
+
+
 def test_shipped_vae_loads_and_reconstructs_every_style():
     from mmdg_lite.images.shapes import make_shapes
 

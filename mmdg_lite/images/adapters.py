@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_int
+
 __all__ = ["UNetDenoiser"]
 
 
@@ -52,8 +54,8 @@ class UNetDenoiser(nn.Module):
             raise ValueError(f"x_t has H x W = {x_t.shape[2]} x {x_t.shape[3]} (shape {tuple(x_t.shape)}), but this "
                              f"UNet downsamples by {down}: both must be multiples of {down}, e.g. "
                              f"{self._shape_hint()}")
-        if not isinstance(t, Tensor):
-            t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
+        if not isinstance(t, Tensor):  # int(t) truncated 5.7 to 5, where a tensor 5.7 reaches the UNet as it is
+            t = torch.full((x_t.shape[0],), check_int(t, "t", 0), dtype=torch.long, device=x_t.device)
         return self.unet(x_t, t).sample
 
 
