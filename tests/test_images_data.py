@@ -476,3 +476,14 @@ def test_make_shapes_names_proportions_that_are_not_a_mapping():
     for bad in ([0.5, 0.5], "fill", 5):  # dict() said "dictionary update sequence element #0 ..."
         with pytest.raises(TypeError, match="proportions must be None or a mapping"):
             make_shapes(4, bad)
+
+
+def test_grid_array_refuses_masks_and_integer_pixels():
+    from mmdg_lite.images.display import grid_array
+
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[:, :, 1:3, 1:3] = True
+    for bad in (mask, mask.to(torch.uint8), mask.to(torch.int64)):  # False was drawn mid-grey (127), not black
+        with pytest.raises(TypeError, match=r"floating-point in \[-1, 1\].*x.float\(\) \* 2 - 1"):
+            grid_array(bad)
+    assert int(grid_array(mask.float() * 2 - 1)[1, 1]) == 0  # the map the message gives draws False black

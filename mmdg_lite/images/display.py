@@ -21,6 +21,9 @@ def grid_array(images: Tensor, nrow: int = 8, pad: int = 1, pad_value: int = 64)
 
     if len(images) == 0:
         raise ValueError("images must hold at least one image; got an empty batch")
+    if not images.dtype.is_floating_point:  # a bool mask drew False as mid-grey (0 on the [-1, 1] scale)
+        raise TypeError(f"images must be floating-point in [-1, 1]; got dtype {images.dtype}: map 0/1 masks with "
+                        "x.float() * 2 - 1 and 0-255 pixels with x / 127.5 - 1")
     check_finite(images.detach(), "images")  # NaN would be drawn black
     _check_scale(images.detach(), "images", "clipped to [-1, 1]")  # 0-255 pixels would be drawn white
     nrow, pad = check_int(nrow, "nrow", 1), check_int(pad, "pad", 0)
