@@ -499,3 +499,14 @@ def test_from_tensors_refuses_one_channels_last_photo(tmp_path):
     Image.fromarray(photo).save(tmp_path / "photo.png")
     assert x.shape == (1, 3, 16, 16) and float((x - load_reference_folder(tmp_path, 16, 3)).abs().max()) < 0.2
     assert references_from_tensors(torch.zeros(2, 4, 4), 4, 1).shape == (2, 1, 4, 4)  # small grey images still pass
+
+
+def test_from_tensors_refuses_one_channels_last_grey_image():
+    """(H, W, 1), one grey image as Keras and TensorFlow keep it, was read as H grey images W x 1 px
+    (28 references of stripes, no error), as (H, W, 3) was before it was refused."""
+    digit = np.zeros((28, 28, 1), np.uint8)
+    digit[4:24, 12:16] = 255
+    with pytest.raises(ValueError, match=r"look like one grey image \(H, W, C\).*read as 28 grey images 28 x 1 px"):
+        references_from_tensors(digit, 16, 1, value_range=(0, 255))
+    x = references_from_tensors(digit.transpose(2, 0, 1)[None], 16, 1, value_range=(0, 255))
+    assert x.shape == (1, 1, 16, 16) and float(x[0, 0, 8, 8]) > 0.9 and float(x[0, 0, 8, 0]) == -1

@@ -49,8 +49,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     (clamped); further out they raise, suggesting the range the data looks like. Data in [0, 1]
     lies inside the default (-1, 1) and cannot be told from bright [-1, 1] images, so it is
     taken as given (black comes back as mid-grey 0): pass ``value_range=(0, 1)`` for it.
-    A 3-D (H, W, 3 or 4) array, one photo as ``np.asarray(Image.open(f))`` gives, is refused
-    with the permute to use (it would be H grey images 3 or 4 px wide).
+    A 3-D (H, W, 1, 3 or 4) array, one photo as ``np.asarray(Image.open(f))`` gives, is refused
+    with the permute to use (it would be H grey images 1, 3 or 4 px wide).
     ``value_range=None`` (default) means (-1, 1) for floating data; integer and bool data (uint8
     pixels, 0/1 masks) must name their range, e.g. (0, 255) or (0, 1). (N, H, W) is N grey
     images; one colour image (C, H, W) is ``images[None]``.
@@ -68,9 +68,12 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     if images.is_complex():
         raise TypeError(f"images must hold real values; got dtype {images.dtype}")
     if images.ndim == 3:
-        if images.shape[-1] in (3, 4) and images.shape[-2] > images.shape[-1]:  # np.asarray(a PIL image)
-            raise ValueError(f"images of shape {tuple(images.shape)} look like one colour image (H, W, C) "
-                             f"(as np.asarray(Image.open(...)) gives), which would be read as {images.shape[0]} "
+        # np.asarray(a PIL image); (H, W, 1): one grey image as Keras / TensorFlow keep it
+        if images.shape[-1] in (1, 3, 4) and images.shape[-2] > images.shape[-1]:
+            kind = ("grey", "Keras and TensorFlow keep") if images.shape[-1] == 1 else \
+                ("colour", "np.asarray(Image.open(...)) gives")
+            raise ValueError(f"images of shape {tuple(images.shape)} look like one {kind[0]} image (H, W, C) "
+                             f"(as {kind[1]}), which would be read as {images.shape[0]} "
                              f"grey images {images.shape[1]} x {images.shape[2]} px: pass images.permute(2, 0, 1)"
                              "[None] (torch) or a.transpose(2, 0, 1)[None] (numpy); grey images that narrow: "
                              "shape (N, 1, H, W)")
