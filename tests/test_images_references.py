@@ -510,3 +510,10 @@ def test_from_tensors_refuses_one_channels_last_grey_image():
         references_from_tensors(digit, 16, 1, value_range=(0, 255))
     x = references_from_tensors(digit.transpose(2, 0, 1)[None], 16, 1, value_range=(0, 255))
     assert x.shape == (1, 1, 16, 16) and float(x[0, 0, 8, 8]) > 0.9 and float(x[0, 0, 8, 0]) == -1
+
+
+def test_from_tensors_names_the_reshape_for_one_2d_grey_image():
+    grey = np.zeros((20, 30), np.uint8)  # np.asarray(Image.open(an L image))
+    with pytest.raises(ValueError, match=r"got \(20, 30\) \(one grey image H x W.*pass images\[None, None\]\)"):
+        references_from_tensors(grey, 16, 1, value_range=(0, 255))
+    assert references_from_tensors(grey[None, None], 16, 1, value_range=(0, 255)).shape == (1, 1, 16, 16)

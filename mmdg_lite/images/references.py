@@ -82,6 +82,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
         hint = ""
         if images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
             hint = " (channels last? use images.permute(0, 3, 1, 2))"
+        elif images.ndim == 2:  # np.asarray(Image.open(f)) of one grey image
+            hint = " (one grey image H x W, as np.asarray(Image.open(...)) gives? pass images[None, None])"
         raise ValueError(f"images must have shape (N, C, H, W) with N, H, W >= 1 and C in 1, 3, 4; "
                          f"got {tuple(images.shape)}{hint}")
     _check_size_channels(size, channels)
