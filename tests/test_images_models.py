@@ -163,6 +163,22 @@ def test_feature_net_refuses_images_on_another_scale():
     assert torch.isfinite(load_feature_net().features(x * 10)).all()
 
 
+def test_features_move_the_images_to_the_networks_device():
+    """Samples on a GPU met the CPU network in a bare conv2d device error (run_method's measures on a
+    model moved to CUDA); the images now go to the network's device. A network on the meta device
+    stands in for the GPU here: without the move this raised 'Tensor on device meta is not on the
+    expected device cpu'."""
+    from mmdg_lite.images.features import predict
+    from mmdg_lite.images.shapes import make_shapes
+
+    x = make_shapes(4, seed=0).images  # on the CPU
+    meta = load_feature_net().to("meta")
+    f, p = image_features(x, meta), predict(x, "shape", meta)
+    assert f.device.type == "meta" and f.shape == (4, 64) and p.device.type == "meta" and p.shape == (4, 3)
+    net = load_feature_net()
+    assert torch.equal(image_features(x, net), net.features(x))  # on one device: as before
+
+
 def test_data_folder_within_budget():
     total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
     assert total <= 30 * 10**6, f"data/ holds {total / 10**6:.1f} MB; the budget is 30 MB (10^6 bytes)"

@@ -118,12 +118,14 @@ def _check_images(images: Any) -> None:
 
 
 def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
-    """(N, C, H, W) in [-1, 1] -> (N, 64) features of the shipped (or given) network."""
+    """(N, C, H, W) in [-1, 1] -> (N, 64) features of the shipped (or given) network, on its device
+    (images on another device, e.g. samples on a GPU, are moved there)."""
     _check_images(images)
     check_int(batch_size, "batch_size", 1)
     net = net if net is not None else _cached()
+    device = _device(net)
     with torch.no_grad():
-        return torch.cat([net.features(chunk) for chunk in images.split(batch_size)])
+        return torch.cat([net.features(chunk.to(device)) for chunk in images.split(batch_size)])
 
 
 def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size: int = 512) -> Tensor:
@@ -133,8 +135,14 @@ def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size
     _check_images(images)
     check_int(batch_size, "batch_size", 1)
     net = net if net is not None else _cached()
+    device = _device(net)
     with torch.no_grad():
-        return torch.cat([net.heads[head](net.features(c)).softmax(-1) for c in images.split(batch_size)])
+        return torch.cat([net.heads[head](net.features(c.to(device))).softmax(-1) for c in images.split(batch_size)])
+
+
+def _device(net: FeatureNet) -> torch.device:
+    """Where the network's weights are: GPU samples met the CPU network in a bare conv2d device error."""
+    return next(net.parameters()).device
 
 
 _CACHE: dict[str, Any] = {}
