@@ -487,3 +487,13 @@ def test_grid_array_refuses_masks_and_integer_pixels():
         with pytest.raises(TypeError, match=r"floating-point in \[-1, 1\].*x.float\(\) \* 2 - 1"):
             grid_array(bad)
     assert int(grid_array(mask.float() * 2 - 1)[1, 1]) == 0  # the map the message gives draws False black
+
+
+def test_subset_of_a_shape_set_without_captions():
+    from mmdg_lite.images.shapes import ShapeSet
+
+    s = make_shapes(6, seed=0)
+    bare = ShapeSet(s.images, s.attributes)  # captions default to [] (IndexError in subset before)
+    part = bare.subset([1, 3])
+    assert torch.equal(part.images, s.images[[1, 3]]) and part.captions == [] and part.names("shape") == \
+        [s.names("shape")[1], s.names("shape")[3]]

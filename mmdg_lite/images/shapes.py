@@ -111,7 +111,7 @@ class ShapeSet:
                              f"{tuple(index.shape)}, dtype {index.dtype}")
         idx = index.nonzero().squeeze(1) if index.dtype == torch.bool else index.long()
         return ShapeSet(self.images[idx], {k: v[idx] for k, v in self.attributes.items()},
-                        [self.captions[i] for i in idx.tolist()])
+                        [self.captions[i] for i in idx.tolist()] if self.captions else [])  # none: none
 
 
 def _halfplanes(shape: str, r: float) -> tuple[np.ndarray, np.ndarray]:
