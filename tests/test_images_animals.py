@@ -126,3 +126,13 @@ def test_load_animals_names_the_file_that_is_corrupt_or_refused(tmp_path):
         with pytest.raises(error, match=f"animal_data_version_3.gz.*{match}"):
             load_animals(tmp_path)
     assert not target.exists()
+
+
+def test_safe_load_array_names_a_path_passed_for_the_bytes(tmp_path):
+    f = tmp_path / "a.gz"
+    f.write_bytes(gzip.compress(pickle.dumps(np.arange(3, dtype=np.uint8))))
+    for bad in (f, str(f)):  # "'PosixPath' object is not subscriptable", "a bytes-like object is required"
+        with pytest.raises(TypeError, match=r"data must be the pickle's bytes, e.g. Path\(file\).read_bytes\(\)"):
+            safe_load_array(bad)
+    for ok in (f.read_bytes(), bytearray(f.read_bytes()), memoryview(f.read_bytes())):
+        assert safe_load_array(ok).tolist() == [0, 1, 2]

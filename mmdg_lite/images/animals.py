@@ -54,6 +54,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def safe_load_array(data: bytes) -> np.ndarray:
     """The numpy array pickled in ``data`` (gzip-compressed or not), through ``_ArrayUnpickler``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # a path: "'PosixPath' object is not subscriptable"
+        raise TypeError(f"data must be the pickle's bytes, e.g. Path(file).read_bytes(); got {type(data).__name__}")
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     out = _ArrayUnpickler(io.BytesIO(data)).load()
