@@ -497,3 +497,16 @@ def test_subset_of_a_shape_set_without_captions():
     part = bare.subset([1, 3])
     assert torch.equal(part.images, s.images[[1, 3]]) and part.captions == [] and part.names("shape") == \
         [s.names("shape")[1], s.names("shape")[3]]
+
+
+def test_caption_labels_reads_a_generator_once_and_names_a_non_list():
+    from mmdg_lite.images.shapes import caption_labels
+
+    s = make_shapes(6, seed=0)
+    labels = caption_labels(s.captions)
+    gen = caption_labels(c for c in s.captions)  # was {'shape': tensor([]), ...}: the check used it up
+    assert all(torch.equal(gen[k], labels[k]) for k in labels)
+    assert torch.equal(labels["shape"], s.attributes["shape"]) and labels["shape"].dtype == torch.long
+    assert caption_labels([])["colour"].dtype == torch.long  # (N,) long, as documented, for N = 0 too
+    with pytest.raises(TypeError, match="captions must be a list of captions; got NoneType None"):
+        caption_labels(None)

@@ -68,14 +68,18 @@ def caption_labels(captions: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
     SHAPE_ATTRIBUTES of what each caption names. Only captions ``caption`` writes are read."""
     if isinstance(captions, str):
         raise TypeError(f"captions must be a list of captions; got one str {captions!r} (wrap it in a list)")
+    try:  # read once: a generator was used up by the check below and gave empty labels
+        captions = list(captions)
+    except TypeError:
+        raise TypeError(f"captions must be a list of captions; got {_describe(captions)}") from None
     bad = [c for c in captions if c not in CAPTIONS]
     if bad:
         raise ValueError(f"captions must be ones caption() writes, 'a <colour> <shape>' with colour in "
                          f"{SHAPE_ATTRIBUTES['colour']} and shape in {SHAPE_ATTRIBUTES['shape']}; got "
                          f"{bad[:3]!r}{' and more' if len(bad) > 3 else ''}")
     words = [c.split() for c in captions]  # ["a", colour, shape]
-    return {"shape": torch.tensor([SHAPE_ATTRIBUTES["shape"].index(w[-1]) for w in words]),
-            "colour": torch.tensor([SHAPE_ATTRIBUTES["colour"].index(w[1]) for w in words])}
+    return {"shape": torch.tensor([SHAPE_ATTRIBUTES["shape"].index(w[-1]) for w in words], dtype=torch.long),
+            "colour": torch.tensor([SHAPE_ATTRIBUTES["colour"].index(w[1]) for w in words], dtype=torch.long)}
 
 
 @dataclass
