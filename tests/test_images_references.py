@@ -517,3 +517,18 @@ def test_from_tensors_names_the_reshape_for_one_2d_grey_image():
     with pytest.raises(ValueError, match=r"got \(20, 30\) \(one grey image H x W.*pass images\[None, None\]\)"):
         references_from_tensors(grey, 16, 1, value_range=(0, 255))
     assert references_from_tensors(grey[None, None], 16, 1, value_range=(0, 255)).shape == (1, 1, 16, 16)
+
+
+def test_encode_refuses_a_generator_it_would_ignore():
+    """encode_references(vae, x, generator=g) without sample=True returned the posterior means,
+    the same with any generator, as if it had drawn with g."""
+    from mmdg_lite.images import load_shapes_vae
+    from mmdg_lite.images.shapes import make_shapes
+
+    vae, x = load_shapes_vae(), make_shapes(2, seed=0).images
+    with pytest.raises(ValueError, match="generator draws from the posterior only with sample=True"):
+        encode_references(vae, x, generator=torch.Generator().manual_seed(0))
+    means = encode_references(vae, x)
+    drawn = encode_references(vae, x, sample=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(means, drawn) and torch.equal(
+        drawn, encode_references(vae, x, sample=True, generator=torch.Generator().manual_seed(0)))

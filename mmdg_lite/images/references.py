@@ -368,6 +368,9 @@ def encode_references(vae: Any, images: Tensor, *, sample: bool = False, generat
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None; "
                         f"got {_describe(generator)}")
+    if generator is not None and not sample:  # it was ignored: the posterior means came back as if it drew
+        raise ValueError("generator draws from the posterior only with sample=True; without it the encoding is the "
+                         "posterior mean (deterministic): pass sample=True, or drop the generator")
     images = _check_vae_input(vae, images, "images", int(vae.config.in_channels),
                               "vae.config.in_channels; grey images: load them with channels=3 "
                               "or repeat with images.expand(-1, 3, -1, -1)", batch_size, pixels=True)
