@@ -532,3 +532,20 @@ def test_encode_refuses_a_generator_it_would_ignore():
     drawn = encode_references(vae, x, sample=True, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(means, drawn) and torch.equal(
         drawn, encode_references(vae, x, sample=True, generator=torch.Generator().manual_seed(0)))
+
+
+def test_images_that_need_grad_are_read_without_torchs_scalar_warning():
+    """Images decoded outside no_grad (requires_grad=True) made references_from_tensors and
+    encode_references warn 'Converting a tensor with requires_grad=True to a scalar may lead to
+    unexpected behavior' from their range checks; the checks now read detached values."""
+    import warnings
+
+    from mmdg_lite.images import load_shapes_vae
+
+    x = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = references_from_tensors(x, 32, 3)
+        z = encode_references(load_shapes_vae(), y)
+    assert torch.equal(y, references_from_tensors(x.detach(), 32, 3)) and y.requires_grad  # as before
+    assert z.shape == (2, 8, 8, 8)

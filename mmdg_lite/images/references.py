@@ -96,7 +96,7 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     lo, hi = _check_value_range(value_range)
     x = images.float()
     check_finite(x, "images")
-    seen_lo, seen_hi = (float(v) for v in x.aminmax())
+    seen_lo, seen_hi = (float(v) for v in x.detach().aminmax())  # (a tensor needing grad: torch warned)
     slack = _RANGE_TOLERANCE * (hi - lo)
     if seen_lo < lo - slack or seen_hi > hi + slack:
         raise ValueError(f"images hold values in [{seen_lo:.4g}, {seen_hi:.4g}], outside value_range={value_range!r} "
@@ -332,7 +332,7 @@ def _check_vae_input(vae: Any, x: Any, name: str, channels: int, what: str, batc
                            "for uint8 pixels" if name == "images" else ""))
     check_finite(x, name)
     if pixels:
-        _check_scale(x, name)
+        _check_scale(x.detach(), name)  # float() of a tensor needing grad: torch's UserWarning
     return x.to(next(vae.parameters()).dtype)
 
 
