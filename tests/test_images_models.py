@@ -179,6 +179,19 @@ def test_features_move_the_images_to_the_networks_device():
     assert torch.equal(image_features(x, net), net.features(x))  # on one device: as before
 
 
+def test_features_name_a_net_that_is_not_a_feature_net():
+    from mmdg_lite.images.features import predict
+    from mmdg_lite.images.shapes import make_shapes
+
+    x = make_shapes(2, seed=0).images
+    for bad in (str(FEATURE_NET_DIR), load_shapes_vae()):  # AttributeError: no 'features' / 'heads' / 'parameters'
+        with pytest.raises(TypeError, match=r"net must be a FeatureNet \(e.g. load_feature_net\(folder\)\)"):
+            image_features(x, bad)
+        with pytest.raises(TypeError, match="net must be a FeatureNet"):
+            predict(x, "shape", bad)
+    assert torch.equal(image_features(x, None), image_features(x, load_feature_net()))
+
+
 def test_data_folder_within_budget():
     total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
     assert total <= 30 * 10**6, f"data/ holds {total / 10**6:.1f} MB; the budget is 30 MB (10^6 bytes)"

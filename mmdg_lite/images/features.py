@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._resources import data_path
-from .._validation import check_finite, check_int, with_overrides
+from .._validation import _describe, check_finite, check_int, with_overrides
 from ..seeding import make_generator, own_rng, seed_everything
 from .detectors import _check_background, _check_scale
 
@@ -122,7 +122,7 @@ def image_features(images: Tensor, net: FeatureNet | None = None, batch_size: in
     (images on another device, e.g. samples on a GPU, are moved there)."""
     _check_images(images)
     check_int(batch_size, "batch_size", 1)
-    net = net if net is not None else _cached()
+    net = _net(net)
     device = _device(net)
     with torch.no_grad():
         return torch.cat([net.features(chunk.to(device)) for chunk in images.split(batch_size)])
@@ -134,10 +134,21 @@ def predict(images: Tensor, head: str, net: FeatureNet | None = None, batch_size
         raise ValueError(f"head must be one of {list(HEADS)}; got {head!r}")
     _check_images(images)
     check_int(batch_size, "batch_size", 1)
-    net = net if net is not None else _cached()
+    net = _net(net)
     device = _device(net)
     with torch.no_grad():
         return torch.cat([net.heads[head](net.features(c.to(device))).softmax(-1) for c in images.split(batch_size)])
+
+
+def _net(net: Any) -> FeatureNet:
+    """The given FeatureNet, or the shipped one for None; anything else (a folder path, a diffusers
+    model) raised AttributeError from inside the forward."""
+    if net is None:
+        return _cached()
+    if not isinstance(net, FeatureNet):
+        raise TypeError(f"net must be a FeatureNet (e.g. load_feature_net(folder)) or None for the shipped one; "
+                        f"got {_describe(net)}")
+    return net
 
 
 def _device(net: FeatureNet) -> torch.device:
