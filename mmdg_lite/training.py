@@ -89,6 +89,15 @@ def train_denoiser(model: nn.Module, data: Tensor, scheduler: Any = None, steps:
         else:
             drop = (torch.rand(batch_size, generator=gen, dtype=torch.float32) < cond_dropout).to(device)  # (B,)
             pred = model(x_t, t.to(device), cond[idx.to(device)], drop_cond=drop)
+        # a (B, 1) output broadcast against (B, D) noise with a warning only; a bare diffusers UNet's
+        # UNet2DOutput failed in mse_loss as "'UNet2DOutput' object has no attribute 'size'"
+        if not isinstance(pred, Tensor):
+            raise TypeError(f"the model must return the predicted noise, a tensor of x_t's shape "
+                            f"{tuple(noise.shape)}; {type(model).__name__} returned {type(pred).__name__} (a diffusers "
+                            "UNet: train mmdg_lite.images.UNetDenoiser(unet), which returns unet(x_t, t).sample)")
+        if pred.shape != noise.shape:
+            raise ValueError(f"the model must return the predicted noise, a tensor of x_t's shape "
+                             f"{tuple(noise.shape)}; {type(model).__name__} returned shape {tuple(pred.shape)}")
         return nn.functional.mse_loss(pred, noise)
 
     with own_rng(seed, device):  # dropout in the model draws from torch's RNG: seeded, the caller's left alone

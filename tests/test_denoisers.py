@@ -388,6 +388,28 @@ def test_train_denoiser_names_data_whose_points_do_not_fit_the_model():
                               progress=False)) == 1  # (N, 2, 2) points are 4 features, as the model flattens them
 
 
+def test_train_denoiser_names_a_model_output_that_is_not_the_noise():
+    """A model returning (B, 1) trained against (B, 2) noise by broadcasting (torch's warning only,
+    losses that look fine); a bare diffusers UNet failed in mse_loss with "'UNet2DOutput' object
+    has no attribute 'size'"."""
+    class Narrow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x, t):
+            return self.lin(x)  # (B, 1)
+
+    class Boxed(Narrow):
+        def forward(self, x, t):
+            return {"sample": x * self.lin.weight.sum()}  # not a tensor, as UNet2DModel's output
+
+    with pytest.raises(ValueError, match=r"x_t's shape \(4, 2\); Narrow returned shape \(4, 1\)"):
+        train_denoiser(Narrow(), torch.randn(10, 2), steps=1, batch_size=4, progress=False)
+    with pytest.raises(TypeError, match=r"Boxed returned dict .*UNetDenoiser\(unet\)"):
+        train_denoiser(Boxed(), torch.randn(10, 2), steps=1, batch_size=4, progress=False)
+
+
 def test_train_denoiser_with_cond_needs_a_model_that_takes_drop_cond():
     """A conditional model of one's own, forward(x, t, cond), failed at the first step with the bare
     'forward() got an unexpected keyword argument drop_cond'; now refused up front, saying what
