@@ -36,15 +36,18 @@ def build(doc: str, folder: Path, train: Callable[[], tuple], load_world: Callab
         except (OSError, ValueError) as err:  # a missing or damaged model: say how to rebuild it
             parser.error(f"--eval-only needs the saved model in {folder} ({type(err).__name__}: {err}); "
                          f"rebuild it by running {Path(sys.argv[0]).name} without --eval-only")
+        info["quality"] = evaluate(model, world)
     else:
         model, losses, world, secs = train()
+        print(f"trained in {secs:.1f} s")
+        # measured before anything is written: a failed or interrupted evaluation left the new weights
+        # beside the old training.json (another sha256, the old model's quality)
+        quality = evaluate(model, world)
         save_denoiser(model, folder)
         info = {**describe, "scheduler": "DDPMScheduler(1000, linear)",
                 "train_seconds": round(secs, 1),
                 "final_loss_mean_last_500": round(sum(losses[-500:]) / 500, 4),
                 "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
-                "torch": torch.__version__, "threads": 1}
-        print(f"trained in {secs:.1f} s")
-    info["quality"] = evaluate(model, world)
+                "torch": torch.__version__, "threads": 1, "quality": quality}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {folder}; total {time.perf_counter() - start:.1f} s")

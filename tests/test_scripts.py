@@ -123,6 +123,33 @@ def test_eval_only_without_a_saved_model_says_how_to_rebuild(tmp_path, monkeypat
     assert "running train_toy_models.py without --eval-only" in err
 
 
+def test_a_failed_evaluation_writes_no_model_beside_the_old_training_record(tmp_path, monkeypatch):
+    # the new weights were saved before the (long) evaluation: one that failed or was interrupted left
+    # them beside the old training.json, whose sha256 and quality were the old model's
+    from mmdg_lite.denoisers import MLPDenoiser
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from _artifacts import build
+
+    monkeypatch.setattr(sys, "argv", ["train_toy_models.py"])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "training.json").write_text("old")
+
+    def evaluate(model, world):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build("doc", folder, lambda: (MLPDenoiser(2, hidden=4, layers=1), [1.0] * 500, None, 0.1), lambda: None,
+              evaluate, {})
+    assert sorted(p.name for p in folder.iterdir()) == ["training.json"]
+    assert (folder / "training.json").read_text() == "old"
+    build("doc", folder, lambda: (MLPDenoiser(2, hidden=4, layers=1), [1.0] * 500, None, 0.1), lambda: None,
+          lambda model, world: {"off_mode": 0.5}, {})
+    info = json.loads((folder / "training.json").read_text())
+    assert info["quality"] == {"off_mode": 0.5} and (folder / "model.safetensors").is_file()
+
+
 def _benchmark(monkeypatch, name: str, *argv: str):
     """benchmarks/<name>.py loaded as a module, with ``argv`` as its command line."""
     import importlib.util
