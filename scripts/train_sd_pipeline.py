@@ -14,6 +14,7 @@ Loads with ``StableDiffusionPipeline.from_pretrained(path)``, no network.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -106,18 +107,21 @@ def build(out: Path, tiny: bool) -> dict:
                                    scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False,
                                                            steps_offset=1, **betas))
     pipe.set_progress_bar_config(disable=True)
+    # samples: each caption, DDIM 30 steps, CFG 3; drawn before anything is written (a failed or interrupted
+    # sampling left the new weights beside the old training.json), by a copy: the call sets the tokenizer's
+    # truncation, which save_pretrained would write into tokenizer.json
+    n_per, steps = (2, 2) if tiny else (16, 30)
+    with torch.no_grad():
+        images = copy.deepcopy(pipe)(list(CAPTIONS), num_images_per_prompt=n_per, num_inference_steps=steps,
+                                     guidance_scale=3.0, generator=torch.Generator().manual_seed(1),
+                                     output_type="pt").images * 2 - 1
+    det = detect_shapes(images)
+    want = {a: v.repeat_interleave(n_per) for a, v in caption_labels(CAPTIONS).items()}
     pipe.save_pretrained(out, safe_serialization=True)
     weights_sha256 = {}
     for weights in sorted(Path(out).rglob("*.safetensors")):  # safetensors writes 0600; the files are shared
         weights.chmod(0o644)
         weights_sha256[weights.relative_to(out).as_posix()] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    # samples: each caption, DDIM 30 steps, CFG 3
-    n_per, steps = (2, 2) if tiny else (16, 30)
-    with torch.no_grad():
-        images = pipe(list(CAPTIONS), num_images_per_prompt=n_per, num_inference_steps=steps, guidance_scale=3.0,
-                      generator=torch.Generator().manual_seed(1), output_type="pt").images * 2 - 1
-    det = detect_shapes(images)
-    want = {a: v.repeat_interleave(n_per) for a, v in caption_labels(CAPTIONS).items()}
     last = losses[-min(250, len(losses)):]
     info = {"recipe": recipe, "vae": {"recipe": "SHAPES_VAE_RECIPE with latent_channels 4",
                                       "train_cpu_seconds": round(vae_secs, 1), "test_mse": round(vae_mse, 5)},

@@ -150,6 +150,23 @@ def test_a_failed_evaluation_writes_no_model_beside_the_old_training_record(tmp_
     assert info["quality"] == {"off_mode": 0.5} and (folder / "model.safetensors").is_file()
 
 
+def test_sd_pipeline_build_writes_nothing_when_its_sampling_fails(tmp_path, monkeypatch, one_thread):
+    # it saved the pipeline, then sampled 16 images per caption: a failure or Ctrl-C there left the
+    # new weights in data/sd/shapes_pipeline beside the old training.json (the old sha256s)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_sd_pipeline", ROOT / "scripts" / "train_sd_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def detect(images):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, "detect_shapes", detect)
+    with pytest.raises(KeyboardInterrupt):
+        module.build(tmp_path, tiny=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _benchmark(monkeypatch, name: str, *argv: str):
     """benchmarks/<name>.py loaded as a module, with ``argv`` as its command line."""
     import importlib.util
