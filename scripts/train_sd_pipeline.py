@@ -1,6 +1,6 @@
 """Build data/sd/shapes_pipeline: an embedded text-to-image StableDiffusionPipeline (diffusers format).
 
-    .venv/bin/python scripts/train_sd_pipeline.py          # train (needs data/images/shapes_vae)
+    .venv/bin/python scripts/train_sd_pipeline.py          # train (its own 4-channel VAE first)
     .venv/bin/python scripts/train_sd_pipeline.py --tiny   # 3 steps into a temp dir (tests)
 
 Components: a CLIP text encoder (hidden 32, 2 layers) and a UNet2DConditionModel (blocks 32/64,

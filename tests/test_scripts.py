@@ -167,6 +167,15 @@ def test_sd_pipeline_build_writes_nothing_when_its_sampling_fails(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_build_scripts_need_only_the_models_they_load():
+    # train_sd_pipeline.py's --help said "train (needs data/images/shapes_vae)", but it trains its
+    # own 4-channel VAE (train_shapes_vae) and never loads the shipped one
+    for script in sorted((ROOT / "scripts").glob("train_*.py")):
+        text = script.read_text()
+        for model in re.findall(r"needs data/images/(\w+)", text.split('"""')[1]):
+            assert f"load_{model}(" in text, f"{script.name} says it needs data/images/{model} but never loads it"
+
+
 def _benchmark(monkeypatch, name: str, *argv: str):
     """benchmarks/<name>.py loaded as a module, with ``argv`` as its command line."""
     import importlib.util
