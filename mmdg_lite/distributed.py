@@ -145,6 +145,17 @@ def _collective(fn: Callable[[], Any], what: str) -> None:
             "(init_distributed(timeout_s=...)) bounds this wait") from e
 
 
+def _group_rank(group: Any, who: str) -> tuple[int, int]:
+    """(rank, world size) of this process in ``group``; a process outside it (torch says rank -1)
+    failed later in a bare "max() arg is an empty sequence" or a rank check."""
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise ValueError(f"{who}: this process (global rank {dist.get_rank()}) is not in the group of processes "
+                         f"{_members(group)}; call it only on that group's processes (or with group=None, the whole "
+                         "world)")
+    return rank, dist.get_world_size(group)
+
+
 _ROW_BITS = 40  # all_gather_rows' header: the row count in the low 40 bits, the rows' kind above
 
 
@@ -165,8 +176,7 @@ def all_gather_rows(x: Tensor, group: Any = None, what: str = "a tensor",
     if not isinstance(x, Tensor) or x.ndim < 1:
         got = "a 0-d tensor" if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"all_gather_rows needs a tensor of rows, shape (n, ...); got {got}")
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
+    rank, world = _group_rank(group, f"all_gather_rows of {what}")
     if world == 1:  # nothing to exchange
         return x, 0
     n = torch.tensor([_row_header(x)], dtype=torch.long, device=x.device)
@@ -212,7 +222,7 @@ class DistributedBatchSet(BatchSet):
                                "group: call mmdg_lite.distributed.init_distributed() (under torchrun "
                                "or accelerate launch) or torch.distributed.init_process_group first")
         self.group = group
-        self.rank = dist.get_rank(group)
+        self.rank = dist.get_rank(group)  # -1 outside the group: refused where it gathers (_group_rank)
         self.world_size = dist.get_world_size(group)
         self.reset()
 
@@ -366,7 +376,7 @@ def sample_distributed(denoiser: Callable, n: int, shape: tuple[int, ...] | int,
         raise RuntimeError("sample_distributed needs an initialised process group: call "
                            "mmdg_lite.distributed.init_distributed() first (under torchrun or "
                            "accelerate launch)")
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    rank, world = _group_rank(group, "sample_distributed")
     if n < world:
         raise ValueError(f"n={n} is smaller than the number of processes ({world}); every process "
                          "needs at least one sample")

@@ -303,8 +303,9 @@ def _settings_runs(rank: int, out: str) -> None:
     sp = torch.nn.functional.one_hot(torch.arange(N) % 2, 2).double()  # process 1: the same rows in another
     attempt("prompt_order", lambda: distributed_guidance(refs, reference_prompts=rp,  # order (same sums)
                                                          sample_prompts=sp.roll(1, 0) if rank == 1 else sp), dtype=F64)
-    own = [dist.new_group([r]) for r in range(2)][rank]  # each process a group of its own, given to
-    attempt("own_group", lambda: distributed_guidance(refs, group=own), dtype=F64)  # the guidance alone
+    groups = [dist.new_group([r]) for r in range(2)]  # each process a group of its own, given to
+    attempt("own_group", lambda: distributed_guidance(refs, group=groups[rank]), dtype=F64)  # the guidance alone
+    attempt("outside", lambda: None, group=groups[1 - rank], dtype=F64)  # a group this process is not in
     from mmdg_lite.distributed import all_gather_rows
     for name, rows in (("width", torch.ones(3, 2 + rank)), ("row_dtype", torch.ones(3, 2, dtype=(F64, torch.float32)[rank]))):
         try:  # each process's rows of another kind: gloo aborted process 0 (a C++ terminate)
@@ -352,6 +353,14 @@ def test_short_sample_prompts_are_refused_on_every_process(settings_run):
     for r in range(2):
         text = (settings_run / f"short_prompts{r}.txt").read_text()
         assert text.startswith("ValueError") and f"sample_prompts has {N - 2} rows" in text and f"n={N}" in text
+
+
+def test_a_process_outside_the_group_is_told_so(settings_run):
+    # torch gives such a process rank -1: it failed in a bare "max() arg is an empty sequence"
+    for r in range(2):
+        text = (settings_run / f"outside{r}.txt").read_text()
+        assert text.startswith(f"ValueError: sample_distributed: this process (global rank {r}) is not in the "
+                               f"group of processes [{1 - r}]"), text
 
 
 @pytest.mark.parametrize("env,message", [
