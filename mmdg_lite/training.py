@@ -178,8 +178,14 @@ def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"the {desc} loss is {float(loss.detach())} at step {len(losses)} of {steps} (lr {lr:g}); "
                                      "lower lr, or check the data for NaN/Inf or extreme values")
+        if not loss.requires_grad:  # backward failed in torch's 'element 0 of tensors does not require grad'
+            raise ValueError(f"the {desc} loss has no autograd graph (loss_step returned a detached tensor or one "
+                             f"computed without grad); return the loss computed from {type(model).__name__}'s outputs")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not losses and all(p.grad is None for p in model.parameters()):  # constant losses, nothing trained
+            raise ValueError(f"the {desc} loss does not depend on any trainable parameter of the model given to fit "
+                             f"({type(model).__name__}): loss_step must compute the loss with that model")
         opt.step()
         sched_lr.step()
         losses.append(float(loss.detach()))

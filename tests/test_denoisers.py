@@ -509,6 +509,22 @@ def test_fit_checks_its_arguments_and_the_loss_it_is_given():
     assert len(losses) == 3 and losses[0] == first and float(mean_loss().detach()) < first
 
 
+def test_fit_refuses_a_loss_that_cannot_train_the_model():
+    """fit(model, loss of another model) returned constant losses (0.1068 three times) with the model
+    untouched; a detached loss failed in torch's bare 'element 0 of tensors does not require grad'."""
+    from mmdg_lite.training import fit
+
+    model, other = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    before = model.weight.clone()
+    with pytest.raises(ValueError, match=r"does not depend on any trainable parameter .*\(Linear\)"):
+        fit(model, lambda: other(x).pow(2).mean(), 3, 1e-2)
+    with pytest.raises(ValueError, match="no autograd graph"):
+        fit(model, lambda: model(x).pow(2).mean().detach(), 3, 1e-2)
+    assert torch.equal(model.weight, before)
+    assert len(fit(model, lambda: model(x).pow(2).mean(), 2, 1e-2)) == 2 and not torch.equal(model.weight, before)
+
+
 def test_exact_denoiser_cast_to_float32_still_runs_in_float64():
     """ExactDenoiser(...).to(device, torch.float32), as scripts/distributed_example.py casts its
     GaussianMixtureDenoiser, failed at the first call with 'expected m1 and m2 to have the same dtype,
