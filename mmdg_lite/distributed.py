@@ -94,7 +94,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = 30.0) -> tup
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:  # e.g. 2 processes on a 1-GPU laptop: set_device's bare 'invalid device ordinal'
+            raise ValueError(f"backend='nccl' runs one process per GPU, but this is LOCAL_RANK={local} and torch "
+                             f"sees {gpus} GPU(s): start at most {gpus} process(es) per machine (torchrun "
+                             "--nproc_per_node), or run on CPU with backend='gloo' (CUDA_VISIBLE_DEVICES= hides "
+                             "the GPUs)")
+        torch.cuda.set_device(local)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except RuntimeError as e:  # DistStoreError / DistNetworkError: a peer that never joined

@@ -392,6 +392,25 @@ def test_init_distributed_refuses_nccl_without_cuda():
     assert not dist.is_initialized()
 
 
+def test_init_distributed_names_more_nccl_processes_than_gpus(monkeypatch):
+    # torchrun --nproc_per_node 2 on a 1-GPU machine picked nccl and failed in torch.cuda.set_device(1):
+    # a bare 'CUDA error: invalid device ordinal'
+    from mmdg_lite.distributed import init_distributed
+
+    def set_device(index):
+        raise RuntimeError("CUDA error: invalid device ordinal")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for k, v in dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(k, v)
+    for backend in ("nccl", None):  # None: nccl, as CUDA is available
+        with pytest.raises(ValueError, match=r"LOCAL_RANK=1 and torch sees 1 GPU\(s\).*backend='gloo'"):
+            init_distributed(backend, timeout_s=2.0)
+    assert not dist.is_initialized()
+
+
 def test_a_median_bandwidth_inside_a_feature_prompt_kernel_is_refused():
     # FeatureKernel(base=GaussianKernel()) passed: its bandwidth was read from each process's own
     # prompts, so the shards were guided with different prompt kernels
