@@ -1,4 +1,4 @@
-"""Train the shipped toy models and write them to data/toy/ (rerunnable, deterministic).
+"""Train the shipped 2-D ring model and write it to data/toy/mlp_2d/ (rerunnable, deterministic).
 
     .venv/bin/python scripts/train_toy_models.py            # train, save, evaluate
     .venv/bin/python scripts/train_toy_models.py --eval-only  # re-measure the saved model

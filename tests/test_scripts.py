@@ -176,6 +176,16 @@ def test_build_scripts_need_only_the_models_they_load():
             assert f"load_{model}(" in text, f"{script.name} says it needs data/images/{model} but never loads it"
 
 
+def test_toy_build_scripts_name_the_folder_they_write():
+    # train_toy_models.py said "Train the shipped toy models and write them to data/toy/" (its --help's
+    # first line), but it builds only mlp_2d; the conditional model is train_conditional_toy.py's
+    from mmdg_lite.toys import COND_2D_DIR, TOY_2D_DIR
+
+    for script, folder in (("train_toy_models.py", TOY_2D_DIR), ("train_conditional_toy.py", COND_2D_DIR)):
+        first = (ROOT / "scripts" / script).read_text().split("\n", 1)[0]
+        assert f"data/toy/{folder.name}/" in first, (script, first)
+
+
 def _benchmark(monkeypatch, name: str, *argv: str):
     """benchmarks/<name>.py loaded as a module, with ``argv`` as its command line."""
     import importlib.util
