@@ -42,6 +42,7 @@ import socket
 from datetime import timedelta
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -436,6 +437,8 @@ def _members(group: Any) -> list[int]:
 def _describe(v: Any) -> str:
     """A description of a setting that is the same in every process that holds the same value
     (no object addresses); tensors by shape, dtype, two sums and a position-weighted sum."""
+    if isinstance(v, np.generic):  # numpy scalars (num_steps=np.int64(50)) were described as 'int64' alone
+        v = v.item()
     if v is None or isinstance(v, (bool, int, str)):
         return repr(v)
     if isinstance(v, float):

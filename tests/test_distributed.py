@@ -554,6 +554,23 @@ def test_settings_digest_tells_apart_a_user_kernels_settings():
     assert field(MyKernel(1.0)) == field(MyKernel(1.0))
 
 
+def test_settings_digest_tells_apart_numpy_scalars_by_value():
+    """num_steps=np.int64(10) on one process and np.int64(12) on the other were both described as
+    'int64': the check passed, process 0 returned after 10 steps with the other shard's mid-run points
+    as its samples; eta=np.float32(0.0) vs np.float32(1.0) mixed two samplers' shards silently."""
+    import numpy as np
+
+    from mmdg_lite.distributed import _run_fields
+
+    def fields(**kwargs):
+        return _run_fields(4, (2,), 0, kwargs, None, [], True)
+
+    assert fields(num_steps=np.int64(10))["num_steps"] != fields(num_steps=np.int64(12))["num_steps"]
+    assert fields(eta=np.float32(0.0))["eta"] != fields(eta=np.float32(1.0))["eta"]
+    assert fields(num_steps=np.int64(10))["num_steps"] == fields(num_steps=10)["num_steps"]
+    assert fields(eta=np.float64(0.5))["eta"] == fields(eta=0.5)["eta"]
+
+
 def test_micro_batched_names_a_bare_diffusers_unet_and_the_wrapper_it_needs():
     # README said "Wrap a large UNet in MicroBatched(unet, 16)": a bare UNet2DModel returns
     # UNet2DOutput and sampling failed in torch.cat ("expected Tensor as element 0 ... UNet2DOutput")
