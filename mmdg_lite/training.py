@@ -155,6 +155,8 @@ def fit(model: nn.Module, loss_step: Callable[[], Tensor], steps: int, lr: float
     fine-tuning baseline."""
     from tqdm.auto import tqdm
 
+    if not isinstance(model, nn.Module):  # None, a list of modules, a Parameter: a bare AttributeError on .parameters
+        raise TypeError(f"model must be the nn.Module whose parameters fit trains; got {_describe(model)}")
     if not callable(loss_step):
         raise TypeError(f"loss_step must be a function returning the minibatch loss; got {_describe(loss_step)}")
     steps, lr = check_int(steps, "steps", 1), check_positive(lr, "lr")  # steps=0 returned [] untrained

@@ -525,6 +525,17 @@ def test_fit_refuses_a_loss_that_cannot_train_the_model():
     assert len(fit(model, lambda: model(x).pow(2).mean(), 2, 1e-2)) == 2 and not torch.equal(model.weight, before)
 
 
+def test_fit_names_a_model_that_is_not_a_module():
+    # None, a list of modules or a bare Parameter failed in "'list' object has no attribute 'parameters'"
+    from mmdg_lite.training import fit
+
+    lin = torch.nn.Linear(2, 1)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    for model, got in ((None, "NoneType None"), ([lin], "list"), (lin.weight, r"tensor of shape \(1, 2\)")):
+        with pytest.raises(TypeError, match=f"model must be the nn.Module whose parameters fit trains; got {got}"):
+            fit(model, lambda: lin(x).pow(2).mean(), 2, 1e-2)
+
+
 def test_exact_denoiser_cast_to_float32_still_runs_in_float64():
     """ExactDenoiser(...).to(device, torch.float32), as scripts/distributed_example.py casts its
     GaussianMixtureDenoiser, failed at the first call with 'expected m1 and m2 to have the same dtype,
