@@ -585,8 +585,10 @@ def _read_grids(npz: str, js: str, domain: str, stamp: tuple) -> dict[str, Any]:
 def load_explorer_grids(domain: str = "digits", folder: Any = None) -> dict[str, Any]:
     """The precomputed grids of ``domain`` ("digits", "shapes", "sd") from data/explorer (or
     ``folder``): the settings and measured rates of the JSON plus ``images`` (S, R, K, C, H, W)
-    and ``references`` (R, K, C, H, W) uint8. Missing or inconsistent files raise an error
-    naming the file and the command that rebuilds it."""
+    and ``references`` (R, K, C, H, W) uint8 (read-only: shared with later loads; the settings
+    are a fresh copy). Missing or inconsistent files raise an error naming the file and the
+    command that rebuilds it."""
+    import copy
     from pathlib import Path
 
     from ._resources import data_path
@@ -599,7 +601,8 @@ def load_explorer_grids(domain: str = "digits", folder: Any = None) -> dict[str,
             raise FileNotFoundError(f"{f} missing: the {domain!r} explorer grids are precomputed; "
                                     f"{_rebuild_hint(domain)}")
     stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in (npz, js))
-    return _read_grids(str(npz), str(js), domain, stamp)
+    cached = _read_grids(str(npz), str(js), domain, stamp)  # the lists and dict are the cache's own
+    return {k: v if isinstance(v, np.ndarray) else copy.deepcopy(v) for k, v in cached.items()}
 
 
 def _grid_index(values: list, value: Any, name: str, domain: str) -> int:

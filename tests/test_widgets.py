@@ -450,3 +450,18 @@ def test_load_explorer_grids_refuses_factors_out_of_step_with_the_strengths(tiny
     (tmp_path / "digits.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"factors must give the strengths \[0\.0, .*\] as multiples of guidance\['strength'\] .*--domain digits"):
         W.load_explorer_grids("digits", folder=tmp_path)
+
+
+def test_load_explorer_grids_hands_out_copies_of_its_settings():
+    """load_explorer_grids returned the cache's own dict: a caller's g["strengths"].append(99) or
+    g["style_rate"][2][1] = 0.0 showed up in every later load, in grid_data and in the explorer."""
+    g = W.load_explorer_grids("digits")
+    strengths, rate, title = list(g["strengths"]), g["style_rate"][2][1], g["title"]
+    g["strengths"].append(99.0)
+    g["style_rate"][2][1] = 0.0
+    g["title"] = "scribbled"
+    again = W.load_explorer_grids("digits")
+    assert again["strengths"] == strengths and again["style_rate"][2][1] == rate and again["title"] == title
+    d = W.grid_data("digits", strength=strengths[2], reference_count=50)
+    assert d["style_rate"] == rate and d["title"] == title
+    assert again["images"] is g["images"]  # the read-only arrays are still shared, not copied
