@@ -84,10 +84,12 @@ def gradient_field_data(reference_set: str = "every other mode (0, 2, 4, 6)",
     Returns generated (B, 2), references (N_r, 2), grid (G, 2), field (G, 2), witness_grid
     (xx, yy, values), each (witness_n, witness_n), and the kernel.
     """
+    from .seeding import check_seed
     from .toys import circle_mixture, subset_mixture
 
     if reference_set not in REFERENCE_SETS:
         raise ValueError(f"reference_set must be one of {list(REFERENCE_SETS)}; got {reference_set!r}")
+    seed = check_seed(seed)  # sample()'s message named "generator"; None or a Generator failed at seed + 1
     n_generated = check_int(n_generated, "n_generated", 2)
     n_references = check_int(n_references, "n_references", 1)
     ring = circle_mixture(std=0.15)

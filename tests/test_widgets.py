@@ -465,3 +465,15 @@ def test_load_explorer_grids_hands_out_copies_of_its_settings():
     d = W.grid_data("digits", strength=strengths[2], reference_count=50)
     assert d["style_rate"] == rate and d["title"] == title
     assert again["images"] is g["images"]  # the read-only arrays are still shared, not copied
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, "0"])
+def test_gradient_field_data_names_its_seed(seed):
+    """The seed went straight to the mixture's sample(): -1 or 1.5 were refused as 'generator must
+    be ...' (an argument the explorer does not have) and None failed at seed + 1 with TypeError
+    "unsupported operand type(s) for +"."""
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\); got " + re.escape(repr(seed))):
+        W.gradient_field_data(seed=seed, grid_n=3, witness_n=3)
+    a = W.gradient_field_data(seed=np.int64(2), grid_n=3, witness_n=3)
+    assert torch.equal(a["field"], W.gradient_field_data(seed=2, grid_n=3, witness_n=3)["field"])
+
