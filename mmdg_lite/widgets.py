@@ -87,7 +87,7 @@ def gradient_field_data(reference_set: str = "every other mode (0, 2, 4, 6)",
     from .seeding import check_seed
     from .toys import circle_mixture, subset_mixture
 
-    if reference_set not in REFERENCE_SETS:
+    if not isinstance(reference_set, str) or reference_set not in REFERENCE_SETS:  # a list: "unhashable type"
         raise ValueError(f"reference_set must be one of {list(REFERENCE_SETS)}; got {reference_set!r}")
     seed = check_seed(seed)  # sample()'s message named "generator"; None or a Generator failed at seed + 1
     n_generated = check_int(n_generated, "n_generated", 2)

@@ -477,3 +477,8 @@ def test_gradient_field_data_names_its_seed(seed):
     a = W.gradient_field_data(seed=np.int64(2), grid_n=3, witness_n=3)
     assert torch.equal(a["field"], W.gradient_field_data(seed=2, grid_n=3, witness_n=3)["field"])
 
+
+def test_gradient_field_data_names_a_reference_set_that_is_not_a_name():
+    """A list was "TypeError: unhashable type: 'list'" from the dict lookup."""
+    with pytest.raises(ValueError, match=r"reference_set must be one of \[.*\]; got \['one mode \(0\)'\]"):
+        W.gradient_field_data(reference_set=["one mode (0)"], grid_n=3, witness_n=3)
