@@ -620,9 +620,9 @@ def _grid_index(values: list, value: Any, name: str, domain: str) -> int:
 
 def grid_data(domain: str = "digits", strength: float | None = None,
               reference_count: int | None = None) -> dict[str, Any]:
-    """One cell of ``domain``'s precomputed grid: its images and the first references (uint8),
-    the measured style / valid rates of its ``n_measured`` samples, the unguided rate, and the
-    whole style-rate table (strengths x reference counts). Defaults: the calibrated strength
+    """One cell of ``domain``'s precomputed grid: its images and the first references (uint8,
+    at most ``n_shown`` and the cell's count), the measured style / valid rates of its
+    ``n_measured`` samples, the unguided rate, and the whole style-rate table (strengths x reference counts). Defaults: the calibrated strength
     (factor 1) and the middle reference count."""
     g = load_explorer_grids(domain)
     st, rc = g["strengths"], g["reference_counts"]
@@ -632,7 +632,8 @@ def grid_data(domain: str = "digits", strength: float | None = None,
         reference_count = rc[len(rc) // 2]
     i, j = _grid_index(st, strength, "strength", domain), _grid_index(rc, reference_count, "reference_count", domain)
     table = np.array([[np.nan if v is None else v for v in row] for row in g["style_rate"]], dtype=float)
-    return {"images": g["images"][i, j], "references": g["references"][j], "strength": st[i],
+    shown = g["references"][j][:rc[j]]  # fewer references than n_shown: the rest is zero padding
+    return {"images": g["images"][i, j], "references": shown, "strength": st[i],
             "reference_count": rc[j], "style_rate": g["style_rate"][i][j], "valid_rate": g["valid_rate"][i][j],
             "diverged": g["diverged"][i][j], "unguided_rate": g["style_rate"][0][j],
             "table": table, "strengths": list(st), "reference_counts": list(rc), "index": (i, j),

@@ -482,3 +482,26 @@ def test_gradient_field_data_names_a_reference_set_that_is_not_a_name():
     """A list was "TypeError: unhashable type: 'list'" from the dict lookup."""
     with pytest.raises(ValueError, match=r"reference_set must be one of \[.*\]; got \['one mode \(0\)'\]"):
         W.gradient_field_data(reference_set=["one mode (0)"], grid_n=3, witness_n=3)
+
+
+def test_grid_shows_only_the_references_a_cell_has(tiny_grids, tmp_path, monkeypatch):
+    """With fewer references than n_shown (reference_counts=(2, ...), n_shown=4) the sweep pads
+    the shown references with zeros: the figure drew blank squares as references under the
+    title 'references (first 4 of 2)'."""
+    import json
+    import shutil
+
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "digits.json").read_text())
+    assert meta["n_shown"] == 3
+    meta["reference_counts"] = [2, 20]
+    (tmp_path / "digits.json").write_text(json.dumps(meta))
+    real = W.load_explorer_grids
+    monkeypatch.setattr(W, "load_explorer_grids", lambda domain="digits": real(domain, folder=tmp_path))
+    d = W.grid_data("digits", reference_count=2)
+    assert d["references"].shape[0] == 2
+    assert W.grid_data("digits", reference_count=20)["references"].shape[0] == 3  # n_shown of 20
+    fig = W.grid_figure("digits", reference_count=2)
+    assert fig.axes[1].get_title() == "references (first 2 of 2)"
+    assert fig.axes[1].images[0].get_array().shape[1] < W._u8_grid(real("digits", tmp_path)["references"][0], 3).shape[1]
