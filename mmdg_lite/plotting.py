@@ -124,9 +124,11 @@ def legend_outside(where: Axes | Figure, *, loc: str = "right", ncol: int | None
 
 
 def to_numpy(a: ArrayLike) -> np.ndarray:
-    """A numpy copy of a tensor (detached, on CPU) or of anything array-like."""
+    """A numpy copy of a tensor (detached, on CPU; bfloat16 as float32, which numpy lacks) or of
+    anything array-like."""
     if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        return (a.float() if a.dtype == torch.bfloat16 else a).numpy()
     return np.asarray(a)
 
 

@@ -325,3 +325,14 @@ def test_plot_samples_labels_must_be_a_pair(labels):
         P.plot_samples(torch.randn(3, 2), torch.randn(3, 2), labels=labels)
     ax = P.plot_samples(torch.randn(3, 2), torch.randn(3, 2), labels=["mine", "theirs"], ax=plt.figure().subplots())
     assert ax.get_legend_handles_labels()[1] == ["theirs", "mine"]  # references first, drawn underneath
+
+
+def test_bfloat16_tensors_are_plotted():
+    """A bfloat16 pipeline's samples failed inside torch: 'TypeError: Got unsupported ScalarType
+    BFloat16' (numpy has no bfloat16), from every plotting function through to_numpy."""
+    x = torch.tensor([[0.5, -1.25], [2.0, 0.75]])  # exact in bfloat16
+    assert P.to_numpy(x.to(torch.bfloat16)).tolist() == x.tolist()
+    fig, ax = plt.subplots()
+    P.plot_samples(x.to(torch.bfloat16), ax=ax, legend=False)
+    assert ax.collections[0].get_offsets().tolist() == x.tolist()
+    plt.close(fig)
