@@ -433,14 +433,14 @@ def read_markdown_table(text: str, heading: str):
     """The first markdown table under the section ``## heading`` of ``text``, as a DataFrame of
     strings (bold markers removed). Raises KeyError naming the headings that exist."""
     pd = import_optional("pandas", "read_markdown_table")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # Windows line endings
-    text = text if text.endswith("\n") else text + "\n"  # a heading on the last line
-    marker = f"## {heading}\n"
-    if marker not in text:
-        found = [ln[3:].strip() for ln in text.splitlines() if ln.startswith("## ")]
+    all_lines = text.splitlines()  # any line ending, a heading on the last line too
+    heads = [i for i, ln in enumerate(all_lines) if ln.startswith("## ")]
+    found = [all_lines[i][3:].strip() for i in heads]  # "## A  " is section "A": trailing blanks are invisible
+    if str(heading).strip() not in found:
         raise KeyError(f"heading {heading!r} not found; the sections are {found}")
-    block = text.split(marker, 1)[1].split("\n## ", 1)[0]  # up to the next section
-    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    start = heads[found.index(str(heading).strip())] + 1
+    end = next((i for i in heads if i >= start), len(all_lines))  # up to the next section
+    lines = [ln for ln in all_lines[start:end] if ln.startswith("|")]
     if len(lines) < 2:
         raise ValueError(f"section {heading!r} has no markdown table")
     cells = [[c.strip().replace("**", "") for c in ln.strip().strip("|").split("|")] for ln in lines]

@@ -336,3 +336,13 @@ def test_bfloat16_tensors_are_plotted():
     P.plot_samples(x.to(torch.bfloat16), ax=ax, legend=False)
     assert ax.collections[0].get_offsets().tolist() == x.tolist()
     plt.close(fig)
+
+
+def test_read_markdown_table_finds_a_heading_with_trailing_blanks():
+    """An editor's trailing blank after a heading ('## Results ') made it unfindable, with the
+    contradicting message "heading 'Results' not found; the sections are ['Results']"."""
+    text = "## Results \n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n##  Other\t\n| c |\n|---|\n| 3 |\n"
+    assert P.read_markdown_table(text, "Results").to_dict("records") == [{"a": "1", "b": "2"}]
+    assert P.read_markdown_table(text, "Other")["c"].tolist() == ["3"]
+    with pytest.raises(KeyError, match=r"heading 'Result' not found; the sections are \['Results', 'Other'\]"):
+        P.read_markdown_table(text, "Result")
