@@ -322,6 +322,10 @@ def plot_loglog(x: ArrayLike, y: ArrayLike, *, yerr: ArrayLike | None = None,
     e = None if yerr is None else to_numpy(yerr).astype(float)
     if e is not None and e.shape != ya.shape:
         raise ValueError(f"yerr must have y's shape {ya.shape}, one error per point; got {e.shape}")
+    if e is not None and not (np.isfinite(e) & (e >= 0)).all():  # NaN (the std of one seed): no band, silently
+        bad = e[~(np.isfinite(e) & (e >= 0))]
+        raise ValueError(f"yerr must be finite and >= 0, one error per point (e.g. the std over seeds); got "
+                         f"{bad.size} other value(s), e.g. {float(bad[0])!r}")
     ax.loglog(xa, ya, "o-", label=label)
     if e is not None:
         ax.fill_between(xa, np.maximum(ya - e, ya * 1e-3), ya + e, alpha=0.25)

@@ -346,3 +346,15 @@ def test_read_markdown_table_finds_a_heading_with_trailing_blanks():
     assert P.read_markdown_table(text, "Other")["c"].tolist() == ["3"]
     with pytest.raises(KeyError, match=r"heading 'Result' not found; the sections are \['Results', 'Other'\]"):
         P.read_markdown_table(text, "Result")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf")])
+def test_plot_loglog_refuses_an_error_band_it_cannot_draw(bad):
+    """The std over a single seed is NaN: fill_between left the band out at that point and the
+    figure showed no spread there, silently; a negative error drew the band upside down."""
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match=r"yerr must be finite and >= 0.*got 1 other value\(s\), e\.g\. " + re.escape(repr(bad))):
+        P.plot_loglog([1, 2, 4], [1.0, 0.5, 0.25], yerr=[0.1, bad, 0.02], ax=ax)
+    P.plot_loglog([1, 2, 4], [1.0, 0.5, 0.25], yerr=[0.1, 0.0, 0.02], ax=ax)  # a zero spread is drawn
+    assert len(ax.collections) == 1
+    plt.close(fig)
