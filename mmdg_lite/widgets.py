@@ -397,11 +397,16 @@ def explorer_grid_sweep(domain: str, *, factors: tuple[float, ...] = GRID_FACTOR
     check_choice(domain, "domain", GRID_DOMAINS)
     from ._validation import is_real_number
 
+    # numpy arrays and integers read as the tuples they hold ("truth value of an array is ambiguous")
+    factors = tuple(factors.tolist()) if isinstance(factors, np.ndarray) else factors
+    reference_counts = tuple(reference_counts.tolist()) if isinstance(reference_counts, np.ndarray) else reference_counts
+    if isinstance(reference_counts, (tuple, list)) and any(isinstance(r, np.integer) for r in reference_counts):
+        reference_counts = tuple(int(r) if isinstance(r, np.integer) else r for r in reference_counts)
     if not factors or any(not is_real_number(f) or not math.isfinite(f) or f < 0 for f in factors) \
             or list(factors) != sorted(set(factors)) or factors[0] != 0:  # inf/NaN failed after the unguided runs
         raise ValueError(f"factors must be increasing finite numbers >= 0 starting at 0; got {factors!r}")
-    if not reference_counts or list(reference_counts) != sorted(set(reference_counts)) \
-            or any(isinstance(r, bool) or not isinstance(r, int) or r < 2 for r in reference_counts):
+    if not reference_counts or any(isinstance(r, bool) or not isinstance(r, int) or r < 2 for r in reference_counts) \
+            or list(reference_counts) != sorted(set(reference_counts)):
         raise ValueError(f"reference_counts must be increasing integers >= 2; got {reference_counts!r}")
     n_shown = check_int(n_shown, "n_shown", 1)
     n_measured = check_int(n_measured, "n_measured", n_shown)

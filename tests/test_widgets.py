@@ -505,3 +505,23 @@ def test_grid_shows_only_the_references_a_cell_has(tiny_grids, tmp_path, monkeyp
     fig = W.grid_figure("digits", reference_count=2)
     assert fig.axes[1].get_title() == "references (first 2 of 2)"
     assert fig.axes[1].images[0].get_array().shape[1] < W._u8_grid(real("digits", tmp_path)["references"][0], 3).shape[1]
+
+
+@pytest.mark.parametrize("kw", [{"factors": np.array([0.0, 1.0])}, {"reference_counts": np.array([10, 20])},
+                                {"reference_counts": (np.int64(10), np.int64(20))}])
+def test_grid_sweep_reads_numpy_factors_and_counts(kw, monkeypatch):
+    """A numpy array failed the emptiness check with "The truth value of an array with more than one
+    element is ambiguous", and numpy integer counts were refused as 'reference_counts must be
+    increasing integers >= 2; got (np.int64(10), np.int64(20))'."""
+    seen = {}
+
+    def stop(domain):
+        seen["ok"] = True
+        raise RuntimeError("validated")
+
+    monkeypatch.setattr(W, "_grid_settings", stop)  # the first step after the checks
+    with pytest.raises(RuntimeError, match="validated"):
+        W.explorer_grid_sweep("digits", **kw)
+    assert seen["ok"]
+    with pytest.raises(ValueError, match=r"reference_counts must be increasing integers >= 2; got \(\[10, 20\],\)"):
+        W.explorer_grid_sweep("digits", reference_counts=np.array([[10, 20]]))  # was "unhashable type: 'list'"
