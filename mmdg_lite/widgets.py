@@ -535,6 +535,14 @@ def _validate_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: 
         raise bad(f"settings lack {missing}")
     if meta["domain"] != domain:
         raise bad(f"holds domain {meta['domain']!r}, expected {domain!r}")
+    from ._validation import is_real_number
+
+    for name, kind in (("strengths", float), ("factors", float), ("reference_counts", int)):
+        v = meta[name]  # a hand-edited "0.45" or null failed in sorted() with a bare TypeError
+        if not isinstance(v, list) or not all(is_real_number(x) and isinstance(x, (kind, int)) for x in v):
+            raise bad(f"{name} must be a list of {'integers' if kind is int else 'numbers'}; got {v!r}")
+    if not is_real_number(meta["n_shown"]) or not isinstance(meta["n_shown"], int):
+        raise bad(f"n_shown must be an integer; got {meta['n_shown']!r}")
     st, rc = meta["strengths"], meta["reference_counts"]
     if not st or st[0] != 0 or st != sorted(st) or len(set(st)) != len(st):
         raise bad(f"strengths must increase from 0; got {st}")
@@ -558,15 +566,16 @@ def _validate_grids(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: 
         raise bad(f"references must be {(R, *img.shape[2:])}; got {ref.shape}")
     for name in ("style_rate", "valid_rate", "diverged"):
         table = meta[name]
-        if len(table) != S or any(len(row) != R for row in table):
+        if not isinstance(table, list) or len(table) != S or any(not isinstance(row, list) or len(row) != R
+                                                                 for row in table):
             raise bad(f"{name} must be {S} rows of {R}; got {table}")
     for i in range(S):
         for j in range(R):
             div = meta["diverged"][i][j]
             for name in ("style_rate", "valid_rate"):
                 v = meta[name][i][j]
-                if div != (v is None) or (v is not None and not 0.0 <= v <= 1.0):
-                    raise bad(f"{name}[{i}][{j}] = {v} (diverged {div}): a rate in [0, 1] unless diverged")
+                if div != (v is None) or (v is not None and not (is_real_number(v) and 0.0 <= v <= 1.0)):
+                    raise bad(f"{name}[{i}][{j}] = {v!r} (diverged {div}): a rate in [0, 1] unless diverged")
 
 
 @functools.lru_cache(maxsize=8)

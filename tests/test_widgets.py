@@ -525,3 +525,28 @@ def test_grid_sweep_reads_numpy_factors_and_counts(kw, monkeypatch):
     assert seen["ok"]
     with pytest.raises(ValueError, match=r"reference_counts must be increasing integers >= 2; got \(\[10, 20\],\)"):
         W.explorer_grid_sweep("digits", reference_counts=np.array([[10, 20]]))  # was "unhashable type: 'list'"
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("strengths", [0.0, "1.5"], r"strengths must be a list of numbers; got \[0\.0, '1\.5'\]"),
+    ("strengths", [0.0, None], r"strengths must be a list of numbers"),
+    ("reference_counts", [10, "20"], r"reference_counts must be a list of integers; got \[10, '20'\]"),
+    ("factors", None, r"factors must be a list of numbers; got None"),
+    ("n_shown", "3", r"n_shown must be an integer; got '3'"),
+    ("style_rate", [[0.5, 0.5], None], r"style_rate must be 2 rows of 2"),
+    ("valid_rate", [[1.0, 1.0], [1.0, "1.0"]], r"valid_rate\[1\]\[1\] = '1\.0' \(diverged False\): a rate in \[0, 1\]"),
+])
+def test_load_explorer_grids_names_a_hand_edited_value_of_the_wrong_type(tiny_grids, tmp_path, field, value, match):
+    """A JSON edited by hand with a string or null where a number belongs failed inside the checks
+    with a bare TypeError ("'<' not supported between instances of 'str' and 'float'", "object of
+    type 'NoneType' has no len()"), not the promised error naming the file and the rebuild command."""
+    import json
+    import shutil
+
+    for f in tiny_grids.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    meta = json.loads((tmp_path / "digits.json").read_text())
+    meta[field] = value
+    (tmp_path / "digits.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"digits\.json: " + match + r".*--domain digits"):
+        W.load_explorer_grids("digits", folder=tmp_path)
