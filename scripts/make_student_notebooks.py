@@ -58,9 +58,10 @@ def student_version(nb: dict) -> dict:
     cells = []
     for i, cell in enumerate(nb["cells"]):
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw") \
-                or not isinstance(cell.get("metadata", {}), dict):
+                or not isinstance(cell.get("metadata", {}), dict) \
+                or not isinstance(cell.get("metadata", {}).get("tags", []), list):  # "solution": its letters
             raise ValueError(f"cell {i} is not a notebook cell (a dict with cell_type code, markdown "
-                             f"or raw and dict metadata)")
+                             f"or raw and dict metadata whose tags are a list)")
         t = tags(cell)
         if ANSWER in t:
             continue

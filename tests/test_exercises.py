@@ -499,3 +499,15 @@ def test_notebook08_density_of_a_shrunk_set_is_reported_as_measured():
               f"{stats[1.0][2]:.3f} to {stats[0.1][2]:.3f}"]
     missing = [s for s in stated if s not in answer]
     assert not missing, (missing, answer)
+
+
+def test_student_version_refuses_tags_that_are_not_a_list():
+    """Tags written as one string ("tags": "solution", a hand edit) were read letter by letter, so
+    the solution cell was not recognised and went into the student version as it was: it imported
+    the solution from mmdg_lite.solutions and the check below it passed without the student's code."""
+    cell = {"cell_type": "code", "metadata": {"tags": "solution", "exercise": "nb01.unbiased_mmd2"},
+            "source": "from mmdg_lite.solutions.nb01 import unbiased_mmd2\n", "outputs": []}
+    with pytest.raises(ValueError, match=r"cell 0 is not a notebook cell .*tags are a list"):
+        MSN.student_version({"cells": [cell], "metadata": {}})
+    cell["metadata"]["tags"] = ["solution"]
+    assert MSN.STUB in MSN.tags(MSN.student_version({"cells": [cell], "metadata": {}})["cells"][0])
