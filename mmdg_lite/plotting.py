@@ -474,8 +474,9 @@ def load_results_json(stem: str, results: str | Path | None = None):
     folder = Path(results) if results is not None else find_results_dir()
     path = None if folder is None else folder / f"{stem}.json"
     if path is None or not path.is_file():
-        print(f"[missing] benchmarks/results/{stem}.json not found: run "
-              "`python benchmarks/synthetic_tables.py` (or benchmarks/run_all.sh) to create it; "
+        how = ("`python benchmarks/synthetic_tables.py` (or benchmarks/run_all.sh)" if stem.startswith("table")
+               else "the benchmarks/ script that writes it (benchmarks/run_all.sh runs them all)")  # images: images.py
+        print(f"[missing] benchmarks/results/{stem}.json not found: run {how} to create it; "
               "the plots for it are skipped.")
         return None, {}
     data = json.loads(path.read_text())

@@ -95,7 +95,7 @@ def test_read_markdown_table_finds_the_section():
 def test_load_results_json_missing_file_says_how_to_make_it(tmp_path, capsys):
     rows, data = P.load_results_json("nothing_here", results=tmp_path)
     assert rows is None and data == {}
-    assert "synthetic_tables.py" in capsys.readouterr().out
+    assert "benchmarks/run_all.sh" in capsys.readouterr().out
     (tmp_path / "t.json").write_text('{"rows": [{"a": 1}, {"a": 2}], "meta": {}}')
     rows, data = P.load_results_json("t", results=tmp_path)
     assert rows["a"].tolist() == [1, 2] and "meta" in data
@@ -358,3 +358,14 @@ def test_plot_loglog_refuses_an_error_band_it_cannot_draw(bad):
     P.plot_loglog([1, 2, 4], [1.0, 0.5, 0.25], yerr=[0.1, 0.0, 0.02], ax=ax)  # a zero spread is drawn
     assert len(ax.collections) == 1
     plt.close(fig)
+
+
+def test_load_results_json_names_synthetic_tables_only_for_its_tables(tmp_path, capsys):
+    """Every missing table was said to come from benchmarks/synthetic_tables.py, which writes only
+    table1/3/4 (its docstring): a reader missing images.json was told to run a script that never
+    creates it (benchmarks/images.py does)."""
+    P.load_results_json("table4_reference_count", results=tmp_path)
+    assert "benchmarks/synthetic_tables.py" in capsys.readouterr().out
+    P.load_results_json("images", results=tmp_path)
+    out = capsys.readouterr().out
+    assert "synthetic_tables.py" not in out and "benchmarks/run_all.sh" in out and "images.json" in out
