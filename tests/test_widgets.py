@@ -550,3 +550,15 @@ def test_load_explorer_grids_names_a_hand_edited_value_of_the_wrong_type(tiny_gr
     (tmp_path / "digits.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"digits\.json: " + match + r".*--domain digits"):
         W.load_explorer_grids("digits", folder=tmp_path)
+
+
+@pytest.mark.parametrize("kernel", W.FIELD_KERNELS)
+def test_gradient_field_is_minus_eq6_at_every_probe_point(kernel):
+    """The field explorer (i) draws, by autograd through the kernel's Gram matrix: at a probe t,
+    Eq. 6 for a generated sample placed there is (2/B) grad_t [mean_j k(t, z_j) - mean_j k(t, z^r_j)].
+    (The test above checks the formula at the generated points, not the field the explorer returns.)"""
+    d = W.gradient_field_data(kernel=kernel, bandwidth=0.7, grid_n=6, witness_n=3)
+    k, gen, refs = d["kernel"], d["generated"].double(), d["references"].double()
+    t = d["grid"].double().requires_grad_(True)
+    (grad,) = torch.autograd.grad((k(t, gen).mean(1) - k(t, refs).mean(1)).sum(), t)
+    assert torch.allclose(d["field"].double(), -2 / len(gen) * grad, rtol=1e-4, atol=1e-7)
