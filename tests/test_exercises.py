@@ -511,3 +511,28 @@ def test_student_version_refuses_tags_that_are_not_a_list():
         MSN.student_version({"cells": [cell], "metadata": {}})
     cell["metadata"]["tags"] = ["solution"]
     assert MSN.STUB in MSN.tags(MSN.student_version({"cells": [cell], "metadata": {}})["cells"][0])
+
+
+def test_stub_leaves_out_the_solutions_decorators(monkeypatch):
+    """stub_source promises 'the solution's decorators-free signature', but the stub began at the
+    first line of the source, its decorators: a solution decorated with a helper of its module gave
+    a stub cell that failed with NameError before the student wrote anything."""
+    from mmdg_lite.solutions import nb01
+
+    def keep(fn):
+        return fn
+
+    @keep
+    def decorated(x: torch.Tensor) -> torch.Tensor:
+        """Doc line."""
+        return x
+
+    decorated.__module__ = nb01.__name__
+    monkeypatch.setattr(nb01, "__all__", [*nb01.__all__, "decorated"])
+    monkeypatch.setattr(nb01, "decorated", decorated, raising=False)
+    stub = stub_source(decorated)
+    assert "@keep" not in stub and '"""Doc line."""' in stub
+    namespace: dict = {}
+    exec(stub, namespace)  # noqa: S102 - the stub cell as a student runs it
+    with pytest.raises(NotImplementedError, match=r"Exercise 01\.3: write the body of decorated"):
+        namespace["decorated"](torch.zeros(1))

@@ -74,7 +74,7 @@ def stub_source(fn: FunctionType) -> str:
     has_doc = isinstance(body0, ast.Expr) and isinstance(getattr(body0, "value", None), ast.Constant) \
         and isinstance(body0.value.value, str)
     keep_to = body0.end_lineno if has_doc else node.body[0].lineno - 1  # 1-based, inclusive
-    head = "\n".join(lines[:keep_to])
+    head = "\n".join(lines[node.lineno - 1:keep_to])  # from the def: its decorators' lines come before
     indent = " " * body0.col_offset
     label = exercise_label(fn)
     imports = "from torch import Tensor  # the type in the signature\n\n\n" if "Tensor" in head else ""
