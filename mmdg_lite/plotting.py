@@ -201,8 +201,8 @@ def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
     """Quiver plot of a vector field: arrows ``vectors`` (n, 2) drawn at ``points`` (n, 2).
 
     With ``normalize`` every arrow has unit length (direction only), and the arrow colour
-    shows the magnitude on a log scale instead of ``color`` (``colorbar=True`` adds its key).
-    Returns the Quiver.
+    shows the magnitude on a log scale instead of ``color`` (``colorbar=True`` adds its key); a
+    zero vector has no direction and is not drawn. Returns the Quiver.
     """
     ax = _ax(ax)
     p = _check_2d(to_numpy(points), "points")
@@ -211,8 +211,10 @@ def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
         raise ValueError(f"points {p.shape} and vectors {v.shape} must have the same shape")
     if normalize:
         norm = np.linalg.norm(v, axis=1, keepdims=True)
-        u = v / np.maximum(norm, 1e-12)
-        q = ax.quiver(p[:, 0], p[:, 1], u[:, 0], u[:, 1], np.log10(norm[:, 0] + 1e-12),
+        zero = norm[:, 0] == 0  # a floor of 1e-12 drew |v| = 1e-22 (or 0) as 1e-12, arrows of length ~0
+        u = v / np.where(zero[:, None], 1.0, norm)
+        c = np.ma.masked_array(np.log10(np.where(zero, 1.0, norm[:, 0])), mask=zero)
+        q = ax.quiver(p[:, 0], p[:, 1], u[:, 0], u[:, 1], c,
                       cmap=kwargs.pop("cmap", "viridis"), scale=scale, width=width, **kwargs)
         if colorbar:
             ax.figure.colorbar(q, ax=ax, shrink=0.8, label="log10 |vector|")

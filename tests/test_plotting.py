@@ -369,3 +369,17 @@ def test_load_results_json_names_synthetic_tables_only_for_its_tables(tmp_path, 
     P.load_results_json("images", results=tmp_path)
     out = capsys.readouterr().out
     assert "synthetic_tables.py" not in out and "benchmarks/run_all.sh" in out and "images.json" in out
+
+
+def test_plot_field_shows_tiny_magnitudes_as_they_are_and_skips_zero_vectors():
+    """normalize=True floored the magnitude at 1e-12: a step of 1e-20 (a narrow kernel far from
+    the data) was coloured as 1e-12 and drawn 1e-8 long instead of unit length, and an exact zero
+    (no direction) was drawn as a dot coloured 1e-12."""
+    fig, ax = plt.subplots()
+    v = np.array([[1e-20, 0.0], [0.0, 0.0], [0.0, -3.0]])
+    q = P.plot_field(np.zeros((3, 2)), v, ax=ax, normalize=True, colorbar=True)
+    assert np.allclose(np.hypot(q.U, q.V)[[0, 2]], 1.0)  # every direction drawn at unit length
+    c = q.get_array()
+    assert c[0] == pytest.approx(-20.0) and c[2] == pytest.approx(np.log10(3.0))
+    assert np.ma.getmaskarray(c).tolist() == [False, True, False]  # the zero vector is left out
+    plt.close(fig)
