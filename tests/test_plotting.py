@@ -383,3 +383,16 @@ def test_plot_field_shows_tiny_magnitudes_as_they_are_and_skips_zero_vectors():
     assert c[0] == pytest.approx(-20.0) and c[2] == pytest.approx(np.log10(3.0))
     assert np.ma.getmaskarray(c).tolist() == [False, True, False]  # the zero vector is left out
     plt.close(fig)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_plot_field_refuses_non_finite_arrows(normalize):
+    """A field with NaN (a kernel evaluated on a blown-up sample) was drawn without those arrows,
+    a plausible-looking field with holes."""
+    fig, ax = plt.subplots()
+    v = np.array([[1.0, 0.0], [np.nan, 0.0], [0.0, np.inf]])
+    with pytest.raises(ValueError, match=r"vectors must be finite; got 2 of 3 rows with NaN or inf"):
+        P.plot_field(np.zeros((3, 2)), v, ax=ax, normalize=normalize)
+    with pytest.raises(ValueError, match=r"points must be finite; got 1 of 3 rows"):
+        P.plot_field(np.array([[0.0, 0.0], [0.0, np.nan], [1.0, 1.0]]), np.ones((3, 2)), ax=ax, normalize=normalize)
+    plt.close(fig)
