@@ -139,6 +139,9 @@ def _ax(ax: Axes | None) -> Axes:
 def _check_2d(points: np.ndarray, name: str) -> np.ndarray:
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"{name} must have shape (n, 2); got {points.shape}")
+    if points.dtype.kind in "fc" and not np.isfinite(points).all():  # scatter / quiver leave them out, silently
+        raise ValueError(f"{name} must be finite; got {int((~np.isfinite(points).all(1)).sum())} of "
+                         f"{len(points)} rows with NaN or inf")
     return points
 
 
@@ -209,10 +212,6 @@ def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
     v = _check_2d(to_numpy(vectors), "vectors")
     if p.shape != v.shape:
         raise ValueError(f"points {p.shape} and vectors {v.shape} must have the same shape")
-    for name, a in (("points", p), ("vectors", v)):  # quiver leaves NaN/inf arrows out, silently
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} must be finite; got {int((~np.isfinite(a).all(1)).sum())} of {len(a)} "
-                             "rows with NaN or inf")
     if normalize:
         norm = np.linalg.norm(v, axis=1, keepdims=True)
         zero = norm[:, 0] == 0  # a floor of 1e-12 drew |v| = 1e-22 (or 0) as 1e-12, arrows of length ~0

@@ -396,3 +396,18 @@ def test_plot_field_refuses_non_finite_arrows(normalize):
     with pytest.raises(ValueError, match=r"points must be finite; got 1 of 3 rows"):
         P.plot_field(np.array([[0.0, 0.0], [0.0, np.nan], [1.0, 1.0]]), np.ones((3, 2)), ax=ax, normalize=normalize)
     plt.close(fig)
+
+
+def test_scatter_plots_refuse_non_finite_points():
+    """plot_samples and plot_prompt_samples drew a set with NaN rows without them (matplotlib's
+    scatter skips them): 3 samples passed, 2 shown, no word."""
+    fig, ax = plt.subplots()
+    x = np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"generated must be finite; got 1 of 3 rows with NaN or inf"):
+        P.plot_samples(x, ax=ax)
+    with pytest.raises(ValueError, match=r"reference must be finite; got 1 of 3 rows"):
+        P.plot_samples(np.zeros((2, 2)), torch.tensor(x), ax=ax)
+    with pytest.raises(ValueError, match=r"points must be finite; got 1 of 3 rows"):
+        P.plot_prompt_samples(x, ["a", "b", "a"], ax=ax)
+    P.plot_samples(np.array([[0, 1], [2, 3]]), ax=ax, legend=False)  # integers: always finite
+    plt.close(fig)
