@@ -11,7 +11,7 @@ and valid rates, the first 8 kept as uint8). The sampling and the measuring are 
 with ``PRESETS``, or ``pairing_task``/``run_pairing`` on the embedded SD pipeline). The JSON
 records the settings and the sha256 of the models the grids came from; tests/test_widgets.py
 fails when a shipped model or a calibrated default no longer matches: rerun this script then.
-About 1-3 minutes per domain on one CPU thread.
+About 15-40 s per domain on one CPU thread (each JSON records its run's "seconds").
 """
 from __future__ import annotations
 

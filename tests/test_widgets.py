@@ -562,3 +562,19 @@ def test_gradient_field_is_minus_eq6_at_every_probe_point(kernel):
     t = d["grid"].double().requires_grad_(True)
     (grad,) = torch.autograd.grad((k(t, gen).mean(1) - k(t, refs).mean(1)).sum(), t)
     assert torch.allclose(d["field"].double(), -2 / len(gen) * grad, rtol=1e-4, atol=1e-7)
+
+
+def test_precompute_script_states_the_time_its_runs_record():
+    """The script's docstring said 'About 1-3 minutes per domain on one CPU thread' while the
+    shipped grids record 16 s, 40 s and 30 s (one thread), as data/README.md states."""
+    import json
+    from pathlib import Path
+
+    from mmdg_lite._resources import data_path
+
+    doc = (Path(__file__).resolve().parents[1] / "scripts" / "precompute_explorer_grids.py").read_text()
+    low, high, unit = re.search(r"About (\d+)-(\d+) (s|minutes) per domain on one CPU thread", doc).groups()
+    scale = 60 if unit == "minutes" else 1
+    for domain in W.GRID_DOMAINS:
+        meta = json.loads(data_path("explorer", f"{domain}.json").read_text())
+        assert meta["threads"] == 1 and int(low) * scale <= meta["seconds"] <= int(high) * scale, (domain, meta["seconds"])
