@@ -762,7 +762,7 @@ def guidance_explorer():
     w = import_optional("ipywidgets", "the explorers")
 
     controls = {
-        "strength": w.FloatLogSlider(value=3.0, base=10, min=-2.5, max=1.5, step=0.1,
+        "strength": w.FloatLogSlider(value=3.0, base=10, min=-3, max=1.5, step=0.1,  # down to norm_matched's 0.003
                                      description="strength c", continuous_update=False),
         "schedule": w.Dropdown(options=list(SCHEDULES), description="schedule"),
         "normalization": w.Dropdown(options=list(NORMALIZATIONS), value="clipped",

@@ -578,3 +578,24 @@ def test_precompute_script_states_the_time_its_runs_record():
     for domain in W.GRID_DOMAINS:
         meta = json.loads(data_path("explorer", f"{domain}.json").read_text())
         assert meta["threads"] == 1 and int(low) * scale <= meta["seconds"] <= int(high) * scale, (domain, meta["seconds"])
+
+
+def test_guidance_explorer_runs_norm_matched_at_the_alpha_it_names(monkeypatch):
+    """Switching the step to norm_matched set the strength slider to 0.003, but the slider started
+    at 10**-2.5: ipywidgets clamped the value to 0.00316, and the run used that, not the alpha the
+    docstrings name ('0.003 works', 'try 0.003')."""
+    pytest.importorskip("ipywidgets")
+    _fake_display(monkeypatch)
+    seen = []
+
+    def figure(**settings):
+        seen.append(settings)
+        return Figure(figsize=(1, 1))
+
+    monkeypatch.setattr(W, "guidance_figure", figure)
+    box = W.guidance_explorer()
+    controls = {c.description: c for c in box.children[1].children}
+    controls["step"].value = "norm_matched"
+    assert seen[-1]["normalization"] == "norm_matched" and seen[-1]["strength"] == 0.003
+    controls["step"].value = "clipped"
+    assert seen[-1]["strength"] == pytest.approx(3.0)
