@@ -126,10 +126,10 @@ def legend_outside(where: Axes | Figure, *, loc: str = "right", ncol: int | None
 def to_numpy(a: ArrayLike) -> np.ndarray:
     """A numpy copy of a tensor (detached, on CPU; bfloat16 as float32, which numpy lacks) or of
     anything array-like."""
-    if isinstance(a, torch.Tensor):
+    if isinstance(a, torch.Tensor):  # .numpy() of a CPU tensor and asarray of an array share memory
         a = a.detach().cpu()
-        return (a.float() if a.dtype == torch.bfloat16 else a).numpy()
-    return np.asarray(a)
+        return (a.float() if a.dtype == torch.bfloat16 else a).numpy().copy()
+    return np.array(a)
 
 
 def _ax(ax: Axes | None) -> Axes:

@@ -411,3 +411,13 @@ def test_scatter_plots_refuse_non_finite_points():
         P.plot_prompt_samples(x, ["a", "b", "a"], ax=ax)
     P.plot_samples(np.array([[0, 1], [2, 3]]), ax=ax, legend=False)  # integers: always finite
     plt.close(fig)
+
+
+def test_to_numpy_returns_a_copy_as_it_says():
+    """'A numpy copy of a tensor ... or of anything array-like': a CPU tensor's .numpy() and
+    np.asarray of an array share memory, so writing into the result changed the caller's data."""
+    t, a = torch.zeros(3), np.zeros(3)
+    P.to_numpy(t)[0] = 5.0
+    P.to_numpy(a)[0] = 5.0
+    assert float(t.abs().max()) == 0.0 and float(np.abs(a).max()) == 0.0
+    assert P.to_numpy([1.0, 2.0]).tolist() == [1.0, 2.0]
