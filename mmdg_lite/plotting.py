@@ -184,7 +184,8 @@ def plot_samples(generated: ArrayLike | None = None, reference: ArrayLike | None
 def plot_ring_panel(ax: Axes, samples: ArrayLike | None, references: ArrayLike | None,
                     title: str = "", *, role: str = "guided", lim: float = 3.2,
                     s: float = 3.0) -> Axes:
-    """One panel of the 2-D ring: faint references underneath, samples on top, fixed limits.
+    """One panel of the 2-D ring: faint references underneath, samples on top, fixed limits
+    (samples beyond them are counted in a corner note, not silently cut off).
 
     ``samples=None`` (a run whose guidance diverged) writes "diverged" in the panel instead.
     """
@@ -194,8 +195,22 @@ def plot_ring_panel(ax: Axes, samples: ArrayLike | None, references: ArrayLike |
     else:
         plot_samples(None, references, ax=ax, s=s, alpha=0.35, legend=False)
         plot_samples(samples, ax=ax, s=s, role=role, legend=False)
+        _note_outside(ax, samples, (-lim, lim), (-lim, lim))
     ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     return ax
+
+
+def _note_outside(ax: Axes, points: ArrayLike, xlim: tuple[float, float], ylim: tuple[float, float],
+                  what: str = "samples") -> int:
+    """Write "k of n samples outside the view" in the lower-left corner of ``ax`` when some of the
+    (n, 2) ``points`` lie beyond the limits the panel is drawn with; returns k."""
+    p = _check_2d(to_numpy(points), "points")
+    inside = (min(xlim) <= p[:, 0]) & (p[:, 0] <= max(xlim)) & (min(ylim) <= p[:, 1]) & (p[:, 1] <= max(ylim))
+    out = int((~inside).sum())
+    if out:
+        ax.text(0.02, 0.02, f"{out} of {len(p)} {what} outside the view", transform=ax.transAxes,
+                fontsize="x-small", color="#b00", ha="left", va="bottom")
+    return out
 
 
 def plot_field(points: ArrayLike, vectors: ArrayLike, *, ax: Axes | None = None,
