@@ -40,7 +40,7 @@ from .guidance import EVAL_POINTS, GENERATED_SETS, NORMALIZATIONS, SCHEDULES, MM
 from .kernels import GaussianKernel, InverseMultiquadricKernel, Kernel, PolynomialKernel
 from .metrics import mode_proportions, off_mode_fraction, total_variation
 from .mmd import witness
-from .plotting import (PALETTE, grid_2d, legend_outside, plot_field, plot_proportion_table,
+from .plotting import (PALETTE, _note_outside, grid_2d, legend_outside, plot_field, plot_proportion_table,
                        plot_prompt_samples, plot_ring_panel, plot_samples, to_numpy)
 
 __all__ = ["REFERENCE_SETS", "FIELD_KERNELS", "make_field_kernel", "gradient_field_data",
@@ -294,6 +294,7 @@ def prompt_bandwidth_figure(**settings: Any) -> Figure:
     paired = np.mean([v["paired"] for v in d["scores"].values()])
     ax_s.set(xlim=(-2.3, 2.3), ylim=(-1.35, 2.15),
              title=f"σ_p = {settings.get('prompt_bandwidth', 0.3):g}: paired {paired:.2f}")
+    _note_outside(ax_s, d["samples"], (-2.3, 2.3), (-1.35, 2.15))  # strength 10: up to half of them
     plot_proportion_table(d["weights"], [f"'{c}'" for c in world.categories],
                           [f"refs '{c}'" for c in world.categories], ax=ax_w, cmap="Greens",
                           title="mean k_p weight")

@@ -599,3 +599,14 @@ def test_guidance_explorer_runs_norm_matched_at_the_alpha_it_names(monkeypatch):
     assert seen[-1]["normalization"] == "norm_matched" and seen[-1]["strength"] == 0.003
     controls["step"].value = "clipped"
     assert seen[-1]["strength"] == pytest.approx(3.0)
+
+
+def test_prompt_bandwidth_figure_says_how_many_samples_lie_outside_its_view():
+    """The samples panel is drawn in a fixed box; at the explorer's top strength (10) 66-99 of the
+    180 samples landed outside it and were cut off silently (the style table counted them)."""
+    fig = W.prompt_bandwidth_figure(strength=10.0, n_per_prompt=20, num_steps=20)
+    d = W.prompt_bandwidth_data(strength=10.0, n_per_prompt=20, num_steps=20)
+    x = d["samples"]
+    out = int(((x[:, 0].abs() > 2.3) | (x[:, 1] < -1.35) | (x[:, 1] > 2.15)).sum())
+    assert out > 0, "the setting should throw samples outside the view"
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"{out} of {len(x)} samples outside the view"]
