@@ -464,7 +464,12 @@ def read_markdown_table(text: str, heading: str):
         raise KeyError(f"heading {heading!r} not found; the sections are {found}")
     start = heads[found.index(str(heading).strip())] + 1
     end = next((i for i in heads if i >= start), len(all_lines))  # up to the next section
-    lines = [ln for ln in all_lines[start:end] if ln.startswith("|")]
+    lines = []  # the first table only: a second one in the section was read as more rows
+    for ln in all_lines[start:end]:
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
     if len(lines) < 2:
         raise ValueError(f"section {heading!r} has no markdown table")
     cells = [[c.strip().replace("**", "") for c in ln.strip().strip("|").split("|")] for ln in lines]

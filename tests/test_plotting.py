@@ -433,3 +433,17 @@ def test_plot_ring_panel_says_how_many_samples_lie_outside_its_fixed_view():
     P.plot_ring_panel(b, torch.cat([inside, torch.tensor([[4.0, 0.0], [0.0, -9.0]])]), None, "out")
     assert [t.get_text() for t in b.texts] == ["2 of 5 samples outside the view"]
     plt.close(fig)
+
+
+def test_read_markdown_table_reads_the_first_table_of_a_section():
+    """'The first markdown table under the section': every '|' line of the section was taken, so a
+    second table's header and '---' row became data rows of the first (same width), or pandas
+    failed with '2 columns passed, passed data had 4 columns' (benchmarks/results/distributed.md,
+    section 'Cost model on paper: ...')."""
+    text = ("## Results\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nBetween the tables.\n\n"
+            "| c | d |\n|---|---|\n| 3 | 4 |\n")
+    assert P.read_markdown_table(text, "Results").to_dict("records") == [{"a": "1", "b": "2"}]
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "distributed.md"
+    heading = next(ln[3:].strip() for ln in results.read_text().splitlines() if ln.startswith("## Cost model"))
+    df = P.read_markdown_table(results.read_text(), heading)
+    assert list(df.columns) == ["quantity", "value"] and df["value"].iloc[0] == "256 KiB"
