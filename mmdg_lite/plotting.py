@@ -473,6 +473,10 @@ def read_markdown_table(text: str, heading: str):
     if len(lines) < 2:
         raise ValueError(f"section {heading!r} has no markdown table")
     cells = [[c.strip().replace("**", "") for c in ln.strip().strip("|").split("|")] for ln in lines]
+    for ln, row in zip(lines[2:], cells[2:]):  # pandas padded a short row with None, silently
+        if len(row) != len(cells[0]):
+            raise ValueError(f"section {heading!r}: a row has {len(row)} cells where the header has "
+                             f"{len(cells[0])} ({cells[0]}): {ln.strip()!r}")
     return pd.DataFrame(cells[2:], columns=cells[0])
 
 

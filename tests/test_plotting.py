@@ -447,3 +447,13 @@ def test_read_markdown_table_reads_the_first_table_of_a_section():
     heading = next(ln[3:].strip() for ln in results.read_text().splitlines() if ln.startswith("## Cost model"))
     df = P.read_markdown_table(results.read_text(), heading)
     assert list(df.columns) == ["quantity", "value"] and df["value"].iloc[0] == "256 KiB"
+
+
+@pytest.mark.parametrize("row", ["| 1 | 2 | 3 |", "| 1 |"])
+def test_read_markdown_table_names_a_row_that_does_not_fit_the_header(row):
+    """A row with a cell too few was padded with None by pandas, silently, and one with a cell
+    too many (an unescaped '|' in a note) failed with '2 columns passed, passed data had 3
+    columns', naming neither the section nor the row."""
+    text = f"## Results\n\n| a | b |\n|---|---|\n| 5 | 6 |\n{row}\n"
+    with pytest.raises(ValueError, match=r"section 'Results': a row has \d cells where the header has 2 .*" + re.escape(repr(row))):
+        P.read_markdown_table(text, "Results")
