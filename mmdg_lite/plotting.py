@@ -496,7 +496,9 @@ def find_results_dir(start: str | Path | None = None) -> Path | None:
 
 def load_results_json(stem: str, results: str | Path | None = None):
     """(rows as a DataFrame, the whole JSON dict) of benchmarks/results/<stem>.json, or
-    (None, {}) with a printed note naming the command that creates it when it is missing."""
+    (None, {}) with a printed note naming the command that creates it when it is missing.
+    Rows are None for a JSON without a "rows" list of records (images.json, sd.json, ...: read
+    the dict)."""
     import json
 
     pd = import_optional("pandas", "load_results_json")
@@ -509,4 +511,7 @@ def load_results_json(stem: str, results: str | Path | None = None):
               "the plots for it are skipped.")
         return None, {}
     data = json.loads(path.read_text())
-    return pd.DataFrame(data["rows"]), data
+    rows = data.get("rows") if isinstance(data, dict) else None  # 10 of the 16 tables have none: KeyError
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        return None, data
+    return pd.DataFrame(rows), data
