@@ -637,8 +637,9 @@ def grid_data(domain: str = "digits", strength: float | None = None,
               reference_count: int | None = None) -> dict[str, Any]:
     """One cell of ``domain``'s precomputed grid: its images and the first references (uint8,
     at most ``n_shown`` and the cell's count), the measured style / valid rates of its
-    ``n_measured`` samples, the unguided rate, and the whole style-rate table (strengths x reference counts). Defaults: the calibrated strength
-    (factor 1) and the middle reference count."""
+    ``n_measured`` samples, the unguided rate, and the whole style-rate table (strengths x
+    reference counts). Defaults: the calibrated strength (factor 1) and the middle reference
+    count."""
     g = load_explorer_grids(domain)
     st, rc = g["strengths"], g["reference_counts"]
     if strength is None:
