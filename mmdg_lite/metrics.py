@@ -360,6 +360,12 @@ def attribute_rate(labels: Any, target: Any) -> float:
     elif isinstance(target, (list, tuple, set, dict)):
         raise TypeError(f"target must be one label (a scalar), compared with every entry of labels; got "
                         f"{_describe(target)}")
+    # a label of another kind equals none of them (1 never equals '1'): the rate would be 0 silently
+    kinds = {"U": ("str", (str,)), "S": ("bytes", (bytes,))}
+    kind, types = kinds.get(arr.dtype.kind, ("numbers or bools", (bool, np.bool_, int, float, np.number)))
+    if not isinstance(target, types):
+        raise TypeError(f"target must be a label of the kind labels hold ({kind}, dtype {arr.dtype}); "
+                        f"got {_describe(target)}")
     return float(np.mean(arr == target))
 
 

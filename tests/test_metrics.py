@@ -412,3 +412,15 @@ def test_two_set_metrics_refuse_image_sets_of_different_layouts():
         with pytest.raises(ValueError, match=r"per-point shape \(3, 4, 4\) but .* has \(4, 4, 3\)"):
             fn(x, y_last)
         assert fn(x, y) == fn(x.flatten(1), y) == fn(x, y.flatten(1)), name  # one layout, or flat: accepted
+
+
+def test_attribute_rate_refuses_a_target_of_another_kind_than_the_labels():
+    # 1 never equals '1': a classifier's int labels against a str target (or the reverse, or
+    # bytes against str, or None) gave a rate of 0.0 without a word
+    for labels, target in ((["1", "0", "1"], 1), (torch.tensor([1, 0, 1]), "1"), ([1, 0, 1], None),
+                           ([b"a", b"b"], "a"), (["a", "b"], b"a")):
+        with pytest.raises(TypeError, match=r"target must be a label of the kind labels hold .* got "):
+            attribute_rate(labels, target)
+    assert attribute_rate(["1", "0", "1"], "1") == pytest.approx(2 / 3)
+    assert attribute_rate([True, False, True], 1) == attribute_rate([1, 0, 1], True) == pytest.approx(2 / 3)
+    assert attribute_rate(np.array([1.0, 0.0]), np.int64(1)) == 0.5
