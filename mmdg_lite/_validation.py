@@ -21,12 +21,20 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
+def from_numpy(value: np.ndarray) -> Tensor:
+    """``torch.from_numpy``, also for the arrays it refuses with an error that names no argument:
+    a flipped view (``x[::-1]``, ``np.flip``: negative strides) or big-endian data are copied."""
+    if any(stride < 0 for stride in value.strides) or not value.dtype.isnative:
+        value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
+    return torch.from_numpy(value)
+
+
 def as_float_tensor(value: Any, name: str) -> Tensor:
     """Convert numpy arrays to tensors and reject non-floating dtypes (int, bool, complex)."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufc":  # strings, objects: torch's own error names no argument
             raise TypeError(f"{name} must be an array of numbers; got a numpy array of dtype {value.dtype}")
-        value = torch.from_numpy(value)
+        value = from_numpy(value)
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {_describe(value)}")
     if not value.dtype.is_floating_point:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ._validation import (check_autograd, check_bool, check_has_values, check_int, check_layouts, check_pair,
-                          check_points, check_positive, is_real_number)
+                          check_points, check_positive, from_numpy, is_real_number)
 
 __all__ = [
     "Kernel", "GaussianKernel", "MultiGaussianKernel", "InverseMultiquadricKernel",
@@ -114,7 +114,7 @@ def pairwise_sq_dists(x: Tensor, y: Tensor) -> Tensor:
     Shapes are checked (cheaply: this runs inside the kernels); values are the caller's. numpy
     arrays are read as tensors, as by every other public function.
     """
-    x, y = (torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in (x, y))
+    x, y = (from_numpy(v) if isinstance(v, np.ndarray) else v for v in (x, y))
     for name, v in (("x", x), ("y", y)):
         if not isinstance(v, Tensor) or v.ndim != 2:
             raise ValueError(f"{name} must be a tensor of points (n, D); got "

@@ -15,8 +15,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ._validation import (all_finite, check_autograd, check_choice, check_int, check_layouts, check_pair, check_points,
-                          check_weights)
+from ._validation import (all_finite, as_float_tensor, check_autograd, check_choice, check_int, check_layouts,
+                          check_pair, check_points, check_weights)
 from .kernels import (CallableKernel, FeatureKernel, GaussianKernel, Kernel, MultiGaussianKernel, ProductKernel,
                       checked_resolve, work_dtype)
 from .seeding import check_seed
@@ -49,7 +49,7 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
     check_layouts(x, y, "x", "y")
     xs = check_points(x, "x", min_count=need, why=why)
     ys = check_points(y, "y", min_count=need, why=why)
-    shape = (x if isinstance(x, Tensor) else torch.as_tensor(x)).shape
+    shape = torch.Size(x.shape)  # a tensor or numpy array, checked above
     xs, ys = check_pair(xs, ys, "x", "y")
     xs, ys = xs.to(work_dtype(xs)), ys.to(work_dtype(ys))  # float16 / bfloat16 run in float32
     wx = check_weights(x_weights, "x_weights", len(xs), xs)
@@ -300,7 +300,7 @@ def mmd2_grad_autograd(x, y, kernel: AnyKernel, **kwargs) -> Tensor:
         kernel = kernel.resolve(xs, ys)
     check_autograd("mmd2_grad_autograd")
     with torch.enable_grad():
-        x = torch.as_tensor(x)
+        x = as_float_tensor(x, "x")  # checked above: a tensor, or a numpy array read as one
         xg = x.detach().to(work_dtype(x), copy=True).requires_grad_(True)  # half: float32
         (g,) = torch.autograd.grad(mmd2(xg, y, kernel, **kwargs), xg)
     return g

@@ -90,6 +90,23 @@ def test_integer_numpy_array():
         mmd2(torch.zeros(3, 3), y.numpy().astype(np.int32), K)
 
 
+
+def test_flipped_and_big_endian_numpy_arrays_are_read_as_their_values():
+    # torch.from_numpy refuses negative strides (x[::-1], np.flip) and big-endian data; every
+    # public function raised torch's bare ValueError for them, naming no argument
+    from mmdg_lite.kernels import pairwise_sq_dists
+    from mmdg_lite.metrics import density_coverage, frechet_distance
+
+    x, y = (v.double().numpy() for v in _xy(6, 7))
+    plain = np.ascontiguousarray(x[::-1])
+    flipped, big = x[::-1], y.astype(">f8")
+    assert flipped.strides[0] < 0 and not big.dtype.isnative
+    for fn in FUNCS:
+        assert torch.equal(torch.as_tensor(fn(flipped, big, K)), torch.as_tensor(fn(plain, y, K))), fn.__name__
+    assert torch.equal(pairwise_sq_dists(flipped, big), pairwise_sq_dists(plain, y))
+    assert frechet_distance(np.flip(x, 1), big) == frechet_distance(np.flip(x, 1).copy(), y)
+    assert density_coverage(flipped, big, k=2) == density_coverage(plain, y, k=2)
+
 def test_not_a_tensor():
     _, y = _xy()
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor or numpy array; got list"):
