@@ -420,6 +420,29 @@ def test_a_pipeline_component_without_its_weights_file_is_named(model, tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+
+@pytest.mark.parametrize("component, weights", [("unet", "diffusion_pytorch_model.safetensors"),
+                                                ("text_encoder", "model.safetensors")])
+def test_adapt_refuses_a_pipeline_component_that_lacks_a_tensor(model, refs, tmp_path, capsys, component, weights):
+    """diffusers' own pipeline load initialises a tensor a component's weights file lacks (at
+    random) and sampled with it: mmdg adapt --quiet wrote its images with exit status 0, silently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    broken = shutil.copytree(model, tmp_path / "broken")
+    tensors = load_file(broken / component / weights)
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    save_file(tensors, broken / component / weights, metadata={"format": "pt"})
+    work = tmp_path / "work"
+    work.mkdir()
+    assert adapt(broken, refs, work / "out") == 2
+    assert f"missing keys ['{dropped}']" in capsys.readouterr().err and leftovers(work) == []
+    assert load_pipeline(model, device="cpu").unet is not None  # the intact folder loads
+
 def test_adapt_reference_prompts_file_with_a_byte_order_mark(model, refs, tmp_path):
     """A prompts file saved with a UTF-8 byte-order mark (Windows Notepad): the mark was read as part
     of the first prompt, whose features then matched no prompt, and the images changed silently."""
