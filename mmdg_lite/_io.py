@@ -289,7 +289,8 @@ def _pipeline_models(folder: Path, index: dict[str, Any], hint: str, kwargs: dic
             continue
         cls = getattr(importlib.import_module(spec[0]), str(spec[1]), None)
         if _is_diffusers_model(cls) or _is_transformers_model(cls):
-            extra = {k: kwargs[k] for k in ("torch_dtype",) if k in kwargs}
+            # the variant too: without it a component read the non-variant file (or none) of its folder
+            extra = {k: kwargs[k] for k in ("torch_dtype", "variant") if k in kwargs}
             models[name] = from_pretrained(cls, folder / name, hint, **extra)
     return models
 

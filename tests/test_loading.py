@@ -391,6 +391,31 @@ def test_the_checked_pipeline_holds_the_weights_of_a_plain_load():
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
+
+def test_the_checked_pipeline_loads_the_variant_it_is_asked_for(tmp_path):
+    """Its strict component loads dropped variant=: with variant='fp16' a folder holding both files
+    gave the components the non-variant weights (diffusers' own load reads the fp16 ones), and a
+    folder of fp16 files alone failed ('no file named model.safetensors')."""
+    pytest.importorskip("transformers")
+    import diffusers
+
+    from mmdg_lite.pipelines import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    pipe.save_pretrained(tmp_path / "both")
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(0.5)
+    pipe.save_pretrained(tmp_path / "both", variant="fp16")
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    for folder in (tmp_path / "both", tmp_path / "fp16"):
+        checked = from_pretrained(diffusers.DiffusionPipeline, folder, variant="fp16")
+        plain = diffusers.DiffusionPipeline.from_pretrained(str(folder), variant="fp16", local_files_only=True)
+        for name in ("unet", "text_encoder"):
+            a, b = getattr(checked, name).state_dict(), getattr(plain, name).state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in b), (folder.name, name)
+    assert torch.equal(checked.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
 def test_a_pipeline_tokenizer_without_its_config_is_refused(tmp_path):
     """Without tokenizer_config.json the tokenizer 'loaded' with model_max_length 1e30 (the
     shipped one says 16), the length the SD pipelines pad every prompt to."""
