@@ -321,8 +321,9 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
         out = cls.from_pretrained(str(folder), output_loading_info=True, **kwargs) if strict \
             else cls.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        raise ArtifactError(f"{folder}: {name}.from_pretrained failed (files: {files}): "
-                            f"{type(err).__name__}: {err}{'; ' + hint if hint else ''}") from err
+        # the cause first: mmdg shortens a failure to one line, and a pipeline has many files
+        raise ArtifactError(f"{folder}: {name}.from_pretrained failed: {type(err).__name__}: {err}"
+                            f"{'; ' + hint if hint else ''} (files: {_listing(files)})") from err
     if not strict:
         return out
     model, info = out
@@ -330,6 +331,7 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
                 for what in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
                 if info.get(what)]
     if problems:
-        raise ArtifactError(f"{folder}: the weights (files: {files}) do not match its config.json "
-                            f"for {name}: " + "; ".join(problems) + (f"; {hint}" if hint else ""))
+        weights = [f for f in files if Path(f).suffix in _WEIGHT_SUFFIXES]
+        raise ArtifactError(f"{folder}: the weights in {_listing(weights)} do not match its config.json for {name}: "
+                            + "; ".join(problems) + (f"; {hint}" if hint else ""))
     return model

@@ -310,3 +310,29 @@ def test_info_checks_each_weights_file_of_a_pipeline_against_its_recorded_sha256
     assert cli.main(["info"]) == 1 and "sha256 MISMATCH" in capsys.readouterr().out
     vae.unlink()
     assert cli.main(["info"]) == 1 and "weights files differ" in capsys.readouterr().out
+
+
+def test_a_pipeline_load_failure_shows_its_cause_on_the_shortened_line(capsys, monkeypatch, tmp_path):
+    # the checked from_pretrained listed the pipeline's files before diffusers' error, and the
+    # one-line report (400 characters) ended inside that listing: the cause was never shown
+    import shutil
+
+    pytest.importorskip("transformers")
+    from PIL import Image
+
+    from mmdg_lite._resources import DATA_DIR
+
+    folder = shutil.copytree(DATA_DIR / "sd" / "shapes_pipeline", tmp_path / "pipe")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "NoSuchScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"sd": (folder, cli._loader_for(folder))})
+    assert cli.main(["info"]) == 1
+    assert re.search(r"sd  FAILS: ArtifactError: .*pipe: DiffusionPipeline.from_pretrained failed: "
+                     r"ValueError: .*NoSuchScheduler", capsys.readouterr().out)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (8, 8)).save(refs / "a.png")
+    assert cli.main(["adapt", "--model", str(folder), "--references", str(refs), "--prompt", "x",
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "from_pretrained failed: ValueError: `diffusers` has no class `NoSuchScheduler`" in capsys.readouterr().err
