@@ -222,13 +222,24 @@ def _checked_index(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: the component(s) {_listing(weightless)} hold a config.json but no "
                             f"weights file ({', '.join(sorted(_WEIGHT_SUFFIXES))}); copy the whole pipeline "
                             "folder again")
-    absent = sorted({lib for lib in parts.values() if importlib.util.find_spec(lib) is None})
+    absent = sorted({lib for lib in parts.values() if not _library_installed(lib)})
     if absent:
         raise MissingExtraError(f"{folder}: the pipeline's {_listing(n for n, lib in parts.items() if lib in absent)} "
                                 f"need {', '.join(absent)}, which is not installed: pip install "
                                 "'mmdg_lite[sd]' (the extra for Stable Diffusion pipelines)")
     _check_tokenizer_files(folder, index)
     return index
+
+
+def _library_installed(library: str) -> bool:
+    """Whether a component's library in model_index.json can be imported: a package, or a module of
+    diffusers' pipelines (SD 1.x records its safety checker's as 'stable_diffusion')."""
+    if importlib.util.find_spec(library) is not None:
+        return True
+    try:
+        return importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
+    except ImportError:  # no diffusers
+        return False
 
 
 def _check_tokenizer_files(folder: Path, index: dict[str, Any]) -> None:

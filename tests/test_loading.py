@@ -432,3 +432,35 @@ def test_a_pipeline_tokenizer_without_its_config_is_refused(tmp_path):
         config["model_max_length"]
     with pytest.raises(ArtifactError, match=r"component\(s\) \['tokenizer'\] have no tokenizer_config.json"):
         check_pipeline_folder(pipe)
+
+
+def test_a_pipeline_with_its_safety_checker_is_not_refused_as_a_missing_library(tmp_path):
+    """SD 1.x pipelines (the hub's, or one saved with save_pretrained) record their safety checker
+    as ['stable_diffusion', 'StableDiffusionSafetyChecker'], a module of diffusers' pipelines, not
+    a package: the library check refused them ('need stable_diffusion, which is not installed')."""
+    transformers = pytest.importorskip("transformers")
+    import diffusers
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    from mmdg_lite._io import MissingExtraError, check_pipeline_folder
+    from mmdg_lite.pipelines import tiny_sd_pipeline
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    tiny = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+    config = transformers.CLIPConfig(text_config={**tiny, "vocab_size": 100}, projection_dim=16,
+                                     vision_config={**tiny, "image_size": 32, "patch_size": 8})
+    pipe = diffusers.StableDiffusionPipeline(**{
+        **tiny_sd_pipeline().components, "safety_checker": StableDiffusionSafetyChecker(config),
+        "feature_extractor": transformers.CLIPImageProcessor(size={"shortest_edge": 32},
+                                                             crop_size={"height": 32, "width": 32})})
+    pipe.save_pretrained(tmp_path / "sd")
+    assert json.loads((tmp_path / "sd" / "model_index.json").read_text())["safety_checker"][0] == "stable_diffusion"
+    assert check_pipeline_folder(tmp_path / "sd") == tmp_path / "sd"
+    assert isinstance(from_pretrained(diffusers.DiffusionPipeline, tmp_path / "sd").safety_checker,
+                      StableDiffusionSafetyChecker)
+    assert load_pipeline(tmp_path / "sd", device="cpu").safety_checker is None  # mmdg adapt runs without it
+    index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    index["safety_checker"][0] = "no_such_library"  # a library that is really missing is still named
+    (tmp_path / "sd" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(MissingExtraError, match="need no_such_library, which is not installed"):
+        check_pipeline_folder(tmp_path / "sd")
