@@ -205,12 +205,14 @@ def check_pipeline_folder(folder: str | Path) -> Path:
     return folder
 
 
-def _checked_index(folder: Path) -> dict[str, Any]:
-    """``check_pipeline_folder``'s checks; the folder's model_index.json, read once."""
+def _checked_index(folder: Path, given: Iterable[str] = ()) -> dict[str, Any]:
+    """``check_pipeline_folder``'s checks; the folder's model_index.json, read once. Components in
+    ``given`` (passed to from_pretrained, e.g. safety_checker=None) are not read from the folder."""
     index = read_json(folder / "model_index.json")
     if not isinstance(index, dict):
         raise ArtifactError(f"{folder / 'model_index.json'}: not a JSON object")
-    parts = {name: spec[0] for name, spec in index.items() if not name.startswith("_")
+    given = set(given)
+    parts = {name: spec[0] for name, spec in index.items() if not name.startswith("_") and name not in given
              and isinstance(spec, list) and len(spec) == 2 and spec[0] is not None}
     missing = [name for name in parts if not (folder / name).is_dir() or not any((folder / name).iterdir())]
     if missing:
@@ -227,7 +229,7 @@ def _checked_index(folder: Path) -> dict[str, Any]:
         raise MissingExtraError(f"{folder}: the pipeline's {_listing(n for n, lib in parts.items() if lib in absent)} "
                                 f"need {', '.join(absent)}, which is not installed: pip install "
                                 "'mmdg_lite[sd]' (the extra for Stable Diffusion pipelines)")
-    _check_tokenizer_files(folder, index)
+    _check_tokenizer_files(folder, {name: spec for name, spec in index.items() if name not in given})
     return index
 
 
@@ -318,7 +320,7 @@ def from_pretrained(cls: Any, folder: str | Path, hint: str = "", strict: bool =
     """
     folder = check_folder(folder, hint)
     if (folder / "model_index.json").is_file():
-        index = _checked_index(folder)
+        index = _checked_index(folder, kwargs)
         if strict:
             kwargs = {**_pipeline_models(folder, index, hint, kwargs), **kwargs}
     kwargs.setdefault("local_files_only", True)

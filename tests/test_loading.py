@@ -434,17 +434,13 @@ def test_a_pipeline_tokenizer_without_its_config_is_refused(tmp_path):
         check_pipeline_folder(pipe)
 
 
-def test_a_pipeline_with_its_safety_checker_is_not_refused_as_a_missing_library(tmp_path):
-    """SD 1.x pipelines (the hub's, or one saved with save_pretrained) record their safety checker
-    as ['stable_diffusion', 'StableDiffusionSafetyChecker'], a module of diffusers' pipelines, not
-    a package: the library check refused them ('need stable_diffusion, which is not installed')."""
+def _sd_with_safety_checker(folder: Path) -> Path:
+    """A tiny StableDiffusionPipeline saved with a safety checker and feature extractor (SD 1.x's layout)."""
     transformers = pytest.importorskip("transformers")
     import diffusers
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
-    from mmdg_lite._io import MissingExtraError, check_pipeline_folder
     from mmdg_lite.pipelines import tiny_sd_pipeline
-    from mmdg_lite.pipelines.adapt import load_pipeline
 
     tiny = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
     config = transformers.CLIPConfig(text_config={**tiny, "vocab_size": 100}, projection_dim=16,
@@ -453,14 +449,48 @@ def test_a_pipeline_with_its_safety_checker_is_not_refused_as_a_missing_library(
         **tiny_sd_pipeline().components, "safety_checker": StableDiffusionSafetyChecker(config),
         "feature_extractor": transformers.CLIPImageProcessor(size={"shortest_edge": 32},
                                                              crop_size={"height": 32, "width": 32})})
-    pipe.save_pretrained(tmp_path / "sd")
-    assert json.loads((tmp_path / "sd" / "model_index.json").read_text())["safety_checker"][0] == "stable_diffusion"
-    assert check_pipeline_folder(tmp_path / "sd") == tmp_path / "sd"
-    assert isinstance(from_pretrained(diffusers.DiffusionPipeline, tmp_path / "sd").safety_checker,
-                      StableDiffusionSafetyChecker)
-    assert load_pipeline(tmp_path / "sd", device="cpu").safety_checker is None  # mmdg adapt runs without it
-    index = json.loads((tmp_path / "sd" / "model_index.json").read_text())
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_a_pipeline_with_its_safety_checker_is_not_refused_as_a_missing_library(tmp_path):
+    """SD 1.x pipelines (the hub's, or one saved with save_pretrained) record their safety checker
+    as ['stable_diffusion', 'StableDiffusionSafetyChecker'], a module of diffusers' pipelines, not
+    a package: the library check refused them ('need stable_diffusion, which is not installed')."""
+    import diffusers
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    from mmdg_lite._io import MissingExtraError, check_pipeline_folder
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    folder = _sd_with_safety_checker(tmp_path / "sd")
+    assert json.loads((folder / "model_index.json").read_text())["safety_checker"][0] == "stable_diffusion"
+    assert check_pipeline_folder(folder) == folder
+    assert isinstance(from_pretrained(diffusers.DiffusionPipeline, folder).safety_checker, StableDiffusionSafetyChecker)
+    assert load_pipeline(folder, device="cpu").safety_checker is None  # mmdg adapt runs without it
+    index = json.loads((folder / "model_index.json").read_text())
     index["safety_checker"][0] = "no_such_library"  # a library that is really missing is still named
-    (tmp_path / "sd" / "model_index.json").write_text(json.dumps(index))
+    (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(MissingExtraError, match="need no_such_library, which is not installed"):
-        check_pipeline_folder(tmp_path / "sd")
+        check_pipeline_folder(folder)
+
+
+def test_a_component_passed_to_from_pretrained_need_not_be_in_the_folder(tmp_path):
+    """A pipeline copied without its safety checker (saving 1.2 GB of SD 1.x) loads in diffusers
+    with safety_checker=None, as load_pipeline (mmdg adapt) asks; the folder check demanded the
+    folder all the same ('copy the whole pipeline folder again')."""
+    import shutil
+
+    import diffusers
+
+    from mmdg_lite._io import check_pipeline_folder
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    folder = _sd_with_safety_checker(tmp_path / "sd")
+    shutil.rmtree(folder / "safety_checker")
+    assert load_pipeline(folder, device="cpu").safety_checker is None
+    assert from_pretrained(diffusers.DiffusionPipeline, folder, safety_checker=None).safety_checker is None
+    with pytest.raises(ArtifactError, match=r"names the component\(s\) \['safety_checker'\], but their folders"):
+        check_pipeline_folder(folder)  # a full load needs it
+    with pytest.raises(ArtifactError, match=r"names the component\(s\) \['safety_checker'\], but their folders"):
+        from_pretrained(diffusers.DiffusionPipeline, folder)
