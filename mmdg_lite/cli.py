@@ -325,12 +325,18 @@ def _check_adapt_inputs(args: argparse.Namespace) -> tuple[str, Path, list[str] 
 
 
 def _partial_folder(out: Path) -> Path:
-    """A new hidden folder beside ``out`` (results are moved into place only when complete)."""
+    """A new hidden folder beside ``out`` (results are moved into place only when complete), or
+    inside ``out`` when only that existing empty folder is writable (a mount point under /mnt)."""
+    import contextlib
     import tempfile
 
+    prefix = f".{out.name}.partial-"
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as err:
+        if out.is_dir():
+            with contextlib.suppress(OSError):
+                return Path(tempfile.mkdtemp(prefix=prefix, dir=out))
         raise _BadInput(f"--out: cannot write in {str(out.parent)!r} ({type(err).__name__}: "
                         f"{err.strerror or err}); choose a folder you can write to") from None
 

@@ -217,6 +217,28 @@ def test_adapt_unwritable_out_parent_is_an_input_error_before_loading(model, ref
     assert "--out: cannot write in" in err and "Permission denied" in err and "Traceback" not in err
 
 
+
+def test_adapt_into_an_empty_folder_whose_parent_is_not_writable(model, refs, tmp_path, capsys, monkeypatch):
+    # the partial folder was made beside --out, so an empty folder one may write in (a mount point
+    # under a read-only /mnt) was refused: "--out: cannot write in '/mnt'; choose a folder you can write to"
+    import tempfile
+
+    out = tmp_path / "mnt" / "results"
+    out.mkdir(parents=True)
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        if Path(dir) == out.parent:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    assert adapt(model, refs, out) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "metrics.json"]
+    assert leftovers(out.parent) == ["results"]
+    assert adapt(model, refs, tmp_path / "mnt" / "new") == 2  # a new folder is still made in the parent
+    assert "--out: cannot write in" in capsys.readouterr().err and leftovers(out.parent) == ["results"]
+
 def test_adapt_into_a_symlink_to_an_empty_folder(model, refs, tmp_path):
     target = tmp_path / "target"
     target.mkdir()
