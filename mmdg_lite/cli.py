@@ -100,8 +100,10 @@ def _check_sha256(folder: Path) -> tuple[str, bool]:
     pipeline folder records one sha256 per weights file (``{"unet/...safetensors": hex}``)."""
     info = folder / "training.json"
     weights = sorted(folder.rglob("*.safetensors"))
-    if not info.is_file() or not weights:
+    if not weights:
         return "", False
+    if not info.is_file():  # said nothing, as if the weights had been checked
+        return "no training.json", False
     try:
         record = json.loads(info.read_text(encoding="utf-8"))
     except (OSError, ValueError):

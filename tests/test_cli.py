@@ -235,6 +235,16 @@ def test_info_reports_a_training_json_that_is_not_an_object(capsys, monkeypatch,
     assert "m  loads  (no sha256 in training.json)" in capsys.readouterr().out
 
 
+
+def test_info_says_when_a_model_has_no_training_json_to_check_its_weights_against(capsys, monkeypatch, tmp_path):
+    # a shipped model folder that lost its training.json printed a bare 'loads', as if its weights
+    # had been checked against a recorded sha256 (a record without one already gets a note)
+    folder, load = _tiny_model_with_record(tmp_path / "m", "{}")
+    (folder / "training.json").unlink()
+    monkeypatch.setattr(cli, "shipped_models", lambda: {"m": (folder, load)})
+    assert cli.main(["info"]) == 0
+    assert "model     m  loads  (no training.json)\n" in capsys.readouterr().out
+
 def test_every_shipped_weights_file_is_identified_by_its_recorded_sha256():
     # toy/mlp_2d's training.json had no sha256, so mmdg info could not tell a damaged file from it
     import hashlib
