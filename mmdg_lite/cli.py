@@ -423,7 +423,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
             print(f"mmdg adapt: error: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         raise
-    print(f"wrote {len(guided)} image{'s' if len(guided) != 1 else ''}, grid.png and metrics.json to {out}")
+    also = " (and the unguided ones in unguided/, grid_unguided.png)" if args.baseline else ""
+    print(f"wrote {len(guided)} image{'s' if len(guided) != 1 else ''}, grid.png and metrics.json{also} to {out}")
     return 0
 
 

@@ -42,9 +42,13 @@ def leftovers(parent):
     return sorted(p.name for p in parent.iterdir())
 
 
-def test_adapt_writes_images_grid_and_metrics(model, refs, tmp_path):
+def test_adapt_writes_images_grid_and_metrics(model, refs, tmp_path, capsys):
     out = tmp_path / "run"
     assert adapt(model, refs, out, "--baseline", "--strength", "1.0", "--fit", "crop") == 0
+    # the closing line named the guided images alone, not the unguided/ folder and grid --baseline adds
+    assert capsys.readouterr().out == (f"wrote 2 images, grid.png and metrics.json (and the unguided ones in "
+                                       f"unguided/, grid_unguided.png) to {out}\n")
+    assert sorted(p.name for p in (out / "unguided").iterdir()) == ["0000.png", "0001.png"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png"]
     assert (out / "grid.png").is_file() and (out / "grid_unguided.png").is_file()
     with Image.open(out / "images" / "0000.png") as im:
