@@ -655,6 +655,34 @@ def test_generate_refuses_guidance_built_for_other_prompts_or_sizes(sd):
             generate(sd, "a red circle", 1, steps=1, size=size, progress=False)
 
 
+def _mmd2_by_hand(z, r, bandwidth_from):
+    """Biased Gaussian MMD^2 of latents z against r in float64, the bandwidth the median positive
+    pairwise distance (the lower middle one) among ``bandwidth_from``: the oracle of latent_mmd2."""
+    z, r, p = z.flatten(1).double(), r.flatten(1).double(), bandwidth_from.flatten(1).double()
+    i, j = torch.triu_indices(len(p), len(p), 1)
+    d = torch.cdist(p, p)[i, j]
+    d = d[d > 0].sort().values
+    s = float(d[(len(d) - 1) // 2])
+    k = lambda u, v: torch.exp(-torch.cdist(u, v) ** 2 / (2 * s * s))  # noqa: E731
+    return float(k(z, z).mean() + k(r, r).mean() - 2 * k(z, r).mean())
+
+
+def test_latent_mmd2_measures_every_image_set_with_the_references_kernel(sd):
+    # the bandwidth was read off each image set pooled with the references, so mmdg adapt's guided
+    # and unguided numbers came from two kernels (median 13.7 against 17.1 on the embedded pipeline)
+    from mmdg_lite.images import make_shapes
+    from mmdg_lite.pipelines.adapt import latent_mmd2
+
+    refs = encode_images(sd, make_shapes(12, seed=2).images)
+    for seed in (1, 3):  # two image sets, one kernel: the references' own median distance
+        images = make_shapes(6, seed=seed).images
+        assert latent_mmd2(sd, images, refs) == pytest.approx(_mmd2_by_hand(encode_images(sd, images), refs, refs),
+                                                              rel=1e-4)
+    one = refs[:1]  # one reference has no distance of its own: the pooled median, as before
+    z = encode_images(sd, images)
+    assert latent_mmd2(sd, images, one) == pytest.approx(_mmd2_by_hand(z, one, torch.cat([z, one])), rel=1e-4)
+
+
 def test_latent_mmd2_uses_every_reference_for_its_bandwidth(sd):
     # the median heuristic thinned 300 references to 100: shuffling them changed the value
     from mmdg_lite.images import make_shapes
@@ -664,14 +692,7 @@ def test_latent_mmd2_uses_every_reference_for_its_bandwidth(sd):
     perm = torch.randperm(300, generator=torch.Generator().manual_seed(0))
     a, b = latent_mmd2(sd, images, refs), latent_mmd2(sd, images, refs[perm])
     assert a == pytest.approx(b, rel=1e-5)  # float32 summation order only (it moved 3 % before)
-    z, r = encode_images(sd, images).flatten(1).double(), refs.flatten(1).double()  # the oracle, by hand
-    p = torch.cat([z, r])
-    i, j = torch.triu_indices(len(p), len(p), 1)
-    d = torch.cdist(p, p)[i, j]
-    d = d[d > 0].sort().values
-    s = float(d[(len(d) - 1) // 2])
-    k = lambda u, v: torch.exp(-torch.cdist(u, v) ** 2 / (2 * s * s))  # noqa: E731
-    assert a == pytest.approx(float(k(z, z).mean() + k(r, r).mean() - 2 * k(z, r).mean()), rel=1e-4)
+    assert a == pytest.approx(_mmd2_by_hand(encode_images(sd, images), refs, refs), rel=1e-4)
     with pytest.raises(ValueError, match="reference_latents must be latents"):
         latent_mmd2(sd, images, [1, 2])
     with pytest.raises(ValueError, match="pass latents from encode_images"):

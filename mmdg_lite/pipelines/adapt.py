@@ -195,8 +195,14 @@ def _check_guidance_fits(pipe: Any, guidance: Any, prompts: list[str], per_promp
 
 
 def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
-    """MMD^2 (biased, Gaussian kernel at the median distance) between the images re-encoded
-    with the pipeline's VAE and the reference latents: 0 when the two sets match."""
+    """MMD^2 (biased, Gaussian kernel) between the images re-encoded with the pipeline's VAE and
+    the reference latents: 0 when the two sets match.
+
+    The bandwidth is the references' own median distance, so every image set measured against
+    the same references (``mmdg adapt``'s guided and unguided images) is measured with one kernel;
+    a bandwidth read off each image set pooled with the references gave each its own (13.7 against
+    17.1 on the embedded pipeline). Only references without two distinct points fall back to the
+    pooled median."""
     from ..kernels import GaussianKernel, median_bandwidth
     from ..mmd import mmd2
 
@@ -208,5 +214,7 @@ def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
         raise ValueError(f"reference_latents have per-sample shape {tuple(reference_latents.shape[1:])} but the "
                          f"images encode to {tuple(z.shape[1:])}: pass latents from encode_images(pipe, references)")
     z, r = z.reshape(len(z), -1), reference_latents.float().reshape(len(reference_latents), -1)  # (N, D), (N_r, D)
-    bandwidth = median_bandwidth(z, r, max_points=max(len(z), len(r)))  # every point, so no order dependence
+    distinct = len(r) > 1 and bool((r != r[:1]).any())  # a median distance among the references exists
+    # every point, so no order dependence
+    bandwidth = median_bandwidth(r, max_points=len(r)) if distinct else median_bandwidth(z, r, max_points=max(len(z), len(r), 2))
     return float(mmd2(z, r, GaussianKernel(bandwidth=bandwidth)))
