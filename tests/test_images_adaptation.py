@@ -160,6 +160,21 @@ def test_task_seeds_and_flags_are_checked():
         digits_task(n_refs=10, stratified="no")
 
 
+def test_shapes_task_never_draws_its_references_as_its_targets():
+    # seed 1000 drew the references with the targets' own make_shapes seed (1000 + 1000 = 2000):
+    # with n_refs=500 the references were the 500 held-out targets themselves
+    from mmdg_lite.images import make_shapes
+    from mmdg_lite.images.adaptation import shapes_task
+
+    outlined = {"fill": {"outlined": 1.0}}
+    assert torch.equal(make_shapes(500, outlined, seed=1000 + 1000).images, make_shapes(500, outlined, seed=2000).images)
+    with pytest.raises(ValueError, match="seed 1000 draws the references with the held-out targets' own seed"):
+        shapes_task(n_refs=500, seed=1000)
+    task = shapes_task(n_refs=20, seed=999)  # its neighbours are untouched and hold none of the targets
+    flat = task.target_images.flatten(1)
+    assert not any(bool((flat == r.flatten()).all(1).any()) for r in task.reference_images)
+
+
 @pytest.mark.parametrize("kw,match", [(dict(batch_size=0), "batch_size must be an integer >= 1"),
                                       (dict(scheduler="DDIM"), "scheduler must be one of"),
                                       (dict(eta=-1.0), "eta must be"),

@@ -102,6 +102,9 @@ def digits_task(n_refs: int = 50, seed: int = 0, stratified: bool = True) -> Ada
                           style="thick", classify=lambda x: predict(x, "digit").argmax(1), n_classes=10)
 
 
+_SHAPES_REFERENCE_SEED, _SHAPES_TARGET_SEED = 1000, 2000  # make_shapes seeds: references 1000 + seed
+
+
 def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
     """Latent space: the shipped shapes VAE + latent UNet (25 % outlined in pretraining);
     references = ``n_refs`` outlined shapes (other attributes at the pretraining mix), encoded
@@ -114,10 +117,13 @@ def shapes_task(n_refs: int = 50, seed: int = 0) -> AdaptationTask:
 
     check_int(n_refs, "n_refs", 1)
     seed = check_seed(seed)
+    if _SHAPES_REFERENCE_SEED + seed == _SHAPES_TARGET_SEED:  # the references would be drawn as the targets are
+        raise ValueError(f"seed {seed} draws the references with the held-out targets' own seed "
+                         f"({_SHAPES_TARGET_SEED}), so they would be the targets, not other shapes: use another seed")
 
     vae, unet = load_shapes_vae(), load_shapes_unet()
-    ref_imgs = make_shapes(n_refs, {"fill": {"outlined": 1.0}}, seed=1000 + seed).images
-    targets = make_shapes(500, {"fill": {"outlined": 1.0}}, seed=2000).images
+    ref_imgs = make_shapes(n_refs, {"fill": {"outlined": 1.0}}, seed=_SHAPES_REFERENCE_SEED + seed).images
+    targets = make_shapes(500, {"fill": {"outlined": 1.0}}, seed=_SHAPES_TARGET_SEED).images
     return AdaptationTask("shapes", UNetDenoiser(unet), sample_shape(unet),
                           encode_references(vae, ref_imgs), ref_imgs, targets,
                           decode=lambda z: decode_latents(vae, z),
