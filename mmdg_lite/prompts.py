@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ._validation import as_float_tensor, check_finite, check_int, check_positive
 from .guidance import MMDGuidance
-from .kernels import GaussianKernel, ProductKernel
+from .kernels import GaussianKernel, ProductKernel, work_dtype
 
 __all__ = ["PromptEncoder", "TableEncoder", "CallableEncoder", "prompt_aware_guidance",
            "prompt_weights", "reference_coverage", "CoverageGate", "sample_with_prompts"]
@@ -213,11 +213,17 @@ class CoverageGate:
             setattr(self.guidance, name, value)
 
     def __call__(self, state: Any) -> Tensor:
+        logged = len(self.guidance.history)
         out = self.guidance(state)
         n = len(state.x_prev)
         p = self.guidance._prompts_for(state, n)  # the prompts the guidance itself used
         rho = reference_coverage(self.guidance, p).to(out).reshape(n, *([1] * (out.ndim - 1)))
-        return state.x_prev - rho * (state.x_prev - out)
+        result = state.x_prev - rho * (state.x_prev - out)
+        if len(self.guidance.history) > logged:  # track=True: step_norm is the step as the gate applies it
+            dt = work_dtype(state.x_prev)
+            applied = state.x_prev.reshape(n, -1).to(dt) - result.reshape(n, -1).to(dt)
+            self.guidance.history[-1]["step_norm"] = float(applied.norm(dim=1).mean())
+        return result
 
 
 def _check_sample_prompts(sp: Tensor | None, cond: Tensor, prompts: Sequence[str]) -> None:

@@ -307,3 +307,24 @@ def test_prompt_aware_guidance_names_a_scalar_reference_tensor(world):
     _, rprompts = world.references(PAIRED_STYLES, 2)
     with pytest.raises(ValueError, match=r"^references must have shape \(n, D\).*got shape \(\)"):
         prompt_aware_guidance(torch.tensor(1.0), rprompts, enc)
+
+
+def test_coverage_gate_history_records_the_step_it_applies():
+    """With track=True the history's step_norm ("the step as applied") was the wrapped guidance's
+    ungated step: samples whose prompt has no references moved ~0 while it read 0.15 per step."""
+    table = {"cat": [1.0, 0.0, 0.0], "dog": [0.0, 1.0, 0.0], "far": [0.0, 0.0, 1.0]}
+    enc = TableEncoder(table)
+    g = torch.Generator().manual_seed(0)
+    refs = torch.randn(20, 2, generator=g, dtype=torch.float64) + 3.0
+    st = _state(B=4)
+    for sp in (["far"] * 4, ["cat", "dog", "far", "far"]):
+        guide = prompt_aware_guidance(refs, ["cat"] * 10 + ["dog"] * 10, enc, sp, kernel=GaussianKernel(1.0),
+                                      prompt_weighting="joint", track=True)
+        gate = CoverageGate(guide)
+        out = gate(st)
+        assert len(gate.history) == 1
+        applied = float((st.x_prev - out).norm(dim=1).mean())
+        assert gate.history[0]["step_norm"] == pytest.approx(applied, rel=1e-12, abs=1e-15)
+        ungated = float((st.x_prev - guide(st)).norm(dim=1).mean())
+        assert len(guide.history) == 2 and guide.history[1]["step_norm"] == pytest.approx(ungated, rel=1e-12)
+    assert gate.history[0]["step_norm"] < 0.9 * ungated  # the two far samples are held back
