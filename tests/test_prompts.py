@@ -224,6 +224,8 @@ def test_prompt_helpers_name_bad_entries():
         w.sample(["cat", "dog"], 0, styles="anime")
     with pytest.raises(TypeError, match="pairing must be a mapping"):
         w.references(["cat"])
+    with pytest.raises(ValueError, match=r"pairing must name at least one category -> style.*got \{\}"):
+        w.references({})  # named 'prompts', an argument references() does not have
     enc = w.encoder()
     model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
     with pytest.raises(TypeError, match="do not pass cond= as well"):

@@ -108,6 +108,8 @@ class PromptWorld:
         if not isinstance(pairing, Mapping):
             raise TypeError(f"pairing must be a mapping category -> style, e.g. {{'cat': 'anime'}}; got "
                             f"{type(pairing).__name__}")
+        if not pairing:  # else "prompts must hold at least one prompt", an argument not given
+            raise ValueError(f"pairing must name at least one category -> style, e.g. {{'cat': 'anime'}}; got {{}}")
         seed = check_seed(seed)
         prompts = [c for c in pairing for _ in range(n)]
         styles = [pairing[c] for c in pairing for _ in range(n)]
