@@ -275,7 +275,12 @@ def test_prompt_world_refuses_parts_that_disagree():
     for change, match in ((dict(base_rates=torch.tensor([[0.5, 0.1, 0.1, 0.1]] * 3)), "row summing to 1"),
                           (dict(means=w.means[:2]), r"means must be a float tensor of shape \(3, 4, 2\)"),
                           (dict(std=-0.1), "std must be a finite number > 0"),
-                          (dict(embeddings=w.embeddings[:2]), r"embeddings must have shape \(3, P\)")):
+                          (dict(embeddings=w.embeddings[:2]), r"embeddings must have shape \(3, P\)"),
+                          # a repeated name: the encoder gave 'cat' row 1's embedding, sample() row 0's modes
+                          (dict(categories=("cat", "cat", "car")), r"categories must be a tuple of distinct name "
+                                                                   r"strings.*got \('cat', 'cat', 'car'\)"),
+                          (dict(styles=("photo", "anime", "anime", "pixar")), "styles must be a tuple of distinct"),
+                          (dict(categories="abc"), "categories must be a tuple of distinct")):
         with pytest.raises(ValueError, match=match):
             PromptWorld(**{**parts, **change})
     assert torch.equal(PromptWorld(**parts).sample(["cat", "car"], 3)[0], w.sample(["cat", "car"], 3)[0])

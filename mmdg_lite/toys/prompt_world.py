@@ -41,6 +41,11 @@ class PromptWorld:
     def __post_init__(self) -> None:
         """Refuse a world whose parts disagree (a short means indexed past its end at sample time;
         rates not summing to 1 were renormalised, a negative std sampled)."""
+        for name, names, like in (("categories", self.categories, CATEGORIES), ("styles", self.styles, STYLES)):
+            # a repeated name: the encoder kept the last row's embedding, category_index the first row's mode
+            if (not isinstance(names, (tuple, list)) or not names or not all(isinstance(v, str) for v in names)
+                    or len(set(names)) != len(names)):
+                raise ValueError(f"{name} must be a tuple of distinct name strings, e.g. {like}; got {names!r:.80}")
         C, S = len(self.categories), len(self.styles)
         for name, want, value in (("means", (C, S, 2), self.means), ("base_rates", (C, S), self.base_rates)):
             if not isinstance(value, Tensor) or tuple(value.shape) != want or not value.dtype.is_floating_point:
