@@ -137,8 +137,8 @@ def evaluate(samples: Tensor, task: SyntheticTask, kid_subset: int = 500,
 # per-sample step cap (clipped, 0.2 = 2 mode std) so that a strength large enough to finish
 # the job does not throw samples off the modes. The imbalanced Dirichlet user also needs a
 # wide kernel (3 x median) for mass that must travel between far-apart modes. A preset must
-# beat the untuned default (benchmarks/results/defaults.md); on the 100-D task none did
-# (0.5 x median, c = 2: TV 0.060 against the default's 0.055), so it is the default.
+# beat the untuned default (benchmarks/results/defaults.md); on the 100-D task none did on mode
+# TV (0.5 x median, c = 2: TV 0.060 against the default's 0.055), but that one does on FD (below).
 GUIDANCE_PRESETS: dict[str, list[dict[str, Any]]] = {
     "ring2d_4modes": [dict(median_scale=0.5, strength=3.0, normalization="clipped", clip_norm=0.2)],
     "ring2d_dirichlet": [dict(median_scale=0.5, strength=3.0, normalization="clipped", clip_norm=0.2),
