@@ -85,8 +85,8 @@ def _prepare(x, y, kernel, estimator, x_weights, y_weights, x_prompts, y_prompts
         px, py = px.to(xs), py.to(xs)
         # Fix a data-dependent prompt bandwidth once from all prompts, so every term and every
         # chunk uses the same prompt kernel (otherwise each (px, py[chunk]) pair got its own).
-        kernel = replace(kernel, prompt_kernel=checked_resolve(kernel.prompt_kernel, kernel._prep(px),
-                                                               kernel._prep(py)))
+        kernel = replace(kernel, prompt_kernel=checked_resolve(kernel.prompt_kernel, kernel._prep(px, "x_prompts"),
+                                                               kernel._prep(py, "y_prompts")))
     elif x_prompts is not None or y_prompts is not None:
         raise ValueError("x_prompts / y_prompts are only used with a ProductKernel; "
                          f"got kernel {type(kernel).__name__}")

@@ -197,6 +197,24 @@ def test_prompt_kernel_weights_references_by_prompt_similarity():
     assert g[0, 0] < 0 and abs(float(g[0, 1])) < 1e-12 * abs(float(g[0, 0]))  # pulled only toward y[0]
 
 
+
+def test_unusable_prompt_features_are_named_by_argument():
+    """A zero or one-feature row of x_prompts or y_prompts was refused as 'prompt features ...',
+    leaving open which of the two sets held it."""
+    pk = ProductKernel(GaussianKernel(0.3), GaussianKernel(1.0))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 2, generator=g), torch.randn(5, 2, generator=g)
+    px, py = torch.randn(4, 3, generator=g), torch.randn(5, 3, generator=g)
+    zx = px.clone()
+    zx[1] = 0.0
+    for fn in (mmd2, mmd2_grad):
+        with pytest.raises(ValueError, match=r"^x_prompts must be non-zero vectors.*row\(s\) \[1\]"):
+            fn(x, y, pk, x_prompts=zx, y_prompts=py)
+        with pytest.raises(ValueError, match=r"^y_prompts must be non-zero vectors.*row\(s\) \[0, 1, 2, 3, 4\]"):
+            fn(x, y, pk, x_prompts=px, y_prompts=torch.zeros(5, 3))
+        with pytest.raises(ValueError, match=r"^x_prompts have 1 feature per prompt"):
+            fn(x, y, pk, x_prompts=px[:, :1], y_prompts=py[:, :1])
+
 # --- witness -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
