@@ -237,8 +237,13 @@ def test_prompt_kernel_refuses_zero_prompts_and_the_gate_forwards_settings():
     y, z = torch.randn(6, 2, generator=g), torch.randn(4, 2, generator=g)
     py = torch.randn(6, 3, generator=g)
     zero = torch.zeros(4, 3)
-    with pytest.raises(ValueError, match=r"prompt features must be non-zero vectors .*row\(s\) \[0, 1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"^prompts must be non-zero vectors .*row\(s\) \[0, 1, 2, 3\]"):
         MMDGuidance(y, reference_prompts=py).gradient(z, zero)  # normalised to 0: a fake prompt
+    cond = torch.randn(4, 3, generator=g)
+    cond[2] = 0.0  # the sampler's cond, read as the prompt features: named, at the step it reaches the guidance
+    with pytest.raises(ValueError, match=r"^cond \(the samples' prompt features.*non-zero vectors.*row\(s\) \[2\]"):
+        sample(lambda x, t, c=None: torch.zeros_like(x), 4, (2,), cond=cond, num_steps=3,
+               guidance=MMDGuidance(y, reference_prompts=py))
     guide = MMDGuidance(y, reference_prompts=py, sample_prompts=py[:4], prompt_weighting="joint")
     with pytest.raises(ValueError, match="sample_prompts"):
         reference_coverage(guide, torch.full((2, 3), float("nan")))  # returned NaN

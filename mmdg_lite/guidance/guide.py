@@ -457,6 +457,7 @@ class MMDGuidance:
                 raise ValueError(f"prompts must have shape ({len(z)}, {rp.shape[1]}), one per row of z with the "
                                  f"reference prompts' features; got {tuple(prompts.shape)}")
             prompts = prompts.to(rp)  # z's device, as the references
+            self._kernel()._prep(prompts, "prompts")  # a zero row was refused as 'prompt features ...'
         elif prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
         if self.rff is not None:  # never prompt-aware
@@ -558,6 +559,8 @@ class MMDGuidance:
             p = self.sample_prompts[index.to(self.sample_prompts.device)]
         elif cond is not None:
             p = cond.reshape(n, -1)
+            if p.shape[1:] == self.reference_set.prompts.shape[1:]:  # a zero row was 'prompt features ...'
+                self._kernel()._prep(p, "cond (the samples' prompt features, as the guidance has no sample_prompts)")
         else:
             raise ValueError("prompt-aware guidance needs sample_prompts= or a sampler cond; got neither")
         if p.shape[1:] != self.reference_set.prompts.shape[1:]:
