@@ -244,6 +244,10 @@ def test_prompt_kernel_refuses_zero_prompts_and_the_gate_forwards_settings():
     with pytest.raises(ValueError, match=r"^cond \(the samples' prompt features.*non-zero vectors.*row\(s\) \[2\]"):
         sample(lambda x, t, c=None: torch.zeros_like(x), 4, (2,), cond=cond, num_steps=3,
                guidance=MMDGuidance(y, reference_prompts=py))
+    cond[2, 0] = float("nan")  # refused by name, not as a non-finite gradient blamed on the points and bandwidths
+    with pytest.raises(ValueError, match=r"^cond \(the samples' prompt features.*contains NaN or Inf"):
+        sample(lambda x, t, c=None: torch.zeros_like(x), 4, (2,), cond=cond, num_steps=3,
+               guidance=MMDGuidance(y, reference_prompts=py))
     guide = MMDGuidance(y, reference_prompts=py, sample_prompts=py[:4], prompt_weighting="joint")
     with pytest.raises(ValueError, match="sample_prompts"):
         reference_coverage(guide, torch.full((2, 3), float("nan")))  # returned NaN

@@ -560,7 +560,10 @@ class MMDGuidance:
         elif cond is not None:
             p = cond.reshape(n, -1)
             if p.shape[1:] == self.reference_set.prompts.shape[1:]:  # a zero row was 'prompt features ...'
-                self._kernel()._prep(p, "cond (the samples' prompt features, as the guidance has no sample_prompts)")
+                what = "cond (the samples' prompt features, as the guidance has no sample_prompts)"
+                if not all_finite(p):  # NaN made the gradient NaN, blamed on 'the points and bandwidths'
+                    raise ValueError(f"{what} contains NaN or Inf; all entries must be finite")
+                self._kernel()._prep(p, what)
         else:
             raise ValueError("prompt-aware guidance needs sample_prompts= or a sampler cond; got neither")
         if p.shape[1:] != self.reference_set.prompts.shape[1:]:
