@@ -674,6 +674,20 @@ def test_integer_prompts_get_one_hot_advice_not_float():
         MMDGuidance(y, reference_prompts=onehot.long())
 
 
+def test_gradient_and_remember_prompts_get_the_constructors_advice():
+    """gradient(z, prompts) and remember(x0, prompts) given prompt strings or class indices said only
+    'prompts must be a torch.Tensor or numpy array' or 'pass a floating-point tensor', where the
+    constructor says to encode them (or to give one-hot rows)."""
+    y = refs(N=4)
+    onehot = torch.eye(2)[[0, 0, 1, 1]]
+    guide = MMDGuidance(y, reference_prompts=onehot, generated_set="memory")
+    z = torch.randn(2, y.shape[1], generator=torch.Generator().manual_seed(0))
+    for call in (lambda p: guide.gradient(z, p), lambda p: guide.remember(z, p)):
+        with pytest.raises(TypeError, match=r"^prompts must be prompt features.*got prompt strings.*encoder\.encode"):
+            call(["cat", "dog"])
+        with pytest.raises(TypeError, match=r"^prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
+            call(torch.tensor([0, 1]))
+
 def test_a_prompt_aware_memory_refuses_samples_without_their_prompts():
     """remember(x0) before any guided step stored samples without prompts (the next step failed
     in torch.cat: 'expected Tensor as element 1 ... got NoneType'), and remembering more samples

@@ -160,6 +160,20 @@ def _holds_strings(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
 
 
+def _refuse_non_features(value: Any, name: str) -> None:
+    """Prompt strings or integer labels where (n, P) float prompt features belong: say how to get them."""
+    if _holds_strings(value):
+        raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got prompt strings "
+                        f"{value!r:.60}: encode them (encoder.encode(prompts)), or build the guidance "
+                        "with mmdg_lite.prompts.prompt_aware_guidance(references, prompts, encoder)")
+    if isinstance(value, (Tensor, np.ndarray)) and str(value.dtype).split(".")[-1].startswith(("int", "uint")):
+        rows = value.ndim == 2 and value.shape[1] > 1  # integer features: only the dtype is wrong
+        raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got integers (dtype "
+                        f"{value.dtype}, shape {tuple(value.shape)}): " + (f"{name}.float()" if rows else
+                        "for class indices give one-hot rows, torch.eye(C)[labels] (labels.float() would be "
+                        "one feature, which L2 normalisation reduces to its sign)"))
+
+
 class MMDGuidance:
     """Steer a sampler toward a reference set by descending MMD^2 (paper Eq. 5-6, Eq. 11).
 
@@ -242,16 +256,7 @@ class MMDGuidance:
                  chunk_size: int | None = None,
                  rff_features: int | None = None, rff_seed: int = 0, track: bool = False) -> None:
         for name, value in (("reference_prompts", reference_prompts), ("sample_prompts", sample_prompts)):
-            if _holds_strings(value):
-                raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got prompt strings "
-                                f"{value!r:.60}: encode them (encoder.encode(prompts)), or build the guidance "
-                                "with mmdg_lite.prompts.prompt_aware_guidance(references, prompts, encoder)")
-            if isinstance(value, (Tensor, np.ndarray)) and str(value.dtype).split(".")[-1].startswith(("int", "uint")):
-                rows = value.ndim == 2 and value.shape[1] > 1  # integer features: only the dtype is wrong
-                raise TypeError(f"{name} must be prompt features, a (n, P) float tensor; got integers (dtype "
-                                f"{value.dtype}, shape {tuple(value.shape)}): " + (f"{name}.float()" if rows else
-                                "for class indices give one-hot rows, torch.eye(C)[labels] (labels.float() would be "
-                                "one feature, which L2 normalisation reduces to its sign)"))
+            _refuse_non_features(value, name)
         self.reference_set = ReferenceSet(references, reference_prompts)
         self.kernel: Kernel = kernel if kernel is not None else default_kernel()
         if not isinstance(self.kernel, Kernel):
@@ -350,6 +355,7 @@ class MMDGuidance:
         if rp is None and prompts is not None:
             raise ValueError("prompts were given but this guidance has no reference_prompts")
         if rp is not None:
+            _refuse_non_features(prompts, "prompts")  # strings were 'must be a torch.Tensor or numpy array'
             prompts = self._last_prompts if prompts is None else check_points(prompts, "prompts")
             if prompts is None or prompts.shape != (len(x0), rp.shape[1]):
                 got = "none" if prompts is None else f"shape {tuple(prompts.shape)}"
@@ -452,6 +458,7 @@ class MMDGuidance:
             if prompts is None:
                 raise ValueError(f"this guidance is prompt-aware (reference_prompts {tuple(rp.shape)}): pass "
                                  f"prompts of shape ({len(z)}, {rp.shape[1]}), one per row of z")
+            _refuse_non_features(prompts, "prompts")  # strings were 'must be a torch.Tensor or numpy array'
             prompts = check_points(prompts, "prompts")
             if prompts.shape != (len(z), rp.shape[1]):
                 raise ValueError(f"prompts must have shape ({len(z)}, {rp.shape[1]}), one per row of z with the "
