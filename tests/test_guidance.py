@@ -687,6 +687,8 @@ def test_gradient_and_remember_prompts_get_the_constructors_advice():
             call(["cat", "dog"])
         with pytest.raises(TypeError, match=r"^prompts must be prompt features.*got integers.*torch\.eye\(C\)\[labels\]"):
             call(torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match=r"^prompts must be non-zero vectors.*row\(s\) \[1\]"):
+            call(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # remember's failed only at the next step
 
 def test_a_prompt_aware_memory_refuses_samples_without_their_prompts():
     """remember(x0) before any guided step stored samples without prompts (the next step failed

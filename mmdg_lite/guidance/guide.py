@@ -362,6 +362,7 @@ class MMDGuidance:
                 raise ValueError(f"a prompt-aware memory pairs each finished sample with its prompt features: "
                                  f"remember(x0, prompts) needs prompts of shape ({len(x0)}, {rp.shape[1]}), one row "
                                  f"per row of x0; got {got} (without prompts=, those of the chunk just guided)")
+            self._kernel()._prep(prompts, "prompts")  # a zero row failed at the next step, as 'prompt features'
         self.generated.remember(x0, prompts)
         self._remembered = True
 
