@@ -117,7 +117,17 @@ def _encode(encoder: PromptEncoder, prompts: Any, name: str) -> Tensor:
     if not isinstance(encoder, PromptEncoder):
         raise TypeError(f"encoder must have .dim and .encode(list[str]) (a PromptEncoder such as "
                         f"TableEncoder); got {type(encoder).__name__}")
-    return encoder.encode(_check_prompt_list(prompts, name))
+    prompts = _check_prompt_list(prompts, name)
+    # a user's encoder is held to the protocol: one row per prompt (fewer rows sampled fewer samples
+    # silently, and were blamed on the references' count), finite numbers
+    what = f"{type(encoder).__name__}.encode output"
+    out = as_float_tensor(encoder.encode(prompts), what)
+    dim = encoder.dim if isinstance(encoder.dim, int) and not isinstance(encoder.dim, bool) else None
+    if out.ndim != 2 or len(out) != len(prompts) or (dim is not None and out.shape[1] != dim):
+        raise ValueError(f"{what} has shape {tuple(out.shape)} for {len(prompts)} {name}; a PromptEncoder returns "
+                         f"one row of features per prompt, shape ({len(prompts)}, {dim if dim is not None else 'P'})")
+    check_finite(out, what)
+    return out
 
 
 def prompt_weights(sample_prompts: Sequence[str], reference_prompts: Sequence[str],

@@ -344,3 +344,53 @@ def test_coverage_gate_history_records_the_step_it_applies():
         ungated = float((st.x_prev - guide(st)).norm(dim=1).mean())
         assert len(guide.history) == 2 and guide.history[1]["step_norm"] == pytest.approx(ungated, rel=1e-12)
     assert gate.history[0]["step_norm"] < 0.9 * ungated  # the two far samples are held back
+
+
+def test_a_user_encoder_is_held_to_the_protocol(world):
+    """PromptEncoder is a protocol anyone may implement; its output went unchecked: one row per distinct
+    prompt made sample_with_prompts(['cat', 'cat', 'dog']) return 2 samples, prompt_weights a (1, N_r)
+    matrix for 2 prompts, prompt_aware_guidance blame 'reference_prompts has 3 prompts but references has
+    6'; NaN features gave NaN weights and a list a bare AttributeError."""
+    table = world.encoder()
+
+    class Distinct:  # a caching slip: one row per distinct prompt
+        dim = 8
+
+        def encode(self, prompts):
+            return table.encode(list(dict.fromkeys(prompts)))
+
+    class Listed(Distinct):
+        def encode(self, prompts):
+            return table.encode(prompts).tolist()
+
+    class NaN(Distinct):
+        def encode(self, prompts):
+            return table.encode(prompts) * float("nan")
+
+    class Wide(Distinct):
+        dim = 4  # says 4, returns 8
+
+        def encode(self, prompts):
+            return table.encode(prompts)
+
+    refs, rprompts = world.references(PAIRED_STYLES, 2)
+    model = lambda x, t, c=None: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^Distinct\.encode output has shape \(2, 8\) for 3 prompts; .*\(3, 8\)"):
+        sample_with_prompts(model, ["cat", "cat", "dog"], Distinct(), num_steps=2)
+    with pytest.raises(ValueError, match=r"^Distinct\.encode output has shape \(3, 8\) for 6 reference_prompts"):
+        prompt_aware_guidance(refs, rprompts, Distinct())
+    with pytest.raises(ValueError, match=r"^Distinct\.encode output has shape \(1, 8\) for 2 sample_prompts"):
+        prompt_weights(["cat", "cat"], rprompts, Distinct())
+    with pytest.raises(TypeError, match=r"^Listed\.encode output must be a torch\.Tensor or numpy array; got list"):
+        prompt_weights(["cat"], rprompts, Listed())
+    with pytest.raises(ValueError, match=r"^NaN\.encode output contains 8 NaN"):
+        prompt_weights(["cat"], rprompts, NaN())
+    with pytest.raises(ValueError, match=r"^Wide\.encode output has shape \(1, 8\) for 1 prompts; .*\(1, 4\)"):
+        sample_with_prompts(model, ["cat"], Wide(), num_steps=2)
+    # a protocol-abiding encoder of its own class: the same numbers as the table it wraps
+    class Same(Distinct):
+        def encode(self, prompts):
+            return table.encode(prompts).numpy()
+
+    torch.testing.assert_close(prompt_weights(["cat", "car"], rprompts, Same()),
+                               prompt_weights(["cat", "car"], rprompts, table), rtol=0, atol=0)
