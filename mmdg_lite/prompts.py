@@ -147,8 +147,8 @@ def prompt_aware_guidance(references: Tensor, reference_prompts: Sequence[str],
     references (N_r, *S) pair row by row with ``reference_prompts``; ``sample_prompts`` gives one
     prompt per generated sample, in the sampler's order (None: the sampler's ``cond`` is used as
     the prompt features). k_p is Gaussian with ``prompt_bandwidth`` on L2-normalised features:
-    small = each sample follows only references of its own prompt; large (>> 1.4, the largest
-    distance between unit vectors) = every k_p ~ 1, plain pooled guidance. Prompts far from every
+    small = each sample follows only references of its own prompt; large (>> 2, the largest
+    distance between unit vectors; 1.41 between orthogonal ones) = every k_p ~ 1, plain pooled guidance. Prompts far from every
     reference prompt get weights exp(-d^2 / 2 sigma^2) -> 0: no pull, never NaN. Other keyword
     arguments go to ``MMDGuidance`` (kernel, strength, schedule, ...).
 
