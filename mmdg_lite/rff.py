@@ -39,6 +39,7 @@ class RFFReferenceEmbedding:
                  weights=None, seed: int = 0, chunk_size: int = 8192) -> None:
         y = check_points(references, "references")
         check_has_values(y, "references")
+        self.sample_shape = tuple(references.shape[1:])  # (*S): mmd2_grad_rff refuses samples in another layout
         y = y.to(work_dtype(y))  # half-precision references: the summaries are sums, kept in float32
         self.bandwidth = check_positive(bandwidth, "bandwidth")
         self.n_features = check_int(n_features, "n_features", 1)
@@ -95,6 +96,10 @@ def mmd2_grad_rff(x, embedding: RFFReferenceEmbedding) -> Tensor:
         raise ValueError(f"dimension mismatch: x has {xs.shape[1]} features per point (shape "
                          f"{tuple(x.shape)}) "
                          f"but the embedding's references have {embedding.dim}; both sets must live in the same space")
+    sx = tuple(x.shape[1:])  # as mmd2_grad: (B, C, H, W) samples against (N, H, W, C) references compared
+    if len(sx) > 1 and len(embedding.sample_shape) > 1 and sx != embedding.sample_shape:  # unrelated pixels
+        raise ValueError(f"x has per-point shape {sx} but the embedding's references have {embedding.sample_shape}; "
+                         "both sets must share one layout, e.g. channels first")
     xs, _ = check_pair(xs, embedding.W[:1], "x", "references")
     B = len(xs)
     kernel = GaussianKernel(embedding.bandwidth)

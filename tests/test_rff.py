@@ -141,3 +141,14 @@ def test_rff_error_constant_grows_for_a_bandwidth_below_the_median():
 
     at_median, at_half = c(med), c(med / 2)
     assert 0.5 < at_median < 4 and at_half > 3 * at_median
+
+
+def test_mmd2_grad_rff_refuses_samples_in_another_layout_than_the_references():
+    # mmd2_grad refuses (B, C, H, W) samples against (N, H, W, C) references (same size, unrelated
+    # pixels); mmd2_grad_rff flattened both and returned a plausible gradient without a word
+    emb = RFFReferenceEmbedding(torch.randn(10, 4, 4, 3), 1.0, 64)  # channels last
+    with pytest.raises(ValueError, match=r"x has per-point shape \(3, 4, 4\) but the embedding's references "
+                                         r"have \(4, 4, 3\); both sets must share one layout"):
+        mmd2_grad_rff(torch.randn(5, 3, 4, 4), emb)
+    assert mmd2_grad_rff(torch.randn(5, 4, 4, 3), emb).shape == (5, 4, 4, 3)  # the same layout
+    assert mmd2_grad_rff(torch.randn(5, 48), emb).shape == (5, 48)  # flat points, as mmd2_grad takes them
