@@ -116,6 +116,19 @@ def test_step_size_window_and_clip():
         StepSize(1.0, start=0.6, stop=0.5)
 
 
+def test_a_start_rounded_above_a_step_guides_the_step_check_window_accepted():
+    # start=0.1 * 3 is 0.30000000000000004: check_window (guides_any, 1e-9 tolerance) took step 3 of
+    # 10 as in the window [start, 0.35), but weight() compared exactly and returned 0 for it, so the
+    # run went silently unguided instead of being refused; the two now agree
+    ss = StepSize(1.0, start=0.1 * 3, stop=0.35)
+    ss.check_window(10)
+    assert [ss.weight(i, 10, 0.5) for i in range(10)] == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    for n in (7, 10, 25, 50):  # every step the window accepts is guided, and only those
+        for start, stop in ((0.1 * 3, 0.9), (1 - 0.7, 0.6), (0.7 * 0.5, 1.0)):
+            ss = StepSize(1.0, start=start, stop=stop)
+            assert [ss.weight(i, n, 0.5) > 0 for i in range(n)] == [ss.guides_any([i], n) for i in range(n)]
+
+
 def test_bandwidth_is_resolved_once_per_run(monkeypatch):
     import mmdg_lite.guidance.guide as guide_mod
     import mmdg_lite.kernels as kernels_mod

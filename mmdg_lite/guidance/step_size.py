@@ -161,9 +161,9 @@ class StepSize:
                 + f"; step i sits at the fraction i / {num_steps}): widen the window or use more steps")
 
     def weight(self, step_index: int, num_steps: int, alpha_bar_t: float) -> float:
-        """strength * s(t), or 0 outside [start, stop)."""
+        """strength * s(t), or 0 outside [start, stop) (start with the tolerance of ``guides_any``)."""
         u = step_index / num_steps
-        if self.strength == 0 or not (self.start <= u < self.stop):
+        if self.strength == 0 or not (self.start - 1e-9 <= u < self.stop):
             return 0.0
         return self.strength * schedule_weight(self.schedule, step_index, num_steps, alpha_bar_t,
                                                self.last_fraction)
