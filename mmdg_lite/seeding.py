@@ -10,11 +10,12 @@ import torch
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, numpy and torch's global RNGs; return a torch Generator with the same seed."""
-    check_seed(seed)
-    random.seed(int(seed))
-    np.random.seed(int(seed) % 2**32)
-    torch.manual_seed(int(seed))
+    """Seed Python, numpy and torch's global RNGs; return a torch Generator with the same seed.
+    numpy takes 32-bit words: a seed >= 2**32 is given to it as two (seed % 2**32 gave 2**32 seed 0's stream)."""
+    seed = check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])
+    torch.manual_seed(seed)
     return make_generator(seed)
 
 

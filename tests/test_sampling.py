@@ -85,6 +85,32 @@ def test_seeding(model):
     assert torch.equal(a, b) and torch.equal(a, d) and not torch.equal(a, c)
 
 
+def test_seed_everything_gives_seeds_2_to_the_32_apart_their_own_numpy_stream():
+    # numpy's global RNG took seed % 2**32, so seed_everything(2**32) replayed seed 0's numpy draws
+    # (while torch's differed); seeds below 2**32 keep numpy's own stream for them (the oracle)
+    import random
+
+    import numpy as np
+
+    from mmdg_lite.seeding import seed_everything
+    state = np.random.get_state(), random.getstate(), torch.random.get_rng_state()
+    try:
+        draws = {}
+        for seed in (0, 1, 2**32, 2**32 + 1, 2**33, 2**62 + 5):
+            seed_everything(seed)
+            draws[seed] = tuple(np.random.rand(3))
+        assert len(set(draws.values())) == len(draws)
+        for seed in (0, 1):
+            np.random.seed(seed)
+            assert draws[seed] == tuple(np.random.rand(3))
+        seed_everything(2**32)
+        assert tuple(np.random.rand(3)) == draws[2**32]  # the same seed, the same numbers
+    finally:
+        np.random.set_state(state[0])
+        random.setstate(state[1])
+        torch.random.set_rng_state(state[2])
+
+
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm"])
 def test_chunking_does_not_change_per_sample_seeded_samples(model, name):
     # DPM-Solver is multistep (a step index and past model outputs live in the scheduler): a
