@@ -276,3 +276,33 @@ def test_noise_levels_of_a_run_match_each_scheduler_by_its_own_definition(name):
             final = getattr(sched, "final_alpha_cumprod", None)
             assert (ab, c_in) == ((1.0 if final is None else float(final)), 1.0)
         assert (ab, c_in) == noise_level(sched, ts, i)  # the one-step reader agrees
+
+
+@pytest.mark.parametrize("weighting", ["equal", "displacement"])
+def test_batch_bandwidth_step_is_2c_times_the_kernel_weighted_displacement(weighting):
+    # the docs gave the strength scale as B * sum_k sigma_k^2 / a^2 for every multi-bandwidth
+    # kernel; with weighting="equal" it is B / sum_k sigma_k^-2 (the bandwidths' displacements
+    # averaged by sigma_k^-2), with "displacement" weights B * sum_k sigma_k^2, so that in both the
+    # step is 2c times each sample's displacement toward the references less toward the batch.
+    # Oracle: those displacements summed by hand, pair by pair.
+    from mmdg_lite import MultiGaussianKernel
+    bws, c = (0.7, 2.5), 0.3
+    st = state(B=4, D=3, ab=0.5)
+    y = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    guide = MMDGuidance(y, kernel=MultiGaussianKernel(bandwidths=bws, weighting=weighting), strength=c,
+                        normalization="none", stop=1.0)
+    step = st.x_prev - guide(st)  # (B, D); a = 1 at x_t
+    x = st.x_t
+    om = [b * b / sum(b * b for b in bws) for b in bws] if weighting == "displacement" else [1.0] * len(bws)
+
+    def pull(i, pts):  # sum_k om_k / sigma_k^2 * mean_j k_k(x_i, p_j) (p_j - x_i)
+        tot = torch.zeros(3)
+        for b, o in zip(bws, om):
+            for p in pts:
+                tot += o / b**2 * math.exp(-float((x[i] - p).square().sum()) / (2 * b * b)) * (p - x[i]) / len(pts)
+        return tot
+
+    scale = sum(b * b for b in bws) if weighting == "displacement" else 1 / sum(b**-2 for b in bws)
+    for i in range(4):
+        expected = 2 * c * scale * (pull(i, x) - pull(i, y))  # minus the displacement toward the references
+        torch.testing.assert_close(step[i], expected)

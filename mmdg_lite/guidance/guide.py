@@ -105,7 +105,8 @@ def default_kernel() -> MultiGaussianKernel:
 
 
 def _displacement(kernel: Kernel | ProductKernel) -> float:
-    """sum_k sigma_k^2 for (resolved) Gaussian kernels: the strength scale's sigma^2; 1 otherwise."""
+    """The strength scale's sigma^2 for (resolved) Gaussian kernels: sigma^2, sum_k sigma_k^2 with
+    "displacement" weights, 1 / sum_k sigma_k^-2 with "equal" ones; 1 otherwise."""
     if isinstance(kernel, ProductKernel):
         kernel = kernel.sample_kernel
     if isinstance(kernel, GaussianKernel) and kernel.bandwidth is not None:
@@ -190,10 +191,12 @@ class MMDGuidance:
             ``"step"`` re-reads them from the evaluation points at every step (the previous
             behaviour). ``PolynomialKernel()`` is the reference code's cubic KID kernel.
         strength: c >= 0. With ``strength_scale="batch_bandwidth"`` (default) the step is
-            lambda_t = c * s(t) * B * sum_k sigma_k^2 / a^2 (a: the evaluation point's scale),
+            lambda_t = c * s(t) * B * sigma^2 / a^2 (a: the evaluation point's scale; sigma^2:
+            the Gaussian's, sum_k sigma_k^2 for the default kernel, see ``step_size``),
             so the step moves each sample by 2c times its kernel-weighted displacement toward
             the references, less the same toward the batch (the 2 of Eq. 6): c is scale-free,
-            independent of B, the data scale and the scheduler. "none": lambda_t = c s(t), the
+            independent of B, the data scale and the scheduler (for Gaussian kernels; others
+            take sigma^2 = 1). "none": lambda_t = c s(t), the
             paper's literal Eq. 5. With ``normalization="norm_matched"`` it is the reference
             code's alpha (< 1; default 0.1). Settable after construction (validated).
         schedule, start, stop, last_fraction: s(t) ("constant", "linear", "cosine",

@@ -3,11 +3,14 @@
 * schedule s(t): "constant" (paper), "linear", "cosine", "alpha_bar", "last", or a callable
   (step_index, num_steps, alpha_bar_t) -> weight >= 0; guidance runs only for step fractions
   u = step_index / num_steps in [start, stop).
-* strength scale: "batch_bandwidth" multiplies by B * sum_k sigma_k^2 / a^2, so that the step is
+* strength scale: "batch_bandwidth" multiplies by B * sigma^2 / a^2 (sigma^2: a Gaussian kernel's;
+  sum_k sigma_k^2 for a "displacement"-weighted MultiGaussianKernel, 1 / sum_k sigma_k^-2 for an
+  "equal" one, which averages its bandwidths' displacements), so that the step is
   2c times each sample's kernel-weighted displacement toward the references, less the same
   toward the batch (the 2 of Eq. 6), in the kernel's own space: c is scale-free (independent of
   B, of the data scale, and of where the kernel is evaluated: a is d(point)/dx, see
-  ``eval_point``); "none" is the paper's literal lambda_t.
+  ``eval_point``). Other kernels have no bandwidth: sigma^2 = 1, and c keeps the data's units.
+  "none" is the paper's literal lambda_t.
 * normalisation: "none" (paper); "norm_matched": alpha * ||x|| * g / (||g|| + 1e-5) per sample
   (public reference code); "clipped": each sample's step norm capped at ``clip_norm`` in the
   kernel's space (default 0.2 x the data scale read off the first guided step).
@@ -172,7 +175,7 @@ class StepSize:
              point_scale: float, data_scale: float, landing: float = 1.0) -> Tensor:
         """The (B, D) step for the gradient ``grad_x`` w.r.t. x (B, D) at ``base`` = x_{t-1} (B, D).
 
-        displacement: B * sum_k sigma_k^2 (batch_bandwidth scale); point_scale: a = d point / dx;
+        displacement: B * sigma^2 (batch_bandwidth scale, see the module docstring); point_scale: a = d point / dx;
         data_scale: the median distance read off the first guided step (for the default cap);
         landing: x_{t-1}'s units per unit of the point's x (c_in / c_in' for points of step t:
         1 for DDPM / DDIM; for sigma-scaled latents the scale-free step, sized in step t's
