@@ -40,7 +40,9 @@ class RFFReferenceEmbedding:
         y = check_points(references, "references")
         check_has_values(y, "references")
         self.sample_shape = tuple(references.shape[1:])  # (*S): mmd2_grad_rff refuses samples in another layout
-        y = y.to(work_dtype(y))  # half-precision references: the summaries are sums, kept in float32
+        # half-precision references: the summaries are sums, kept in float32; constants, as the references in
+        # mmd2_grad (references from an encoder kept its graph alive, and every gradient required grad)
+        y = y.detach().to(work_dtype(y))
         self.bandwidth = check_positive(bandwidth, "bandwidth")
         self.n_features = check_int(n_features, "n_features", 1)
         check_int(chunk_size, "chunk_size", 1)

@@ -152,3 +152,18 @@ def test_mmd2_grad_rff_refuses_samples_in_another_layout_than_the_references():
         mmd2_grad_rff(torch.randn(5, 3, 4, 4), emb)
     assert mmd2_grad_rff(torch.randn(5, 4, 4, 3), emb).shape == (5, 4, 4, 3)  # the same layout
     assert mmd2_grad_rff(torch.randn(5, 48), emb).shape == (5, 48)  # flat points, as mmd2_grad takes them
+
+
+def test_rff_summaries_of_references_with_a_graph_are_constants():
+    # references straight from an encoder (no torch.no_grad) carry its graph: the summaries kept it
+    # alive and every mmd2_grad_rff result required grad, so x = x - lr * g grew one graph node per
+    # step (300 steps: a chain 300 deep) where mmd2_grad, which takes the references as constants,
+    # returns plain tensors. Oracle: the same embedding of the detached references
+    enc = torch.nn.Linear(3, 3)
+    refs = enc(torch.randn(20, 3, generator=torch.Generator().manual_seed(0)))
+    emb, plain = RFFReferenceEmbedding(refs, 1.0, 64), RFFReferenceEmbedding(refs.detach(), 1.0, 64)
+    assert not emb.mean.requires_grad and not emb.weighted_refs.requires_grad
+    x = torch.randn(4, 3)
+    g = mmd2_grad_rff(x, emb)
+    assert not g.requires_grad and not mmd2_grad(x, refs, GaussianKernel(1.0)).requires_grad
+    assert torch.equal(g, mmd2_grad_rff(x, plain))
