@@ -116,6 +116,24 @@ def test_step_size_window_and_clip():
         StepSize(1.0, start=0.6, stop=0.5)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_window_holding_only_step_0_of_a_ramp_is_refused(schedule):
+    # s(t) of "linear" and "cosine" is 0 at step 0 of a run of two or more steps, so stop=0.2 in a
+    # 5-step run (the window holds step 0 alone) guided nothing, yet check_window accepted it
+    ss = StepSize(1.0, schedule=schedule, stop=0.2)
+    assert [ss.weight(i, 5, 0.5) for i in range(5)] == [0.0] * 5
+    with pytest.raises(ValueError, match=rf"no step of this 5-step run falls in the guided window \(start=0, "
+                                         rf"stop=0.2; step i sits at the fraction i / 5; schedule='{schedule}' is 0 "
+                                         r"at step 0\)"):
+        ss.check_window(5)
+    StepSize(1.0, schedule=schedule, stop=0.4).check_window(5)  # step 1 is guided: accepted
+    StepSize(1.0, schedule=schedule, stop=0.2).check_window(1)  # one step: u = 1, guided
+    for n in (1, 2, 5, 10):  # the window check agrees with the weights, step by step
+        for stop in (0.1, 0.2, 0.5, 1.0):
+            ss = StepSize(1.0, schedule=schedule, stop=stop)
+            assert [ss.weight(i, n, 0.5) > 0 for i in range(n)] == [ss.guides_any([i], n) for i in range(n)]
+
+
 def test_a_start_rounded_above_a_step_guides_the_step_check_window_accepted():
     # start=0.1 * 3 is 0.30000000000000004: check_window (guides_any, 1e-9 tolerance) took step 3 of
     # 10 as in the window [start, 0.35), but weight() compared exactly and returned 0 for it, so the

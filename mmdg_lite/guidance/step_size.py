@@ -150,9 +150,11 @@ class StepSize:
         return max(self.start, 1.0 - self.last_fraction if self.schedule == "last" else 0.0), self.stop
 
     def guides_any(self, steps: range, num_steps: int) -> bool:
-        """Whether a step of ``steps`` (indices into a ``num_steps`` schedule) falls in the window."""
+        """Whether a step of ``steps`` (indices into a ``num_steps`` schedule) falls in the window
+        (step 0 does not for "linear" and "cosine", whose s(t) is 0 there in a run of two or more)."""
         w = self.window()
-        return w is None or any(w[0] - 1e-9 <= i / num_steps < w[1] for i in steps)
+        ramp = self.schedule in ("linear", "cosine") and num_steps > 1
+        return w is None or any(w[0] - 1e-9 <= i / num_steps < w[1] and not (ramp and i == 0) for i in steps)
 
     def check_window(self, num_steps: int) -> None:
         """Refuse a run of ``num_steps`` in which the window [start, stop) (and, for "last", the
@@ -161,7 +163,9 @@ class StepSize:
             raise ValueError(
                 f"no step of this {num_steps}-step run falls in the guided window (start={self.start:g}, "
                 f"stop={self.stop:g}" + (f", last_fraction={self.last_fraction:g}" if self.schedule == "last" else "")
-                + f"; step i sits at the fraction i / {num_steps}): widen the window or use more steps")
+                + f"; step i sits at the fraction i / {num_steps}" + (
+                    f"; schedule={self.schedule!r} is 0 at step 0" if self.schedule in ("linear", "cosine") else "")
+                + "): widen the window or use more steps")
 
     def weight(self, step_index: int, num_steps: int, alpha_bar_t: float) -> float:
         """strength * s(t), or 0 outside [start, stop) (start with the tolerance of ``guides_any``)."""
