@@ -92,6 +92,22 @@ def test_backprop_point_feeds_the_denoiser_the_scaled_input():
     torch.testing.assert_close(out, st.x_prev - 0.2 * g)
 
 
+def test_backprop_point_refuses_a_denoiser_without_a_gradient():
+    # a denoiser wrapped in torch.no_grad() (a common way to call a model) gave eps without a graph:
+    # the pull-back then took the linear part alone, and x0_hat_backprop returned exactly x0_hat's step
+    net = torch.nn.Linear(3, 3)
+
+    @torch.no_grad()
+    def den(x, t, cond):
+        return net(x)
+    st = state(c_in=0.5, ab=0.3, denoiser=den)
+    y = torch.randn(6, 3, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match=r"eval_point='x0_hat_backprop' backpropagates through the denoiser, but "
+                                         r"its output carries no gradient .*or use eval_point='x0_hat'"):
+        MMDGuidance(y, eval_point="x0_hat_backprop")(st)
+    MMDGuidance(y, eval_point="x0_hat_backprop")(state(c_in=0.5, ab=0.3, denoiser=lambda x, t, c: net(x)))
+
+
 def test_reference_set_caches_device_copies_and_checks_shape():
     rs = ReferenceSet(torch.randn(4, 2, 3))
     like = torch.zeros(1, dtype=torch.float32)

@@ -83,6 +83,12 @@ class EvalPoint:
             xt = state.x_t.detach().requires_grad_(True)
             t = torch.full((n,), int(state.t), dtype=torch.long, device=xt.device)
             eps = denoiser(xt * c_in, t, getattr(state, "cond", None))
+            if isinstance(eps, Tensor) and not eps.requires_grad:  # else silently x0_hat's gradient
+                raise ValueError("eval_point='x0_hat_backprop' backpropagates through the denoiser, but its output "
+                                 "carries no gradient (computed under torch.no_grad(), detached, through numpy, or "
+                                 "constant in x_t), so the step would be the same as with eval_point='x0_hat', at "
+                                 "the cost of a second model call; make the denoiser differentiable in x_t, or use "
+                                 "eval_point='x0_hat'")
             z = (xt * c_in - math.sqrt(1 - ab) * eps) / math.sqrt(ab)  # (B, *S)
 
         def pull_back(g: Tensor) -> Tensor:
