@@ -40,6 +40,10 @@ def test_chunked_embedding_equals_single_pass():
     a = RFFReferenceEmbedding(y, 3.0, 64, seed=5, chunk_size=7)
     b = RFFReferenceEmbedding(y, 3.0, 64, seed=5, chunk_size=1000)
     torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(a.weighted_refs, b.weighted_refs)  # M too: the cross term reads both
+    w = torch.rand(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # with weights
+    torch.testing.assert_close(RFFReferenceEmbedding(y, 3.0, 64, weights=w, seed=5, chunk_size=7).weighted_refs,
+                               RFFReferenceEmbedding(y, 3.0, 64, weights=w, seed=5).weighted_refs)
 
 
 def test_rff_validation():
