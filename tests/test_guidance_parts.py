@@ -108,6 +108,23 @@ def test_backprop_point_refuses_a_denoiser_without_a_gradient():
     MMDGuidance(y, eval_point="x0_hat_backprop")(state(c_in=0.5, ab=0.3, denoiser=lambda x, t, c: net(x)))
 
 
+def test_reference_set_of_numpy_arrays_is_not_changed_by_later_edits_to_them():
+    # numpy references (and prompts) were held as views: an in-place numpy edit afterwards bumps no torch
+    # version counter, so check_unchanged let it through and the kernel saw the edited references
+    # against the old centre, radius and mean square (refs += 100: centre 0.06, references seen at 99.9)
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((10, 3))
+    p = np.eye(3)[np.arange(10) % 3]
+    rs = ReferenceSet(a, p)
+    before = rs.on(torch.zeros(1)).clone(), rs.prompts.clone(), rs.centre.clone()
+    a += 100.0
+    p *= -1.0
+    rs.check_unchanged()
+    assert torch.equal(rs.on(torch.zeros(1)), before[0]) and torch.equal(rs.prompts, before[1])
+    torch.testing.assert_close(rs.on(torch.zeros(1)).mean(0), rs.centre)  # references and summaries agree
+    torch.testing.assert_close(rs.centre, torch.from_numpy(a - 100.0).mean(0))
+
+
 def test_reference_set_caches_device_copies_and_checks_shape():
     rs = ReferenceSet(torch.randn(4, 2, 3))
     like = torch.zeros(1, dtype=torch.float32)

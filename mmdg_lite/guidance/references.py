@@ -7,6 +7,7 @@ copies the references from the host again.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,8 @@ class ReferenceSet:
     def __init__(self, references: Tensor, prompts: Tensor | None = None) -> None:
         refs = check_points(references, "references", flatten=False)
         check_has_values(refs, "references")
+        if isinstance(references, np.ndarray):  # a view of it: numpy's in-place edits bump no torch version
+            refs = refs.clone()  # counter, so the stale summaries below went undetected; a copy keeps them true
         if refs.ndim == 1:
             raise ValueError(f"references must have shape (N_r, *S), one row per reference; got shape "
                              f"{tuple(refs.shape)} (for scalar samples use references[:, None])")
@@ -32,6 +35,8 @@ class ReferenceSet:
         self.prompts = None
         if prompts is not None:
             self.prompts = check_points(prompts, "reference_prompts")  # (N_r, P)
+            if isinstance(prompts, np.ndarray):  # as the references
+                self.prompts = self.prompts.clone()
             if len(self.prompts) != len(self.flat):
                 raise ValueError(f"reference_prompts has {len(self.prompts)} rows but references has "
                                  f"{len(self.flat)}; one prompt per reference")
