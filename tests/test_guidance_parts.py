@@ -357,3 +357,13 @@ def test_batch_bandwidth_step_is_2c_times_the_kernel_weighted_displacement(weigh
     for i in range(4):
         expected = 2 * c * scale * (pull(i, x) - pull(i, y))  # minus the displacement toward the references
         torch.testing.assert_close(step[i], expected)
+
+
+def test_schedule_callable_errors_are_the_documented_types():
+    # schedule_weight's docstring said any bad value raised ValueError; a non-number raises TypeError
+    from mmdg_lite.guidance.step_size import schedule_weight
+    for value, error in (("1", TypeError), (torch.tensor(0.5), TypeError), (float("nan"), ValueError),
+                         (-1.0, ValueError), (float("inf"), ValueError)):
+        with pytest.raises(error, match="the schedule callable"):
+            schedule_weight(lambda i, n, ab: value, 0, 3, 0.5)  # noqa: B023
+    assert schedule_weight(lambda i, n, ab: 0.25, 0, 3, 0.5) == 0.25

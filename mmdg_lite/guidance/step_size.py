@@ -43,7 +43,8 @@ def schedule_weight(schedule: Schedule, step_index: int, num_steps: int,
     constant: 1. linear: u (ramps up toward the clean end). cosine: (1 - cos(pi u)) / 2.
     alpha_bar: abar_t (small while the sample is mostly noise). last: 1 on the last
     ``last_fraction`` of the steps, else 0 (the reviewers' "only late steps need guidance").
-    A callable's value must be a finite number >= 0 (else ValueError).
+    A callable's value must be a finite number >= 0 (TypeError for a non-number such as "1" or a
+    tensor, ValueError for NaN, Inf or a negative value).
     """
     num_steps = check_int(num_steps, "num_steps", 1)
     if check_int(step_index, "step_index", 0) >= num_steps:
