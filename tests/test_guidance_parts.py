@@ -367,3 +367,16 @@ def test_schedule_callable_errors_are_the_documented_types():
         with pytest.raises(error, match="the schedule callable"):
             schedule_weight(lambda i, n, ab: value, 0, 3, 0.5)  # noqa: B023
     assert schedule_weight(lambda i, n, ab: 0.25, 0, 3, 0.5) == 0.25
+
+
+def test_memory_mode_leaves_the_whole_first_chunk_unguided():
+    # MemorySet's docs said "the first sample is unguided"; with batch_size=2 the first chunk of two is,
+    # as sample() says (each chunk is guided against the samples finished before it). Oracle: the same
+    # DDIM run (eta 0, initial noise drawn for all samples first) without guidance
+    net = torch.nn.Linear(3, 3)
+    den = lambda x, t, c: 0.1 * net(x)  # noqa: E731
+    y = torch.randn(10, 3, generator=torch.Generator().manual_seed(0)) + 2
+    kw = dict(scheduler="ddim", num_steps=10, seed=0, batch_size=2, dtype=torch.float64)
+    plain = sample(den, 6, 3, **kw).samples
+    guided = sample(den, 6, 3, guidance=MMDGuidance(y, generated_set="memory"), **kw).samples
+    assert [bool(torch.equal(plain[i], guided[i])) for i in range(6)] == [True, True, False, False, False, False]

@@ -2,8 +2,9 @@
 
 * ``BatchSet``: the batch at the current step is guided jointly (paper, Algorithm 1).
 * ``MemorySet``: one sample at a time against a memory of at most ``memory_size`` finished
-  samples; the first sample is unguided (public reference code). It owns reset/remember, and
-  the sampler drives it sequentially (``sequential = True``).
+  samples; the first sample (the first chunk: ``batch_size`` samples, 1 by default) is unguided
+  (public reference code). It owns reset/remember, and the sampler drives it sequentially
+  (``sequential = True``).
 
 A ``BatchSet`` subclass instance may be passed to ``MMDGuidance(generated_set=...)``; e.g.
 ``mmdg_lite.distributed.DistributedBatchSet`` all-gathers the batch across processes.
@@ -69,8 +70,9 @@ class BatchSet:
 
 class MemorySet(BatchSet):
     """The public reference code's generated set: each sample, alone, against a memory of at most
-    ``memory_size`` finished samples (the first sample of a run is unguided). The sampler drives
-    it one sample at a time (``sequential``) and hands it each finished sample (``remember``)."""
+    ``memory_size`` finished samples (the run's first chunk, one sample by default, is unguided). The
+    sampler drives it a chunk of ``batch_size`` at a time (one sample by default; ``sequential``),
+    each row with the memory as its own set, and hands it each finished chunk (``remember``)."""
 
     sequential = True
 
@@ -103,7 +105,7 @@ class MemorySet(BatchSet):
                  prompt_weighting="joint"):
         """Each row with the memory is its own generated set; None while the memory is empty."""
         if self.memory is None:
-            return None  # the first sample is unguided, as in the reference code
+            return None  # the first chunk (sample) is unguided, as in the reference code
         mem = self.memory.to(z)
         mp = None if self.memory_prompts is None or prompts is None else self.memory_prompts.to(prompts)
         rows = []
