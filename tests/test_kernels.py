@@ -658,3 +658,23 @@ def test_product_kernel_checks_normalize_prompts_is_a_bool():
         k = ProductKernel(GaussianKernel(0.3), GaussianKernel(1.0), normalize_prompts=flag)
         d2 = ((rows[:, None] - rows[None]) ** 2).sum(-1)
         assert torch.allclose(k.prompt_gram(p, p), torch.exp(-d2 / (2 * 0.3**2)), rtol=1e-6, atol=1e-12)
+
+
+def test_a_set_against_itself_has_exact_zero_self_distances_in_float32():
+    # the expansion ||x||^2 + ||y||^2 - 2 x.y left ~eps ||x||^2 on the diagonal of a set against itself
+    # (float32, D = 65,536: ~0.04), so the IMQ kernel's k(x_i, x_i) was below c^(-2 beta) and its
+    # float32 MMD^2 6 % off; autograd through those entries cancelled catastrophically (IMQ c = 1e-3:
+    # mmd2_grad_autograd 150x off). mmd2's self-terms pass the set as two views of the same rows.
+    # Oracles: the float64 MMD^2 and the float64 closed-form gradient
+    from mmdg_lite.mmd import mmd2, mmd2_grad
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 65536, generator=g)
+    assert torch.equal(pairwise_sq_dists(x, x).diagonal(), torch.zeros(4))
+    assert torch.equal(pairwise_sq_dists(x[0:4], x[0:4]).diagonal(), torch.zeros(4))  # two views
+    assert float(pairwise_sq_dists(x, x.clone()).diagonal().max()) > 0  # a copy: rounding, as before
+    y = 0.8 * torch.randn(6, 65536, generator=g) + 0.1
+    k = InverseMultiquadricKernel()
+    assert rel_err(mmd2(x, y, k).double(), mmd2(x.double(), y.double(), k)) < 1e-5
+    x2, y2 = torch.randn(5, 4, generator=g), torch.randn(6, 4, generator=g)
+    k2 = InverseMultiquadricKernel(c=1e-3)
+    assert rel_err(mmd2_grad_autograd(x2, y2, k2).double(), mmd2_grad(x2.double(), y2.double(), k2)) < 1e-5
