@@ -1382,3 +1382,18 @@ def test_pairing_task_checks_its_seed_before_drawing_or_encoding():
     for bad in (-1, True, 1.5):
         with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\); got {bad!r}"):
             pairing_task(None, seed=bad)  # refused before the pipeline is touched
+
+
+def test_load_pipeline_names_a_missing_folder_or_one_without_model_index(tmp_path, monkeypatch):
+    """load_pipeline (notebook 07's MMDG_SD_MODEL cell) took a mistyped local path for a hub id:
+    './models/sd15' failed in huggingface_hub's 'Repo id must use alphanumeric chars', and a folder
+    without model_index.json in diffusers' bare OSError; mmdg adapt checks --model so, by name."""
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for missing in (str(tmp_path / "nope"), "./no_such_pipeline_folder", "~/no_such_pipeline_folder"):
+        with pytest.raises(FileNotFoundError, match=rf"model: '{re.escape(missing)}' is not a folder"):
+            load_pipeline(missing, device="cpu")
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"has no model_index.json; it is not a diffusers pipeline folder"):
+        load_pipeline(tmp_path / "unet", device="cpu")

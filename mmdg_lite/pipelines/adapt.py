@@ -70,6 +70,14 @@ def load_pipeline(model: str | Path, *, device: str | None = None,
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     local = Path(str(model)).expanduser()
     index = local / "model_index.json"
+    # as mmdg adapt checks --model: a missing folder reached the hub as a repo id ('Repo id must use
+    # alphanumeric chars'), a folder without model_index.json diffusers' bare OSError
+    if looks_like_path(str(model)) and not local.is_dir():
+        raise FileNotFoundError(f"model: {str(model)!r} is not a folder (expected a diffusers pipeline folder "
+                                "with model_index.json, or a hub id such as owner/name)")
+    if local.is_dir() and not index.is_file():
+        raise FileNotFoundError(f"model: {str(model)!r} has no model_index.json; it is not a diffusers pipeline "
+                                "folder (save one with pipe.save_pretrained)")
     if local.is_dir():
         kwargs["local_files_only"] = True
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
