@@ -1397,3 +1397,20 @@ def test_load_pipeline_names_a_missing_folder_or_one_without_model_index(tmp_pat
     (tmp_path / "unet").mkdir()
     with pytest.raises(FileNotFoundError, match=r"has no model_index.json; it is not a diffusers pipeline folder"):
         load_pipeline(tmp_path / "unet", device="cpu")
+
+
+def test_unwatched_callback_refuses_prompt_aware_guidance(sd):
+    """The callback checks a prompt-aware guidance against the call's prompts only through
+    watch(pipe): unwatched, guidance built for [circle, square] x 2 ran on [square, circle] x 2,
+    each sample pulled toward the other prompt's references, without a word."""
+    refs = encode_images(sd, red_images(4))
+    built = ["a red circle", "a blue square"]
+    g = pipeline_guidance(sd, refs, reference_prompts=built * 2, prompts=built, num_images_per_prompt=2,
+                          eval_point="x_prev")
+    with pytest.raises(ValueError, match=r"prompt-aware: .* reads through watch\(pipe\); pass "
+                                         r"callback_on_step_end=MMDGuidanceCallback\(guidance\)\.watch\(pipe\)"):
+        run(sd, MMDGuidanceCallback(g), prompt=built[::-1], n=1, num_images_per_prompt=2, steps=2)
+    with MMDGuidanceCallback(g).watch(sd) as cb:  # watched: the right prompts run
+        assert run(sd, cb, prompt=built, n=1, num_images_per_prompt=2, steps=2).shape[0] == 4
+    plain = MMDGuidance(refs, eval_point="x_prev")  # guidance without prompts needs no watch
+    assert run(sd, MMDGuidanceCallback(plain), n=2, steps=2).shape[0] == 2

@@ -234,8 +234,9 @@ class MMDGuidanceCallback(PipelineCallback):
 
     ``pipe(prompt, callback_on_step_end=MMDGuidanceCallback(guidance).watch(pipe))``. Works with
     any StableDiffusionPipeline / StableDiffusionXLPipeline and their img2img and inpainting
-    variants (inpainting: ``watch(pipe)`` is required, for the mask), with or without CFG (the
-    latents are B rows either way). ``guidance.reset()`` is called at step 0 of every run. In
+    variants (inpainting and prompt-aware guidance: ``watch(pipe)`` is required, for the mask and
+    the call's prompts), with or without CFG (the latents are B rows either way).
+    ``guidance.reset()`` is called at step 0 of every run. In
     ``MultiPipelineCallbacks`` list it last if another callback changes the latents: its x_t is
     the latents it returned at the previous step.
     """
@@ -339,6 +340,13 @@ class MMDGuidanceCallback(PipelineCallback):
             if callable(getattr(pipeline, "prepare_mask_latents", None)) and not watched:
                 raise ValueError(f"{type(pipeline).__name__} inpaints: the callback keeps the guidance inside its "
                                  "mask, which it reads through watch(pipe); pass callback_on_step_end="
+                                 "MMDGuidanceCallback(guidance).watch(pipe)")
+            if not watched and any(getattr(h, "sample_prompts", None) is not None
+                                   for h in guidance_hooks(self.guidance)):
+                # unwatched, guidance built for other prompts of the same count pulled each sample
+                # toward another prompt's references, silently
+                raise ValueError("the guidance is prompt-aware: the callback checks that it was built for this "
+                                 "call's prompts, which it reads through watch(pipe); pass callback_on_step_end="
                                  "MMDGuidanceCallback(guidance).watch(pipe)")
             _check_run_window(pipeline, sched, self.guidance, timestep_index(sched, timestep))
             prompt, self._prompt = self._prompt, None
