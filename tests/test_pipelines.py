@@ -695,6 +695,8 @@ def test_latent_mmd2_uses_every_reference_for_its_bandwidth(sd):
     assert a == pytest.approx(_mmd2_by_hand(encode_images(sd, images), refs, refs), rel=1e-4)
     with pytest.raises(ValueError, match="reference_latents must be latents"):
         latent_mmd2(sd, images, [1, 2])
+    with pytest.raises(ValueError, match=r"with N >= 1 from encode_images; got \(0, 4, 16, 16\)"):
+        latent_mmd2(sd, images, refs[:0])  # a bare 'cannot reshape tensor of 0 elements' before
     with pytest.raises(ValueError, match="pass latents from encode_images"):
         latent_mmd2(sd, images, make_shapes(4, seed=0).images)
 

@@ -214,9 +214,9 @@ def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
     from ..kernels import GaussianKernel, median_bandwidth
     from ..mmd import mmd2
 
-    if not isinstance(reference_latents, Tensor) or reference_latents.ndim != 4:
+    if not isinstance(reference_latents, Tensor) or reference_latents.ndim != 4 or len(reference_latents) == 0:
         got = tuple(reference_latents.shape) if isinstance(reference_latents, Tensor) else type(reference_latents).__name__
-        raise ValueError(f"reference_latents must be latents (N, c, h, w) from encode_images; got {got}")
+        raise ValueError(f"reference_latents must be latents (N, c, h, w) with N >= 1 from encode_images; got {got}")
     z = encode_images(pipe, images)  # (N, c, h, w)
     if z.shape[1:] != reference_latents.shape[1:]:
         raise ValueError(f"reference_latents have per-sample shape {tuple(reference_latents.shape[1:])} but the "
