@@ -1416,3 +1416,15 @@ def test_unwatched_callback_refuses_prompt_aware_guidance(sd):
         assert run(sd, cb, prompt=built, n=1, num_images_per_prompt=2, steps=2).shape[0] == 4
     plain = MMDGuidance(refs, eval_point="x_prev")  # guidance without prompts needs no watch
     assert run(sd, MMDGuidanceCallback(plain), n=2, steps=2).shape[0] == 2
+
+
+def test_pairing_task_names_a_malformed_pairing_before_drawing():
+    """pairing_task({}) failed in a bare 'torch.cat(): expected a non-empty list', a style given
+    without its attribute ({"circle": "outlined"}) in 'too many values to unpack', a list of pairs
+    in an AttributeError, and {"circle": ("shape", "square")} drew squares as the circle references."""
+    from mmdg_lite.pipelines.pairing import pairing_task
+
+    for bad in ({}, {"circle": "outlined"}, [("circle", ("fill", "outlined"))], {"circle": ("shape", "square")},
+                {"circle": ("fill",)}):
+        with pytest.raises(ValueError, match=r"pairing must be a non-empty mapping category -> \(attribute, value\)"):
+            pairing_task(None, bad)  # refused before the pipeline is touched

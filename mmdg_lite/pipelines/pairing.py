@@ -45,6 +45,12 @@ def pairing_task(pipe: Any, pairing: Mapping[str, tuple[str, str]] = PAIRING, n_
     from ..seeding import check_seed
 
     check_int(n_refs, "n_refs", 1)
+    if not isinstance(pairing, Mapping) or not pairing or not all(
+            isinstance(v, (tuple, list)) and len(v) == 2 and v[0] != "shape" for v in pairing.values()):
+        # {} failed in a bare torch.cat, "outlined" for ("fill", "outlined") in a bare unpacking error,
+        # and ("shape", "square") drew squares as the circle references
+        raise ValueError(f"pairing must be a non-empty mapping category -> (attribute, value) with an attribute "
+                         f"other than 'shape', e.g. {PAIRING}; got {pairing!r:.120}")
     seed = check_seed(seed)  # -1 (or True) became other categories' seeds, seed + 101 k, silently
     if isinstance(colours, str) or not isinstance(colours, Sequence) or not colours \
             or any(c not in SHAPE_ATTRIBUTES["colour"] for c in colours):
