@@ -290,11 +290,13 @@ def _repeats(sched: Any) -> bool:
 
 def _refuse_repeats(sched: Any) -> None:
     """A one-step-per-timestep scheduler whose spacing ran out of distinct timesteps (DPM-Solver
-    at 1,000 of 1,000 steps repeats t = 500: a step of size 0, then NaN)."""
+    at 1,000 of 1,000 steps repeats t = 500: a step of size 0, then NaN), or whose timesteps were
+    given (a pipeline's ``timesteps=`` / ``sigmas=``) with a repeat."""
     ts = torch.as_tensor(sched.timesteps)
     raise ValueError(f"{type(sched).__name__}'s timesteps repeat at num_steps={len(ts)} (its spacing runs out of "
-                     f"distinct timesteps, e.g. t={int(ts[torch.unique(ts, return_counts=True)[1].argmax()])} twice, "
-                     "a step of size 0): use fewer steps")
+                     "distinct timesteps, or the timesteps= / sigmas= given to the pipeline repeat one; e.g. "
+                     f"t={int(ts[torch.unique(ts, return_counts=True)[1].argmax()])} twice, "
+                     "a step of size 0): use fewer steps, or distinct timesteps= / sigmas=")
 
 
 def _check_denoiser_schedule(denoiser: Any, sched: Any) -> None:

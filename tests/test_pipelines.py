@@ -1428,3 +1428,15 @@ def test_pairing_task_names_a_malformed_pairing_before_drawing():
                 {"circle": ("fill",)}):
         with pytest.raises(ValueError, match=r"pairing must be a non-empty mapping category -> \(attribute, value\)"):
             pairing_task(None, bad)  # refused before the pipeline is touched
+
+
+def test_repeated_custom_timesteps_are_named_as_given(saved):
+    """A pipeline call with timesteps=[999, 999, 500] of one's own was refused with 'its spacing
+    runs out of distinct timesteps ... use fewer steps': advice that cannot help 3 steps."""
+    pipe = _load(saved, "sdxl")  # Euler: its set_timesteps takes timesteps= and sigmas=
+    g = pipeline_guidance(pipe, torch.randn(2, 4, 16, 16), eval_point="x_prev")
+    for custom in (dict(timesteps=[999, 999, 500]), dict(sigmas=[14.0, 14.0, 1.0])):
+        with pytest.raises(ValueError, match=r"timesteps repeat at num_steps=\d .*timesteps= / sigmas= given to the "
+                                             r"pipeline repeat one.* or distinct timesteps= / sigmas="):
+            pipe("a red circle", height=32, width=32, output_type="latent", guidance_scale=1.0,
+                 callback_on_step_end=MMDGuidanceCallback(g), **custom)
