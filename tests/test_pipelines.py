@@ -1440,3 +1440,14 @@ def test_repeated_custom_timesteps_are_named_as_given(saved):
                                              r"pipeline repeat one.* or distinct timesteps= / sigmas="):
             pipe("a red circle", height=32, width=32, output_type="latent", guidance_scale=1.0,
                  callback_on_step_end=MMDGuidanceCallback(g), **custom)
+
+
+def test_tiny_components_name_empty_or_non_integer_blocks():
+    """tiny_components(vae_blocks=()) failed in a bare "'float' object cannot be interpreted as an
+    integer" (its downsampling 2 ** -1), before any weight was built."""
+    for kw, error, msg in ((dict(vae_blocks=()), ValueError, "vae_blocks must be a non-empty list of channel counts"),
+                           (dict(unet_blocks=[]), ValueError, "unet_blocks must be a non-empty list of channel counts"),
+                           (dict(vae_blocks=32), ValueError, "vae_blocks must be a non-empty list"),
+                           (dict(unet_blocks=(32, 64.0)), TypeError, "unet_blocks must be an integer >= 1")):
+        with pytest.raises(error, match=re.escape(msg)):
+            tiny_components(**kw)

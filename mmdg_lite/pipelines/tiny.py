@@ -121,6 +121,12 @@ def tiny_components(*, image_size: int = 32, vae_blocks: Sequence[int] = (32, 64
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    for name, blocks in (("vae_blocks", vae_blocks), ("unet_blocks", unet_blocks)):
+        # () failed in a bare "'float' object cannot be interpreted as an integer" (2 ** -1 downsampling)
+        if isinstance(blocks, str) or not isinstance(blocks, Sequence) or not blocks:
+            raise ValueError(f"{name} must be a non-empty list of channel counts, e.g. (32, 64); got {blocks!r}")
+        for b in blocks:
+            check_int(b, name, 1)
     _check_build(image_size, scaling_factor, 2 ** (len(vae_blocks) - 1) * 2 ** (len(unet_blocks) - 1))
     with own_rng(seed):  # seeded weights; the caller's global RNG is left as it was
         tokenizer = build_tokenizer(corpus)
