@@ -94,3 +94,14 @@ def test_default_corpus_fits_the_default_vocabulary():
     assert len(tok) < 600  # every merge of the default corpus was learned, none cut off
     for caption in DEFAULT_CORPUS:
         assert len(tok(caption).input_ids) == len(caption.split()) + 2
+
+
+def test_build_tokenizer_needs_room_for_a_prompt_token():
+    """build_tokenizer(model_max_length=2) tokenized every prompt as [BOS, EOS] (so every prompt
+    had the same features); 0 and 1 did not truncate at all. At least 3: BOS, EOS and a token."""
+    for bad in (0, 1, 2):
+        with pytest.raises(ValueError, match=rf"model_max_length must be an integer >= 3; got {bad}"):
+            build_tokenizer(model_max_length=bad)
+    t = build_tokenizer(model_max_length=3)
+    ids = t(["a red circle"], padding="max_length", max_length=3, truncation=True).input_ids[0]
+    assert len(ids) == 3 and ids[0] == t.bos_token_id and ids[-1] == t.eos_token_id

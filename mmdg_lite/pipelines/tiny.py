@@ -32,7 +32,8 @@ def build_tokenizer(corpus: Sequence[str] = DEFAULT_CORPUS, vocab_size: int = 60
                     model_max_length: int = 16) -> Any:
     """A ``CLIPTokenizer`` whose byte-level BPE is trained offline on ``corpus``. Any text encodes
     without unknown tokens: as in CLIP, the vocabulary holds all 256 byte symbols, alone and as
-    word ends (``"a</w>"``), before the merges; ``vocab_size`` (>= 514) caps the total.
+    word ends (``"a</w>"``), before the merges; ``vocab_size`` (>= 514) caps the total;
+    ``model_max_length`` (>= 3: BOS, EOS and a token) is the prompt length in tokens.
 
     The merges are learned by ``_train_bpe``, not by ``tokenizers``' ``BpeTrainer``: that trainer
     breaks ties between equally frequent pairs, and numbers the word-final symbols, in the order
@@ -45,6 +46,9 @@ def build_tokenizer(corpus: Sequence[str] = DEFAULT_CORPUS, vocab_size: int = 60
     if isinstance(corpus, str) or not corpus or not all(isinstance(c, str) for c in corpus):
         raise ValueError(f"corpus must be a non-empty list of strings; got {corpus!r}")
     vocab_size = check_int(vocab_size, "vocab_size", 2 + 2 * 256)
+    # BOS, EOS and at least one token of the prompt: at 2 every prompt read [BOS, EOS], the same
+    # for all; at 0 or 1 the tokenizer did not truncate at all
+    model_max_length = check_int(model_max_length, "model_max_length", 3)
     normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
                                        normalizers.Lowercase()])
     pre_tokenizer = pre_tokenizers.Sequence([
