@@ -1451,3 +1451,18 @@ def test_tiny_components_name_empty_or_non_integer_blocks():
                            (dict(unet_blocks=(32, 64.0)), TypeError, "unet_blocks must be an integer >= 1")):
         with pytest.raises(error, match=re.escape(msg)):
             tiny_components(**kw)
+
+
+def test_load_pipeline_names_a_damaged_model_index(saved, tmp_path):
+    """A truncated model_index.json failed in load_pipeline's own json.loads, a bare JSONDecodeError
+    ('Expecting property name enclosed in double quotes: line 2 column 1') naming no file."""
+    import shutil
+
+    from mmdg_lite._io import ArtifactError
+    from mmdg_lite.pipelines.adapt import load_pipeline
+
+    folder = tmp_path / "sd"
+    shutil.copytree(saved["sd"][1], folder)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline",\n')
+    with pytest.raises(ArtifactError, match=re.escape(str(folder / "model_index.json")) + ": invalid JSON at line 2"):
+        load_pipeline(folder, device="cpu")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import math
 import os
 import re
@@ -79,8 +78,11 @@ def load_pipeline(model: str | Path, *, device: str | None = None,
         raise FileNotFoundError(f"model: {str(model)!r} has no model_index.json; it is not a diffusers pipeline "
                                 "folder (save one with pipe.save_pretrained)")
     if local.is_dir():
+        from .._io import read_json
+
         kwargs["local_files_only"] = True
-        if index.is_file() and "safety_checker" in json.loads(index.read_text()):
+        # read_json: a damaged model_index.json is named (json.loads raised a bare JSONDecodeError)
+        if index.is_file() and "safety_checker" in read_json(index):
             kwargs["safety_checker"] = None  # the embedded and tiny pipelines have none
     with warnings.catch_warnings():  # newer diffusers call it dtype; torch_dtype works in every version
         warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
