@@ -375,8 +375,8 @@ class GuidedSchedulerStep:
 
     ``with GuidedSchedulerStep(pipe, guidance): pipe(prompt)`` (or ``.restore()``). The wrapper
     keeps ``step``'s signature; it sees x_t (``sample``) and the CFG-combined model output, so
-    eval_point "x0_hat" costs no extra UNet call. A new run (a call of the wrapped pipeline, or
-    the timestep index not increasing) calls ``guidance.reset()``. Given a pipeline it also
+    eval_point "x0_hat" costs no extra UNet call. A new run (a call of the wrapped pipeline,
+    ``set_timesteps`` called again, or the timestep index not increasing) calls ``guidance.reset()``. Given a pipeline it also
     checks each call at ``check_inputs``, before the UNet: ``pipe.scheduler`` not swapped (that
     call would run unguided), a prompt-aware guidance built for the call's prompts, references
     of the call's height and width; and in an inpainting pipeline it keeps the correction inside
@@ -396,6 +396,7 @@ class GuidedSchedulerStep:
         _refuse_twice(sched, guidance)
         self.scheduler, self.guidance = sched, guidance
         self._last: int | None = None
+        self._timesteps: Any = None  # the sched.timesteps of the run under way (set_timesteps makes a new one)
         self._called = False  # check_inputs of the wrapped pipeline ran, and no step since
         original = sched.step
         signature = inspect.signature(original)
@@ -451,7 +452,7 @@ class GuidedSchedulerStep:
         if self._mask_patch is not None:
             _unpatch(self._pipe, "prepare_mask_latents", self._mask_patch)
             self._mask_patch = None
-        self._last, self._mask = None, None
+        self._last, self._mask, self._timesteps = None, None, None
 
     def __enter__(self) -> "GuidedSchedulerStep":
         return self
@@ -466,8 +467,10 @@ class GuidedSchedulerStep:
         x_prev = result[0] if tuple_out else result.prev_sample
         index = timestep_index(sched, t)
         # a new run: a pipeline call (its check_inputs ran; an img2img call starting past the last
-        # run's final index is one too), or the timestep index not increasing in a loop of one's own
-        if self._last is None or index <= self._last or self._called:
+        # run's final index is one too), set_timesteps called again (a pipeline sharing the bare
+        # scheduler: its img2img call from step 6 after a run that ended at step 3 kept that run's
+        # bandwidth), or the timestep index not increasing in a loop of one's own
+        if self._last is None or index <= self._last or self._called or sched.timesteps is not self._timesteps:
             check_scheduler(sched, self.guidance)  # a new run: timesteps are set now
             self.guidance.reset()
             if self._called:  # a pipeline call (check_inputs ran): its num_timesteps is this run's
@@ -479,7 +482,7 @@ class GuidedSchedulerStep:
                 _check_run_window(None, sched, self.guidance, index)
         self._called = False
         _check_batch(self.guidance, len(x_t))
-        self._last = index
+        self._last, self._timesteps = index, sched.timesteps
         ab, c_in = scheduler_noise_level(sched, index)
         eps = to_epsilon(sched, out, x_t, ab, c_in)
         with torch.enable_grad():
