@@ -210,9 +210,8 @@ def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
 
     The bandwidth is the references' own median distance, so every image set measured against
     the same references (``mmdg adapt``'s guided and unguided images) is measured with one kernel;
-    a bandwidth read off each image set pooled with the references gave each its own (13.7 against
-    17.1 on the embedded pipeline). Only references without two distinct points fall back to the
-    pooled median."""
+    a bandwidth read off each image set pooled with the references gave each set its own kernel.
+    Only references without two distinct points fall back to the pooled median."""
     from ..kernels import GaussianKernel, median_bandwidth
     from ..mmd import mmd2
 
