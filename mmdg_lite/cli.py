@@ -428,17 +428,31 @@ def _run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+# how to undo _silence_libraries; main() runs them after the command, so `mmdg info` or `adapt --quiet`
+# called from Python (a notebook) no longer silenced diffusers and transformers for the rest of the process
+_UNSILENCE: list[Callable[[], None]] = []
+
+
 def _silence_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    libraries = [diffusers_logging]
     try:
         from transformers.utils import logging as transformers_logging
+        libraries.append(transformers_logging)
     except ImportError:  # a pipeline without text encoders needs no transformers
-        return
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+        pass
+    for lib in libraries:
+        level, bar = lib.get_verbosity(), lib.is_progress_bar_enabled()
+        _UNSILENCE.append(lambda lib=lib, level=level, bar=bar: (
+            lib.set_verbosity(level), lib.enable_progress_bar() if bar else lib.disable_progress_bar()))
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def _unsilence_libraries() -> None:
+    while _UNSILENCE:  # the latest first: a second silencing recorded the silenced state
+        _UNSILENCE.pop()()
 
 
 def _use_scheduler(pipe: Any, name: str, steps: int, eval_point: str, model: str) -> None:
@@ -578,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C (adapt has removed its partial folder by now)
         print(f"mmdg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _unsilence_libraries()
     return status
 
 

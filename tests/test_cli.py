@@ -99,6 +99,28 @@ def test_info_reports_the_shipped_models(capsys):
     assert sum(line.split()[2] == "loads" for line in lines) == len(checkable)
 
 
+def test_info_puts_the_libraries_logging_back_as_it_found_it(capsys):
+    # `mmdg info` silenced diffusers' and transformers' notices and bars for good: called from a
+    # notebook (cli.main(["info"])), every later load in that kernel showed neither
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    before = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    try:
+        for lib in libraries:
+            lib.set_verbosity_info()
+            lib.enable_progress_bar()
+        assert cli.main(["info"]) == 0
+        assert "FAILS" not in capsys.readouterr().out
+        for lib in libraries:
+            assert lib.get_verbosity() == lib.INFO and lib.is_progress_bar_enabled(), lib.__name__
+    finally:
+        for lib, (level, bar) in zip(libraries, before):
+            lib.set_verbosity(level)
+            lib.enable_progress_bar() if bar else lib.disable_progress_bar()
+
+
 def test_info_reports_a_broken_model_and_exits_nonzero(capsys, monkeypatch, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
