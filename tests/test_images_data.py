@@ -510,3 +510,19 @@ def test_caption_labels_reads_a_generator_once_and_names_a_non_list():
     assert caption_labels([])["colour"].dtype == torch.long  # (N,) long, as documented, for N = 0 too
     with pytest.raises(TypeError, match="captions must be a list of captions; got NoneType None"):
         caption_labels(None)
+
+
+def test_importing_the_images_package_loads_only_what_its_docstring_says():
+    # its docstring said importing it "needs only torch", while scipy came with mmdg_lite.metrics
+    import subprocess
+    import sys
+
+    import mmdg_lite.images
+
+    code = ("import sys, mmdg_lite.images; "
+            "print(' '.join(m for m in ('scipy', 'sklearn', 'PIL', 'diffusers') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["scipy"]  # the lazily imported libraries are not loaded
+    doc = " ".join(mmdg_lite.images.__doc__.split())
+    assert "needs only what ``import mmdg_lite`` loads (torch, numpy, scipy)" in doc
+    assert "scikit-learn, Pillow and diffusers are imported inside the functions" in doc

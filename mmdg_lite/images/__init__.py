@@ -1,8 +1,8 @@
 """Images: real digits and procedural shapes, detectors, the feature network, shipped UNets/VAE.
 
 Imported on demand (``import mmdg_lite.images``), never by ``import mmdg_lite``. Importing it
-needs only torch; scikit-learn, scipy, Pillow and diffusers are imported inside the functions
-that use them.
+needs only what ``import mmdg_lite`` loads (torch, numpy, scipy); scikit-learn, Pillow and
+diffusers are imported inside the functions that use them.
 
 - ``digits``: ``load_digit_set`` (scikit-learn's real scans at 16 px, a known thick minority)
 - ``shapes``: ``make_shapes`` (32 px RGB shapes, exact attributes, captions)
