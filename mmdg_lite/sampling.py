@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import all_finite, check_bool, check_choice, check_int, check_nonnegative, is_real_number
+from ._validation import (all_finite, check_bool, check_choice, check_int, check_nonnegative, from_numpy,
+                          is_real_number)
 from .seeding import check_seed, make_generator
 
 __all__ = ["StepState", "GuidanceHook", "SampleResult", "sample", "make_scheduler", "noise_level", "noise_levels",
@@ -438,7 +439,7 @@ def sample(denoiser: Callable, n: int, shape: tuple[int, ...] | int, *, schedule
     _check_dtype(dtype, denoiser)
     if cond is not None:
         if isinstance(cond, np.ndarray):  # read as a tensor, as the references are
-            cond = torch.from_numpy(cond)
+            cond = from_numpy(cond)
         if not isinstance(cond, Tensor) or cond.ndim < 1 or cond.shape[0] != n:
             got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
             raise ValueError(f"cond must be a tensor with one row per sample, shape ({n}, C); got {got} "

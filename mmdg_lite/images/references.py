@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import _describe, check_bool, check_choice, check_finite, check_int, is_real_number
+from .._validation import _describe, check_bool, check_choice, check_finite, check_int, from_numpy, is_real_number
 from .detectors import _check_scale
 
 __all__ = ["load_reference_folder", "references_from_tensors", "encode_references", "decode_latents",
@@ -56,10 +56,8 @@ def references_from_tensors(images: Any, size: int, channels: int, *,
     images; one colour image (C, H, W) is ``images[None]``.
     """
     if isinstance(images, np.ndarray):
-        if any(stride < 0 for stride in images.strides):  # a flipped view (BGR -> RGB as a[:, ::-1]):
-            images = images.copy()                         # torch.from_numpy takes no negative strides
-        try:
-            images = torch.from_numpy(images)
+        try:  # a flipped view (BGR -> RGB as a[:, ::-1]) or big-endian data: copied
+            images = from_numpy(images)
         except TypeError:
             raise TypeError(f"images must hold real numbers (floating, integer or bool); got a numpy array of "
                             f"dtype {images.dtype}") from None

@@ -77,23 +77,23 @@ def load_pipeline(model: str | Path, *, device: str | None = None,
     if local.is_dir() and not index.is_file():
         raise FileNotFoundError(f"model: {str(model)!r} has no model_index.json; it is not a diffusers pipeline "
                                 "folder (save one with pipe.save_pretrained)")
-    if local.is_dir():
+    if local.is_dir():  # with its model_index.json (checked above)
         from .._io import read_json
 
         kwargs["local_files_only"] = True
         # read_json: a damaged model_index.json is named (json.loads raised a bare JSONDecodeError)
-        if index.is_file() and "safety_checker" in read_json(index):
+        if "safety_checker" in read_json(index):
             kwargs["safety_checker"] = None  # the embedded and tiny pipelines have none
     with warnings.catch_warnings():  # newer diffusers call it dtype; torch_dtype works in every version
         warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        if local.is_dir() and index.is_file():
+        if local.is_dir():
             from .._io import from_pretrained
 
             # checked, each model component strictly: diffusers' own load initialises a tensor a
             # component's weights file lacks (at random) and samples with it without an error
             pipe = from_pretrained(DiffusionPipeline, local, **kwargs)
         else:
-            pipe = DiffusionPipeline.from_pretrained(str(local if local.is_dir() else model), **kwargs)
+            pipe = DiffusionPipeline.from_pretrained(str(model), **kwargs)
     return pipe.to(device)
 
 
@@ -225,5 +225,6 @@ def latent_mmd2(pipe: Any, images: Tensor, reference_latents: Tensor) -> float:
     z, r = z.reshape(len(z), -1), reference_latents.float().reshape(len(reference_latents), -1)  # (N, D), (N_r, D)
     distinct = len(r) > 1 and bool((r != r[:1]).any())  # a median distance among the references exists
     # every point, so no order dependence
-    bandwidth = median_bandwidth(r, max_points=len(r)) if distinct else median_bandwidth(z, r, max_points=max(len(z), len(r), 2))
+    bandwidth = (median_bandwidth(r, max_points=len(r)) if distinct
+                 else median_bandwidth(z, r, max_points=max(len(z), len(r), 2)))
     return float(mmd2(z, r, GaussianKernel(bandwidth=bandwidth)))
